@@ -1,0 +1,68 @@
+"""What every Tether actor shares: dispatch by message type and tells that cannot raise."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from tether.actors.messages import Ping
+
+log = logging.getLogger("tether.actors")
+
+
+def tell(ref: pykka.ActorRef | None, message: Any) -> bool:
+    """Tell `ref`, tolerating an actor that already stopped (a retired Llm, a closed session).
+
+    Used from actors and timer callbacks, where a raised ActorDeadError would kill the
+    sender or spill into the event loop.
+    """
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
+
+
+def new_task_id(slot: int) -> str:
+    """Task ids carry the session's slot, so a result POST finds its session in one lookup."""
+    return f"{slot:x}-{uuid.uuid4().hex}"
+
+
+def slot_of(task_id: str) -> int | None:
+    head, sep, _ = task_id.partition("-")
+    if not sep:
+        return None
+    try:
+        return int(head, 16)
+    except ValueError:
+        return None
+
+
+class TetherActor(pykka.ThreadingActor):
+    """Messages are dispatched on their type to the handler named in `handlers()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handlers: dict[type, Callable[[Any], Any]] = self.handlers()
+
+    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+        raise NotImplementedError
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Ping):
+            return True
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.warning("%s ignored an unknown message %r", self, type(message).__name__)
+            return None
+        return handler(message)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # pykka stops an actor whose tell raised; say so loudly instead of dying silently.
+        log.error("%s crashed: %r", self, exception_value, exc_info=exception_value)

@@ -1,0 +1,228 @@
+"""LlmActor: one per Llm. Owns the status machine, wake dedup and the wait queue.
+
+Wake dedup is plain actor state: the mailbox serializes infers, so the first infer on a
+hibernating Llm finds no wake in flight and starts one; every later infer finds `_wake` set
+and joins `_waiters`. When the wake result arrives (a message, never a blocking wait) the
+waiters go out in arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tether import errors
+from tether.actors import messages as m
+from tether.actors.base import TetherActor, new_task_id, tell
+from tether.config import Settings
+from tether.errors import TetherError
+from tether.runtime import Timer, call_later
+from tether.store import llms as store
+from tether.store.models import ACTIVE, INACTIVE
+
+log = logging.getLogger("tether.llm")
+
+
+class _Wake:
+    __slots__ = ("task_id", "timer", "session")
+
+    def __init__(self, task_id: str, timer: Timer, session: m.SessionLink) -> None:
+        self.task_id = task_id
+        self.timer = timer
+        self.session = session
+
+
+class LlmActor(TetherActor):
+    def __init__(
+        self, settings: Settings, state: m.LlmState, session: m.SessionLink | None
+    ) -> None:
+        super().__init__()
+        self._settings = settings
+        self._state = state
+        self._session = session
+        self._waiters: deque[m.Infer] = deque()
+        self._wake: _Wake | None = None
+        self._in_flight: set[str] = set()
+
+    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+        return {
+            m.Infer: self._on_infer,
+            m.Adopt: self._on_adopt,
+            m.RecordHeartbeat: self._on_heartbeat,
+            m.SetStatus: self._on_set_status,
+            m.StreamLost: self._on_stream_lost,
+            m.ExpireHeartbeat: self._on_expire_heartbeat,
+            m.WakeSucceeded: self._on_wake_succeeded,
+            m.WakeFailed: self._on_wake_failed,
+            m.WakeTimedOut: self._on_wake_timed_out,
+            m.TaskEnded: self._on_task_ended,
+        }
+
+    # --- infer ---------------------------------------------------------------------------
+
+    def _on_infer(self, msg: m.Infer) -> None:
+        state = self._state
+        if state.status == INACTIVE or self._session is None:
+            msg.reply.put(m.Failed(errors.publisher_offline(state.name)))
+            return
+        if len(self._waiters) + len(self._in_flight) >= self._settings.max_queue_per_llm:
+            msg.reply.put(
+                m.Failed(
+                    TetherError(
+                        429,
+                        "queue_full",
+                        f"{state.name!r} already has {self._settings.max_queue_per_llm} "
+                        "requests waiting; retry later",
+                    )
+                )
+            )
+            return
+        if state.status == ACTIVE:
+            self._dispatch(msg)
+            return
+        self._waiters.append(msg)
+        msg.reply.put(m.WakePending())
+        if self._wake is None:
+            self._start_wake()
+
+    def _dispatch(self, msg: m.Infer) -> None:
+        session = self._session
+        assert session is not None
+        task_id = new_task_id(session.slot)
+        self._in_flight.add(task_id)
+        tell(
+            session.ref,
+            m.SendInfer(
+                task_id,
+                self._state.name,
+                msg.request,
+                msg.streaming,
+                msg.endpoint,
+                msg.reply,
+                self.actor_ref,
+            ),
+        )
+
+    def _on_task_ended(self, msg: m.TaskEnded) -> None:
+        self._in_flight.discard(msg.task_id)
+
+    # --- wake ----------------------------------------------------------------------------
+
+    def _start_wake(self) -> None:
+        session = self._session
+        assert session is not None
+        task_id = new_task_id(session.slot)
+        timer = call_later(
+            self._settings.wake_timeout_s, tell, self.actor_ref, m.WakeTimedOut(task_id)
+        )
+        self._wake = _Wake(task_id, timer, session)
+        tell(session.ref, m.SendWake(task_id, self._state.name, self.actor_ref))
+
+    def _end_wake(self, task_id: str) -> _Wake | None:
+        wake = self._wake
+        if wake is None or wake.task_id != task_id:
+            return None  # a stale answer for a wake that already ended
+        wake.timer.cancel()
+        self._wake = None
+        return wake
+
+    def _on_wake_succeeded(self, msg: m.WakeSucceeded) -> None:
+        if self._end_wake(msg.task_id) is not None:
+            self._write_status(ACTIVE)
+            self._release_waiters()
+
+    def _on_wake_failed(self, msg: m.WakeFailed) -> None:
+        if self._end_wake(msg.task_id) is not None:
+            self._fail_waiters(msg.error)  # the row stays hibernating: the next infer retries
+
+    def _on_wake_timed_out(self, msg: m.WakeTimedOut) -> None:
+        wake = self._end_wake(msg.task_id)
+        if wake is None:
+            return
+        tell(wake.session.ref, m.CancelTask(msg.task_id, "wake_timeout"))
+        self._fail_waiters(
+            TetherError(
+                504,
+                "wake_timeout",
+                f"{self._state.name!r} did not wake within {self._settings.wake_timeout_s:g} s",
+            )
+        )
+
+    def _release_waiters(self) -> None:
+        while self._waiters:
+            self._dispatch(self._waiters.popleft())
+
+    def _fail_waiters(self, error: TetherError) -> None:
+        while self._waiters:
+            self._waiters.popleft().reply.put(m.Failed(error))
+
+    def _abandon_wake(self, error: TetherError) -> None:
+        if self._wake is not None:
+            wake = self._wake
+            self._end_wake(wake.task_id)
+            tell(wake.session.ref, m.CancelTask(wake.task_id, "abandoned"))
+        self._fail_waiters(error)
+
+    # --- lifecycle events ----------------------------------------------------------------
+
+    def _on_adopt(self, msg: m.Adopt) -> None:
+        moved = self._session is None or self._session.session_id != msg.session.session_id
+        self._state = msg.state
+        self._session = msg.session
+        if self._wake is not None and msg.state.status == ACTIVE:
+            # Re-registered as awake while a wake was pending: that wake succeeded.
+            self._end_wake(self._wake.task_id)
+            self._release_waiters()
+        elif self._wake is not None and moved:
+            # The wake went to a session that no longer owns us: ask the new one.
+            old = self._wake
+            self._end_wake(old.task_id)
+            tell(old.session.ref, m.CancelTask(old.task_id, "owner_changed"))
+            self._start_wake()
+
+    def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
+        if self._state.session_id != msg.session_id:
+            return False
+        if self._state.status == INACTIVE:
+            self._write_status(ACTIVE)
+        return True
+
+    def _on_set_status(self, msg: m.SetStatus) -> bool:
+        if self._state.session_id != msg.session_id:
+            return False
+        self._write_status(msg.status)
+        if msg.status == ACTIVE and self._wake is not None:
+            self._end_wake(self._wake.task_id)  # "active" while waking counts as the wake
+            self._release_waiters()
+        return True
+
+    def _on_stream_lost(self, msg: m.StreamLost) -> None:
+        if self._state.session_id == msg.session_id and self._state.status == ACTIVE:
+            self._write_status(INACTIVE)
+
+    def _on_expire_heartbeat(self, msg: m.ExpireHeartbeat) -> None:
+        state = self._state
+        if state.status == INACTIVE:
+            return
+        if store.mark_inactive_if_stale(state.name, state.session_id, msg.cutoff):
+            self._set_state(INACTIVE)
+            self._abandon_wake(errors.publisher_offline(state.name))
+
+    def on_stop(self) -> None:
+        self._abandon_wake(errors.shutting_down())
+
+    # --- state ---------------------------------------------------------------------------
+
+    def _write_status(self, status: str) -> None:
+        if status == self._state.status:
+            return
+        # Guarded by owner: a write racing a newer registration changes nothing.
+        store.set_status(self._state.name, self._state.session_id, status)
+        self._set_state(status)
+
+    def _set_state(self, status: str) -> None:
+        s = self._state
+        self._state = m.LlmState(s.name, s.kind, s.session_id, status)
+

@@ -1,0 +1,237 @@
+"""Every message the actors exchange: commands are verbs, events are in the past tense.
+
+Replies to HTTP handlers travel on a per-request channel (a queue.Queue, cooperative under
+gevent) carried inside the message; the events put on it are at the bottom of this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from tether.errors import TetherError
+
+ReplyChannel = queue.Queue  # of the reply events below
+
+
+@dataclass(frozen=True)
+class LlmState:
+    """What an LlmActor keeps of its row: enough to route without touching the store."""
+
+    name: str
+    kind: str
+    session_id: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class SessionLink:
+    """How an LlmActor reaches the SessionActor of its owning session."""
+
+    session_id: str
+    slot: int
+    ref: pykka.ActorRef = field(compare=False)
+
+
+# --- supervisor --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Register:
+    session_id: str | None
+    providers: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class SessionStreamLost:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class RetireExpired:
+    cutoff: dt.datetime
+
+
+# --- LlmActor ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Infer:
+    request: dict[str, Any]
+    streaming: bool
+    endpoint: str
+    reply: ReplyChannel = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """The row was (re-)registered: take this state and owner."""
+
+    state: LlmState
+    session: SessionLink
+
+
+@dataclass(frozen=True)
+class RecordHeartbeat:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SetStatus:
+    session_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class StreamLost:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ExpireHeartbeat:
+    cutoff: dt.datetime
+
+
+@dataclass(frozen=True)
+class WakeSucceeded:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class WakeFailed:
+    task_id: str
+    error: TetherError
+
+
+@dataclass(frozen=True)
+class WakeTimedOut:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class TaskEnded:
+    task_id: str
+
+
+# --- SessionActor ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    outbox: queue.Queue = field(compare=False)
+    last_event_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamClosed:
+    token: int
+
+
+@dataclass(frozen=True)
+class SendInfer:
+    task_id: str
+    llm_name: str
+    request: dict[str, Any]
+    streaming: bool
+    endpoint: str
+    reply: ReplyChannel = field(compare=False)
+    llm: pykka.ActorRef = field(compare=False)
+
+
+@dataclass(frozen=True)
+class SendWake:
+    task_id: str
+    llm_name: str
+    llm: pykka.ActorRef = field(compare=False)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    task_id: str
+    claimed_session: str | None
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CancelTask:
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskTimedOut:
+    task_id: str
+    deadline_no: int
+
+
+@dataclass(frozen=True)
+class GraceExpired:
+    token: int
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Shutdown: end the stream with a retry hint and answer every open task."""
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Answered by every actor once it has started (its on_start has run)."""
+
+
+# --- sweeper -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    pass
+
+
+# --- reply events (on a request's ReplyChannel) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """The infer went down a publisher stream as `task_id` (what a cancel names)."""
+
+    task_id: str
+    session: pykka.ActorRef = field(compare=False)
+
+
+@dataclass(frozen=True)
+class WakePending:
+    pass
+
+
+@dataclass(frozen=True)
+class Completed:
+    status: int
+    body: Any
+
+
+@dataclass(frozen=True)
+class Chunks:
+    data: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StreamDone:
+    pass
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: TetherError
+
+
+class Close:
+    """Sentinel on a publisher outbox: end the stream (with `retry:` when given)."""
+
+    __slots__ = ("retry_ms",)
+
+    def __init__(self, retry_ms: int | None = None) -> None:
+        self.retry_ms = retry_ms

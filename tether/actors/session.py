@@ -1,0 +1,298 @@
+"""SessionActor: one per publisher session. Owns the SSE outbox, the frame sequence, the task
+table and the frames kept for Last-Event-ID replay, and the grace timer after a drop."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from tether import errors, sse
+from tether.actors import messages as m
+from tether.actors.base import TetherActor, tell
+from tether.config import Settings
+from tether.errors import TetherError
+from tether.runtime import Timer, call_later
+
+log = logging.getLogger("tether.session")
+
+# Frames of open tasks kept for replay; a session with more open tasks than this is already
+# far past any publisher's concurrency.
+MAX_REPLAY = 1024
+
+
+class _Task:
+    __slots__ = (
+        "task_id", "kind", "llm_name", "llm", "reply", "streaming", "endpoint", "frame_id",
+        "frame", "chunks_seen", "timer", "deadline_no", "started",
+    )
+
+    def __init__(
+        self, task_id: str, kind: str, llm_name: str, llm: pykka.ActorRef,
+        reply: m.ReplyChannel | None, streaming: bool, endpoint: str,
+    ) -> None:
+        self.task_id = task_id
+        self.kind = kind
+        self.llm_name = llm_name
+        self.llm = llm
+        self.reply = reply
+        self.streaming = streaming
+        self.endpoint = endpoint
+        self.frame_id = 0
+        self.frame = ""
+        self.chunks_seen = False
+        self.timer: Timer | None = None
+        self.deadline_no = 0
+        self.started = time.monotonic()
+
+
+class SessionActor(TetherActor):
+    def __init__(self, settings: Settings, session_id: str, slot: int,
+                 supervisor: pykka.ActorRef) -> None:
+        super().__init__()
+        self._settings = settings
+        self._session_id = session_id
+        self._slot = slot
+        self._supervisor = supervisor
+        self._outbox: queue.Queue | None = None
+        self._token = 0
+        self._seq = 0
+        self._tasks: dict[str, _Task] = {}
+        self._grace: Timer | None = None
+
+    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+        return {
+            m.OpenStream: self._on_open_stream,
+            m.StreamClosed: self._on_stream_closed,
+            m.GraceExpired: self._on_grace_expired,
+            m.SendInfer: self._on_send_infer,
+            m.SendWake: self._on_send_wake,
+            m.SubmitResult: self._on_submit_result,
+            m.CancelTask: self._on_cancel,
+            m.TaskTimedOut: self._on_timed_out,
+            m.Drain: self._on_drain,
+        }
+
+    # --- the stream ----------------------------------------------------------------------
+
+    def _on_open_stream(self, msg: m.OpenStream) -> int:
+        if self._outbox is not None:
+            self._outbox.put(m.Close())  # a second stream replaces the first
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self._token += 1
+        self._outbox = msg.outbox
+        hello = {
+            "providerSessionId": self._session_id,
+            "heartbeatIntervalS": self._settings.heartbeat_interval_s,
+        }
+        msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
+        last = msg.last_event_id
+        # Only ids this process sent can be resumed from; anything else replays nothing.
+        if last is not None and 0 <= last <= self._seq:
+            for task in self._tasks.values():
+                if task.frame_id > last:
+                    msg.outbox.put(task.frame)
+        return self._token
+
+    def _on_stream_closed(self, msg: m.StreamClosed) -> None:
+        if msg.token != self._token or self._outbox is None:
+            return  # an old stream that was already replaced
+        self._outbox.put(m.Close())
+        self._outbox = None
+        tell(self._supervisor, m.SessionStreamLost(self._session_id))
+        if not self._tasks:
+            return
+        if self._settings.publisher_grace_s <= 0:
+            self._fail_all(errors.publisher_disconnected)
+        else:
+            self._grace = call_later(
+                self._settings.publisher_grace_s, tell, self.actor_ref, m.GraceExpired(self._token)
+            )
+
+    def _on_grace_expired(self, msg: m.GraceExpired) -> None:
+        if msg.token == self._token and self._outbox is None:
+            self._grace = None
+            self._fail_all(errors.publisher_disconnected)
+
+    def _send(self, task: _Task, payload: dict[str, Any]) -> None:
+        assert self._outbox is not None
+        self._seq += 1
+        task.frame_id = self._seq
+        task.frame = sse.frame("task", sse.dumps(payload), self._seq)
+        self._tasks[task.task_id] = task
+        self._outbox.put(task.frame)
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def _refuse(self, name: str) -> TetherError:
+        if len(self._tasks) >= MAX_REPLAY:
+            return TetherError(
+                429, "queue_full", f"the publisher of {name!r} has too many open tasks"
+            )
+        return errors.publisher_offline(name)
+
+    def _on_send_infer(self, msg: m.SendInfer) -> None:
+        if self._outbox is None or len(self._tasks) >= MAX_REPLAY:
+            msg.reply.put(m.Failed(self._refuse(msg.llm_name)))
+            tell(msg.llm, m.TaskEnded(msg.task_id))
+            return
+        task = _Task(msg.task_id, "infer", msg.llm_name, msg.llm, msg.reply, msg.streaming,
+                     msg.endpoint)
+        payload: dict[str, Any] = {
+            "kind": "infer",
+            "taskId": msg.task_id,
+            "llmName": msg.llm_name,
+            "request": msg.request,
+            "streaming": msg.streaming,
+        }
+        if msg.endpoint != "chat/completions":
+            payload["endpoint"] = msg.endpoint
+        self._send(task, payload)
+        self._arm(task, self._settings.infer_timeout_s)
+        msg.reply.put(m.Dispatched(msg.task_id, self.actor_ref))
+
+    def _on_send_wake(self, msg: m.SendWake) -> None:
+        if self._outbox is None or len(self._tasks) >= MAX_REPLAY:
+            tell(msg.llm, m.WakeFailed(msg.task_id, self._refuse(msg.llm_name)))
+            return
+        task = _Task(msg.task_id, "wake", msg.llm_name, msg.llm, None, False, "")
+        # The LlmActor owns the wake's timer; the session only relays.
+        self._send(task, {"kind": "wake", "taskId": msg.task_id, "llmName": msg.llm_name})
+
+    def _arm(self, task: _Task, delay: float) -> None:
+        if task.timer is not None:
+            task.timer.cancel()
+        task.deadline_no += 1
+        task.timer = call_later(
+            delay, tell, self.actor_ref, m.TaskTimedOut(task.task_id, task.deadline_no)
+        )
+
+    def _on_submit_result(self, msg: m.SubmitResult) -> bool:
+        task = self._tasks.get(msg.task_id)
+        if task is None:
+            raise errors.task_not_found(msg.task_id)
+        if msg.claimed_session is not None and msg.claimed_session != self._session_id:
+            raise errors.forbidden(f"task {msg.task_id!r} belongs to another provider session")
+        result = msg.result
+        if "chunk" in result or "chunks" in result:
+            if not task.streaming:
+                raise TetherError(
+                    409, "not_streaming", f"task {msg.task_id!r} is not a streaming task"
+                )
+            chunks = [result["chunk"]] if "chunk" in result else result["chunks"]
+            self._on_chunks(task, chunks)
+        elif "error" in result:
+            error = result["error"]
+            status = int(error.get("status") or 502)
+            self._finish(task, m.Failed(TetherError(
+                status, error.get("code") or "publisher_error",
+                error.get("message") or "the publisher reported an error",
+            )))
+        else:
+            self._finish(task, m.Completed(int(result["status"]), result.get("body")))
+        return True
+
+    def _on_chunks(self, task: _Task, chunks: list[dict[str, Any]]) -> None:
+        assert task.reply is not None
+        data = tuple(c["data"] for c in chunks if c.get("data") is not None)
+        if data:
+            task.reply.put(m.Chunks(data))
+            task.chunks_seen = True
+        if any(c.get("done") for c in chunks):
+            self._finish(task, m.StreamDone())
+        elif data:
+            self._arm(task, self._settings.stream_idle_timeout_s)
+
+    def _finish(self, task: _Task, outcome: Any) -> None:
+        """The one exit of every task: answer its waiter exactly once, forget it."""
+        self._tasks.pop(task.task_id, None)
+        if task.timer is not None:
+            task.timer.cancel()
+        if task.kind == "wake":
+            if isinstance(outcome, m.Completed) and 200 <= outcome.status < 300:
+                tell(task.llm, m.WakeSucceeded(task.task_id))
+            else:
+                tell(task.llm, m.WakeFailed(task.task_id, _wake_error(task, outcome)))
+            return
+        tell(task.llm, m.TaskEnded(task.task_id))
+        if task.reply is not None and outcome is not None:
+            task.reply.put(outcome)
+        log.info(
+            "task %s llm=%s endpoint=%s outcome=%s duration_ms=%d",
+            task.task_id, task.llm_name, task.endpoint, _outcome_label(outcome),
+            (time.monotonic() - task.started) * 1000,
+        )
+
+    def _on_cancel(self, msg: m.CancelTask) -> None:
+        task = self._tasks.get(msg.task_id)
+        if task is None:
+            return
+        if self._outbox is not None:
+            self._seq += 1
+            payload = {"kind": "cancel", "taskId": msg.task_id}
+            self._outbox.put(sse.frame("task", sse.dumps(payload), self._seq))
+        if task.kind == "wake":
+            # The LlmActor asked for this cancel and already answered its waiters.
+            self._tasks.pop(task.task_id, None)
+            return
+        self._finish(task, None)  # the client is gone or was already answered
+
+    def _on_timed_out(self, msg: m.TaskTimedOut) -> None:
+        task = self._tasks.get(msg.task_id)
+        if task is None or task.deadline_no != msg.deadline_no:
+            return
+        if task.chunks_seen:
+            error = TetherError(
+                504, "stream_idle_timeout",
+                f"no chunk from {task.llm_name!r} for "
+                f"{self._settings.stream_idle_timeout_s:g} s",
+            )
+        else:
+            error = TetherError(
+                504, "infer_timeout",
+                f"no result from {task.llm_name!r} within {self._settings.infer_timeout_s:g} s",
+            )
+        assert task.reply is not None
+        task.reply.put(m.Failed(error))
+        self._on_cancel(m.CancelTask(task.task_id, error.code))
+
+    def _fail_all(self, make_error: Callable[[str], TetherError]) -> None:
+        for task in list(self._tasks.values()):
+            self._finish(task, m.Failed(make_error(task.llm_name)))
+
+    def _on_drain(self, msg: m.Drain) -> None:
+        if self._outbox is not None:
+            self._outbox.put(m.Close(retry_ms=1000))
+            self._outbox = None
+        self._fail_all(lambda _name: errors.shutting_down())
+
+    def on_stop(self) -> None:
+        self._on_drain(m.Drain())
+
+
+def _wake_error(task: _Task, outcome: Any) -> TetherError:
+    if isinstance(outcome, m.Failed):
+        if outcome.error.code in ("publisher_disconnected", "shutting_down"):
+            return outcome.error
+        reason = outcome.error.message
+    elif isinstance(outcome, m.Completed):
+        reason = f"the wake answered status {outcome.status}"
+    else:
+        reason = "the wake ended without an answer"
+    return TetherError(503, "wake_failed", f"could not wake {task.llm_name!r}: {reason}")
+
+
+def _outcome_label(outcome: Any) -> str:
+    if isinstance(outcome, m.Completed):
+        return str(outcome.status)
+    if isinstance(outcome, m.Failed):
+        return f"{outcome.error.status}:{outcome.error.code}"
+    if isinstance(outcome, m.StreamDone):
+        return "200:stream"
+    return "cancelled"

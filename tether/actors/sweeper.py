@@ -1,0 +1,60 @@
+"""Sweeper: every gc_interval_s, stale rows go inactive and long-inactive rows are deleted.
+
+It only finds candidates; each change goes through the actor that owns the row, so the
+in-memory state and the store never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from tether.actors import messages as m
+from tether.actors.base import TetherActor, tell
+from tether.actors.directory import Directory
+from tether.config import Settings
+from tether.runtime import Timer, call_later
+from tether.store import llms as store
+from tether.store.models import utcnow
+
+
+class Sweeper(TetherActor):
+    def __init__(
+        self,
+        settings: Settings,
+        supervisor: pykka.ActorRef,
+        directory: Callable[[], Directory],
+    ) -> None:
+        super().__init__()
+        self._settings = settings
+        self._supervisor = supervisor
+        self._directory = directory
+        self._timer: Timer | None = None
+
+    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+        return {m.Sweep: self._on_sweep}
+
+    def on_start(self) -> None:
+        self._schedule()
+
+    def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _schedule(self) -> None:
+        self._timer = call_later(self._settings.gc_interval_s, tell, self.actor_ref, m.Sweep())
+
+    def _on_sweep(self, _msg: m.Sweep) -> None:
+        try:
+            now = utcnow()
+            cutoff = now - dt.timedelta(seconds=self._settings.heartbeat_timeout_s)
+            directory = self._directory()
+            for name in store.stale_names(cutoff):
+                tell(directory.llm(name), m.ExpireHeartbeat(cutoff))
+            retention = now - dt.timedelta(seconds=self._settings.inactive_retention_s)
+            tell(self._supervisor, m.RetireExpired(retention))
+        finally:
+            self._schedule()

@@ -1,0 +1,155 @@
+"""ActorSystem: what the HTTP resources talk to. It hides every actor lookup (the supervisor's
+directory) and every ask (always with a timeout), so resources stay thin."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+from collections.abc import Sequence
+from typing import Any
+
+import pykka
+
+from tether import errors
+from tether.actors import messages as m
+from tether.actors.base import slot_of, tell
+from tether.actors.directory import Directory
+from tether.actors.supervisor import Supervisor
+from tether.actors.sweeper import Sweeper
+from tether.config import Settings
+from tether.errors import TetherError
+from tether.store import db, migrations
+from tether.store import llms as store
+from tether.store.models import Llm
+
+log = logging.getLogger("tether.system")
+
+ASK_TIMEOUT_S = 10.0
+
+
+def _ask(ref: pykka.ActorRef, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
+    try:
+        return ref.ask(message, timeout=timeout)
+    except pykka.Timeout:
+        raise TetherError(503, "hub_busy", "the hub did not answer in time; retry") from None
+    except pykka.ActorDeadError:
+        raise errors.shutting_down() from None
+
+
+class ActorSystem:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._directory = Directory()
+        self._supervisor: pykka.ActorRef | None = None
+        self._sweeper: pykka.ActorRef | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> ActorSystem:
+        db.init(self.settings.database_url)
+        migrations.migrate()
+        store.deactivate_all_virtual()  # no stream can be live yet
+        self._supervisor = Supervisor.start(self.settings, self._set_directory)
+        _ask(self._supervisor, m.Ping(), timeout=60)  # its on_start loaded every row
+        self._sweeper = Sweeper.start(self.settings, self._supervisor, lambda: self._directory)
+        return self
+
+    def drain(self) -> None:
+        """Shutdown, first half: publishers are told to retry, waiting clients answered."""
+        for entry in self._directory.sessions.values():
+            entry.ref.tell(m.Drain())
+
+    def stop(self) -> None:
+        for ref in (self._sweeper, self._supervisor):
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ref.stop(timeout=5)
+        self._sweeper = self._supervisor = None
+        # Children stop after the supervisor asked them to; make sure none outlives us.
+        pykka.ActorRegistry.stop_all(timeout=5)
+        db.close()
+
+    def _set_directory(self, directory: Directory) -> None:
+        self._directory = directory
+
+    @property
+    def directory(self) -> Directory:
+        return self._directory
+
+    @property
+    def supervisor(self) -> pykka.ActorRef:
+        assert self._supervisor is not None, "ActorSystem.start() was not called"
+        return self._supervisor
+
+    # --- publisher control plane ---------------------------------------------------------
+
+    def register(
+        self, session_id: str | None, providers: Sequence[dict[str, Any]]
+    ) -> tuple[str, list[Llm]]:
+        return _ask(self.supervisor, m.Register(session_id, tuple(providers)))
+
+    def owned_names(self, session_id: str) -> frozenset[str]:
+        entry = self._directory.session(session_id)
+        return entry.names if entry is not None else frozenset()
+
+    def heartbeat(self, session_id: str) -> int:
+        names = self.owned_names(session_id)
+        if not names or store.bump_heartbeat(session_id) == 0:
+            raise errors.session_not_found(session_id)
+        self._ask_all(names, m.RecordHeartbeat(session_id))
+        return len(names)
+
+    def set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
+        owned = self.owned_names(session_id)
+        foreign = [name for name, _ in updates if name not in owned]
+        if foreign:
+            raise errors.forbidden(f"provider session does not own {', '.join(foreign)}")
+        for name, status in updates:
+            if not self._ask_all([name], m.SetStatus(session_id, status))[0]:
+                raise errors.forbidden(f"provider session no longer owns {name!r}")
+
+    def _ask_all(self, names: Sequence[str] | frozenset[str], message: Any) -> list[Any]:
+        futures = []
+        for name in names:
+            ref = self._directory.llm(name)
+            if ref is not None:
+                futures.append(ref.ask(message, block=False))
+        try:
+            return pykka.get_all(futures, timeout=ASK_TIMEOUT_S)
+        except pykka.Timeout:
+            raise TetherError(503, "hub_busy", "the hub did not answer in time; retry") from None
+
+    def open_stream(self, session_id: str, outbox: queue.Queue, last_event_id: int | None) -> int:
+        entry = self._directory.session(session_id)
+        if entry is None or not entry.names:
+            raise errors.session_not_found(session_id)
+        return _ask(entry.ref, m.OpenStream(outbox, last_event_id))
+
+    def close_stream(self, session_id: str, token: int) -> None:
+        entry = self._directory.session(session_id)
+        if entry is not None:
+            tell(entry.ref, m.StreamClosed(token))
+
+    def submit_result(self, task_id: str, claimed_session: str | None, result: dict) -> None:
+        slot = slot_of(task_id)
+        ref = self._directory.session_by_slot(slot) if slot is not None else None
+        if ref is None:
+            raise errors.task_not_found(task_id)
+        _ask(ref, m.SubmitResult(task_id, claimed_session, result))
+
+    # --- client data plane ---------------------------------------------------------------
+
+    def infer(
+        self, name: str, request: dict[str, Any], streaming: bool, endpoint: str
+    ) -> queue.Queue:
+        """Start an infer; its events arrive on the returned channel (see messages.py)."""
+        ref = self._directory.llm(name)
+        reply: queue.Queue = queue.Queue()
+        if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply)):
+            raise errors.llm_not_found(name)
+        return reply
+
+    def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
+        tell(dispatched.session, m.CancelTask(dispatched.task_id, reason))
+

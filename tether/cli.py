@@ -1,0 +1,70 @@
+"""The `tether` command: serve | llms (publish and demo arrive with the publisher)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from tether.config import ConfigError, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        args.config,
+        overrides={"host": args.host, "port": args.port, "database_url": args.database_url},
+    )
+    if settings.workers != 1:
+        print(
+            "tether serve: workers must be 1: publisher sessions live in one process until "
+            "a cross-process bus exists (see DESIGN.md, Running)",
+            file=sys.stderr,
+        )
+        return 2
+    from tether.http.server import serve
+
+    serve(settings)
+    return 0
+
+
+def _llms(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, overrides={"database_url": args.database_url})
+    from tether.store import db, migrations
+    from tether.store import llms as store
+
+    db.init(settings.database_url)
+    migrations.migrate()
+    print(json.dumps({"llms": [row.to_wire() for row in store.list_all()]}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the hub")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--database-url")
+    serve.add_argument("--config", help="hub TOML (default conf/tether.toml, or TETHER_CONFIG)")
+    serve.set_defaults(run=_serve)
+
+    llms = commands.add_parser("llms", help="print the Llm rows of a hub's database")
+    llms.add_argument("--database-url")
+    llms.add_argument("--config")
+    llms.set_defaults(run=_llms)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""One Settings object: built-in defaults < TOML file < TETHER_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = Path("conf/tether.toml")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names the key and where it came from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = "sqlite:///tether.db"
+    heartbeat_timeout_s: float = 90.0
+    gc_interval_s: float = 60.0
+    inactive_retention_s: float = 14400.0
+    wake_timeout_s: float = 120.0
+    infer_timeout_s: float = 600.0
+    keepalive_s: float = 15.0
+    publisher_grace_s: float = 10.0
+    stream_idle_timeout_s: float = 120.0
+    max_queue_per_llm: int = 256
+    max_body_bytes: int = 4 * 1024 * 1024
+    # None means "decide from host": off on loopback, on elsewhere.
+    auth: str | None = None
+    rate_limit_per_min: int = 600
+    max_inflight_per_key: int = 64
+    workers: int = 1
+    log_level: str = "info"
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_timeout_s / 3
+
+    @property
+    def auth_enabled(self) -> bool:
+        if self.auth is not None:
+            return self.auth == "on"
+        return not _is_loopback(self.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if number < 0:
+                raise ValueError
+            return number
+        if name == "auth":
+            text = str(value).lower()
+            if text in ("true", "1"):
+                text = "on"
+            if text in ("false", "0"):
+                text = "off"
+            if text not in ("on", "off"):
+                raise ValueError
+            return text
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: setting {name!r} has an unusable value {value!r}") from None
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from every layer; `overrides` are CLI flags (None values are ignored)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+
+    path = config_path or env.get("TETHER_CONFIG")
+    explicit = path is not None
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.exists() and not explicit:
+        path = REPO_ROOT / DEFAULT_CONFIG
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        hub = data.get("hub", data)
+        for key, value in hub.items():
+            if key in _FIELDS:
+                values[key] = _coerce(key, value, str(path))
+            elif not isinstance(value, dict | list):
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+    elif explicit:
+        raise ConfigError(f"{path}: config file not found")
+
+    for name in _FIELDS:
+        raw = env.get(f"TETHER_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, f"TETHER_{name.upper()}")
+
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+
+    return Settings(**values)

@@ -1,0 +1,29 @@
+"""Reading request bodies: size-limited before a byte is read, JSON or a 400."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from tether.errors import TetherError, invalid_request
+
+
+def too_large(limit: int) -> TetherError:
+    return TetherError(413, "body_too_large", f"request body is larger than {limit} bytes")
+
+
+def read_json(req: falcon.Request, limit: int) -> Any:
+    length = req.content_length
+    if length is not None and length > limit:
+        raise too_large(limit)  # refused on the header alone: nothing of the body is read
+    raw = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large(limit)
+    if not raw:
+        raise invalid_request("body: a JSON body is required", param="body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_request(f"body: not valid JSON ({exc})", param="body") from None

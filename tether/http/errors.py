@@ -1,0 +1,60 @@
+"""The one place that turns errors into the OpenAI error envelope of PROTOCOL.md."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+
+from tether.errors import TetherError
+
+log = logging.getLogger("tether.http")
+
+_FALCON_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "invalid_request",
+    413: "body_too_large",
+    415: "invalid_request",
+}
+
+
+def render(resp: falcon.Response, error: TetherError) -> None:
+    resp.status = error.status
+    resp.media = error.envelope()
+    if error.status == 413:
+        # Do not let the server drain a huge unread body to keep the connection alive.
+        resp.set_header("Connection", "close")
+
+
+def _on_tether_error(req: falcon.Request, resp: falcon.Response, ex: TetherError, _p: Any) -> None:
+    render(resp, ex)
+
+
+def _on_http_error(
+    req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, _p: Any
+) -> None:
+    status = ex.status_code
+    if status == 404:
+        message = f"no route for {req.method} {req.path}"
+    elif status == 405:
+        message = f"{req.method} is not allowed on {req.path}"
+    else:
+        message = ex.description or ex.title or "request refused"
+    render(resp, TetherError(status, _FALCON_CODES.get(status, "invalid_request"), message))
+    for name, value in (ex.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def _on_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, _p: Any) -> None:
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    render(resp, TetherError(500, "internal_error", "the hub failed to handle this request"))
+
+
+def install(app: falcon.App) -> None:
+    # falcon picks the most specific handler for an exception's type.
+    app.add_error_handler(Exception, _on_unexpected)
+    app.add_error_handler(falcon.HTTPError, _on_http_error)
+    app.add_error_handler(TetherError, _on_tether_error)

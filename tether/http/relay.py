@@ -1,0 +1,141 @@
+"""Answering a client from its reply channel: a plain JSON response, or an SSE stream.
+
+The status must be chosen before the first byte. A streaming request waits for its first
+event (or `keepalive_s`); failures before then are plain JSON with their status, after it
+they end the stream with `event: error`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+from typing import Any
+
+import falcon
+
+from tether import sse
+from tether.actors import messages as m
+from tether.actors.system import ActorSystem
+from tether.http import disconnect, streams
+
+
+class Relay:
+    def __init__(self, system: ActorSystem) -> None:
+        self._system = system
+        s = system.settings
+        self._keepalive = s.keepalive_s
+        # Actors answer every request through their own timers; this bound only guards
+        # against a lost actor, so it is generous.
+        self._deadline = s.wake_timeout_s + s.infer_timeout_s + 30.0
+
+    def respond(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        name: str,
+        body: dict[str, Any],
+        endpoint: str = "chat/completions",
+    ) -> None:
+        streaming = bool(body.get("stream")) and endpoint != "embeddings"
+        reply = self._system.infer(name, body, streaming, endpoint)
+        stop_watch = disconnect.watch(req.env, lambda: reply.put(streams.ClientGone()))
+        state: dict[str, Any] = {}
+        try:
+            if streaming:
+                handed_over = self._start_stream(resp, reply, state, stop_watch)
+            else:
+                handed_over = False
+                self._wait(resp, reply, state)
+        except BaseException:
+            stop_watch()
+            self._cancel(state, "client_gone")
+            raise
+        if not handed_over:
+            stop_watch()
+
+    def _cancel(self, state: dict[str, Any], reason: str) -> None:
+        dispatched = state.get("dispatched")
+        if dispatched is not None:
+            self._system.cancel(dispatched, reason)
+
+    def _next(self, reply: queue.Queue, timeout: float) -> Any:
+        try:
+            return reply.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _wait(self, resp: falcon.Response, reply: queue.Queue, state: dict[str, Any]) -> None:
+        while True:
+            event = self._next(reply, self._deadline)
+            if event is None:
+                self._cancel(state, "no_answer")
+                raise streams.no_answer()
+            if isinstance(event, m.Dispatched):
+                state["dispatched"] = event
+            elif isinstance(event, m.Completed):
+                _verbatim(resp, event)
+                return
+            elif isinstance(event, m.Failed):
+                raise event.error
+            elif isinstance(event, streams.ClientGone):
+                self._cancel(state, "client_gone")
+                resp.status = 499  # nobody reads it; ends the request quietly
+                return
+            # WakePending: keep waiting
+
+    def _start_stream(
+        self, resp: falcon.Response, reply: queue.Queue, state: dict[str, Any], stop_watch: Any
+    ) -> bool:
+        """Wait for the first byte's worth; True once the stream body took over the reply."""
+        first: list[str] = []
+        waited = 0.0
+        while True:
+            event = self._next(reply, self._keepalive)
+            if event is None:
+                waited += self._keepalive
+                if waited >= self._deadline:
+                    self._cancel(state, "no_answer")
+                    raise streams.no_answer()
+                first.append(sse.comment("waking" if state.get("waking") else "keepalive"))
+                break
+            if isinstance(event, m.Dispatched):
+                state["dispatched"] = event
+            elif isinstance(event, m.WakePending):
+                state["waking"] = True
+            elif isinstance(event, m.Failed):
+                raise event.error
+            elif isinstance(event, m.Completed):
+                _verbatim(resp, event)  # nothing streamed yet: the plain answer, verbatim
+                return False
+            elif isinstance(event, streams.ClientGone):
+                self._cancel(state, "client_gone")
+                resp.status = 499
+                return False
+            else:  # Chunks or StreamDone: the stream begins
+                if streams.render_event(event, state, first):
+                    state["finished"] = True
+                break
+        resp.status = falcon.HTTP_200
+        resp.content_type = "text/event-stream"
+        resp.set_headers(streams.SSE_HEADERS)
+
+        def on_end(finished: bool) -> None:
+            stop_watch()
+            if not finished:
+                self._cancel(state, "client_gone")
+
+        if state.get("finished"):
+            stop_watch()
+            resp.data = "".join(first).encode()
+            return True
+        resp.stream = streams.client_stream(
+            reply, first, state, self._keepalive, self._deadline, on_end
+        )
+        return True
+
+
+def _verbatim(resp: falcon.Response, event: m.Completed) -> None:
+    resp.status = event.status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = json.dumps(event.body).encode()
+

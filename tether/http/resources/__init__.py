@@ -1,0 +1,1 @@
+"""Thin resources: validate, message the actor system, render."""

@@ -1,0 +1,35 @@
+"""Client reads and the native infer route."""
+
+from __future__ import annotations
+
+import falcon
+
+from tether.actors.system import ActorSystem
+from tether.errors import llm_not_found
+from tether.http import schemas
+from tether.http.body import read_json
+from tether.http.relay import Relay
+from tether.store import llms as store
+
+
+class LlmCollection:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"llms": [row.to_wire() for row in store.list_all()]}
+
+
+class LlmItem:
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        row = store.get(name)
+        if row is None:
+            raise llm_not_found(name)
+        resp.media = row.to_wire()
+
+
+class Infer:
+    def __init__(self, system: ActorSystem, relay: Relay) -> None:
+        self.limit = system.settings.max_body_bytes
+        self.relay = relay
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        body = schemas.validate(schemas.CHAT_REQUEST, read_json(req, self.limit))
+        self.relay.respond(req, resp, name, body)

@@ -1,0 +1,96 @@
+"""The publisher control plane: register, stream, heartbeat, status, task result."""
+
+from __future__ import annotations
+
+import queue
+
+import falcon
+
+from tether.actors.system import ActorSystem
+from tether.errors import invalid_request
+from tether.http import disconnect, schemas, streams
+from tether.http.body import read_json
+from tether.store.models import Llm
+
+SESSION_HEADER = "X-Provider-Session-Id"
+
+
+class _Resource:
+    def __init__(self, system: ActorSystem) -> None:
+        self.system = system
+        self.limit = system.settings.max_body_bytes
+
+    def body(self, req: falcon.Request, schema: dict) -> dict:
+        return schemas.validate(schema, read_json(req, self.limit))
+
+
+def _wire(rows: list[Llm]) -> list[dict]:
+    return [row.to_wire() for row in rows]
+
+
+class Register(_Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = self.body(req, schemas.REGISTER)
+        seen: set[str] = set()
+        for i, spec in enumerate(body["providers"]):
+            if spec["name"] in seen:
+                raise invalid_request(
+                    f"providers[{i}].name: {spec['name']!r} appears twice in one request",
+                    param=f"providers[{i}].name",
+                )
+            seen.add(spec["name"])
+        session_id, rows = self.system.register(body.get("providerSessionId"), body["providers"])
+        resp.media = {"providerSessionId": session_id, "llms": _wire(rows)}
+
+
+class Stream(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        session_id = req.get_header(SESSION_HEADER) or req.get_param("providerSessionId")
+        if not session_id:
+            raise invalid_request(
+                f"{SESSION_HEADER}: the provider session id is required", param=SESSION_HEADER
+            )
+        last_event_id = None
+        raw_last = req.get_header("Last-Event-ID")
+        if raw_last:
+            try:
+                last_event_id = int(raw_last)
+            except ValueError:
+                last_event_id = None  # not an id this hub sent: nothing to replay
+        outbox: queue.Queue = queue.Queue()
+        token = self.system.open_stream(session_id, outbox, last_event_id)
+
+        def lost() -> None:
+            self.system.close_stream(session_id, token)
+
+        stop_watch = disconnect.watch(req.env, lost)
+
+        def on_end() -> None:
+            stop_watch()
+            lost()
+
+        resp.content_type = "text/event-stream"
+        resp.set_headers(streams.SSE_HEADERS)
+        resp.stream = streams.publisher_stream(outbox, self.system.settings.keepalive_s, on_end)
+
+
+class Heartbeat(_Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = self.body(req, schemas.HEARTBEAT)
+        count = self.system.heartbeat(body["providerSessionId"])
+        resp.media = {"ok": True, "llms": count}
+
+
+class Status(_Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = self.body(req, schemas.STATUS)
+        updates = [(item["name"], item["status"]) for item in body["llms"]]
+        self.system.set_status(body["providerSessionId"], updates)
+        resp.media = {"ok": True}
+
+
+class TaskResult(_Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        result = schemas.validate_result(read_json(req, self.limit))
+        self.system.submit_result(task_id, req.get_header(SESSION_HEADER), result)
+        resp.media = {"ok": True}

@@ -1,0 +1,163 @@
+"""Every request body the hub accepts, as JSON Schema (2020-12). Validation uses these dicts
+and nothing else, so the OpenAPI document built from them cannot drift from the code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from tether.errors import invalid_request
+
+LLM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+LIVE_STATUS = {"type": "string", "enum": ["active", "hibernating"]}
+
+LLM_NAME = {"type": "string", "pattern": LLM_NAME_PATTERN}
+SESSION_ID = {"type": "string", "pattern": SESSION_ID_PATTERN}
+
+PROVIDER_SPEC = {
+    "type": "object",
+    "required": ["name", "type", "model"],
+    "properties": {
+        "name": LLM_NAME,
+        "type": {"type": "string", "minLength": 1, "maxLength": 64},
+        "model": {"type": "string", "minLength": 1, "maxLength": 256},
+        "tier": {"type": "string", "minLength": 1, "maxLength": 64},
+        "description": {"type": "string", "maxLength": 4096},
+        "extraConfig": {"type": "object"},
+        "initialStatus": LIVE_STATUS,
+    },
+}
+
+REGISTER = {
+    "type": "object",
+    "required": ["providers"],
+    "properties": {
+        "providerSessionId": {"anyOf": [SESSION_ID, {"type": "null"}]},
+        "providers": {"type": "array", "minItems": 1, "maxItems": 64, "items": PROVIDER_SPEC},
+    },
+}
+
+HEARTBEAT = {
+    "type": "object",
+    "required": ["providerSessionId"],
+    "properties": {"providerSessionId": SESSION_ID},
+}
+
+STATUS = {
+    "type": "object",
+    "required": ["providerSessionId", "llms"],
+    "properties": {
+        "providerSessionId": SESSION_ID,
+        "llms": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 64,
+            "items": {
+                "type": "object",
+                "required": ["name", "status"],
+                "properties": {"name": LLM_NAME, "status": LIVE_STATUS},
+            },
+        },
+    },
+}
+
+CHUNK = {
+    "type": "object",
+    "minProperties": 1,
+    "properties": {"data": {"type": "string"}, "done": {"type": "boolean"}},
+}
+
+RESULT_FINAL = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "integer", "minimum": 100, "maximum": 599}, "body": {}},
+}
+RESULT_CHUNK = {"type": "object", "required": ["chunk"], "properties": {"chunk": CHUNK}}
+RESULT_CHUNKS = {
+    "type": "object",
+    "required": ["chunks"],
+    "properties": {"chunks": {"type": "array", "minItems": 1, "maxItems": 4096, "items": CHUNK}},
+}
+RESULT_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string", "maxLength": 65536},
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "code": {"type": "string", "maxLength": 64},
+            },
+        }
+    },
+}
+# A result body is exactly one of these, picked by its distinguishing key.
+RESULT_KINDS = (
+    ("chunks", RESULT_CHUNKS),
+    ("chunk", RESULT_CHUNK),
+    ("error", RESULT_ERROR),
+    ("status", RESULT_FINAL),
+)
+TASK_RESULT = {"oneOf": [schema for _, schema in RESULT_KINDS]}
+
+CHAT_REQUEST = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "model": {"type": "string", "maxLength": 256},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 2048,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {"role": {"type": "string", "minLength": 1, "maxLength": 64}},
+            },
+        },
+        "stream": {"type": "boolean"},
+    },
+}
+
+_VALIDATORS: dict[int, Draft202012Validator] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    key = id(schema)
+    if key not in _VALIDATORS:
+        Draft202012Validator.check_schema(schema)
+        _VALIDATORS[key] = Draft202012Validator(schema)
+    return _VALIDATORS[key]
+
+
+def _field(error: ValidationError) -> str:
+    path = ""
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else ""
+        path = f"{path}.{missing}" if path else missing
+    return path or "body"
+
+
+def validate(schema: dict[str, Any], body: Any) -> dict[str, Any]:
+    """Return `body` if it fits `schema`, else raise a 400 naming the offending field."""
+    error = best_match(_validator(schema).iter_errors(body))
+    if error is None:
+        return body
+    field = _field(error)
+    raise invalid_request(f"{field}: {error.message}", param=field)
+
+
+def validate_result(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict):
+        for key, schema in RESULT_KINDS:
+            if key in body:
+                return validate(schema, body)
+    raise invalid_request(
+        "body: a task result needs one of 'status', 'chunk', 'chunks' or 'error'", param="body"
+    )

@@ -1,0 +1,81 @@
+"""`tether serve`: gunicorn, started programmatically, one gevent worker."""
+
+from __future__ import annotations
+
+import runpy
+import signal
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from tether.config import REPO_ROOT, Settings
+
+GUNICORN_CONF = Path("conf/gunicorn.conf.py")
+
+
+def _conf_file() -> Path | None:
+    for candidate in (GUNICORN_CONF, REPO_ROOT / GUNICORN_CONF):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _post_worker_init(worker: Any) -> None:
+    """On SIGTERM, end publisher streams (with `retry:`) and answer waiting clients first:
+    SSE responses never finish by themselves, and gunicorn waits for open responses."""
+    import gevent
+
+    system = worker.app.system
+    original = worker.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        gevent.get_hub().loop.run_callback(system.drain)
+        original(sig, frame)
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    system = getattr(worker.app, "system", None)
+    if system is not None:
+        system.stop()
+
+
+class HubApplication(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.system: Any = None  # the worker's ActorSystem, once load() ran
+        super().__init__()
+
+    def load_config(self) -> None:
+        path = _conf_file()
+        if path is not None:
+            for key, value in runpy.run_path(str(path)).items():
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
+        if self.cfg.workers != 1:
+            raise SystemExit(
+                f"tether serve: {path} asks for {self.cfg.workers} workers; Tether runs one "
+                "worker until a cross-process bus exists (DESIGN.md, Running)"
+            )
+        self.cfg.set("bind", [f"{self.settings.host}:{self.settings.port}"])
+        self.cfg.set("workers", 1)
+        self.cfg.set("worker_class", "gevent")
+        self.cfg.set("loglevel", self.settings.log_level)
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 25.1 opens a control socket in $HOME: several hubs would collide
+            # on it, and it could raise the worker count past the one Tether supports.
+            self.cfg.set("control_socket_disable", True)
+        self.cfg.set("post_worker_init", _post_worker_init)
+        self.cfg.set("worker_exit", _worker_exit)
+
+    def load(self) -> Any:
+        from tether.http.app import build  # imported in the worker, after monkey-patching
+
+        app, self.system = build(self.settings)
+        return app
+
+
+def serve(settings: Settings) -> None:
+    HubApplication(settings).run()

@@ -1,0 +1,146 @@
+"""SSE response bodies: the publisher's task stream and a client's streamed completion.
+
+Generators here never touch the database; they drain a queue, batch what is ready into one
+write, and tell actors (never ask) when they end.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tether import sse
+from tether.actors import messages as m
+from tether.errors import TetherError
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _drain(outbox: queue.Queue, first: Any, out: list[str]) -> Any:
+    """Append `first` and everything already queued; return a Close sentinel if met."""
+    item = first
+    while True:
+        if isinstance(item, m.Close):
+            return item
+        out.append(item)
+        try:
+            item = outbox.get_nowait()
+        except queue.Empty:
+            return None
+
+
+def publisher_stream(
+    outbox: queue.Queue, keepalive_s: float, on_end: Callable[[], None]
+) -> Iterator[bytes]:
+    try:
+        while True:
+            try:
+                item = outbox.get(timeout=keepalive_s)
+            except queue.Empty:
+                yield sse.comment("keepalive").encode()
+                continue
+            out: list[str] = []
+            close = _drain(outbox, item, out)
+            if close is not None and close.retry_ms is not None:
+                out.append(f"retry: {close.retry_ms}\n\n")
+            if out:
+                yield "".join(out).encode()
+            if close is not None:
+                return
+    finally:
+        on_end()
+
+
+class ClientGone:
+    """Put on a reply channel by the disconnect watcher."""
+
+
+def error_event(error: TetherError) -> str:
+    return sse.frame("error", sse.dumps(error.envelope()))
+
+
+def chunk_events(chunks: m.Chunks) -> str:
+    return "".join(f"data: {data}\n\n" for data in chunks.data)
+
+
+DONE = "data: [DONE]\n\n"
+
+
+def client_stream(
+    reply: queue.Queue,
+    first: list[str],
+    state: dict[str, Any],
+    keepalive_s: float,
+    deadline_s: float,
+    on_end: Callable[[bool], None],
+) -> Iterator[bytes]:
+    """Relay reply events as SSE after the 200 went out. `on_end(finished)` runs last."""
+    finished = False
+    idle = 0.0
+    try:
+        if first:
+            yield "".join(first).encode()
+        while True:
+            try:
+                event = reply.get(timeout=keepalive_s)
+            except queue.Empty:
+                idle += keepalive_s
+                if idle >= deadline_s:  # a safety net: actors' own timers fire long before
+                    yield error_event(no_answer()).encode()
+                    return
+                yield sse.comment("waking" if state.get("waking") else "keepalive").encode()
+                continue
+            idle = 0.0
+            out: list[str] = []
+            while True:
+                done = render_event(event, state, out)
+                if done:
+                    finished = True
+                    break
+                try:
+                    event = reply.get_nowait()
+                except queue.Empty:
+                    break
+            if out:
+                yield "".join(out).encode()
+            if finished or state.get("gone"):
+                return
+    finally:
+        on_end(finished)
+
+
+def render_event(event: Any, state: dict[str, Any], out: list[str]) -> bool:
+    """Render one event into `out`; True when the stream is over."""
+    if isinstance(event, m.Chunks):
+        state["waking"] = False
+        state["chunks"] = True
+        out.append(chunk_events(event))
+    elif isinstance(event, m.StreamDone):
+        out.append(DONE)
+        return True
+    elif isinstance(event, m.Completed):
+        if 200 <= event.status < 300:
+            if not state.get("chunks") and event.body is not None:
+                out.append(f"data: {sse.dumps(event.body)}\n\n")
+            out.append(DONE)
+        else:
+            error = TetherError(event.status, "publisher_error", "the backend failed")
+            body = event.body if isinstance(event.body, dict) else error.envelope()
+            out.append(sse.frame("error", sse.dumps(body)))
+        return True
+    elif isinstance(event, m.Failed):
+        out.append(error_event(event.error))
+        return True
+    elif isinstance(event, m.Dispatched):
+        state["dispatched"] = event
+        state["waking"] = False
+    elif isinstance(event, m.WakePending):
+        state["waking"] = True
+    elif isinstance(event, ClientGone):
+        state["gone"] = True
+    return False
+
+
+def no_answer() -> TetherError:
+    return TetherError(504, "infer_timeout", "no answer from the publisher in time")

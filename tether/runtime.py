@@ -1,0 +1,48 @@
+"""The few primitives that differ between the gevent hub and plain threads (unit tests, CLI).
+
+Under gunicorn's gevent worker, threading is monkey-patched: pykka actors are greenlets and
+queue.Queue is cooperative. Timers then live on the gevent loop (no greenlet per timer);
+elsewhere they are threading.Timer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+def _gevent_active() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return monkey.is_module_patched("threading")
+
+
+class _LoopTimer:
+    __slots__ = ("_watcher",)
+
+    def __init__(self, delay: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        import gevent
+
+        self._watcher = gevent.get_hub().loop.timer(max(delay, 0.0))
+        self._watcher.start(fn, *args)
+
+    def cancel(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()
+
+
+def call_later(delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+    """Run `fn(*args)` once after `delay` seconds. `fn` must not block: tell an actor."""
+    if _gevent_active():
+        return _LoopTimer(delay, fn, args)
+    timer = threading.Timer(delay, fn, args)
+    timer.daemon = True
+    timer.start()
+    return timer

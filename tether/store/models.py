@@ -1,0 +1,95 @@
+"""peewee models. Field names are snake_case here; the wire uses camelCase (see render)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import peewee
+
+from tether.store.db import database
+
+KIND_VIRTUAL = "virtual"
+KIND_PUBLIC = "public"
+ACTIVE = "active"
+HIBERNATING = "hibernating"
+INACTIVE = "inactive"
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: what the database stores and compares."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+class JSONField(peewee.TextField):
+    def db_value(self, value: Any) -> str:
+        return json.dumps(value if value is not None else {}, separators=(",", ":"))
+
+    def python_value(self, value: str | None) -> Any:
+        return json.loads(value) if value else {}
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+
+
+class Llm(BaseModel):
+    id = peewee.CharField(primary_key=True, max_length=36, default=lambda: str(uuid.uuid4()))
+    name = peewee.CharField(unique=True, max_length=128)
+    type = peewee.CharField(max_length=64)
+    model = peewee.CharField(max_length=256)
+    tier = peewee.CharField(max_length=64, default="fast")
+    description = peewee.TextField(default="")
+    extra_config = JSONField(default=dict)
+    kind = peewee.CharField(max_length=16, default=KIND_VIRTUAL)
+    provider_session_id = peewee.CharField(max_length=128, null=True, index=True)
+    status = peewee.CharField(max_length=16, default=ACTIVE)
+    last_heartbeat_at = peewee.DateTimeField(null=True)
+    inactive_since = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "llm"
+        indexes = (
+            # The sweep's two queries.
+            (("status", "last_heartbeat_at"), False),
+            (("status", "inactive_since"), False),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "model": self.model,
+            "tier": self.tier,
+            "description": self.description,
+            "extraConfig": self.extra_config,
+            "kind": self.kind,
+            "providerSessionId": self.provider_session_id,
+            "status": self.status,
+            "lastHeartbeatAt": iso(self.last_heartbeat_at),
+            "inactiveSince": iso(self.inactive_since),
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+        }
+
+
+class SchemaVersion(BaseModel):
+    version = peewee.IntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+ALL_MODELS = (Llm, SchemaVersion)
