@@ -3,6 +3,7 @@
 worker_connections = 20000   # every publisher stream and waiting client is one connection
 timeout = 30                 # the worker's own liveness heartbeat to the arbiter
 graceful_timeout = 15        # SIGTERM: time for in-flight requests to finish
-keepalive = 75               # idle keep-alive connections from publishers and clients
+keepalive = 5                # idle keep-alive: long enough for busy result POSTs, short
+                             # enough that idle connections do not hold up SIGTERM
 accesslog = None             # one log line per task comes from the hub itself
 errorlog = "-"

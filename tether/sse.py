@@ -55,3 +55,15 @@ def parse(lines: Iterable[str]) -> Iterator[Event | str]:
             event = value
         elif name == "id":
             event_id = value
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Split a byte stream into decoded lines (no endings), as they arrive."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8")

@@ -18,7 +18,12 @@ def read_json(req: falcon.Request, limit: int) -> Any:
     length = req.content_length
     if length is not None and length > limit:
         raise too_large(limit)  # refused on the header alone: nothing of the body is read
-    raw = req.bounded_stream.read(limit + 1)
+    if length is None and req.env.get("wsgi.input_terminated"):
+        # A chunked upload: gunicorn ends the input at the body's end, while falcon's
+        # bounded_stream would see a body without Content-Length as empty.
+        raw = req.stream.read(limit + 1)
+    else:
+        raw = req.bounded_stream.read(limit + 1)
     if len(raw) > limit:
         raise too_large(limit)
     if not raw:

@@ -14,7 +14,9 @@ from tether import sse
 from tether.actors import messages as m
 from tether.errors import TetherError
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# A stream never shares its connection: closing it lets SIGTERM finish without waiting
+# for an idle keep-alive.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
 
 
 def _drain(outbox: queue.Queue, first: Any, out: list[str]) -> Any:

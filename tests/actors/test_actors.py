@@ -1,0 +1,139 @@
+"""The actors, started for real in threads, with a stub outbox instead of an SSE stream."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from tests.actors.conftest import Outbox, events, provider
+from tether.actors import messages as m
+from tether.errors import TetherError
+from tether.store import llms as store
+
+REQ = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def _online(system, *providers, session="s1") -> Outbox:
+    system.register(session, list(providers))
+    outbox = Outbox()
+    system.open_stream(session, outbox.queue, None)
+    assert [f.event for f in outbox.frames()] == ["hello"]
+    return outbox
+
+
+def test_wake_dedup_is_actor_state_one_wake_for_many_infers(system):
+    outbox = _online(system, provider("sleepy", "hibernating"))
+    replies = [system.infer("sleepy", {**REQ, "n": i}, False, "chat/completions")
+               for i in range(20)]
+    tasks = outbox.tasks()
+    assert [t["kind"] for t in tasks] == ["wake"]
+    for reply in replies:
+        assert isinstance(reply.get(timeout=2), m.WakePending)
+    system.submit_result(tasks[0]["taskId"], None, {"status": 200})
+    infers = outbox.tasks()
+    assert [t["request"]["n"] for t in infers] == list(range(20))
+    assert store.get("sleepy").status == "active"
+
+
+def test_wake_failure_answers_every_waiter_and_keeps_hibernating(system):
+    outbox = _online(system, provider("sleepy", "hibernating"))
+    replies = [system.infer("sleepy", REQ, False, "chat/completions") for _ in range(3)]
+    wake = outbox.tasks()[0]
+    system.submit_result(wake["taskId"], None, {"status": 503, "body": None})
+    for reply in replies:
+        failed = events(reply, m.Failed)[-1]
+        assert failed.error.code == "wake_failed" and failed.error.status == 503
+    assert store.get("sleepy").status == "hibernating"
+
+
+def test_stream_loss_fails_open_tasks_and_marks_active_rows_inactive(system):
+    system.register("s1", [provider("a"), provider("b", "hibernating")])
+    outbox = Outbox()
+    token = system.open_stream("s1", outbox.queue, None)
+    reply = system.infer("a", REQ, False, "chat/completions")
+    assert isinstance(reply.get(timeout=2), m.Dispatched)
+    system.close_stream("s1", token)
+    failed = reply.get(timeout=2)
+    assert isinstance(failed, m.Failed) and failed.error.code == "publisher_disconnected"
+    deadline = time.monotonic() + 2
+    while store.get("a").status != "inactive":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert store.get("b").status == "hibernating"
+
+
+def test_grace_and_replay_complete_a_task_across_a_reconnect(system_factory):
+    system = system_factory(publisher_grace_s=5)
+    system.register("s1", [provider("a")])
+    first = Outbox()
+    token = system.open_stream("s1", first.queue, None)
+    first.frames()
+    reply = system.infer("a", REQ, False, "chat/completions")
+    sent = first.frames()[0]
+    system.close_stream("s1", token)
+    second = Outbox()
+    system.open_stream("s1", second.queue, int(sent.id) - 1)
+    frames = second.frames()
+    assert [f.event for f in frames] == ["hello", "task"]
+    assert frames[1].id == sent.id and frames[1].data == sent.data
+    system.submit_result(sent.json()["taskId"], None, {"status": 200, "body": {"ok": 1}})
+    assert events(reply, m.Completed)[-1] == m.Completed(200, {"ok": 1})
+    # An id this process never sent replays nothing.
+    third = Outbox()
+    system.open_stream("s1", third.queue, 10_000)
+    assert [f.event for f in third.frames()] == ["hello"]
+
+
+def test_queue_bound_counts_waiters_and_in_flight(system_factory):
+    system = system_factory(max_queue_per_llm=2)
+    _online(system, provider("a"))
+    replies = [system.infer("a", REQ, False, "chat/completions") for _ in range(3)]
+    last = replies[2].get(timeout=2)
+    assert isinstance(last, m.Failed)
+    assert (last.error.status, last.error.code) == (429, "queue_full")
+
+
+def test_stream_idle_timeout_after_chunks(system_factory):
+    system = system_factory(stream_idle_timeout_s=0.3, infer_timeout_s=30)
+    outbox = _online(system, provider("a"))
+    reply = system.infer("a", {**REQ, "stream": True}, True, "chat/completions")
+    task = outbox.tasks()[0]
+    system.submit_result(task["taskId"], None, {"chunk": {"data": "{}"}})
+    seen = events(reply, m.Failed)
+    assert isinstance(seen[1], m.Chunks)
+    assert seen[-1].error.code == "stream_idle_timeout"
+    assert outbox.tasks(0.5) == [{"kind": "cancel", "taskId": task["taskId"]}]
+    with pytest.raises(TetherError) as late:
+        system.submit_result(task["taskId"], None, {"chunk": {"data": "{}"}})
+    assert late.value.status == 404
+
+
+def test_drain_answers_everyone_and_tells_publishers_to_retry(system):
+    outbox = _online(system, provider("a"), provider("z", "hibernating"))
+    busy = system.infer("a", REQ, False, "chat/completions")
+    waking = system.infer("z", REQ, False, "chat/completions")
+    outbox.tasks()
+    system.drain()
+    assert events(busy, m.Failed)[-1].error.code == "shutting_down"
+    assert events(waking, m.Failed)[-1].error.code == "shutting_down"
+    closes = [f for f in outbox.frames() if isinstance(f, m.Close)]
+    assert closes and closes[0].retry_ms == 1000
+
+
+def test_an_unknown_llm_and_an_unknown_task(system):
+    with pytest.raises(TetherError) as missing:
+        system.infer("nope", REQ, False, "chat/completions")
+    assert missing.value.code == "llm_not_found"
+    for task_id in ("1-abc", "zz", "ffff-1"):
+        with pytest.raises(TetherError) as unknown:
+            system.submit_result(task_id, None, {"status": 200})
+        assert unknown.value.code == "task_not_found"
+
+
+def test_reply_channel_is_not_left_waiting_when_offline(system):
+    system.register("s1", [provider("a")])
+    reply: queue.Queue = system.infer("a", REQ, False, "chat/completions")
+    failed = reply.get(timeout=2)
+    assert isinstance(failed, m.Failed) and failed.error.code == "publisher_offline"

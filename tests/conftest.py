@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from tests.support.hub import Hub
+from tests.support.publisher import TestPublisher
+
+
+@pytest.fixture
+def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
+    hubs: list[Hub] = []
+
+    def make(**settings: Any) -> Hub:
+        hub = Hub(tmp_path, **settings).start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.stop()
+
+
+@pytest.fixture
+def hub(hub_factory: Callable[..., Hub]) -> Hub:
+    return hub_factory()
+
+
+@pytest.fixture
+def publisher_factory(hub: Hub) -> Iterator[Callable[..., TestPublisher]]:
+    made: list[TestPublisher] = []
+
+    def make(session_id: str | None = None, url: str | None = None) -> TestPublisher:
+        pub = TestPublisher(url or hub.url, session_id)
+        made.append(pub)
+        return pub
+
+    yield make
+    for pub in made:
+        pub.close()
+
+
+@pytest.fixture
+def publisher(publisher_factory: Callable[..., TestPublisher]) -> TestPublisher:
+    return publisher_factory()
+
+
+@pytest.fixture(autouse=True)
+def _stop_actors() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all()

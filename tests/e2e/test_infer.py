@@ -1,0 +1,213 @@
+"""Infer relayed over a real stream (PROTOCOL.md, Infer and Task result)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import time
+
+import requests
+
+from tether import sse
+
+
+def _client_stream(hub, name: str, body: dict | None = None, timeout: float = 20):
+    """POST a streaming infer; return (response, list of SSE items as they came)."""
+    payload = {"messages": [{"role": "user", "content": "hi"}], "stream": True, **(body or {})}
+    r = requests.post(f"{hub.url}/api/v1/llms/{name}/infer", json=payload, stream=True,
+                      timeout=timeout)
+    return r
+
+
+def _read_sse(response) -> list:
+    lines = sse.iter_lines(response.iter_content(chunk_size=None))
+    return list(sse.parse(lines))
+
+
+def test_non_streaming_infer_relays_status_and_body_verbatim(hub, publisher):
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(2) as pool:
+        ok = pool.submit(hub.infer, "m1", "first", body={"temperature": 0.2})
+        task = stream.next_task("infer")
+        assert task["llmName"] == "m1" and task["streaming"] is False
+        assert "endpoint" not in task  # chat/completions is the default
+        # The client's body is forwarded unchanged; `model` stays the Llm name for the publisher.
+        assert task["request"] == {"messages": [{"role": "user", "content": "first"}],
+                                   "temperature": 0.2}
+        answer = {"id": "x", "choices": [{"message": {"role": "assistant", "content": "yo"}}]}
+        assert publisher.result(task["taskId"], {"status": 200, "body": answer}).json() == {
+            "ok": True}
+        assert ok.result().status_code == 200 and ok.result().json() == answer
+
+        odd = pool.submit(hub.infer, "m1")
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"status": 418, "body": {"teapot": ["short", "stout"]}})
+        assert odd.result().status_code == 418
+        assert odd.result().json() == {"teapot": ["short", "stout"]}
+    # The task is over: a late result is unknown.
+    late = publisher.result(task["taskId"], {"status": 200, "body": {}})
+    assert late.status_code == 404 and late.json()["error"]["code"] == "task_not_found"
+
+
+def test_streaming_infer_relays_chunks_in_order_then_done(hub, publisher):
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(_client_stream, hub, "m1")
+        task = stream.next_task("infer")
+        assert task["streaming"] is True
+        chunks = [sse.dumps({"choices": [{"delta": {"content": f"w{i}"}}]}) for i in range(5)]
+        publisher.result(task["taskId"], {"chunk": {"data": chunks[0], "done": False}})
+        response = pending.result()
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        publisher.result(task["taskId"], {"chunks": [{"data": c} for c in chunks[1:4]]})
+        publisher.result(task["taskId"], {"chunk": {"data": chunks[4], "done": True}})
+        items = [i for i in _read_sse(response) if not isinstance(i, str)]
+    assert [i.data for i in items] == [*chunks, "[DONE]"]
+
+
+def test_streaming_failure_before_the_first_chunk_is_plain_json(hub, publisher):
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(_client_stream, hub, "m1")
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"status": 401, "body": {"error": {"message": "key"}}})
+        response = pending.result()
+    assert response.status_code == 401
+    assert response.json() == {"error": {"message": "key"}}
+
+
+def test_streaming_error_after_chunks_ends_with_an_error_event(hub, publisher):
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(_client_stream, hub, "m1")
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"chunk": {"data": "{\"a\":1}"}})
+        response = pending.result()
+        publisher.result(task["taskId"], {"error": {"message": "backend died", "status": 502}})
+        items = [i for i in _read_sse(response) if not isinstance(i, str)]
+    assert items[0].data == "{\"a\":1}"
+    assert items[-1].event == "error"
+    assert items[-1].json()["error"]["code"] == "publisher_error"
+    assert "backend died" in items[-1].json()["error"]["message"]
+
+
+def test_error_result_is_502_by_default(hub, publisher):
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(hub.infer, "m1")
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"error": {"message": "connection refused"}})
+        r = pending.result()
+    assert r.status_code == 502
+    assert r.json()["error"] == {"message": "connection refused", "type": "server_error",
+                                 "code": "publisher_error", "param": None}
+
+
+def test_chunk_for_a_non_streaming_task_is_409(hub, publisher):
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(hub.infer, "m1")
+        task = stream.next_task("infer")
+        r = publisher.result(task["taskId"], {"chunk": {"data": "x", "done": False}})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "not_streaming"
+        publisher.result(task["taskId"], {"status": 200, "body": {"still": "fine"}})
+        assert pending.result().json() == {"still": "fine"}
+
+
+def test_result_checks_body_then_task_then_owner(hub, publisher_factory):
+    owner = publisher_factory()
+    owner.register("m1")
+    other = publisher_factory()
+    other.register("m2")
+    stream = owner.open()
+    assert owner.result("0-nope", {"weird": True}).status_code == 400
+    r = owner.result("0-nope", {"status": 200, "body": {}})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "task_not_found"
+    assert owner.result("garbage", {"status": 200}).status_code == 404
+    with cf.ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(hub.infer, "m1")
+        task = stream.next_task("infer")
+        r = owner.result(task["taskId"], {"status": 200, "body": {}}, session=other.session_id)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        owner.result(task["taskId"], {"status": 200, "body": {"ok": 1}}, session=owner.session_id)
+        assert pending.result().json() == {"ok": 1}
+
+
+def test_infer_errors(hub, publisher):
+    r = hub.infer("nobody")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "llm_not_found"
+    publisher.register("m1")
+    # Registered but no stream open yet: offline, and no task is queued for later.
+    r = hub.infer("m1")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "publisher_offline"
+    stream = publisher.open()
+    assert [i for i in stream.drain(0.3) if getattr(i, "event", "") == "task"] == []
+    for body, field in (({"messages": []}, "messages"), ({}, "messages"),
+                        ({"messages": [{"role": "user"}], "stream": "yes"}, "stream")):
+        r = hub.post("/api/v1/llms/m1/infer", body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+
+
+def test_infer_timeout_answers_504_and_cancels(hub_factory, publisher_factory):
+    hub = hub_factory(infer_timeout_s=0.5)
+    publisher = publisher_factory(url=hub.url)
+    publisher.register("m1")
+    stream = publisher.open()
+    started = time.monotonic()
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(hub.infer, "m1")
+        task = stream.next_task("infer")
+        cancel = stream.next_task("cancel")
+        r = pending.result()
+    assert cancel["taskId"] == task["taskId"]
+    assert r.status_code == 504 and r.json()["error"]["code"] == "infer_timeout"
+    assert time.monotonic() - started < 5
+    late = publisher.result(task["taskId"], {"status": 200, "body": {}})
+    assert late.status_code == 404
+
+
+def test_reads(hub, publisher):
+    publisher.register("b-model", "a-model")
+    assert [r["name"] for r in hub.get("/api/v1/llms").json()["llms"]] == ["a-model", "b-model"]
+    row = hub.llm("a-model")
+    assert set(row) == {"id", "name", "type", "model", "tier", "description", "extraConfig",
+                        "kind", "providerSessionId", "status", "lastHeartbeatAt",
+                        "inactiveSince", "createdAt", "updatedAt"}
+    r = hub.get("/api/v1/llms/zzz")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "llm_not_found"
+    assert hub.get("/healthz").json() == {"status": "ok"}
+    r = hub.get("/no/such/route")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = requests.delete(f"{hub.url}/api/v1/llms", timeout=5)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert json.loads(r.text)["error"]["type"] == "invalid_request_error"
+
+
+def test_oversized_bodies_are_413_with_or_without_a_length(hub_factory):
+    hub = hub_factory(max_body_bytes=1024)
+    big = b'{"messages": [' + b" " * 4096 + b"]}"
+    r = hub.post("/api/v1/llms/m/infer", data=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+    def chunked():  # no Content-Length: the hub must stop at the limit, not read it all
+        yield big[:1000]
+        yield big[1000:]
+
+    r = hub.post("/api/v1/llms/m/infer", data=chunked(),
+                 headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+    def small():  # a chunked body within the limit is read whole
+        yield b'{"messages": [{"role": '
+        yield b'"user"}]}'
+
+    r = hub.post("/api/v1/llms/m/infer", data=small(),
+                 headers={"Content-Type": "application/json"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "llm_not_found"

@@ -1,0 +1,90 @@
+"""The sweep, restarts and shutdown (PROTOCOL.md, Lifecycle)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from tests.support.hub import Hub, wait_until
+
+
+def test_sweep_marks_stale_rows_inactive_then_deletes_them(hub_factory, publisher_factory):
+    hub = hub_factory(heartbeat_timeout_s=0.6, gc_interval_s=0.2, inactive_retention_s=1.0)
+    quiet = publisher_factory(url=hub.url)
+    quiet.register("quiet")
+    alive = publisher_factory(url=hub.url)
+    alive.register("alive")
+    alive.open()
+    wait_until(lambda: hub.llm("quiet")["status"] == "inactive", timeout=3)
+    assert hub.llm("quiet")["inactiveSince"] is not None
+    # A heartbeating publisher keeps its row through many sweeps.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        assert alive.heartbeat().status_code == 200
+        assert hub.llm("alive")["status"] == "active"
+        time.sleep(0.15)
+    wait_until(lambda: hub.get("/api/v1/llms/quiet").status_code == 404, timeout=4)
+    assert quiet.heartbeat().status_code == 404  # its session owns nothing any more
+    assert [r["name"] for r in hub.get("/api/v1/llms").json()["llms"]] == ["alive"]
+
+
+def test_sweep_leaves_hibernating_rows_alone_while_heartbeats_arrive(hub_factory,
+                                                                    publisher_factory):
+    hub = hub_factory(heartbeat_timeout_s=0.5, gc_interval_s=0.1)
+    pub = publisher_factory(url=hub.url)
+    pub.register({"name": "sleepy", "type": "o", "model": "m", "initialStatus": "hibernating"})
+    for _ in range(10):
+        pub.heartbeat()
+        time.sleep(0.1)
+    assert hub.llm("sleepy")["status"] == "hibernating"
+    wait_until(lambda: hub.llm("sleepy")["status"] == "inactive", timeout=3)
+
+
+def test_rows_survive_a_restart_inactive_until_their_publisher_comes_back(
+    hub_factory, publisher_factory
+):
+    hub = hub_factory()
+    pub = publisher_factory("sticky-session", url=hub.url)
+    row = pub.register("m1")["llms"][0]
+    pub.open()
+    hub.restart()
+    after = hub.llm("m1")
+    assert after["id"] == row["id"] and after["status"] == "inactive"
+    assert after["createdAt"] == row["createdAt"]
+    again = pub.register("m1")["llms"][0]
+    assert again["id"] == row["id"] and again["status"] == "active"
+    stream = pub.open()
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(hub.infer, "m1")
+        task = stream.next_task("infer")
+        pub.result(task["taskId"], {"status": 200, "body": {"after": "restart"}})
+        assert pending.result().json() == {"after": "restart"}
+
+
+def test_sigterm_ends_publisher_streams_with_retry_and_exits_cleanly(tmp_path, publisher_factory):
+    hub = Hub(tmp_path).start()
+    pub = publisher_factory(url=hub.url)
+    pub.register("m1")
+    stream = pub.open()
+    started = time.monotonic()
+    assert hub.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    stream.wait_closed()
+    assert stream.retry == ["1000"]
+
+
+def test_a_config_file_and_the_environment_set_the_hub(tmp_path, publisher_factory):
+    conf = tmp_path / "hub.toml"
+    conf.write_text('[hub]\nwake_timeout_s = 0.4\nkeepalive_s = 30\n')
+    hub = Hub(tmp_path, config=str(conf), keepalive_s=0.2).start()  # TETHER_CONFIG
+    try:
+        pub = publisher_factory(url=hub.url)
+        pub.register({"name": "s", "type": "o", "model": "m", "initialStatus": "hibernating"})
+        stream = pub.open()
+        wait_until(lambda: "keepalive" in stream.comments, timeout=3)  # env beat the file
+        r = hub.infer("s")
+        assert r.status_code == 504 and r.json()["error"]["code"] == "wake_timeout"
+    finally:
+        hub.stop()

@@ -1,0 +1,70 @@
+"""The store on its own: atomic registration, guarded writes, the sweep queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tether.errors import TetherError
+from tether.store import db, migrations
+from tether.store import llms as store
+from tether.store.models import Llm, utcnow
+
+
+@pytest.fixture(autouse=True)
+def database(tmp_path):
+    db.init(f"sqlite:///{tmp_path / 'store.db'}")
+    migrations.migrate()
+    yield
+    db.close()
+
+
+def spec(name: str, **kw) -> dict:
+    return {"name": name, "type": "openai", "model": "m", **kw}
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    with db.connection() as conn:
+        assert conn.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_migrate_is_idempotent_and_records_the_version():
+    assert migrations.migrate() == migrations.CURRENT_VERSION
+
+
+def test_register_rolls_back_everything_on_a_conflict():
+    store.register("s1", [spec("a")])
+    with pytest.raises(TetherError) as conflict:
+        store.register("s2", [spec("b"), spec("a")])
+    assert conflict.value.code == "llm_owned_by_other_session"
+    assert store.get("b") is None
+
+
+def test_status_writes_are_guarded_by_the_owning_session():
+    store.register("s1", [spec("a")])
+    assert store.set_status("a", "s1", "inactive")
+    store.register("s2", [spec("a")])  # s2 takes the inactive row
+    assert not store.set_status("a", "s1", "inactive")  # a stale writer changes nothing
+    assert store.get("a").status == "active"
+
+
+def test_sweep_queries():
+    store.register("s1", [spec("old"), spec("new")])
+    past = utcnow() - dt.timedelta(hours=1)
+    with db.connection():
+        Llm.update(last_heartbeat_at=past).where(Llm.name == "old").execute()
+    cutoff = utcnow() - dt.timedelta(minutes=1)
+    assert store.stale_names(cutoff) == ["old"]
+    assert store.mark_inactive_if_stale("old", "s1", cutoff)
+    assert not store.mark_inactive_if_stale("new", "s1", cutoff)
+    assert store.delete_expired(utcnow() - dt.timedelta(minutes=1)) == []
+    gone = store.delete_expired(utcnow() + dt.timedelta(seconds=1))
+    assert [r.name for r in gone] == ["old"]
+    assert [r.name for r in store.list_all()] == ["new"]
+
+
+def test_startup_deactivates_every_virtual_row():
+    store.register("s1", [spec("a"), spec("b", initialStatus="hibernating")])
+    assert store.deactivate_all_virtual() == 2
+    assert {r.status for r in store.list_all()} == {"inactive"}

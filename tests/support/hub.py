@@ -1,0 +1,110 @@
+"""A real `tether serve` process on a free port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+# Fast lifecycle settings so tests see timeouts and sweeps in well under a second or two.
+FAST = {
+    "keepalive_s": 1,
+    "publisher_grace_s": 0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Hub:
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = {**FAST, **settings}
+        self.settings.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
+        self.log_path = tmp / f"hub-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+        for key, value in self.settings.items():
+            env[f"TETHER_{key.upper()}"] = str(value)
+        return env
+
+    def start(self, timeout: float = 20) -> Hub:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tether.cli", "serve", "--port", str(self.port)],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tether serve exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"tether serve did not become healthy:\n{self.logs()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def restart(self) -> Hub:
+        self.stop()
+        return self.start()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # --- small helpers -------------------------------------------------------------------
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 10), **kw)
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, json=json, timeout=kw.pop("timeout", 30), **kw)
+
+    def llm(self, name: str) -> dict:
+        r = self.get(f"/api/v1/llms/{name}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def infer(self, name: str, content: str = "hi", **kw: Any) -> requests.Response:
+        body = {"messages": [{"role": "user", "content": content}], **kw.pop("body", {})}
+        return self.post(f"/api/v1/llms/{name}/infer", body, **kw)
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,153 @@
+"""A test publisher that drives the wire protocol by hand (no backend behind it)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+import requests
+import urllib3
+
+from tether import sse
+
+CLOSED = "<stream closed>"
+
+
+class Stream:
+    """An open `_provider-stream`, read on a thread into a queue of events and comments."""
+
+    def __init__(self, url: str, session_id: str, last_event_id: str | None = None) -> None:
+        headers = {"X-Provider-Session-Id": session_id}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self._http = urllib3.PoolManager()
+        self.response = self._http.request(
+            "GET", f"{url}/api/v1/llms/_provider-stream", headers=headers,
+            preload_content=False, timeout=urllib3.Timeout(connect=5, read=30), retries=False,
+        )
+        self.status = self.response.status
+        self.items: queue.Queue = queue.Queue()
+        self.comments: list[str] = []
+        self.retry: list[str] = []
+        if self.status == 200:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            lines = sse.iter_lines(self.response.stream(1024, decode_content=False))
+            for item in sse.parse(_watch_retry(lines, self.retry)):
+                if isinstance(item, str):
+                    self.comments.append(item)
+                else:
+                    self.items.put(item)
+        except Exception:  # noqa: BLE001 - the connection was cut: that is the signal
+            pass
+        self.items.put(CLOSED)
+
+    def next(self, timeout: float = 5.0) -> Any:
+        return self.items.get(timeout=timeout)
+
+    def next_task(self, kind: str | None = None, timeout: float = 5.0) -> dict:
+        while True:
+            item = self.next(timeout)
+            if item == CLOSED:
+                raise AssertionError("the stream closed while waiting for a task")
+            if item.event == "task" and (kind is None or item.json()["kind"] == kind):
+                return item.json()
+
+    def wait_closed(self, timeout: float = 5.0) -> list[Any]:
+        """Everything up to the end of the stream; fails if it does not end in time."""
+        seen = []
+        while True:
+            item = self.next(timeout)
+            if item == CLOSED:
+                return seen
+            seen.append(item)
+
+    def drain(self, wait: float = 0.3) -> list[Any]:
+        out = []
+        while True:
+            try:
+                out.append(self.items.get(timeout=wait))
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        # Shut the socket itself: the hub must notice from the read side.
+        try:
+            sock = self.response.connection.sock  # type: ignore[union-attr]
+            if sock is not None:
+                import socket
+
+                sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass
+        self.response.release_conn()
+        self._http.clear()  # no idle keep-alive connection left to hold up the hub's shutdown
+
+
+def _watch_retry(lines: Any, retry: list[str]) -> Any:
+    for line in lines:
+        if line.startswith("retry:"):
+            retry.append(line.split(":", 1)[1].strip())
+        yield line
+
+
+class TestPublisher:
+    __test__ = False  # not a test class for pytest
+
+    def __init__(self, hub_url: str, session_id: str | None = None) -> None:
+        self.url = hub_url
+        self.session_id = session_id
+        self.streams: list[Stream] = []
+
+    def register(self, *providers: dict | str, expect: int = 200, **spec: Any) -> Any:
+        specs = [
+            {"name": p, "type": "openai", "model": "m", **spec} if isinstance(p, str) else p
+            for p in providers
+        ]
+        r = requests.post(
+            f"{self.url}/api/v1/llms/_provider-register",
+            json={"providerSessionId": self.session_id, "providers": specs}, timeout=10,
+        )
+        assert r.status_code == expect, r.text
+        if r.status_code == 200:
+            self.session_id = r.json()["providerSessionId"]
+        return r.json()
+
+    def open(self, last_event_id: str | None = None) -> Stream:
+        assert self.session_id is not None
+        stream = Stream(self.url, self.session_id, last_event_id)
+        assert stream.status == 200, stream.response.data
+        hello = stream.next()
+        assert hello.event == "hello", hello
+        self.streams.append(stream)
+        return stream
+
+    def heartbeat(self) -> requests.Response:
+        return requests.post(
+            f"{self.url}/api/v1/llms/_provider-heartbeat",
+            json={"providerSessionId": self.session_id}, timeout=10,
+        )
+
+    def status(self, **statuses: str) -> requests.Response:
+        return requests.post(
+            f"{self.url}/api/v1/llms/_provider-status",
+            json={
+                "providerSessionId": self.session_id,
+                "llms": [{"name": n, "status": s} for n, s in statuses.items()],
+            },
+            timeout=10,
+        )
+
+    def result(self, task_id: str, body: Any, session: str | None = None) -> requests.Response:
+        headers = {"X-Provider-Session-Id": session} if session else {}
+        return requests.post(
+            f"{self.url}/api/v1/llms/_provider-task/{task_id}/result",
+            json=body, headers=headers, timeout=10,
+        )
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()

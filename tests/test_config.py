@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from tether.config import ConfigError, load_settings
+
+
+def test_layers_defaults_file_env_flags(tmp_path):
+    conf = tmp_path / "t.toml"
+    conf.write_text('[hub]\nport = 9000\nwake_timeout_s = 5\nkeepalive_s = 2\n')
+    env = {"TETHER_KEEPALIVE_S": "0.25", "TETHER_WAKE_TIMEOUT_S": "7.5"}
+    s = load_settings(conf, env=env, overrides={"wake_timeout_s": 1, "host": None})
+    assert s.port == 9000  # file
+    assert s.keepalive_s == 0.25  # env beats file
+    assert s.wake_timeout_s == 1.0  # flag beats env
+    assert s.host == "127.0.0.1" and s.infer_timeout_s == 600  # defaults
+    assert s.heartbeat_interval_s == 30
+
+
+def test_auth_defaults_off_only_on_loopback():
+    assert not load_settings(env={}, overrides={"host": "127.0.0.1"}).auth_enabled
+    assert not load_settings(env={}, overrides={"host": "::1"}).auth_enabled
+    assert load_settings(env={}, overrides={"host": "0.0.0.0"}).auth_enabled
+    assert not load_settings(env={"TETHER_AUTH": "off"}, overrides={"host": "0.0.0.0"}).auth_enabled
+
+
+@pytest.mark.parametrize(
+    "text, env, needle",
+    [
+        ("[hub]\nport = 'x'\n", {}, "port"),
+        ("[hub]\nwake_timout_s = 3\n", {}, "wake_timout_s"),
+        ("not toml = = 1", {}, "TOML"),
+        ("", {"TETHER_GC_INTERVAL_S": "-1"}, "TETHER_GC_INTERVAL_S"),
+        ("", {"TETHER_AUTH": "maybe"}, "auth"),
+    ],
+)
+def test_bad_settings_name_the_key(tmp_path, text, env, needle):
+    conf = tmp_path / "t.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(conf, env=env)
+    assert needle in str(err.value)
+
+
+def test_a_named_config_file_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", env={})
