@@ -19,7 +19,7 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/tether serve
+	$(BIN)/tether demo
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check tether tests

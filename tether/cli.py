@@ -1,4 +1,4 @@
-"""The `tether` command: serve | llms (publish and demo arrive with the publisher)."""
+"""The `tether` command: serve | publish | demo | demo-backend | llms."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def _llms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from tether.demo import run
+
+    return run(args)
+
+
+def _demo_backend(args: argparse.Namespace) -> int:
+    from tether.demo_backend import serve
+
+    serve(args.host, args.port, args.model, args.api_key, args.pidfile)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url")
     serve.add_argument("--config", help="hub TOML (default conf/tether.toml, or TETHER_CONFIG)")
     serve.set_defaults(run=_serve)
+
+    publish = commands.add_parser("publish", help="publish local backends on a hub")
+    from tether.publisher import main as publisher_main
+
+    publisher_main.add_arguments(publish)
+    publish.set_defaults(run=publisher_main.run)
+
+    demo = commands.add_parser("demo", help="hub + demo backend + publisher, in one command")
+    demo.add_argument("--port", type=int, default=8080, help="the hub's port")
+    demo.set_defaults(run=_demo)
+
+    backend = commands.add_parser("demo-backend", help="the built-in OpenAI-compatible "
+                                  "demo backend (for demos, tests and benchmarks)")
+    backend.add_argument("--host", default="127.0.0.1")
+    backend.add_argument("--port", type=int, default=11500)
+    backend.add_argument("--model", default="demo-model")
+    backend.add_argument("--api-key", default=None)
+    backend.add_argument("--pidfile", default=None)
+    backend.set_defaults(run=_demo_backend)
 
     llms = commands.add_parser("llms", help="print the Llm rows of a hub's database")
     llms.add_argument("--database-url")

@@ -10,6 +10,7 @@ import requests
 import urllib3
 
 from tether import sse
+from tether.publisher.clients import body_chunks
 
 CLOSED = "<stream closed>"
 
@@ -35,7 +36,7 @@ class Stream:
 
     def _read(self) -> None:
         try:
-            lines = sse.iter_lines(self.response.stream(1024, decode_content=False))
+            lines = sse.iter_lines(body_chunks(self.response))
             for item in sse.parse(_watch_retry(lines, self.retry)):
                 if isinstance(item, str):
                     self.comments.append(item)

@@ -1,0 +1,162 @@
+"""A small OpenAI-compatible backend with deterministic answers, for `tether demo`, the tests
+and the benchmarks. It is a stand-in for Ollama / llama.cpp / vLLM, not a model.
+
+Routes: GET /v1/models, POST /v1/chat/completions (streamed or not), POST /v1/completions,
+POST /v1/embeddings, GET /_demo/stats (requests seen, streams the client aborted).
+Request knobs (in the body, ignored by real backends): `demo_chunks` (how many chunks),
+`demo_delay_s` (pause before each chunk), `demo_status` (answer this HTTP status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+WORDS = ("tether", "relays", "your", "local", "model", "through", "one", "endpoint")
+
+
+class DemoBackend:
+    def __init__(self, model: str = "demo-model", api_key: str | None = None) -> None:
+        self.model = model
+        self.api_key = api_key
+        self.stats = {"requests": 0, "streams": 0, "aborted": 0, "completed": 0}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if path == "/_demo/stats":
+            return _json(start_response, 200, self.stats)
+        if self.api_key and environ.get("HTTP_AUTHORIZATION") != f"Bearer {self.api_key}":
+            return _json(start_response, 401, _error("invalid api key", "invalid_api_key"))
+        if method == "GET" and path == "/v1/models":
+            return _json(start_response, 200, {"object": "list", "data": [
+                {"id": self.model, "object": "model", "created": 0, "owned_by": "demo"}]})
+        if method != "POST" or path not in (
+            "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+        ):
+            return _json(start_response, 404, _error(f"no route {method} {path}", "not_found"))
+        self.stats["requests"] += 1
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+        except ValueError:
+            return _json(start_response, 400, _error("body is not JSON", "invalid_json"))
+        if "demo_status" in body:
+            status = int(body["demo_status"])
+            return _json(start_response, status, _error(f"demo status {status}", "demo"))
+        if path == "/v1/embeddings":
+            return _json(start_response, 200, self._embeddings(body))
+        chat = path == "/v1/chat/completions"
+        if body.get("stream"):
+            self.stats["streams"] += 1
+            start_response("200 OK", [("Content-Type", "text/event-stream"),
+                                      ("Cache-Control", "no-cache")])
+            return self._stream(body, chat)
+        self.stats["completed"] += 1
+        return _json(start_response, 200, self._completion(body, chat))
+
+    # --- answers -------------------------------------------------------------------------
+
+    def _words(self, body: dict[str, Any]) -> list[str]:
+        n = int(body.get("demo_chunks", body.get("max_tokens") or 8))
+        seed = int(hashlib.sha256(json.dumps(body.get("messages") or body.get("prompt"),
+                                             sort_keys=True).encode()).hexdigest(), 16)
+        return [WORDS[(seed + i) % len(WORDS)] for i in range(max(n, 1))]
+
+    def _completion(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        text = " ".join(self._words(body))
+        delay = float(body.get("demo_delay_s", 0))
+        if delay:
+            time.sleep(delay)
+        usage = {"prompt_tokens": 1, "completion_tokens": len(text.split()),
+                 "total_tokens": 1 + len(text.split())}
+        if chat:
+            return {"id": "chatcmpl-demo", "object": "chat.completion", "created": 0,
+                    "model": body.get("model", self.model), "usage": usage,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}]}
+        return {"id": "cmpl-demo", "object": "text_completion", "created": 0,
+                "model": body.get("model", self.model), "usage": usage,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
+
+    def _stream(self, body: dict[str, Any], chat: bool) -> Iterator[bytes]:
+        delay = float(body.get("demo_delay_s", 0))
+        model = body.get("model", self.model)
+        finished = False
+        try:
+            words = self._words(body)
+            for i, word in enumerate(words):
+                if delay:
+                    time.sleep(delay)
+                piece = word if i == 0 else f" {word}"
+                if chat:
+                    chunk = {"id": "chatcmpl-demo", "object": "chat.completion.chunk",
+                             "created": 0, "model": model,
+                             "choices": [{"index": 0, "delta": {"content": piece},
+                                          "finish_reason": None}]}
+                else:
+                    chunk = {"id": "cmpl-demo", "object": "text_completion", "created": 0,
+                             "model": model, "choices": [{"index": 0, "text": piece,
+                                                          "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            finished = True
+            self.stats["completed"] += 1
+        finally:
+            if not finished:
+                self.stats["aborted"] += 1  # the client went away mid-stream
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        inputs = body.get("input", "")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        data = []
+        for i, text in enumerate(inputs):
+            digest = hashlib.sha256(str(text).encode()).digest()
+            data.append({"object": "embedding", "index": i,
+                         "embedding": [round(b / 255, 4) for b in digest[:8]]})
+        return {"object": "list", "data": data, "model": body.get("model", self.model),
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+
+
+def _json(start_response: Any, status: int, body: Any) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(f"{status} {'OK' if status < 400 else 'Error'}",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def serve(host: str, port: int, model: str, api_key: str | None = None,
+          pidfile: str | None = None) -> None:
+    from gevent import monkey
+
+    monkey.patch_all()
+    from gevent.pywsgi import WSGIServer
+
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(str(os.getpid()))
+    server = WSGIServer((host, port), DemoBackend(model, api_key), log=None)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tether demo-backend", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11500)
+    parser.add_argument("--model", default="demo-model")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--pidfile", default=None)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.model, args.api_key, args.pidfile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""BackendActor: one per backend. Owns its concurrency slots and their ordered wait queue,
+the wake and sleep state, and the idle timer that scales the backend to zero.
+
+Work that blocks (backend calls, result POSTs, recipes) runs in spawned greenlets that report
+back with a message; the actor itself never waits on the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from tether.actors.base import TetherActor, tell
+from tether.publisher import messages as m
+from tether.publisher import recipes, tasks
+from tether.publisher.clients import BackendClient, HubClient, Unreachable
+from tether.publisher.config import BackendConfig
+from tether.runtime import Timer, call_later
+
+log = logging.getLogger("tether.publisher.backend")
+
+PROBE_EVERY_S = 0.25
+
+
+class BackendActor(TetherActor):
+    def __init__(self, backend: BackendConfig, hub: HubClient,
+                 session_id: Callable[[], str | None], asleep: bool) -> None:
+        super().__init__()
+        self.backend = backend
+        self.client = BackendClient(backend.base_url, backend.api_key, backend.max_concurrency)
+        self.hub = hub
+        self.session_id = session_id
+        self.asleep = asleep
+        self.running: dict[str, gevent.Greenlet] = {}
+        self.waiting: deque[dict[str, Any]] = deque()
+        self.wake_tasks: list[str] = []
+        self.waking: gevent.Greenlet | None = None
+        self.sleeping: gevent.Greenlet | None = None
+        self.idle_generation = 0
+        self.idle_timer: Timer | None = None
+
+    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+        return {
+            m.RunInfer: self._on_run_infer,
+            m.RunWake: self._on_run_wake,
+            m.CancelTask: self._on_cancel,
+            m.TaskFinished: self._on_task_finished,
+            m.WakeFinished: self._on_wake_finished,
+            m.SleepFinished: self._on_sleep_finished,
+            m.IdleExpired: self._on_idle_expired,
+            m.GetStatus: lambda _msg: "hibernating" if self.asleep else "active",
+        }
+
+    def on_start(self) -> None:
+        self._arm_idle()
+
+    def on_stop(self) -> None:
+        for greenlet in list(self.running.values()):
+            greenlet.kill(block=False)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+
+    # --- infer ---------------------------------------------------------------------------
+
+    def _on_run_infer(self, msg: m.RunInfer) -> None:
+        self._disarm_idle()
+        self.waiting.append(msg.task)
+        if self.asleep and self.backend.wake is not None:
+            self._start_wake()  # sent while we slept: wake first, then serve it
+        self._fill_slots()
+
+    def _fill_slots(self) -> None:
+        if self.waking is not None or self.sleeping is not None:
+            return
+        while self.waiting and len(self.running) < self.backend.max_concurrency:
+            task = self.waiting.popleft()
+            self.running[task["taskId"]] = self._spawn_task(task)
+
+    def _spawn_task(self, task: dict[str, Any]) -> gevent.Greenlet:
+        me = self.actor_ref
+
+        def work() -> None:
+            try:
+                tasks.run_infer(task, self.backend, self.client, self.hub, self.session_id)
+            finally:
+                tell(me, m.TaskFinished(task["taskId"]))
+
+        return gevent.spawn(work)
+
+    def _on_task_finished(self, msg: m.TaskFinished) -> None:
+        self.running.pop(msg.task_id, None)
+        self._fill_slots()
+        self._arm_idle()
+
+    def _on_cancel(self, msg: m.CancelTask) -> None:
+        greenlet = self.running.get(msg.task_id)
+        if greenlet is not None:
+            greenlet.kill(block=False)  # closes the backend connection; TaskFinished follows
+            return
+        for task in self.waiting:
+            if task["taskId"] == msg.task_id:
+                self.waiting.remove(task)
+                self._arm_idle()
+                return
+
+    # --- wake ----------------------------------------------------------------------------
+
+    def _on_run_wake(self, msg: m.RunWake) -> None:
+        self._disarm_idle()
+        self.wake_tasks.append(msg.task_id)
+        self._start_wake()
+
+    def _start_wake(self) -> None:
+        if self.waking is not None or self.sleeping is not None:
+            return  # joins the wake in flight, or starts once the sleep recipe is done
+        me, backend, client = self.actor_ref, self.backend, self.client
+
+        def wake() -> None:
+            tell(me, m.WakeFinished(_wake(backend, client)))
+
+        self.waking = gevent.spawn(wake)
+
+    def _on_wake_finished(self, msg: m.WakeFinished) -> None:
+        self.waking = None
+        answered, self.wake_tasks = self.wake_tasks, []
+        if msg.error is None:
+            self.asleep = False
+            log.info("backend %s is awake", self.backend.name)
+            result: dict[str, Any] = {"status": 200, "body": {"awake": True}}
+        else:
+            log.warning("backend %s did not wake: %s", self.backend.name, msg.error)
+            result = tasks.error_result(f"wake failed: {msg.error}", 503)
+            failed, self.waiting = list(self.waiting), deque()
+            for task in failed:
+                self._post_later(task["taskId"], result)
+        for task_id in answered:
+            self._post_later(task_id, result)
+        self._fill_slots()
+        self._arm_idle()
+
+    def _post_later(self, task_id: str, result: dict[str, Any]) -> None:
+        def post() -> None:
+            with contextlib.suppress(tasks.TaskGone, Unreachable):
+                tasks.post_result(self.hub, self.session_id, task_id, result)
+
+        gevent.spawn(post)
+
+    # --- idle sleep ----------------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        return bool(self.running or self.waiting or self.waking or self.sleeping)
+
+    def _disarm_idle(self) -> None:
+        self.idle_generation += 1
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def _arm_idle(self) -> None:
+        self._disarm_idle()
+        idle = self.backend.idle_sleep_s
+        if idle is None or self.asleep or self._busy():
+            return
+        self.idle_timer = call_later(idle, tell, self.actor_ref,
+                                     m.IdleExpired(self.idle_generation))
+
+    def _on_idle_expired(self, msg: m.IdleExpired) -> None:
+        if msg.generation != self.idle_generation or self.asleep or self._busy():
+            return
+        assert self.backend.sleep is not None
+        self.asleep = True  # from now on an infer waits for a wake
+        me, backend, report = self.actor_ref, self.backend, self._report_hibernating
+
+        def sleep() -> None:
+            try:
+                recipes.run(backend.sleep, timeout=backend.wake_timeout_s)
+            except recipes.RecipeFailed as exc:
+                tell(me, m.SleepFinished(str(exc)))
+                return
+            report()
+            tell(me, m.SleepFinished(None))
+
+        log.info("backend %s idle for %gs: running its sleep recipe", backend.name,
+                 backend.idle_sleep_s)
+        self.sleeping = gevent.spawn(sleep)
+
+    def _report_hibernating(self) -> None:
+        sid = self.session_id()
+        if sid is None:
+            return
+        body = {"providerSessionId": sid,
+                "llms": [{"name": self.backend.name, "status": "hibernating"}]}
+        try:
+            status, answer = self.hub.post("/api/v1/llms/_provider-status", body)
+        except Unreachable:
+            return  # the next registration carries the status
+        if status != 200:
+            log.warning("hub refused status hibernating for %s: %s", self.backend.name, answer)
+
+    def _on_sleep_finished(self, msg: m.SleepFinished) -> None:
+        self.sleeping = None
+        if msg.error is not None:
+            log.warning("sleep recipe of %s failed: %s", self.backend.name, msg.error)
+            self.asleep = False
+        if self.wake_tasks or (self.waiting and self.asleep):
+            self._start_wake()
+        self._fill_slots()
+        self._arm_idle()
+
+
+def _wake(backend: BackendConfig, client: BackendClient) -> str | None:
+    """Bring the backend up: the recipe, then the readiness probe. None on success."""
+    if client.probe():
+        return None
+    if backend.wake is None:
+        return "the backend is down and has no wake recipe"
+    deadline = time.monotonic() + backend.wake_timeout_s
+    try:
+        proc = recipes.start(backend.wake, backend.wake_timeout_s)
+    except recipes.RecipeFailed as exc:
+        return str(exc)
+    while time.monotonic() < deadline:
+        if client.probe(timeout=min(2.0, max(deadline - time.monotonic(), 0.1))):
+            return None
+        if isinstance(proc, subprocess.Popen):
+            reason = recipes.failed_exit(proc)
+            if reason:
+                return reason
+        gevent.sleep(PROBE_EVERY_S)
+    return f"not ready within {backend.wake_timeout_s:g} s ({backend.wake.describe()})"

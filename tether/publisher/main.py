@@ -1,0 +1,81 @@
+"""`tether publish`: build the config (file or flags) and run the agent under gevent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+
+from tether.publisher.config import PublisherConfig, PublisherConfigError, load, parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="publisher TOML (see conf/publisher.example.toml)")
+    parser.add_argument("--hub", help="hub URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--name", help="the Llm name on the hub")
+    parser.add_argument("--model", help="the model name the backend expects")
+    parser.add_argument("--backend", help="backend base URL, e.g. http://127.0.0.1:11434/v1")
+    parser.add_argument("--type", default="openai")
+    parser.add_argument("--api-key-env", help="env var holding the backend's API key")
+    parser.add_argument("--key-env", help="env var holding this publisher's hub key")
+    parser.add_argument("--max-concurrency", type=int, default=4)
+    parser.add_argument("--wake-command", help="command that starts the backend")
+    parser.add_argument("--sleep-command", help="command that stops the backend")
+    parser.add_argument("--idle-sleep-s", type=float, help="idle this long → sleep command")
+    parser.add_argument("--wake-timeout-s", type=float, default=120.0)
+    parser.add_argument("--session-file", help="where the session id is kept")
+
+
+def config_from_args(args: argparse.Namespace) -> PublisherConfig:
+    if args.config:
+        config = load(args.config)
+        if args.session_file:
+            config = PublisherConfig(config.hub, config.backends, config.key_env,
+                                     args.session_file, config.probe_interval_s)
+        return config
+    missing = [f"--{k}" for k in ("hub", "name", "model", "backend") if not getattr(args, k)]
+    if missing:
+        raise PublisherConfigError(
+            f"command line: give --config FILE, or all of --hub --name --model --backend "
+            f"(missing {' '.join(missing)})")
+    backend: dict = {"name": args.name, "type": args.type, "model": args.model,
+                     "base_url": args.backend, "max_concurrency": args.max_concurrency,
+                     "wake_timeout_s": args.wake_timeout_s}
+    if args.api_key_env:
+        backend["api_key_env"] = args.api_key_env
+    if args.wake_command:
+        backend["wake"] = {"command": shlex.split(args.wake_command)}
+    if args.sleep_command:
+        backend["sleep"] = {"command": shlex.split(args.sleep_command)}
+    if args.idle_sleep_s is not None:
+        backend["idle_sleep_s"] = args.idle_sleep_s
+    data: dict = {"hub": args.hub, "backends": [backend]}
+    if args.key_env:
+        data["key_env"] = args.key_env
+    if args.session_file:
+        data["session_file"] = args.session_file
+    return parse(data, "command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except PublisherConfigError as exc:
+        print(f"tether publish: {exc}", file=sys.stderr)
+        return 2
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+
+    from tether.publisher.agent import Publisher
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    publisher = Publisher(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, publisher.stop)
+    publisher.run()
+    return 0
