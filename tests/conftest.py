@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,3 +54,36 @@ def publisher(publisher_factory: Callable[..., TestPublisher]) -> TestPublisher:
 def _stop_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all()
+
+
+@pytest.fixture
+def backend_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    from tests.support.procs import DemoBackend
+
+    made: list[DemoBackend] = []
+
+    def make(start: bool = True, port: int | None = None) -> DemoBackend:
+        backend = DemoBackend(tmp_path, port)
+        made.append(backend)
+        return backend.start() if start else backend
+
+    yield make
+    for backend in made:
+        if backend.up():
+            backend.kill(signal.SIGKILL)
+
+
+@pytest.fixture
+def publish_factory(tmp_path: Path, hub: Hub) -> Iterator[Callable[..., Any]]:
+    from tests.support.procs import Publish
+
+    made: list[Publish] = []
+
+    def make(backends: list[dict[str, Any]], hub_url: str | None = None, **top: Any) -> Any:
+        publish = Publish(tmp_path, hub_url or hub.url, backends, **top).start()
+        made.append(publish)
+        return publish
+
+    yield make
+    for publish in made:
+        publish.stop()

@@ -24,7 +24,8 @@ class DemoBackend:
     def __init__(self, model: str = "demo-model", api_key: str | None = None) -> None:
         self.model = model
         self.api_key = api_key
-        self.stats = {"requests": 0, "streams": 0, "aborted": 0, "completed": 0}
+        self.stats = {"requests": 0, "streams": 0, "aborted": 0, "completed": 0,
+                      "inflight": 0, "max_inflight": 0, "models": []}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -45,6 +46,20 @@ class DemoBackend:
             body = json.loads(environ["wsgi.input"].read(length) or b"{}")
         except ValueError:
             return _json(start_response, 400, _error("body is not JSON", "invalid_json"))
+        self.stats["models"] = [*self.stats["models"][-9:], body.get("model")]
+        self._enter()
+        if body.get("stream") and path != "/v1/embeddings" and "demo_status" not in body:
+            return self._answer(start_response, path, body)  # the stream leaves by itself
+        try:
+            return self._answer(start_response, path, body)
+        finally:
+            self.stats["inflight"] -= 1
+
+    def _enter(self) -> None:
+        self.stats["inflight"] += 1
+        self.stats["max_inflight"] = max(self.stats["max_inflight"], self.stats["inflight"])
+
+    def _answer(self, start_response: Any, path: str, body: dict[str, Any]) -> Any:
         if "demo_status" in body:
             status = int(body["demo_status"])
             return _json(start_response, status, _error(f"demo status {status}", "demo"))
@@ -107,6 +122,7 @@ class DemoBackend:
             finished = True
             self.stats["completed"] += 1
         finally:
+            self.stats["inflight"] -= 1
             if not finished:
                 self.stats["aborted"] += 1  # the client went away mid-stream
 

@@ -15,7 +15,7 @@ def _client_stream(hub, name: str, body: dict | None = None, timeout: float = 20
     """POST a streaming infer; return (response, list of SSE items as they came)."""
     payload = {"messages": [{"role": "user", "content": "hi"}], "stream": True, **(body or {})}
     r = requests.post(f"{hub.url}/api/v1/llms/{name}/infer", json=payload, stream=True,
-                      timeout=timeout)
+                      timeout=timeout, headers={"Connection": "close"})
     return r
 
 
@@ -185,7 +185,7 @@ def test_reads(hub, publisher):
     assert hub.get("/healthz").json() == {"status": "ok"}
     r = hub.get("/no/such/route")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    r = requests.delete(f"{hub.url}/api/v1/llms", timeout=5)
+    r = requests.delete(f"{hub.url}/api/v1/llms", timeout=5, headers={"Connection": "close"})
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     assert json.loads(r.text)["error"]["type"] == "invalid_request_error"
 

@@ -56,7 +56,7 @@ class Hub:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tether serve exited {self.proc.returncode}:\n{self.logs()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if self.get("/healthz", timeout=1).status_code == 200:
                     return self
             except requests.ConnectionError:
                 pass
@@ -83,11 +83,15 @@ class Hub:
 
     # --- small helpers -------------------------------------------------------------------
 
+    # One-shot requests close their connection: an idle keep-alive would hold up the hub's
+    # SIGTERM for gunicorn's keepalive seconds at every teardown.
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=kw.pop("timeout", 10), **kw)
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 10),
+                            headers={"Connection": "close", **kw.pop("headers", {})}, **kw)
 
     def post(self, path: str, json: Any = None, **kw: Any) -> requests.Response:
-        return requests.post(self.url + path, json=json, timeout=kw.pop("timeout", 30), **kw)
+        return requests.post(self.url + path, json=json, timeout=kw.pop("timeout", 30),
+                             headers={"Connection": "close", **kw.pop("headers", {})}, **kw)
 
     def llm(self, name: str) -> dict:
         r = self.get(f"/api/v1/llms/{name}")

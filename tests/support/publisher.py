@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import socket
 import threading
 from typing import Any
 
@@ -13,13 +15,16 @@ from tether import sse
 from tether.publisher.clients import body_chunks
 
 CLOSED = "<stream closed>"
+CLOSE = {"Connection": "close"}  # no idle keep-alive left to hold up the hub's SIGTERM
 
 
 class Stream:
     """An open `_provider-stream`, read on a thread into a queue of events and comments."""
 
     def __init__(self, url: str, session_id: str, last_event_id: str | None = None) -> None:
-        headers = {"X-Provider-Session-Id": session_id}
+        # Connection: close, so the ended stream leaves no idle keep-alive to hold up the
+        # hub's SIGTERM (gunicorn honours it on requests, and ignores it on responses).
+        headers = {"X-Provider-Session-Id": session_id, "Connection": "close"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self._http = urllib3.PoolManager()
@@ -76,16 +81,22 @@ class Stream:
 
     def close(self) -> None:
         # Shut the socket itself: the hub must notice from the read side.
-        try:
-            sock = self.response.connection.sock  # type: ignore[union-attr]
-            if sock is not None:
-                import socket
-
+        sock = _socket_of(self.response)
+        if sock is not None:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        except (AttributeError, OSError):
-            pass
         self.response.release_conn()
-        self._http.clear()  # no idle keep-alive connection left to hold up the hub's shutdown
+        self._http.clear()
+
+
+def _socket_of(response: Any) -> socket.socket | None:
+    """With Connection: close, http.client hands the socket from the connection to the
+    response's file; look in both places."""
+    sock = getattr(response.connection, "sock", None)
+    if sock is None:
+        fp = getattr(getattr(response, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock
 
 
 def _watch_retry(lines: Any, retry: list[str]) -> Any:
@@ -111,6 +122,7 @@ class TestPublisher:
         r = requests.post(
             f"{self.url}/api/v1/llms/_provider-register",
             json={"providerSessionId": self.session_id, "providers": specs}, timeout=10,
+            headers=CLOSE,
         )
         assert r.status_code == expect, r.text
         if r.status_code == 200:
@@ -129,7 +141,7 @@ class TestPublisher:
     def heartbeat(self) -> requests.Response:
         return requests.post(
             f"{self.url}/api/v1/llms/_provider-heartbeat",
-            json={"providerSessionId": self.session_id}, timeout=10,
+            json={"providerSessionId": self.session_id}, timeout=10, headers=CLOSE,
         )
 
     def status(self, **statuses: str) -> requests.Response:
@@ -139,11 +151,11 @@ class TestPublisher:
                 "providerSessionId": self.session_id,
                 "llms": [{"name": n, "status": s} for n, s in statuses.items()],
             },
-            timeout=10,
+            timeout=10, headers=CLOSE,
         )
 
     def result(self, task_id: str, body: Any, session: str | None = None) -> requests.Response:
-        headers = {"X-Provider-Session-Id": session} if session else {}
+        headers = {**CLOSE, "X-Provider-Session-Id": session} if session else CLOSE
         return requests.post(
             f"{self.url}/api/v1/llms/_provider-task/{task_id}/result",
             json=body, headers=headers, timeout=10,

@@ -14,9 +14,7 @@ from tether import sse
 from tether.actors import messages as m
 from tether.errors import TetherError
 
-# A stream never shares its connection: closing it lets SIGTERM finish without waiting
-# for an idle keep-alive.
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _drain(outbox: queue.Queue, first: Any, out: list[str]) -> Any:

@@ -70,8 +70,10 @@ class HubClient:
 
     def open_stream(self, session_id: str, last_event_id: str | None,
                     read_timeout: float) -> urllib3.BaseHTTPResponse:
+        # Connection: close: a stream's connection is never reused. Pooled after the stream
+        # ends, it would be stale after a hub restart and hold up the hub's SIGTERM.
         headers = {**self._headers, "X-Provider-Session-Id": session_id,
-                   "Accept": "text/event-stream"}
+                   "Accept": "text/event-stream", "Connection": "close"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         try:

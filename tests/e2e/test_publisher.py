@@ -1,0 +1,204 @@
+"""`tether publish` for real: hub + publisher + demo backend, each its own process."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import requests
+
+from tests.support.hub import free_port, wait_until
+from tests.support.procs import TETHER, port_closed, wait_status
+from tether import sse
+
+
+def backend_spec(backend, name: str = "llama", **extra) -> dict:
+    return {"name": name, "model": "demo-model", "base_url": backend.base_url, **extra}
+
+
+def chat(hub, name: str, stream: bool = False, **extra) -> requests.Response:
+    body = {"messages": [{"role": "user", "content": "Hello"}], "stream": stream, **extra}
+    return requests.post(f"{hub.url}/api/v1/llms/{name}/infer", json=body, timeout=60,
+                         stream=stream, headers={"Connection": "close"})
+
+
+def sse_items(response) -> list:
+    return list(sse.parse(sse.iter_lines(response.iter_content(chunk_size=None))))
+
+
+def test_non_streaming_and_streaming_infers_through_a_real_backend(
+        hub, backend_factory, publish_factory):
+    backend = backend_factory()
+    publish_factory([backend_spec(backend)])
+    wait_status(hub, "llama", "active")
+
+    r = chat(hub, "llama")
+    assert r.status_code == 200
+    answer = r.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["model"] == "demo-model"  # the publisher put the backend's model in
+    assert len(answer["choices"][0]["message"]["content"].split()) == 8
+
+    r = chat(hub, "llama", stream=True, demo_chunks=5)
+    assert r.status_code == 200
+    items = [i for i in sse_items(r) if not isinstance(i, str)]
+    assert items[-1].data == "[DONE]"
+    words = "".join(i.json()["choices"][0]["delta"]["content"] for i in items[:-1])
+    assert len(words.split()) == 5
+    assert backend.stats()["models"][-2:] == ["demo-model", "demo-model"]
+
+    r = chat(hub, "llama", demo_status=400)  # a backend's error status reaches the client
+    assert r.status_code == 400 and r.json()["error"]["code"] == "demo"
+
+
+def test_concurrency_is_bounded_per_backend_and_the_rest_wait(hub, backend_factory,
+                                                            publish_factory):
+    backend = backend_factory()
+    publish_factory([backend_spec(backend, max_concurrency=2)])
+    wait_status(hub, "llama", "active")
+    with cf.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: chat(hub, "llama", demo_delay_s=0.3), range(6)))
+    assert all(r.status_code == 200 for r in results)
+    assert backend.stats()["max_inflight"] == 2
+
+
+def test_wake_recipe_starts_the_backend_idle_sleep_stops_it_then_wakes_again(
+        hub, backend_factory, publish_factory):
+    backend = backend_factory(start=False)  # down: the wake command brings it up
+    spec = backend_spec(backend, idle_sleep_s=1.5, wake_timeout_s=30,
+                        wake={"command": backend.command()},
+                        sleep={"command": backend.kill_command()})
+    publish_factory([spec])
+    wait_status(hub, "llama", "hibernating")
+    assert port_closed(backend.port)
+
+    r = chat(hub, "llama")
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    assert backend.up()
+    assert hub.llm("llama")["status"] == "active"
+
+    # Idle: the sleep recipe really stops it, and the hub hears `hibernating`.
+    wait_status(hub, "llama", "hibernating", timeout=15)
+    wait_until(lambda: port_closed(backend.port), timeout=5)
+
+    r = chat(hub, "llama", stream=True)  # and the next request wakes it again
+    assert r.status_code == 200
+    assert [i for i in sse_items(r) if not isinstance(i, str)][-1].data == "[DONE]"
+    assert backend.up()
+
+
+def test_a_client_disconnect_cancels_the_backend_request(hub, backend_factory, publish_factory):
+    backend = backend_factory()
+    publish_factory([backend_spec(backend)])
+    wait_status(hub, "llama", "active")
+    r = chat(hub, "llama", stream=True, demo_chunks=50, demo_delay_s=0.2)
+    lines = r.iter_lines()
+    first = next(line for line in lines if line.startswith(b"data:"))
+    assert b"chat.completion.chunk" in first
+    r.raw._fp.fp.raw._sock.shutdown(2)  # the client goes away mid-stream
+    r.close()
+    wait_until(lambda: backend.stats()["aborted"] == 1, timeout=8)
+    stats = backend.stats()
+    assert stats["completed"] == 0 and stats["inflight"] == 0
+
+
+def test_publisher_survives_a_hub_restart(hub, backend_factory, publish_factory):
+    backend = backend_factory()
+    publish = publish_factory([backend_spec(backend)])
+    wait_status(hub, "llama", "active")
+    session = publish.session_file.read_text().strip()
+    hub.restart()
+    assert hub.llm("llama")["status"] in ("inactive", "active")
+    row = wait_status(hub, "llama", "active", timeout=20)
+    assert row["providerSessionId"] == session  # sticky across the restart
+    assert chat(hub, "llama").status_code == 200
+
+
+def test_backend_dying_mid_stream_is_an_error_not_a_hang(hub, backend_factory, publish_factory):
+    backend = backend_factory()
+    publish_factory([backend_spec(backend)])
+    wait_status(hub, "llama", "active")
+    r = chat(hub, "llama", stream=True, demo_chunks=100, demo_delay_s=0.1)
+    lines = r.iter_lines()
+    next(line for line in lines if line.startswith(b"data:"))
+    backend.kill(signal.SIGKILL)
+    rest = list(sse.parse(line.decode() for line in lines))
+    events = [i for i in rest if not isinstance(i, str)]
+    assert events[-1].event == "error"
+    assert events[-1].json()["error"]["code"] == "publisher_error"
+
+    r = chat(hub, "llama")  # and with the backend gone, a plain request is a 502
+    assert r.status_code == 502
+    assert "unreachable" in r.json()["error"]["message"]
+
+
+class _WakeListener(BaseHTTPRequestHandler):
+    started: list = []
+    argv: list = []  # not `command`: BaseHTTPRequestHandler uses that for the method
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).started.append(subprocess.Popen(self.argv))
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_http_wake_recipe(hub, backend_factory, publish_factory):
+    backend = backend_factory(start=False)
+    handler = type("Listener", (_WakeListener,), {"started": [], "argv": backend.command()})
+    server = HTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/wake"
+        publish_factory([backend_spec(backend, wake={"http": {"method": "POST", "url": url,
+                                                               "body": {"host": "gpu"}}})])
+        wait_status(hub, "llama", "hibernating")
+        assert chat(hub, "llama").status_code == 200
+        assert len(handler.started) == 1
+    finally:
+        server.shutdown()
+        for proc in handler.started:
+            proc.terminate()
+            proc.wait(5)
+
+
+def test_a_failing_wake_reaches_the_client(hub, backend_factory, publish_factory):
+    backend = backend_factory(start=False)
+    publish_factory([backend_spec(backend, wake={"command": ["false"]}, wake_timeout_s=5)])
+    wait_status(hub, "llama", "hibernating")
+    r = chat(hub, "llama")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "wake_failed"
+    assert "exited 1" in r.json()["error"]["message"]
+    assert hub.llm("llama")["status"] == "hibernating"
+
+
+def test_a_down_backend_without_a_wake_recipe_is_published_once_up(
+        hub, backend_factory, publish_factory):
+    backend = backend_factory(start=False)
+    publish_factory([backend_spec(backend)], probe_interval_s=0.3)
+    time.sleep(1.0)
+    assert hub.get("/api/v1/llms/llama").status_code == 404
+    backend.start()
+    wait_status(hub, "llama", "active", timeout=15)
+    assert chat(hub, "llama").status_code == 200
+
+
+def test_bad_publisher_config_exits_2_naming_the_key(tmp_path):
+    conf = tmp_path / "bad.toml"
+    conf.write_text('hub = "http://127.0.0.1:1"\n[[backends]]\nname = "a"\nmodel = "m"\n'
+                    'base_url = "http://x/v1"\nmax_concurency = 3\n')
+    done = subprocess.run([*TETHER, "publish", "--config", str(conf)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2
+    assert str(conf) in done.stderr and "max_concurency" in done.stderr
+    done = subprocess.run([*TETHER, "publish", "--hub", "http://h"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2 and "--name" in done.stderr
