@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from tether.publisher.config import PublisherConfigError, load, parse
+
+GOOD = """
+hub = "http://127.0.0.1:8080"
+key_env = "TETHER_PUBLISHER_KEY"
+session_file = "/tmp/x-session"
+
+[[backends]]
+name = "llama3-laptop"
+type = "openai"
+model = "llama3.1:8b"
+base_url = "http://127.0.0.1:11434/v1/"
+max_concurrency = 2
+idle_sleep_s = 900
+[backends.wake]
+wol = {mac = "aa:bb:cc:dd:ee:ff", broadcast = "192.168.1.255"}
+[backends.sleep]
+command = ["systemctl", "stop", "ollama"]
+"""
+
+
+def test_the_documented_shape_parses(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    config = load(path)
+    assert config.hub == "http://127.0.0.1:8080" and config.key_env == "TETHER_PUBLISHER_KEY"
+    backend = config.backends[0]
+    assert backend.base_url == "http://127.0.0.1:11434/v1"  # trailing slash dropped
+    assert backend.max_concurrency == 2 and backend.idle_sleep_s == 900
+    assert backend.wake.wol == {"mac": "aa:bb:cc:dd:ee:ff", "broadcast": "192.168.1.255",
+                                "port": 9}
+    assert backend.sleep.command == ("systemctl", "stop", "ollama")
+
+
+def test_the_shipped_example_parses():
+    from tether.config import REPO_ROOT
+
+    config = load(REPO_ROOT / "conf" / "publisher.example.toml")
+    assert config.backends
+
+
+def base(**backend) -> dict:
+    return {"hub": "http://h:1", "backends": [{"name": "a", "model": "m",
+                                                 "base_url": "http://b/v1", **backend}]}
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"backends": []}, "'hub' is required"),
+        ({"hub": "ftp://x", "backends": [{}]}, "hub"),
+        ({"hub": "http://h"}, "[[backends]]"),
+        (base(max_concurrency=0), "max_concurrency"),
+        (base(name="bad/name"), "backends[0].name"),
+        (base(base_url="localhost:11434"), "base_url"),
+        (base(wake={"command": "systemctl start"}), "wake.command"),
+        (base(wake={"command": ["a"], "http": {"url": "http://x"}}), "exactly one"),
+        (base(wake={"wol": {"mac": "nope"}}), "wake.wol.mac"),
+        (base(idle_sleep_s=5), "sleep"),
+        (base(color="blue"), "color"),
+        ({**base(), "backends": [base()["backends"][0]] * 2}, "share one name"),
+    ],
+)
+def test_bad_config_names_the_key(data, needle):
+    with pytest.raises(PublisherConfigError) as err:
+        parse(data, "pub.toml")
+    assert needle in str(err.value) and "pub.toml" in str(err.value)
