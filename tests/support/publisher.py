@@ -12,7 +12,7 @@ import requests
 import urllib3
 
 from tether import sse
-from tether.publisher.clients import body_chunks
+from tether.openai_client import body_chunks
 
 CLOSED = "<stream closed>"
 CLOSE = {"Connection": "close"}  # no idle keep-alive left to hold up the hub's SIGTERM

@@ -13,10 +13,11 @@ import gevent.event
 import pykka
 
 from tether import sse
+from tether.openai_client import BackendClient, Unreachable, body_chunks
 from tether.publisher import messages as m
 from tether.publisher import tasks
 from tether.publisher.backend import BackendActor
-from tether.publisher.clients import BackendClient, HubClient, Unreachable, body_chunks
+from tether.publisher.clients import HubClient
 from tether.publisher.config import BackendConfig, PublisherConfig
 
 log = logging.getLogger("tether.publisher")

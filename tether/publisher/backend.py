@@ -18,9 +18,10 @@ from typing import Any
 import gevent
 
 from tether.actors.base import TetherActor, tell
+from tether.openai_client import BackendClient, Unreachable
 from tether.publisher import messages as m
 from tether.publisher import recipes, tasks
-from tether.publisher.clients import BackendClient, HubClient, Unreachable
+from tether.publisher.clients import HubClient
 from tether.publisher.config import BackendConfig
 from tether.runtime import Timer, call_later
 

@@ -14,7 +14,8 @@ from typing import Any
 import gevent
 import gevent.queue
 
-from tether.publisher.clients import BackendClient, BackendError, HubClient, Unreachable
+from tether.openai_client import BackendClient, BackendError, Unreachable
+from tether.publisher.clients import HubClient
 from tether.publisher.config import BackendConfig
 
 log = logging.getLogger("tether.publisher.tasks")
