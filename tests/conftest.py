@@ -16,8 +16,8 @@ from tests.support.publisher import TestPublisher
 def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     hubs: list[Hub] = []
 
-    def make(**settings: Any) -> Hub:
-        hub = Hub(tmp_path, **settings).start()
+    def make(env: dict[str, str] | None = None, **settings: Any) -> Hub:
+        hub = Hub(tmp_path, env=env, **settings).start()
         hubs.append(hub)
         return hub
 
@@ -62,8 +62,9 @@ def backend_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
     made: list[DemoBackend] = []
 
-    def make(start: bool = True, port: int | None = None) -> DemoBackend:
-        backend = DemoBackend(tmp_path, port)
+    def make(start: bool = True, port: int | None = None,
+             api_key: str | None = None) -> DemoBackend:
+        backend = DemoBackend(tmp_path, port, api_key)
         made.append(backend)
         return backend.start() if start else backend
 

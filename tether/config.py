@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,24 @@ DEFAULT_CONFIG = Path("conf/tether.toml")
 
 class ConfigError(Exception):
     """A setting that cannot be used; the message names the key and where it came from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicLlm:
+    """An Llm the hub declares itself ([[llms]] in its config), proxied to an upstream."""
+
+    name: str
+    type: str
+    model: str
+    base_url: str
+    api_key_env: str | None = None
+    tier: str = "fast"
+    description: str = ""
+    extra_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +58,14 @@ class Settings:
     max_inflight_per_key: int = 64
     workers: int = 1
     log_level: str = "info"
+    llms: tuple[PublicLlm, ...] = ()
 
     @property
     def heartbeat_interval_s(self) -> float:
         return self.heartbeat_timeout_s / 3
+
+    def public_llm(self, name: str) -> PublicLlm | None:
+        return next((llm for llm in self.llms if llm.name == name), None)
 
     @property
     def auth_enabled(self) -> bool:
@@ -60,7 +83,47 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "llms"}
+_LLM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_LLM_KEYS = {"name", "type", "model", "base_url", "api_key_env", "tier", "description",
+             "extraConfig", "extra_config"}
+
+
+def _public_llms(raw: Any, source: str) -> tuple[PublicLlm, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: 'llms' must be [[llms]] tables")
+    out: list[PublicLlm] = []
+    for i, item in enumerate(raw):
+        where = f"{source}: llms[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = set(item) - _LLM_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        for key in ("name", "type", "model", "base_url"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise ConfigError(f"{where}: {key!r} is required (a non-empty string)")
+        if not _LLM_NAME.match(item["name"]):
+            raise ConfigError(f"{where}.name: {item['name']!r} is not a valid Llm name")
+        if not item["base_url"].startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url: must be an http(s) URL")
+        extra = item.get("extraConfig", item.get("extra_config", {}))
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{where}.extraConfig: must be a table")
+        for key in ("api_key_env", "tier", "description"):
+            if key in item and not isinstance(item[key], str):
+                raise ConfigError(f"{where}.{key}: must be a string")
+        out.append(PublicLlm(
+            name=item["name"], type=item["type"], model=item["model"],
+            base_url=item["base_url"].rstrip("/"), api_key_env=item.get("api_key_env"),
+            tier=item.get("tier", "fast"), description=item.get("description", ""),
+            extra_config=extra,
+        ))
+    names = [llm.name for llm in out]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"{source}: two [[llms]] are named {duplicate!r}")
+    return tuple(out)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -114,8 +177,10 @@ def load_settings(
         for key, value in hub.items():
             if key in _FIELDS:
                 values[key] = _coerce(key, value, str(path))
-            elif not isinstance(value, dict | list):
+            elif key not in ("hub", "llms"):
                 raise ConfigError(f"{path}: unknown setting {key!r}")
+        if "llms" in data:
+            values["llms"] = _public_llms(data["llms"], str(path))
     elif explicit:
         raise ConfigError(f"{path}: config file not found")
 

@@ -62,7 +62,16 @@ published by a real `tether publish`). Try it:
   curl -sN {hub}/api/v1/llms/{model}/infer \\
     -d '{{"messages": [{{"role": "user", "content": "Hello"}}], "stream": true}}'
 
-  curl -s {hub}/api/v1/llms
+  curl -s {hub}/v1/chat/completions \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+Or from Python, with the official SDK (pip install openai):
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{hub}/v1", api_key="unused")
+  for chunk in client.chat.completions.create(
+          model="{model}", messages=[{{"role": "user", "content": "Hello"}}], stream=True):
+      print(chunk.choices[0].delta.content or "", end="", flush=True)
 
 Press Ctrl-C to stop. Logs: {logs}
 """

@@ -59,8 +59,10 @@ class BackendError(Exception):
 
 
 class BackendClient:
-    def __init__(self, base_url: str, api_key: str | None, concurrency: int) -> None:
+    def __init__(self, base_url: str, api_key: str | None, concurrency: int,
+                 read_timeout: float = 3600.0) -> None:
         self.base_url = base_url
+        self.read_timeout = read_timeout
         self._http = pool(concurrency + 2)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
@@ -79,7 +81,7 @@ class BackendClient:
         try:
             r = self._http.request(
                 "POST", f"{self.base_url}/{endpoint}", body=json.dumps(request).encode(),
-                headers=self._headers, timeout=urllib3.Timeout(connect=5, read=3600),
+                headers=self._headers, timeout=urllib3.Timeout(connect=5, read=self.read_timeout),
             )
         except urllib3.exceptions.HTTPError as exc:
             raise Unreachable(str(exc)) from None
@@ -91,7 +93,7 @@ class BackendClient:
             r = self._http.request(
                 "POST", f"{self.base_url}/{endpoint}", body=json.dumps(request).encode(),
                 headers={**self._headers, "Accept": "text/event-stream"},
-                preload_content=False, timeout=urllib3.Timeout(connect=5, read=3600),
+                preload_content=False, timeout=urllib3.Timeout(connect=5, read=self.read_timeout),
             )
         except urllib3.exceptions.HTTPError as exc:
             raise Unreachable(str(exc)) from None

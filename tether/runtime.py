@@ -46,3 +46,34 @@ def call_later(delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
     timer.daemon = True
     timer.start()
     return timer
+
+
+class Task(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Greenlet:
+    __slots__ = ("_greenlet",)
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        import gevent
+
+        self._greenlet = gevent.spawn(fn, *args)
+
+    def cancel(self) -> None:
+        self._greenlet.kill(block=False)
+
+
+class _Thread:
+    """Threads cannot be killed: outside gevent (unit tests, tools) cancel is a no-op."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        threading.Thread(target=fn, args=args, daemon=True).start()
+
+    def cancel(self) -> None:
+        return None
+
+
+def spawn(fn: Callable[..., Any], *args: Any) -> Task:
+    """Run blocking work (an upstream call) beside the actors, never inside one."""
+    return _Greenlet(fn, args) if _gevent_active() else _Thread(fn, args)

@@ -27,8 +27,9 @@ def free_port() -> int:
 
 
 class Hub:
-    def __init__(self, tmp: Path, **settings: Any) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None, **settings: Any) -> None:
         self.tmp = tmp
+        self.extra_env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = {**FAST, **settings}
@@ -40,6 +41,7 @@ class Hub:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
         for key, value in self.settings.items():
             env[f"TETHER_{key.upper()}"] = str(value)
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 20) -> Hub:

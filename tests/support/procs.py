@@ -37,8 +37,9 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 class DemoBackend:
     """The built-in demo backend on a free port (`tether demo-backend`)."""
 
-    def __init__(self, tmp: Path, port: int | None = None) -> None:
+    def __init__(self, tmp: Path, port: int | None = None, api_key: str | None = None) -> None:
         self.port = port or free_port()
+        self.api_key = api_key
         self.tmp = tmp
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"
@@ -47,8 +48,9 @@ class DemoBackend:
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
+        key = ["--api-key", self.api_key] if self.api_key else []
         return [*TETHER, "demo-backend", "--port", str(self.port), "--pidfile",
-                str(self.pidfile)]
+                str(self.pidfile), *key]
 
     def kill_command(self) -> list[str]:
         """A shell-free command that stops whichever process wrote the pidfile."""
@@ -63,7 +65,9 @@ class DemoBackend:
 
     def up(self) -> bool:
         try:
-            return requests.get(f"{self.base_url}/models", timeout=1).status_code == 200
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            r = requests.get(f"{self.base_url}/models", timeout=1, headers=headers)
+            return r.status_code == 200
         except requests.ConnectionError:
             return False
 

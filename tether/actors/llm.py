@@ -9,18 +9,19 @@ waiters go out in arrival order.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tether import errors
+from tether import errors, upstream
 from tether.actors import messages as m
 from tether.actors.base import TetherActor, new_task_id, tell
-from tether.config import Settings
+from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
-from tether.runtime import Timer, call_later
+from tether.runtime import Task, Timer, call_later, spawn
 from tether.store import llms as store
-from tether.store.models import ACTIVE, INACTIVE
+from tether.store.models import ACTIVE, INACTIVE, KIND_PUBLIC
 
 log = logging.getLogger("tether.llm")
 
@@ -36,10 +37,15 @@ class _Wake:
 
 class LlmActor(TetherActor):
     def __init__(
-        self, settings: Settings, state: m.LlmState, session: m.SessionLink | None
+        self, settings: Settings, state: m.LlmState, session: m.SessionLink | None,
+        public: PublicLlm | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
+        self._public = public
+        self._upstream = (
+            upstream.client_for(public, settings.infer_timeout_s) if public is not None else None
+        )
         self._state = state
         self._session = session
         self._waiters: deque[m.Infer] = deque()
@@ -64,7 +70,8 @@ class LlmActor(TetherActor):
 
     def _on_infer(self, msg: m.Infer) -> None:
         state = self._state
-        if state.status == INACTIVE or self._session is None:
+        public = state.kind == KIND_PUBLIC
+        if not public and (state.status == INACTIVE or self._session is None):
             msg.reply.put(m.Failed(errors.publisher_offline(state.name)))
             return
         if len(self._waiters) + len(self._in_flight) >= self._settings.max_queue_per_llm:
@@ -79,13 +86,15 @@ class LlmActor(TetherActor):
                 )
             )
             return
-        if state.status == ACTIVE:
+        if public:
+            self._proxy(msg)
+        elif state.status == ACTIVE:
             self._dispatch(msg)
-            return
-        self._waiters.append(msg)
-        msg.reply.put(m.WakePending())
-        if self._wake is None:
-            self._start_wake()
+        else:  # hibernating: join the wake in flight, or start the one wake
+            self._waiters.append(msg)
+            msg.reply.put(m.WakePending())
+            if self._wake is None:
+                self._start_wake()
 
     def _dispatch(self, msg: m.Infer) -> None:
         session = self._session
@@ -104,6 +113,26 @@ class LlmActor(TetherActor):
                 self.actor_ref,
             ),
         )
+
+    def _proxy(self, msg: m.Infer) -> None:
+        """A public Llm: the upstream call runs beside the actor, which only counts it."""
+        if self._public is None or self._upstream is None:
+            msg.reply.put(m.Failed(TetherError(
+                503, "publisher_offline", f"{self._state.name!r} has no upstream configured")))
+            return
+        task_id = f"p-{uuid.uuid4().hex}"
+        self._in_flight.add(task_id)
+        me, client, llm = self.actor_ref, self._upstream, self._public
+        worker: list[Task] = []
+        msg.reply.put(m.Dispatched(task_id, lambda _why: worker and worker[0].cancel()))
+
+        def run() -> None:
+            try:
+                upstream.relay(client, llm, msg)
+            finally:
+                tell(me, m.TaskEnded(task_id))
+
+        worker.append(spawn(run))
 
     def _on_task_ended(self, msg: m.TaskEnded) -> None:
         self._in_flight.discard(msg.task_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,10 +197,10 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Dispatched:
-    """The infer went down a publisher stream as `task_id` (what a cancel names)."""
+    """The infer started as `task_id`; `cancel(reason)` stops it (client gone, no answer)."""
 
     task_id: str
-    session: pykka.ActorRef = field(compare=False)
+    cancel: Callable[[str], None] = field(compare=False)
 
 
 @dataclass(frozen=True)

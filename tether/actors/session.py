@@ -155,7 +155,8 @@ class SessionActor(TetherActor):
             payload["endpoint"] = msg.endpoint
         self._send(task, payload)
         self._arm(task, self._settings.infer_timeout_s)
-        msg.reply.put(m.Dispatched(msg.task_id, self.actor_ref))
+        me, task_id = self.actor_ref, msg.task_id
+        msg.reply.put(m.Dispatched(task_id, lambda why: tell(me, m.CancelTask(task_id, why))))
 
     def _on_send_wake(self, msg: m.SendWake) -> None:
         if self._outbox is None or len(self._tasks) >= MAX_REPLAY:

@@ -21,7 +21,7 @@ from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
 from tether.config import Settings
 from tether.store import llms as store
-from tether.store.models import Llm
+from tether.store.models import KIND_PUBLIC, Llm
 
 log = logging.getLogger("tether.supervisor")
 
@@ -88,7 +88,8 @@ class Supervisor(TetherActor):
         self._owner[row.name] = row.provider_session_id
         ref = self._llms.get(row.name)
         if ref is None:
-            self._llms[row.name] = LlmActor.start(self._settings, state, link)
+            public = self._settings.public_llm(row.name) if row.kind == KIND_PUBLIC else None
+            self._llms[row.name] = LlmActor.start(self._settings, state, link, public)
         elif link is not None:
             tell(ref, m.Adopt(state, link))
 

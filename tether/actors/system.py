@@ -50,6 +50,9 @@ class ActorSystem:
         db.init(self.settings.database_url)
         migrations.migrate()
         store.deactivate_all_virtual()  # no stream can be live yet
+        created, removed = store.sync_public(self.settings.llms)
+        if created or removed:
+            log.info("public Llms from config: %d declared, %d removed", created, removed)
         self._supervisor = Supervisor.start(self.settings, self._set_directory)
         _ask(self._supervisor, m.Ping(), timeout=60)  # its on_start loaded every row
         self._sweeper = Sweeper.start(self.settings, self._supervisor, lambda: self._directory)
@@ -151,5 +154,5 @@ class ActorSystem:
         return reply
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
-        tell(dispatched.session, m.CancelTask(dispatched.task_id, reason))
+        dispatched.cancel(reason)
 

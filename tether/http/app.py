@@ -9,9 +9,9 @@ import falcon
 
 from tether.actors.system import ActorSystem
 from tether.config import Settings, load_settings
-from tether.http import errors
+from tether.http import errors, schemas
 from tether.http.relay import Relay
-from tether.http.resources import health, llms, provider
+from tether.http.resources import health, llms, openai, provider
 
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
@@ -29,6 +29,15 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     app.add_route("/api/v1/llms/_provider-task/{task_id}/result", provider.TaskResult(system))
     app.add_route("/api/v1/llms/{name}", llms.LlmItem())
     app.add_route("/api/v1/llms/{name}/infer", llms.Infer(system, relay))
+
+    app.add_route("/v1/chat/completions",
+                  openai.Relayed(system, relay, schemas.V1_CHAT, "chat/completions"))
+    app.add_route("/v1/completions",
+                  openai.Relayed(system, relay, schemas.V1_COMPLETION, "completions"))
+    app.add_route("/v1/embeddings",
+                  openai.Relayed(system, relay, schemas.V1_EMBEDDING, "embeddings"))
+    app.add_route("/v1/models", openai.Models())
+    app.add_route("/v1/models/{name}", openai.Model())
     return app
 
 

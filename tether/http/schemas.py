@@ -123,6 +123,35 @@ CHAT_REQUEST = {
     },
 }
 
+MODEL = {"type": "string", "minLength": 1, "maxLength": 256}
+
+# The OpenAI-compatible routes name the Llm in `model`.
+V1_CHAT = {**CHAT_REQUEST, "required": ["model", "messages"],
+           "properties": {**CHAT_REQUEST["properties"], "model": MODEL}}
+V1_COMPLETION = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        "model": MODEL,
+        "prompt": {"anyOf": [
+            {"type": "string", "maxLength": 4194304},
+            {"type": "array", "minItems": 1, "maxItems": 2048},
+        ]},
+        "stream": {"type": "boolean"},
+    },
+}
+V1_EMBEDDING = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": MODEL,
+        "input": {"anyOf": [
+            {"type": "string", "maxLength": 4194304},
+            {"type": "array", "minItems": 1, "maxItems": 2048},
+        ]},
+    },
+}
+
 _VALIDATORS: dict[int, Draft202012Validator] = {}
 
 

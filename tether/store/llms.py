@@ -7,7 +7,7 @@ yet heard of a newer registration cannot undo it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from tether.errors import TetherError
@@ -160,5 +160,21 @@ def deactivate_all_virtual() -> int:
         )
 
 
-def names(rows: Iterable[Llm]) -> list[str]:
-    return [row.name for row in rows]
+def sync_public(llms: Sequence[Any]) -> tuple[int, int]:
+    """Make the public rows match the hub's config: create, update, and delete the ones
+    no longer declared. A declared name takes over a virtual row of the same name."""
+    now = utcnow()
+    with connection() as db, db.atomic():
+        existing = {row.name: row for row in Llm.select().where(
+            Llm.name.in_([llm.name for llm in llms]))} if llms else {}
+        for llm in llms:
+            row = existing.get(llm.name) or Llm(name=llm.name, created_at=now)
+            row.type, row.model, row.tier = llm.type, llm.model, llm.tier
+            row.description, row.extra_config = llm.description, llm.extra_config
+            row.kind, row.status, row.provider_session_id = KIND_PUBLIC, ACTIVE, None
+            row.last_heartbeat_at, row.inactive_since, row.updated_at = None, None, now
+            row.save(force_insert=llm.name not in existing)
+        removed = (Llm.delete()
+                   .where(Llm.kind == KIND_PUBLIC, Llm.name.not_in([x.name for x in llms]))
+                   .execute())
+    return len(llms), removed

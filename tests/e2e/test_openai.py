@@ -1,0 +1,206 @@
+"""The OpenAI-compatible front door, driven by the official `openai` SDK, unmodified."""
+
+from __future__ import annotations
+
+import socket
+
+import openai
+import pytest
+
+from tests.support.hub import Hub, free_port
+from tests.support.procs import wait_status
+
+
+def sdk(hub) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{hub.url}/v1", api_key="unused", max_retries=0,
+                         timeout=30)
+
+
+@pytest.fixture
+def published(hub, backend_factory, publish_factory, publisher_factory):
+    """`llama` active behind a real publisher, `sleepy` hibernating, `gone` inactive."""
+    backend = backend_factory()
+    sleeper = backend_factory(start=False)
+    publish_factory([
+        {"name": "llama", "model": "demo-model", "base_url": backend.base_url},
+        {"name": "sleepy", "model": "demo-model", "base_url": sleeper.base_url,
+         "wake": {"command": sleeper.command()}, "wake_timeout_s": 30},
+    ])
+    wait_status(hub, "llama", "active")
+    wait_status(hub, "sleepy", "hibernating")
+    gone = publisher_factory()
+    gone.register("gone")
+    gone.open().close()
+    wait_status(hub, "gone", "inactive")
+    return backend
+
+
+def test_models_lists_live_llms_only(hub, published):
+    client = sdk(hub)
+    ids = sorted(m.id for m in client.models.list())
+    assert ids == ["llama", "sleepy"]
+    model = client.models.retrieve("llama")
+    assert (model.id, model.object, model.owned_by) == ("llama", "model", "tether")
+    assert model.created > 1_700_000_000
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gone")
+
+
+def test_chat_both_ways(hub, published):
+    client = sdk(hub)
+    answer = client.chat.completions.create(
+        model="llama", messages=[{"role": "user", "content": "Hello"}])
+    assert answer.choices[0].message.role == "assistant"
+    assert len(answer.choices[0].message.content.split()) == 8
+    assert answer.model == "demo-model"
+
+    stream = client.chat.completions.create(
+        model="llama", messages=[{"role": "user", "content": "Hello"}], stream=True,
+        max_tokens=5)
+    pieces = [chunk.choices[0].delta.content for chunk in stream]
+    assert len("".join(pieces).split()) == 5
+
+
+def test_chat_wakes_a_hibernating_model(hub, published):
+    answer = sdk(hub).chat.completions.create(
+        model="sleepy", messages=[{"role": "user", "content": "wake up"}])
+    assert answer.choices[0].message.content
+    assert hub.llm("sleepy")["status"] == "active"
+
+
+def test_legacy_completions_and_embeddings(hub, published):
+    client = sdk(hub)
+    done = client.completions.create(model="llama", prompt="Once upon", max_tokens=4)
+    assert done.object == "text_completion" and len(done.choices[0].text.split()) == 4
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="llama", prompt="Once upon", max_tokens=3, stream=True))
+    assert len(streamed.split()) == 3
+    vectors = client.embeddings.create(model="llama", input=["a", "b"])
+    assert [d.index for d in vectors.data] == [0, 1]
+    assert len(vectors.data[0].embedding) == 8
+    assert vectors.data[0].embedding != vectors.data[1].embedding
+    assert published.stats()["models"][-1] == "demo-model"
+
+
+def test_errors_map_to_the_sdk_exceptions(hub, published):
+    client = sdk(hub)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=[{"role": "user",
+                                                                "content": "x"}])
+    assert missing.value.code == "llm_not_found"
+    with pytest.raises(openai.InternalServerError) as offline:
+        client.chat.completions.create(model="gone", messages=[{"role": "user",
+                                                                "content": "x"}])
+    assert offline.value.status_code == 503 and offline.value.code == "publisher_offline"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="llama", messages=[])
+    assert bad.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as no_prompt:
+        client.post("/completions", body={"model": "llama"}, cast_to=object)
+    assert no_prompt.value.param == "prompt"
+
+
+# --- public Llms (declared in the hub's config) -----------------------------------------
+
+def _closed_port() -> int:
+    port = free_port()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    return port
+
+
+def _public_config(path, upstream, dead_port: int, extra: str = "") -> None:
+    path.write_text(f"""
+[[llms]]
+name = "cloud"
+type = "openai"
+model = "demo-model"
+base_url = "{upstream.base_url}"
+api_key_env = "CLOUD_KEY"
+tier = "slow"
+
+[[llms]]
+name = "cloud-wrong-key"
+type = "openai"
+model = "demo-model"
+base_url = "{upstream.base_url}"
+api_key_env = "WRONG_KEY"
+
+[[llms]]
+name = "cloud-down"
+type = "openai"
+model = "x"
+base_url = "http://127.0.0.1:{dead_port}/v1"
+{extra}""")
+
+
+@pytest.fixture
+def public_hub(tmp_path, backend_factory):
+    upstream = backend_factory(api_key="sk-upstream-secret")
+    conf = tmp_path / "public.toml"
+    _public_config(conf, upstream, _closed_port())
+    hub = Hub(tmp_path, env={"CLOUD_KEY": "sk-upstream-secret", "WRONG_KEY": "sk-nope"},
+              config=str(conf)).start()
+    yield hub, upstream, conf
+    hub.stop()
+
+
+def test_public_llm_is_proxied_to_its_upstream(public_hub):
+    hub, upstream, _ = public_hub
+    row = hub.llm("cloud")
+    assert (row["kind"], row["status"], row["providerSessionId"]) == ("public", "active", None)
+    assert row["tier"] == "slow"
+    client = sdk(hub)
+    answer = client.chat.completions.create(
+        model="cloud", messages=[{"role": "user", "content": "Hello"}])
+    assert answer.model == "demo-model"
+    pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
+        model="cloud", messages=[{"role": "user", "content": "Hello"}], stream=True,
+        max_tokens=6)]
+    assert len("".join(pieces).split()) == 6
+    assert len(client.embeddings.create(model="cloud", input="x").data) == 1
+    assert upstream.stats()["requests"] == 3
+
+
+def test_public_upstream_errors_keep_their_status(public_hub):
+    hub, _, _ = public_hub
+    client = sdk(hub)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        client.chat.completions.create(
+            model="cloud-wrong-key", messages=[{"role": "user", "content": "x"}])
+    assert denied.value.status_code == 401 and denied.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        list(client.chat.completions.create(
+            model="cloud-wrong-key", messages=[{"role": "user", "content": "x"}], stream=True))
+    with pytest.raises(openai.InternalServerError) as down:
+        client.chat.completions.create(
+            model="cloud-down", messages=[{"role": "user", "content": "x"}])
+    assert down.value.status_code == 502 and down.value.code == "upstream_unreachable"
+
+
+def test_publishing_over_a_public_llm_is_a_conflict(public_hub):
+    hub, _, _ = public_hub
+    from tests.support.publisher import TestPublisher
+
+    r = TestPublisher(hub.url).register("brand-new", "cloud", expect=409)
+    assert r["error"]["code"] == "public_llm_conflict"
+    assert hub.get("/api/v1/llms/brand-new").status_code == 404  # nothing applied
+    assert hub.llm("cloud")["kind"] == "public"
+
+
+def test_config_changes_to_public_llms_apply_on_restart(public_hub):
+    hub, upstream, conf = public_hub
+    first_id = hub.llm("cloud")["id"]
+    text = conf.read_text()
+    text = text.replace('tier = "slow"', 'tier = "fast"')
+    text = text[: text.index('[[llms]]\nname = "cloud-down"')]  # removed from config
+    text += '[[llms]]\nname = "cloud-2"\ntype = "openai"\nmodel = "demo-model"\n' \
+            f'base_url = "{upstream.base_url}"\napi_key_env = "CLOUD_KEY"\n'
+    conf.write_text(text)
+    hub.restart()
+    names = [row["name"] for row in hub.get("/api/v1/llms").json()["llms"]]
+    assert names == ["cloud", "cloud-2", "cloud-wrong-key"]
+    assert hub.llm("cloud")["tier"] == "fast" and hub.llm("cloud")["id"] == first_id
+    answer = sdk(hub).chat.completions.create(
+        model="cloud-2", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content

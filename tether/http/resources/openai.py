@@ -1,0 +1,52 @@
+"""The OpenAI-compatible front door: any OpenAI client points `base_url` at `{hub}/v1`."""
+
+from __future__ import annotations
+
+import calendar
+
+import falcon
+
+from tether.actors.system import ActorSystem
+from tether.errors import TetherError
+from tether.http import schemas
+from tether.http.body import read_json
+from tether.http.relay import Relay
+from tether.store import llms as store
+from tether.store.models import INACTIVE, Llm
+
+
+class Relayed:
+    """POST /v1/{chat/completions,completions,embeddings}: relayed with `endpoint` set."""
+
+    def __init__(self, system: ActorSystem, relay: Relay, schema: dict, endpoint: str) -> None:
+        self.limit = system.settings.max_body_bytes
+        self.relay = relay
+        self.schema = schema
+        self.endpoint = endpoint
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = schemas.validate(self.schema, read_json(req, self.limit))
+        self.relay.respond(req, resp, body["model"], body, self.endpoint)
+
+
+def _model(row: Llm) -> dict:
+    return {"id": row.name, "object": "model",
+            "created": calendar.timegm(row.created_at.timetuple()), "owned_by": "tether"}
+
+
+def model_not_found(name: str) -> TetherError:
+    return TetherError(404, "llm_not_found", f"The model {name!r} does not exist")
+
+
+class Models:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        rows = [row for row in store.list_all() if row.status != INACTIVE]
+        resp.media = {"object": "list", "data": [_model(row) for row in rows]}
+
+
+class Model:
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        row = store.get(name)
+        if row is None or row.status == INACTIVE:
+            raise model_not_found(name)
+        resp.media = _model(row)
