@@ -58,6 +58,8 @@ class Settings:
     max_inflight_per_key: int = 64
     workers: int = 1
     log_level: str = "info"
+    # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.
+    fault_injection: bool = False
     llms: tuple[PublicLlm, ...] = ()
 
     @property
@@ -140,6 +142,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if number < 0:
                 raise ValueError
             return number
+        if kind == "bool":
+            text = str(value).lower()
+            if text not in ("true", "1", "on", "yes", "false", "0", "off", "no"):
+                raise ValueError
+            return text in ("true", "1", "on", "yes")
         if name == "auth":
             text = str(value).lower()
             if text in ("true", "1"):

@@ -74,3 +74,7 @@ def forbidden(message: str) -> TetherError:
 
 def shutting_down() -> TetherError:
     return TetherError(503, "shutting_down", "the hub is shutting down; retry shortly")
+
+
+def actor_restarted(what: str) -> TetherError:
+    return TetherError(503, "actor_restarted", f"{what} failed and is being restarted; retry")

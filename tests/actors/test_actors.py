@@ -122,6 +122,20 @@ def test_drain_answers_everyone_and_tells_publishers_to_retry(system):
     assert closes and closes[0].retry_ms == 1000
 
 
+def test_a_drain_finishes_tasks_under_way_and_refuses_new_ones(system):
+    outbox = _online(system, provider("a"))
+    busy = system.infer("a", REQ, False, "chat/completions")
+    task = outbox.tasks()[0]
+    system.drain(deadline_s=5)
+    late = system.infer("a", REQ, False, "chat/completions")
+    assert events(late, m.Failed)[-1].error.code == "shutting_down"
+    assert not [f for f in outbox.frames() if isinstance(f, m.Close)]  # still serving
+    system.submit_result(task["taskId"], None, {"status": 200, "body": {"done": 1}})
+    assert events(busy, m.Completed)[-1].body == {"done": 1}
+    closes = [f for f in outbox.frames() if isinstance(f, m.Close)]
+    assert closes and closes[0].retry_ms == 1000  # then the stream ends: reconnect later
+
+
 def test_an_unknown_llm_and_an_unknown_task(system):
     with pytest.raises(TetherError) as missing:
         system.infer("nope", REQ, False, "chat/completions")

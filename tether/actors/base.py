@@ -9,7 +9,7 @@ from typing import Any
 
 import pykka
 
-from tether.actors.messages import Ping
+from tether.actors.messages import Crash, Ping
 
 log = logging.getLogger("tether.actors")
 
@@ -57,6 +57,8 @@ class TetherActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Ping):
             return True
+        if isinstance(message, Crash):
+            raise RuntimeError(f"injected crash in {self}")
         handler = self._handlers.get(type(message))
         if handler is None:
             log.warning("%s ignored an unknown message %r", self, type(message).__name__)
@@ -64,5 +66,16 @@ class TetherActor(pykka.ThreadingActor):
         return handler(message)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        # pykka stops an actor whose tell raised; say so loudly instead of dying silently.
+        # pykka stops an actor whose tell raised: say so loudly, answer everyone who waits on
+        # this actor (they would hang otherwise), and let the supervisor rebuild it.
         log.error("%s crashed: %r", self, exception_value, exc_info=exception_value)
+        try:
+            self.on_crash()
+        finally:
+            self.report_crash()
+
+    def on_crash(self) -> None:
+        """Answer whoever waits on this actor's state before it is lost."""
+
+    def report_crash(self) -> None:
+        """Tell the supervisor (actors that have one)."""

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import pykka
+
 from tether import errors, upstream
 from tether.actors import messages as m
 from tether.actors.base import TetherActor, new_task_id, tell
@@ -38,10 +40,11 @@ class _Wake:
 class LlmActor(TetherActor):
     def __init__(
         self, settings: Settings, state: m.LlmState, session: m.SessionLink | None,
-        public: PublicLlm | None = None,
+        public: PublicLlm | None = None, supervisor: pykka.ActorRef | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
+        self._supervisor = supervisor
         self._public = public
         self._upstream = (
             upstream.client_for(public, settings.infer_timeout_s) if public is not None else None
@@ -56,6 +59,7 @@ class LlmActor(TetherActor):
         return {
             m.Infer: self._on_infer,
             m.Adopt: self._on_adopt,
+            m.Relink: self._on_relink,
             m.RecordHeartbeat: self._on_heartbeat,
             m.SetStatus: self._on_set_status,
             m.StreamLost: self._on_stream_lost,
@@ -100,8 +104,7 @@ class LlmActor(TetherActor):
         session = self._session
         assert session is not None
         task_id = new_task_id(session.slot)
-        self._in_flight.add(task_id)
-        tell(
+        sent = tell(
             session.ref,
             m.SendInfer(
                 task_id,
@@ -113,6 +116,10 @@ class LlmActor(TetherActor):
                 self.actor_ref,
             ),
         )
+        if sent:
+            self._in_flight.add(task_id)
+        else:  # the session actor is down (its restarts gave up): nobody would answer
+            msg.reply.put(m.Failed(errors.publisher_offline(self._state.name)))
 
     def _proxy(self, msg: m.Infer) -> None:
         """A public Llm: the upstream call runs beside the actor, which only counts it."""
@@ -147,7 +154,9 @@ class LlmActor(TetherActor):
             self._settings.wake_timeout_s, tell, self.actor_ref, m.WakeTimedOut(task_id)
         )
         self._wake = _Wake(task_id, timer, session)
-        tell(session.ref, m.SendWake(task_id, self._state.name, self.actor_ref))
+        if not tell(session.ref, m.SendWake(task_id, self._state.name, self.actor_ref)):
+            self._end_wake(task_id)
+            self._fail_waiters(errors.publisher_offline(self._state.name))
 
     def _end_wake(self, task_id: str) -> _Wake | None:
         wake = self._wake
@@ -211,6 +220,10 @@ class LlmActor(TetherActor):
             tell(old.session.ref, m.CancelTask(old.task_id, "owner_changed"))
             self._start_wake()
 
+    def _on_relink(self, msg: m.Relink) -> None:
+        if self._session is not None and self._session.session_id == msg.session.session_id:
+            self._session = msg.session
+
     def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
         if self._state.session_id != msg.session_id:
             return False
@@ -241,6 +254,15 @@ class LlmActor(TetherActor):
 
     def on_stop(self) -> None:
         self._abandon_wake(errors.shutting_down())
+
+    def on_crash(self) -> None:
+        if self._wake is not None:
+            self._wake.timer.cancel()
+            self._wake = None
+        self._fail_waiters(errors.actor_restarted(f"the actor of {self._state.name!r}"))
+
+    def report_crash(self) -> None:
+        tell(self._supervisor, m.ChildFailed("llm", self._state.name, self.actor_ref))
 
     # --- state ---------------------------------------------------------------------------
 

@@ -48,6 +48,15 @@ class Register:
 
 
 @dataclass(frozen=True)
+class ChildFailed:
+    """From a crashed child's on_failure: `kind` is "llm" or "session", `key` its name/id."""
+
+    kind: str
+    key: str
+    ref: pykka.ActorRef = field(compare=False)
+
+
+@dataclass(frozen=True)
 class SessionStreamLost:
     session_id: str
 
@@ -73,6 +82,13 @@ class Adopt:
     """The row was (re-)registered: take this state and owner."""
 
     state: LlmState
+    session: SessionLink
+
+
+@dataclass(frozen=True)
+class Relink:
+    """The session actor was restarted: reach it through this link from now on."""
+
     session: SessionLink
 
 
@@ -176,7 +192,20 @@ class GraceExpired:
 
 @dataclass(frozen=True)
 class Drain:
-    """Shutdown: end the stream with a retry hint and answer every open task."""
+    """Shutdown: take no new task; open tasks may finish for `deadline_s`, then get 503.
+    The stream then ends with a retry hint."""
+
+    deadline_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DrainExpired:
+    pass
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Test hook (fault injection): the receiving actor raises, as a bug would."""
 
 
 @dataclass(frozen=True)

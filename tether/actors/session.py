@@ -63,6 +63,7 @@ class SessionActor(TetherActor):
         self._seq = 0
         self._tasks: dict[str, _Task] = {}
         self._grace: Timer | None = None
+        self._draining = False
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -75,6 +76,7 @@ class SessionActor(TetherActor):
             m.CancelTask: self._on_cancel,
             m.TaskTimedOut: self._on_timed_out,
             m.Drain: self._on_drain,
+            m.DrainExpired: self._on_drain_expired,
         }
 
     # --- the stream ----------------------------------------------------------------------
@@ -103,8 +105,7 @@ class SessionActor(TetherActor):
     def _on_stream_closed(self, msg: m.StreamClosed) -> None:
         if msg.token != self._token or self._outbox is None:
             return  # an old stream that was already replaced
-        self._outbox.put(m.Close())
-        self._outbox = None
+        self._end_stream()
         tell(self._supervisor, m.SessionStreamLost(self._session_id))
         if not self._tasks:
             return
@@ -131,14 +132,19 @@ class SessionActor(TetherActor):
     # --- tasks ---------------------------------------------------------------------------
 
     def _refuse(self, name: str) -> TetherError:
+        if self._draining:
+            return errors.shutting_down()
         if len(self._tasks) >= MAX_REPLAY:
             return TetherError(
                 429, "queue_full", f"the publisher of {name!r} has too many open tasks"
             )
         return errors.publisher_offline(name)
 
+    def _closed(self) -> bool:
+        return self._outbox is None or self._draining or len(self._tasks) >= MAX_REPLAY
+
     def _on_send_infer(self, msg: m.SendInfer) -> None:
-        if self._outbox is None or len(self._tasks) >= MAX_REPLAY:
+        if self._closed():
             msg.reply.put(m.Failed(self._refuse(msg.llm_name)))
             tell(msg.llm, m.TaskEnded(msg.task_id))
             return
@@ -159,7 +165,7 @@ class SessionActor(TetherActor):
         msg.reply.put(m.Dispatched(task_id, lambda why: tell(me, m.CancelTask(task_id, why))))
 
     def _on_send_wake(self, msg: m.SendWake) -> None:
-        if self._outbox is None or len(self._tasks) >= MAX_REPLAY:
+        if self._closed():
             tell(msg.llm, m.WakeFailed(msg.task_id, self._refuse(msg.llm_name)))
             return
         task = _Task(msg.task_id, "wake", msg.llm_name, msg.llm, None, False, "")
@@ -215,6 +221,8 @@ class SessionActor(TetherActor):
         self._tasks.pop(task.task_id, None)
         if task.timer is not None:
             task.timer.cancel()
+        if self._draining and not self._tasks:
+            self._end_stream(retry_ms=1000)
         if task.kind == "wake":
             if isinstance(outcome, m.Completed) and 200 <= outcome.status < 300:
                 tell(task.llm, m.WakeSucceeded(task.task_id))
@@ -268,13 +276,33 @@ class SessionActor(TetherActor):
             self._finish(task, m.Failed(make_error(task.llm_name)))
 
     def _on_drain(self, msg: m.Drain) -> None:
-        if self._outbox is not None:
-            self._outbox.put(m.Close(retry_ms=1000))
-            self._outbox = None
+        self._draining = True
+        if not self._tasks or msg.deadline_s <= 0:
+            self._on_drain_expired(m.DrainExpired())
+        else:
+            call_later(msg.deadline_s, tell, self.actor_ref, m.DrainExpired())
+
+    def _on_drain_expired(self, _msg: m.DrainExpired) -> None:
         self._fail_all(lambda _name: errors.shutting_down())
+        self._end_stream(retry_ms=1000)
+
+    def _end_stream(self, retry_ms: int | None = None) -> None:
+        if self._outbox is not None:
+            self._outbox.put(m.Close(retry_ms=retry_ms))
+            self._outbox = None
 
     def on_stop(self) -> None:
         self._on_drain(m.Drain())
+
+    def on_crash(self) -> None:
+        self._end_stream()  # the publisher reconnects, to the restarted actor
+        if self._grace is not None:
+            self._grace.cancel()
+        what = f"the session actor of {self._session_id!r}"
+        self._fail_all(lambda _name: errors.actor_restarted(what))
+
+    def report_crash(self) -> None:
+        tell(self._supervisor, m.ChildFailed("session", self._session_id, self.actor_ref))
 
 
 def _wake_error(task: _Task, outcome: Any) -> TetherError:

@@ -1,13 +1,19 @@
-"""Supervisor: starts, finds and retires the children; owns the directory.
+"""Supervisor: starts, finds, restarts and retires the children; owns the directory.
 
 Registration runs here so that registrations and retirements are serialized against each
 other: a row cannot be deleted by the sweep while it is being re-taken.
+
+A child that crashes answers its own waiters (on_failure) and reports here; it is rebuilt
+from the store. Like an Erlang supervisor, restarts are bounded: more than
+MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactive`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -21,9 +27,12 @@ from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
 from tether.config import Settings
 from tether.store import llms as store
-from tether.store.models import KIND_PUBLIC, Llm
+from tether.store.models import INACTIVE, KIND_PUBLIC, Llm
 
 log = logging.getLogger("tether.supervisor")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 10.0
 
 
 class Supervisor(TetherActor):
@@ -36,12 +45,14 @@ class Supervisor(TetherActor):
         self._sessions: dict[str, SessionEntry] = {}
         self._slots: dict[int, pykka.ActorRef] = {}
         self._next_slot = 1
+        self._restarts: dict[tuple[str, str], deque[float]] = {}
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
             m.Register: self._on_register,
             m.SessionStreamLost: self._on_stream_lost,
             m.RetireExpired: self._on_retire_expired,
+            m.ChildFailed: self._on_child_failed,
         }
 
     def on_start(self) -> None:
@@ -88,10 +99,13 @@ class Supervisor(TetherActor):
         self._owner[row.name] = row.provider_session_id
         ref = self._llms.get(row.name)
         if ref is None:
-            public = self._settings.public_llm(row.name) if row.kind == KIND_PUBLIC else None
-            self._llms[row.name] = LlmActor.start(self._settings, state, link, public)
+            self._llms[row.name] = self._start_llm(state, link)
         elif link is not None:
             tell(ref, m.Adopt(state, link))
+
+    def _start_llm(self, state: m.LlmState, link: m.SessionLink | None) -> pykka.ActorRef:
+        public = self._settings.public_llm(state.name) if state.kind == KIND_PUBLIC else None
+        return LlmActor.start(self._settings, state, link, public, self.actor_ref)
 
     def _publish_directory(self) -> None:
         self._publish(
@@ -131,3 +145,58 @@ class Supervisor(TetherActor):
         if doomed:
             log.info("retired %d inactive Llm(s): %s", len(doomed), [r.name for r in doomed])
             self._publish_directory()
+
+    # --- supervision ---------------------------------------------------------------------
+
+    def _on_child_failed(self, msg: m.ChildFailed) -> None:
+        current = (self._llms.get(msg.key) if msg.kind == "llm"
+                   else getattr(self._sessions.get(msg.key), "ref", None))
+        if current is None or current.actor_urn != msg.ref.actor_urn:
+            return  # already replaced or retired
+        now = time.monotonic()
+        history = self._restarts.setdefault((msg.kind, msg.key), deque())
+        while history and now - history[0] > RESTART_WINDOW_S:
+            history.popleft()
+        history.append(now)
+        if len(history) > MAX_RESTARTS:
+            log.error("%s %r crashed %d times in %g s: leaving it down", msg.kind, msg.key,
+                      len(history), RESTART_WINDOW_S)
+            self._give_up(msg.kind, msg.key)
+        elif msg.kind == "llm":
+            self._restart_llm(msg.key)
+        else:
+            self._restart_session(msg.key)
+        self._publish_directory()
+
+    def _restart_llm(self, name: str) -> None:
+        row = store.get(name)
+        if row is None:
+            self._llms.pop(name, None)
+            return
+        state = m.LlmState(row.name, row.kind, row.provider_session_id, row.status)
+        link = None
+        entry = self._sessions.get(row.provider_session_id or "")
+        if entry is not None and row.provider_session_id is not None:
+            link = m.SessionLink(row.provider_session_id, entry.slot, entry.ref)
+        self._llms[name] = self._start_llm(state, link)
+        log.warning("restarted the actor of Llm %r", name)
+
+    def _restart_session(self, session_id: str) -> None:
+        old = self._sessions[session_id]
+        ref = SessionActor.start(self._settings, session_id, old.slot, self.actor_ref)
+        self._sessions[session_id] = SessionEntry(ref, old.slot, old.names)
+        self._slots[old.slot] = ref
+        link = m.SessionLink(session_id, old.slot, ref)
+        for name in old.names:
+            tell(self._llms.get(name), m.Relink(link))
+        log.warning("restarted the actor of session %r", session_id)
+
+    def _give_up(self, kind: str, key: str) -> None:
+        if kind == "llm":
+            self._llms.pop(key, None)
+            store.set_status(key, self._owner.get(key), INACTIVE)
+            return
+        entry = self._sessions.pop(key)
+        self._slots.pop(entry.slot, None)
+        for name in entry.names:
+            tell(self._llms.get(name), m.StreamLost(key))  # active rows go inactive

@@ -58,10 +58,11 @@ class ActorSystem:
         self._sweeper = Sweeper.start(self.settings, self._supervisor, lambda: self._directory)
         return self
 
-    def drain(self) -> None:
-        """Shutdown, first half: publishers are told to retry, waiting clients answered."""
+    def drain(self, deadline_s: float = 0.0) -> None:
+        """Shutdown, first half: no new task; tasks under way may finish for `deadline_s`,
+        then every waiting client is answered 503 and publishers are told to retry."""
         for entry in self._directory.sessions.values():
-            entry.ref.tell(m.Drain())
+            tell(entry.ref, m.Drain(deadline_s))
 
     def stop(self) -> None:
         for ref in (self._sweeper, self._supervisor):
@@ -150,8 +151,17 @@ class ActorSystem:
         ref = self._directory.llm(name)
         reply: queue.Queue = queue.Queue()
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply)):
+            if store.get(name) is not None:  # its actor is down (gave up restarting)
+                raise errors.publisher_offline(name)
             raise errors.llm_not_found(name)
         return reply
+
+    def inject_crash(self, kind: str, key: str) -> bool:
+        """Fault injection (tests only; the route exists only with fault_injection on)."""
+        directory = self._directory
+        ref = directory.llm(key) if kind == "llm" else getattr(directory.session(key), "ref",
+                                                                None)
+        return tell(ref, m.Crash())
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
         dispatched.cancel(reason)

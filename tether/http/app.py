@@ -11,7 +11,7 @@ from tether.actors.system import ActorSystem
 from tether.config import Settings, load_settings
 from tether.http import errors, schemas
 from tether.http.relay import Relay
-from tether.http.resources import health, llms, openai, provider
+from tether.http.resources import faults, health, llms, openai, provider
 
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
@@ -38,6 +38,8 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
                   openai.Relayed(system, relay, schemas.V1_EMBEDDING, "embeddings"))
     app.add_route("/v1/models", openai.Models())
     app.add_route("/v1/models/{name}", openai.Model())
+    if settings.fault_injection:
+        app.add_route("/_faults/crash", faults.Crash(system))
     return app
 
 

@@ -28,9 +28,12 @@ def _post_worker_init(worker: Any) -> None:
 
     system = worker.app.system
     original = worker.handle_exit
+    # Tasks under way may finish while gunicorn's graceful period runs; what is left a
+    # little before it ends is answered 503 so that no client is cut off without a word.
+    deadline = max(worker.cfg.graceful_timeout - 2.0, 0.0)
 
     def handle_exit(sig: int, frame: Any) -> None:
-        gevent.get_hub().loop.run_callback(system.drain)
+        gevent.get_hub().loop.run_callback(system.drain, deadline)
         original(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)

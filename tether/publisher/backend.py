@@ -28,6 +28,9 @@ from tether.runtime import Timer, call_later
 log = logging.getLogger("tether.publisher.backend")
 
 PROBE_EVERY_S = 0.25
+# Task ids remembered so that a frame the hub replays after a reconnect (Last-Event-ID) is
+# not run a second time.
+REMEMBERED_TASKS = 4096
 
 
 class BackendActor(TetherActor):
@@ -46,6 +49,8 @@ class BackendActor(TetherActor):
         self.sleeping: gevent.Greenlet | None = None
         self.idle_generation = 0
         self.idle_timer: Timer | None = None
+        self.seen: set[str] = set()
+        self.seen_order: deque[str] = deque()
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -70,7 +75,19 @@ class BackendActor(TetherActor):
 
     # --- infer ---------------------------------------------------------------------------
 
+    def _first_sight(self, task_id: str) -> bool:
+        if task_id in self.seen:
+            return False
+        self.seen.add(task_id)
+        self.seen_order.append(task_id)
+        if len(self.seen_order) > REMEMBERED_TASKS:
+            self.seen.discard(self.seen_order.popleft())
+        return True
+
     def _on_run_infer(self, msg: m.RunInfer) -> None:
+        if not self._first_sight(msg.task["taskId"]):
+            log.info("task %s replayed by the hub: already taken", msg.task["taskId"])
+            return
         self._disarm_idle()
         self.waiting.append(msg.task)
         if self.asleep and self.backend.wake is not None:
@@ -114,6 +131,8 @@ class BackendActor(TetherActor):
     # --- wake ----------------------------------------------------------------------------
 
     def _on_run_wake(self, msg: m.RunWake) -> None:
+        if not self._first_sight(msg.task_id):
+            return
         self._disarm_idle()
         self.wake_tasks.append(msg.task_id)
         self._start_wake()

@@ -1,0 +1,86 @@
+"""Crashes: waiters are answered, the child is rebuilt from the store, restarts are bounded."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.actors.conftest import Outbox, events, provider
+from tether.actors import messages as m
+from tether.actors.supervisor import MAX_RESTARTS
+from tether.errors import TetherError
+from tether.store import llms as store
+
+REQ = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def _wait(predicate, timeout: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.02)
+
+
+def _online(system, *providers) -> Outbox:
+    system.register("s1", list(providers))
+    outbox = Outbox()
+    system.open_stream("s1", outbox.queue, None)
+    outbox.frames()
+    return outbox
+
+
+def test_a_crashed_llm_actor_answers_its_waiters_and_comes_back(system):
+    outbox = _online(system, provider("a"), provider("sleepy", "hibernating"))
+    old = system.directory.llm("sleepy")
+    waiting = system.infer("sleepy", REQ, False, "chat/completions")
+    first_wake = outbox.tasks()[0]
+    assert system.inject_crash("llm", "sleepy")
+    failed = events(waiting, m.Failed)[-1]
+    assert (failed.error.status, failed.error.code) == (503, "actor_restarted")
+    _wait(lambda: system.directory.llm("sleepy") not in (None, old))
+    # Rebuilt from the store: still hibernating, and the next infer wakes it afresh.
+    again = system.infer("sleepy", REQ, False, "chat/completions")
+    wake = next(t for t in outbox.tasks() if t["kind"] == "wake")
+    assert wake["taskId"] != first_wake["taskId"]
+    system.submit_result(wake["taskId"], None, {"status": 200})
+    infer = next(t for t in outbox.tasks() if t["kind"] == "infer")
+    system.submit_result(infer["taskId"], None, {"status": 200, "body": {"ok": 1}})
+    assert events(again, m.Completed)[-1] == m.Completed(200, {"ok": 1})
+    # The other Llm never noticed.
+    other = system.infer("a", REQ, False, "chat/completions")
+    task = outbox.tasks()[0]
+    system.submit_result(task["taskId"], None, {"status": 200, "body": {"a": 1}})
+    assert events(other, m.Completed)[-1].body == {"a": 1}
+
+
+def test_a_crashed_session_actor_fails_its_tasks_and_is_relinked(system):
+    outbox = _online(system, provider("a"))
+    pending = system.infer("a", REQ, False, "chat/completions")
+    outbox.tasks()
+    old = system.directory.session("s1").ref
+    assert system.inject_crash("session", "s1")
+    assert events(pending, m.Failed)[-1].error.code == "actor_restarted"
+    assert any(isinstance(f, m.Close) for f in outbox.frames())  # the publisher reconnects
+    _wait(lambda: system.directory.session("s1").ref is not old)
+    fresh = Outbox()
+    system.open_stream("s1", fresh.queue, None)
+    fresh.frames()
+    reply = system.infer("a", REQ, False, "chat/completions")
+    task = fresh.tasks()[0]  # the LlmActor reaches the new session actor
+    system.submit_result(task["taskId"], None, {"status": 200, "body": {}})
+    assert isinstance(events(reply, m.Completed)[-1], m.Completed)
+
+
+def test_restarts_are_bounded_then_the_rows_go_inactive(system):
+    _online(system, provider("a"))
+    for _ in range(MAX_RESTARTS + 1):
+        ref = system.directory.llm("a")
+        assert ref is not None
+        system.inject_crash("llm", "a")
+        _wait(lambda ref=ref: system.directory.llm("a") is not ref)
+    assert system.directory.llm("a") is None
+    _wait(lambda: store.get("a").status == "inactive")
+    with pytest.raises(TetherError) as offline:  # down, but known: 503, not 404
+        system.infer("a", REQ, False, "chat/completions")
+    assert offline.value.code == "publisher_offline"
