@@ -188,6 +188,15 @@ class LlmActor(TetherActor):
             )
         )
 
+    def _wake_superseded(self) -> None:
+        """The backend is up without the wake's answer: end the wake task at the session
+        and the publisher too (a cancel), so no second wake can ever run beside it."""
+        wake = self._wake
+        assert wake is not None
+        self._end_wake(wake.task_id)
+        tell(wake.session.ref, m.CancelTask(wake.task_id, "superseded"))
+        self._release_waiters()
+
     def _release_waiters(self) -> None:
         while self._waiters:
             self._dispatch(self._waiters.popleft())
@@ -210,9 +219,7 @@ class LlmActor(TetherActor):
         self._state = msg.state
         self._session = msg.session
         if self._wake is not None and msg.state.status == ACTIVE:
-            # Re-registered as awake while a wake was pending: that wake succeeded.
-            self._end_wake(self._wake.task_id)
-            self._release_waiters()
+            self._wake_superseded()  # re-registered as awake: that wake succeeded
         elif self._wake is not None and moved:
             # The wake went to a session that no longer owns us: ask the new one.
             old = self._wake
@@ -236,8 +243,7 @@ class LlmActor(TetherActor):
             return False
         self._write_status(msg.status)
         if msg.status == ACTIVE and self._wake is not None:
-            self._end_wake(self._wake.task_id)  # "active" while waking counts as the wake
-            self._release_waiters()
+            self._wake_superseded()  # "active" while waking counts as the wake
         return True
 
     def _on_stream_lost(self, msg: m.StreamLost) -> None:
