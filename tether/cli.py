@@ -1,4 +1,4 @@
-"""The `tether` command: serve | publish | demo | demo-backend | llms."""
+"""The `tether` command: serve | publish | demo | demo-backend | keys | llms."""
 
 from __future__ import annotations
 
@@ -7,14 +7,23 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tether.config import ConfigError, load_settings
+from tether.config import ConfigError, is_loopback, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         args.config,
-        overrides={"host": args.host, "port": args.port, "database_url": args.database_url},
+        overrides={"host": args.host, "port": args.port, "database_url": args.database_url,
+                   "auth": "off" if args.insecure_no_auth else None},
     )
+    if not settings.auth_enabled and not is_loopback(settings.host) and not args.insecure_no_auth:
+        print(
+            f"tether serve: refusing to listen on {settings.host} with auth off: anyone who "
+            "reaches it could publish and read models. Turn auth on (and create keys with "
+            "`tether keys create`), or pass --insecure-no-auth if you mean it.",
+            file=sys.stderr,
+        )
+        return 2
     if settings.workers != 1:
         print(
             "tether serve: workers must be 1: publisher sessions live in one process until "
@@ -28,14 +37,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _llms(args: argparse.Namespace) -> int:
+def _open_store(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, overrides={"database_url": args.database_url})
     from tether.store import db, migrations
-    from tether.store import llms as store
 
     db.init(settings.database_url)
     migrations.migrate()
+
+
+def _llms(args: argparse.Namespace) -> int:
+    _open_store(args)
+    from tether.store import llms as store
+
     print(json.dumps({"llms": [row.to_wire() for row in store.list_all()]}, indent=2))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    _open_store(args)
+    from tether.store import keys
+
+    if args.action == "create":
+        try:
+            key = keys.create(args.name, args.role)
+        except ValueError as exc:
+            print(f"tether keys: {exc}", file=sys.stderr)
+            return 2
+        print(f"Created the {args.role} key {args.name!r}. It is shown once; keep it safe:")
+        print(key)
+    elif args.action == "list":
+        for row in keys.list_keys():
+            state = f"revoked {row['revokedAt']}" if row["revokedAt"] else "active"
+            print(f"{row['name']}\t{row['role']}\t{state}")
+    elif not keys.revoke(args.name):
+        print(f"tether keys: no active key named {args.name!r}", file=sys.stderr)
+        return 2
+    else:
+        print(f"Revoked {args.name!r}; the hub refuses it from its next request on.")
     return 0
 
 
@@ -61,7 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--database-url")
     serve.add_argument("--config", help="hub TOML (default conf/tether.toml, or TETHER_CONFIG)")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow auth off on a non-loopback address")
     serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="create, list and revoke bearer keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="print a new key (shown once)")
+    create.add_argument("--role", required=True, choices=["publisher", "client", "admin"])
+    create.add_argument("--name", required=True)
+    key_actions.add_parser("list", help="list keys (never their secrets)")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    for sub in (create, key_actions.choices["list"], revoke):
+        sub.add_argument("--database-url")
+        sub.add_argument("--config")
+    keys.set_defaults(run=_keys)
 
     publish = commands.add_parser("publish", help="publish local backends on a hub")
     from tether.publisher import main as publisher_main

@@ -56,6 +56,7 @@ class Settings:
     auth: str | None = None
     rate_limit_per_min: int = 600
     max_inflight_per_key: int = 64
+    max_streams_per_key: int = 256
     workers: int = 1
     log_level: str = "info"
     # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.
@@ -73,10 +74,10 @@ class Settings:
     def auth_enabled(self) -> bool:
         if self.auth is not None:
             return self.auth == "on"
-        return not _is_loopback(self.host)
+        return not is_loopback(self.host)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

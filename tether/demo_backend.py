@@ -4,7 +4,8 @@ and the benchmarks. It is a stand-in for Ollama / llama.cpp / vLLM, not a model.
 Routes: GET /v1/models, POST /v1/chat/completions (streamed or not), POST /v1/completions,
 POST /v1/embeddings, GET /_demo/stats (requests seen, streams the client aborted).
 Request knobs (in the body, ignored by real backends): `demo_chunks` (how many chunks),
-`demo_delay_s` (pause before each chunk), `demo_status` (answer this HTTP status).
+`demo_delay_s` (pause before each chunk), `demo_status` (answer this HTTP status),
+`demo_reply` (answer exactly this text).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class DemoBackend:
     # --- answers -------------------------------------------------------------------------
 
     def _words(self, body: dict[str, Any]) -> list[str]:
+        if "demo_reply" in body:  # answer exactly this text (tests: a canary)
+            return str(body["demo_reply"]).split() or [""]
         n = int(body.get("demo_chunks", body.get("max_tokens") or 8))
         seed = int(hashlib.sha256(json.dumps(body.get("messages") or body.get("prompt"),
                                              sort_keys=True).encode()).hexdigest(), 16)

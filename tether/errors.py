@@ -25,6 +25,7 @@ class TetherError(Exception):
         self.code = code
         self.message = message
         self.param = param
+        self.headers: dict[str, str] = {}  # extra response headers (Retry-After)
 
     def envelope(self) -> dict[str, Any]:
         return {

@@ -68,3 +68,32 @@ def test_startup_deactivates_every_virtual_row():
     store.register("s1", [spec("a"), spec("b", initialStatus="hibernating")])
     assert store.deactivate_all_virtual() == 2
     assert {r.status for r in store.list_all()} == {"inactive"}
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path):
+    """A hub from before keys existed: its rows survive and the key tables appear."""
+    import sqlite3
+
+    db.close()
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript("""
+            CREATE TABLE llm (id VARCHAR(36) PRIMARY KEY, name VARCHAR(128) UNIQUE NOT NULL,
+              type VARCHAR(64) NOT NULL, model VARCHAR(256) NOT NULL, tier VARCHAR(64) NOT NULL,
+              description TEXT NOT NULL, extra_config TEXT NOT NULL, kind VARCHAR(16) NOT NULL,
+              provider_session_id VARCHAR(128), status VARCHAR(16) NOT NULL,
+              last_heartbeat_at DATETIME, inactive_since DATETIME, created_at DATETIME NOT NULL,
+              updated_at DATETIME NOT NULL);
+            CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
+            INSERT INTO schema_version (version) VALUES (1);
+            INSERT INTO llm VALUES ('id-1', 'kept', 'openai', 'm', 'fast', '', '{}', 'virtual',
+              's1', 'inactive', NULL, NULL, '2026-01-01 00:00:00', '2026-01-01 00:00:00');
+        """)
+    db.init(f"sqlite:///{path}")
+    assert migrations.migrate() == 1
+    assert store.get("kept").provider_session_id == "s1"
+    from tether.store import keys
+
+    key = keys.create("k", "client")
+    assert keys.verify(key).name == "k"
+    assert migrations.migrate() == migrations.CURRENT_VERSION == 2

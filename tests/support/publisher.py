@@ -21,10 +21,11 @@ CLOSE = {"Connection": "close"}  # no idle keep-alive left to hold up the hub's 
 class Stream:
     """An open `_provider-stream`, read on a thread into a queue of events and comments."""
 
-    def __init__(self, url: str, session_id: str, last_event_id: str | None = None) -> None:
+    def __init__(self, url: str, session_id: str, last_event_id: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         # Connection: close, so the ended stream leaves no idle keep-alive to hold up the
         # hub's SIGTERM (gunicorn honours it on requests, and ignores it on responses).
-        headers = {"X-Provider-Session-Id": session_id, "Connection": "close"}
+        headers = {"X-Provider-Session-Id": session_id, "Connection": "close", **(headers or {})}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self._http = urllib3.PoolManager()

@@ -15,6 +15,7 @@ import pykka
 
 @dataclass(frozen=True)
 class SessionEntry:
+    session_id: str
     ref: pykka.ActorRef = field(compare=False)
     slot: int
     names: frozenset[str]
@@ -24,7 +25,7 @@ class SessionEntry:
 class Directory:
     llms: Mapping[str, pykka.ActorRef] = field(default_factory=dict)
     sessions: Mapping[str, SessionEntry] = field(default_factory=dict)
-    slots: Mapping[int, pykka.ActorRef] = field(default_factory=dict)
+    slots: Mapping[int, str] = field(default_factory=dict)  # task-id slot -> session id
 
     def llm(self, name: str) -> pykka.ActorRef | None:
         return self.llms.get(name)
@@ -32,5 +33,6 @@ class Directory:
     def session(self, session_id: str) -> SessionEntry | None:
         return self.sessions.get(session_id)
 
-    def session_by_slot(self, slot: int) -> pykka.ActorRef | None:
-        return self.slots.get(slot)
+    def session_by_slot(self, slot: int) -> SessionEntry | None:
+        session_id = self.slots.get(slot)
+        return self.sessions.get(session_id) if session_id is not None else None

@@ -171,6 +171,7 @@ class SubmitResult:
     task_id: str
     claimed_session: str | None
     result: dict[str, Any]
+    caller_owns_session: bool = True  # with auth on: the caller's key owns this session
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,8 @@ class SessionActor(TetherActor):
         task = self._tasks.get(msg.task_id)
         if task is None:
             raise errors.task_not_found(msg.task_id)
-        if msg.claimed_session is not None and msg.claimed_session != self._session_id:
+        if (msg.claimed_session is not None and msg.claimed_session != self._session_id) \
+                or not msg.caller_owns_session:
             raise errors.forbidden(f"task {msg.task_id!r} belongs to another provider session")
         result = msg.result
         if "chunk" in result or "chunks" in result:

@@ -43,7 +43,7 @@ class Supervisor(TetherActor):
         self._llms: dict[str, pykka.ActorRef] = {}
         self._owner: dict[str, str | None] = {}  # llm name -> session id
         self._sessions: dict[str, SessionEntry] = {}
-        self._slots: dict[int, pykka.ActorRef] = {}
+        self._slots: dict[int, str] = {}
         self._next_slot = 1
         self._restarts: dict[tuple[str, str], deque[float]] = {}
 
@@ -75,14 +75,14 @@ class Supervisor(TetherActor):
             slot = self._next_slot
             self._next_slot += 1
             ref = SessionActor.start(self._settings, session_id, slot, self.actor_ref)
-            entry = SessionEntry(ref, slot, frozenset())
+            entry = SessionEntry(session_id, ref, slot, frozenset())
             self._sessions[session_id] = entry
-            self._slots[slot] = ref
+            self._slots[slot] = session_id
         return entry
 
     def _set_names(self, session_id: str, names: frozenset[str]) -> None:
         entry = self._sessions[session_id]
-        self._sessions[session_id] = SessionEntry(entry.ref, entry.slot, names)
+        self._sessions[session_id] = SessionEntry(session_id, entry.ref, entry.slot, names)
 
     def _adopt_row(self, row: Llm) -> None:
         """Start or update the LlmActor of `row` and file it under its session."""
@@ -184,8 +184,7 @@ class Supervisor(TetherActor):
     def _restart_session(self, session_id: str) -> None:
         old = self._sessions[session_id]
         ref = SessionActor.start(self._settings, session_id, old.slot, self.actor_ref)
-        self._sessions[session_id] = SessionEntry(ref, old.slot, old.names)
-        self._slots[old.slot] = ref
+        self._sessions[session_id] = SessionEntry(session_id, ref, old.slot, old.names)
         link = m.SessionLink(session_id, old.slot, ref)
         for name in old.names:
             tell(self._llms.get(name), m.Relink(link))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
@@ -135,12 +135,15 @@ class ActorSystem:
         if entry is not None:
             tell(entry.ref, m.StreamClosed(token))
 
-    def submit_result(self, task_id: str, claimed_session: str | None, result: dict) -> None:
+    def submit_result(self, task_id: str, claimed_session: str | None, result: dict,
+                      may_act: Callable[[str], bool] | None = None) -> None:
+        """`may_act(session_id)` says whether the caller's key owns the task's session."""
         slot = slot_of(task_id)
-        ref = self._directory.session_by_slot(slot) if slot is not None else None
-        if ref is None:
+        entry = self._directory.session_by_slot(slot) if slot is not None else None
+        if entry is None:
             raise errors.task_not_found(task_id)
-        _ask(ref, m.SubmitResult(task_id, claimed_session, result))
+        allowed = may_act(entry.session_id) if may_act is not None else True
+        _ask(entry.ref, m.SubmitResult(task_id, claimed_session, result, allowed))
 
     # --- client data plane ---------------------------------------------------------------
 

@@ -10,32 +10,41 @@ import falcon
 from tether.actors.system import ActorSystem
 from tether.config import Settings, load_settings
 from tether.http import errors, schemas
+from tether.http.auth import Auth, AuthMiddleware
+from tether.http.limits import Limiter, StreamCounter
+from tether.http.openapi import OpenApi
 from tether.http.relay import Relay
-from tether.http.resources import faults, health, llms, openai, provider
+from tether.http.resources import faults, health, llms, metrics, openai, provider
 
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
-    app = falcon.App(cors_enable=False)
+    auth = Auth(settings)
+    app = falcon.App(cors_enable=False, middleware=[AuthMiddleware(auth)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     relay = Relay(system)
+    limiter = Limiter(settings)
 
     app.add_route("/healthz", health.Health())
+    app.add_route("/openapi.json", OpenApi())
+    app.add_route("/metrics", metrics.Metrics(system))
     app.add_route("/api/v1/llms", llms.LlmCollection())
-    app.add_route("/api/v1/llms/_provider-register", provider.Register(system))
-    app.add_route("/api/v1/llms/_provider-stream", provider.Stream(system))
-    app.add_route("/api/v1/llms/_provider-heartbeat", provider.Heartbeat(system))
-    app.add_route("/api/v1/llms/_provider-status", provider.Status(system))
-    app.add_route("/api/v1/llms/_provider-task/{task_id}/result", provider.TaskResult(system))
+    app.add_route("/api/v1/llms/_provider-register", provider.Register(system, auth))
+    app.add_route("/api/v1/llms/_provider-stream",
+                  provider.Stream(system, auth, StreamCounter(settings)))
+    app.add_route("/api/v1/llms/_provider-heartbeat", provider.Heartbeat(system, auth))
+    app.add_route("/api/v1/llms/_provider-status", provider.Status(system, auth))
+    app.add_route("/api/v1/llms/_provider-task/{task_id}/result",
+                  provider.TaskResult(system, auth))
     app.add_route("/api/v1/llms/{name}", llms.LlmItem())
-    app.add_route("/api/v1/llms/{name}/infer", llms.Infer(system, relay))
+    app.add_route("/api/v1/llms/{name}/infer", llms.Infer(system, relay, limiter))
 
-    app.add_route("/v1/chat/completions",
-                  openai.Relayed(system, relay, schemas.V1_CHAT, "chat/completions"))
-    app.add_route("/v1/completions",
-                  openai.Relayed(system, relay, schemas.V1_COMPLETION, "completions"))
-    app.add_route("/v1/embeddings",
-                  openai.Relayed(system, relay, schemas.V1_EMBEDDING, "embeddings"))
+    for path, schema, endpoint in (
+        ("/v1/chat/completions", schemas.V1_CHAT, "chat/completions"),
+        ("/v1/completions", schemas.V1_COMPLETION, "completions"),
+        ("/v1/embeddings", schemas.V1_EMBEDDING, "embeddings"),
+    ):
+        app.add_route(path, openai.Relayed(system, relay, limiter, schema, endpoint))
     app.add_route("/v1/models", openai.Models())
     app.add_route("/v1/models/{name}", openai.Model())
     if settings.fault_injection:

@@ -24,6 +24,8 @@ _FALCON_CODES = {
 def render(resp: falcon.Response, error: TetherError) -> None:
     resp.status = error.status
     resp.media = error.envelope()
+    for name, value in error.headers.items():
+        resp.set_header(name, value)
     if error.status == 413:
         # Do not let the server drain a huge unread body to keep the connection alive.
         resp.set_header("Connection", "close")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -35,23 +36,34 @@ class Relay:
         name: str,
         body: dict[str, Any],
         endpoint: str = "chat/completions",
+        release: Callable[[], None] = lambda: None,
     ) -> None:
+        """Answer `resp` from the Llm; `release()` runs once the answer is complete."""
         streaming = bool(body.get("stream")) and endpoint != "embeddings"
-        reply = self._system.infer(name, body, streaming, endpoint)
+        try:
+            reply = self._system.infer(name, body, streaming, endpoint)
+        except BaseException:
+            release()
+            raise
         stop_watch = disconnect.watch(req.env, lambda: reply.put(streams.ClientGone()))
         state: dict[str, Any] = {}
+
+        def finished() -> None:
+            stop_watch()
+            release()
+
         try:
             if streaming:
-                handed_over = self._start_stream(resp, reply, state, stop_watch)
+                handed_over = self._start_stream(resp, reply, state, finished)
             else:
                 handed_over = False
                 self._wait(resp, reply, state)
         except BaseException:
-            stop_watch()
+            finished()
             self._cancel(state, "client_gone")
             raise
         if not handed_over:
-            stop_watch()
+            finished()
 
     def _cancel(self, state: dict[str, Any], reason: str) -> None:
         dispatched = state.get("dispatched")
@@ -84,9 +96,11 @@ class Relay:
             # WakePending: keep waiting
 
     def _start_stream(
-        self, resp: falcon.Response, reply: queue.Queue, state: dict[str, Any], stop_watch: Any
+        self, resp: falcon.Response, reply: queue.Queue, state: dict[str, Any],
+        end: Callable[[], None],
     ) -> bool:
-        """Wait for the first byte's worth; True once the stream body took over the reply."""
+        """Wait for the first byte's worth; True once the stream body took over the reply
+        (and with it the duty to call `end()` when the answer is over)."""
         first: list[str] = []
         waited = 0.0
         while True:
@@ -120,12 +134,12 @@ class Relay:
         resp.set_headers(streams.SSE_HEADERS)
 
         def on_end(finished: bool) -> None:
-            stop_watch()
+            end()
             if not finished:
                 self._cancel(state, "client_gone")
 
         if state.get("finished"):
-            stop_watch()
+            end()
             resp.data = "".join(first).encode()
             return True
         resp.stream = streams.client_stream(

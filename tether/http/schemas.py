@@ -152,6 +152,51 @@ V1_EMBEDDING = {
     },
 }
 
+# --- responses (for /openapi.json) -------------------------------------------------------
+
+TIMESTAMP = {"type": ["string", "null"]}
+LLM_ROW = {
+    "type": "object",
+    "required": ["id", "name", "type", "model", "tier", "description", "extraConfig", "kind",
+                 "providerSessionId", "status", "lastHeartbeatAt", "inactiveSince",
+                 "createdAt", "updatedAt"],
+    "properties": {
+        "id": {"type": "string"}, "name": LLM_NAME, "type": {"type": "string"},
+        "model": {"type": "string"}, "tier": {"type": "string"},
+        "description": {"type": "string"}, "extraConfig": {"type": "object"},
+        "kind": {"enum": ["virtual", "public"]},
+        "providerSessionId": {"type": ["string", "null"]},
+        "status": {"enum": ["active", "hibernating", "inactive"]},
+        "lastHeartbeatAt": TIMESTAMP, "inactiveSince": TIMESTAMP,
+        "createdAt": {"type": "string"}, "updatedAt": {"type": "string"},
+    },
+}
+LLM_LIST = {"type": "object", "required": ["llms"],
+            "properties": {"llms": {"type": "array", "items": LLM_ROW}}}
+REGISTERED = {"type": "object", "required": ["providerSessionId", "llms"],
+              "properties": {"providerSessionId": {"type": "string"},
+                             "llms": {"type": "array", "items": LLM_ROW}}}
+OK = {"type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}
+HEARTBEAT_OK = {"type": "object", "required": ["ok", "llms"],
+                "properties": {"ok": {"const": True}, "llms": {"type": "integer"}}}
+HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+MODEL_OBJECT = {"type": "object", "required": ["id", "object", "created", "owned_by"],
+                "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                               "created": {"type": "integer"}, "owned_by": {"type": "string"}}}
+MODEL_LIST = {"type": "object", "required": ["object", "data"],
+              "properties": {"object": {"const": "list"},
+                             "data": {"type": "array", "items": MODEL_OBJECT}}}
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "code", "param"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "code": {"type": "string"}, "param": {"type": ["string", "null"]}},
+    }},
+}
+
 _VALIDATORS: dict[int, Draft202012Validator] = {}
 
 

@@ -222,7 +222,8 @@ class BackendActor(TetherActor):
         except Unreachable:
             return  # the next registration carries the status
         if status != 200:
-            log.warning("hub refused status hibernating for %s: %s", self.backend.name, answer)
+            log.warning("hub refused status hibernating for %s: %s", self.backend.name,
+                        (answer or {}).get("error", {}).get("code"))
 
     def _on_sleep_finished(self, msg: m.SleepFinished) -> None:
         self.sleeping = None

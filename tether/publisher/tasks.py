@@ -45,8 +45,15 @@ def post_result(hub: HubClient, session_id: Callable[[], str | None], task_id: s
         if status == 404:
             raise TaskGone(task_id)
         if status >= 400:
-            log.warning("hub refused the result of %s: %s %s", task_id, status, answer)
+            # Only the code: a refusal may quote the body, i.e. completion text.
+            log.warning("hub refused the result of %s: %s %s", task_id, status, _code(answer))
         return
+
+
+def _code(answer: Any) -> str:
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        return str(answer["error"].get("code"))
+    return "?"
 
 
 def error_result(message: str, status: int = 502) -> dict[str, Any]:

@@ -85,6 +85,32 @@ class Llm(BaseModel):
         }
 
 
+class ApiKey(BaseModel):
+    """A bearer key. Only a salted hash of its secret is kept; the key is shown once."""
+
+    name = peewee.CharField(unique=True, max_length=128)
+    role = peewee.CharField(max_length=16)
+    key_id = peewee.CharField(unique=True, max_length=32)
+    salt = peewee.CharField(max_length=64)
+    digest = peewee.CharField(max_length=128)
+    created_at = peewee.DateTimeField(default=utcnow)
+    revoked_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_key"
+
+
+class SessionOwner(BaseModel):
+    """A provider session belongs to the publisher key that first registered it."""
+
+    session_id = peewee.CharField(primary_key=True, max_length=128)
+    key_name = peewee.CharField(max_length=128)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "session_owner"
+
+
 class SchemaVersion(BaseModel):
     version = peewee.IntegerField()
 
@@ -92,4 +118,4 @@ class SchemaVersion(BaseModel):
         table_name = "schema_version"
 
 
-ALL_MODELS = (Llm, SchemaVersion)
+ALL_MODELS = (Llm, ApiKey, SessionOwner, SchemaVersion)

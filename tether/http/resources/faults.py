@@ -18,6 +18,8 @@ CRASH = {
 
 
 class Crash:
+    role = "admin"
+
     def __init__(self, system: ActorSystem) -> None:
         self.system = system
 

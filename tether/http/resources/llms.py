@@ -8,16 +8,21 @@ from tether.actors.system import ActorSystem
 from tether.errors import llm_not_found
 from tether.http import schemas
 from tether.http.body import read_json
+from tether.http.limits import Limiter
 from tether.http.relay import Relay
 from tether.store import llms as store
 
 
 class LlmCollection:
+    role = "client"
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"llms": [row.to_wire() for row in store.list_all()]}
 
 
 class LlmItem:
+    role = "client"
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         row = store.get(name)
         if row is None:
@@ -26,10 +31,14 @@ class LlmItem:
 
 
 class Infer:
-    def __init__(self, system: ActorSystem, relay: Relay) -> None:
+    role = "client"
+
+    def __init__(self, system: ActorSystem, relay: Relay, limiter: Limiter) -> None:
         self.limit = system.settings.max_body_bytes
         self.relay = relay
+        self.limiter = limiter
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         body = schemas.validate(schemas.CHAT_REQUEST, read_json(req, self.limit))
-        self.relay.respond(req, resp, name, body)
+        release = self.limiter.admit(req.context.caller)
+        self.relay.respond(req, resp, name, body, release=release)

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import queue
+import uuid
 
 import falcon
 
 from tether.actors.system import ActorSystem
 from tether.errors import invalid_request
 from tether.http import disconnect, schemas, streams
+from tether.http.auth import Auth
 from tether.http.body import read_json
+from tether.http.limits import StreamCounter
 from tether.store.models import Llm
 
 SESSION_HEADER = "X-Provider-Session-Id"
 
 
 class _Resource:
-    def __init__(self, system: ActorSystem) -> None:
+    role = "publisher"
+
+    def __init__(self, system: ActorSystem, auth: Auth) -> None:
         self.system = system
+        self.auth = auth
         self.limit = system.settings.max_body_bytes
 
     def body(self, req: falcon.Request, schema: dict) -> dict:
@@ -39,17 +45,24 @@ class Register(_Resource):
                     param=f"providers[{i}].name",
                 )
             seen.add(spec["name"])
-        session_id, rows = self.system.register(body.get("providerSessionId"), body["providers"])
+        session_id = body.get("providerSessionId") or str(uuid.uuid4())
+        self.auth.claim(session_id, req.context.caller)
+        session_id, rows = self.system.register(session_id, body["providers"])
         resp.media = {"providerSessionId": session_id, "llms": _wire(rows)}
 
 
 class Stream(_Resource):
+    def __init__(self, system: ActorSystem, auth: Auth, streams_per_key: StreamCounter) -> None:
+        super().__init__(system, auth)
+        self.streams_per_key = streams_per_key
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         session_id = req.get_header(SESSION_HEADER) or req.get_param("providerSessionId")
         if not session_id:
             raise invalid_request(
                 f"{SESSION_HEADER}: the provider session id is required", param=SESSION_HEADER
             )
+        self.auth.check_owner(session_id, req.context.caller)
         last_event_id = None
         raw_last = req.get_header("Last-Event-ID")
         if raw_last:
@@ -58,7 +71,12 @@ class Stream(_Resource):
             except ValueError:
                 last_event_id = None  # not an id this hub sent: nothing to replay
         outbox: queue.Queue = queue.Queue()
-        token = self.system.open_stream(session_id, outbox, last_event_id)
+        release = self.streams_per_key.open(req.context.caller)
+        try:
+            token = self.system.open_stream(session_id, outbox, last_event_id)
+        except BaseException:
+            release()
+            raise
 
         def lost() -> None:
             self.system.close_stream(session_id, token)
@@ -68,6 +86,7 @@ class Stream(_Resource):
         def on_end() -> None:
             stop_watch()
             lost()
+            release()
 
         resp.content_type = "text/event-stream"
         resp.set_headers(streams.SSE_HEADERS)
@@ -77,6 +96,7 @@ class Stream(_Resource):
 class Heartbeat(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = self.body(req, schemas.HEARTBEAT)
+        self.auth.check_owner(body["providerSessionId"], req.context.caller)
         count = self.system.heartbeat(body["providerSessionId"])
         resp.media = {"ok": True, "llms": count}
 
@@ -84,6 +104,7 @@ class Heartbeat(_Resource):
 class Status(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = self.body(req, schemas.STATUS)
+        self.auth.check_owner(body["providerSessionId"], req.context.caller)
         updates = [(item["name"], item["status"]) for item in body["llms"]]
         self.system.set_status(body["providerSessionId"], updates)
         resp.media = {"ok": True}
@@ -92,5 +113,7 @@ class Status(_Resource):
 class TaskResult(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         result = schemas.validate_result(read_json(req, self.limit))
-        self.system.submit_result(task_id, req.get_header(SESSION_HEADER), result)
+        caller = req.context.caller
+        self.system.submit_result(task_id, req.get_header(SESSION_HEADER), result,
+                                  lambda session_id: self.auth.owns(session_id, caller))
         resp.media = {"ok": True}

@@ -1,0 +1,79 @@
+"""Who is calling, and may they? Keys, roles and provider-session ownership (PROTOCOL.md,
+Conventions). Every resource declares the `role` it serves; the middleware enforces it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from tether.config import Settings
+from tether.errors import forbidden
+from tether.store import keys
+from tether.store.keys import Caller, unauthorized
+
+# With auth off (the default on a loopback address) every caller may do everything.
+ANONYMOUS = Caller("anonymous", "admin")
+
+
+class Auth:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.auth_enabled
+        self._owners: dict[str, str] = {}  # session id -> key name; an owner never changes
+
+    def authenticate(self, req: falcon.Request) -> Caller:
+        if not self.enabled:
+            return ANONYMOUS
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("send your key as 'Authorization: Bearer <key>'")
+        caller = keys.verify(token.strip())
+        if caller is None:
+            raise unauthorized("unknown or revoked key")
+        return caller
+
+    def require_role(self, caller: Caller, role: str | None) -> None:
+        if role is None or caller.role == "admin" or caller.role == role:
+            return
+        raise forbidden(f"a {caller.role} key cannot use this route (it needs {role})")
+
+    def claim(self, session_id: str, caller: Caller) -> None:
+        """Register: the first key to present a session id owns it."""
+        if not self.enabled:
+            return
+        owner = self._owners.get(session_id) or keys.claim_session(session_id, caller.name)
+        self._owners[session_id] = owner
+        if owner != caller.name and caller.role != "admin":
+            raise forbidden(f"provider session {session_id!r} belongs to another key")
+
+    def owns(self, session_id: str, caller: Caller) -> bool:
+        if not self.enabled or caller.role == "admin":
+            return True
+        owner = self._owners.get(session_id)
+        if owner is None:
+            # Claimed at register; a session from before auth was on is taken on first use.
+            owner = keys.claim_session(session_id, caller.name)
+            self._owners[session_id] = owner
+        return owner == caller.name
+
+    def check_owner(self, session_id: str, caller: Caller) -> None:
+        if not self.owns(session_id, caller):
+            raise forbidden(f"provider session {session_id!r} belongs to another key")
+
+
+class AuthMiddleware:
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         params: dict[str, Any]) -> None:
+        if resource is None:
+            return  # no such route: 404 follows
+        role = getattr(resource, "role", "admin")  # a resource that names no role is admin's
+        if role is None:
+            req.context.caller = ANONYMOUS
+            return
+        caller = self.auth.authenticate(req)
+        self.auth.require_role(caller, role)
+        req.context.caller = caller

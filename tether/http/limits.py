@@ -1,0 +1,83 @@
+"""Per-client-key limits: requests per minute (token bucket) and infers in flight."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from tether.config import Settings
+from tether.errors import TetherError
+from tether.store.keys import Caller
+
+
+def rate_limited(message: str, retry_after_s: float) -> TetherError:
+    error = TetherError(429, "rate_limited", message)
+    error.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    return error
+
+
+class Limiter:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.auth_enabled  # without keys there is no one to count
+        self.per_min = settings.rate_limit_per_min
+        self.max_inflight = settings.max_inflight_per_key
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._inflight: dict[str, int] = {}
+
+    def admit(self, caller: Caller) -> Callable[[], None]:
+        """Count one infer against `caller`; returns the function that ends it."""
+        if not self.enabled or caller.role != "client":
+            return _nothing
+        now = time.monotonic()
+        rate = self.per_min / 60.0
+        tokens, last = self._buckets.get(caller.name, (float(self.per_min), now))
+        tokens = min(float(self.per_min), tokens + (now - last) * rate)
+        if tokens < 1.0:
+            self._buckets[caller.name] = (tokens, now)
+            raise rate_limited(f"more than {self.per_min} requests a minute for this key",
+                               (1.0 - tokens) / rate if rate else 60)
+        inflight = self._inflight.get(caller.name, 0)
+        if inflight >= self.max_inflight:
+            raise rate_limited(f"{self.max_inflight} requests already in flight for this key", 1)
+        self._buckets[caller.name] = (tokens - 1.0, now)
+        self._inflight[caller.name] = inflight + 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._inflight[caller.name] -= 1
+
+        return release
+
+
+def _nothing() -> None:
+    return None
+
+
+class StreamCounter:
+    """Open publisher streams per key (max_streams_per_key)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.auth_enabled
+        self.limit = settings.max_streams_per_key
+        self._open: dict[str, int] = {}
+
+    def open(self, caller: Caller) -> Callable[[], None]:
+        if not self.enabled or caller.role == "admin":
+            return _nothing
+        count = self._open.get(caller.name, 0)
+        if count >= self.limit:
+            raise rate_limited(f"this key already holds {self.limit} open streams", 5)
+        self._open[caller.name] = count + 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._open[caller.name] -= 1
+
+        return release
