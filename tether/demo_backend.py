@@ -157,12 +157,21 @@ def serve(host: str, port: int, model: str, api_key: str | None = None,
     from gevent import monkey
 
     monkey.patch_all()
+    import socket
+
     from gevent.pywsgi import WSGIServer
 
+    # pywsgi writes headers and body as two segments: without TCP_NODELAY the second waits
+    # ~40 ms on Nagle + delayed ACK. Accepted sockets inherit the option from the listener.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind((host, port))
+    listener.listen(1024)
     if pidfile:
         with open(pidfile, "w") as f:
             f.write(str(os.getpid()))
-    server = WSGIServer((host, port), DemoBackend(model, api_key), log=None)
+    server = WSGIServer(listener, DemoBackend(model, api_key), log=None)
     server.serve_forever()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import urllib3
 from urllib3.connection import HTTPConnection
 
-from tether import sse
+from tether import sse, wire
 
 SOCKET_OPTIONS = [*HTTPConnection.default_socket_options,
                   (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -59,11 +59,13 @@ class BackendError(Exception):
 
 
 class BackendClient:
+    """An OpenAI-compatible server at `base_url` (e.g. http://127.0.0.1:11434/v1)."""
+
     def __init__(self, base_url: str, api_key: str | None, concurrency: int,
                  read_timeout: float = 3600.0) -> None:
         self.base_url = base_url
         self.read_timeout = read_timeout
-        self._http = pool(concurrency + 2)
+        self._pool = wire.Pool(base_url, maxsize=concurrency + 2)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -71,48 +73,49 @@ class BackendClient:
     def probe(self, timeout: float = 2.0) -> bool:
         """Up means GET {base_url}/models answers 200."""
         try:
-            r = self._http.request("GET", f"{self.base_url}/models", headers=self._headers,
-                                   timeout=urllib3.Timeout(total=timeout))
-        except urllib3.exceptions.HTTPError:
+            r = self._pool.request("GET", "/models", headers=self._headers, timeout=timeout)
+            r.read()
+        except wire.WireError:
             return False
         return r.status == 200
 
     def call(self, endpoint: str, request: dict[str, Any]) -> tuple[int, Any]:
         try:
-            r = self._http.request(
-                "POST", f"{self.base_url}/{endpoint}", body=json.dumps(request).encode(),
-                headers=self._headers, timeout=urllib3.Timeout(connect=5, read=self.read_timeout),
-            )
-        except urllib3.exceptions.HTTPError as exc:
+            r = self._pool.request("POST", f"/{endpoint}", json.dumps(request).encode(),
+                                   self._headers, timeout=self.read_timeout)
+            return r.status, decode(r.read())
+        except wire.WireError as exc:
             raise Unreachable(str(exc)) from None
-        return r.status, decode(r.data)
 
     def stream(self, endpoint: str, request: dict[str, Any]) -> Iterator[str]:
         """Yield each `data:` payload of the backend's SSE answer, up to `[DONE]`."""
         try:
-            r = self._http.request(
-                "POST", f"{self.base_url}/{endpoint}", body=json.dumps(request).encode(),
-                headers={**self._headers, "Accept": "text/event-stream"},
-                preload_content=False, timeout=urllib3.Timeout(connect=5, read=self.read_timeout),
-            )
-        except urllib3.exceptions.HTTPError as exc:
+            r = self._pool.request("POST", f"/{endpoint}", json.dumps(request).encode(),
+                                   {**self._headers, "Accept": "text/event-stream"},
+                                   timeout=self.read_timeout)
+        except wire.WireError as exc:
             raise Unreachable(str(exc)) from None
         finished = False
         try:
             if r.status != 200:
-                raise BackendError(r.status, decode(r.read()))
+                try:
+                    body = r.read()
+                except wire.WireError as exc:
+                    raise Unreachable(str(exc)) from None
+                raise BackendError(r.status, decode(body))
+            body = r.chunks()
             try:
-                for item in sse.parse(sse.iter_lines(body_chunks(r))):
+                for item in sse.parse(sse.iter_lines(body)):
                     if isinstance(item, str):
                         continue
                     if item.data == "[DONE]":
                         break
                     yield item.data
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                for _ in body:  # the end of the response follows [DONE]: read it, keep the
+                    pass        # connection for the next request
+            except wire.WireError as exc:
                 raise Unreachable(f"the backend stream broke: {exc}") from None
             finished = True
         finally:
-            if finished:
-                r.release_conn()
-            else:
+            if not finished:
                 r.close()  # aborted (cancel, error): drop the connection, never reuse it

@@ -13,6 +13,7 @@ import urllib3
 
 from tether import sse
 from tether.openai_client import body_chunks
+from tether.publisher.clients import socket_of
 
 CLOSED = "<stream closed>"
 CLOSE = {"Connection": "close"}  # no idle keep-alive left to hold up the hub's SIGTERM
@@ -82,22 +83,12 @@ class Stream:
 
     def close(self) -> None:
         # Shut the socket itself: the hub must notice from the read side.
-        sock = _socket_of(self.response)
+        sock = socket_of(self.response)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self.response.release_conn()
         self._http.clear()
-
-
-def _socket_of(response: Any) -> socket.socket | None:
-    """With Connection: close, http.client hands the socket from the connection to the
-    response's file; look in both places."""
-    sock = getattr(response.connection, "sock", None)
-    if sock is None:
-        fp = getattr(getattr(response, "_fp", None), "fp", None)
-        sock = getattr(getattr(fp, "raw", None), "_sock", None)
-    return sock
 
 
 def _watch_retry(lines: Any, retry: list[str]) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import socket
 from typing import Any
 
 import gevent
@@ -17,7 +18,7 @@ from tether.openai_client import BackendClient, Unreachable, body_chunks
 from tether.publisher import messages as m
 from tether.publisher import tasks
 from tether.publisher.backend import BackendActor
-from tether.publisher.clients import HubClient
+from tether.publisher.clients import HubClient, socket_of
 from tether.publisher.config import BackendConfig, PublisherConfig
 
 log = logging.getLogger("tether.publisher")
@@ -123,10 +124,17 @@ class Publisher:
             self.stopping.wait(delay * random.uniform(0.5, 1.0))
         self.stop()
 
+    def _end_stream(self) -> None:
+        """End the stream read from outside the reading greenlet (signal, heartbeat):
+        shutting the socket down wakes the read; closing the file under it would not."""
+        sock = socket_of(self._stream)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def stop(self) -> None:
         self.stopping.set()
-        if self._stream is not None:
-            self._stream.close()
+        self._end_stream()
         for greenlet in self._pending:
             greenlet.kill(block=False)
         for ref in self.actors.values():
@@ -233,6 +241,6 @@ class Publisher:
                 continue
             if status == 404:
                 log.warning("the hub forgot this session; registering again")
-                if self._stream is not None:
-                    self._stream.close()  # the loop re-registers and re-opens
+                self._end_stream()  # the loop re-registers and re-opens
                 return
+

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import urllib3
 
+from tether import wire
 from tether.openai_client import Unreachable, decode, pool
 
 
 class HubClient:
     def __init__(self, url: str, key: str | None) -> None:
         self.url = url
-        self._http = pool(64)
+        self._http = pool(8)  # the long-lived task stream
+        self._posts = wire.Pool(url, maxsize=64)  # results and heartbeats: the hot path
         self._headers = {"Content-Type": "application/json"}
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
@@ -21,14 +24,11 @@ class HubClient:
     def post(self, path: str, body: Any, headers: dict[str, str] | None = None,
              timeout: float = 30) -> tuple[int, Any]:
         try:
-            r = self._http.request(
-                "POST", self.url + path, body=json.dumps(body).encode(),
-                headers={**self._headers, **(headers or {})},
-                timeout=urllib3.Timeout(connect=5, read=timeout),
-            )
-        except urllib3.exceptions.HTTPError as exc:
+            r = self._posts.request("POST", path, json.dumps(body).encode(),
+                                    {**self._headers, **(headers or {})}, timeout=timeout)
+            return r.status, decode(r.read())
+        except wire.WireError as exc:
             raise Unreachable(str(exc)) from None
-        return r.status, decode(r.data)
 
     def open_stream(self, session_id: str, last_event_id: str | None,
                     read_timeout: float) -> urllib3.BaseHTTPResponse:
@@ -45,3 +45,15 @@ class HubClient:
             )
         except urllib3.exceptions.HTTPError as exc:
             raise Unreachable(str(exc)) from None
+
+
+def socket_of(response: Any) -> socket.socket | None:
+    """The socket under a streamed urllib3 response. With `Connection: close` http.client
+    moves it from the connection to the response's file, so look in both places."""
+    if response is None:
+        return None
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None:
+        fp = getattr(getattr(response, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock

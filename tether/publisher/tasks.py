@@ -20,8 +20,6 @@ from tether.publisher.config import BackendConfig
 
 log = logging.getLogger("tether.publisher.tasks")
 
-# A streamed chunk waits at most this long for company before it is posted.
-BATCH_WINDOW_S = 0.003
 RESULT_RETRIES = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -110,13 +108,12 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
     reader = gevent.spawn(read)
     try:
         while True:
+            # No deliberate wait: what arrived while the previous POST was out travels
+            # together in the next one, so no chunk is held longer than one round trip.
             batch: list[tuple[str, Any]] = [items.get()]
-            deadline = time.monotonic() + BATCH_WINDOW_S
             while batch[-1][0] == "data":
-                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(items.get(timeout=remaining) if remaining > 0
-                                 else items.get_nowait())
+                    batch.append(items.get_nowait())
                 except gevent.queue.Empty:
                     break
             chunks = [{"data": value} for kind, value in batch if kind == "data"]

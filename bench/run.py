@@ -1,0 +1,400 @@
+"""Tether benchmarks (not tests): `python -m bench.run [relay|stream|wake_storm|sessions|all]`.
+
+Every figure is measured in one run on this machine, beside its baseline: the demo backend
+called directly, and LiteLLM's proxy in front of the same backend when it is installed.
+Results: a table on stdout and bench/results/<bench>.json.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.pool  # noqa: E402
+
+from bench.stack import LiteLLM, Stack, raise_fd_limit, rss_kib  # noqa: E402
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+
+
+def save(name: str, data: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    data = {"bench": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cpus": os.cpu_count(), **data}
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    sys.stdout.flush()
+
+
+# --- a small HTTP/1.1 client on raw sockets (keep-alive; cheap enough to not be the limit) ---
+
+class Conn:
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.addr = (host, int(port))
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def _connect(self) -> socket.socket:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.addr)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buf = b""
+        return self.sock
+
+    def send(self, method: str, path: str, body: bytes | None = None,
+             headers: str = "") -> None:
+        sock = self._connect()
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        sock.sendall(head.encode() + b"\r\n" + (body or b""))
+
+    def _fill(self) -> None:
+        assert self.sock is not None
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        self.buf += data
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = raw.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        return int(lines[0].split()[1]), headers
+
+    def body(self, headers: dict[str, str]) -> bytes:
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buf) < n:
+                self._fill()
+            out, self.buf = self.buf[:n], self.buf[n:]
+            return out
+        return b"".join(self.chunks())
+
+    def chunks(self):
+        """Yield each chunk of a chunked body as it arrives."""
+        while True:
+            while b"\r\n" not in self.buf:
+                self._fill()
+            size_line, self.buf = self.buf.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            while len(self.buf) < size + 2:
+                self._fill()
+            chunk, self.buf = self.buf[:size], self.buf[size + 2:]
+            if size == 0:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def stream_once(base: str, path: str, body: dict[str, Any]) -> tuple[float, float, int]:
+    """One streamed completion: (time to first chunk, total time, chunks)."""
+    conn = Conn(base)
+    started = time.perf_counter()
+    conn.send("POST", path, json.dumps(body).encode())
+    status, headers = conn.head()
+    assert status == 200, (status, conn.buf[:200])
+    first, count = None, 0
+    for chunk in conn.chunks():
+        n = chunk.count(b"data: {")
+        if n and first is None:
+            first = time.perf_counter() - started
+        count += n
+    conn.close()
+    return first or 0.0, time.perf_counter() - started, count
+
+
+# --- relay ------------------------------------------------------------------------------
+
+def wrk(url: str, concurrency: int, seconds: int) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s",
+         "-s", str(HERE / "wrk_report.lua"), url],
+        capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("BENCH "))
+    data = json.loads(line[6:])
+    data["rps"] = round(data["requests"] / (data["duration_us"] / 1e6), 1)
+    return data
+
+
+def bench_relay(seconds: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"concurrency": {}}
+    targets: dict[str, str] = {}
+    with Stack() as stack:
+        targets = {"direct": f"{stack.backend}/v1/chat/completions",
+                   "tether": f"{stack.hub}/v1/chat/completions"}
+        peer = LiteLLM(stack.backend) if LiteLLM.available() else None
+        if peer is not None:
+            peer.__enter__()
+            targets["litellm"] = f"{peer.url}/v1/chat/completions"
+        try:
+            for name, url in targets.items():  # warm up every path once
+                wrk(url, 4, 1)
+            for c in (1, 16, 64):
+                row = {name: wrk(url, c, seconds) for name, url in targets.items()}
+                direct = row["direct"]
+                for name in targets:
+                    row[name]["rps_ratio_to_direct"] = round(row[name]["rps"] / direct["rps"], 3)
+                    row[name]["p50_ratio_to_direct"] = round(
+                        row[name]["p50_us"] / direct["p50_us"], 2)
+                    row[name]["p99_ratio_to_direct"] = round(
+                        row[name]["p99_us"] / direct["p99_us"], 2)
+                results["concurrency"][c] = row
+            # Streaming: time to first chunk, one request at a time, same client for both.
+            body = {**CHAT, "stream": True, "max_tokens": 16}
+            ttfc = {}
+            for name, base in (("direct", stack.backend), ("tether", stack.hub)):
+                firsts = [stream_once(base, "/v1/chat/completions", body)[0] for _ in range(200)]
+                ttfc[name] = {"p50_ms": round(statistics.median(firsts) * 1000, 3)}
+            ttfc["tether"]["ratio_to_direct"] = round(
+                ttfc["tether"]["p50_ms"] / ttfc["direct"]["p50_ms"], 2)
+            results["ttfc"] = ttfc
+        finally:
+            if peer is not None:
+                peer.__exit__()
+    rows = []
+    for c, row in results["concurrency"].items():
+        for name, r in row.items():
+            rows.append([c, name, r["rps"], f"{r['p50_us'] / 1000:.2f}", f"{r['p95_us'] / 1000:.2f}",
+                         f"{r['p99_us'] / 1000:.2f}", r["rps_ratio_to_direct"],
+                         r["p50_ratio_to_direct"], r["errors"] + r["non2xx"]])
+    table(f"relay ({seconds} s per cell, wrk, non-streaming)",
+          ["conc.", "path", "req/s", "p50 ms", "p95 ms", "p99 ms", "req/s ÷ direct",
+           "p50 ÷ direct", "errors"], rows)
+    table("streaming time to first chunk (200 sequential requests)",
+          ["path", "p50 ms", "÷ direct"],
+          [["direct", ttfc["direct"]["p50_ms"], 1.0],
+           ["tether", ttfc["tether"]["p50_ms"], ttfc["tether"]["ratio_to_direct"]]])
+    results["litellm"] = "litellm" in targets
+    save("relay", results)
+    return results
+
+
+# --- stream -----------------------------------------------------------------------------
+
+def bench_stream(parallel: int = 64, chunks: int = 200) -> dict[str, Any]:
+    body = {**CHAT, "stream": True, "max_tokens": chunks}
+    out: dict[str, Any] = {"parallel": parallel, "chunks_each": chunks}
+    with Stack() as stack:
+        for name, base in (("direct", stack.backend), ("tether", stack.hub)):
+            started = time.perf_counter()
+            jobs = [gevent.spawn(stream_once, base, "/v1/chat/completions", body)
+                    for _ in range(parallel)]
+            gevent.joinall(jobs, raise_error=True)
+            elapsed = time.perf_counter() - started
+            total = sum(job.value[2] for job in jobs)
+            out[name] = {"chunks": total, "seconds": round(elapsed, 3),
+                         "chunks_per_s": round(total / elapsed, 1)}
+    out["ratio_to_direct"] = round(out["tether"]["chunks_per_s"] / out["direct"]["chunks_per_s"], 3)
+    table(f"stream ({parallel} parallel completions x {chunks} chunks)",
+          ["path", "chunks", "seconds", "chunks/s", "÷ direct"],
+          [["direct", out["direct"]["chunks"], out["direct"]["seconds"],
+            out["direct"]["chunks_per_s"], 1.0],
+           ["tether", out["tether"]["chunks"], out["tether"]["seconds"],
+            out["tether"]["chunks_per_s"], out["ratio_to_direct"]]])
+    save("stream", out)
+    return out
+
+
+# --- a protocol-level publisher for the wake storm and the idle sessions ----------------
+
+def post_json(conn: Conn, path: str, body: dict[str, Any],
+              headers: str = "") -> tuple[int, Any]:
+    conn.send("POST", path, json.dumps(body).encode(), headers)
+    status, hdrs = conn.head()
+    return status, json.loads(conn.body(hdrs) or b"null")
+
+
+def sse_frames(conn: Conn):
+    """Yield (event, data) of an SSE response already past its head."""
+    pending = b""
+    for chunk in conn.chunks():
+        pending += chunk
+        while b"\n\n" in pending:
+            frame, pending = pending.split(b"\n\n", 1)
+            event, data = "message", []
+            for line in frame.decode().split("\n"):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+            if data:
+                yield event, "\n".join(data)
+
+
+def bench_wake_storm(n: int = 1000) -> dict[str, Any]:
+    with Stack(publisher=False, hub_env={"TETHER_MAX_QUEUE_PER_LLM": str(n + 10)}) as stack:
+        control = Conn(stack.hub)
+        status, reg = post_json(control, "/api/v1/llms/_provider-register", {
+            "providerSessionId": "storm", "providers": [
+                {"name": "sleepy", "type": "openai", "model": "m",
+                 "initialStatus": "hibernating"}]})
+        assert status == 200, reg
+        stream = Conn(stack.hub)
+        stream.send("GET", "/api/v1/llms/_provider-stream", None,
+                    "X-Provider-Session-Id: storm\r\n")
+        assert stream.head()[0] == 200
+        frames = sse_frames(stream)
+        assert next(frames)[0] == "hello"
+        answered: list[float] = []
+        answer = json.dumps({"status": 200, "body": {"ok": True}}).encode()
+
+        def client() -> None:
+            conn = Conn(stack.hub)
+            status, _ = post_json(conn, "/api/v1/llms/sleepy/infer", CHAT)
+            assert status == 200, status
+            answered.append(time.perf_counter())
+            conn.close()
+
+        clients = [gevent.spawn(client) for _ in range(n)]
+        wakes, infers = 0, 0
+        woke_at = 0.0
+        pool = gevent.pool.Pool(64)
+        posters = [Conn(stack.hub) for _ in range(64)]
+
+        def post_result(task_id: str) -> None:
+            conn = posters.pop()
+            try:
+                conn.send("POST", f"/api/v1/llms/_provider-task/{task_id}/result", answer)
+                status, headers = conn.head()
+                conn.body(headers)
+            finally:
+                posters.append(conn)
+
+        for event, data in frames:
+            task = json.loads(data)
+            if task["kind"] == "wake":
+                wakes += 1
+                gevent.sleep(0.5)  # let every client arrive while the wake is pending
+                post_result(task["taskId"])
+                woke_at = time.perf_counter()
+            elif task["kind"] == "infer":
+                infers += 1
+                pool.spawn(post_result, task["taskId"])
+                if infers == n:
+                    break
+        pool.join()
+        gevent.joinall(clients, timeout=60)
+        out = {"clients": n, "wake_frames": wakes, "answered": len(answered),
+               "wake_to_last_answer_s": round(max(answered) - woke_at, 3)}
+    table(f"wake storm ({n} concurrent infers on one hibernating Llm)",
+          ["wake frames", "answered", "wake result → last answer (s)"],
+          [[out["wake_frames"], f"{out['answered']}/{n}", out["wake_to_last_answer_s"]]])
+    save("wake_storm", out)
+    return out
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in counts:
+        with Stack(publisher=False, hub_env={"TETHER_HEARTBEAT_TIMEOUT_S": "600"}) as stack:
+            pid = stack.hub_worker_pid()
+            base_rss = rss_kib(pid)
+            streams: list[Conn] = []
+            pool = gevent.pool.Pool(50)
+
+            def open_session(i: int) -> None:
+                conn = Conn(stack.hub)
+                status, _ = post_json(conn, "/api/v1/llms/_provider-register", {
+                    "providerSessionId": f"s{i}", "providers": [
+                        {"name": f"m{i}", "type": "openai", "model": "m"}]})
+                assert status == 200
+                conn.close()
+                stream = Conn(stack.hub)
+                stream.send("GET", "/api/v1/llms/_provider-stream", None,
+                            f"X-Provider-Session-Id: s{i}\r\n")
+                assert stream.head()[0] == 200
+                streams.append(stream)
+
+            started = time.perf_counter()
+            pool.map(open_session, range(n))
+            opened_s = time.perf_counter() - started
+            gevent.sleep(2)
+            rss = rss_kib(pid)
+            latencies: list[float] = []
+            failures = 0
+
+            def beat(i: int) -> None:
+                nonlocal failures
+                conn = Conn(stack.hub)
+                t = time.perf_counter()
+                status, _ = post_json(conn, "/api/v1/llms/_provider-heartbeat",
+                                      {"providerSessionId": f"s{i}"})
+                latencies.append(time.perf_counter() - t)
+                failures += status != 200
+                conn.close()
+
+            pool.map(beat, range(n))
+            for stream in streams:
+                stream.close()
+            latencies.sort()
+            out[n] = {"sessions": n, "open_s": round(opened_s, 1),
+                      "rss_mib": round(rss / 1024, 1),
+                      "rss_per_session_kib": round((rss - base_rss) / n, 1),
+                      "heartbeats_ok": n - failures,
+                      "heartbeat_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+                      "heartbeat_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)}
+    table("idle publisher sessions on one hub worker",
+          ["sessions", "opened in (s)", "worker RSS (MiB)", "RSS per session (KiB)",
+           "heartbeats answered", "heartbeat p50 ms", "p99 ms"],
+          [[r["sessions"], r["open_s"], r["rss_mib"], r["rss_per_session_kib"],
+            f"{r['heartbeats_ok']}/{r['sessions']}", r["heartbeat_p50_ms"],
+            r["heartbeat_p99_ms"]] for r in out.values()])
+    save("sessions", {"runs": out})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("which", nargs="?", default="all",
+                        choices=["relay", "stream", "wake_storm", "sessions", "all"])
+    parser.add_argument("--seconds", type=int, default=10, help="wrk time per relay cell")
+    parser.add_argument("--sessions", default="1000,10000")
+    args = parser.parse_args()
+    raise_fd_limit()
+    if args.which in ("relay", "all"):
+        if shutil.which("wrk") is None:
+            sys.exit("bench: wrk is needed (apt-get install wrk; `make bench` does it)")
+        bench_relay(args.seconds)
+    if args.which in ("stream", "all"):
+        bench_stream()
+    if args.which in ("wake_storm", "all"):
+        bench_wake_storm()
+    if args.which in ("sessions", "all"):
+        bench_sessions(tuple(int(n) for n in args.sessions.split(",")))
+
+
+if __name__ == "__main__":
+    main()

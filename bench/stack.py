@@ -1,0 +1,148 @@
+"""The processes a benchmark runs against: demo backend, hub, publisher (and LiteLLM)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import urllib3
+
+TETHER = [sys.executable, "-m", "tether.cli"]
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if urllib3.request("GET", url, timeout=1, retries=False).status < 500:
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Stack:
+    """Backend + hub + publisher, each its own process, torn down in reverse."""
+
+    def __init__(self, hub_env: dict[str, str] | None = None, publisher: bool = True,
+                 max_concurrency: int = 64) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+        self.backend_port, self.hub_port = free_port(), free_port()
+        self.backend = f"http://127.0.0.1:{self.backend_port}"
+        self.hub = f"http://127.0.0.1:{self.hub_port}"
+        self.procs: list[subprocess.Popen] = []
+        self.hub_env = {"TETHER_LOG_LEVEL": "warning", **(hub_env or {})}
+        self.with_publisher = publisher
+        self.max_concurrency = max_concurrency
+
+    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
+            subprocess.Popen:
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Stack:
+        self._spawn([*TETHER, "demo-backend", "--port", str(self.backend_port)], "backend")
+        self.hub_proc = self._spawn(
+            [*TETHER, "serve", "--port", str(self.hub_port),
+             "--database-url", f"sqlite:///{self.tmp / 'hub.db'}"], "hub", self.hub_env)
+        wait_http(f"{self.backend}/v1/models")
+        wait_http(f"{self.hub}/healthz")
+        if self.with_publisher:
+            self._spawn([*TETHER, "publish", "--hub", self.hub, "--name", "demo",
+                         "--model", "demo-model", "--backend", f"{self.backend}/v1",
+                         "--max-concurrency", str(self.max_concurrency),
+                         "--session-file", str(self.tmp / "session")], "publisher",
+                        {"PYTHONUNBUFFERED": "1"})
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                r = urllib3.request("GET", f"{self.hub}/api/v1/llms/demo", retries=False)
+                if r.status == 200 and r.json()["status"] == "active":
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the publisher did not come up")
+        return self
+
+    def hub_worker_pid(self) -> int:
+        out = subprocess.run(["pgrep", "-P", str(self.hub_proc.pid)], capture_output=True,
+                             text=True).stdout.split()
+        return int(out[0])
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class LiteLLM:
+    """LiteLLM's proxy in front of the same backend, when `litellm[proxy]` is installed."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("litellm") is not None
+
+    def __enter__(self) -> LiteLLM:
+        self.tmp = Path(tempfile.mkdtemp(prefix="litellm-"))
+        config = self.tmp / "config.yaml"
+        config.write_text(
+            "model_list:\n  - model_name: demo\n    litellm_params:\n"
+            f"      model: openai/demo-model\n      api_base: {self.backend}/v1\n"
+            "      api_key: unused\n")
+        with open(self.tmp / "litellm.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                ["litellm", "--config", str(config), "--port", str(self.port),
+                 "--num_workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+        wait_http(f"{self.url}/health/liveliness", timeout=120)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
