@@ -151,3 +151,35 @@ def test_reply_channel_is_not_left_waiting_when_offline(system):
     reply: queue.Queue = system.infer("a", REQ, False, "chat/completions")
     failed = reply.get(timeout=2)
     assert isinstance(failed, m.Failed) and failed.error.code == "publisher_offline"
+
+
+def test_a_quick_reconnect_never_leaves_the_row_inactive(system):
+    """Drop and re-register at once: the stream loss may reach the Llm after the new
+    registration's write; the row must still end up active, in the store and the actor."""
+    system.register("s1", [provider("a")])
+    for _ in range(30):
+        outbox = Outbox()
+        token = system.open_stream("s1", outbox.queue, None)
+        system.close_stream("s1", token)
+        system.register("s1", [provider("a")])  # the publisher comes right back
+        system.open_stream("s1", Outbox().queue, None)
+        ref = system.directory.llm("a")
+        for _ in range(3):  # let every message of the cascade arrive
+            system.supervisor.ask(m.Ping(), timeout=5)
+            ref.ask(m.Ping(), timeout=5)
+        assert store.get("a").status == "active"
+
+
+def test_a_real_drop_after_a_registration_on_a_live_stream_still_counts(system):
+    """A publisher may register again while its stream stays up (a backend came up later);
+    when that stream then drops for good, its rows go inactive and stay so."""
+    system.register("s1", [provider("a")])
+    token = system.open_stream("s1", Outbox().queue, None)
+    system.register("s1", [provider("a"), provider("b")])  # same stream, one more backend
+    system.close_stream("s1", token)
+    ref = system.directory.llm("a")
+    for _ in range(3):
+        system.supervisor.ask(m.Ping(), timeout=5)
+        ref.ask(m.Ping(), timeout=5)
+    assert store.get("a").status == "inactive"
+    assert store.get("b").status == "inactive"

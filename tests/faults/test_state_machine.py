@@ -52,7 +52,8 @@ class HubMachine(RuleBasedStateMachine):
         """Let every cascade of messages (llm → session → llm → session) run out."""
         for _ in range(3):
             directory = self.system.directory
-            refs = [*directory.llms.values(), *(e.ref for e in directory.sessions.values())]
+            refs = [self.system.supervisor, *directory.llms.values(),
+                    *(e.ref for e in directory.sessions.values())]
             pykka.get_all([ref.ask(m.Ping(), block=False) for ref in refs], timeout=5)
         self.read_frames()
         for reply, seen in self.replies:

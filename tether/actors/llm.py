@@ -9,6 +9,7 @@ waiters go out in arrival order.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +55,12 @@ class LlmActor(TetherActor):
         self._waiters: deque[m.Infer] = deque()
         self._wake: _Wake | None = None
         self._in_flight: set[str] = set()
+        self._adopted_at = time.monotonic()
+        self._registered_status = state.status
+        # Set when a stream loss made us inactive although the lost stream predates the
+        # latest registration: if the session then opens a stream, the publisher was
+        # reconnecting and the loss was its old connection, noticed late.
+        self._loss_predates_registration = False
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -63,6 +70,7 @@ class LlmActor(TetherActor):
             m.RecordHeartbeat: self._on_heartbeat,
             m.SetStatus: self._on_set_status,
             m.StreamLost: self._on_stream_lost,
+            m.StreamOpened: self._on_stream_opened,
             m.ExpireHeartbeat: self._on_expire_heartbeat,
             m.WakeSucceeded: self._on_wake_succeeded,
             m.WakeFailed: self._on_wake_failed,
@@ -218,6 +226,9 @@ class LlmActor(TetherActor):
         moved = self._session is None or self._session.session_id != msg.session.session_id
         self._state = msg.state
         self._session = msg.session
+        self._adopted_at = msg.adopted_at
+        self._registered_status = msg.state.status
+        self._loss_predates_registration = False
         if self._wake is not None and msg.state.status == ACTIVE:
             self._wake_superseded()  # re-registered as awake: that wake succeeded
         elif self._wake is not None and moved:
@@ -249,6 +260,15 @@ class LlmActor(TetherActor):
     def _on_stream_lost(self, msg: m.StreamLost) -> None:
         if self._state.session_id == msg.session_id and self._state.status == ACTIVE:
             self._write_status(INACTIVE)
+            self._loss_predates_registration = msg.stream_opened_at < self._adopted_at
+
+    def _on_stream_opened(self, msg: m.StreamOpened) -> None:
+        if (self._state.session_id == msg.session_id and self._state.status == INACTIVE
+                and self._loss_predates_registration):
+            # A reconnect: registered again, its old stream's loss arrived late, and now the
+            # new stream is here. The registration's status stands.
+            self._loss_predates_registration = False
+            self._write_status(self._registered_status)
 
     def _on_expire_heartbeat(self, msg: m.ExpireHeartbeat) -> None:
         state = self._state

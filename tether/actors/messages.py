@@ -59,6 +59,12 @@ class ChildFailed:
 @dataclass(frozen=True)
 class SessionStreamLost:
     session_id: str
+    stream_opened_at: float  # time.monotonic() when the lost stream had been opened
+
+
+@dataclass(frozen=True)
+class SessionStreamOpened:
+    session_id: str
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class Adopt:
 
     state: LlmState
     session: SessionLink
+    adopted_at: float  # time.monotonic() when the registration was applied
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,15 @@ class SetStatus:
 
 @dataclass(frozen=True)
 class StreamLost:
+    """The session's stream went. `stream_opened_at` says whether that stream predates the
+    latest registration (then it may be the old connection of a publisher reconnecting)."""
+
+    session_id: str
+    stream_opened_at: float
+
+
+@dataclass(frozen=True)
+class StreamOpened:
     session_id: str
 
 

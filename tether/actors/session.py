@@ -64,6 +64,7 @@ class SessionActor(TetherActor):
         self._tasks: dict[str, _Task] = {}
         self._grace: Timer | None = None
         self._draining = False
+        self._opened_at = 0.0
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -89,6 +90,8 @@ class SessionActor(TetherActor):
             self._grace = None
         self._token += 1
         self._outbox = msg.outbox
+        self._opened_at = time.monotonic()
+        tell(self._supervisor, m.SessionStreamOpened(self._session_id))
         hello = {
             "providerSessionId": self._session_id,
             "heartbeatIntervalS": self._settings.heartbeat_interval_s,
@@ -106,7 +109,7 @@ class SessionActor(TetherActor):
         if msg.token != self._token or self._outbox is None:
             return  # an old stream that was already replaced
         self._end_stream()
-        tell(self._supervisor, m.SessionStreamLost(self._session_id))
+        tell(self._supervisor, m.SessionStreamLost(self._session_id, self._opened_at))
         if not self._tasks:
             return
         if self._settings.publisher_grace_s <= 0:

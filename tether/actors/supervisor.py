@@ -51,6 +51,7 @@ class Supervisor(TetherActor):
         return {
             m.Register: self._on_register,
             m.SessionStreamLost: self._on_stream_lost,
+            m.SessionStreamOpened: self._on_stream_opened,
             m.RetireExpired: self._on_retire_expired,
             m.ChildFailed: self._on_child_failed,
         }
@@ -101,7 +102,7 @@ class Supervisor(TetherActor):
         if ref is None:
             self._llms[row.name] = self._start_llm(state, link)
         elif link is not None:
-            tell(ref, m.Adopt(state, link))
+            tell(ref, m.Adopt(state, link, time.monotonic()))
 
     def _start_llm(self, state: m.LlmState, link: m.SessionLink | None) -> pykka.ActorRef:
         public = self._settings.public_llm(state.name) if state.kind == KIND_PUBLIC else None
@@ -131,7 +132,12 @@ class Supervisor(TetherActor):
         if entry is None:
             return
         for name in entry.names:
-            tell(self._llms.get(name), m.StreamLost(msg.session_id))
+            tell(self._llms.get(name), m.StreamLost(msg.session_id, msg.stream_opened_at))
+
+    def _on_stream_opened(self, msg: m.SessionStreamOpened) -> None:
+        entry = self._sessions.get(msg.session_id)
+        for name in entry.names if entry is not None else ():
+            tell(self._llms.get(name), m.StreamOpened(msg.session_id))
 
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
         doomed = store.delete_expired(msg.cutoff)
@@ -198,4 +204,4 @@ class Supervisor(TetherActor):
         entry = self._sessions.pop(key)
         self._slots.pop(entry.slot, None)
         for name in entry.names:
-            tell(self._llms.get(name), m.StreamLost(key))  # active rows go inactive
+            tell(self._llms.get(name), m.StreamLost(key, float("inf")))  # rows go inactive
