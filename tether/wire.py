@@ -162,19 +162,34 @@ class Pool:
         else:
             conn.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None,
+    def request(self, method: str, path: str, body: bytes | Iterator[bytes] | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 60.0) -> Response:
-        """Send a request; the response head is read, its body is left to the caller."""
+        """Send a request; the response head is read, its body is left to the caller.
+
+        A `body` that is an iterator is sent chunked, each piece as it is produced (an
+        NDJSON upload); such a request is not retried.
+        """
         head = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self.host_header}"]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if body is not None:
+        streamed = body is not None and not isinstance(body, bytes)
+        if streamed:
+            head.append("Transfer-Encoding: chunked")
+        elif body is not None:
             head.append(f"Content-Length: {len(body)}")
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if not streamed:
+            data += body or b""
         while True:
             conn = self._idle.pop() if self._idle else self._connect(timeout)
             try:
                 conn.sock.settimeout(timeout)
                 conn.sock.sendall(data)
+                if streamed:
+                    conn.reused = False  # a half-sent stream cannot be sent again
+                    for piece in body:  # type: ignore[union-attr]
+                        if piece:
+                            conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    conn.sock.sendall(b"0\r\n\r\n")
                 status, response_headers = conn.read_head()
             except (OSError, WireError) as exc:
                 conn.close()

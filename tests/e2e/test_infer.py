@@ -211,3 +211,58 @@ def test_oversized_bodies_are_413_with_or_without_a_length(hub_factory):
     r = hub.post("/api/v1/llms/m/infer", data=small(),
                  headers={"Content-Type": "application/json"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "llm_not_found"
+
+
+def test_ndjson_upload_applies_each_line_as_it_arrives(hub, publisher):
+    import threading
+
+    publisher.register("m1")
+    stream = publisher.open()
+    second_line_may_go = threading.Event()
+
+    def pad(line: bytes) -> bytes:  # as the publisher does: gunicorn reads 1 KiB at a time
+        return line + b" " * (1023 - len(line)) + b"\n"
+
+    def body(task_id: str):
+        yield pad(b'{"chunk": {"data": "{\\"n\\": 1}"}}\n')
+        assert second_line_may_go.wait(10)
+        yield b'{"chunk": {"data": "{\\"n\\": 2}"}}\n{"chunk": {"done": true}}\n'
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(_client_stream, hub, "m1")
+        task = stream.next_task("infer")
+        upload = pool.submit(requests.post,
+                             f"{hub.url}/api/v1/llms/_provider-task/{task['taskId']}/result",
+                             data=body(task["taskId"]), timeout=30,
+                             headers={"Content-Type": "application/x-ndjson",
+                                      "Connection": "close"})
+        response = pending.result()  # headers and the first chunk came while uploading
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith(b"data:"))
+        assert first == b'data: {"n": 1}'
+        second_line_may_go.set()
+        rest = [line for line in lines if line.startswith(b"data:")]
+        assert rest == [b'data: {"n": 2}', b"data: [DONE]"]
+        assert upload.result().json() == {"ok": True}
+
+
+def test_ndjson_lines_are_checked_like_single_results(hub_factory, publisher_factory):
+    hub = hub_factory(max_body_bytes=2048)
+    publisher = publisher_factory(url=hub.url)
+    publisher.register("m1")
+    stream = publisher.open()
+    url = f"{hub.url}/api/v1/llms/_provider-task/{{}}/result"
+    headers = {"Content-Type": "application/x-ndjson", "Connection": "close"}
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_client_stream, hub, "m1")
+        task = stream.next_task("infer")
+        bad = requests.post(url.format(task["taskId"]), data=b'{"chunk": {"data": 5}}\n',
+                            headers=headers, timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "chunk.data"
+        huge = b'{"chunk": {"data": "' + b"x" * 4096 + b'"}}\n'
+        assert requests.post(url.format(task["taskId"]), data=huge, headers=headers,
+                             timeout=10).status_code == 413
+        ok = requests.post(url.format(task["taskId"]), headers=headers, timeout=10,
+                           data=b'{"chunk": {"data": "{}"}}\n\n{"chunk": {"done": true}}\n')
+        assert ok.json() == {"ok": True}
+        assert pending.result().status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import falcon
@@ -14,16 +15,38 @@ def too_large(limit: int) -> TetherError:
     return TetherError(413, "body_too_large", f"request body is larger than {limit} bytes")
 
 
+def _input(req: falcon.Request) -> Any:
+    if req.content_length is None and req.env.get("wsgi.input_terminated"):
+        # A chunked upload: gunicorn ends the input at the body's end, while falcon's
+        # bounded_stream would see a body without Content-Length as empty.
+        return req.stream
+    return req.bounded_stream
+
+
+def iter_ndjson(req: falcon.Request, limit: int) -> Iterator[Any]:
+    """Each JSON line of an NDJSON body, as it arrives (a line over `limit` is 413)."""
+    stream = _input(req)
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit:
+            raise too_large(limit)
+        line = line.strip()
+        if not line:
+            continue  # blank (or padding) lines carry nothing
+        try:
+            yield json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise invalid_request(f"body: a line is not valid JSON ({exc})", param="body") \
+                from None
+
+
 def read_json(req: falcon.Request, limit: int) -> Any:
     length = req.content_length
     if length is not None and length > limit:
         raise too_large(limit)  # refused on the header alone: nothing of the body is read
-    if length is None and req.env.get("wsgi.input_terminated"):
-        # A chunked upload: gunicorn ends the input at the body's end, while falcon's
-        # bounded_stream would see a body without Content-Length as empty.
-        raw = req.stream.read(limit + 1)
-    else:
-        raw = req.bounded_stream.read(limit + 1)
+    raw = _input(req).read(limit + 1)
     if len(raw) > limit:
         raise too_large(limit)
     if not raw:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import urllib3
@@ -26,6 +27,19 @@ class HubClient:
         try:
             r = self._posts.request("POST", path, json.dumps(body).encode(),
                                     {**self._headers, **(headers or {})}, timeout=timeout)
+            return r.status, decode(r.read())
+        except wire.WireError as exc:
+            raise Unreachable(str(exc)) from None
+
+    def post_ndjson(self, path: str, lines: Iterator[bytes],
+                    headers: dict[str, str] | None = None, timeout: float = 3600) -> \
+            tuple[int, Any]:
+        """One request whose body is produced as it goes (chunked NDJSON)."""
+        try:
+            r = self._posts.request(
+                "POST", path, lines,
+                {**self._headers, "Content-Type": "application/x-ndjson", **(headers or {})},
+                timeout=timeout)
             return r.status, decode(r.read())
         except wire.WireError as exc:
             raise Unreachable(str(exc)) from None

@@ -6,9 +6,10 @@ connection (the backend sees the client go away).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -90,9 +91,34 @@ def run_infer(task: dict[str, Any], backend: BackendConfig, client: BackendClien
                  endpoint, outcome, (time.monotonic() - started) * 1000)
 
 
+# gunicorn reads a chunked request body 1 KiB at a time: a shorter piece would wait for
+# the next ones before the hub sees it. Pieces are padded to this with a blank line, which
+# NDJSON readers skip.
+NDJSON_FLUSH_BYTES = 1024
+
+
+def _lines(batch: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """The queued items as result lines: the chunks in one `chunks` line (one apply at the
+    hub), then the ending, if the batch has one."""
+    chunks: list[dict[str, Any]] = [{"data": value} for kind, value in batch if kind == "data"]
+    kind, value = batch[-1]
+    lines: list[dict[str, Any]] = []
+    if kind == "done":
+        chunks.append({"done": True})
+    if chunks:
+        lines.append({"chunks": chunks})
+    if kind == "status":
+        lines.append({"status": value.status, "body": value.body})
+    elif kind == "error":
+        lines.append(error_result(value))
+    return lines
+
+
 def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: BackendConfig,
             client: BackendClient, hub: HubClient,
             session_id: Callable[[], str | None]) -> str:
+    """Relay the backend's chunks as one NDJSON upload: each line is applied by the hub as
+    it arrives. What is queued when a piece goes out travels in that same piece."""
     items: gevent.queue.Queue = gevent.queue.Queue()
 
     def read() -> None:
@@ -105,34 +131,33 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
         except Unreachable as exc:
             items.put(("error", f"backend {backend.name}: {exc}"))
 
-    reader = gevent.spawn(read)
-    try:
+    outcome = ["?"]
+
+    def pieces() -> Iterator[bytes]:
         while True:
-            # No deliberate wait: what arrived while the previous POST was out travels
-            # together in the next one, so no chunk is held longer than one round trip.
-            batch: list[tuple[str, Any]] = [items.get()]
+            batch = [items.get()]
             while batch[-1][0] == "data":
                 try:
                     batch.append(items.get_nowait())
                 except gevent.queue.Empty:
                     break
-            chunks = [{"data": value} for kind, value in batch if kind == "data"]
-            last_kind, last_value = batch[-1]
-            if last_kind == "done":
-                if chunks:
-                    chunks[-1]["done"] = True
-                else:
-                    chunks.append({"done": True})
-            if chunks:
-                post_result(hub, session_id, task_id, {"chunks": chunks})
-            if last_kind == "done":
-                return "200"
-            if last_kind == "status":
-                post_result(hub, session_id, task_id,
-                            {"status": last_value.status, "body": last_value.body})
-                return str(last_value.status)
-            if last_kind == "error":
-                post_result(hub, session_id, task_id, error_result(last_value))
-                return "502"
+            piece = b"".join(json.dumps(line).encode() + b"\n" for line in _lines(batch))
+            if len(piece) < NDJSON_FLUSH_BYTES:
+                piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
+            yield piece
+            kind, value = batch[-1]
+            if kind != "data":
+                outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
+                              "error": "502"}[kind]
+                return
+
+    reader = gevent.spawn(read)
+    sid = session_id()
+    try:
+        status, _ = hub.post_ndjson(f"/api/v1/llms/_provider-task/{task_id}/result", pieces(),
+                                    {"X-Provider-Session-Id": sid} if sid else None)
     finally:
         reader.kill(block=False)
+    if status == 404:
+        raise TaskGone(task_id)
+    return outcome[0]

@@ -11,11 +11,12 @@ from tether.actors.system import ActorSystem
 from tether.errors import invalid_request
 from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
-from tether.http.body import read_json
+from tether.http.body import iter_ndjson, read_json
 from tether.http.limits import StreamCounter
 from tether.store.models import Llm
 
 SESSION_HEADER = "X-Provider-Session-Id"
+NDJSON = "application/x-ndjson"
 
 
 class _Resource:
@@ -112,8 +113,17 @@ class Status(_Resource):
 
 class TaskResult(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
-        result = schemas.validate_result(read_json(req, self.limit))
         caller = req.context.caller
-        self.system.submit_result(task_id, req.get_header(SESSION_HEADER), result,
-                                  lambda session_id: self.auth.owns(session_id, caller))
+        claimed = req.get_header(SESSION_HEADER)
+
+        def apply(body: object) -> None:
+            self.system.submit_result(task_id, claimed, schemas.validate_result(body),
+                                      lambda session_id: self.auth.owns(session_id, caller))
+
+        if (req.content_type or "").startswith(NDJSON):
+            # One request carries a whole stream: each line is applied as it arrives.
+            for line in iter_ndjson(req, self.limit):
+                apply(line)
+        else:
+            apply(read_json(req, self.limit))
         resp.media = {"ok": True}
