@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,25 @@ run: $(VENV)/.installed
 	$(BIN)/tether demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check tether tests
+	$(BIN)/ruff check tether tests bench
 	$(BIN)/pytest
 
+$(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed
+
+# Benchmarks, not tests: a table on stdout, bench/results/*.json, docs/performance-latency.png.
+# wrk comes from the system packages; LiteLLM's arm runs when `litellm` is installed
+# (pip install 'litellm[proxy]' into .venv).
+bench: $(VENV)/.installed-bench
+	@command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null)) || \
+		{ echo "bench: install wrk (apt-get install wrk)"; exit 1; }
+	$(BIN)/python -m bench.run all
+	$(BIN)/python -m bench.report
+
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check tether tests
+	$(BIN)/ruff check tether tests bench
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -114,6 +114,8 @@ def rss_kib(pid: int) -> int:
 class LiteLLM:
     """LiteLLM's proxy in front of the same backend, when `litellm[proxy]` is installed."""
 
+    KEY = "sk-tether-bench-only"
+
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.port = free_port()
@@ -121,8 +123,14 @@ class LiteLLM:
         self.proc: subprocess.Popen | None = None
 
     @staticmethod
-    def available() -> bool:
-        return shutil.which("litellm") is not None
+    def command() -> str | None:
+        """`litellm` beside this interpreter (make bench runs the venv's python), else PATH."""
+        local = Path(sys.executable).parent / "litellm"
+        return str(local) if local.exists() else shutil.which("litellm")
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.command() is not None
 
     def __enter__(self) -> LiteLLM:
         self.tmp = Path(tempfile.mkdtemp(prefix="litellm-"))
@@ -133,9 +141,15 @@ class LiteLLM:
             "      api_key: unused\n")
         with open(self.tmp / "litellm.log", "wb") as log:
             self.proc = subprocess.Popen(
-                ["litellm", "--config", str(config), "--port", str(self.port),
-                 "--num_workers", "1"], stdout=log, stderr=subprocess.STDOUT)
-        wait_http(f"{self.url}/health/liveliness", timeout=120)
+                [self.command() or "litellm", "--config", str(config), "--port", str(self.port),
+                 "--num_workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "LITELLM_MASTER_KEY": self.KEY})
+        try:
+            wait_http(f"{self.url}/health/liveliness", timeout=120)
+        except RuntimeError:
+            tail = (self.tmp / "litellm.log").read_text(errors="replace")[-600:]
+            self.__exit__()
+            raise RuntimeError(f"LiteLLM did not start:\n{tail}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,6 +1,7 @@
 -- wrk script: POST a small chat completion, print the figures as one JSON line.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+if os.getenv("BENCH_AUTH") then wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_AUTH") end
 wrk.body = os.getenv("BENCH_BODY") or
   '{"model": "demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}'
 

@@ -37,24 +37,28 @@ class Limiter:
             self._buckets[caller.name] = (tokens, now)
             raise rate_limited(f"more than {self.per_min} requests a minute for this key",
                                (1.0 - tokens) / rate if rate else 60)
-        inflight = self._inflight.get(caller.name, 0)
-        if inflight >= self.max_inflight:
+        if self._inflight.get(caller.name, 0) >= self.max_inflight:
             raise rate_limited(f"{self.max_inflight} requests already in flight for this key", 1)
         self._buckets[caller.name] = (tokens - 1.0, now)
-        self._inflight[caller.name] = inflight + 1
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self._inflight[caller.name] -= 1
-
-        return release
+        return _hold(self._inflight, caller.name)
 
 
 def _nothing() -> None:
     return None
+
+
+def _hold(counts: dict[str, int], key: str) -> Callable[[], None]:
+    """Count one more for `key`; the returned function gives it back, once."""
+    counts[key] = counts.get(key, 0) + 1
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            counts[key] -= 1
+
+    return release
 
 
 class StreamCounter:
@@ -68,16 +72,6 @@ class StreamCounter:
     def open(self, caller: Caller) -> Callable[[], None]:
         if not self.enabled or caller.role == "admin":
             return _nothing
-        count = self._open.get(caller.name, 0)
-        if count >= self.limit:
+        if self._open.get(caller.name, 0) >= self.limit:
             raise rate_limited(f"this key already holds {self.limit} open streams", 5)
-        self._open[caller.name] = count + 1
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self._open[caller.name] -= 1
-
-        return release
+        return _hold(self._open, caller.name)

@@ -128,28 +128,19 @@ MODEL = {"type": "string", "minLength": 1, "maxLength": 256}
 # The OpenAI-compatible routes name the Llm in `model`.
 V1_CHAT = {**CHAT_REQUEST, "required": ["model", "messages"],
            "properties": {**CHAT_REQUEST["properties"], "model": MODEL}}
+TEXT_OR_LIST = {"anyOf": [  # a prompt or an embedding input: one text, or a batch
+    {"type": "string", "maxLength": 4194304},
+    {"type": "array", "minItems": 1, "maxItems": 2048},
+]}
 V1_COMPLETION = {
     "type": "object",
     "required": ["model", "prompt"],
-    "properties": {
-        "model": MODEL,
-        "prompt": {"anyOf": [
-            {"type": "string", "maxLength": 4194304},
-            {"type": "array", "minItems": 1, "maxItems": 2048},
-        ]},
-        "stream": {"type": "boolean"},
-    },
+    "properties": {"model": MODEL, "prompt": TEXT_OR_LIST, "stream": {"type": "boolean"}},
 }
 V1_EMBEDDING = {
     "type": "object",
     "required": ["model", "input"],
-    "properties": {
-        "model": MODEL,
-        "input": {"anyOf": [
-            {"type": "string", "maxLength": 4194304},
-            {"type": "array", "minItems": 1, "maxItems": 2048},
-        ]},
-    },
+    "properties": {"model": MODEL, "input": TEXT_OR_LIST},
 }
 
 # --- responses (for /openapi.json) -------------------------------------------------------

@@ -1,0 +1,105 @@
+"""Turn bench/results/*.json into docs/performance-latency.png and a markdown summary of
+every target (met or not). `python -m bench.report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+PLOT = HERE.parent / "docs" / "performance-latency.png"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def plot(relay: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(int(c) for c in relay["concurrency"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for path in relay["concurrency"][str(levels[0])]:
+        p50 = [relay["concurrency"][str(c)][path]["p50_us"] / 1000 for c in levels]
+        rps = [relay["concurrency"][str(c)][path]["rps"] for c in levels]
+        left.plot(levels, p50, marker="o", label=path)
+        right.plot(levels, rps, marker="o", label=path)
+    for ax, label in ((left, "p50 latency (ms)"), (right, "requests/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("Non-streaming chat completions: direct vs relayed (same run, same machine)")
+    fig.tight_layout()
+    PLOT.parent.mkdir(exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def targets() -> list[str]:
+    out = []
+    relay, stream = load("relay"), load("stream")
+    wake, sessions = load("wake_storm"), load("sessions")
+    if relay:
+        c = relay["concurrency"]
+        one = c["1"]["tether"]
+        out.append(f"- concurrency 1, relayed/direct p50 {one['p50_ratio_to_direct']} "
+                   f"(target ≤ 3.0): {verdict(one['p50_ratio_to_direct'] <= 3.0)}; "
+                   f"p99 {one['p99_ratio_to_direct']} (≤ 4.0): "
+                   f"{verdict(one['p99_ratio_to_direct'] <= 4.0)}")
+        for level in ("16", "64"):
+            ratio = c[level]["tether"]["rps_ratio_to_direct"]
+            out.append(f"- concurrency {level}, relayed/direct req/s {ratio} (≥ 0.25): "
+                       f"{verdict(ratio >= 0.25)}")
+        if "litellm" in c["1"]:
+            for level in ("16", "64"):
+                x = c[level]["tether"]["rps"] / c[level]["litellm"]["rps"]
+                out.append(f"- concurrency {level}, Tether/LiteLLM req/s {x:.1f}x (≥ 10x): "
+                           f"{verdict(x >= 10)}")
+            x = c["1"]["tether"]["p50_us"] / c["1"]["litellm"]["p50_us"]
+            out.append(f"- concurrency 1, Tether p50 / LiteLLM p50 {x:.3f} (≤ 0.1): "
+                       f"{verdict(x <= 0.1)}")
+        else:
+            out.append("- LiteLLM: not installed in this run (pip install 'tether[bench]')")
+        ttfc = relay["ttfc"]["tether"]["ratio_to_direct"]
+        out.append(f"- streaming time to first chunk, relayed/direct {ttfc} (≤ 3.0): "
+                   f"{verdict(ttfc <= 3.0)}")
+    if stream:
+        out.append(f"- 64 parallel streams relay {stream['ratio_to_direct']} of the backend's "
+                   f"direct chunk rate (≥ 0.25): {verdict(stream['ratio_to_direct'] >= 0.25)}")
+    if sessions:
+        for n, run in sessions["runs"].items():
+            ok = run["rss_mib"] <= 1024 and run["heartbeats_ok"] == run["sessions"]
+            out.append(f"- {n} idle sessions: worker RSS {run['rss_mib']} MiB, heartbeats "
+                       f"{run['heartbeats_ok']}/{run['sessions']} (≤ 1 GiB, all): "
+                       f"{verdict(ok)}")
+    if wake:
+        ok = wake["wake_frames"] == 1 and wake["answered"] == wake["clients"]
+        out.append(f"- wake storm: {wake['wake_frames']} wake, {wake['answered']}/"
+                   f"{wake['clients']} answered: {verdict(ok)}")
+    return out
+
+
+def main() -> None:
+    relay = load("relay")
+    if relay:
+        plot(relay)
+        print(f"plot: {PLOT}")
+    print("\n## Targets\n")
+    print("\n".join(targets()))
+
+
+if __name__ == "__main__":
+    main()
