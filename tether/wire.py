@@ -180,12 +180,14 @@ class Pool:
         if not streamed:
             data += body or b""
         while True:
-            conn = self._idle.pop() if self._idle else self._connect(timeout)
+            # A streamed body cannot be sent twice, so it never risks an idle connection the
+            # peer may have closed: it opens its own (it is long-lived anyway).
+            fresh = streamed or not self._idle
+            conn = self._connect(timeout) if fresh else self._idle.pop()
             try:
                 conn.sock.settimeout(timeout)
                 conn.sock.sendall(data)
                 if streamed:
-                    conn.reused = False  # a half-sent stream cannot be sent again
                     for piece in body:  # type: ignore[union-attr]
                         if piece:
                             conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))

@@ -202,3 +202,17 @@ def test_bad_publisher_config_exits_2_naming_the_key(tmp_path):
     done = subprocess.run([*TETHER, "publish", "--hub", "http://h"], capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 2 and "--name" in done.stderr
+
+
+def test_a_stream_after_the_hub_dropped_idle_connections_still_relays(
+        hub, backend_factory, publish_factory):
+    """The hub closes idle keep-alive connections after gunicorn's keepalive (5 s). A
+    streamed upload must not pick such a stale connection (it cannot be sent twice)."""
+    backend = backend_factory()
+    publish_factory([backend_spec(backend)])
+    wait_status(hub, "llama", "active")
+    for _ in range(2):
+        r = chat(hub, "llama", stream=True, demo_chunks=3)
+        items = [i for i in sse_items(r) if not isinstance(i, str)]
+        assert items[-1].data == "[DONE]" and len(items) == 4
+        time.sleep(6)  # past the hub's keepalive: every pooled connection is now stale

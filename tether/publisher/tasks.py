@@ -156,6 +156,11 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
     try:
         status, _ = hub.post_ndjson(f"/api/v1/llms/_provider-task/{task_id}/result", pieces(),
                                     {"X-Provider-Session-Id": sid} if sid else None)
+    except Unreachable as exc:
+        # The upload broke: whatever did not arrive cannot be replayed, so end the task with
+        # an error (retried like any result) rather than leave its client waiting.
+        post_result(hub, session_id, task_id, error_result(f"relaying the stream broke: {exc}"))
+        return "502"
     finally:
         reader.kill(block=False)
     if status == 404:
