@@ -51,12 +51,11 @@ class _Task:
 
 
 class SessionActor(TetherActor):
-    def __init__(self, settings: Settings, session_id: str, slot: int,
+    def __init__(self, settings: Settings, session_id: str,
                  supervisor: pykka.ActorRef) -> None:
         super().__init__()
         self._settings = settings
         self._session_id = session_id
-        self._slot = slot
         self._supervisor = supervisor
         self._outbox: queue.Queue | None = None
         self._token = 0

@@ -75,7 +75,7 @@ class Supervisor(TetherActor):
         if entry is None:
             slot = self._next_slot
             self._next_slot += 1
-            ref = SessionActor.start(self._settings, session_id, slot, self.actor_ref)
+            ref = SessionActor.start(self._settings, session_id, self.actor_ref)
             entry = SessionEntry(session_id, ref, slot, frozenset())
             self._sessions[session_id] = entry
             self._slots[slot] = session_id
@@ -189,7 +189,7 @@ class Supervisor(TetherActor):
 
     def _restart_session(self, session_id: str) -> None:
         old = self._sessions[session_id]
-        ref = SessionActor.start(self._settings, session_id, old.slot, self.actor_ref)
+        ref = SessionActor.start(self._settings, session_id, self.actor_ref)
         self._sessions[session_id] = SessionEntry(session_id, ref, old.slot, old.names)
         link = m.SessionLink(session_id, old.slot, ref)
         for name in old.names:
