@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +157,3 @@ def port_closed(port: int) -> bool:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) != 0
 
-
-def elapsed(since: float) -> float:
-    return time.monotonic() - since
