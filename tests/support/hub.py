@@ -60,7 +60,9 @@ class Hub:
             try:
                 if self.get("/healthz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            # The master binds the port before its worker accepts: under load the first
+            # probe can be refused or time out; only the overall deadline is a failure.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"tether serve did not become healthy:\n{self.logs()}")

@@ -67,7 +67,7 @@ class DemoBackend:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             r = requests.get(f"{self.base_url}/models", timeout=1, headers=headers)
             return r.status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still starting, or loaded
             return False
 
     def stats(self) -> dict[str, Any]:
