@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import urllib3
 
 DEMO_MODEL = "demo"
+LOG_TAIL_LINES = 20
 
 
 def _free_port() -> int:
@@ -22,34 +24,105 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 30) -> None:
+class DemoFailed(Exception):
+    """The demo cannot go on; `child` names the process at fault, if one is."""
+
+    def __init__(self, message: str, child: Child | None = None) -> None:
+        super().__init__(message)
+        self.child = child
+
+
+class Child:
+    """One process the demo started, with the log file it writes to."""
+
+    def __init__(self, name: str, command: list[str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent)
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as exc:
+            return f"(cannot read {self.log}: {exc})"
+        return "\n".join(text.rstrip().splitlines()[-lines:]) or "(the log is empty)"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: a demo killed outright (SIGKILL) must not leave its
+    children running. Linux only; elsewhere the demo's own exit paths stop them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1  # noqa: N806 (the name from prctl.h)
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _check_alive(children: list[Child]) -> None:
+    for child in children:
+        if child.exited():
+            raise DemoFailed(f"{child.name} exited with {child.proc.returncode}", child)
+
+
+def _wait_ready(url: str, children: list[Child], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"tether demo: {proc.args[3]} exited with {proc.returncode}")
+        _check_alive(children)
         try:
             if urllib3.request("GET", url, timeout=1, retries=False).status == 200:
                 return
         except urllib3.exceptions.HTTPError:
             pass
         time.sleep(0.1)
-    raise SystemExit(f"tether demo: {url} did not answer within {timeout:g} s")
+    raise DemoFailed(f"{url} did not answer within {timeout:g} s")
 
 
-def _published(hub: str, timeout: float = 30) -> None:
+def _published(hub: str, children: list[Child], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = urllib3.request("GET", f"{hub}/api/v1/llms/{DEMO_MODEL}", timeout=1, retries=False)
-        if r.status == 200 and r.json()["status"] == "active":
-            return
+        _check_alive(children)
+        try:
+            r = urllib3.request("GET", f"{hub}/api/v1/llms/{DEMO_MODEL}", timeout=1,
+                                retries=False)
+            if r.status == 200 and r.json()["status"] == "active":
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
         time.sleep(0.1)
-    raise SystemExit("tether demo: the publisher did not come up")
+    raise DemoFailed("the publisher did not come up", children[-1])
 
 
-def _spawn(command: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+def _stop_all(children: list[Child]) -> None:
+    """Stop every child, the last started first; kill what does not stop in 10 s."""
+    for child in reversed(children):
+        if not child.exited():
+            with contextlib.suppress(OSError):
+                child.proc.terminate()
+    deadline = time.monotonic() + 10
+    for child in children:
+        try:
+            child.proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+
+
+def _report(failure: DemoFailed, work: Path) -> None:
+    print(f"tether demo: {failure}", file=sys.stderr)
+    if failure.child is not None:
+        print(f"--- last lines of {failure.child.log} ---\n{failure.child.tail()}\n---",
+              file=sys.stderr)
+    print(f"tether demo: every log is in {work}", file=sys.stderr, flush=True)
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that the cleanup below runs."""
 
 
 EXAMPLES = """
@@ -82,41 +155,36 @@ def run(args: argparse.Namespace) -> int:
     hub = f"http://127.0.0.1:{args.port}"
     backend_port = _free_port()
     exe = [sys.executable, "-m", "tether.cli"]
-    commands = [
-        [*exe, "serve", "--port", str(args.port),
-         "--database-url", f"sqlite:///{work / 'hub.db'}"],
-        [*exe, "demo-backend", "--port", str(backend_port), "--model", "demo-model"],
-    ]
-    procs: list[subprocess.Popen] = []
+    children: list[Child] = []
 
-    def stop(*_: object) -> None:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        raise SystemExit(0)
+    def terminated(*_: object) -> None:
+        raise _Terminated
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, terminated)
     try:
-        for command in commands:
-            procs.append(_spawn(command, work / f"{command[3]}.log"))
-        _wait_ready(f"{hub}/healthz", procs)
-        _wait_ready(f"http://127.0.0.1:{backend_port}/v1/models", procs)
-        procs.append(_spawn(
-            [*exe, "publish", "--hub", hub, "--name", DEMO_MODEL, "--model", "demo-model",
-             "--backend", f"http://127.0.0.1:{backend_port}/v1",
-             "--session-file", str(work / "session")],
-            work / "publish.log"))
-        _published(hub)
+        children.append(Child("serve", [*exe, "serve", "--port", str(args.port),
+                                        "--database-url", f"sqlite:///{work / 'hub.db'}"],
+                              work / "serve.log"))
+        children.append(Child("demo-backend", [
+            *exe, "demo-backend", "--port", str(backend_port), "--model", "demo-model",
+            "--pidfile", str(work / "demo-backend.pid")], work / "demo-backend.log"))
+        _wait_ready(f"{hub}/healthz", children)
+        _wait_ready(f"http://127.0.0.1:{backend_port}/v1/models", children)
+        children.append(Child("publish", [
+            *exe, "publish", "--hub", hub, "--name", DEMO_MODEL, "--model", "demo-model",
+            "--backend", f"http://127.0.0.1:{backend_port}/v1",
+            "--session-file", str(work / "session")], work / "publish.log"))
+        _published(hub, children)
         print(EXAMPLES.format(hub=hub, model=DEMO_MODEL, logs=work), flush=True)
-        while all(proc.poll() is None for proc in procs):
+        while True:
+            _check_alive(children)
             time.sleep(0.5)
-        print("tether demo: a process exited; stopping", file=sys.stderr)
-        stop()
-    except KeyboardInterrupt:
-        stop()
-    return 0
+    except DemoFailed as failure:
+        _report(failure, work)
+        return 1
+    except (KeyboardInterrupt, _Terminated):
+        return 0
+    finally:
+        # Every exit path, an unexpected error included, stops every child.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_all(children)
