@@ -169,6 +169,24 @@ def test_a_session_belongs_to_the_key_that_registered_it(secured):
         assert pending.result().json() == {"real": True}
 
 
+def test_only_a_register_claims_a_session_id(secured):
+    """Issue 10.7: presenting an unclaimed id on stream, heartbeat or status used to claim it
+    for that key, and the rightful publisher's register then got 403."""
+    hub, keys = secured
+    squatter = KeyedPublisher(hub.url, keys["pub-b"], "victim-session")
+    for r in (squatter.heartbeat(), squatter.status(**{"model-v": "hibernating"})):
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "session_not_found"
+    stream = Stream(hub.url, "victim-session",
+                    headers={"Authorization": f"Bearer {keys['pub-b']}"})
+    assert stream.status == 404 and b"session_not_found" in stream.response.data
+    victim = KeyedPublisher(hub.url, keys["pub-a"], "victim-session")
+    victim.register("model-v")  # still free: the id is the first registrant's
+    victim.open()
+    assert victim.heartbeat().status_code == 200
+    assert squatter.heartbeat().status_code == 403
+
+
 def test_admin_may_act_on_any_session(secured):
     hub, keys = secured
     KeyedPublisher(hub.url, keys["pub-a"], "session-a").register("model-a")

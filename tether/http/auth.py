@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 
 from tether.config import Settings
-from tether.errors import forbidden
+from tether.errors import forbidden, session_not_found
 from tether.store import keys
 from tether.store.keys import Caller, unauthorized
 
@@ -47,18 +47,28 @@ class Auth:
         if owner != caller.name and caller.role != "admin":
             raise forbidden(f"provider session {session_id!r} belongs to another key")
 
+    def _owner(self, session_id: str) -> str | None:
+        owner = self._owners.get(session_id)
+        if owner is None:
+            owner = keys.session_owner(session_id)  # a read: only a register claims an id
+            if owner is not None:
+                self._owners[session_id] = owner
+        return owner
+
     def owns(self, session_id: str, caller: Caller) -> bool:
         if not self.enabled or caller.role == "admin":
             return True
-        owner = self._owners.get(session_id)
-        if owner is None:
-            # Claimed at register; a session from before auth was on is taken on first use.
-            owner = keys.claim_session(session_id, caller.name)
-            self._owners[session_id] = owner
-        return owner == caller.name
+        return self._owner(session_id) == caller.name
 
     def check_owner(self, session_id: str, caller: Caller) -> None:
-        if not self.owns(session_id, caller):
+        """Stream, heartbeat, status: an id that no register claimed is unknown (404), so a
+        key cannot squat an id its rightful publisher has yet to register."""
+        if not self.enabled:
+            return
+        owner = self._owner(session_id)
+        if owner is None and caller.role != "admin":
+            raise session_not_found(session_id)
+        if owner is not None and owner != caller.name and caller.role != "admin":
             raise forbidden(f"provider session {session_id!r} belongs to another key")
 
 

@@ -80,5 +80,11 @@ def claim_session(session_id: str, key_name: str) -> str:
         return SessionOwner.get(SessionOwner.session_id == session_id).key_name
 
 
+def session_owner(session_id: str) -> str | None:
+    with connection():
+        row = SessionOwner.get_or_none(SessionOwner.session_id == session_id)
+    return row.key_name if row is not None else None
+
+
 def unauthorized(why: str) -> TetherError:
     return TetherError(401, "unauthorized", why)
