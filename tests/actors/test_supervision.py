@@ -84,3 +84,43 @@ def test_restarts_are_bounded_then_the_rows_go_inactive(system):
     with pytest.raises(TetherError) as offline:  # down, but known: 503, not 404
         system.infer("a", REQ, False, "chat/completions")
     assert offline.value.code == "publisher_offline"
+
+
+def test_a_status_report_is_checked_whole_before_any_name_is_applied(system):
+    """Issue 10.10: a name that failed half-way used to leave the names before it applied
+    (and an Llm whose actor was down answered 500)."""
+    _online(system, provider("a"), provider("b"))
+    for _ in range(MAX_RESTARTS + 1):  # b's actor crashes until its supervisor gives up
+        ref = system.directory.llm("b")
+        system.inject_crash("llm", "b")
+        _wait(lambda ref=ref: system.directory.llm("b") is not ref)
+    with pytest.raises(TetherError) as refused:
+        system.set_status("s1", [("a", "hibernating"), ("b", "hibernating")])
+    assert refused.value.status == 503
+    assert store.get("a").status == "active"  # nothing of the refused report applied
+    with pytest.raises(TetherError) as foreign:
+        system.set_status("s1", [("a", "hibernating"), ("nobody", "hibernating")])
+    assert foreign.value.code == "forbidden"
+    assert store.get("a").status == "active"
+    with pytest.raises(TetherError) as unknown:
+        system.set_status("never-registered", [("a", "hibernating")])
+    assert unknown.value.code == "session_not_found"
+    system.set_status("s1", [("a", "hibernating")])
+    assert store.get("a").status == "hibernating"
+
+
+def test_frame_ids_keep_increasing_across_a_session_actor_restart(system):
+    """Issue 10.12: a restarted session actor counted frame ids from 1 again, so a publisher
+    resuming with Last-Event-ID could skip the new actor's tasks as already seen."""
+    outbox = _online(system, provider("a"))
+    system.infer("a", REQ, False, "chat/completions")
+    before = [int(f.id) for f in outbox.frames() if getattr(f, "event", "") == "task"]
+    assert before
+    old = system.directory.session("s1").ref
+    assert system.inject_crash("session", "s1")
+    _wait(lambda: system.directory.session("s1").ref is not old)
+    fresh = Outbox()
+    system.open_stream("s1", fresh.queue, None)
+    system.infer("a", REQ, False, "chat/completions")
+    after = [int(f.id) for f in fresh.frames() if getattr(f, "event", "") == "task"]
+    assert after and min(after) > max(before)

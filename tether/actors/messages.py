@@ -68,6 +68,14 @@ class SessionStreamOpened:
 
 
 @dataclass(frozen=True)
+class ReportStatus:
+    """A publisher's status report: every name is checked before any is applied."""
+
+    session_id: str
+    updates: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class RetireExpired:
     cutoff: dt.datetime
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pykka
@@ -52,14 +52,17 @@ class _Task:
 
 class SessionActor(TetherActor):
     def __init__(self, settings: Settings, session_id: str,
-                 supervisor: pykka.ActorRef) -> None:
+                 supervisor: pykka.ActorRef, frame_ids: Iterator[int]) -> None:
         super().__init__()
         self._settings = settings
         self._session_id = session_id
         self._supervisor = supervisor
         self._outbox: queue.Queue | None = None
         self._token = 0
-        self._seq = 0
+        # Frame ids come from one counter for the life of the hub process, so a restarted
+        # session actor never reuses an id a publisher already saw (Last-Event-ID).
+        self._frame_ids = frame_ids
+        self._seq = 0  # the latest id this actor sent
         self._tasks: dict[str, _Task] = {}
         self._grace: Timer | None = None
         self._draining = False
@@ -125,7 +128,7 @@ class SessionActor(TetherActor):
 
     def _send(self, task: _Task, payload: dict[str, Any]) -> None:
         assert self._outbox is not None
-        self._seq += 1
+        self._seq = next(self._frame_ids)
         task.frame_id = self._seq
         task.frame = sse.frame("task", sse.dumps(payload), self._seq)
         self._tasks[task.task_id] = task
@@ -246,7 +249,7 @@ class SessionActor(TetherActor):
         if task is None:
             return
         if self._outbox is not None:
-            self._seq += 1
+            self._seq = next(self._frame_ids)
             payload = {"kind": "cancel", "taskId": msg.task_id}
             self._outbox.put(sse.frame("task", sse.dumps(payload), self._seq))
         if task.kind == "wake":

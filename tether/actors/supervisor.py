@@ -10,22 +10,25 @@ MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactiv
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from typing import Any
 
 import pykka
 
+from tether import errors
 from tether.actors import messages as m
 from tether.actors.base import TetherActor, tell
 from tether.actors.directory import Directory, SessionEntry
 from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
 from tether.config import Settings
+from tether.errors import TetherError
 from tether.store import llms as store
 from tether.store.models import INACTIVE, KIND_PUBLIC, Llm
 
@@ -36,8 +39,10 @@ RESTART_WINDOW_S = 10.0
 
 
 class Supervisor(TetherActor):
-    def __init__(self, settings: Settings, publish: Callable[[Directory], None]) -> None:
+    def __init__(self, settings: Settings, publish: Callable[[Directory], None],
+                 frame_ids: Iterator[int] | None = None) -> None:
         super().__init__()
+        self._frame_ids = frame_ids if frame_ids is not None else itertools.count(1)
         self._settings = settings
         self._publish = publish
         self._llms: dict[str, pykka.ActorRef] = {}
@@ -53,6 +58,7 @@ class Supervisor(TetherActor):
             m.SessionStreamLost: self._on_stream_lost,
             m.SessionStreamOpened: self._on_stream_opened,
             m.RetireExpired: self._on_retire_expired,
+            m.ReportStatus: self._on_report_status,
             m.ChildFailed: self._on_child_failed,
         }
 
@@ -75,7 +81,8 @@ class Supervisor(TetherActor):
         if entry is None:
             slot = self._next_slot
             self._next_slot += 1
-            ref = SessionActor.start(self._settings, session_id, self.actor_ref)
+            ref = SessionActor.start(self._settings, session_id, self.actor_ref,
+                                     self._frame_ids)
             entry = SessionEntry(session_id, ref, slot, frozenset())
             self._sessions[session_id] = entry
             self._slots[slot] = session_id
@@ -139,6 +146,22 @@ class Supervisor(TetherActor):
         for name in entry.names if entry is not None else ():
             tell(self._llms.get(name), m.StreamOpened(msg.session_id))
 
+    def _on_report_status(self, msg: m.ReportStatus) -> list[pykka.Future]:
+        """Check every name, then apply them all. Registrations are serialized here too, so
+        no owner can change between the check and the SetStatus each Llm receives next."""
+        entry = self._sessions.get(msg.session_id)
+        if entry is None or not entry.names:
+            raise errors.session_not_found(msg.session_id)
+        foreign = [name for name, _ in msg.updates if self._owner.get(name) != msg.session_id]
+        if foreign:
+            raise errors.forbidden(f"provider session does not own {', '.join(foreign)}")
+        down = [name for name, _ in msg.updates if name not in self._llms]
+        if down:  # its restarts gave up; a register brings it back
+            raise TetherError(503, "actor_restarted",
+                              f"the actor of {', '.join(down)} is down; register again")
+        return [self._llms[name].ask(m.SetStatus(msg.session_id, status), block=False)
+                for name, status in msg.updates]
+
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
         doomed = store.delete_expired(msg.cutoff)
         for row in doomed:
@@ -189,7 +212,8 @@ class Supervisor(TetherActor):
 
     def _restart_session(self, session_id: str) -> None:
         old = self._sessions[session_id]
-        ref = SessionActor.start(self._settings, session_id, self.actor_ref)
+        ref = SessionActor.start(self._settings, session_id, self.actor_ref,
+                                     self._frame_ids)
         self._sessions[session_id] = SessionEntry(session_id, ref, old.slot, old.names)
         link = m.SessionLink(session_id, old.slot, ref)
         for name in old.names:

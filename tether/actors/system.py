@@ -4,6 +4,7 @@ directory) and every ask (always with a timeout), so resources stay thin."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ class ActorSystem:
         self._directory = Directory()
         self._supervisor: pykka.ActorRef | None = None
         self._sweeper: pykka.ActorRef | None = None
+        self._frame_ids = itertools.count(1)  # SSE frame ids, for the life of the process
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -53,7 +55,8 @@ class ActorSystem:
         created, removed = store.sync_public(self.settings.llms)
         if created or removed:
             log.info("public Llms from config: %d declared, %d removed", created, removed)
-        self._supervisor = Supervisor.start(self.settings, self._set_directory)
+        self._supervisor = Supervisor.start(self.settings, self._set_directory,
+                                            self._frame_ids)
         _ask(self._supervisor, m.Ping(), timeout=60)  # its on_start loaded every row
         self._sweeper = Sweeper.start(self.settings, self._supervisor, lambda: self._directory)
         return self
@@ -105,13 +108,13 @@ class ActorSystem:
         return len(names)
 
     def set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
-        owned = self.owned_names(session_id)
-        foreign = [name for name, _ in updates if name not in owned]
-        if foreign:
-            raise errors.forbidden(f"provider session does not own {', '.join(foreign)}")
-        for name, status in updates:
-            if not self._ask_all([name], m.SetStatus(session_id, status))[0]:
-                raise errors.forbidden(f"provider session no longer owns {name!r}")
+        futures = _ask(self.supervisor, m.ReportStatus(session_id, tuple(updates)))
+        try:
+            applied = pykka.get_all(futures, timeout=ASK_TIMEOUT_S)
+        except pykka.Timeout:
+            raise TetherError(503, "hub_busy", "the hub did not answer in time; retry") from None
+        if not all(applied):  # cannot happen while the supervisor serializes owners
+            raise errors.forbidden("provider session lost a name while reporting its status")
 
     def _ask_all(self, names: Sequence[str] | frozenset[str], message: Any) -> list[Any]:
         futures = []
