@@ -59,6 +59,7 @@ class Settings:
     max_streams_per_key: int = 256
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
     # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.
     fault_injection: bool = False
     llms: tuple[PublicLlm, ...] = ()
@@ -157,6 +158,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if text not in ("on", "off"):
                 raise ValueError
             return text
+        if name == "log_format" and str(value) not in ("text", "json"):
+            raise ValueError
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: setting {name!r} has an unusable value {value!r}") from None

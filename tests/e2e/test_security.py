@@ -129,7 +129,7 @@ def test_roles_keep_to_their_routes(secured):
         assert r.status_code == 403, (path, r.text)
     assert call(hub, "GET", "/metrics", keys["client"]).status_code == 403
     metrics = call(hub, "GET", "/metrics", keys["root"])
-    assert metrics.status_code == 200 and "tether_sessions" in metrics.text
+    assert metrics.status_code == 200 and "tether_publisher_sessions" in metrics.text
 
 
 def test_a_session_belongs_to_the_key_that_registered_it(secured):

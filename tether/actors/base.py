@@ -63,7 +63,9 @@ class TetherActor(pykka.ThreadingActor):
         if handler is None:
             log.warning("%s ignored an unknown message %r", self, type(message).__name__)
             return None
-        return handler(message)
+        result = handler(message)
+        self.after_message(message)
+        return result
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # pykka stops an actor whose tell raised: say so loudly, answer everyone who waits on
@@ -73,6 +75,9 @@ class TetherActor(pykka.ThreadingActor):
             self.on_crash()
         finally:
             self.report_crash()
+
+    def after_message(self, message: Any) -> None:
+        """Report state for the status page and gauges (tether.metrics); must not block."""
 
     def on_crash(self) -> None:
         """Answer whoever waits on this actor's state before it is lost."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from tether import errors, upstream
+from tether import errors, metrics, upstream
 from tether.actors import messages as m
 from tether.actors.base import TetherActor, new_task_id, tell
 from tether.config import PublicLlm, Settings
@@ -162,6 +162,7 @@ class LlmActor(TetherActor):
             self._settings.wake_timeout_s, tell, self.actor_ref, m.WakeTimedOut(task_id)
         )
         self._wake = _Wake(task_id, timer, session)
+        metrics.wake_started(self._state.name, task_id)
         if not tell(session.ref, m.SendWake(task_id, self._state.name, self.actor_ref)):
             self._end_wake(task_id)
             self._fail_waiters(errors.publisher_offline(self._state.name))
@@ -176,17 +177,20 @@ class LlmActor(TetherActor):
 
     def _on_wake_succeeded(self, msg: m.WakeSucceeded) -> None:
         if self._end_wake(msg.task_id) is not None:
+            metrics.wake_ended(self._state.name, msg.task_id, "succeeded")
             self._write_status(ACTIVE)
             self._release_waiters()
 
     def _on_wake_failed(self, msg: m.WakeFailed) -> None:
         if self._end_wake(msg.task_id) is not None:
+            metrics.wake_ended(self._state.name, msg.task_id, "failed")
             self._fail_waiters(msg.error)  # the row stays hibernating: the next infer retries
 
     def _on_wake_timed_out(self, msg: m.WakeTimedOut) -> None:
         wake = self._end_wake(msg.task_id)
         if wake is None:
             return
+        metrics.wake_ended(self._state.name, msg.task_id, "timed_out")
         tell(wake.session.ref, m.CancelTask(msg.task_id, "wake_timeout"))
         self._fail_waiters(
             TetherError(
@@ -202,6 +206,7 @@ class LlmActor(TetherActor):
         wake = self._wake
         assert wake is not None
         self._end_wake(wake.task_id)
+        metrics.wake_ended(self._state.name, wake.task_id, "succeeded")
         tell(wake.session.ref, m.CancelTask(wake.task_id, "superseded"))
         self._release_waiters()
 
@@ -217,6 +222,7 @@ class LlmActor(TetherActor):
         if self._wake is not None:
             wake = self._wake
             self._end_wake(wake.task_id)
+            metrics.wake_ended(self._state.name, wake.task_id, "abandoned")
             tell(wake.session.ref, m.CancelTask(wake.task_id, "abandoned"))
         self._fail_waiters(error)
 
@@ -235,6 +241,7 @@ class LlmActor(TetherActor):
             # The wake went to a session that no longer owns us: ask the new one.
             old = self._wake
             self._end_wake(old.task_id)
+            metrics.wake_ended(self._state.name, old.task_id, "abandoned")
             tell(old.session.ref, m.CancelTask(old.task_id, "owner_changed"))
             self._start_wake()
 
@@ -275,14 +282,17 @@ class LlmActor(TetherActor):
         if state.status == INACTIVE:
             return
         if store.mark_inactive_if_stale(state.name, state.session_id, msg.cutoff):
+            metrics.swept("inactive")
             self._set_state(INACTIVE)
             self._abandon_wake(errors.publisher_offline(state.name))
 
     def on_stop(self) -> None:
         self._abandon_wake(errors.shutting_down())
+        metrics.llm_gone(self.actor_urn, self._state.name)
 
     def on_crash(self) -> None:
         if self._wake is not None:
+            metrics.wake_ended(self._state.name, self._wake.task_id, "abandoned")
             self._wake.timer.cancel()
             self._wake = None
         self._fail_waiters(errors.actor_restarted(f"the actor of {self._state.name!r}"))
@@ -303,3 +313,13 @@ class LlmActor(TetherActor):
         s = self._state
         self._state = m.LlmState(s.name, s.kind, s.session_id, status)
 
+    # --- observability -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.after_message(None)
+
+    def after_message(self, message: Any) -> None:
+        s = self._state
+        metrics.llm_seen(self.actor_urn, s.name, s.kind, s.status, s.session_id,
+                         self._wake is not None, len(self._in_flight), len(self._waiters),
+                         isinstance(message, m.RecordHeartbeat))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pykka
 
-from tether import errors, sse
+from tether import errors, metrics, sse
 from tether.actors import messages as m
 from tether.actors.base import TetherActor, tell
 from tether.config import Settings
@@ -248,6 +248,7 @@ class SessionActor(TetherActor):
         task = self._tasks.get(msg.task_id)
         if task is None:
             return
+        metrics.task_cancelled(task.llm_name, msg.reason, task.reply)
         if self._outbox is not None:
             self._seq = next(self._frame_ids)
             payload = {"kind": "cancel", "taskId": msg.task_id}
@@ -274,6 +275,7 @@ class SessionActor(TetherActor):
                 f"no result from {task.llm_name!r} within {self._settings.infer_timeout_s:g} s",
             )
         assert task.reply is not None
+        metrics.task_timed_out(task.llm_name, error.code)
         task.reply.put(m.Failed(error))
         self._on_cancel(m.CancelTask(task.task_id, error.code))
 
@@ -299,6 +301,7 @@ class SessionActor(TetherActor):
 
     def on_stop(self) -> None:
         self._on_drain(m.Drain())
+        metrics.session_gone(self.actor_urn, self._session_id)
 
     def on_crash(self) -> None:
         self._end_stream()  # the publisher reconnects, to the restarted actor
@@ -309,6 +312,16 @@ class SessionActor(TetherActor):
 
     def report_crash(self) -> None:
         tell(self._supervisor, m.ChildFailed("session", self._session_id, self.actor_ref))
+
+
+    # --- observability -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.after_message(None)
+
+    def after_message(self, message: Any) -> None:
+        metrics.session_seen(self.actor_urn, self._session_id, self._outbox is not None,
+                             len(self._tasks))
 
 
 def _wake_error(task: _Task, outcome: Any) -> TetherError:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from tether import errors
+from tether import errors, metrics
 from tether.actors import messages as m
 from tether.actors.base import TetherActor, tell
 from tether.actors.directory import Directory, SessionEntry
@@ -164,6 +164,7 @@ class Supervisor(TetherActor):
 
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
         doomed = store.delete_expired(msg.cutoff)
+        metrics.swept("deleted", len(doomed))
         for row in doomed:
             ref = self._llms.pop(row.name, None)
             if ref is not None:
@@ -187,6 +188,7 @@ class Supervisor(TetherActor):
         while history and now - history[0] > RESTART_WINDOW_S:
             history.popleft()
         history.append(now)
+        metrics.actor_restarted(msg.kind, gave_up=len(history) > MAX_RESTARTS)
         if len(history) > MAX_RESTARTS:
             log.error("%s %r crashed %d times in %g s: leaving it down", msg.kind, msg.key,
                       len(history), RESTART_WINDOW_S)

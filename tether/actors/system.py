@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 
-from tether import errors
+from tether import errors, metrics
 from tether.actors import messages as m
 from tether.actors.base import slot_of, tell
 from tether.actors.directory import Directory
@@ -155,7 +155,7 @@ class ActorSystem:
     ) -> queue.Queue:
         """Start an infer; its events arrive on the returned channel (see messages.py)."""
         ref = self._directory.llm(name)
-        reply: queue.Queue = queue.Queue()
+        reply: queue.Queue = metrics.Reply(name, endpoint)
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply)):
             if store.get(name) is not None:  # its actor is down (gave up restarting)
                 raise errors.publisher_offline(name)

@@ -3,10 +3,9 @@ settings and the actor system for gunicorn (after its gevent worker monkey-patch
 
 from __future__ import annotations
 
-import logging
-
 import falcon
 
+from tether import logs
 from tether.actors.system import ActorSystem
 from tether.config import Settings, load_settings
 from tether.http import errors, schemas
@@ -19,7 +18,8 @@ from tether.http.resources import faults, health, llms, metrics, openai, provide
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     auth = Auth(settings)
-    app = falcon.App(cors_enable=False, middleware=[AuthMiddleware(auth)])
+    app = falcon.App(cors_enable=False,
+                     middleware=[logs.RequestIdMiddleware(), AuthMiddleware(auth)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     relay = Relay(system)
@@ -27,7 +27,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
 
     app.add_route("/healthz", health.Health())
     app.add_route("/openapi.json", OpenApi())
-    app.add_route("/metrics", metrics.Metrics(system))
+    app.add_route("/metrics", metrics.Metrics())
     app.add_route("/api/v1/llms", llms.LlmCollection())
     app.add_route("/api/v1/llms/_provider-register", provider.Register(system, auth))
     app.add_route("/api/v1/llms/_provider-stream",
@@ -54,10 +54,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
 
 def build(settings: Settings) -> tuple[falcon.App, ActorSystem]:
     """Start the actor system and wire the app to it (call after gevent patched)."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(settings.log_level, settings.log_format)
     system = ActorSystem(settings).start()
     return create_app(settings, system), system
 

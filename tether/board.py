@@ -1,0 +1,198 @@
+"""The board: the hub's live state in memory, fed by the actors (through tether.metrics).
+
+It is what the status page, its live feed, `tether status` and the gauges of /metrics read.
+Nothing here touches the database: actors report their state after every message they
+handle, so a reader never asks an actor and never queries a row.
+
+Watchers (the status feed) are woken through a threading.Event, which gevent makes
+cooperative; they read a whole snapshot each time, so a slow watcher only skips states.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+RECENT_ERRORS = 50
+
+
+@dataclass(frozen=True)
+class _Llm:
+    owner: str  # the actor's urn: a stopping actor must not remove its successor's row
+    name: str
+    kind: str
+    status: str
+    session_id: str | None
+    waking: bool
+    in_flight: int
+    queued: int
+
+
+@dataclass(frozen=True)
+class _Session:
+    owner: str
+    stream_open: bool
+    open_tasks: int
+
+
+class Watcher:
+    def __init__(self, board: Board) -> None:
+        self._board = board
+        self._event = threading.Event()
+        self._event.set()  # the first wait returns at once: the watcher starts with a snapshot
+
+    def wait(self, timeout: float) -> bool:
+        """True when something changed since the last wait (or on the first call)."""
+        changed = self._event.wait(timeout)
+        self._event.clear()
+        return changed
+
+    def notify(self) -> None:
+        self._event.set()
+
+    def close(self) -> None:
+        self._board.unwatch(self)
+
+
+class Board:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._llms: dict[str, _Llm] = {}
+        self._heartbeats: dict[str, float] = {}  # llm name -> epoch of its last heartbeat
+        self._wakes: dict[str, dict[str, Any]] = {}  # llm name -> its last wake
+        self._sessions: dict[str, _Session] = {}
+        self._errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
+        self._requests = 0
+        self._failed = 0
+        self._watchers: set[Watcher] = set()
+
+    # --- writers (actors, reply channels) ------------------------------------------------
+
+    def llm(self, owner: str, name: str, kind: str, status: str, session_id: str | None,
+            waking: bool, in_flight: int, queued: int, heartbeat: bool = False) -> None:
+        row = _Llm(owner, name, kind, status, session_id, waking, in_flight, queued)
+        with self._lock:
+            if heartbeat:
+                self._heartbeats[name] = time.time()
+            if self._llms.get(name) == row and not heartbeat:
+                return
+            self._llms[name] = row
+        self._notify()
+
+    def llm_gone(self, owner: str, name: str) -> None:
+        with self._lock:
+            row = self._llms.get(name)
+            if row is None or row.owner != owner:
+                return
+            del self._llms[name]
+            self._heartbeats.pop(name, None)
+            self._wakes.pop(name, None)
+        self._notify()
+
+    def session(self, owner: str, session_id: str, stream_open: bool, open_tasks: int) -> None:
+        entry = _Session(owner, stream_open, open_tasks)
+        with self._lock:
+            if self._sessions.get(session_id) == entry:
+                return
+            self._sessions[session_id] = entry
+        self._notify()
+
+    def session_gone(self, owner: str, session_id: str) -> None:
+        with self._lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or entry.owner != owner:
+                return
+            del self._sessions[session_id]
+        self._notify()
+
+    def wake_started(self, name: str) -> None:
+        with self._lock:
+            last = self._wakes.get(name, {})
+            self._wakes[name] = {**last, "startedAt": time.time(), "running": True}
+        self._notify()
+
+    def wake_ended(self, name: str, outcome: str, seconds: float) -> None:
+        with self._lock:
+            last = self._wakes.get(name, {})
+            self._wakes[name] = {**last, "running": False, "outcome": outcome,
+                                 "seconds": round(seconds, 3)}
+        self._notify()
+
+    def request_done(self, llm: str, status: int, code: str | None) -> None:
+        with self._lock:
+            self._requests += 1
+            if status >= 400 and status != 499:
+                self._failed += 1
+                # Code, Llm and time only: an error message may quote the client's request.
+                self._errors.appendleft({"at": time.time(), "llm": llm, "status": status,
+                                         "code": code or str(status)})
+        self._notify()
+
+    # --- readers -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            llms = sorted(self._llms.values(), key=lambda row: row.name)
+            heartbeats = dict(self._heartbeats)
+            wakes = {name: dict(w) for name, w in self._wakes.items()}
+            sessions = dict(self._sessions)
+            errors = list(self._errors)
+            requests, failed, feeds = self._requests, self._failed, len(self._watchers)
+        rows = []
+        for row in llms:
+            wake = wakes.get(row.name, {})
+            session = sessions.get(row.session_id or "")
+            rows.append({
+                "name": row.name,
+                "kind": row.kind,
+                "status": "waking" if row.waking else row.status,
+                "session": row.session_id,
+                "streamOpen": bool(session and session.stream_open),
+                "inFlight": row.in_flight,
+                "queued": row.queued,
+                "lastHeartbeatAt": heartbeats.get(row.name),
+                "lastWakeAt": wake.get("startedAt"),
+                "lastWakeSeconds": wake.get("seconds"),
+                "lastWakeOutcome": wake.get("outcome"),
+            })
+        by_status: dict[str, int] = {}
+        for row in rows:
+            by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+        return {
+            "at": time.time(),
+            "llms": rows,
+            "errors": errors,
+            "totals": {
+                "llms": len(rows),
+                "byStatus": by_status,
+                "sessions": len(sessions),
+                "streamsOpen": sum(1 for s in sessions.values() if s.stream_open),
+                "inFlight": sum(r["inFlight"] for r in rows),
+                "queued": sum(r["queued"] for r in rows),
+                "requests": requests,
+                "errors": failed,
+                "feeds": feeds,
+            },
+        }
+
+    def watch(self) -> Watcher:
+        watcher = Watcher(self)
+        with self._lock:
+            self._watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        with self._lock:
+            self._watchers.discard(watcher)
+
+    def _notify(self) -> None:
+        with self._lock:
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher.notify()
+
+
+BOARD = Board()

@@ -1,0 +1,292 @@
+"""Every Prometheus metric of the hub, defined once, and the one-line calls that feed them.
+
+Actors and resources call the functions at the bottom; nothing else touches a metric. Each
+call also feeds the in-memory board (tether.board) behind the status page, so the page and
+/metrics always agree. Calls never block and never raise into their caller: a metric must
+not be able to kill an actor.
+
+Labels stay bounded: Llm names (a label set per registered Llm), endpoints, HTTP statuses,
+error codes, outcomes; never a task id, a session id or client text. A request for a name
+that has no Llm never reaches an Llm: it is counted only by tether_http_responses, by route.
+
+Scrapes are per process (one hub process today; see the README, Observability).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from tether.board import BOARD
+
+log = logging.getLogger("tether.requests")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# Seconds: from a fast local answer to a slow wake of a machine that was powered off.
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_WAKE = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 300)
+
+REQUESTS = Counter(
+    "tether_requests", "Requests that reached an Llm, by outcome (HTTP status; 499 = the "
+    "client went away).", ["llm", "endpoint", "code"], registry=REGISTRY)
+REQUEST_SECONDS = Histogram(
+    "tether_request_seconds", "Time from a request reaching its Llm to its last byte or error.",
+    ["llm"], buckets=_LATENCY, registry=REGISTRY)
+QUEUE_WAIT = Histogram(
+    "tether_queue_wait_seconds", "Time a request waited before its task was sent (queue and "
+    "wake included).", ["llm"], buckets=_LATENCY, registry=REGISTRY)
+FIRST_CHUNK = Histogram(
+    "tether_first_chunk_seconds", "Time from a streamed request reaching its Llm to its first "
+    "chunk.", ["llm"], buckets=_LATENCY, registry=REGISTRY)
+ERRORS = Counter(
+    "tether_request_errors", "Requests answered with an error, by error code.",
+    ["llm", "code"], registry=REGISTRY)
+WAKES = Counter(
+    "tether_wakes", "Wakes by outcome: started, succeeded, failed, timed_out, abandoned.",
+    ["llm", "outcome"], registry=REGISTRY)
+WAKE_SECONDS = Histogram(
+    "tether_wake_seconds", "Duration of wakes that ended, by outcome.", ["llm", "outcome"],
+    buckets=_WAKE, registry=REGISTRY)
+TASKS_CANCELLED = Counter(
+    "tether_tasks_cancelled", "Tasks cancelled at the publisher, by reason.",
+    ["llm", "reason"], registry=REGISTRY)
+TASKS_TIMED_OUT = Counter(
+    "tether_tasks_timed_out", "Tasks that hit infer_timeout_s or stream_idle_timeout_s.",
+    ["llm", "code"], registry=REGISTRY)
+ACTOR_RESTARTS = Counter(
+    "tether_actor_restarts", "Crashed actors: restarted, or left down (gave_up).",
+    ["kind", "outcome"], registry=REGISTRY)
+SWEEP_ROWS = Counter(
+    "tether_sweep_rows", "Rows the sweep changed: marked inactive, or deleted.", ["action"],
+    registry=REGISTRY)
+HTTP_RESPONSES = Counter(
+    "tether_http_responses", "Every HTTP response by route template, method and status.",
+    ["route", "method", "status"], registry=REGISTRY)
+
+
+class _BoardCollector:
+    """Gauges read from the board at scrape time: no gauge can drift from the actors."""
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = BOARD.snapshot()
+        in_flight = GaugeMetricFamily("tether_in_flight", "Tasks under way per Llm.",
+                                      labels=["llm"])
+        queued = GaugeMetricFamily("tether_queued", "Requests waiting (for a wake) per Llm.",
+                                   labels=["llm"])
+        llms = GaugeMetricFamily("tether_llms", "Llms by kind and status (waking while a wake "
+                                 "runs).", labels=["kind", "status"])
+        by_state: dict[tuple[str, str], int] = {}
+        for row in snap["llms"]:
+            in_flight.add_metric([row["name"]], row["inFlight"])
+            queued.add_metric([row["name"]], row["queued"])
+            key = (row["kind"], row["status"])
+            by_state[key] = by_state.get(key, 0) + 1
+        for (kind, status), count in sorted(by_state.items()):
+            llms.add_metric([kind, status], count)
+        totals = snap["totals"]
+        yield in_flight
+        yield queued
+        yield llms
+        yield GaugeMetricFamily("tether_publisher_sessions", "Publisher sessions known to this "
+                                "process.", value=totals["sessions"])
+        yield GaugeMetricFamily("tether_streams_open", "Publisher task streams open.",
+                                value=totals["streamsOpen"])
+        yield GaugeMetricFamily("tether_status_feeds", "Status pages watching the live feed.",
+                                value=totals["feeds"])
+
+
+REGISTRY.register(_BoardCollector())
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def _safe(fn: Callable[..., None]) -> Callable[..., None]:
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - observing must never break what it observes
+            log.exception("metrics: %s failed", fn.__name__)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+class Reply(queue.Queue):
+    """A request's reply channel that observes the events on their way to the HTTP handler:
+    dispatch (queue wait), first chunk, and the outcome (the first terminal event)."""
+
+    def __init__(self, llm: str, endpoint: str) -> None:
+        super().__init__()
+        from tether import logs  # the request id of the request that creates this channel
+
+        self.llm = llm  # an Llm that exists: unknown names are refused before this
+        self.endpoint = endpoint
+        self.request_id = logs.request_id()
+        self.task_id: str | None = None
+        self._started = time.monotonic()
+        self._dispatched = False
+        self._chunked = False
+        self._done = False
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._observe(item)
+        super().put(item, block, timeout)
+
+    @_safe
+    def _observe(self, item: Any) -> None:
+        from tether.actors import messages as m  # here: the actors import this module
+
+        if self._done:
+            return
+        elapsed = time.monotonic() - self._started
+        if isinstance(item, m.Dispatched):
+            if not self._dispatched:
+                self._dispatched = True
+                self.task_id = item.task_id
+                QUEUE_WAIT.labels(self.llm).observe(elapsed)
+                log.debug("dispatched", extra=self._fields(task_id=item.task_id,
+                                                          duration_ms=_ms(elapsed)))
+        elif isinstance(item, m.Chunks):
+            if not self._chunked:
+                self._chunked = True
+                FIRST_CHUNK.labels(self.llm).observe(elapsed)
+        elif isinstance(item, m.Completed):
+            self._finish(elapsed, item.status, None if item.status < 400 else "backend_error")
+        elif isinstance(item, m.StreamDone):
+            self._finish(elapsed, 200, None)
+        elif isinstance(item, m.Failed):
+            self._finish(elapsed, item.error.status, item.error.code)
+        elif type(item).__name__ == "ClientGone":  # tether.http.streams.ClientGone
+            self._finish(elapsed, 499, "client_gone")
+
+    @_safe
+    def cancelled(self, reason: str) -> None:
+        """The task was cancelled (client gone, or the relay gave up): its outcome, unless
+        one was already seen."""
+        if not self._done:
+            code = 499 if reason == "client_gone" else 504
+            self._finish(time.monotonic() - self._started, code, reason)
+
+    def _fields(self, **more: Any) -> dict[str, Any]:
+        return {"request_id": self.request_id, "llm": self.llm, "endpoint": self.endpoint,
+                **({"task_id": self.task_id} if self.task_id else {}), **more}
+
+    def _finish(self, elapsed: float, status: int, code: str | None) -> None:
+        self._done = True
+        REQUESTS.labels(self.llm, self.endpoint, str(status)).inc()
+        REQUEST_SECONDS.labels(self.llm).observe(elapsed)
+        if code is not None and status != 499:
+            ERRORS.labels(self.llm, code).inc()
+        BOARD.request_done(self.llm, status, code)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        log.log(level, "request %s %s -> %d%s in %d ms", self.llm, self.endpoint, status,
+                f" {code}" if code else "", _ms(elapsed),
+                extra=self._fields(status=status, code=code, duration_ms=_ms(elapsed)))
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+@_safe
+def task_cancelled(llm: str, reason: str, reply: Any = None) -> None:
+    TASKS_CANCELLED.labels(llm, reason).inc()
+    if isinstance(reply, Reply):  # no event reaches a cancelled request's channel
+        reply.cancelled(reason)
+
+
+@_safe
+def task_timed_out(llm: str, code: str) -> None:
+    TASKS_TIMED_OUT.labels(llm, code).inc()
+
+
+@_safe
+def http_response(route: str | None, method: str, status: str) -> None:
+    HTTP_RESPONSES.labels(route or "unmatched", method, status.split(" ", 1)[0]).inc()
+
+
+# --- wakes -------------------------------------------------------------------------------
+
+_wakes: dict[str, float] = {}  # wake task id -> monotonic start; only wakes under way
+
+
+@_safe
+def wake_started(llm: str, task_id: str) -> None:
+    _wakes[task_id] = time.monotonic()
+    WAKES.labels(llm, "started").inc()
+    BOARD.wake_started(llm)
+
+
+@_safe
+def wake_ended(llm: str, task_id: str, outcome: str) -> None:
+    """`outcome`: succeeded, failed, timed_out or abandoned. Once per started wake."""
+    started = _wakes.pop(task_id, None)
+    if started is None:
+        return
+    seconds = time.monotonic() - started
+    WAKES.labels(llm, outcome).inc()
+    WAKE_SECONDS.labels(llm, outcome).observe(seconds)
+    BOARD.wake_ended(llm, outcome, seconds)
+
+
+# --- actors ------------------------------------------------------------------------------
+
+
+@_safe
+def llm_seen(owner: str, name: str, kind: str, status: str, session_id: str | None,
+             waking: bool, in_flight: int, queued: int, heartbeat: bool = False) -> None:
+    BOARD.llm(owner, name, kind, status, session_id, waking, in_flight, queued, heartbeat)
+
+
+@_safe
+def llm_gone(owner: str, name: str) -> None:
+    BOARD.llm_gone(owner, name)
+
+
+@_safe
+def session_seen(owner: str, session_id: str, stream_open: bool, open_tasks: int) -> None:
+    BOARD.session(owner, session_id, stream_open, open_tasks)
+
+
+@_safe
+def session_gone(owner: str, session_id: str) -> None:
+    BOARD.session_gone(owner, session_id)
+
+
+@_safe
+def actor_restarted(kind: str, gave_up: bool = False) -> None:
+    ACTOR_RESTARTS.labels(kind, "gave_up" if gave_up else "restarted").inc()
+
+
+@_safe
+def swept(action: str, count: int = 1) -> None:
+    """The sweep's counts: `action` is "inactive" or "deleted"."""
+    if count:
+        SWEEP_ROWS.labels(action).inc(count)
