@@ -85,6 +85,11 @@ def targets() -> list[str]:
             out.append(f"- {n} idle sessions: worker RSS {run['rss_mib']} MiB, heartbeats "
                        f"{run['heartbeats_ok']}/{run['sessions']} (≤ 1 GiB, all): "
                        f"{verdict(ok)}")
+            if int(n) >= 10000:
+                # Registration must not grow with the number of sessions (it was quadratic).
+                out.append(f"- {n} sessions (register + stream each, 50 at a time) open in "
+                           f"{run['open_s']} s (≤ 10 s): {verdict(run['open_s'] <= 10)}; hub "
+                           f"CPU {run.get('hub_cpu_ms_per_open', '?')} ms per session")
     if wake:
         ok = wake["wake_frames"] == 1 and wake["answered"] == wake["clients"]
         out.append(f"- wake storm: {wake['wake_frames']} wake, {wake['answered']}/"

@@ -23,7 +23,7 @@ import gevent
 import gevent.pool
 from gevent import monkey
 
-from bench.stack import LiteLLM, Stack, raise_fd_limit, rss_kib
+from bench.stack import LiteLLM, Stack, cpu_seconds, raise_fd_limit, rss_kib
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -343,9 +343,10 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
                 assert stream.head()[0] == 200
                 streams.append(stream)
 
-            started = time.perf_counter()
+            started, hub_cpu = time.perf_counter(), cpu_seconds(pid)
             pool.map(open_session, range(n))
             opened_s = time.perf_counter() - started
+            hub_cpu = cpu_seconds(pid) - hub_cpu
             gevent.sleep(2)
             rss = rss_kib(pid)
             latencies: list[float] = []
@@ -366,15 +367,19 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
                 stream.close()
             latencies.sort()
             out[n] = {"sessions": n, "open_s": round(opened_s, 1),
+                      "open_ms_per_session": round(opened_s / n * 1000, 2),
+                      "hub_cpu_ms_per_open": round(hub_cpu / n * 1000, 2),
                       "rss_mib": round(rss / 1024, 1),
                       "rss_per_session_kib": round((rss - base_rss) / n, 1),
                       "heartbeats_ok": n - failures,
                       "heartbeat_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
                       "heartbeat_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)}
     table("idle publisher sessions on one hub worker",
-          ["sessions", "opened in (s)", "worker RSS (MiB)", "RSS per session (KiB)",
+          ["sessions", "opened in (s)", "ms per open", "hub CPU ms per open",
+           "worker RSS (MiB)", "RSS per session (KiB)",
            "heartbeats answered", "heartbeat p50 ms", "p99 ms"],
-          [[r["sessions"], r["open_s"], r["rss_mib"], r["rss_per_session_kib"],
+          [[r["sessions"], r["open_s"], r["open_ms_per_session"], r["hub_cpu_ms_per_open"],
+            r["rss_mib"], r["rss_per_session_kib"],
             f"{r['heartbeats_ok']}/{r['sessions']}", r["heartbeat_p50_ms"],
             r["heartbeat_p99_ms"]] for r in out.values()])
     save("sessions", {"runs": out})

@@ -45,7 +45,14 @@ def slot_of(task_id: str) -> int | None:
 
 
 class TetherActor(pykka.ThreadingActor):
-    """Messages are dispatched on their type to the handler named in `handlers()`."""
+    """Messages are dispatched on their type to the handler named in `handlers()`.
+
+    The hub's per-session and per-Llm actors set `use_daemon_thread = True`: CPython keeps a
+    lock per live non-daemon thread and scans them all whenever a thread starts
+    (threading._maintain_shutdown_locks), so with 20,000 actors alive each start cost
+    milliseconds and opening 10,000 sessions was quadratic. Nothing joins them at exit:
+    ActorSystem.stop() stops them.
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -39,6 +39,8 @@ class _Wake:
 
 
 class LlmActor(TetherActor):
+    use_daemon_thread = True  # thousands of them: see TetherActor
+
     def __init__(
         self, settings: Settings, state: m.LlmState, session: m.SessionLink | None,
         public: PublicLlm | None = None, supervisor: pykka.ActorRef | None = None,

@@ -51,6 +51,8 @@ class _Task:
 
 
 class SessionActor(TetherActor):
+    use_daemon_thread = True  # thousands of them: see TetherActor
+
     def __init__(self, settings: Settings, session_id: str,
                  supervisor: pykka.ActorRef, frame_ids: Iterator[int]) -> None:
         super().__init__()

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from types import MappingProxyType
 from typing import Any
 
 import pykka
@@ -24,7 +23,7 @@ import pykka
 from tether import errors, metrics
 from tether.actors import messages as m
 from tether.actors.base import TetherActor, tell
-from tether.actors.directory import Directory, SessionEntry
+from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
 from tether.config import Settings
@@ -45,10 +44,11 @@ class Supervisor(TetherActor):
         self._frame_ids = frame_ids if frame_ids is not None else itertools.count(1)
         self._settings = settings
         self._publish = publish
-        self._llms: dict[str, pykka.ActorRef] = {}
+        # Published as snapshots after each change: persistent maps, never copied.
+        self._llms: Index[str, pykka.ActorRef] = Index()
         self._owner: dict[str, str | None] = {}  # llm name -> session id
-        self._sessions: dict[str, SessionEntry] = {}
-        self._slots: dict[int, str] = {}
+        self._sessions: Index[str, SessionEntry] = Index()
+        self._slots: Index[int, str] = Index()
         self._next_slot = 1
         self._restarts: dict[tuple[str, str], deque[float]] = {}
 
@@ -118,9 +118,9 @@ class Supervisor(TetherActor):
     def _publish_directory(self) -> None:
         self._publish(
             Directory(
-                llms=MappingProxyType(dict(self._llms)),
-                sessions=MappingProxyType(dict(self._sessions)),
-                slots=MappingProxyType(dict(self._slots)),
+                llms=self._llms.snapshot(),
+                sessions=self._sessions.snapshot(),
+                slots=self._slots.snapshot(),
             )
         )
 
