@@ -216,3 +216,50 @@ def test_a_stream_after_the_hub_dropped_idle_connections_still_relays(
         items = [i for i in sse_items(r) if not isinstance(i, str)]
         assert items[-1].data == "[DONE]" and len(items) == 4
         time.sleep(6)  # past the hub's keepalive: every pooled connection is now stale
+
+
+def test_a_crashed_backend_actor_is_restarted_then_left_down_after_too_many(
+        hub, backend_factory, publish_factory, monkeypatch):
+    """A bug that kills a BackendActor: the publisher restarts it (its Llm keeps serving);
+    after too many crashes it leaves it down (hibernating: a request fails its wake at once)
+    and keeps serving the other backends, without reconnecting in a loop."""
+    monkeypatch.setenv("TETHER_FAULT_INJECTION", "1")  # SIGUSR1 crashes the first backend
+    backend = backend_factory()
+    publish = publish_factory([backend_spec(backend), backend_spec(backend, name="other")])
+    wait_status(hub, "llama", "active")
+    wait_status(hub, "other", "active")
+
+    publish.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: "restarted the actor of backend llama" in publish.logs())
+    assert chat(hub, "llama").status_code == 200
+
+    for crashes in range(2, 7):
+        publish.proc.send_signal(signal.SIGUSR1)
+        if crashes <= 5:
+            wait_until(lambda n=crashes: publish.logs().count(
+                "restarted the actor of backend llama") == n)
+    wait_until(lambda: "leaving it down" in publish.logs())
+    wait_status(hub, "llama", "hibernating")
+    started = time.monotonic()
+    r = chat(hub, "llama")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "wake_failed"
+    assert time.monotonic() - started < 5
+    assert chat(hub, "other").status_code == 200
+    assert publish.proc.poll() is None
+    assert "reconnecting" not in publish.logs() and "hub session" not in publish.logs()
+
+
+def test_a_wake_that_raises_fails_fast_and_does_not_wedge_the_backend(
+        hub, backend_factory, publish_factory):
+    """send_wol raising OSError (an unresolvable broadcast address) used to kill the wake
+    greenlet silently: `waking` stayed set and every request waited for the hub's
+    wake_timeout_s. Now each request gets 503 wake_failed at once."""
+    backend = backend_factory(start=False)
+    publish_factory([backend_spec(backend, wake={"wol": {"mac": "aa:bb:cc:dd:ee:ff",
+                                                          "broadcast": "no-such-host.invalid"}},
+                                  wake_timeout_s=5)])
+    wait_status(hub, "llama", "hibernating")
+    for _ in range(2):
+        body = {"messages": [{"role": "user", "content": "Hello"}]}
+        r = requests.post(f"{hub.url}/api/v1/llms/llama/infer", json=body, timeout=15)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "wake_failed", r.text

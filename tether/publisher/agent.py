@@ -7,6 +7,8 @@ import contextlib
 import logging
 import random
 import socket
+import time
+from collections import deque
 from typing import Any
 
 import gevent
@@ -14,10 +16,12 @@ import gevent.event
 import pykka
 
 from tether import sse
+from tether.actors.base import tell
+from tether.actors.messages import Crash
 from tether.openai_client import BackendClient, Unreachable, body_chunks
 from tether.publisher import messages as m
 from tether.publisher import tasks
-from tether.publisher.backend import BackendActor
+from tether.publisher.backend import BackendActor, Crashed
 from tether.publisher.clients import HubClient, socket_of
 from tether.publisher.config import BackendConfig, PublisherConfig
 
@@ -26,6 +30,9 @@ log = logging.getLogger("tether.publisher")
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 ASK_TIMEOUT_S = 5.0
+# Like the hub's supervisor: a backend actor that crashes more often than this is left down.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 10.0
 
 
 class Registration(Exception):
@@ -43,6 +50,8 @@ class Publisher:
         self._stream: Any = None
         self._heartbeat: gevent.Greenlet | None = None
         self._pending: list[gevent.Greenlet] = []
+        self._restarts: dict[str, deque[float]] = {}
+        self.down: set[str] = set()  # backends whose actor crashed too often: left down
 
     # --- session id ----------------------------------------------------------------------
 
@@ -82,7 +91,56 @@ class Publisher:
 
     def _start_actor(self, backend: BackendConfig, asleep: bool) -> None:
         self.actors[backend.name] = BackendActor.start(backend, self.hub, self.current_session,
-                                                       asleep)
+                                                       asleep, self._on_backend_crashed)
+
+    # --- supervision ---------------------------------------------------------------------
+
+    def _on_backend_crashed(self, crash: Crashed) -> None:
+        """Called from the crashed actor's on_failure (it answered its tasks already):
+        restart it at once in the state it had, or leave it down after too many crashes.
+        Never blocks: the actor's greenlet is ending."""
+        current = self.actors.get(crash.name)
+        if current is None or current.actor_urn != crash.ref.actor_urn or \
+                self.stopping.is_set():
+            return
+        now = time.monotonic()
+        history = self._restarts.setdefault(crash.name, deque())
+        while history and now - history[0] > RESTART_WINDOW_S:
+            history.popleft()
+        history.append(now)
+        backend = next(b for b in self.config.backends if b.name == crash.name)
+        if len(history) > MAX_RESTARTS:
+            log.error("the actor of backend %s crashed %d times in %g s: leaving it down "
+                      "(its Llm hibernates and every wake fails; restart tether publish)",
+                      crash.name, len(history), RESTART_WINDOW_S)
+            del self.actors[crash.name]
+            self.down.add(crash.name)
+            gevent.spawn(self._report_down, crash.name)
+            return
+        self._start_actor(backend, asleep=crash.asleep)
+        log.warning("restarted the actor of backend %s", crash.name)
+
+    def _report_down(self, name: str) -> None:
+        """A backend left down hibernates at the hub: a request wakes it, the wake fails at
+        once (see dispatch), and the client gets 503 `wake_failed` instead of a wait."""
+        if self.session_id is None:
+            return
+        try:
+            status, answer = self.hub.post("/api/v1/llms/_provider-status", {
+                "providerSessionId": self.session_id,
+                "llms": [{"name": name, "status": "hibernating"}]})
+        except Unreachable:
+            return  # the next register says hibernating
+        if status != 200:
+            log.warning("hub refused status hibernating for %s: %s", name,
+                        (answer or {}).get("error", {}).get("code"))
+
+    def crash_backend(self) -> None:
+        """Fault injection (TETHER_FAULT_INJECTION=1, SIGUSR1): the first backend's actor
+        raises, as a bug would."""
+        ref = self.actors.get(self.config.backends[0].name)
+        if ref is not None:
+            tell(ref, Crash())
 
     def _await_backend(self, backend: BackendConfig) -> None:
         client = BackendClient(backend.base_url, backend.api_key, 1)
@@ -145,9 +203,15 @@ class Publisher:
         specs = []
         for backend in self.config.backends:
             ref = self.actors.get(backend.name)
-            if ref is None:
+            if backend.name in self.down:
+                status = "hibernating"
+            elif ref is None:
                 continue
-            status = ref.ask(m.GetStatus(), timeout=ASK_TIMEOUT_S)
+            else:
+                try:
+                    status = ref.ask(m.GetStatus(), timeout=ASK_TIMEOUT_S)
+                except pykka.ActorDeadError:  # crashed just now: its restart is under way
+                    status = "hibernating"
             specs.append({"name": backend.name, "type": backend.type, "model": backend.model,
                           "tier": backend.tier, "description": backend.description,
                           "initialStatus": status})
@@ -202,22 +266,26 @@ class Publisher:
     def dispatch(self, task: dict[str, Any]) -> None:
         kind = task.get("kind")
         if kind == "cancel":
-            for ref in self.actors.values():
-                ref.tell(m.CancelTask(task["taskId"]))
+            for ref in list(self.actors.values()):
+                tell(ref, m.CancelTask(task["taskId"]))
             return
-        ref = self.actors.get(task.get("llmName", ""))
-        if ref is None:
-            gevent.spawn(self._answer_unknown, task)
-        elif kind == "infer":
-            ref.tell(m.RunInfer(task))
-        elif kind == "wake":
-            ref.tell(m.RunWake(task["taskId"]))
+        name = task.get("llmName", "")
+        ref = self.actors.get(name)
+        if name in self.down:
+            gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+                f"backend {name}'s actor is down on this publisher", 503, retryable=True))
+        elif ref is None:
+            gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+                f"no backend named {name!r} on this publisher", 404))
+        elif kind in ("infer", "wake"):
+            message = m.RunInfer(task) if kind == "infer" else m.RunWake(task["taskId"])
+            if not tell(ref, message):  # it crashed this instant; nothing ran
+                gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+                    f"backend {name}'s actor is restarting", 503, retryable=True))
 
-    def _answer_unknown(self, task: dict[str, Any]) -> None:
+    def _answer(self, task_id: str, result: dict[str, Any]) -> None:
         with contextlib.suppress(tasks.TaskGone, Unreachable):
-            tasks.post_result(self.hub, self.current_session, task["taskId"],
-                              tasks.error_result(f"no backend named {task.get('llmName')!r} "
-                                                 "on this publisher", 404))
+            tasks.post_result(self.hub, self.current_session, task_id, result)
 
     # --- heartbeat -----------------------------------------------------------------------
 

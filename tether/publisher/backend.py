@@ -13,9 +13,11 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import pykka
 
 from tether.actors.base import TetherActor, tell
 from tether.openai_client import BackendClient, Unreachable
@@ -33,10 +35,21 @@ PROBE_EVERY_S = 0.25
 REMEMBERED_TASKS = 4096
 
 
+@dataclass(frozen=True)
+class Crashed:
+    """What a crashed BackendActor tells the publisher, from its on_failure."""
+
+    name: str
+    ref: pykka.ActorRef
+    asleep: bool
+
+
 class BackendActor(TetherActor):
     def __init__(self, backend: BackendConfig, hub: HubClient,
-                 session_id: Callable[[], str | None], asleep: bool) -> None:
+                 session_id: Callable[[], str | None], asleep: bool,
+                 on_crash: Callable[[Crashed], None] | None = None) -> None:
         super().__init__()
+        self.on_crashed = on_crash
         self.backend = backend
         self.client = BackendClient(backend.base_url, backend.api_key, backend.max_concurrency)
         self.hub = hub
@@ -72,6 +85,27 @@ class BackendActor(TetherActor):
             greenlet.kill(block=False)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+
+    def on_crash(self) -> None:
+        """A bug killed this actor: answer every task it held (the hub would otherwise wait
+        for them until `infer_timeout_s`) and stop its greenlets; the publisher restarts it."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        for greenlet in (*self.running.values(), self.waking, self.sleeping):
+            if greenlet is not None:
+                greenlet.kill(block=False)
+        crashed = "the publisher's actor for this backend crashed"
+        for task_id in self.running:
+            self._post_later(task_id, tasks.error_result(crashed))
+        for task in self.waiting:  # never sent to the backend: safe to run elsewhere
+            self._post_later(task["taskId"], tasks.error_result(crashed, retryable=True))
+        for task_id in self.wake_tasks:
+            self._post_later(task_id, tasks.error_result(f"wake failed: {crashed}", 503))
+        self.running, self.waiting, self.wake_tasks = {}, deque(), []
+
+    def report_crash(self) -> None:
+        if self.on_crashed is not None:
+            self.on_crashed(Crashed(self.backend.name, self.actor_ref, self.asleep))
 
     # --- infer ---------------------------------------------------------------------------
 
@@ -143,7 +177,16 @@ class BackendActor(TetherActor):
         me, backend, client = self.actor_ref, self.backend, self.client
 
         def wake() -> None:
-            tell(me, m.WakeFinished(_wake(backend, client)))
+            # Whatever happens, the actor hears the outcome: a wake that ended without a
+            # word would leave `waking` set and the backend wedged for good.
+            error: str | None = "the wake was interrupted"
+            try:
+                error = _wake(backend, client)
+            except Exception as exc:  # noqa: BLE001 - e.g. OSError from send_wol
+                log.warning("wake of %s failed: %r", backend.name, exc)
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                tell(me, m.WakeFinished(error))
 
         self.waking = gevent.spawn(wake)
 
@@ -199,13 +242,23 @@ class BackendActor(TetherActor):
         me, backend, report = self.actor_ref, self.backend, self._report_hibernating
 
         def sleep() -> None:
+            # Always tell the outcome (see wake): `sleeping` must never stay set.
+            error: str | None = "the sleep recipe was interrupted"
             try:
                 recipes.run(backend.sleep, timeout=backend.wake_timeout_s)
             except recipes.RecipeFailed as exc:
-                tell(me, m.SleepFinished(str(exc)))
-                return
-            report()
-            tell(me, m.SleepFinished(None))
+                error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - e.g. OSError from send_wol
+                log.warning("sleep recipe of %s failed: %r", backend.name, exc)
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = None
+                try:
+                    report()
+                except Exception:  # asleep all the same; the next register says so
+                    log.exception("reporting %s hibernating failed", backend.name)
+            finally:
+                tell(me, m.SleepFinished(error))
 
         log.info("backend %s idle for %gs: running its sleep recipe", backend.name,
                  backend.idle_sleep_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -77,5 +78,7 @@ def run(args: argparse.Namespace) -> int:
     publisher = Publisher(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, publisher.stop)
+    if os.environ.get("TETHER_FAULT_INJECTION") == "1":  # tests only, as on the hub
+        gevent.signal_handler(signal.SIGUSR1, publisher.crash_backend)
     publisher.run()
     return 0

@@ -6,6 +6,7 @@ connection (the backend sees the client go away).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -55,8 +56,16 @@ def _code(answer: Any) -> str:
     return "?"
 
 
-def error_result(message: str, status: int = 502) -> dict[str, Any]:
-    return {"error": {"message": message, "status": status}}
+def error_result(message: str, status: int = 502, code: str | None = None,
+                 retryable: bool = False) -> dict[str, Any]:
+    """An error result. `retryable` says the backend never saw the task (PROTOCOL: the hub
+    may then run it elsewhere)."""
+    error: dict[str, Any] = {"message": message, "status": status}
+    if code is not None:
+        error["code"] = code
+    if retryable:
+        error["retryable"] = True
+    return {"error": error}
 
 
 def run_infer(task: dict[str, Any], backend: BackendConfig, client: BackendClient,
@@ -86,6 +95,14 @@ def run_infer(task: dict[str, Any], backend: BackendConfig, client: BackendClien
         raise
     except Unreachable:
         outcome = "hub-unreachable"
+    except Exception:
+        # A bug, or a failure nobody foresaw: answer at once (the client would otherwise
+        # wait for `infer_timeout_s`) and leave the task id in the log.
+        outcome = "crashed"
+        log.exception("task %s llm=%s failed unexpectedly", task_id, backend.name)
+        with contextlib.suppress(TaskGone, Unreachable):
+            post_result(hub, session_id, task_id, error_result(
+                f"the publisher failed on this task ({task_id})", 502, "publisher_error"))
     finally:
         log.info("task %s llm=%s endpoint=%s status=%s duration_ms=%d", task_id, backend.name,
                  endpoint, outcome, (time.monotonic() - started) * 1000)
@@ -130,6 +147,10 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
             items.put(("status", exc))
         except Unreachable as exc:
             items.put(("error", f"backend {backend.name}: {exc}"))
+        except Exception as exc:  # a bug here must still end the upload, never hang it
+            log.exception("task %s: reading the backend stream failed", task_id)
+            items.put(("error", f"the publisher failed reading backend {backend.name}: "
+                                f"{type(exc).__name__}"))
 
     outcome = ["?"]
 
