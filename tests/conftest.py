@@ -8,15 +8,26 @@ from typing import Any
 import pykka
 import pytest
 
+from tests.support import postgres
 from tests.support.hub import Hub
 from tests.support.publisher import TestPublisher
+
+# For tests that must hold on both stores: `@BOTH_DATABASES` on a test using `hub`, or
+# `@pytest.mark.parametrize("database", DATABASES)` and `hub_factory(database=database)`.
+DATABASES = ["sqlite", "postgresql"]
+BOTH_DATABASES = pytest.mark.parametrize("hub", DATABASES, indirect=True)
 
 
 @pytest.fixture
 def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     hubs: list[Hub] = []
+    databases: list[postgres.Database] = []
 
-    def make(env: dict[str, str] | None = None, **settings: Any) -> Hub:
+    def make(env: dict[str, str] | None = None, database: str = "sqlite",
+             **settings: Any) -> Hub:
+        if database == "postgresql" and "database_url" not in settings:
+            databases.append(postgres.create())  # a fresh one, dropped after the hubs stop
+            settings["database_url"] = databases[-1].url
         hub = Hub(tmp_path, env=env, **settings).start()
         hubs.append(hub)
         return hub
@@ -24,11 +35,24 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     yield make
     for hub in hubs:
         hub.stop()
+    for db in databases:
+        db.drop()
 
 
 @pytest.fixture
-def hub(hub_factory: Callable[..., Hub]) -> Hub:
-    return hub_factory()
+def hub(hub_factory: Callable[..., Hub], request: pytest.FixtureRequest) -> Hub:
+    return hub_factory(database=getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind, for tests of the store on its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    db = postgres.create()
+    yield db.url
+    db.drop()
 
 
 @pytest.fixture

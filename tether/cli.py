@@ -31,6 +31,11 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from tether.store import db
+
+    # Checked here, before gunicorn forks: a database that cannot be opened is one line and
+    # status 2, not a worker's boot traceback.
+    db.check(settings.database_url)
     from tether.http.server import serve
 
     serve(settings)
@@ -41,6 +46,7 @@ def _open_store(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, overrides={"database_url": args.database_url})
     from tether.store import db, migrations
 
+    db.check(settings.database_url)
     db.init(settings.database_url)
     migrations.migrate()
 
@@ -143,11 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tether.store.db import DatabaseUnavailable
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except ConfigError as exc:
         print(f"tether: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:
+        print(f"tether {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

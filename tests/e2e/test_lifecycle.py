@@ -5,11 +5,17 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
+from tests.conftest import DATABASES
 from tests.support.hub import Hub, wait_until
 
 
-def test_sweep_marks_stale_rows_inactive_then_deletes_them(hub_factory, publisher_factory):
-    hub = hub_factory(heartbeat_timeout_s=0.6, gc_interval_s=0.2, inactive_retention_s=1.0)
+@pytest.mark.parametrize("database", DATABASES)
+def test_sweep_marks_stale_rows_inactive_then_deletes_them(hub_factory, publisher_factory,
+                                                           database):
+    hub = hub_factory(heartbeat_timeout_s=0.6, gc_interval_s=0.2, inactive_retention_s=1.0,
+                      database=database)
     quiet = publisher_factory(url=hub.url)
     quiet.register("quiet")
     alive = publisher_factory(url=hub.url)
@@ -40,10 +46,11 @@ def test_sweep_leaves_hibernating_rows_alone_while_heartbeats_arrive(hub_factory
     wait_until(lambda: hub.llm("sleepy")["status"] == "inactive", timeout=3)
 
 
+@pytest.mark.parametrize("database", DATABASES)
 def test_rows_survive_a_restart_inactive_until_their_publisher_comes_back(
-    hub_factory, publisher_factory
+    hub_factory, publisher_factory, database
 ):
-    hub = hub_factory()
+    hub = hub_factory(database=database)
     pub = publisher_factory("sticky-session", url=hub.url)
     row = pub.register("m1")["llms"][0]
     pub.open()

@@ -7,6 +7,7 @@ import socket
 import openai
 import pytest
 
+from tests.conftest import BOTH_DATABASES
 from tests.support.hub import Hub, free_port
 from tests.support.procs import wait_status
 
@@ -46,6 +47,7 @@ def test_models_lists_live_llms_only(hub, published):
         client.models.retrieve("gone")
 
 
+@BOTH_DATABASES
 def test_chat_both_ways(hub, published):
     client = sdk(hub)
     answer = client.chat.completions.create(
@@ -82,6 +84,7 @@ def test_legacy_completions_and_embeddings(hub, published):
     assert published.stats()["models"][-1] == "demo-model"
 
 
+@BOTH_DATABASES
 def test_errors_map_to_the_sdk_exceptions(hub, published):
     client = sdk(hub)
     with pytest.raises(openai.NotFoundError) as missing:

@@ -11,6 +11,7 @@ import time
 import pytest
 import requests
 
+from tests.conftest import DATABASES
 from tests.support.procs import TETHER, wait_status
 from tests.support.publisher import Stream, TestPublisher
 
@@ -75,8 +76,8 @@ class KeyedPublisher(TestPublisher):
 
 
 @pytest.fixture
-def secured(hub_factory):
-    hub = hub_factory(auth="on")
+def secured(hub_factory, request):
+    hub = hub_factory(auth="on", database=getattr(request, "param", "sqlite"))
     keys = {name: make_key(hub, role, name) for name, role in (
         ("pub-a", "publisher"), ("pub-b", "publisher"), ("client", "client"),
         ("root", "admin"))}
@@ -107,6 +108,7 @@ def test_missing_unknown_and_malformed_keys_are_401(secured):
     assert call(hub, "GET", "/openapi.json").json()["openapi"] == "3.1.0"
 
 
+@pytest.mark.parametrize("secured", DATABASES, indirect=True)
 def test_revocation_takes_effect_on_the_next_request(secured):
     hub, keys = secured
     assert call(hub, "GET", "/api/v1/llms", keys["client"]).status_code == 200
@@ -132,6 +134,7 @@ def test_roles_keep_to_their_routes(secured):
     assert metrics.status_code == 200 and "tether_publisher_sessions" in metrics.text
 
 
+@pytest.mark.parametrize("secured", DATABASES, indirect=True)
 def test_a_session_belongs_to_the_key_that_registered_it(secured):
     hub, keys = secured
     owner = KeyedPublisher(hub.url, keys["pub-a"], "session-a")

@@ -1,4 +1,5 @@
-"""The store on its own: atomic registration, guarded writes, the sweep queries."""
+"""The store on its own: atomic registration, guarded writes, the sweep queries — on SQLite
+and on PostgreSQL (the `database_url` fixture runs each test on both)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,21 @@ from tether.store.models import Llm, utcnow
 
 
 @pytest.fixture(autouse=True)
-def database(tmp_path):
-    db.init(f"sqlite:///{tmp_path / 'store.db'}")
+def database(database_url):
+    db.init(database_url)
     migrations.migrate()
-    yield
+    yield database_url
     db.close()
+
+
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def spec(name: str, **kw) -> dict:
     return {"name": name, "type": "openai", "model": "m", **kw}
 
 
+@sqlite_only
 def test_sqlite_runs_in_wal_mode(tmp_path):
     with db.connection() as conn:
         assert conn.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -70,6 +75,7 @@ def test_startup_deactivates_every_virtual_row():
     assert {r.status for r in store.list_all()} == {"inactive"}
 
 
+@sqlite_only
 def test_a_version_1_database_is_migrated_in_place(tmp_path):
     """A hub from before keys existed: its rows survive and the key tables appear."""
     import sqlite3
@@ -97,3 +103,31 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
     key = keys.create("k", "client")
     assert keys.verify(key).name == "k"
     assert migrations.migrate() == migrations.CURRENT_VERSION == 2
+
+
+def test_keys_and_session_owners(database):
+    from tether.store import keys
+
+    key = keys.create("k", "client")
+    with pytest.raises(ValueError):
+        keys.create("k", "admin")
+    assert keys.verify(key) == keys.Caller("k", "client")
+    assert keys.claim_session("s1", "k") == "k"
+    assert keys.claim_session("s1", "other") == "k"  # the first claim stays
+    assert keys.revoke("k") and not keys.revoke("k")
+    assert keys.verify(key) is None
+    assert [row["name"] for row in keys.list_keys()] == ["k"]
+
+
+def test_public_rows_sync_and_timestamps_round_trip(database):
+    from types import SimpleNamespace
+
+    llm = SimpleNamespace(name="cloud", type="openai", model="m", tier="slow",
+                          description="d", extra_config={"a": [1, 2]})
+    assert store.sync_public([llm]) == (1, 0)
+    row = store.get("cloud")
+    assert (row.kind, row.extra_config, row.tier) == ("public", {"a": [1, 2]}, "slow")
+    assert store.sync_public([]) == (0, 1)
+    store.register("s1", [spec("a")])
+    wire = store.get("a").to_wire()
+    assert wire["lastHeartbeatAt"].endswith("Z") and wire["inactiveSince"] is None

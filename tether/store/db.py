@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 from playhouse import db_url
@@ -11,6 +15,10 @@ from playhouse import db_url
 database = peewee.DatabaseProxy()
 
 _SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1}
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be opened; the message is one line naming it (no password)."""
 
 
 def connect(url: str) -> peewee.Database:
@@ -26,22 +34,95 @@ def connect(url: str) -> peewee.Database:
     if scheme in ("sqlite", "postgres", "postgresql"):
         scheme = f"{scheme}+pool"
     if scheme.startswith("sqlite"):
+        if not rest.startswith("/"):
+            raise ValueError("SQLite URLs take three slashes: sqlite:///relative/path.db, "
+                             "sqlite:////absolute/path.db")
         kwargs["pragmas"] = _SQLITE_PRAGMAS
         kwargs["check_same_thread"] = False
     elif scheme.startswith("postgres"):
+        kwargs["connect_timeout"] = 10  # an unreachable server fails, not hangs
         _make_psycopg_green()
-    return db_url.connect(f"{scheme}://{rest}", **kwargs)
+    db = db_url.connect(f"{scheme}://{rest}", **kwargs)
+    _per_greenlet(db)
+    return db
+
+
+def _per_greenlet(db: peewee.Database) -> None:
+    """Give each greenlet its own connection state.
+
+    peewee keeps "the current connection" in a threading.local subclass made when peewee is
+    imported. Imported before gevent patched threading (`tether serve` opens the database
+    once in gunicorn's master, which then forks the worker), that local is one state for
+    every greenlet, and two greenlets whose queries interleave (psycopg2 yields to the loop
+    while it waits) would share one connection: "Connection already opened".
+    """
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading") and isinstance(db._state, peewee._ConnectionLocal):
+        db._state = _greenlet_state()()
+
+
+@functools.cache
+def _greenlet_state() -> type:
+    # Built after patching, so `threading.local` is gevent's greenlet-local.
+    return type("GreenletConnectionState", (peewee._ConnectionState, threading.local), {})
+
+
+def _gevent_wait(conn: Any, timeout: float | None = None) -> None:
+    """psycopg2's wait callback: wait for the socket on the gevent loop, not in libpq."""
+    import psycopg2
+    from gevent.socket import wait_read, wait_write
+    from psycopg2 import extensions
+
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        if state == extensions.POLL_READ:
+            wait_read(conn.fileno(), timeout=timeout)
+        elif state == extensions.POLL_WRITE:
+            wait_write(conn.fileno(), timeout=timeout)
+        else:
+            raise psycopg2.OperationalError(f"unexpected state from poll(): {state}")
 
 
 def _make_psycopg_green() -> None:
-    """psycopg2 blocks the gevent loop unless psycogreen patches it (when installed)."""
-    try:
-        from gevent import monkey
-        from psycogreen.gevent import patch_psycopg
-    except ImportError:
-        return
+    """Under gevent, libpq's blocking socket waits would stop every greenlet (actors, SSE)
+    for the length of a query. The wait callback makes psycopg2 yield to the loop instead.
+    It is psycogreen's ten lines, kept here rather than depending on that package (last
+    released 2020) for them."""
+    from gevent import monkey
+
     if monkey.is_module_patched("socket"):
-        patch_psycopg()
+        from psycopg2 import extensions
+
+        extensions.set_wait_callback(_gevent_wait)
+
+
+def redact(url: str) -> str:
+    """`url` without its password, fit for a message or a log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check(url: str) -> None:
+    """Open `url` once and run a query; DatabaseUnavailable says why it could not."""
+    try:
+        db = connect(url)
+        try:
+            db.connect()
+            db.execute_sql("SELECT 1")
+        finally:
+            db.close_all() if hasattr(db, "close_all") else db.close()
+    except (peewee.PeeweeException, peewee.ImproperlyConfigured, ValueError, RuntimeError,
+            OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, peewee.ImproperlyConfigured | RuntimeError):
+            reason += " (Tether supports sqlite:///path and postgresql://user@host/db)"
+        raise DatabaseUnavailable(f"cannot open the database {redact(url)}: {reason}") from exc
 
 
 def init(url: str) -> peewee.Database:
