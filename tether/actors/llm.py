@@ -252,11 +252,14 @@ class LlmActor(TetherActor):
             self._session = msg.session
 
     def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
+        """The row's heartbeat is written here, by its owner, in turn with the sweep's
+        staleness check and every status write (never from an HTTP greenlet)."""
         if self._state.session_id != msg.session_id:
             return False
         if self._state.status == INACTIVE:
-            self._write_status(ACTIVE)
-        return True
+            self._write_status(ACTIVE)  # stamps the heartbeat too
+            return True
+        return store.bump_heartbeat(self._state.name, msg.session_id)
 
     def _on_set_status(self, msg: m.SetStatus) -> bool:
         if self._state.session_id != msg.session_id:

@@ -101,11 +101,11 @@ class ActorSystem:
         return entry.names if entry is not None else frozenset()
 
     def heartbeat(self, session_id: str) -> int:
-        names = self.owned_names(session_id)
-        if not names or store.bump_heartbeat(session_id) == 0:
+        """Each LlmActor of the session writes its own row (only actors write rows)."""
+        owned = sum(self._ask_all(self.owned_names(session_id), m.RecordHeartbeat(session_id)))
+        if not owned:
             raise errors.session_not_found(session_id)
-        self._ask_all(names, m.RecordHeartbeat(session_id))
-        return len(names)
+        return owned
 
     def set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
         futures = _ask(self.supervisor, m.ReportStatus(session_id, tuple(updates)))

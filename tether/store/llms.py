@@ -84,12 +84,14 @@ def register(session_id: str, providers: Sequence[dict[str, Any]]) -> list[Llm]:
     return rows
 
 
-def bump_heartbeat(session_id: str) -> int:
+def bump_heartbeat(name: str, session_id: str) -> bool:
+    """The LlmActor's heartbeat write; False if the row is no longer the session's."""
     with connection():
         now = utcnow()
-        return (
+        return bool(
             Llm.update(last_heartbeat_at=now, updated_at=now)
-            .where(Llm.provider_session_id == session_id, Llm.kind == KIND_VIRTUAL)
+            .where(Llm.name == name, Llm.provider_session_id == session_id,
+                   Llm.kind == KIND_VIRTUAL)
             .execute()
         )
 

@@ -1,0 +1,72 @@
+"""Heartbeats (issue 11.11): each LlmActor writes its own row; the HTTP side writes nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.actors.conftest import Outbox, provider
+from tether.errors import TetherError
+from tether.store import db
+from tether.store import llms as store
+
+WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+@pytest.fixture
+def writers(monkeypatch):
+    """The thread of every row write the store makes while the test runs."""
+    seen: list[str] = []
+    database = db.database.obj
+    original = database.execute_sql
+
+    def execute_sql(sql, *args, **kwargs):
+        if sql.lstrip().upper().startswith(WRITES):
+            seen.append(threading.current_thread().name)
+        return original(sql, *args, **kwargs)
+
+    monkeypatch.setattr(database, "execute_sql", execute_sql)
+    return seen
+
+
+def _row(name):
+    return store.get(name)
+
+
+def test_a_heartbeat_is_written_by_the_llm_actors_not_the_caller(system, writers):
+    system.register("s1", [provider("a"), provider("b")])
+    before = {name: _row(name).last_heartbeat_at for name in ("a", "b")}
+    time.sleep(0.002)
+    writers.clear()
+    assert system.heartbeat("s1") == 2
+    for name in ("a", "b"):
+        row = _row(name)
+        assert row.last_heartbeat_at > before[name] and row.status == "active"
+    caller = threading.current_thread().name
+    assert writers and caller not in writers
+    assert all("LlmActor" in name for name in writers), writers
+
+
+def test_a_heartbeat_revives_inactive_rows_from_the_actor(system, writers):
+    system.register("s1", [provider("a"), provider("sleepy", "hibernating")])
+    outbox = Outbox()
+    token = system.open_stream("s1", outbox.queue, None)
+    system.close_stream("s1", token)
+    deadline = time.monotonic() + 3
+    while _row("a").status != "inactive":
+        assert time.monotonic() < deadline, "the stream loss never marked the row inactive"
+        time.sleep(0.02)
+    writers.clear()
+    assert system.heartbeat("s1") == 2
+    a, sleepy = _row("a"), _row("sleepy")
+    assert (a.status, a.inactive_since) == ("active", None)
+    assert sleepy.status == "hibernating"  # only inactive rows are revived
+    assert writers and all("LlmActor" in name for name in writers), writers
+
+
+def test_a_session_that_owns_no_rows_gets_session_not_found(system):
+    with pytest.raises(TetherError) as refused:
+        system.heartbeat("nobody")
+    assert (refused.value.status, refused.value.code) == (404, "session_not_found")
