@@ -91,6 +91,24 @@ def setup(level: str, fmt: str) -> None:
         gl.propagate = True
 
 
+def gunicorn_logconfig(level: str) -> dict[str, Any]:
+    """gunicorn's `logconfig_dict` for log_format = "json": its master's lines as JSON."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json",
+               "stream": "ext://sys.stderr"}
+    logger = {"level": level.upper(), "handlers": ["console"], "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "tether.logs.JsonFormatter"}},
+        "handlers": {"console": handler},
+        # A logconfig_dict turns gunicorn's access log on; conf/gunicorn.conf.py keeps it off
+        # (the hub logs one line per request itself).
+        "loggers": {"gunicorn.error": logger,
+                    "gunicorn.access": {"level": "CRITICAL", "propagate": False}},
+        "root": {"level": level.upper(), "handlers": ["console"]},
+    }
+
+
 class RequestIdMiddleware:
     """Gives every request an id (the client's X-Request-Id when it is a plain token),
     echoed in the response's X-Request-Id header and put on every line logged meanwhile."""

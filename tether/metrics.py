@@ -34,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 from tether.board import BOARD
 
 log = logging.getLogger("tether.requests")
+wake_log = logging.getLogger("tether.wakes")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -215,6 +216,15 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def task_fields(task_id: str, llm: str, session: str, endpoint: str, outcome: str,
+                started: float) -> dict[str, Any]:
+    """The structured fields of a task's log line (`outcome` is "200", "503:code", ...)."""
+    status, _, code = outcome.partition(":")
+    return {"task_id": task_id, "llm": llm, "session": session, "endpoint": endpoint,
+            "status": int(status) if status.isdigit() else status, "code": code or None,
+            "duration_ms": _ms(time.monotonic() - started)}
+
+
 @_safe
 def task_cancelled(llm: str, reason: str, reply: Any = None) -> None:
     TASKS_CANCELLED.labels(llm, reason).inc()
@@ -242,6 +252,7 @@ def wake_started(llm: str, task_id: str) -> None:
     _wakes[task_id] = time.monotonic()
     WAKES.labels(llm, "started").inc()
     BOARD.wake_started(llm)
+    wake_log.info("wake %s of %s started", task_id, llm, extra={"task_id": task_id, "llm": llm})
 
 
 @_safe
@@ -254,6 +265,10 @@ def wake_ended(llm: str, task_id: str, outcome: str) -> None:
     WAKES.labels(llm, outcome).inc()
     WAKE_SECONDS.labels(llm, outcome).observe(seconds)
     BOARD.wake_ended(llm, outcome, seconds)
+    wake_log.log(logging.INFO if outcome == "succeeded" else logging.WARNING,
+                 "wake %s of %s %s in %d ms", task_id, llm, outcome, _ms(seconds),
+                 extra={"task_id": task_id, "llm": llm, "status": outcome,
+                        "duration_ms": _ms(seconds)})
 
 
 # --- actors ------------------------------------------------------------------------------

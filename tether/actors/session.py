@@ -244,6 +244,8 @@ class SessionActor(TetherActor):
             "task %s llm=%s endpoint=%s outcome=%s duration_ms=%d",
             task.task_id, task.llm_name, task.endpoint, _outcome_label(outcome),
             (time.monotonic() - task.started) * 1000,
+            extra=metrics.task_fields(task.task_id, task.llm_name, self._session_id,
+                                      task.endpoint, _outcome_label(outcome), task.started),
         )
 
     def _on_cancel(self, msg: m.CancelTask) -> None:

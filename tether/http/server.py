@@ -9,6 +9,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from tether import logs
 from tether.config import REPO_ROOT, Settings
 
 GUNICORN_CONF = Path("conf/gunicorn.conf.py")
@@ -66,6 +67,8 @@ class HubApplication(BaseApplication):
         self.cfg.set("workers", 1)
         self.cfg.set("worker_class", "gevent")
         self.cfg.set("loglevel", self.settings.log_level)
+        if self.settings.log_format == "json":  # gunicorn's own lines are JSON too
+            self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(self.settings.log_level))
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn >= 25.1 opens a control socket in $HOME: several hubs would collide
             # on it, and it could raise the worker count past the one Tether supports.
