@@ -9,6 +9,7 @@ starts `tether serve`, `tether demo-backend` and `tether publish`.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +31,15 @@ def user_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # usual wheel cache, exactly what `pip install .` resolves for a user.
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # From a copy: pip builds in the source tree, and a stale build/ there could hide a
+    # deleted module or leak into the next build.
+    source = tmp_path_factory.mktemp("source") / "tether"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
+        "results"))
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", str(REPO)],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+         str(source)],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"pip install failed:\n{done.stdout}\n{done.stderr}"
     return venv

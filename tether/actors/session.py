@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -69,6 +70,8 @@ class SessionActor(TetherActor):
         self._grace: Timer | None = None
         self._draining = False
         self._opened_at = 0.0
+        self._replaced: deque[float] = deque()  # when a stream replaced a live one
+        self._replaced_warned = float("-inf")
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -89,6 +92,7 @@ class SessionActor(TetherActor):
     def _on_open_stream(self, msg: m.OpenStream) -> int:
         if self._outbox is not None:
             self._outbox.put(m.Close())  # a second stream replaces the first
+            self._note_replaced()
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -108,6 +112,19 @@ class SessionActor(TetherActor):
                 if task.frame_id > last:
                     msg.outbox.put(task.frame)
         return self._token
+
+    def _note_replaced(self) -> None:
+        """Two live processes on one session id take the stream from each other forever:
+        say so (at most once a minute) when it is replaced more than 3 times in a minute."""
+        now = time.monotonic()
+        self._replaced.append(now)
+        while now - self._replaced[0] > 60:
+            self._replaced.popleft()
+        if len(self._replaced) > 3 and now - self._replaced_warned > 60:
+            self._replaced_warned = now
+            log.warning("the stream of session %s was replaced %d times in a minute: two "
+                        "publishers may share one session id (one session file)",
+                        self._session_id, len(self._replaced))
 
     def _on_stream_closed(self, msg: m.StreamClosed) -> None:
         if msg.token != self._token or self._outbox is None:

@@ -4,11 +4,14 @@ back after any loss (stream ended, hub down, 404 on heartbeat) with backoff and 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import random
 import socket
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -39,11 +42,49 @@ class Registration(Exception):
     """The hub refused to register us (e.g. a name owned by another publisher)."""
 
 
+class SessionFileBusy(Exception):
+    """Another running publisher holds the session file; `tether publish` exits 2."""
+
+
+class SessionFile:
+    """The file that keeps the session id, held under an exclusive lock for the life of the
+    process: two publishers presenting one session id would take the hub's stream from each
+    other forever (each reconnect replaces the other's stream)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise SessionFileBusy(
+                f"the session file {path} is in use by another running tether publish; "
+                "stop that one, or give this one its own file (session_file / "
+                "--session-file)") from None
+
+    def read(self) -> str | None:
+        data = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
+        return data or None
+
+    def write(self, session_id: str) -> None:
+        data = (session_id + "\n").encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)  # closing the last descriptor releases the lock
+
+
 class Publisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.hub = HubClient(config.hub, config.key)
-        self.session_id: str | None = self._load_session()
+        self.session_file = SessionFile(config.session_path)
+        self.session_id: str | None = self.session_file.read()
         self.actors: dict[str, pykka.ActorRef] = {}
         self.last_event_id: str | None = None
         self.stopping = gevent.event.Event()
@@ -55,21 +96,11 @@ class Publisher:
 
     # --- session id ----------------------------------------------------------------------
 
-    def _load_session(self) -> str | None:
-        path = self.config.session_path
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            return None
-        return text or None
-
     def _save_session(self, session_id: str) -> None:
-        path = self.config.session_path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(session_id + "\n")
+            self.session_file.write(session_id)
         except OSError as exc:
-            log.warning("cannot keep the session id in %s: %s", path, exc)
+            log.warning("cannot keep the session id in %s: %s", self.session_file.path, exc)
 
     def current_session(self) -> str | None:
         return self.session_id

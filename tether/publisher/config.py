@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -11,7 +12,9 @@ from typing import Any
 
 from tether.http.schemas import LLM_NAME_PATTERN
 
-DEFAULT_SESSION_FILE = "~/.local/state/tether/publisher-session"
+# Without `session_file`, the file is named after what is published (hub URL and backend
+# names): two different publishers on one machine never share a session id by accident.
+SESSION_DIR = "~/.local/state/tether"
 MAC = re.compile(r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$")
 
 
@@ -60,7 +63,7 @@ class PublisherConfig:
     hub: str
     backends: tuple[BackendConfig, ...]
     key_env: str | None = None
-    session_file: str = DEFAULT_SESSION_FILE
+    session_file: str | None = None
     probe_interval_s: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,7 +73,11 @@ class PublisherConfig:
 
     @property
     def session_path(self) -> Path:
-        return Path(os.path.expanduser(self.session_file))
+        if self.session_file is not None:
+            return Path(os.path.expanduser(self.session_file))
+        published = "\n".join([self.hub, *sorted(b.name for b in self.backends)])
+        digest = hashlib.sha256(published.encode()).hexdigest()[:16]
+        return Path(os.path.expanduser(SESSION_DIR)) / f"publisher-{digest}.session"
 
 
 _TOP = {"hub", "key_env", "session_file", "probe_interval_s", "backends"}
@@ -191,7 +198,7 @@ def parse(data: dict[str, Any], source: str) -> PublisherConfig:
         hub=hub.rstrip("/"),
         backends=backends,
         key_env=_string(data, "key_env", source),
-        session_file=_string(data, "session_file", source) or DEFAULT_SESSION_FILE,
+        session_file=_string(data, "session_file", source),
         probe_interval_s=float(_number(data, "probe_interval_s", source, 5.0)),
     )
 

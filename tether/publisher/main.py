@@ -71,11 +71,19 @@ def run(args: argparse.Namespace) -> int:
     monkey.patch_all()
     import gevent
 
-    from tether.publisher.agent import Publisher
+    from tether.publisher.agent import Publisher, SessionFileBusy
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    publisher = Publisher(config)
+    try:
+        publisher = Publisher(config)
+    except SessionFileBusy as exc:
+        print(f"tether publish: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"tether publish: cannot open the session file {config.session_path}: {exc}",
+              file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, publisher.stop)
     if os.environ.get("TETHER_FAULT_INJECTION") == "1":  # tests only, as on the hub
