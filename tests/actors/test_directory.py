@@ -3,6 +3,7 @@ grow with the number of sessions (opening 10,000 sessions was quadratic)."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
@@ -80,7 +81,7 @@ def test_hub_actors_do_not_slow_down_each_thread_start():
     # per session and per Llm that made the 20,000th start cost milliseconds.
     locks = getattr(threading, "_shutdown_locks", None)
     before = len(locks) if locks is not None else 0
-    refs = [SessionActor.start(Settings(), f"s{i}", None) for i in range(20)]
+    refs = [SessionActor.start(Settings(), f"s{i}", None, itertools.count(1)) for i in range(20)]
     refs += [LlmActor.start(Settings(), _state(f"m{i}"), None) for i in range(20)]
     try:
         assert all(ref.is_alive() for ref in refs)
