@@ -263,3 +263,32 @@ def test_a_wake_that_raises_fails_fast_and_does_not_wedge_the_backend(
         body = {"messages": [{"role": "user", "content": "Hello"}]}
         r = requests.post(f"{hub.url}/api/v1/llms/llama/infer", json=body, timeout=15)
         assert r.status_code == 503 and r.json()["error"]["code"] == "wake_failed", r.text
+
+
+def test_a_name_held_elsewhere_does_not_keep_the_other_backends_offline(
+        hub, backend_factory, publish_factory, publisher_factory):
+    squatter = publisher_factory()
+    squatter.register("llama")
+    stream = squatter.open()  # holds llama active under another session
+    other = publisher_factory()
+    r = other.register("fresh", "llama", expect=409)
+    assert r["error"]["code"] == "llm_owned_by_other_session"
+    assert r["error"]["param"] == "providers[1].name"
+
+    backend = backend_factory()
+    publish = publish_factory([backend_spec(backend), backend_spec(backend, name="other")],
+                              probe_interval_s=0.3)
+    row = wait_status(hub, "other", "active")
+    assert hub.llm("llama")["providerSessionId"] == squatter.session_id
+    assert chat(hub, "other").status_code == 200
+    time.sleep(1.5)  # several retries of the held name: still logged once
+    assert publish.logs().count("llama is published by another session") == 1
+
+    stream.close()  # the squatter goes away: its row turns inactive, the retry takes it
+    taken = wait_until(lambda: (lambda r: r if r["providerSessionId"] ==
+                                row["providerSessionId"] and r["status"] == "active"
+                                else None)(hub.llm("llama")), timeout=10)
+    assert taken
+    assert chat(hub, "llama").status_code == 200
+    assert publish.logs().count("llama is registered again") == 1
+    assert publish.logs().count("llama is published by another session") == 1

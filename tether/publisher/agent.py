@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import random
+import re
 import socket
 import time
 from collections import deque
@@ -79,6 +80,18 @@ class SessionFile:
             os.close(self._fd)  # closing the last descriptor releases the lock
 
 
+def _held_name(status: int, body: Any, specs: list[dict[str, Any]]) -> str | None:
+    """The provider a 409 `llm_owned_by_other_session` names in `param`, if any."""
+    error = (body or {}).get("error") if isinstance(body, dict) else None
+    if status != 409 or not isinstance(error, dict) or \
+            error.get("code") != "llm_owned_by_other_session":
+        return None
+    match = re.fullmatch(r"providers\[(\d+)\]\.name", str(error.get("param")))
+    if match is None or int(match.group(1)) >= len(specs):
+        return None
+    return specs[int(match.group(1))]["name"]
+
+
 class Publisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
@@ -93,6 +106,8 @@ class Publisher:
         self._pending: list[gevent.Greenlet] = []
         self._restarts: dict[str, deque[float]] = {}
         self.down: set[str] = set()  # backends whose actor crashed too often: left down
+        self.held: set[str] = set()  # names another session holds at the hub (409)
+        self._retry_held: gevent.Greenlet | None = None
 
     # --- session id ----------------------------------------------------------------------
 
@@ -249,17 +264,48 @@ class Publisher:
         return specs
 
     def register(self) -> None:
-        status, body = self.hub.post("/api/v1/llms/_provider-register",
-                                     {"providerSessionId": self.session_id,
-                                      "providers": self.providers()})
+        """Register every backend. A name the hub says another session holds (409 with
+        `param` naming it) is left out and retried every `probe_interval_s`, so one
+        conflict never keeps the other backends offline."""
+        specs = self.providers()
+        while True:
+            status, body = self.hub.post("/api/v1/llms/_provider-register",
+                                         {"providerSessionId": self.session_id,
+                                          "providers": specs})
+            held = _held_name(status, body, specs)
+            if held is None:
+                break
+            if held not in self.held:
+                self.held.add(held)
+                log.warning("%s is published by another session on the hub: registering the "
+                            "rest without it, and retrying it every %g s", held,
+                            self.config.probe_interval_s)
+            specs = [spec for spec in specs if spec["name"] != held]
+            if not specs:
+                raise Registration("every name is published by another session")
         if status != 200:
             message = (body or {}).get("error", {}).get("message", body)
             raise Registration(f"register answered {status}: {message}")
+        taken = {row["name"] for row in body["llms"]}
+        for name in sorted(self.held & taken):
+            log.info("%s is registered again: the other session let it go", name)
+        self.held -= taken
+        if self.held and (self._retry_held is None or self._retry_held.dead):
+            self._retry_held = gevent.spawn(self._retry_held_names)
         if body["providerSessionId"] != self.session_id:
             self.session_id = body["providerSessionId"]
             self._save_session(self.session_id)
         log.info("registered %s as session %s",
                  ", ".join(row["name"] for row in body["llms"]), self.session_id)
+
+    def _retry_held_names(self) -> None:
+        while self.held and not self.stopping.wait(self.config.probe_interval_s):
+            if self._stream is None:
+                continue  # the next connect registers everything anyway
+            try:
+                self.register()
+            except (Registration, Unreachable) as exc:
+                log.debug("retrying the held names: %s", exc)
 
     def connect_once(self) -> bool:
         """One session: register, stream until it ends. True if the stream said hello."""

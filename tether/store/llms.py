@@ -41,7 +41,7 @@ def register(session_id: str, providers: Sequence[dict[str, Any]]) -> list[Llm]:
             row.name: row
             for row in Llm.select().where(Llm.name.in_([p["name"] for p in providers]))
         }
-        for spec in providers:
+        for index, spec in enumerate(providers):
             row = existing.get(spec["name"])
             status = spec.get("initialStatus", ACTIVE)
             if row is None:
@@ -63,6 +63,7 @@ def register(session_id: str, providers: Sequence[dict[str, Any]]) -> list[Llm]:
                     409,
                     "llm_owned_by_other_session",
                     f"{row.name!r} is {row.status} under another publisher session",
+                    f"providers[{index}].name",  # so the publisher can register the rest
                 )
             else:
                 row.type = spec["type"]
