@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import json
 import socket
 
 import openai
 import pytest
+import requests
 
 from tests.conftest import BOTH_DATABASES
 from tests.support.hub import Hub, free_port
 from tests.support.procs import wait_status
+from tether import sse
 
 
 def sdk(hub) -> openai.OpenAI:
@@ -207,3 +211,94 @@ def test_config_changes_to_public_llms_apply_on_restart(public_hub):
     answer = sdk(hub).chat.completions.create(
         model="cloud-2", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content
+
+
+# --- a streamed request's failures and plain answers (hand-driven publisher) ------------
+
+CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "hand",
+         "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+ENVELOPE = {"error": {"message": "context too long", "type": "invalid_request_error",
+                      "code": "context_length_exceeded", "param": "messages"}}
+
+
+@pytest.mark.parametrize("status, body, message, code", [
+    (400, ENVELOPE, "context too long", "context_length_exceeded"),  # passed as is
+    (500, {"detail": "boom"}, "the backend answered 500: boom", "publisher_error"),
+    (500, {"error": "model not loaded"}, "the backend answered 500: model not loaded",
+     "publisher_error"),
+    (418, {"teapot": ["short", "stout"]}, "the backend answered 418", "publisher_error"),
+    (503, "upstream overloaded", "the backend answered 503: upstream overloaded",
+     "publisher_error"),
+])
+def test_an_error_after_chunks_is_an_openai_envelope(hub, publisher, status, body, message,
+                                                     code):
+    publisher.register("hand")
+    stream = publisher.open()
+    client = sdk(hub)
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.chat.completions.create, model="hand", stream=True,
+                              messages=[{"role": "user", "content": "x"}])
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"chunk": {"data": json.dumps(CHUNK)}})
+        chunks = iter(pending.result())  # the 200 went out with the first chunk
+        assert next(chunks).choices[0].delta.content == "hi"
+        publisher.result(task["taskId"], {"status": status, "body": body})
+        with pytest.raises(openai.APIError) as failed:
+            next(chunks)
+    assert failed.value.message == message
+    assert failed.value.body["code"] == code
+    if body is ENVELOPE:
+        assert failed.value.body == ENVELOPE["error"]
+    else:
+        assert failed.value.body["type"] == ("invalid_request_error" if status < 500
+                                             else "server_error")
+
+
+def test_the_error_event_on_the_wire(hub, publisher):
+    publisher.register("hand")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, f"{hub.url}/v1/chat/completions", stream=True,
+                              timeout=20, json={"model": "hand", "stream": True,
+                                                "messages": [{"role": "user", "content": "x"}]})
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"chunk": {"data": json.dumps(CHUNK)}})
+        response = pending.result()
+        publisher.result(task["taskId"], {"status": 502, "body": {"oops": 1}})
+        items = [i for i in sse.parse(sse.iter_lines(response.iter_content(chunk_size=None)))
+                 if not isinstance(i, str)]
+    assert [i.event for i in items] == ["message", "error"]  # "message": SSE default
+    assert items[-1].json() == {"error": {"message": "the backend answered 502",
+                                          "type": "server_error", "code": "publisher_error",
+                                          "param": None}}
+
+
+def test_a_streamed_request_answered_with_one_json_body(hub, publisher):
+    """A backend that ignores `stream` answers one JSON body: before any byte went out the
+    client gets it as plain JSON (status and body verbatim); once the stream began (here a
+    keepalive comment, keepalive_s = 1), as one `data:` event, then [DONE]."""
+    publisher.register("hand")
+    stream = publisher.open()
+    answer = {"id": "x", "object": "chat.completion",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}}]}
+    body = {"model": "hand", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, f"{hub.url}/v1/chat/completions", json=body,
+                              timeout=20)
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"status": 200, "body": answer})
+        plain = pending.result()
+        assert plain.status_code == 200
+        assert plain.headers["Content-Type"].startswith("application/json")
+        assert plain.json() == answer
+
+        pending = pool.submit(requests.post, f"{hub.url}/v1/chat/completions", json=body,
+                              timeout=20, stream=True)
+        task = stream.next_task("infer")
+        response = pending.result()  # headers out after keepalive_s with a comment
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        publisher.result(task["taskId"], {"status": 200, "body": answer})
+        items = list(sse.parse(sse.iter_lines(response.iter_content(chunk_size=None))))
+    assert items[0] == "keepalive"
+    assert [i.data for i in items[1:]] == [json.dumps(answer, separators=(",", ":")),
+                                           "[DONE]"]

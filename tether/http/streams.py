@@ -60,6 +60,24 @@ def error_event(error: TetherError) -> str:
     return sse.frame("error", sse.dumps(error.envelope()))
 
 
+def error_envelope(status: int, body: Any) -> dict[str, Any]:
+    """What `event: error` carries for a publisher's non-2xx answer once the stream began:
+    its body when that already is an OpenAI error envelope (SDKs read `error.message`),
+    else an envelope with code `publisher_error` that quotes what the backend said."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return body
+    said = body
+    if isinstance(body, dict):  # {"error": "…"} (Ollama), {"detail": "…"} (FastAPI), …
+        said = next((body[k] for k in ("error", "detail", "message")
+                     if isinstance(body.get(k), str)), None)
+    message = f"the backend answered {status}"
+    if isinstance(said, str) and said.strip():
+        message += f": {said.strip()[:500]}"
+    return TetherError(status if 400 <= status <= 599 else 502, "publisher_error",
+                       message).envelope()
+
+
 def chunk_events(chunks: m.Chunks) -> str:
     return "".join(f"data: {data}\n\n" for data in chunks.data)
 
@@ -125,9 +143,7 @@ def render_event(event: Any, state: dict[str, Any], out: list[str]) -> bool:
                 out.append(f"data: {sse.dumps(event.body)}\n\n")
             out.append(DONE)
         else:
-            error = TetherError(event.status, "publisher_error", "the backend failed")
-            body = event.body if isinstance(event.body, dict) else error.envelope()
-            out.append(sse.frame("error", sse.dumps(body)))
+            out.append(sse.frame("error", sse.dumps(error_envelope(event.status, event.body))))
         return True
     elif isinstance(event, m.Failed):
         out.append(error_event(event.error))
