@@ -21,7 +21,12 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/tether demo
 
+# The status page's browser test drives Debian's chromium through chromium-driver.
 test: $(VENV)/.installed-test
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver \
+		>/dev/null) || echo "test: could not install chromium; the status page test skips"
 	$(BIN)/ruff check tether tests bench
 	$(BIN)/pytest
 

@@ -13,7 +13,7 @@ from tether.http.auth import Auth, AuthMiddleware
 from tether.http.limits import Limiter, StreamCounter
 from tether.http.openapi import OpenApi
 from tether.http.relay import Relay
-from tether.http.resources import faults, health, llms, metrics, openai, provider
+from tether.http.resources import faults, health, llms, metrics, openai, provider, status
 
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
@@ -28,6 +28,11 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     app.add_route("/healthz", health.Health())
     app.add_route("/openapi.json", OpenApi())
     app.add_route("/metrics", metrics.Metrics())
+    app.add_route("/status", status.Page("status.html", "text/html; charset=utf-8"))
+    app.add_route("/status/status.js", status.Page("status.js", "text/javascript; charset=utf-8"))
+    app.add_route("/status/status.css", status.Page("status.css", "text/css; charset=utf-8"))
+    app.add_route("/status/state", status.State())
+    app.add_route("/status/events", status.Events(settings.keepalive_s))
     app.add_route("/api/v1/llms", llms.LlmCollection())
     app.add_route("/api/v1/llms/_provider-register", provider.Register(system, auth))
     app.add_route("/api/v1/llms/_provider-stream",

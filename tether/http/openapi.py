@@ -38,6 +38,10 @@ ROUTES: list[tuple[str, str, str | None, str, dict | None, dict | None, bool]] =
     ("/v1/embeddings", "post", "client", "OpenAI embeddings", s.V1_EMBEDDING, ANY, True),
     ("/v1/models", "get", "client", "OpenAI model list", None, s.MODEL_LIST, False),
     ("/v1/models/{name}", "get", "client", "One model", None, s.MODEL_OBJECT, False),
+    ("/status", "get", None, "The status page (HTML)", None, None, False),
+    ("/status/state", "get", "client", "The hub's live state", None, {"type": "object"},
+     False),
+    ("/status/events", "get", "client", "The live state as SSE", None, None, True),
 ]
 
 _PARAMS = {
@@ -63,7 +67,9 @@ def _operation(path: str, role: str | None, summary: str, request: dict | None,
         op["parameters"] = params
     if request is not None:
         op["requestBody"] = {"required": True, "content": {JSON: {"schema": request}}}
-    if ok is None:  # the SSE stream, or Prometheus text
+    if path == "/status":
+        content = {"text/html": {"schema": {"type": "string"}}}
+    elif ok is None:  # the SSE stream, or Prometheus text
         content = {SSE: {"schema": {"type": "string"}}} if relayed else {
             "text/plain": {"schema": {"type": "string"}}}
     else:

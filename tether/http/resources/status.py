@@ -1,0 +1,84 @@
+"""The status page: GET /status (HTML), its script and style, GET /status/state (JSON) and
+GET /status/events (the live feed, SSE).
+
+Everything comes from the board (tether.board), which the actors keep current: no handler
+here and nothing in the feed's generator touches the database or asks an actor.
+
+The page and its files hold no data and need no key. The state and the feed are reads
+(client role, as GET /api/v1/llms). The page sends the key in an Authorization header of a
+fetch() whose body it reads as a stream, rather than using EventSource: EventSource cannot
+send headers, and a key in a query string ends up in proxy logs and browser history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import falcon
+
+from tether import sse
+from tether.board import BOARD
+from tether.http import disconnect, streams
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+# Changes arrive in bursts (a wake touches an Llm several times within a millisecond): one
+# snapshot per gap at most, so a watcher costs the hub little however busy it is.
+MIN_GAP_S = 0.2
+
+
+class Page:
+    role = None  # the page holds no data; it asks for a key when the feed wants one
+
+    def __init__(self, name: str, content_type: str) -> None:
+        self.path = STATIC / name
+        self.content_type = content_type
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = self.content_type
+        resp.data = self.path.read_bytes()
+        resp.set_header("Cache-Control", "no-cache")
+
+
+class State:
+    role = "client"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = BOARD.snapshot()
+
+
+class Events:
+    role = "client"
+
+    def __init__(self, keepalive_s: float) -> None:
+        self.keepalive_s = keepalive_s
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        watcher = BOARD.watch()
+        gone: list[bool] = []
+
+        def on_gone() -> None:
+            gone.append(True)
+            watcher.notify()
+
+        stop_watch = disconnect.watch(req.env, on_gone)
+        resp.content_type = "text/event-stream"
+        resp.set_headers(streams.SSE_HEADERS)
+        resp.stream = _feed(watcher, gone, self.keepalive_s, stop_watch)
+
+
+def _feed(watcher, gone: list[bool], keepalive_s: float, stop_watch) -> Iterator[bytes]:
+    """A `state` event with the whole snapshot first and after every change."""
+    try:
+        while not gone:
+            if not watcher.wait(keepalive_s):
+                yield sse.comment("keepalive").encode()
+                continue
+            if gone:
+                return
+            yield sse.frame("state", sse.dumps(BOARD.snapshot())).encode()
+            time.sleep(MIN_GAP_S)  # cooperative under gevent; what changed meanwhile follows
+    finally:
+        watcher.close()
+        stop_watch()
