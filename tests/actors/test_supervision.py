@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
+import peewee
 import pytest
+from falcon import testing
 
 from tests.actors.conftest import Outbox, events, provider
 from tether.actors import messages as m
+from tether.actors.base import tell
 from tether.actors.supervisor import MAX_RESTARTS
+from tether.actors.system import ActorSystem
+from tether.config import Settings
 from tether.errors import TetherError
+from tether.http.app import create_app
 from tether.store import llms as store
+from tether.store.models import utcnow
 
 REQ = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -124,3 +132,139 @@ def test_frame_ids_keep_increasing_across_a_session_actor_restart(system):
     system.infer("a", REQ, False, "chat/completions")
     after = [int(f.id) for f in fresh.frames() if getattr(f, "event", "") == "task"]
     assert after and min(after) > max(before)
+
+
+# --- the root actors (issue 10.1) --------------------------------------------------------
+
+
+class _FailOnce:
+    """Stands in for a store function: the first call raises a database error."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            raise peewee.OperationalError("database is locked")
+        return self.real(*args, **kwargs)
+
+
+def test_a_database_error_in_the_supervisor_restarts_it_with_its_children(system, monkeypatch):
+    """A supervisor handler that raised used to kill it for good: every register then got
+    503 and /healthz still said ok."""
+    outbox = _online(system, provider("a"))
+    old = system.supervisor
+    monkeypatch.setattr(store, "delete_expired", _FailOnce(store.delete_expired))
+    tell(old, m.RetireExpired(utcnow()))  # what the sweeper sends every gc_interval_s
+    _wait(lambda: system.supervisor is not old)
+    _wait(system.healthy)
+    # The children were adopted, not rebuilt: the open stream still carries tasks.
+    reply = system.infer("a", REQ, False, "chat/completions")
+    task = outbox.tasks()[0]
+    system.submit_result(task["taskId"], None, {"status": 200, "body": {"ok": 1}})
+    assert events(reply, m.Completed)[-1].body == {"ok": 1}
+    # Registering works again, and a child's crash reaches the new supervisor.
+    system.register("s2", [provider("b")])
+    child = system.directory.llm("a")
+    assert system.inject_crash("llm", "a")
+    _wait(lambda: system.directory.llm("a") not in (None, child))
+
+
+def test_a_database_error_in_the_sweeper_restarts_it(system_factory, monkeypatch):
+    system = system_factory(gc_interval_s=0.05)
+    failing = _FailOnce(store.stale_names)
+    monkeypatch.setattr(store, "stale_names", failing)
+    old = system._sweeper
+    _wait(lambda: system._sweeper is not old)
+    seen = failing.calls
+    _wait(lambda: failing.calls > seen + 2)  # sweeping goes on
+    assert system.healthy()
+
+
+def test_root_restarts_are_bounded_then_the_worker_exits(tmp_path):
+    fatal = threading.Event()
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'root.db'}")
+    system = ActorSystem(settings, on_fatal=fatal.set).start()
+    try:
+        for _ in range(MAX_RESTARTS + 1):
+            ref = system.supervisor
+            assert system.inject_crash("supervisor", "")
+            _wait(lambda ref=ref: fatal.is_set() or system.supervisor is not ref)
+        assert fatal.is_set()
+        assert not system.healthy()  # /healthz answers 503 until the worker is replaced
+    finally:
+        system.stop()
+
+
+def test_healthz_is_503_while_a_root_actor_is_down(tmp_path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'health.db'}")
+    system = ActorSystem(settings, on_fatal=lambda: None).start()
+    client = testing.TestClient(create_app(settings, system))
+    try:
+        assert client.simulate_get("/healthz").json == {"status": "ok"}
+        for _ in range(MAX_RESTARTS + 1):
+            ref = system._sweeper
+            system.inject_crash("sweeper", "")
+            _wait(lambda ref=ref: not ref.is_alive())
+        r = client.simulate_get("/healthz")
+        assert r.status_code == 503 and r.json["error"]["code"] == "unhealthy"
+    finally:
+        system.stop()
+
+
+# --- restarted children (issues 10.2, 10.3) ----------------------------------------------
+
+
+def test_a_restarted_session_actor_has_no_stream_so_its_rows_go_inactive(system):
+    _online(system, provider("a"), provider("sleepy", "hibernating"))
+    old = system.directory.session("s1").ref
+    assert system.inject_crash("session", "s1")
+    _wait(lambda: system.directory.session("s1").ref is not old)
+    _wait(lambda: store.get("a").status == "inactive")
+    assert store.get("sleepy").status == "hibernating"  # as on a stream loss
+    offline = events(system.infer("a", REQ, False, "chat/completions"), m.Failed)[-1]
+    assert offline.error.code == "publisher_offline"
+    # The publisher's reconnect takes them back.
+    system.register("s1", [provider("a"), provider("sleepy", "hibernating")])
+    fresh = Outbox()
+    system.open_stream("s1", fresh.queue, None)
+    _wait(lambda: store.get("a").status == "active")
+
+
+def test_a_crashed_llm_actor_cancels_its_wake_at_the_session(system):
+    outbox = _online(system, provider("sleepy", "hibernating"))
+    system.infer("sleepy", REQ, False, "chat/completions")
+    wake = outbox.tasks()[0]
+    assert wake["kind"] == "wake"
+    assert system.inject_crash("llm", "sleepy")
+    cancel = outbox.tasks()
+    assert cancel == [{"kind": "cancel", "taskId": wake["taskId"]}]
+    with pytest.raises(TetherError) as gone:  # the session forgot it too
+        system.submit_result(wake["taskId"], None, {"status": 200})
+    assert gone.value.code == "task_not_found"
+
+
+def test_a_restarted_llm_actor_counts_the_tasks_still_in_flight(system_factory):
+    system = system_factory(max_queue_per_llm=2)
+    outbox = _online(system, provider("a"))
+    system.infer("a", REQ, False, "chat/completions")
+    system.infer("a", REQ, False, "chat/completions")
+    first, _second = outbox.tasks()
+    old = system.directory.llm("a")
+    assert system.inject_crash("llm", "a")
+    _wait(lambda: system.directory.llm("a") not in (None, old))
+    full = events(system.infer("a", REQ, False, "chat/completions"), m.Failed)[-1]
+    assert full.error.code == "queue_full"  # the two tasks still count
+    system.submit_result(first["taskId"], None, {"status": 200, "body": {}})
+    reply = system.infer("a", REQ, False, "chat/completions")
+    assert outbox.tasks()[0]["kind"] == "infer"  # a slot freed: accepted
+    assert not any(isinstance(e, m.Failed) for e in _drain(reply))
+
+
+def _drain(reply) -> list:
+    out = []
+    while not reply.empty():
+        out.append(reply.get_nowait())
+    return out

@@ -17,6 +17,7 @@ from tests.support.chaos import ChaosProxy
 from tests.support.hub import Hub, wait_until
 from tests.support.procs import stop, wait_status
 from tether import sse
+from tether.actors.supervisor import MAX_RESTARTS
 
 ALLOWED_FAILURES = {"publisher_disconnected", "publisher_offline", "infer_timeout",
                     "shutting_down"}
@@ -127,6 +128,35 @@ def test_an_injected_actor_crash_is_restarted_and_its_waiters_answered(
         task = stream.next_task("infer")
         pub.result(task["taskId"], {"status": 200, "body": {"woke": True}})
         assert again.result().json() == {"woke": True}
+
+
+def test_a_supervisor_that_keeps_crashing_takes_the_worker_down_and_gunicorn_replaces_it(
+        hub_factory, publisher_factory):
+    """Issue 10.1: a dead supervisor used to leave the hub answering 503 to every register
+    while /healthz said ok. It is restarted; past its restart intensity the worker exits."""
+    hub = hub_factory(fault_injection=1)
+    pub = publisher_factory(url=hub.url)
+    pub.register("steady")
+    crash = {"kind": "supervisor", "key": ""}
+    assert hub.post("/_faults/crash", crash).json() == {"crashed": True}
+    wait_until(lambda: hub.get("/healthz").status_code == 200)
+    pub.register("steady", "second")  # the restarted supervisor registers
+    for _ in range(MAX_RESTARTS):
+        try:
+            hub.post("/_faults/crash", crash, timeout=5)
+        except requests.RequestException:
+            break  # the worker is already on its way out
+    wait_until(lambda: hub.logs().count("Booting worker") >= 2, timeout=20)
+    wait_until(lambda: _healthy(hub), timeout=20)
+    assert hub.proc.poll() is None  # the master lives on; only the worker was replaced
+    pub.register("steady")
+
+
+def _healthy(hub) -> bool:
+    try:
+        return hub.get("/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def test_the_crash_route_does_not_exist_in_production(hub):

@@ -29,6 +29,16 @@ def tell(ref: pykka.ActorRef | None, message: Any) -> bool:
     return True
 
 
+class Parent:
+    """How a child reaches its supervisor. The ActorSystem points it at a restarted
+    supervisor, so children started by the crashed one keep reporting to the live one."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: pykka.ActorRef | None = None) -> None:
+        self.ref = ref
+
+
 def new_task_id(slot: int) -> str:
     """Task ids carry the session's slot, so a result POST finds its session in one lookup."""
     return f"{slot:x}-{uuid.uuid4().hex}"

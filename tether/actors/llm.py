@@ -15,11 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import pykka
-
 from tether import errors, metrics, upstream
 from tether.actors import messages as m
-from tether.actors.base import TetherActor, new_task_id, tell
+from tether.actors.base import Parent, TetherActor, new_task_id, tell
 from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.runtime import Task, Timer, call_later, spawn
@@ -43,7 +41,7 @@ class LlmActor(TetherActor):
 
     def __init__(
         self, settings: Settings, state: m.LlmState, session: m.SessionLink | None,
-        public: PublicLlm | None = None, supervisor: pykka.ActorRef | None = None,
+        public: PublicLlm | None = None, supervisor: Parent | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
@@ -78,6 +76,7 @@ class LlmActor(TetherActor):
             m.WakeFailed: self._on_wake_failed,
             m.WakeTimedOut: self._on_wake_timed_out,
             m.TaskEnded: self._on_task_ended,
+            m.TasksInFlight: self._on_tasks_in_flight,
         }
 
     # --- infer ---------------------------------------------------------------------------
@@ -153,6 +152,9 @@ class LlmActor(TetherActor):
 
     def _on_task_ended(self, msg: m.TaskEnded) -> None:
         self._in_flight.discard(msg.task_id)
+
+    def _on_tasks_in_flight(self, msg: m.TasksInFlight) -> None:
+        self._in_flight.update(msg.task_ids)  # a crashed predecessor's, still running
 
     # --- wake ----------------------------------------------------------------------------
 
@@ -298,12 +300,15 @@ class LlmActor(TetherActor):
     def on_crash(self) -> None:
         if self._wake is not None:
             metrics.wake_ended(self._state.name, self._wake.task_id, "abandoned")
-            self._wake.timer.cancel()
-            self._wake = None
+            wake, self._wake = self._wake, None
+            wake.timer.cancel()
+            # Nobody would take its answer: end the wake at the session and the publisher.
+            tell(wake.session.ref, m.CancelTask(wake.task_id, "actor_restarted"))
         self._fail_waiters(errors.actor_restarted(f"the actor of {self._state.name!r}"))
 
     def report_crash(self) -> None:
-        tell(self._supervisor, m.ChildFailed("llm", self._state.name, self.actor_ref))
+        tell(self._supervisor.ref if self._supervisor is not None else None,
+             m.ChildFailed("llm", self._state.name, self.actor_ref))
 
     # --- state ---------------------------------------------------------------------------
 

@@ -158,6 +158,13 @@ class TaskEnded:
     task_id: str
 
 
+@dataclass(frozen=True)
+class TasksInFlight:
+    """From a session, to a restarted LlmActor: its tasks still open there."""
+
+    task_ids: tuple[str, ...]
+
+
 # --- SessionActor ------------------------------------------------------------------------
 
 
@@ -165,6 +172,14 @@ class TaskEnded:
 class OpenStream:
     outbox: queue.Queue = field(compare=False)
     last_event_id: int | None = None
+
+
+@dataclass(frozen=True)
+class LlmRestarted:
+    """The actor of Llm `name` was restarted: its open tasks report to `ref` from now on."""
+
+    name: str
+    ref: pykka.ActorRef = field(compare=False)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pykka
 
 from tether import errors, metrics, sse
 from tether.actors import messages as m
-from tether.actors.base import TetherActor, tell
+from tether.actors.base import Parent, TetherActor, tell
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.runtime import Timer, call_later
@@ -55,7 +55,7 @@ class SessionActor(TetherActor):
     use_daemon_thread = True  # thousands of them: see TetherActor
 
     def __init__(self, settings: Settings, session_id: str,
-                 supervisor: pykka.ActorRef, frame_ids: Iterator[int]) -> None:
+                 supervisor: Parent, frame_ids: Iterator[int]) -> None:
         super().__init__()
         self._settings = settings
         self._session_id = session_id
@@ -85,6 +85,7 @@ class SessionActor(TetherActor):
             m.TaskTimedOut: self._on_timed_out,
             m.Drain: self._on_drain,
             m.DrainExpired: self._on_drain_expired,
+            m.LlmRestarted: self._on_llm_restarted,
         }
 
     # --- the stream ----------------------------------------------------------------------
@@ -99,7 +100,7 @@ class SessionActor(TetherActor):
         self._token += 1
         self._outbox = msg.outbox
         self._opened_at = time.monotonic()
-        tell(self._supervisor, m.SessionStreamOpened(self._session_id))
+        tell(self._supervisor.ref, m.SessionStreamOpened(self._session_id))
         hello = {
             "providerSessionId": self._session_id,
             "heartbeatIntervalS": self._settings.heartbeat_interval_s,
@@ -130,7 +131,7 @@ class SessionActor(TetherActor):
         if msg.token != self._token or self._outbox is None:
             return  # an old stream that was already replaced
         self._end_stream()
-        tell(self._supervisor, m.SessionStreamLost(self._session_id, self._opened_at))
+        tell(self._supervisor.ref, m.SessionStreamLost(self._session_id, self._opened_at))
         if not self._tasks:
             return
         if self._settings.publisher_grace_s <= 0:
@@ -280,6 +281,13 @@ class SessionActor(TetherActor):
             return
         self._finish(task, None)  # the client is gone or was already answered
 
+    def _on_llm_restarted(self, msg: m.LlmRestarted) -> None:
+        mine = [t for t in self._tasks.values() if t.llm_name == msg.name and t.kind == "infer"]
+        for task in mine:
+            task.llm = msg.ref
+        if mine:
+            tell(msg.ref, m.TasksInFlight(tuple(t.task_id for t in mine)))
+
     def _on_timed_out(self, msg: m.TaskTimedOut) -> None:
         task = self._tasks.get(msg.task_id)
         if task is None or task.deadline_no != msg.deadline_no:
@@ -332,7 +340,7 @@ class SessionActor(TetherActor):
         self._fail_all(lambda _name: errors.actor_restarted(what))
 
     def report_crash(self) -> None:
-        tell(self._supervisor, m.ChildFailed("session", self._session_id, self.actor_ref))
+        tell(self._supervisor.ref, m.ChildFailed("session", self._session_id, self.actor_ref))
 
 
     # --- observability -------------------------------------------------------------------

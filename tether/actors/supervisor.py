@@ -22,7 +22,7 @@ import pykka
 
 from tether import errors, metrics
 from tether.actors import messages as m
-from tether.actors.base import TetherActor, tell
+from tether.actors.base import Parent, TetherActor, tell
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
@@ -38,12 +38,22 @@ RESTART_WINDOW_S = 10.0
 
 
 class Supervisor(TetherActor):
+    """`parent` is how the children reach the live supervisor (it points here from now on);
+    `report(ref)` tells the ActorSystem this supervisor crashed; `previous` is the directory
+    of a crashed supervisor whose children this one takes over."""
+
     def __init__(self, settings: Settings, publish: Callable[[Directory], None],
-                 frame_ids: Iterator[int] | None = None) -> None:
+                 frame_ids: Iterator[int] | None = None, parent: Parent | None = None,
+                 report: Callable[[pykka.ActorRef], None] | None = None,
+                 previous: Directory | None = None) -> None:
         super().__init__()
         self._frame_ids = frame_ids if frame_ids is not None else itertools.count(1)
         self._settings = settings
         self._publish = publish
+        self._parent = parent if parent is not None else Parent()
+        self._parent.ref = self.actor_ref  # messages queue here until on_start has run
+        self._report = report
+        self._previous = previous
         # Published as snapshots after each change: persistent maps, never copied.
         self._llms: Index[str, pykka.ActorRef] = Index()
         self._owner: dict[str, str | None] = {}  # llm name -> session id
@@ -63,9 +73,44 @@ class Supervisor(TetherActor):
         }
 
     def on_start(self) -> None:
-        for row in store.list_all():
-            self._adopt_row(row)
-        self._publish_directory()
+        try:
+            if self._previous is not None:
+                self._take_over(self._previous)
+                self._previous = None
+            self._reconcile(store.list_all())
+            self._publish_directory()
+        except Exception:
+            # pykka calls no on_failure for on_start: report, or nobody would restart us.
+            log.exception("the supervisor failed to start")
+            self.report_crash()
+            raise
+
+    def _take_over(self, previous: Directory) -> None:
+        """Adopt a crashed supervisor's children (their streams and tasks live on)."""
+        self._llms = Index(previous.llms)
+        self._sessions = Index(previous.sessions)
+        self._slots = Index(previous.slots)
+        self._next_slot = max(self._slots, default=0) + 1
+        self._owner = dict.fromkeys(self._llms)
+        for entry in self._sessions.values():
+            for name in entry.names:
+                self._owner[name] = entry.session_id
+        # A child whose crash report went to the dead supervisor is rebuilt now.
+        for session_id, entry in list(self._sessions.items()):
+            if not entry.ref.is_alive():
+                self._restart_session(session_id)
+        for name, ref in list(self._llms.items()):
+            if not ref.is_alive():
+                self._restart_llm(name)
+
+    def _reconcile(self, rows: list[Llm]) -> None:
+        """Make the children match the store: an actor per row, none for a deleted row."""
+        names = {row.name for row in rows}
+        for name in [name for name in self._llms if name not in names]:
+            self._retire(name)
+        for row in rows:
+            if row.name not in self._llms or self._owner.get(row.name) != row.provider_session_id:
+                self._adopt_row(row)
 
     def on_stop(self) -> None:
         # Reverse order of start: Llms first (they answer their waiters), then sessions.
@@ -81,12 +126,14 @@ class Supervisor(TetherActor):
         if entry is None:
             slot = self._next_slot
             self._next_slot += 1
-            ref = SessionActor.start(self._settings, session_id, self.actor_ref,
-                                     self._frame_ids)
+            ref = self._start_session(session_id)
             entry = SessionEntry(session_id, ref, slot, frozenset())
             self._sessions[session_id] = entry
             self._slots[slot] = session_id
         return entry
+
+    def _start_session(self, session_id: str) -> pykka.ActorRef:
+        return SessionActor.start(self._settings, session_id, self._parent, self._frame_ids)
 
     def _set_names(self, session_id: str, names: frozenset[str]) -> None:
         entry = self._sessions[session_id]
@@ -113,7 +160,7 @@ class Supervisor(TetherActor):
 
     def _start_llm(self, state: m.LlmState, link: m.SessionLink | None) -> pykka.ActorRef:
         public = self._settings.public_llm(state.name) if state.kind == KIND_PUBLIC else None
-        return LlmActor.start(self._settings, state, link, public, self.actor_ref)
+        return LlmActor.start(self._settings, state, link, public, self._parent)
 
     def _publish_directory(self) -> None:
         self._publish(
@@ -166,15 +213,18 @@ class Supervisor(TetherActor):
         doomed = store.delete_expired(msg.cutoff)
         metrics.swept("deleted", len(doomed))
         for row in doomed:
-            ref = self._llms.pop(row.name, None)
-            if ref is not None:
-                ref.stop(block=False)
-            owner = self._owner.pop(row.name, None)
-            if owner is not None and owner in self._sessions:
-                self._set_names(owner, self._sessions[owner].names - {row.name})
+            self._retire(row.name)
         if doomed:
             log.info("retired %d inactive Llm(s): %s", len(doomed), [r.name for r in doomed])
             self._publish_directory()
+
+    def _retire(self, name: str) -> None:
+        ref = self._llms.pop(name, None)
+        if ref is not None:
+            ref.stop(block=False)
+        owner = self._owner.pop(name, None)
+        if owner is not None and owner in self._sessions:
+            self._set_names(owner, self._sessions[owner].names - {name})
 
     # --- supervision ---------------------------------------------------------------------
 
@@ -209,18 +259,31 @@ class Supervisor(TetherActor):
         entry = self._sessions.get(row.provider_session_id or "")
         if entry is not None and row.provider_session_id is not None:
             link = m.SessionLink(row.provider_session_id, entry.slot, entry.ref)
-        self._llms[name] = self._start_llm(state, link)
+        ref = self._start_llm(state, link)
+        self._llms[name] = ref
+        if entry is not None:
+            # Its tasks still run at the session: they report to the new actor, which
+            # counts them in flight again (max_queue_per_llm stays honest).
+            tell(entry.ref, m.LlmRestarted(name, ref))
         log.warning("restarted the actor of Llm %r", name)
 
     def _restart_session(self, session_id: str) -> None:
         old = self._sessions[session_id]
-        ref = SessionActor.start(self._settings, session_id, self.actor_ref,
-                                     self._frame_ids)
+        ref = self._start_session(session_id)
         self._sessions[session_id] = SessionEntry(session_id, ref, old.slot, old.names)
         link = m.SessionLink(session_id, old.slot, ref)
         for name in old.names:
-            tell(self._llms.get(name), m.Relink(link))
+            llm = self._llms.get(name)
+            tell(llm, m.Relink(link))
+            # The new actor has no stream: the rows go inactive as on a stream loss, and
+            # the publisher's reconnect takes them back (its register, or its new stream:
+            # a loss from before the registration never sticks).
+            tell(llm, m.StreamLost(session_id, float("-inf")))
         log.warning("restarted the actor of session %r", session_id)
+
+    def report_crash(self) -> None:
+        if self._report is not None:
+            self._report(self.actor_ref)
 
     def _give_up(self, kind: str, key: str) -> None:
         if kind == "llm":

@@ -13,7 +13,7 @@ from typing import Any
 import pykka
 
 from tether.actors import messages as m
-from tether.actors.base import TetherActor, tell
+from tether.actors.base import Parent, TetherActor, tell
 from tether.actors.directory import Directory
 from tether.config import Settings
 from tether.runtime import Timer, call_later
@@ -25,10 +25,12 @@ class Sweeper(TetherActor):
     def __init__(
         self,
         settings: Settings,
-        supervisor: pykka.ActorRef,
+        supervisor: Parent,
         directory: Callable[[], Directory],
+        report: Callable[[pykka.ActorRef], None] | None = None,
     ) -> None:
         super().__init__()
+        self._report = report
         self._settings = settings
         self._supervisor = supervisor
         self._directory = directory
@@ -39,6 +41,10 @@ class Sweeper(TetherActor):
 
     def on_start(self) -> None:
         self._schedule()
+
+    def report_crash(self) -> None:
+        if self._report is not None:
+            self._report(self.actor_ref)  # the ActorSystem restarts us
 
     def on_stop(self) -> None:
         if self._timer is not None:
@@ -55,6 +61,6 @@ class Sweeper(TetherActor):
             for name in store.stale_names(cutoff):
                 tell(directory.llm(name), m.ExpireHeartbeat(cutoff))
             retention = now - dt.timedelta(seconds=self._settings.inactive_retention_s)
-            tell(self._supervisor, m.RetireExpired(retention))
+            tell(self._supervisor.ref, m.RetireExpired(retention))
         finally:
             self._schedule()

@@ -6,7 +6,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import queue
+import signal
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,9 +18,9 @@ import pykka
 
 from tether import errors, metrics
 from tether.actors import messages as m
-from tether.actors.base import slot_of, tell
+from tether.actors.base import Parent, slot_of, tell
 from tether.actors.directory import Directory
-from tether.actors.supervisor import Supervisor
+from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.config import Settings
 from tether.errors import TetherError
@@ -38,13 +42,25 @@ def _ask(ref: pykka.ActorRef, message: Any, timeout: float = ASK_TIMEOUT_S) -> A
         raise errors.shutting_down() from None
 
 
+def exit_worker() -> None:
+    """The root actors keep failing: leave, and let gunicorn start a fresh worker."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 class ActorSystem:
-    def __init__(self, settings: Settings) -> None:
+    """`on_fatal` runs when a root actor (supervisor, sweeper) crashed more often than its
+    restart intensity allows; by default the worker exits and gunicorn replaces it."""
+
+    def __init__(self, settings: Settings, on_fatal: Callable[[], None] = exit_worker) -> None:
         self.settings = settings
         self._directory = Directory()
         self._supervisor: pykka.ActorRef | None = None
         self._sweeper: pykka.ActorRef | None = None
         self._frame_ids = itertools.count(1)  # SSE frame ids, for the life of the process
+        self._parent = Parent()  # children reach the live supervisor through it
+        self._on_fatal = on_fatal
+        self._root_restarts: dict[str, deque[float]] = {}
+        self._running = False  # root crashes are restarted only between start() and stop()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -55,11 +71,57 @@ class ActorSystem:
         created, removed = store.sync_public(self.settings.llms)
         if created or removed:
             log.info("public Llms from config: %d declared, %d removed", created, removed)
-        self._supervisor = Supervisor.start(self.settings, self._set_directory,
-                                            self._frame_ids)
+        self._supervisor = self._start_supervisor(None)
         _ask(self._supervisor, m.Ping(), timeout=60)  # its on_start loaded every row
-        self._sweeper = Sweeper.start(self.settings, self._supervisor, lambda: self._directory)
+        self._sweeper = self._start_sweeper()
+        self._running = True
         return self
+
+    def _start_supervisor(self, previous: Directory | None) -> pykka.ActorRef:
+        return Supervisor.start(self.settings, self._set_directory, self._frame_ids,
+                                self._parent, self._root_failed, previous)
+
+    def _start_sweeper(self) -> pykka.ActorRef:
+        return Sweeper.start(self.settings, self._parent, lambda: self._directory,
+                             self._root_failed)
+
+    def _root_failed(self, ref: pykka.ActorRef) -> None:
+        """A root actor crashed (called from its own on_failure): restart it, with the
+        children's bounded intensity; past it, `on_fatal`."""
+        if not self._running:
+            return
+        urn = ref.actor_urn
+        kind = ("supervisor" if self._supervisor is not None and urn == self._supervisor.actor_urn
+                else "sweeper" if self._sweeper is not None and urn == self._sweeper.actor_urn
+                else None)
+        if kind is None:
+            return  # already replaced
+        now = time.monotonic()
+        history = self._root_restarts.setdefault(kind, deque())
+        while history and now - history[0] > RESTART_WINDOW_S:
+            history.popleft()
+        history.append(now)
+        if len(history) > MAX_RESTARTS:
+            log.critical("the %s crashed %d times in %g s: the worker exits", kind,
+                         len(history), RESTART_WINDOW_S)
+            self._on_fatal()
+            return
+        if kind == "supervisor":
+            # The new supervisor adopts the children (their streams and tasks live on).
+            self._supervisor = self._start_supervisor(self._directory)
+        else:
+            self._sweeper = self._start_sweeper()
+        log.warning("restarted the %s", kind)
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        """Whether the root actors are alive and answering (for /healthz)."""
+        refs = (self._supervisor, self._sweeper)
+        try:
+            futures = [ref.ask(m.Ping(), block=False) for ref in refs if ref is not None]
+            pykka.get_all(futures, timeout=timeout)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return False
+        return len(futures) == len(refs)
 
     def drain(self, deadline_s: float = 0.0) -> None:
         """Shutdown, first half: no new task; tasks under way may finish for `deadline_s`,
@@ -68,6 +130,7 @@ class ActorSystem:
             tell(entry.ref, m.Drain(deadline_s))
 
     def stop(self) -> None:
+        self._running = False
         for ref in (self._sweeper, self._supervisor):
             if ref is not None:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
@@ -165,8 +228,9 @@ class ActorSystem:
     def inject_crash(self, kind: str, key: str) -> bool:
         """Fault injection (tests only; the route exists only with fault_injection on)."""
         directory = self._directory
-        ref = directory.llm(key) if kind == "llm" else getattr(directory.session(key), "ref",
-                                                                None)
+        roots = {"supervisor": self._supervisor, "sweeper": self._sweeper}
+        ref = roots[kind] if kind in roots else directory.llm(key) if kind == "llm" \
+            else getattr(directory.session(key), "ref", None)
         return tell(ref, m.Crash())
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:

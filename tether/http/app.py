@@ -25,7 +25,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     relay = Relay(system)
     limiter = Limiter(settings)
 
-    app.add_route("/healthz", health.Health())
+    app.add_route("/healthz", health.Health(system))
     app.add_route("/openapi.json", OpenApi())
     app.add_route("/metrics", metrics.Metrics())
     app.add_route("/status", status.Page("status.html", "text/html; charset=utf-8"))

@@ -12,7 +12,7 @@ from tether.http.body import read_json
 CRASH = {
     "type": "object",
     "required": ["kind", "key"],
-    "properties": {"kind": {"enum": ["llm", "session"]},
+    "properties": {"kind": {"enum": ["llm", "session", "supervisor", "sweeper"]},
                    "key": {"type": "string", "maxLength": 128}},
 }
 

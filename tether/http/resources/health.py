@@ -2,9 +2,20 @@ from __future__ import annotations
 
 import falcon
 
+from tether.actors.system import ActorSystem
+from tether.errors import TetherError
+
 
 class Health:
     role = None  # no key needed
 
+    def __init__(self, system: ActorSystem) -> None:
+        self.system = system
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # 503 while the actor tree is not whole (a root actor down or not answering), so a
+        # load balancer or an operator sees what /healthz used to hide behind a 200.
+        if not self.system.healthy(timeout=1.0):
+            raise TetherError(503, "unhealthy", "the hub's supervisor or sweeper is not "
+                              "answering; it is being restarted")
         resp.media = {"status": "ok"}
