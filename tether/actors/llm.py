@@ -45,7 +45,7 @@ class LlmActor(TetherActor):
     ) -> None:
         super().__init__()
         self._settings = settings
-        self._supervisor = supervisor
+        self._supervisor = supervisor if supervisor is not None else Parent()
         self._public = public
         self._upstream = (
             upstream.client_for(public, settings.infer_timeout_s) if public is not None else None
@@ -307,8 +307,7 @@ class LlmActor(TetherActor):
         self._fail_waiters(errors.actor_restarted(f"the actor of {self._state.name!r}"))
 
     def report_crash(self) -> None:
-        tell(self._supervisor.ref if self._supervisor is not None else None,
-             m.ChildFailed("llm", self._state.name, self.actor_ref))
+        tell(self._supervisor.ref, m.ChildFailed("llm", self._state.name, self.actor_ref))
 
     # --- state ---------------------------------------------------------------------------
 

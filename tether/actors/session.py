@@ -3,6 +3,7 @@ table and the frames kept for Last-Event-ID replay, and the grace timer after a 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import time
@@ -54,17 +55,17 @@ class _Task:
 class SessionActor(TetherActor):
     use_daemon_thread = True  # thousands of them: see TetherActor
 
-    def __init__(self, settings: Settings, session_id: str,
-                 supervisor: Parent, frame_ids: Iterator[int]) -> None:
+    def __init__(self, settings: Settings, session_id: str, supervisor: Parent | None,
+                 frame_ids: Iterator[int] | None = None) -> None:
         super().__init__()
         self._settings = settings
         self._session_id = session_id
-        self._supervisor = supervisor
+        self._supervisor = supervisor if supervisor is not None else Parent()
         self._outbox: queue.Queue | None = None
         self._token = 0
         # Frame ids come from one counter for the life of the hub process, so a restarted
         # session actor never reuses an id a publisher already saw (Last-Event-ID).
-        self._frame_ids = frame_ids
+        self._frame_ids = frame_ids if frame_ids is not None else itertools.count(1)
         self._seq = 0  # the latest id this actor sent
         self._tasks: dict[str, _Task] = {}
         self._grace: Timer | None = None
