@@ -74,6 +74,7 @@ def test_a_crashed_session_actor_fails_its_tasks_and_is_relinked(system):
     fresh = Outbox()
     system.open_stream("s1", fresh.queue, None)
     fresh.frames()
+    _wait(lambda: store.get("a").status == "active")  # the new stream takes the rows back
     reply = system.infer("a", REQ, False, "chat/completions")
     task = fresh.tasks()[0]  # the LlmActor reaches the new session actor
     system.submit_result(task["taskId"], None, {"status": 200, "body": {}})
@@ -129,6 +130,7 @@ def test_frame_ids_keep_increasing_across_a_session_actor_restart(system):
     _wait(lambda: system.directory.session("s1").ref is not old)
     fresh = Outbox()
     system.open_stream("s1", fresh.queue, None)
+    _wait(lambda: store.get("a").status == "active")  # the new stream takes the rows back
     system.infer("a", REQ, False, "chat/completions")
     after = [int(f.id) for f in fresh.frames() if getattr(f, "event", "") == "task"]
     assert after and min(after) > max(before)
