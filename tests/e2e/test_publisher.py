@@ -292,3 +292,42 @@ def test_a_name_held_elsewhere_does_not_keep_the_other_backends_offline(
     assert chat(hub, "llama").status_code == 200
     assert publish.logs().count("llama is registered again") == 1
     assert publish.logs().count("llama is published by another session") == 1
+
+
+def test_sigterm_lets_running_tasks_finish_and_answers_the_rest(
+        hub_factory, backend_factory, publish_factory):
+    """SIGTERM: a task that finishes within drain_timeout_s gets its answer; one waiting
+    for a slot is answered at once (never started); one still running at the deadline is
+    answered with an error; the process then exits 0. Before, every task was dropped and
+    its client waited publisher_grace_s (30 s here) for 503."""
+    hub = hub_factory(publisher_grace_s=30)
+    backend = backend_factory()
+    publish = publish_factory([backend_spec(backend, max_concurrency=1)], hub_url=hub.url,
+                              drain_timeout_s=3)
+    wait_status(hub, "llama", "active")
+    with cf.ThreadPoolExecutor(2) as pool:
+        short = pool.submit(chat, hub, "llama", demo_delay_s=1.5)
+        wait_until(lambda: backend.stats()["inflight"] == 1)
+        queued = pool.submit(chat, hub, "llama")  # waits at the publisher for the slot
+        time.sleep(0.3)
+        started = time.monotonic()
+        publish.proc.send_signal(signal.SIGTERM)
+        assert short.result(timeout=10).status_code == 200
+        r = queued.result(timeout=10)
+        assert r.status_code == 503 and "not started" in r.json()["error"]["message"]
+        assert time.monotonic() - started < 5
+    assert publish.proc.wait(15) == 0
+
+    publish = publish_factory([backend_spec(backend)], hub_url=hub.url, drain_timeout_s=1)
+    wait_status(hub, "llama", "active")
+    with cf.ThreadPoolExecutor(1) as pool:
+        long = pool.submit(lambda: chat(hub, "llama", stream=True, demo_chunks=40,
+                                        demo_delay_s=0.25).text)
+        wait_until(lambda: backend.stats()["inflight"] == 1)
+        started = time.monotonic()
+        publish.proc.send_signal(signal.SIGTERM)
+        text = long.result(timeout=15)  # a stream under way ends with an error event
+        assert "event: error" in text and "publisher_disconnected" in text, text[-300:]
+        assert time.monotonic() - started < 6
+    assert publish.proc.wait(15) == 0
+    wait_until(lambda: backend.stats()["aborted"] == 1, timeout=8)  # the call was closed

@@ -36,6 +36,8 @@ BACKOFF_MAX_S = 30.0
 ASK_TIMEOUT_S = 5.0
 # Like the hub's supervisor: a backend actor that crashes more often than this is left down.
 MAX_RESTARTS = 5
+# At shutdown, how long the answers to abandoned tasks may take to reach the hub.
+RESULT_POST_WAIT_S = 10.0
 RESTART_WINDOW_S = 10.0
 
 
@@ -107,6 +109,8 @@ class Publisher:
         self._restarts: dict[str, deque[float]] = {}
         self.down: set[str] = set()  # backends whose actor crashed too often: left down
         self.held: set[str] = set()  # names another session holds at the hub (409)
+        self._draining: gevent.Greenlet | None = None
+        self._hurry = gevent.event.Event()
         self._retry_held: gevent.Greenlet | None = None
 
     # --- session id ----------------------------------------------------------------------
@@ -236,6 +240,45 @@ class Publisher:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def shutdown(self) -> None:
+        """SIGTERM / SIGINT: stop taking tasks, let the running ones finish for up to
+        `drain_timeout_s`, answer the rest, then stop. A second signal cuts the wait."""
+        if self._draining is not None:
+            self._hurry.set()
+            return
+        self._draining = gevent.spawn(self._drain_then_stop)
+
+    def _drain_then_stop(self) -> None:
+        refs = list(self.actors.values())
+        for ref in refs:
+            tell(ref, m.Drain())
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        posts: list[gevent.Greenlet] = []
+        announced = False
+        while True:
+            running, posts = 0, []
+            for ref in refs:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    count, pending = ref.ask(m.GetDrainState(), timeout=ASK_TIMEOUT_S)
+                    running += count
+                    posts += pending
+            if not running or time.monotonic() >= deadline or self._hurry.is_set():
+                break
+            if not announced:
+                announced = True
+                log.info("stopping: taking no new tasks; waiting up to %g s for %d running",
+                         self.config.drain_timeout_s, running)
+            self._hurry.wait(0.1)
+        if running:
+            log.warning("stopping: abandoning %d running task(s)", running)
+            for ref in refs:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    posts += ref.ask(m.Abandon(), timeout=ASK_TIMEOUT_S)
+        # The answers must reach the hub before the process ends (they retry a few seconds
+        # while the hub is unreachable).
+        gevent.joinall(posts, timeout=RESULT_POST_WAIT_S)
+        self.stop()
+
     def stop(self) -> None:
         self.stopping.set()
         self._end_stream()
@@ -348,7 +391,11 @@ class Publisher:
             return
         name = task.get("llmName", "")
         ref = self.actors.get(name)
-        if name in self.down:
+        if self._draining is not None and kind in ("infer", "wake"):
+            gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+                "the publisher is shutting down; the task was not started", 503,
+                "publisher_disconnected", retryable=True))
+        elif name in self.down:
             gevent.spawn(self._answer, task["taskId"], tasks.error_result(
                 f"backend {name}'s actor is down on this publisher", 503, retryable=True))
         elif ref is None:

@@ -64,6 +64,8 @@ class BackendActor(TetherActor):
         self.idle_timer: Timer | None = None
         self.seen: set[str] = set()
         self.seen_order: deque[str] = deque()
+        self.draining = False
+        self.posts: list[gevent.Greenlet] = []  # result POSTs made by the actor itself
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -75,6 +77,9 @@ class BackendActor(TetherActor):
             m.SleepFinished: self._on_sleep_finished,
             m.IdleExpired: self._on_idle_expired,
             m.GetStatus: lambda _msg: "hibernating" if self.asleep else "active",
+            m.Drain: self._on_drain,
+            m.GetDrainState: self._on_get_drain_state,
+            m.Abandon: self._on_abandon,
         }
 
     def on_start(self) -> None:
@@ -122,6 +127,9 @@ class BackendActor(TetherActor):
         if not self._first_sight(msg.task["taskId"]):
             log.info("task %s replayed by the hub: already taken", msg.task["taskId"])
             return
+        if self.draining:
+            self._post_later(msg.task["taskId"], _refused())
+            return
         self._disarm_idle()
         self.waiting.append(msg.task)
         if self.asleep and self.backend.wake is not None:
@@ -166,6 +174,10 @@ class BackendActor(TetherActor):
 
     def _on_run_wake(self, msg: m.RunWake) -> None:
         if not self._first_sight(msg.task_id):
+            return
+        if self.draining:
+            self._post_later(msg.task_id, tasks.error_result(
+                "wake failed: the publisher is shutting down", 503))
             return
         self._disarm_idle()
         self.wake_tasks.append(msg.task_id)
@@ -213,7 +225,32 @@ class BackendActor(TetherActor):
             with contextlib.suppress(tasks.TaskGone, Unreachable):
                 tasks.post_result(self.hub, self.session_id, task_id, result)
 
-        gevent.spawn(post)
+        self.posts = [g for g in self.posts if not g.dead]
+        self.posts.append(gevent.spawn(post))
+
+    # --- shutdown (SIGTERM) --------------------------------------------------------------
+
+    def _on_drain(self, _msg: m.Drain) -> None:
+        self.draining = True
+        self._disarm_idle()
+        refused, self.waiting = list(self.waiting), deque()
+        for task in refused:
+            self._post_later(task["taskId"], _refused())
+        if self.waking is not None:  # a wake may take minutes: not worth waiting for
+            self.waking.kill(block=False)  # its WakeFinished answers the wake tasks
+
+    def _on_get_drain_state(self, _msg: m.GetDrainState) -> tuple[int, list[gevent.Greenlet]]:
+        return len(self.running), [g for g in self.posts if not g.dead]
+
+    def _on_abandon(self, _msg: m.Abandon) -> list[gevent.Greenlet]:
+        abandoned, self.running = self.running, {}
+        for task_id, greenlet in abandoned.items():
+            greenlet.kill(block=False)  # closes the backend call: the backend sees it go
+            log.warning("task %s abandoned: the publisher is shutting down", task_id)
+            self._post_later(task_id, tasks.error_result(
+                "the publisher shut down before the backend answered", 503,
+                "publisher_disconnected"))
+        return [g for g in self.posts if not g.dead]
 
     # --- idle sleep ----------------------------------------------------------------------
 
@@ -229,7 +266,7 @@ class BackendActor(TetherActor):
     def _arm_idle(self) -> None:
         self._disarm_idle()
         idle = self.backend.idle_sleep_s
-        if idle is None or self.asleep or self._busy():
+        if idle is None or self.asleep or self._busy() or self.draining:
             return
         self.idle_timer = call_later(idle, tell, self.actor_ref,
                                      m.IdleExpired(self.idle_generation))
@@ -287,6 +324,12 @@ class BackendActor(TetherActor):
             self._start_wake()
         self._fill_slots()
         self._arm_idle()
+
+
+def _refused() -> dict[str, Any]:
+    """For a task the backend never saw: safe to run elsewhere (PROTOCOL: retryable)."""
+    return tasks.error_result("the publisher is shutting down; the task was not started",
+                              503, "publisher_disconnected", retryable=True)
 
 
 def _wake(backend: BackendConfig, client: BackendClient) -> str | None:

@@ -66,6 +66,7 @@ class PublisherConfig:
     session_file: str | None = None
     probe_interval_s: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
+    drain_timeout_s: float = 30.0  # at SIGTERM, how long running tasks may go on
 
     @property
     def key(self) -> str | None:
@@ -80,7 +81,7 @@ class PublisherConfig:
         return Path(os.path.expanduser(SESSION_DIR)) / f"publisher-{digest}.session"
 
 
-_TOP = {"hub", "key_env", "session_file", "probe_interval_s", "backends"}
+_TOP = {"hub", "key_env", "session_file", "probe_interval_s", "backends", "drain_timeout_s"}
 _BACKEND = {"name", "type", "model", "base_url", "api_key_env", "tier", "description",
             "max_concurrency", "wake_timeout_s", "idle_sleep_s", "wake", "sleep"}
 
@@ -200,6 +201,7 @@ def parse(data: dict[str, Any], source: str) -> PublisherConfig:
         key_env=_string(data, "key_env", source),
         session_file=_string(data, "session_file", source),
         probe_interval_s=float(_number(data, "probe_interval_s", source, 5.0)),
+        drain_timeout_s=float(_number(data, "drain_timeout_s", source, 30.0)),
     )
 
 

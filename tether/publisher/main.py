@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -33,8 +34,7 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
     if args.config:
         config = load(args.config)
         if args.session_file:
-            config = PublisherConfig(config.hub, config.backends, config.key_env,
-                                     args.session_file, config.probe_interval_s)
+            config = dataclasses.replace(config, session_file=args.session_file)
         return config
     missing = [f"--{k}" for k in ("hub", "name", "model", "backend") if not getattr(args, k)]
     if missing:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, publisher.stop)
+        gevent.signal_handler(sig, publisher.shutdown)
     if os.environ.get("TETHER_FAULT_INJECTION") == "1":  # tests only, as on the hub
         gevent.signal_handler(signal.SIGUSR1, publisher.crash_backend)
     publisher.run()

@@ -44,3 +44,19 @@ class IdleExpired:
 @dataclass(frozen=True)
 class GetStatus:
     """Answered with "active" or "hibernating", for (re-)registration."""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """The publisher is stopping: answer the tasks not started, refuse new ones."""
+
+
+@dataclass(frozen=True)
+class GetDrainState:
+    """Answered with (tasks still running, result POSTs still under way)."""
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """The drain time is up: stop the running tasks and answer each with an error.
+    Answered with the result POSTs under way, for the publisher to wait on."""
