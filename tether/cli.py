@@ -1,4 +1,4 @@
-"""The `tether` command: serve | publish | demo | demo-backend | keys | llms."""
+"""The `tether` command: serve | publish | demo | demo-backend | keys | llms | status."""
 
 from __future__ import annotations
 
@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     llms.add_argument("--database-url")
     llms.add_argument("--config")
     llms.set_defaults(run=_llms)
+
+    from tether import status_cli
+
+    status = commands.add_parser("status", help="a hub's Llms, live, as a table")
+    status_cli.add_arguments(status)
+    status.set_defaults(run=status_cli.run)
     return parser
 
 
