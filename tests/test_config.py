@@ -45,3 +45,18 @@ def test_bad_settings_name_the_key(tmp_path, text, env, needle):
 def test_a_named_config_file_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml", env={})
+
+
+def test_cors_origins_from_the_file_and_the_environment(tmp_path):
+    conf = tmp_path / "t.toml"
+    conf.write_text('[hub]\ncors_origins = ["https://app.example", "http://localhost:3000/"]\n')
+    assert load_settings(conf, env={}).cors_origins == ("https://app.example",
+                                                        "http://localhost:3000")
+    env = {"TETHER_CORS_ORIGINS": "https://a.example, https://b.example:8443"}
+    assert load_settings(conf, env=env).cors_origins == ("https://a.example",
+                                                         "https://b.example:8443")
+    assert load_settings(env={"TETHER_CORS_ORIGINS": "*"}).cors_origins == ("*",)
+    assert load_settings(env={}).cors_origins == ()
+    for bad in ("app.example", "https://app.example/path"):
+        with pytest.raises(ConfigError, match="cors_origins"):
+            load_settings(env={"TETHER_CORS_ORIGINS": bad})

@@ -62,6 +62,9 @@ class Settings:
     log_format: str = "text"  # "text" or "json" (one JSON object per line)
     # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.
     fault_injection: bool = False
+    # Origins browser apps may call the hub from (CORS): "https://app.example" entries, or
+    # "*" for any; empty (the default) sends no CORS headers. Env: comma-separated.
+    cors_origins: tuple[str, ...] = ()
     llms: tuple[PublicLlm, ...] = ()
 
     @property
@@ -158,11 +161,24 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if text not in ("on", "off"):
                 raise ValueError
             return text
+        if name == "cors_origins":
+            return _origins(value)
         if name == "log_format" and str(value) not in ("text", "json"):
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: setting {name!r} has an unusable value {value!r}") from None
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError
+    origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ValueError  # an origin is scheme://host[:port], nothing after
+    return origins
 
 
 def load_settings(

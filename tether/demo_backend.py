@@ -2,7 +2,8 @@
 and the benchmarks. It is a stand-in for Ollama / llama.cpp / vLLM, not a model.
 
 Routes: GET /v1/models, POST /v1/chat/completions (streamed or not), POST /v1/completions,
-POST /v1/embeddings, GET /_demo/stats (requests seen, streams the client aborted).
+POST /v1/embeddings, POST /v1/responses (streamed or not), GET /_demo/stats (requests
+seen, streams the client aborted).
 Request knobs (in the body, ignored by real backends): `demo_chunks` (how many chunks),
 `demo_delay_s` (pause before each chunk), `demo_status` (answer this HTTP status),
 `demo_reply` (answer exactly this text).
@@ -38,7 +39,7 @@ class DemoBackend:
             return _json(start_response, 200, {"object": "list", "data": [
                 {"id": self.model, "object": "model", "created": 0, "owned_by": "demo"}]})
         if method != "POST" or path not in (
-            "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+            "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"
         ):
             return _json(start_response, 404, _error(f"no route {method} {path}", "not_found"))
         self.stats["requests"] += 1
@@ -66,6 +67,8 @@ class DemoBackend:
             return _json(start_response, status, _error(f"demo status {status}", "demo"))
         if path == "/v1/embeddings":
             return _json(start_response, 200, self._embeddings(body))
+        if path == "/v1/responses":
+            return self._responses(start_response, body)
         chat = path == "/v1/chat/completions"
         if body.get("stream"):
             self.stats["streams"] += 1
@@ -128,6 +131,46 @@ class DemoBackend:
             self.stats["inflight"] -= 1
             if not finished:
                 self.stats["aborted"] += 1  # the client went away mid-stream
+
+    def _responses(self, start_response: Any, body: dict[str, Any]) -> Any:
+        """POST /v1/responses (the Responses API), streamed as typed events or not."""
+        words = self._words({**body, "messages": body.get("input"),
+                             "max_tokens": body.get("max_output_tokens")})
+        model = body.get("model", self.model)
+        text = " ".join(words)
+        done = {"id": "resp_demo", "object": "response", "created_at": 0, "model": model,
+                "status": "completed", "error": None, "incomplete_details": None,
+                "instructions": None, "metadata": {}, "parallel_tool_calls": True,
+                "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": [],
+                "output": [{"type": "message", "id": "msg_demo", "status": "completed",
+                            "role": "assistant", "content": [
+                                {"type": "output_text", "text": text, "annotations": []}]}],
+                "usage": {"input_tokens": 1, "output_tokens": len(words),
+                          "total_tokens": 1 + len(words),
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}}
+        if not body.get("stream"):
+            self.stats["completed"] += 1
+            return _json(start_response, 200, done)
+        self.stats["streams"] += 1
+        start_response("200 OK", [("Content-Type", "text/event-stream"),
+                                  ("Cache-Control", "no-cache")])
+        events = [{"type": "response.created",
+                   "response": {**done, "status": "in_progress", "output": [], "usage": None}}]
+        events += [{"type": "response.output_text.delta", "item_id": "msg_demo",
+                    "output_index": 0, "content_index": 0, "logprobs": [],
+                    "delta": word if i == 0 else f" {word}"} for i, word in enumerate(words)]
+        events.append({"type": "response.completed", "response": done})
+        return self._events(events)
+
+    def _events(self, events: list[dict[str, Any]]) -> Iterator[bytes]:
+        try:
+            for n, event in enumerate(events):  # no [DONE]: the Responses API ends the body
+                data = json.dumps({**event, "sequence_number": n})
+                yield f"event: {event['type']}\ndata: {data}\n\n".encode()
+            self.stats["completed"] += 1
+        finally:
+            self.stats["inflight"] -= 1
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body.get("input", "")

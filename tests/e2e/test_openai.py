@@ -88,6 +88,27 @@ def test_legacy_completions_and_embeddings(hub, published):
     assert published.stats()["models"][-1] == "demo-model"
 
 
+def test_responses_api_both_ways(hub, published):
+    """POST /v1/responses through a real publisher to the demo backend's /v1/responses."""
+    client = sdk(hub)
+    answer = client.responses.create(model="llama", input="Hello", max_output_tokens=6)
+    assert answer.object == "response" and answer.status == "completed"
+    assert len(answer.output_text.split()) == 6
+    assert answer.model == "demo-model"  # the publisher put its backend's model in
+
+    events = list(client.responses.create(model="llama", input=[
+        {"role": "user", "content": "Hello"}], max_output_tokens=4, stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert len(text.split()) == 4
+    assert events[-1].response.output_text == text
+    assert published.stats()["streams"] == 1
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model="llama", input=42)
+    assert bad.value.param == "input"
+
+
 @BOTH_DATABASES
 def test_errors_map_to_the_sdk_exceptions(hub, published):
     client = sdk(hub)
@@ -166,7 +187,9 @@ def test_public_llm_is_proxied_to_its_upstream(public_hub):
         max_tokens=6)]
     assert len("".join(pieces).split()) == 6
     assert len(client.embeddings.create(model="cloud", input="x").data) == 1
-    assert upstream.stats()["requests"] == 3
+    assert len(client.responses.create(model="cloud", input="x",
+                                       max_output_tokens=3).output_text.split()) == 3
+    assert upstream.stats()["requests"] == 4
 
 
 def test_public_upstream_errors_keep_their_status(public_hub):

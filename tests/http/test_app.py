@@ -92,3 +92,60 @@ def test_every_error_is_the_openai_envelope(client):
         assert set(r.json) == {"error"}
         assert set(r.json["error"]) == {"message", "type", "code", "param"}
         assert r.status_code in (400, 404, 405)
+
+
+@pytest.fixture
+def cors_client(tmp_path):
+    def make(origins: tuple[str, ...], auth: str = "on") -> testing.TestClient:
+        settings = Settings(database_url=f"sqlite:///{tmp_path / 'cors.db'}", auth=auth,
+                            cors_origins=origins)
+        system = ActorSystem(settings).start()
+        made.append(system)
+        return testing.TestClient(create_app(settings, system))
+
+    made: list[ActorSystem] = []
+    yield make
+    for system in made:
+        system.stop()
+
+
+APP = "https://app.example"
+
+
+def test_cors_preflight_is_answered_without_a_key(cors_client):
+    client = cors_client((APP, "http://localhost:3000"))
+    for path in ("/v1/chat/completions", "/v1/responses", "/api/v1/llms/m/infer"):
+        r = client.simulate_options(path, headers={
+            "Origin": APP, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert r.status_code == 200, (path, r.text)
+        assert r.headers["Access-Control-Allow-Origin"] == APP
+        assert "POST" in r.headers["Access-Control-Allow-Methods"]
+        assert r.headers["Access-Control-Allow-Headers"] == "authorization, content-type"
+        assert "Origin" in r.headers["Vary"]
+
+
+def test_cors_headers_are_on_every_answer_errors_included(cors_client):
+    client = cors_client((APP,))
+    for r in (client.simulate_get("/healthz", headers={"Origin": APP}),
+              client.simulate_get("/v1/models", headers={"Origin": APP}),  # 401: no key
+              client.simulate_get("/nowhere", headers={"Origin": APP})):
+        assert r.headers["Access-Control-Allow-Origin"] == APP, r.status_code
+        assert "Retry-After" in r.headers["Access-Control-Expose-Headers"]
+    assert client.simulate_get("/v1/models", headers={"Origin": APP}).status_code == 401
+    # Another origin, or no Origin at all (not a browser): no CORS headers.
+    for headers in ({"Origin": "https://evil.example"}, {}):
+        r = client.simulate_get("/healthz", headers=headers)
+        assert "Access-Control-Allow-Origin" not in r.headers
+        r = client.simulate_options("/v1/chat/completions", headers={
+            **headers, "Access-Control-Request-Method": "POST"})
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_cors_wildcard_and_default_off(cors_client):
+    anyone = cors_client(("*",), auth="off")
+    r = anyone.simulate_get("/v1/models", headers={"Origin": "https://x.example"})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+    closed = cors_client((), auth="off")
+    r = closed.simulate_get("/v1/models", headers={"Origin": APP})
+    assert "Access-Control-Allow-Origin" not in r.headers

@@ -3,6 +3,8 @@ settings and the actor system for gunicorn (after its gevent worker monkey-patch
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from tether import logs
@@ -18,8 +20,10 @@ from tether.http.resources import faults, health, llms, metrics, openai, provide
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     auth = Auth(settings)
-    app = falcon.App(cors_enable=False,
-                     middleware=[logs.RequestIdMiddleware(), AuthMiddleware(auth)])
+    middleware: list[Any] = [logs.RequestIdMiddleware(), AuthMiddleware(auth)]
+    if settings.cors_origins:
+        middleware.insert(0, Cors(settings.cors_origins))  # first: it sees every response
+    app = falcon.App(cors_enable=False, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     relay = Relay(system)
@@ -48,6 +52,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
         ("/v1/chat/completions", schemas.V1_CHAT, "chat/completions"),
         ("/v1/completions", schemas.V1_COMPLETION, "completions"),
         ("/v1/embeddings", schemas.V1_EMBEDDING, "embeddings"),
+        ("/v1/responses", schemas.V1_RESPONSES, "responses"),
     ):
         app.add_route(path, openai.Relayed(system, relay, limiter, schema, endpoint))
     app.add_route("/v1/models", openai.Models())
@@ -55,6 +60,21 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     if settings.fault_injection:
         app.add_route("/_faults/crash", faults.Crash(system))
     return app
+
+
+class Cors(falcon.CORSMiddleware):
+    """falcon's CORS policy (preflight answered, Access-Control-Allow-* on every response,
+    errors included) for the `cors_origins` setting."""
+
+    def __init__(self, origins: tuple[str, ...]) -> None:
+        super().__init__(allow_origins="*" if "*" in origins else origins,
+                         expose_headers=["Retry-After", "X-Request-Id"])
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        super().process_response(req, resp, resource, req_succeeded)
+        if self.allow_origins != "*":
+            resp.append_header("Vary", "Origin")  # the answer depends on the Origin header
 
 
 def build(settings: Settings) -> tuple[falcon.App, ActorSystem]:

@@ -80,6 +80,11 @@ class AuthMiddleware:
                          params: dict[str, Any]) -> None:
         if resource is None:
             return  # no such route: 404 follows
+        if req.method == "OPTIONS":
+            # A CORS preflight never carries credentials; falcon's default OPTIONS responder
+            # only lists the route's methods.
+            req.context.caller = ANONYMOUS
+            return
         role = getattr(resource, "role", "admin")  # a resource that names no role is admin's
         if role is None:
             req.context.caller = ANONYMOUS

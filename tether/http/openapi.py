@@ -36,6 +36,7 @@ ROUTES: list[tuple[str, str, str | None, str, dict | None, dict | None, bool]] =
     ("/v1/chat/completions", "post", "client", "OpenAI chat completions", s.V1_CHAT, ANY, True),
     ("/v1/completions", "post", "client", "OpenAI completions", s.V1_COMPLETION, ANY, True),
     ("/v1/embeddings", "post", "client", "OpenAI embeddings", s.V1_EMBEDDING, ANY, True),
+    ("/v1/responses", "post", "client", "OpenAI Responses API", s.V1_RESPONSES, ANY, True),
     ("/v1/models", "get", "client", "OpenAI model list", None, s.MODEL_LIST, False),
     ("/v1/models/{name}", "get", "client", "One model", None, s.MODEL_OBJECT, False),
     ("/status", "get", None, "The status page (HTML)", None, None, False),

@@ -143,6 +143,12 @@ V1_EMBEDDING = {
     "properties": {"model": MODEL, "input": TEXT_OR_LIST},
 }
 
+V1_RESPONSES = {  # the Responses API: `input` is one text or a list of input items
+    "type": "object",
+    "required": ["model"],
+    "properties": {"model": MODEL, "input": TEXT_OR_LIST, "stream": {"type": "boolean"}},
+}
+
 # --- responses (for /openapi.json) -------------------------------------------------------
 
 TIMESTAMP = {"type": ["string", "null"]}

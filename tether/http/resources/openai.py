@@ -17,7 +17,8 @@ from tether.store.models import INACTIVE, Llm
 
 
 class Relayed:
-    """POST /v1/{chat/completions,completions,embeddings}: relayed with `endpoint` set."""
+    """POST /v1/{chat/completions,completions,embeddings,responses}: relayed with `endpoint`
+    set (the publisher calls that path of its backend)."""
 
     role = "client"
 
