@@ -79,7 +79,7 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"tether keys: no active key named {args.name!r}", file=sys.stderr)
         return 2
     else:
-        print(f"Revoked {args.name!r}; the hub refuses it from its next request on.")
+        print(f"Revoked {args.name!r}; the hub refuses it within a second.")
     return 0
 
 

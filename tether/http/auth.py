@@ -3,6 +3,9 @@ Conventions). Every resource declares the `role` it serves; the middleware enfor
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -16,9 +19,42 @@ from tether.store.keys import Caller, unauthorized
 ANONYMOUS = Caller("anonymous", "admin")
 
 
+class KeyCache:
+    """Verified keys in memory, so that a request costs no SELECT.
+
+    An answer (a caller, or None for an unknown or revoked key) is trusted for
+    `revalidate_s`; the first request after that reads the key's row again. So a key
+    revoked with `tether keys revoke` (another process, same database) is refused within
+    one second, and each key costs at most two small reads a second, however busy.
+    Entries are keyed by a hash of the key, not the key itself.
+    """
+
+    def __init__(self, verify: Callable[[str], Caller | None] = keys.verify,
+                 revalidate_s: float = 0.5, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._verify = verify
+        self._revalidate_s = revalidate_s
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[bytes, tuple[Caller | None, float]] = {}
+
+    def caller(self, key: str) -> Caller | None:
+        digest = hashlib.sha256(key.encode()).digest()
+        now = self._clock()
+        hit = self._entries.get(digest)
+        if hit is not None and now - hit[1] < self._revalidate_s:
+            return hit[0]
+        caller = self._verify(key)
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()  # a flood of made-up keys must not grow memory
+        self._entries[digest] = (caller, now)
+        return caller
+
+
 class Auth:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.auth_enabled
+        self.keys = KeyCache()
         self._owners: dict[str, str] = {}  # session id -> key name; an owner never changes
 
     def authenticate(self, req: falcon.Request) -> Caller:
@@ -28,7 +64,7 @@ class Auth:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("send your key as 'Authorization: Bearer <key>'")
-        caller = keys.verify(token.strip())
+        caller = self.keys.caller(token.strip())
         if caller is None:
             raise unauthorized("unknown or revoked key")
         return caller
