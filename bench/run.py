@@ -332,10 +332,10 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
 
             def open_session(i: int, streams: list[Conn] = streams) -> None:
                 conn = Conn(stack.hub)
-                status, _ = post_json(conn, "/api/v1/llms/_provider-register", {
+                status, answer = post_json(conn, "/api/v1/llms/_provider-register", {
                     "providerSessionId": f"s{i}", "providers": [
                         {"name": f"m{i}", "type": "openai", "model": "m"}]})
-                assert status == 200
+                assert status == 200, (i, status, answer)
                 conn.close()
                 stream = Conn(stack.hub)
                 stream.send("GET", "/api/v1/llms/_provider-stream", None,
