@@ -233,9 +233,10 @@ class GraceExpired:
 @dataclass(frozen=True)
 class Drain:
     """Shutdown: take no new task; open tasks may finish for `deadline_s`, then get 503.
-    The stream then ends with a retry hint."""
+    The stream then ends with a retry hint, and the session id goes on `drained`."""
 
     deadline_s: float = 0.0
+    drained: queue.Queue | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

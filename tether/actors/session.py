@@ -70,6 +70,7 @@ class SessionActor(TetherActor):
         self._tasks: dict[str, _Task] = {}
         self._grace: Timer | None = None
         self._draining = False
+        self._drained: queue.Queue | None = None  # told once the drain is over
         self._opened_at = 0.0
         self._replaced: deque[float] = deque()  # when a stream replaced a live one
         self._replaced_warned = float("-inf")
@@ -249,7 +250,7 @@ class SessionActor(TetherActor):
         if task.timer is not None:
             task.timer.cancel()
         if self._draining and not self._tasks:
-            self._end_stream(retry_ms=1000)
+            self._drain_over()
         if task.kind == "wake":
             if isinstance(outcome, m.Completed) and 200 <= outcome.status < 300:
                 tell(task.llm, m.WakeSucceeded(task.task_id))
@@ -315,6 +316,7 @@ class SessionActor(TetherActor):
 
     def _on_drain(self, msg: m.Drain) -> None:
         self._draining = True
+        self._drained = msg.drained
         if not self._tasks or msg.deadline_s <= 0:
             self._on_drain_expired(m.DrainExpired())
         else:
@@ -322,7 +324,14 @@ class SessionActor(TetherActor):
 
     def _on_drain_expired(self, _msg: m.DrainExpired) -> None:
         self._fail_all(lambda _name: errors.shutting_down())
+        self._drain_over()
+
+    def _drain_over(self) -> None:
+        """Every task ended (or was answered 503): the publisher reconnects after a restart."""
         self._end_stream(retry_ms=1000)
+        if self._drained is not None:
+            self._drained.put(self._session_id)
+            self._drained = None
 
     def _end_stream(self, retry_ms: int | None = None) -> None:
         if self._outbox is not None:

@@ -55,6 +55,9 @@ class ActorSystem:
         self.settings = settings
         self._directory = Directory()
         self._supervisor: pykka.ActorRef | None = None
+        self._draining = False  # SIGTERM: new work is refused with 503 shutting_down
+        self._drained: queue.Queue = queue.Queue()
+        self._drain_pending = 0
         self._sweeper: pykka.ActorRef | None = None
         self._frame_ids = itertools.count(1)  # SSE frame ids, for the life of the process
         self._parent = Parent()  # children reach the live supervisor through it
@@ -124,10 +127,26 @@ class ActorSystem:
         return len(futures) == len(refs)
 
     def drain(self, deadline_s: float = 0.0) -> None:
-        """Shutdown, first half: no new task; tasks under way may finish for `deadline_s`,
-        then every waiting client is answered 503 and publishers are told to retry."""
-        for entry in self._directory.sessions.values():
-            tell(entry.ref, m.Drain(deadline_s))
+        """Shutdown, first half: no new task; tasks under way may finish for `deadline_s`
+        (their results and chunks are still taken), then every waiting client is answered
+        503 and publishers are told to retry. `wait_drained` says when that is over."""
+        self._draining = True
+        self._drained = queue.Queue()
+        self._drain_pending = sum(
+            tell(entry.ref, m.Drain(deadline_s, self._drained))
+            for entry in self._directory.sessions.values()
+        )
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block (this greenlet) until every session finished draining; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._drain_pending > 0:
+            try:
+                self._drained.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                return False
+            self._drain_pending -= 1
+        return True
 
     def stop(self) -> None:
         self._running = False
@@ -157,6 +176,8 @@ class ActorSystem:
     def register(
         self, session_id: str | None, providers: Sequence[dict[str, Any]]
     ) -> tuple[str, list[Llm]]:
+        if self._draining:  # a session taken now would be cut off at once: come back later
+            raise errors.shutting_down()
         return _ask(self.supervisor, m.Register(session_id, tuple(providers)))
 
     def owned_names(self, session_id: str) -> frozenset[str]:
@@ -194,6 +215,8 @@ class ActorSystem:
         entry = self._directory.session(session_id)
         if entry is None or not entry.names:
             raise errors.session_not_found(session_id)
+        if self._draining:  # its drain already ended the stream with `retry:`
+            raise errors.shutting_down()
         return _ask(entry.ref, m.OpenStream(outbox, last_event_id))
 
     def close_stream(self, session_id: str, token: int) -> None:
@@ -219,6 +242,9 @@ class ActorSystem:
         """Start an infer; its events arrive on the returned channel (see messages.py)."""
         ref = self._directory.llm(name)
         reply: queue.Queue = metrics.Reply(name, endpoint)
+        if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
+            reply.put(m.Failed(errors.shutting_down()))
+            return reply
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply)):
             if store.get(name) is not None:  # its actor is down (gave up restarting)
                 raise errors.publisher_offline(name)

@@ -23,19 +23,35 @@ def _conf_file() -> Path | None:
 
 
 def _post_worker_init(worker: Any) -> None:
-    """On SIGTERM, end publisher streams (with `retry:`) and answer waiting clients first:
-    SSE responses never finish by themselves, and gunicorn waits for open responses."""
+    """SIGTERM drains before gunicorn's own shutdown (PROTOCOL.md, Lifecycle).
+
+    gunicorn closes the listener as soon as its worker stops being `alive`: a publisher's
+    result POST for a task under way would then be refused and its client answered 503
+    although the answer was on its way. So the listener stays open while the drain runs:
+    new infers get 503 shutting_down, results and chunks for tasks under way are taken until
+    those tasks end or graceful_timeout - 2 s passes (then their clients get 503), and each
+    publisher stream ends with `retry:` once its session has nothing left. Only then does
+    gunicorn stop accepting and wait for the last responses to be written.
+    """
     import gevent
 
     system = worker.app.system
     original = worker.handle_exit
-    # Tasks under way may finish while gunicorn's graceful period runs; what is left a
-    # little before it ends is answered 503 so that no client is cut off without a word.
     deadline = max(worker.cfg.graceful_timeout - 2.0, 0.0)
+    draining: list[bool] = []
+
+    def drain_then_exit(sig: int, frame: Any) -> None:
+        try:
+            system.drain(deadline)
+            if not system.wait_drained(deadline + 0.5):
+                worker.log.warning("drain: some sessions did not end in time")
+        finally:
+            original(sig, frame)  # worker.alive = False: gunicorn's graceful shutdown
 
     def handle_exit(sig: int, frame: Any) -> None:
-        gevent.get_hub().loop.run_callback(system.drain, deadline)
-        original(sig, frame)
+        if not draining:  # a second SIGTERM changes nothing; SIGQUIT/SIGINT stop at once
+            draining.append(True)
+            gevent.get_hub().loop.run_callback(gevent.spawn, drain_then_exit, sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)
 
