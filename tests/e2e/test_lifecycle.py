@@ -95,3 +95,41 @@ def test_a_config_file_and_the_environment_set_the_hub(tmp_path, publisher_facto
         assert r.status_code == 504 and r.json()["error"]["code"] == "wake_timeout"
     finally:
         hub.stop()
+
+
+def test_normal_events_log_one_line_each_without_a_traceback(hub, publisher_factory):
+    """A 409 on register, a client leaving mid-stream and the late result that follows are
+    everyday events: one line each in the hub's log, at INFO, never a traceback."""
+    import json
+    import socket
+
+    owner = publisher_factory()
+    owner.register("m1")
+    stream = owner.open()
+    rival = publisher_factory()
+    rival.register("m1", expect=409)
+
+    body = json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": True})
+    client = socket.create_connection(("127.0.0.1", hub.port), timeout=10)
+    client.sendall(f"POST /api/v1/llms/m1/infer HTTP/1.1\r\nHost: hub\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                   f"{body}".encode())
+    task = stream.next_task("infer")
+    owner.result(task["taskId"], {"chunk": {"data": "{}"}})
+    seen = b""
+    while b"data: {}" not in seen:
+        seen += client.recv(4096)
+    client.close()  # the client leaves mid-stream
+    cancel = stream.next_task("cancel")
+    assert cancel["taskId"] == task["taskId"]
+    late = owner.result(task["taskId"], {"chunk": {"data": "{}"}})
+    assert late.status_code == 404
+
+    def lines(needle: str) -> list[str]:
+        return [line for line in hub.logs().splitlines() if needle in line]
+
+    wait_until(lambda: lines("404 task_not_found"))
+    assert "Traceback" not in hub.logs()
+    for needle in ("409 llm_owned_by_other_session", "499 client_gone", "404 task_not_found"):
+        assert len(lines(needle)) == 1, (needle, hub.logs())
+        assert " INFO " in lines(needle)[0]

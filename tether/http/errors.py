@@ -32,7 +32,25 @@ def render(resp: falcon.Response, error: TetherError) -> None:
 
 
 def _on_tether_error(req: falcon.Request, resp: falcon.Response, ex: TetherError, _p: Any) -> None:
+    # A refusal is a normal event: one line, no traceback. A relayed request's outcome is
+    # already logged once by its reply channel (tether.requests).
+    if not getattr(req.context, "outcome_logged", False):
+        # A schema error's message can quote the body (prompt text): name the field only.
+        detail = f"field {ex.param}" if ex.code == "invalid_request" else ex.message
+        log.log(logging.WARNING if ex.status >= 500 else logging.INFO, "%s %s -> %d %s: %s",
+                req.method, req.path, ex.status, ex.code, detail)
     render(resp, ex)
+
+
+class AnswersAreNotFaults(logging.Filter):
+    """For the `pykka` logger: an actor that answers an ask with a TetherError (a 409, a 404
+    for a late result) is giving an answer, which the HTTP layer logs in one line. pykka
+    would log each with a full traceback ("Exception returned from … to caller"); drop
+    those records, and keep the ones for any other exception (a real fault)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, TetherError)
 
 
 def _on_http_error(
@@ -56,6 +74,8 @@ def _on_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, _p
 
 
 def install(app: falcon.App) -> None:
+    if not any(isinstance(f, AnswersAreNotFaults) for f in logging.getLogger("pykka").filters):
+        logging.getLogger("pykka").addFilter(AnswersAreNotFaults())
     # falcon picks the most specific handler for an exception's type.
     app.add_error_handler(Exception, _on_unexpected)
     app.add_error_handler(falcon.HTTPError, _on_http_error)

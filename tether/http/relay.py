@@ -45,6 +45,7 @@ class Relay:
         except BaseException:
             release()
             raise
+        req.context.outcome_logged = True  # from here the reply channel logs the outcome
         stop_watch = disconnect.watch(req.env, lambda: reply.put(streams.ClientGone()))
         state: dict[str, Any] = {}
 
