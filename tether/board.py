@@ -53,6 +53,10 @@ class Watcher:
     def notify(self) -> None:
         self._event.set()
 
+    @property
+    def closed(self) -> bool:
+        return self._board.closed
+
     def close(self) -> None:
         self._board.unwatch(self)
 
@@ -68,6 +72,7 @@ class Board:
         self._requests = 0
         self._failed = 0
         self._watchers: set[Watcher] = set()
+        self.closed = False  # shutting down: watchers stop watching
 
     # --- writers (actors, reply channels) ------------------------------------------------
 
@@ -187,6 +192,10 @@ class Board:
     def unwatch(self, watcher: Watcher) -> None:
         with self._lock:
             self._watchers.discard(watcher)
+
+    def close(self) -> None:
+        self.closed = True
+        self._notify()
 
     def _notify(self) -> None:
         with self._lock:

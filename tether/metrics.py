@@ -296,6 +296,12 @@ def session_gone(owner: str, session_id: str) -> None:
 
 
 @_safe
+def closing() -> None:
+    """The hub is shutting down: live status feeds end."""
+    BOARD.close()
+
+
+@_safe
 def actor_restarted(kind: str, gave_up: bool = False) -> None:
     ACTOR_RESTARTS.labels(kind, "gave_up" if gave_up else "restarted").inc()
 

@@ -168,6 +168,7 @@ class LlmActor(TetherActor):
         self._wake = _Wake(task_id, timer, session)
         metrics.wake_started(self._state.name, task_id)
         if not tell(session.ref, m.SendWake(task_id, self._state.name, self.actor_ref)):
+            metrics.wake_ended(self._state.name, task_id, "failed")
             self._end_wake(task_id)
             self._fail_waiters(errors.publisher_offline(self._state.name))
 
@@ -331,4 +332,5 @@ class LlmActor(TetherActor):
         s = self._state
         metrics.llm_seen(self.actor_urn, s.name, s.kind, s.status, s.session_id,
                          self._wake is not None, len(self._in_flight), len(self._waiters),
-                         isinstance(message, m.RecordHeartbeat))
+                         isinstance(message, (m.RecordHeartbeat, m.Adopt))
+                         or (message is None and s.status != INACTIVE))

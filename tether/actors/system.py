@@ -130,6 +130,7 @@ class ActorSystem:
         """Shutdown, first half: no new task; tasks under way may finish for `deadline_s`
         (their results and chunks are still taken), then every waiting client is answered
         503 and publishers are told to retry. `wait_drained` says when that is over."""
+        metrics.closing()  # status feeds end (with a retry hint), or they would hold us up
         self._draining = True
         self._drained = queue.Queue()
         self._drain_pending = sum(

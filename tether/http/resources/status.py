@@ -77,6 +77,9 @@ def _feed(watcher, gone: list[bool], keepalive_s: float, stop_watch) -> Iterator
                 continue
             if gone:
                 return
+            if watcher.closed:  # the hub is shutting down: come back in a second
+                yield b"retry: 1000\n\n"
+                return
             yield sse.frame("state", sse.dumps(BOARD.snapshot())).encode()
             time.sleep(MIN_GAP_S)  # cooperative under gevent; what changed meanwhile follows
     finally:

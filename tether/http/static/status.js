@@ -137,6 +137,7 @@ function renderLlms(llms) {
     cell(tr, 4, llm.inFlight, "num");
     cell(tr, 5, llm.queued, "num");
     cell(tr, 6, wakeText(llm), "wake");
+    cell(tr, 7, clock(llm.lastHeartbeatAt), "wide");
   }
   for (const tr of rows.values()) tr.remove();
   $("nollms").hidden = llms.length > 0;
