@@ -52,6 +52,7 @@ def targets() -> list[str]:
     out = []
     relay, stream = load("relay"), load("stream")
     wake, sessions = load("wake_storm"), load("sessions")
+    cpu = load("cpu")
     if relay:
         c = relay["concurrency"]
         one = c["1"]["tether"]
@@ -90,6 +91,18 @@ def targets() -> list[str]:
                 out.append(f"- {n} sessions (register + stream each, 50 at a time) open in "
                            f"{run['open_s']} s (≤ 10 s): {verdict(run['open_s'] <= 10)}; hub "
                            f"CPU {run.get('hub_cpu_ms_per_open', '?')} ms per session")
+    if cpu:
+        # Issue 13: the hub's CPU per request and per chunk against the backend's own.
+        req, chunk = cpu["per_request_ratio"], cpu["per_chunk_ratio"]
+        us = cpu["per_request_us"]
+        out.append(f"- CPU per relayed request: backend {us['backend']} µs, publisher "
+                   f"{us['publisher']} µs, hub {us['hub']} µs")
+        out.append(f"- hub CPU per request ÷ backend's {req['hub']} (≤ 2.0): "
+                   f"{verdict(req['hub'] <= 2.0)}")
+        out.append(f"- publisher CPU per request ÷ backend's {req['publisher']} (≤ 1.5): "
+                   f"{verdict(req['publisher'] <= 1.5)}")
+        out.append(f"- hub CPU per streamed chunk ÷ backend's {chunk['hub']} (≤ 2.0): "
+                   f"{verdict(chunk['hub'] <= 2.0)}")
     if wake:
         ok = wake["wake_frames"] == 1 and wake["answered"] == wake["clients"]
         out.append(f"- wake storm: {wake['wake_frames']} wake, {wake['answered']}/"

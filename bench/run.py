@@ -1,4 +1,5 @@
-"""Tether benchmarks (not tests): `python -m bench.run [relay|stream|wake_storm|sessions|all]`.
+"""Tether benchmarks (not tests):
+`python -m bench.run [relay|stream|wake_storm|sessions|cpu|all]`.
 
 Every figure is measured in one run on this machine, beside its baseline: the demo backend
 called directly, and LiteLLM's proxy in front of the same backend when it is installed.
@@ -386,10 +387,80 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
     return out
 
 
+# --- cpu --------------------------------------------------------------------------------
+
+def relay_n(base: str, n: int, concurrency: int) -> None:
+    """Exactly `n` non-streamed chat completions over `concurrency` keep-alive connections."""
+    body = json.dumps(CHAT).encode()
+
+    def worker(count: int) -> None:
+        conn = Conn(base)
+        for _ in range(count):
+            conn.send("POST", "/v1/chat/completions", body)
+            status, headers = conn.head()
+            conn.body(headers)
+            assert status == 200, status
+        conn.close()
+
+    jobs = [gevent.spawn(worker, n // concurrency + (i < n % concurrency))
+            for i in range(concurrency)]
+    gevent.joinall(jobs, raise_error=True)
+
+
+def cpu_of(pids: dict[str, int], run: Any) -> tuple[dict[str, float], Any]:
+    """User + system CPU seconds each process spent while `run()` ran, and its value."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    value = run()
+    return {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}, value
+
+
+def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
+              chunks: int = 200) -> dict[str, Any]:
+    """CPU time per relayed request and per streamed chunk, per process, beside the backend's
+    own (issue 13): steadier than wall-clock figures on a shared machine. The hub is the
+    gunicorn worker (the master only supervises it); /proc/<pid>/stat counts every thread."""
+    out: dict[str, Any] = {"requests": requests_n, "concurrency": concurrency,
+                           "streams": streams, "chunks_each": chunks}
+    with Stack() as stack:
+        pids = {"backend": stack.backend_proc.pid, "publisher": stack.publisher_proc.pid,
+                "hub": stack.hub_worker_pid()}
+        relay_n(stack.hub, 200, concurrency)  # warm up: connections, caches, first imports
+        started = time.perf_counter()
+        used, _ = cpu_of(pids, lambda: relay_n(stack.hub, requests_n, concurrency))
+        out["relay_seconds"] = round(time.perf_counter() - started, 2)
+        out["per_request_us"] = {k: round(v / requests_n * 1e6, 1) for k, v in used.items()}
+
+        body = {**CHAT, "stream": True, "max_tokens": chunks}
+
+        def stream_all() -> int:
+            jobs = [gevent.spawn(stream_once, stack.hub, "/v1/chat/completions", body)
+                    for _ in range(streams)]
+            gevent.joinall(jobs, raise_error=True)
+            return sum(job.value[2] for job in jobs)
+
+        started = time.perf_counter()
+        used, received = cpu_of(pids, stream_all)
+        out["stream_seconds"] = round(time.perf_counter() - started, 2)
+        out["chunks"] = received
+        out["per_chunk_us"] = {k: round(v / received * 1e6, 2) for k, v in used.items()}
+    for unit in ("per_request_us", "per_chunk_us"):
+        figures = out[unit]
+        out[unit.replace("_us", "_ratio")] = {
+            k: round(figures[k] / figures["backend"], 2) for k in ("publisher", "hub")}
+    table(f"CPU per relayed request ({requests_n} at concurrency {concurrency}) and per "
+          f"streamed chunk ({streams} streams x {chunks} chunks), µs",
+          ["process", "per request", "÷ backend", "per chunk", "÷ backend"],
+          [[name, out["per_request_us"][name],
+            out["per_request_ratio"].get(name, 1.0), out["per_chunk_us"][name],
+            out["per_chunk_ratio"].get(name, 1.0)] for name in ("backend", "publisher", "hub")])
+    save("cpu", out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["relay", "stream", "wake_storm", "sessions", "all"])
+                        choices=["relay", "stream", "wake_storm", "sessions", "cpu", "all"])
     parser.add_argument("--seconds", type=int, default=10, help="wrk time per relay cell")
     parser.add_argument("--sessions", default="1000,10000")
     args = parser.parse_args()
@@ -397,7 +468,7 @@ def main() -> None:
     if args.which == "all":
         # Each benchmark in a fresh interpreter: no state (or gevent child watcher) carried
         # from one to the next.
-        for which in ("relay", "stream", "wake_storm", "sessions"):
+        for which in ("relay", "stream", "wake_storm", "sessions", "cpu"):
             subprocess.run([sys.executable, "-m", "bench.run", which, "--seconds",
                             str(args.seconds), "--sessions", args.sessions], check=True)
         return
@@ -414,6 +485,8 @@ def main() -> None:
         bench_wake_storm()
     if args.which == "sessions":
         bench_sessions(tuple(int(n) for n in args.sessions.split(",")))
+    if args.which == "cpu":
+        bench_cpu()
 
 
 if __name__ == "__main__":

@@ -65,18 +65,20 @@ class Stack:
         return proc
 
     def __enter__(self) -> Stack:
-        self._spawn([*TETHER, "demo-backend", "--port", str(self.backend_port)], "backend")
+        self.backend_proc = self._spawn(
+            [*TETHER, "demo-backend", "--port", str(self.backend_port)], "backend")
         self.hub_proc = self._spawn(
             [*TETHER, "serve", "--port", str(self.hub_port),
              "--database-url", f"sqlite:///{self.tmp / 'hub.db'}"], "hub", self.hub_env)
         wait_http(f"{self.backend}/v1/models")
         wait_http(f"{self.hub}/healthz")
         if self.with_publisher:
-            self._spawn([*TETHER, "publish", "--hub", self.hub, "--name", "demo",
-                         "--model", "demo-model", "--backend", f"{self.backend}/v1",
-                         "--max-concurrency", str(self.max_concurrency),
-                         "--session-file", str(self.tmp / "session")], "publisher",
-                        {"PYTHONUNBUFFERED": "1"})
+            self.publisher_proc = self._spawn(
+                [*TETHER, "publish", "--hub", self.hub, "--name", "demo",
+                 "--model", "demo-model", "--backend", f"{self.backend}/v1",
+                 "--max-concurrency", str(self.max_concurrency),
+                 "--session-file", str(self.tmp / "session")], "publisher",
+                {"PYTHONUNBUFFERED": "1"})
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 r = urllib3.request("GET", f"{self.hub}/api/v1/llms/demo", retries=False)
