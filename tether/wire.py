@@ -3,9 +3,10 @@
 
 Profiling showed urllib3 taking most of the publisher's CPU (a liveness poll per pooled
 connection, URL and header machinery). This client sends each request in one write with
-TCP_NODELAY, parses only what it needs, and keeps connections per origin. A request that
-fails on a reused idle connection before any answer byte is retried once on a fresh one:
-the server may have closed it while idle.
+TCP_NODELAY, parses only what it needs, and keeps connections per origin. A request whose
+reused idle connection turns out reset or closed before any answer byte is sent again on
+another connection (the peer closed it while idle, so the request never reached it); after
+a timeout, or once an answer has begun, it never is: a slow call must not run twice.
 """
 
 from __future__ import annotations
@@ -18,61 +19,94 @@ from urllib.parse import urlsplit
 
 
 class WireError(Exception):
-    """The peer could not be reached or broke the exchange."""
+    """The peer could not be reached or broke the exchange. Every low-level error (OSError,
+    a malformed answer's ValueError, ...) reaches callers as this type."""
+
+
+class _PeerClosed(ConnectionResetError):
+    """EOF where more of the answer was due."""
+
+
+# What an idle connection the peer closed looks like when it is used again. Only these,
+# before any byte of an answer, allow a resend: the request never reached the peer's
+# application. A timeout never does (the peer may be working on it: a slow call would run
+# twice).
+_STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLEOFError,
+          ssl.SSLZeroReturnError)
+_LOW_LEVEL = (OSError, ValueError, WireError)
+MAX_HEAD = 65536
 
 
 class _Conn:
-    __slots__ = ("sock", "buf", "reused")
+    __slots__ = ("sock", "buf", "reused", "received")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
         self.reused = False
+        self.received = False  # any byte of an answer on this use of the connection
 
     def fill(self) -> None:
         data = self.sock.recv(65536)
         if not data:
-            raise ConnectionResetError("connection closed by the peer")
+            raise _PeerClosed("connection closed by the peer")
+        self.received = True
         self.buf += data
 
-    def read_head(self) -> tuple[int, dict[str, str]]:
+    def line(self) -> bytes:
+        """One CRLF-ended line (chunk sizes, trailers), without its ending."""
+        while (eol := self.buf.find(b"\r\n")) < 0:
+            if len(self.buf) > MAX_HEAD:
+                raise WireError("chunk line too long")
+            self.fill()
+        line, self.buf = self.buf[:eol], self.buf[eol + 2:]
+        return line
+
+    def read_head(self) -> tuple[int, str, dict[str, str]]:
         while True:
             end = self.buf.find(b"\r\n\r\n")
             if end >= 0:
                 break
-            if len(self.buf) > 65536:
+            if len(self.buf) > MAX_HEAD:
                 raise WireError("response head too large")
             self.fill()
         head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             raise WireError(f"not an HTTP response: {lines[0][:80]!r}")
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        return int(parts[1]), headers
+        return int(parts[1]), parts[0], headers
 
-    def iter_body(self, headers: dict[str, str]) -> Iterator[bytes]:
+    def iter_body(self, headers: dict[str, str], bodyless: bool) -> Iterator[bytes]:
         """The body as it arrives; ends where the response ends."""
+        if bodyless:
+            return
         if headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
-                while (eol := self.buf.find(b"\r\n")) < 0:
-                    self.fill()
-                size = int(self.buf[:eol].split(b";")[0], 16)
-                self.buf = self.buf[eol + 2:]
+                size = int(self.line().split(b";")[0].strip(), 16)
+                if size < 0:
+                    raise WireError("negative chunk size")
                 if size == 0:
-                    while (eol := self.buf.find(b"\r\n")) < 0:  # trailers end with CRLF
-                        self.fill()
-                    self.buf = self.buf[eol + 2:]
+                    while self.line():  # trailers, up to the empty line
+                        pass
                     return
-                while len(self.buf) < size + 2:
-                    self.fill()
-                chunk, self.buf = self.buf[:size], self.buf[size + 2:]
-                yield chunk
+                left = size
+                while left:  # a big chunk goes out as it arrives, not buffered whole
+                    if not self.buf:
+                        self.fill()
+                    piece, self.buf = self.buf[:left], self.buf[left:]
+                    left -= len(piece)
+                    yield piece
+                if self.line():
+                    raise WireError("chunk data longer than its size")
         elif "content-length" in headers:
             left = int(headers["content-length"])
+            if left < 0:
+                raise WireError("negative Content-Length")
             while left > 0:
                 if not self.buf:
                     self.fill()
@@ -94,13 +128,17 @@ class _Conn:
 class Response:
     """A response whose body is read as it arrives (`chunks()`) or whole (`read()`)."""
 
-    def __init__(self, pool: Pool, conn: _Conn, status: int, headers: dict[str, str]) -> None:
+    def __init__(self, pool: Pool, conn: _Conn, status: int, headers: dict[str, str],
+                 version: str = "HTTP/1.1", method: str = "GET") -> None:
         self.status = status
         self.headers = headers
         self._pool = pool
         self._conn: _Conn | None = conn
-        self._keep = headers.get("connection", "").lower() != "close" and (
-            "content-length" in headers
+        self._bodyless = method == "HEAD" or status in (204, 304)
+        connection = headers.get("connection", "").lower()
+        self._keep = (connection == "keep-alive" if version == "HTTP/1.0"
+                      else connection != "close") and (
+            self._bodyless or "content-length" in headers
             or headers.get("transfer-encoding", "").lower() == "chunked")
 
     def chunks(self) -> Iterator[bytes]:
@@ -108,10 +146,10 @@ class Response:
         if conn is None:
             return
         try:
-            yield from conn.iter_body(self.headers)
-        except (OSError, ValueError) as exc:
+            yield from conn.iter_body(self.headers, self._bodyless)
+        except _LOW_LEVEL as exc:
             self.close()
-            raise WireError(str(exc)) from None
+            raise WireError(str(exc) or type(exc).__name__) from None
         self._conn = None
         if self._keep:
             self._pool.release(conn)
@@ -150,9 +188,9 @@ class Pool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-        except OSError as exc:
+            sock.settimeout(timeout)
+        except (OSError, ValueError, OverflowError) as exc:
             raise WireError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        sock.settimeout(timeout)
         return _Conn(sock)
 
     def release(self, conn: _Conn) -> None:
@@ -176,7 +214,10 @@ class Pool:
             head.append("Transfer-Encoding: chunked")
         elif body is not None:
             head.append(f"Content-Length: {len(body)}")
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        try:
+            data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise WireError(f"a header cannot be sent: {exc}") from None
         if not streamed:
             data += body or b""
         while True:
@@ -184,6 +225,7 @@ class Pool:
             # peer may have closed: it opens its own (it is long-lived anyway).
             fresh = streamed or not self._idle
             conn = self._connect(timeout) if fresh else self._idle.pop()
+            conn.received = False
             try:
                 conn.sock.settimeout(timeout)
                 conn.sock.sendall(data)
@@ -192,10 +234,15 @@ class Pool:
                         if piece:
                             conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
                     conn.sock.sendall(b"0\r\n\r\n")
-                status, response_headers = conn.read_head()
-            except (OSError, WireError) as exc:
+                status, version, response_headers = conn.read_head()
+                while 100 <= status < 200:  # an interim answer (100 Continue): the next
+                    status, version, response_headers = conn.read_head()
+            except _LOW_LEVEL as exc:
                 conn.close()
-                if conn.reused and not conn.buf:
-                    continue  # the peer closed it while idle: once more, on a fresh one
-                raise WireError(str(exc)) from None
-            return Response(self, conn, status, response_headers)
+                if conn.reused and not conn.received and isinstance(exc, _STALE):
+                    continue  # the peer closed it while idle: once more, on another one
+                raise WireError(str(exc) or type(exc).__name__) from None
+            except BaseException:  # the body's producer failed, or the greenlet was killed
+                conn.close()
+                raise
+            return Response(self, conn, status, response_headers, version, method)
