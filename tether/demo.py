@@ -88,9 +88,12 @@ def _published(hub: str, children: list[Child], timeout: float = 30) -> None:
     while time.monotonic() < deadline:
         _check_alive(children)
         try:
-            r = urllib3.request("GET", f"{hub}/api/v1/llms/{DEMO_MODEL}", timeout=1,
-                                retries=False)
-            if r.status == 200 and r.json()["status"] == "active":
+            # Ready means servable: the row turns active at register, but requests get 503
+            # until the publisher's stream is open too, which the status board shows.
+            r = urllib3.request("GET", f"{hub}/status/state", timeout=1, retries=False)
+            rows = r.json()["llms"] if r.status == 200 else []
+            if any(row["name"] == DEMO_MODEL and row["status"] == "active"
+                   and row["streamOpen"] for row in rows):
                 return
         except urllib3.exceptions.HTTPError:
             pass
