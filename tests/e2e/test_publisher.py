@@ -331,3 +331,18 @@ def test_sigterm_lets_running_tasks_finish_and_answers_the_rest(
         assert time.monotonic() - started < 6
     assert publish.proc.wait(15) == 0
     wait_until(lambda: backend.stats()["aborted"] == 1, timeout=8)  # the call was closed
+
+
+def test_a_sleep_recipe_that_raises_does_not_wedge_the_backend(
+        hub, backend_factory, publish_factory):
+    """The sleep greenlet dying (send_wol raising OSError) left `sleeping` set: every later
+    task waited in the queue forever. Now the sleep fails, the backend stays awake."""
+    backend = backend_factory()
+    bad = {"wol": {"mac": "aa:bb:cc:dd:ee:ff", "broadcast": "no-such-host.invalid"}}
+    publish = publish_factory([backend_spec(backend, idle_sleep_s=0.3, sleep=bad)])
+    wait_status(hub, "llama", "active")
+    wait_until(lambda: "sleep recipe of llama failed" in publish.logs())
+    body = {"messages": [{"role": "user", "content": "Hello"}]}
+    r = requests.post(f"{hub.url}/api/v1/llms/llama/infer", json=body, timeout=15)
+    assert r.status_code == 200
+    assert hub.llm("llama")["status"] == "active"
