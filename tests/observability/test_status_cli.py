@@ -11,6 +11,7 @@ import time
 
 from tests.e2e.test_security import KeyedPublisher, make_key
 from tests.support.procs import TETHER
+from tether.cli import main
 
 
 def status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -86,21 +87,29 @@ def test_the_table_from_a_real_hub(hub, publisher):
     assert "\x1b[32mactive" in painted  # green, on a terminal
 
 
-def test_auth_on_needs_a_key_from_the_named_env_var(hub_factory):
+def test_auth_on_needs_a_key_from_the_named_env_var(hub_factory, capsys, monkeypatch):
     hub = hub_factory(auth="on")
     admin = make_key(hub, "admin", "root")
     reader = make_key(hub, "client", "viewer")
     KeyedPublisher(hub.url, admin).register("alpha")
 
-    refused = status("--hub", hub.url)
-    assert refused.returncode == 2 and "--key-env" in refused.stderr
-    wrong = status("--hub", hub.url, "--key-env", "MY_KEY", env={"MY_KEY": "nope"})
-    assert wrong.returncode == 2 and "$MY_KEY was refused" in wrong.stderr
-    unset = status("--hub", hub.url, "--key-env", "NO_SUCH_VAR")
-    assert unset.returncode == 2 and "NO_SUCH_VAR" in unset.stderr
-    ok = status("--hub", hub.url, "--key-env", "MY_KEY", env={"MY_KEY": reader})
-    assert ok.returncode == 0, ok.stderr
-    assert _row(ok.stdout, "alpha")[0] == "alpha"
+    def run(*args: str) -> tuple[int, str, str]:  # the same command, in this process
+        code = main(["status", "--hub", hub.url, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, _, err = run()
+    assert code == 2 and "--key-env" in err
+    monkeypatch.setenv("MY_KEY", "nope")
+    code, _, err = run("--key-env", "MY_KEY")
+    assert code == 2 and "$MY_KEY was refused" in err
+    monkeypatch.delenv("NO_SUCH_VAR", raising=False)
+    code, _, err = run("--key-env", "NO_SUCH_VAR")
+    assert code == 2 and "NO_SUCH_VAR" in err
+    monkeypatch.setenv("MY_KEY", reader)
+    code, out, err = run("--key-env", "MY_KEY")
+    assert code == 0, err
+    assert _row(out, "alpha")[0] == "alpha"
 
 
 def test_an_unreachable_hub_is_one_line_and_exit_1(tmp_path):
