@@ -33,9 +33,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from tether.store import db
 
-    # Checked here, before gunicorn forks: a database that cannot be opened is one line and
-    # status 2, not a worker's boot traceback.
-    db.check(settings.database_url)
+    # Opened and migrated here, before gunicorn forks: a database that cannot be opened or
+    # prepared (no right to create tables) is one line and status 2, not a worker's boot
+    # traceback. Closed again: the worker opens its own connections.
+    try:
+        _prepare_database(settings.database_url)
+    finally:
+        db.close()
     from tether.http.server import serve
 
     serve(settings)
@@ -44,11 +48,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _open_store(args: argparse.Namespace) -> None:
     settings = load_settings(args.config, overrides={"database_url": args.database_url})
+    _prepare_database(settings.database_url)
+
+
+def _prepare_database(url: str) -> None:
+    """Open the database and bring its schema up to date, or raise DatabaseUnavailable."""
+    import peewee
+
     from tether.store import db, migrations
 
-    db.check(settings.database_url)
-    db.init(settings.database_url)
-    migrations.migrate()
+    db.check(url)
+    db.init(url)
+    try:
+        migrations.migrate()
+    except peewee.PeeweeException as exc:
+        raise db.unavailable("prepare", url, exc) from exc
 
 
 def _llms(args: argparse.Namespace) -> int:

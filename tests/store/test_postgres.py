@@ -82,3 +82,29 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_status_2(tmp_path, url
                           capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert keys.returncode == 2 and len(keys.stderr.splitlines()) == 1, keys.stderr
     assert reason in keys.stderr
+
+
+def test_a_database_the_hub_may_not_write_is_one_line_and_status_2(tmp_path, pg):
+    """A role that may connect but not create tables (PostgreSQL 15's default for a role
+    that does not own the database): the migration fails before gunicorn starts."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    role = f"tether_test_ro_{pg.name[-12:]}"
+    postgres._admin(lambda cur: cur.execute(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        # Already so on PostgreSQL 15+; said explicitly for older servers (in that database).
+        postgres._admin(lambda cur: cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+                        pg.url)
+        parts = urlsplit(pg.url)
+        host = parts.netloc.rpartition("@")[2]
+        url = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+        done = subprocess.run([*TETHER, "serve", "--port", str(free_port()),
+                               "--database-url", url],
+                              capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    finally:
+        pg.drop()
+        postgres._admin(lambda cur: cur.execute(f'DROP ROLE IF EXISTS "{role}"'))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("tether serve: cannot prepare the database ")
+    assert "permission denied" in done.stderr

@@ -28,11 +28,12 @@ class Database:
         _admin(lambda cur: cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
 
 
-def _admin(action) -> None:
+def _admin(action, url: str | None = None) -> None:
+    """Run `action(cursor)` as the server's admin user (in `url`'s database if given)."""
     import psycopg2
 
     try:
-        conn = psycopg2.connect(server_url(), connect_timeout=3)
+        conn = psycopg2.connect(url or server_url(), connect_timeout=3)
     except psycopg2.OperationalError as exc:
         reason = " ".join(str(exc).split())
         pytest.skip(f"no PostgreSQL answers at {server_url()} (set TETHER_TEST_POSTGRES_URL "

@@ -119,10 +119,15 @@ def check(url: str) -> None:
             db.close_all() if hasattr(db, "close_all") else db.close()
     except (peewee.PeeweeException, peewee.ImproperlyConfigured, ValueError, RuntimeError,
             OSError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, peewee.ImproperlyConfigured | RuntimeError):
-            reason += " (Tether supports sqlite:///path and postgresql://user@host/db)"
-        raise DatabaseUnavailable(f"cannot open the database {redact(url)}: {reason}") from exc
+        raise unavailable("open", url, exc) from exc
+
+
+def unavailable(what: str, url: str, exc: BaseException) -> DatabaseUnavailable:
+    """One line: what could not be done with which database (no password), and why."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, peewee.ImproperlyConfigured | RuntimeError):
+        reason += " (Tether supports sqlite:///path and postgresql://user@host/db)"
+    return DatabaseUnavailable(f"cannot {what} the database {redact(url)}: {reason}")
 
 
 def init(url: str) -> peewee.Database:
