@@ -97,6 +97,17 @@ class Board:
             self._wakes.pop(name, None)
         self._notify()
 
+    def actor_down(self, kind: str, key: str) -> None:
+        """A crashed actor that will not be restarted: it reports nothing any more."""
+        with self._lock:
+            if kind == "llm" and key in self._llms:
+                row = self._llms[key]
+                self._llms[key] = _Llm(row.owner, row.name, row.kind, "inactive",
+                                       row.session_id, False, 0, 0)
+            elif kind == "session" and key in self._sessions:
+                self._sessions[key] = _Session(self._sessions[key].owner, False, 0)
+        self._notify()
+
     def session(self, owner: str, session_id: str, stream_open: bool, open_tasks: int) -> None:
         entry = _Session(owner, stream_open, open_tasks)
         with self._lock:

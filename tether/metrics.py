@@ -307,6 +307,12 @@ def actor_restarted(kind: str, gave_up: bool = False) -> None:
 
 
 @_safe
+def actor_down(kind: str, key: str) -> None:
+    """A child left down after too many crashes: its Llm shows `inactive` (so does the row)."""
+    BOARD.actor_down(kind, key)
+
+
+@_safe
 def swept(action: str, count: int = 1) -> None:
     """The sweep's counts: `action` is "inactive" or "deleted"."""
     if count:

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.hub import wait_until
 from tether import sse
+from tether.actors.supervisor import MAX_RESTARTS
 
 INFER = "/api/v1/llms/{name}/infer"
 CHAT = "chat/completions"
@@ -149,3 +150,32 @@ def test_labels_never_hold_task_ids_or_client_text(hub, publisher):
     text = hub.get("/metrics").text
     assert canary not in text and task["taskId"] not in text and "no-such-llm" not in text
     assert publisher.session_id not in text
+
+
+def test_actor_restarts_are_counted_and_a_child_left_down_shows_inactive(hub_factory,
+                                                                         publisher_factory):
+    hub = hub_factory(fault_injection=1)
+    publisher = publisher_factory(url=hub.url)
+    publisher.register("alpha")
+    publisher.open()
+
+    def restarts(outcome: str, kind: str = "llm") -> float:
+        return value(scrape(hub), "tether_actor_restarts_total", kind=kind, outcome=outcome)
+
+    for n in range(1, MAX_RESTARTS + 1):
+        assert hub.post("/_faults/crash", {"kind": "llm", "key": "alpha"}).json() == {
+            "crashed": True}
+        wait_until(lambda n=n: restarts("restarted") == n)
+        # The restarted actor reported itself: the gauges still show alpha, active.
+        wait_until(lambda: hub.get("/status/state").json()["llms"][0]["status"] == "active")
+    assert hub.post("/_faults/crash", {"kind": "llm", "key": "alpha"}).json() == {
+        "crashed": True}
+    wait_until(lambda: restarts("gave_up") == 1)
+    assert restarts("restarted") == MAX_RESTARTS
+    state = hub.get("/status/state").json()
+    assert [(r["name"], r["status"]) for r in state["llms"]] == [("alpha", "inactive")]
+    assert value(scrape(hub), "tether_llms", kind="virtual", status="inactive") == 1
+
+    assert hub.post("/_faults/crash", {"kind": "sweeper", "key": ""}).json() == {
+        "crashed": True}
+    wait_until(lambda: restarts("restarted", kind="sweeper") == 1)

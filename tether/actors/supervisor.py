@@ -286,6 +286,7 @@ class Supervisor(TetherActor):
             self._report(self.actor_ref)
 
     def _give_up(self, kind: str, key: str) -> None:
+        metrics.actor_down(kind, key)
         if kind == "llm":
             self._llms.pop(key, None)
             store.set_status(key, self._owner.get(key), INACTIVE)

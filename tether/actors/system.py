@@ -104,6 +104,7 @@ class ActorSystem:
         while history and now - history[0] > RESTART_WINDOW_S:
             history.popleft()
         history.append(now)
+        metrics.actor_restarted(kind, gave_up=len(history) > MAX_RESTARTS)
         if len(history) > MAX_RESTARTS:
             log.critical("the %s crashed %d times in %g s: the worker exits", kind,
                          len(history), RESTART_WINDOW_S)
