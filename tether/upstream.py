@@ -4,17 +4,32 @@ with the same events a publisher's answer produces, so the HTTP side renders bot
 
 from __future__ import annotations
 
+import logging
+
 from tether.actors import messages as m
 from tether.config import PublicLlm
 from tether.errors import TetherError
 from tether.openai_client import BackendClient, BackendError, Unreachable
+
+log = logging.getLogger("tether.upstream")
 
 
 def client_for(llm: PublicLlm, read_timeout: float) -> BackendClient:
     return BackendClient(llm.base_url, llm.api_key, concurrency=16, read_timeout=read_timeout)
 
 
-def relay(client: BackendClient, llm: PublicLlm, msg: m.Infer) -> None:
+def relay(client: BackendClient, llm: PublicLlm, msg: m.Infer, task_id: str = "") -> None:
+    """Answer `msg.reply` from the upstream; whatever happens, the client gets an answer."""
+    try:
+        _relay(client, llm, msg)
+    except Exception:  # a defect or a malformed upstream answer: never leave a client waiting
+        log.exception("task %s llm=%s: relaying to the upstream failed", task_id, llm.name)
+        msg.reply.put(m.Failed(TetherError(
+            502, "upstream_error",
+            f"relaying to the upstream of {llm.name!r} failed (task {task_id})")))
+
+
+def _relay(client: BackendClient, llm: PublicLlm, msg: m.Infer) -> None:
     request = dict(msg.request)
     request["model"] = llm.model  # clients name the Llm; the upstream wants its model
     try:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import socket
+import threading
 import time
 
 import requests
 
+from tests.support.hub import Hub, wait_until
 from tether import sse
 
 
@@ -266,3 +269,52 @@ def test_ndjson_lines_are_checked_like_single_results(hub_factory, publisher_fac
                            data=b'{"chunk": {"data": "{}"}}\n\n{"chunk": {"done": true}}\n')
         assert ok.json() == {"ok": True}
         assert pending.result().status_code == 200
+
+
+class _GarbledUpstream:
+    """An OpenAI-compatible upstream that answers every request with an SSE body that is
+    not UTF-8: the hub's relay meets an error it has no case for."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                body = b"data: \xff\xfe garbled\n\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(body), body))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_unexpected_upstream_failure_answers_at_once_and_is_logged(tmp_path):
+    """Issue 10.6: an exception inside the public-Llm relay killed its greenlet silently and
+    the client waited for the relay's 10-minute safety net."""
+    upstream = _GarbledUpstream()
+    conf = tmp_path / "garbled.toml"
+    conf.write_text(f'[[llms]]\nname = "cloud"\ntype = "openai"\nmodel = "m"\n'
+                    f'base_url = "{upstream.base_url}"\n')
+    hub = Hub(tmp_path, config=str(conf), keepalive_s=5).start()
+    try:
+        started = time.monotonic()
+        r = _client_stream(hub, "cloud")
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["code"] == "upstream_error"
+        assert time.monotonic() - started < 5
+        task = r.json()["error"]["message"].rsplit("task ", 1)[1].rstrip(")")
+        wait_until(lambda: f"task {task} llm=cloud" in hub.logs())
+    finally:
+        hub.stop()
+        upstream.close()

@@ -144,7 +144,7 @@ class LlmActor(TetherActor):
 
         def run() -> None:
             try:
-                upstream.relay(client, llm, msg)
+                upstream.relay(client, llm, msg, task_id)
             finally:
                 tell(me, m.TaskEnded(task_id))
 
