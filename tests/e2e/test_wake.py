@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
+import socket
 import time
 
 import requests
@@ -148,3 +150,42 @@ def test_streaming_client_sees_waking_comments_while_the_wake_runs(hub_factory, 
     comments = [i for i in items if isinstance(i, str)]
     assert comments and set(comments) == {"waking"}
     assert [i.data for i in items if not isinstance(i, str)] == ["{}", "[DONE]"]
+
+
+def _leaving_client(hub, name: str, content: str) -> socket.socket:
+    """Send an infer on a raw socket, to be closed while it waits."""
+    body = json.dumps({"messages": [{"role": "user", "content": content}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", hub.port))
+    sock.sendall(b"POST /api/v1/llms/%s/infer HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (name.encode(), len(body), body))
+    return sock
+
+
+def test_a_client_that_leaves_during_the_wake_is_dropped_from_the_wait(hub_factory,
+                                                                        publisher_factory):
+    """Issue 10.8: a client gone while its request waited on a wake was still dispatched
+    after it (its task ran uncancelled) and its dead slot counted toward max_queue_per_llm."""
+    hub = hub_factory(max_queue_per_llm=1)
+    publisher = publisher_factory(url=hub.url)
+    _sleepy(publisher)
+    stream = publisher.open()
+    leaver = _leaving_client(hub, "sleepy", "gone")
+    wake = stream.next_task("wake")
+    leaver.close()
+    with cf.ThreadPoolExecutor(1) as pool:
+        deadline = time.monotonic() + 5
+        while True:  # the hub notices the departure within a second
+            stayer = pool.submit(hub.infer, "sleepy", "stays")
+            try:
+                r = stayer.result(timeout=0.5)
+            except cf.TimeoutError:
+                break  # it waits: the slot of the client who left is free
+            assert r.status_code == 429 and time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        publisher.result(wake["taskId"], {"status": 200})
+        infer = stream.next_task("infer")
+        assert infer["request"]["messages"][0]["content"] == "stays"
+        publisher.result(infer["taskId"], {"status": 200, "body": {"ok": True}})
+        assert stayer.result().json() == {"ok": True}
+    assert _tasks(stream) == []  # no task ever went out for the client who left

@@ -54,7 +54,9 @@ class LlmActor(TetherActor):
         self._session = session
         self._waiters: deque[m.Infer] = deque()
         self._wake: _Wake | None = None
-        self._in_flight: set[str] = set()
+        # task id -> its client's reply channel (None for a predecessor's, see
+        # TasksInFlight): a client that leaves is found by its channel (Withdraw).
+        self._in_flight: dict[str, m.ReplyChannel | None] = {}
         self._adopted_at = time.monotonic()
         self._registered_status = state.status
         # Set when a stream loss made us inactive although the lost stream predates the
@@ -77,6 +79,7 @@ class LlmActor(TetherActor):
             m.WakeTimedOut: self._on_wake_timed_out,
             m.TaskEnded: self._on_task_ended,
             m.TasksInFlight: self._on_tasks_in_flight,
+            m.Withdraw: self._on_withdraw,
         }
 
     # --- infer ---------------------------------------------------------------------------
@@ -126,7 +129,7 @@ class LlmActor(TetherActor):
             ),
         )
         if sent:
-            self._in_flight.add(task_id)
+            self._in_flight[task_id] = msg.reply
         else:  # the session actor is down (its restarts gave up): nobody would answer
             msg.reply.put(m.Failed(errors.publisher_offline(self._state.name)))
 
@@ -137,7 +140,7 @@ class LlmActor(TetherActor):
                 503, "publisher_offline", f"{self._state.name!r} has no upstream configured")))
             return
         task_id = f"p-{uuid.uuid4().hex}"
-        self._in_flight.add(task_id)
+        self._in_flight[task_id] = msg.reply
         me, client, llm = self.actor_ref, self._upstream, self._public
         worker: list[Task] = []
         msg.reply.put(m.Dispatched(task_id, lambda _why: worker and worker[0].cancel()))
@@ -151,10 +154,24 @@ class LlmActor(TetherActor):
         worker.append(spawn(run))
 
     def _on_task_ended(self, msg: m.TaskEnded) -> None:
-        self._in_flight.discard(msg.task_id)
+        self._in_flight.pop(msg.task_id, None)
 
     def _on_tasks_in_flight(self, msg: m.TasksInFlight) -> None:
-        self._in_flight.update(msg.task_ids)  # a crashed predecessor's, still running
+        for task_id in msg.task_ids:  # a crashed predecessor's, still running
+            self._in_flight.setdefault(task_id, None)
+
+    def _on_withdraw(self, msg: m.Withdraw) -> None:
+        """The client left before its request was dispatched (as far as it knew)."""
+        for waiter in self._waiters:
+            if waiter.reply is msg.reply:
+                self._waiters.remove(waiter)  # no task will ever go out for it
+                return
+        # It was dispatched meanwhile: the Dispatched it never read can no longer cancel it.
+        for task_id, reply in self._in_flight.items():
+            if reply is msg.reply and self._session is not None \
+                    and not task_id.startswith("p-"):
+                tell(self._session.ref, m.CancelTask(task_id, "client_gone"))
+                return
 
     # --- wake ----------------------------------------------------------------------------
 

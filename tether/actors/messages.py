@@ -92,6 +92,14 @@ class Infer:
 
 
 @dataclass(frozen=True)
+class Withdraw:
+    """The client of the infer answering on `reply` left before it saw its task start:
+    drop it from the wait (or cancel its task, if one went out meanwhile)."""
+
+    reply: ReplyChannel = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Adopt:
     """The row was (re-)registered: take this state and owner."""
 

@@ -261,6 +261,10 @@ class ActorSystem:
             else getattr(directory.session(key), "ref", None)
         return tell(ref, m.Crash())
 
+    def withdraw(self, name: str, reply: queue.Queue) -> None:
+        """The client of an infer that was not dispatched yet left: stop waiting for it."""
+        tell(self._directory.llm(name), m.Withdraw(reply))
+
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
         dispatched.cancel(reason)
 

@@ -47,7 +47,8 @@ class Relay:
             raise
         req.context.outcome_logged = True  # from here the reply channel logs the outcome
         stop_watch = disconnect.watch(req.env, lambda: reply.put(streams.ClientGone()))
-        state: dict[str, Any] = {}
+        # Until it is dispatched, a request that ends unanswered is withdrawn from its wait.
+        state: dict[str, Any] = {"withdraw": lambda: self._system.withdraw(name, reply)}
 
         def finished() -> None:
             stop_watch()
@@ -70,6 +71,8 @@ class Relay:
         dispatched = state.get("dispatched")
         if dispatched is not None:
             self._system.cancel(dispatched, reason)
+        else:
+            state["withdraw"]()
 
     def _next(self, reply: queue.Queue, timeout: float) -> Any:
         try:
