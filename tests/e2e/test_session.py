@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
+
+import requests
 
 from tests.support.hub import wait_until
 from tests.support.publisher import Stream
+from tether import sse
 
 
 def test_stream_says_hello_and_keeps_alive(hub, publisher):
@@ -102,3 +106,81 @@ def test_status_report_changes_only_own_rows(hub, publisher_factory):
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     assert hub.llm("theirs")["status"] == "active"
     assert hub.llm("mine")["status"] == "hibernating"  # nothing of a refused report applied
+
+
+# --- reconnects (PROTOCOL.md, Stream) ----------------------------------------------------
+
+
+def _lost(hub, stream, name: str = "m1") -> None:
+    stream.close()
+    wait_until(lambda: hub.llm(name)["status"] == "inactive")  # the hub noticed
+
+
+def test_waiters_released_while_the_stream_is_down_wait_for_it(hub_factory, publisher_factory):
+    """Issue 10.9: a wake result posted while the stream was down sent the waiters to a
+    session with no stream, and they got 503 publisher_offline."""
+    hub = hub_factory(publisher_grace_s=10)
+    publisher = publisher_factory(url=hub.url)
+    publisher.register("m1", {"name": "sleepy", "type": "o", "model": "m",
+                              "initialStatus": "hibernating"})
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(hub.infer, "sleepy")
+        wake = next(i for i in iter(stream.next, None) if i.event == "task")
+        _lost(hub, stream)
+        assert publisher.result(wake.json()["taskId"], {"status": 200}).status_code == 200
+        time.sleep(0.3)
+        assert not pending.done()  # it waits for the stream, not 503
+        again = publisher.open(last_event_id=wake.id)
+        infer = again.next_task("infer")
+        publisher.result(infer["taskId"], {"status": 200, "body": {"waited": True}})
+        assert pending.result(timeout=10).json() == {"waited": True}
+
+
+def test_a_reconnect_without_last_event_id_gets_the_untouched_tasks_again(
+        hub_factory, publisher_factory):
+    """Issue 11.2: a restarted publisher (no Last-Event-ID) got nothing replayed, and the
+    reconnect cancelled the grace: its client hung until infer_timeout_s."""
+    hub = hub_factory(publisher_grace_s=30)
+    publisher = publisher_factory(url=hub.url)
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(hub.infer, "m1", "first")
+        sent = [stream.next_task("infer")]
+        second = pool.submit(hub.infer, "m1", "second")
+        sent.append(stream.next_task("infer"))
+        _lost(hub, stream)
+        publisher.register("m1")  # what a restarted publisher process does
+        again = publisher.open()  # ... remembering no event id
+        resent = [again.next_task("infer"), again.next_task("infer")]
+        assert [t["taskId"] for t in resent] == [t["taskId"] for t in sent]  # in order
+        for task in resent:
+            publisher.result(task["taskId"], {"status": 200, "body": {"n": task["request"]}})
+        assert first.result(timeout=10).json()["n"]["messages"][0]["content"] == "first"
+        assert second.result(timeout=10).json()["n"]["messages"][0]["content"] == "second"
+
+
+def test_a_reconnect_with_an_unknown_event_id_fails_tasks_that_already_streamed(
+        hub_factory, publisher_factory):
+    hub = hub_factory(publisher_grace_s=30)
+    publisher = publisher_factory(url=hub.url)
+    publisher.register("m1")
+    stream = publisher.open()
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    r = requests.post(f"{hub.url}/api/v1/llms/m1/infer", json=body, stream=True, timeout=20,
+                      headers={"Connection": "close"})
+    task = stream.next_task("infer")
+    publisher.result(task["taskId"], {"chunk": {"data": '{"n": 1}', "done": False}})
+    assert r.status_code == 200
+    _lost(hub, stream)
+    started = time.monotonic()
+    publisher.register("m1")
+    again = publisher.open(last_event_id="987654321")  # never sent by this hub process
+    items = [i for i in sse.parse(sse.iter_lines(r.iter_content(chunk_size=None)))
+             if not isinstance(i, str)]
+    assert items[0].data == '{"n": 1}'
+    assert items[-1].event == "error"
+    assert items[-1].json()["error"]["code"] == "publisher_disconnected"
+    assert time.monotonic() - started < 5  # at once, not after the 30 s grace
+    assert [i for i in again.drain(0.3) if getattr(i, "event", "") == "task"] == []

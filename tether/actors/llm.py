@@ -112,7 +112,7 @@ class LlmActor(TetherActor):
             if self._wake is None:
                 self._start_wake()
 
-    def _dispatch(self, msg: m.Infer) -> None:
+    def _dispatch(self, msg: m.Infer, may_wait: bool = False) -> None:
         session = self._session
         assert session is not None
         task_id = new_task_id(session.slot)
@@ -126,6 +126,7 @@ class LlmActor(TetherActor):
                 msg.endpoint,
                 msg.reply,
                 self.actor_ref,
+                may_wait,
             ),
         )
         if sent:
@@ -234,7 +235,7 @@ class LlmActor(TetherActor):
 
     def _release_waiters(self) -> None:
         while self._waiters:
-            self._dispatch(self._waiters.popleft())
+            self._dispatch(self._waiters.popleft(), may_wait=True)
 
     def _fail_waiters(self, error: TetherError) -> None:
         while self._waiters:

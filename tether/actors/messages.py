@@ -204,6 +204,9 @@ class SendInfer:
     endpoint: str
     reply: ReplyChannel = field(compare=False)
     llm: pykka.ActorRef = field(compare=False)
+    # A waiter released from the LlmActor's queue: with the stream down it waits for the
+    # stream (publisher_grace_s) instead of failing publisher_offline at once.
+    may_wait: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ MAX_REPLAY = 1024
 class _Task:
     __slots__ = (
         "task_id", "kind", "llm_name", "llm", "reply", "streaming", "endpoint", "frame_id",
-        "frame", "chunks_seen", "timer", "deadline_no", "started",
+        "frame", "payload", "chunks_seen", "timer", "deadline_no", "started",
     )
 
     def __init__(
@@ -46,6 +46,7 @@ class _Task:
         self.endpoint = endpoint
         self.frame_id = 0
         self.frame = ""
+        self.payload: dict[str, Any] = {}
         self.chunks_seen = False
         self.timer: Timer | None = None
         self.deadline_no = 0
@@ -109,11 +110,21 @@ class SessionActor(TetherActor):
         }
         msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
         last = msg.last_event_id
-        # Only ids this process sent can be resumed from; anything else replays nothing.
+        open_tasks = sorted(self._tasks.values(), key=lambda t: t.frame_id)
         if last is not None and 0 <= last <= self._seq:
-            for task in self._tasks.values():
+            # A resume: the publisher holds the tasks up to `last`; the rest go again.
+            for task in open_tasks:
                 if task.frame_id > last:
                     msg.outbox.put(task.frame)
+        else:
+            # No Last-Event-ID (a restarted publisher remembers nothing) or an id this
+            # process never sent: the publisher holds none of the open tasks. Those that
+            # produced nothing go again as new frames; the others cannot be resumed.
+            for task in open_tasks:
+                if task.chunks_seen:
+                    self._finish(task, m.Failed(errors.publisher_disconnected(task.llm_name)))
+                else:
+                    self._send(task, task.payload)
         return self._token
 
     def _note_replaced(self) -> None:
@@ -149,12 +160,14 @@ class SessionActor(TetherActor):
             self._fail_all(errors.publisher_disconnected)
 
     def _send(self, task: _Task, payload: dict[str, Any]) -> None:
-        assert self._outbox is not None
         self._seq = next(self._frame_ids)
         task.frame_id = self._seq
+        task.payload = payload
         task.frame = sse.frame("task", sse.dumps(payload), self._seq)
         self._tasks[task.task_id] = task
-        self._outbox.put(task.frame)
+        if self._outbox is not None:
+            self._outbox.put(task.frame)
+        # else: held for the stream, sent after `hello` when it comes back (see _hold)
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -170,8 +183,21 @@ class SessionActor(TetherActor):
     def _closed(self) -> bool:
         return self._outbox is None or self._draining or len(self._tasks) >= MAX_REPLAY
 
+    def _hold(self, msg: m.SendInfer) -> bool:
+        """A waiter released while the stream is down (a wake result or a re-register that
+        overtook the reconnect) waits for the stream like the tasks already sent: up to
+        publisher_grace_s, then publisher_disconnected."""
+        if not (msg.may_wait and self._outbox is None and not self._draining
+                and len(self._tasks) < MAX_REPLAY and self._settings.publisher_grace_s > 0):
+            return False
+        if self._grace is None:
+            self._grace = call_later(
+                self._settings.publisher_grace_s, tell, self.actor_ref, m.GraceExpired(self._token)
+            )
+        return True
+
     def _on_send_infer(self, msg: m.SendInfer) -> None:
-        if self._closed():
+        if self._closed() and not self._hold(msg):
             msg.reply.put(m.Failed(self._refuse(msg.llm_name)))
             tell(msg.llm, m.TaskEnded(msg.task_id))
             return
