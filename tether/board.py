@@ -73,6 +73,7 @@ class Board:
         self._failed = 0
         self._watchers: set[Watcher] = set()
         self.closed = False  # shutting down: watchers stop watching
+        self.version = 0  # bumped by every change, including those that wake no watcher
 
     # --- writers (actors, reply channels) ------------------------------------------------
 
@@ -81,8 +82,11 @@ class Board:
         row = _Llm(owner, name, kind, status, session_id, waking, in_flight, queued)
         with self._lock:
             if heartbeat:
+                # A heartbeat alone wakes no watcher: thousands of publishers heartbeat all
+                # the time. Watchers pick it up with their next snapshot (see `version`).
                 self._heartbeats[name] = time.time()
-            if self._llms.get(name) == row and not heartbeat:
+                self.version += 1
+            if self._llms.get(name) == row:
                 return
             self._llms[name] = row
         self._notify()
@@ -210,6 +214,7 @@ class Board:
 
     def _notify(self) -> None:
         with self._lock:
+            self.version += 1
             watchers = list(self._watchers)
         for watcher in watchers:
             watcher.notify()

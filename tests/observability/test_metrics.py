@@ -179,3 +179,15 @@ def test_actor_restarts_are_counted_and_a_child_left_down_shows_inactive(hub_fac
     assert hub.post("/_faults/crash", {"kind": "sweeper", "key": ""}).json() == {
         "crashed": True}
     wait_until(lambda: restarts("restarted", kind="sweeper") == 1)
+
+
+def test_the_sweep_reports_its_counts(hub_factory, publisher_factory):
+    hub = hub_factory(gc_interval_s=0.2, heartbeat_timeout_s=0.6, inactive_retention_s=0.6)
+    publisher = publisher_factory(url=hub.url)
+    publisher.register("alpha", "beta")  # and never a heartbeat
+    swept = wait_until(lambda: (s := scrape(hub)) and value(
+        s, "tether_sweep_rows_total", action="deleted") == 2 and s, timeout=15)
+    assert value(swept, "tether_sweep_rows_total", action="inactive") == 2
+    # Deleted rows leave the board, so the gauges and the status page forget them.
+    assert series(swept, "tether_in_flight") == {}
+    assert hub.get("/status/state").json()["llms"] == []

@@ -69,10 +69,12 @@ class Events:
 
 
 def _feed(watcher, gone: list[bool], keepalive_s: float, stop_watch) -> Iterator[bytes]:
-    """A `state` event with the whole snapshot first and after every change."""
+    """A `state` event with the whole snapshot first and after every change; a quiet change
+    (a heartbeat) goes out by the next keepalive instead of a comment."""
+    sent = -1
     try:
         while not gone:
-            if not watcher.wait(keepalive_s):
+            if not watcher.wait(keepalive_s) and BOARD.version == sent:
                 yield sse.comment("keepalive").encode()
                 continue
             if gone:
@@ -80,8 +82,12 @@ def _feed(watcher, gone: list[bool], keepalive_s: float, stop_watch) -> Iterator
             if watcher.closed:  # the hub is shutting down: come back in a second
                 yield b"retry: 1000\n\n"
                 return
-            yield sse.frame("state", sse.dumps(BOARD.snapshot())).encode()
-            time.sleep(MIN_GAP_S)  # cooperative under gevent; what changed meanwhile follows
+            sent = BOARD.version
+            snapshot = BOARD.snapshot()
+            yield sse.frame("state", sse.dumps(snapshot)).encode()
+            # Cooperative under gevent; what changed meanwhile follows. A big hub's snapshot
+            # costs more: fewer of them (10,000 Llms: one a second at most).
+            time.sleep(MIN_GAP_S + len(snapshot["llms"]) * 1e-4)
     finally:
         watcher.close()
         stop_watch()
