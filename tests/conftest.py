@@ -33,10 +33,12 @@ def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
         return hub
 
     yield make
-    for hub in hubs:
-        hub.stop()
-    for db in databases:
-        db.drop()
+    try:
+        for hub in hubs:
+            hub.stop()
+    finally:
+        for db in databases:  # even when a hub would not stop: no database is left behind
+            db.drop()
 
 
 @pytest.fixture

@@ -109,7 +109,6 @@ def test_responses_api_both_ways(hub, published):
     assert bad.value.param == "input"
 
 
-@BOTH_DATABASES
 def test_errors_map_to_the_sdk_exceptions(hub, published):
     client = sdk(hub)
     with pytest.raises(openai.NotFoundError) as missing:
@@ -325,3 +324,35 @@ def test_a_streamed_request_answered_with_one_json_body(hub, publisher):
     assert items[0] == "keepalive"
     assert [i.data for i in items[1:]] == [json.dumps(answer, separators=(",", ":")),
                                            "[DONE]"]
+
+
+def test_cors_headers_reach_a_browser_on_a_real_stream(hub_factory):
+    from tests.support.publisher import TestPublisher
+
+    app = "https://app.example"
+    hub = hub_factory(cors_origins=f"{app},http://localhost:3000")
+    publisher = TestPublisher(hub.url)
+    try:
+        _cors_on_a_stream(hub, publisher, app)
+    finally:
+        publisher.close()
+
+
+def _cors_on_a_stream(hub, publisher, app: str) -> None:
+    publisher.register("hand")
+    stream = publisher.open()
+    preflight = requests.options(f"{hub.url}/v1/chat/completions", timeout=10, headers={
+        "Origin": app, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == app
+    body = {"model": "hand", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, f"{hub.url}/v1/chat/completions", json=body,
+                              timeout=20, stream=True, headers={"Origin": app})
+        task = stream.next_task("infer")
+        publisher.result(task["taskId"], {"chunk": {"data": json.dumps(CHUNK), "done": True}})
+        response = pending.result()
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["Access-Control-Allow-Origin"] == app
+        assert response.text.endswith("data: [DONE]\n\n")

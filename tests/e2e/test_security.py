@@ -161,7 +161,6 @@ def test_roles_keep_to_their_routes(secured):
     assert metrics.status_code == 200 and "tether_publisher_sessions" in metrics.text
 
 
-@pytest.mark.parametrize("secured", DATABASES, indirect=True)
 def test_a_session_belongs_to_the_key_that_registered_it(secured):
     hub, keys = secured
     owner = KeyedPublisher(hub.url, keys["pub-a"], "session-a")
