@@ -111,6 +111,7 @@ class Publisher:
         self.held: set[str] = set()  # names another session holds at the hub (409)
         self._draining: gevent.Greenlet | None = None
         self._hurry = gevent.event.Event()
+        self._answers: list[gevent.Greenlet] = []
         self._retry_held: gevent.Greenlet | None = None
 
     # --- session id ----------------------------------------------------------------------
@@ -276,7 +277,7 @@ class Publisher:
                     posts += ref.ask(m.Abandon(), timeout=ASK_TIMEOUT_S)
         # The answers must reach the hub before the process ends (they retry a few seconds
         # while the hub is unreachable).
-        gevent.joinall(posts, timeout=RESULT_POST_WAIT_S)
+        gevent.joinall(posts + self._answers, timeout=RESULT_POST_WAIT_S)
         self.stop()
 
     def stop(self) -> None:
@@ -392,20 +393,25 @@ class Publisher:
         name = task.get("llmName", "")
         ref = self.actors.get(name)
         if self._draining is not None and kind in ("infer", "wake"):
-            gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+            self._answer_later(task["taskId"], tasks.error_result(
                 "the publisher is shutting down; the task was not started", 503,
                 "publisher_disconnected", retryable=True))
         elif name in self.down:
-            gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+            self._answer_later(task["taskId"], tasks.error_result(
                 f"backend {name}'s actor is down on this publisher", 503, retryable=True))
         elif ref is None:
-            gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+            self._answer_later(task["taskId"], tasks.error_result(
                 f"no backend named {name!r} on this publisher", 404))
         elif kind in ("infer", "wake"):
             message = m.RunInfer(task) if kind == "infer" else m.RunWake(task["taskId"])
             if not tell(ref, message):  # it crashed this instant; nothing ran
-                gevent.spawn(self._answer, task["taskId"], tasks.error_result(
+                self._answer_later(task["taskId"], tasks.error_result(
                     f"backend {name}'s actor is restarting", 503, retryable=True))
+
+    def _answer_later(self, task_id: str, result: dict[str, Any]) -> None:
+        """Answer a task the agent itself refuses; kept so a shutdown waits for it."""
+        self._answers = [g for g in self._answers if not g.dead]
+        self._answers.append(gevent.spawn(self._answer, task_id, result))
 
     def _answer(self, task_id: str, result: dict[str, Any]) -> None:
         with contextlib.suppress(tasks.TaskGone, Unreachable):
