@@ -37,9 +37,20 @@ def _on_tether_error(req: falcon.Request, resp: falcon.Response, ex: TetherError
     if not getattr(req.context, "outcome_logged", False):
         # A schema error's message can quote the body (prompt text): name the field only.
         detail = f"field {ex.param}" if ex.code == "invalid_request" else ex.message
-        log.log(logging.WARNING if ex.status >= 500 else logging.INFO, "%s %s -> %d %s: %s",
+        log.log(_level(ex.status), "%s %s -> %d %s: %s",
                 req.method, req.path, ex.status, ex.code, detail)
     render(resp, ex)
+
+
+def _level(status: int) -> int:
+    """5xx: the hub could not serve. Refused keys, conflicts, limits: worth an operator's
+    eye. The rest (a read of an unknown name, a late result, a bad body) is a routine
+    answer to the caller: DEBUG, or polling clients would fill the log."""
+    if status >= 500:
+        return logging.WARNING
+    if status in (401, 403, 409, 413, 429):
+        return logging.INFO
+    return logging.DEBUG
 
 
 class AnswersAreNotFaults(logging.Filter):
