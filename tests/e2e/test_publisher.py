@@ -12,8 +12,21 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import requests
 
 from tests.support.hub import free_port, wait_until
-from tests.support.procs import TETHER, port_closed, wait_status
+from tests.support.procs import TETHER, port_closed
+from tests.support.procs import wait_status as row_status
 from tether import sse
+
+
+def wait_status(hub, name: str, status: str, timeout: float = 15,
+                connections: int = 1) -> dict:
+    """The row's status, then until this test's publishers said `connected` that often: the
+    hub sets the status at register, before the publisher's stream is open, and a request
+    in that gap is rightly 503 publisher_offline (publisher_grace_s is 0 here)."""
+    row = row_status(hub, name, status, timeout)
+    wait_until(lambda: sum(log.read_text(errors="replace").count("connected to ")
+                           for log in hub.tmp.glob("publisher-*.log")) >= connections,
+               timeout=timeout)
+    return row
 
 
 def backend_spec(backend, name: str = "llama", **extra) -> dict:
@@ -113,7 +126,7 @@ def test_publisher_survives_a_hub_restart(hub, backend_factory, publish_factory)
     session = publish.session_file.read_text().strip()
     hub.restart()
     assert hub.llm("llama")["status"] in ("inactive", "active")
-    row = wait_status(hub, "llama", "active", timeout=20)
+    row = wait_status(hub, "llama", "active", timeout=20, connections=2)
     assert row["providerSessionId"] == session  # sticky across the restart
     assert chat(hub, "llama").status_code == 200
 
@@ -319,7 +332,7 @@ def test_sigterm_lets_running_tasks_finish_and_answers_the_rest(
     assert publish.proc.wait(15) == 0
 
     publish = publish_factory([backend_spec(backend)], hub_url=hub.url, drain_timeout_s=1)
-    wait_status(hub, "llama", "active")
+    wait_status(hub, "llama", "active", connections=2)
     with cf.ThreadPoolExecutor(1) as pool:
         long = pool.submit(lambda: chat(hub, "llama", stream=True, demo_chunks=40,
                                         demo_delay_s=0.25).text)
