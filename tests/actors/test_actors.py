@@ -177,9 +177,11 @@ def test_a_real_drop_after_a_registration_on_a_live_stream_still_counts(system):
     token = system.open_stream("s1", Outbox().queue, None)
     system.register("s1", [provider("a"), provider("b")])  # same stream, one more backend
     system.close_stream("s1", token)
-    ref = system.directory.llm("a")
-    for _ in range(3):
-        system.supervisor.ask(m.Ping(), timeout=5)
-        ref.ask(m.Ping(), timeout=5)
+    # Follow the cascade hop by hop (session -> supervisor -> each Llm): each actor answers
+    # a Ping only after the messages it got before it, and sent its own tells before that.
+    system.directory.session("s1").ref.ask(m.Ping(), timeout=5)
+    system.supervisor.ask(m.Ping(), timeout=5)
+    for name in ("a", "b"):
+        system.directory.llm(name).ask(m.Ping(), timeout=5)
     assert store.get("a").status == "inactive"
     assert store.get("b").status == "inactive"

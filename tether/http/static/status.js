@@ -133,7 +133,7 @@ function renderLlms(llms) {
     const status = cell(tr, 1, llm.status, "status");
     status.dataset.status = llm.status;
     cell(tr, 2, llm.kind, "wide");
-    cell(tr, 3, llm.session || "—", "wide");
+    cell(tr, 3, llm.session || "—", "wide session").title = llm.session || "";
     cell(tr, 4, llm.inFlight, "num");
     cell(tr, 5, llm.queued, "num");
     cell(tr, 6, wakeText(llm), "wake");
