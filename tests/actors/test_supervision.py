@@ -270,3 +270,19 @@ def _drain(reply) -> list:
     while not reply.empty():
         out.append(reply.get_nowait())
     return out
+
+
+def test_a_later_hub_process_never_reuses_an_earlier_ones_frame_ids(tmp_path):
+    """Counted from 1 in every process, an id a publisher kept across a hub restart could
+    be taken for one the new process sent, and its Last-Event-ID would skip a task."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ids.db'}", publisher_grace_s=0)
+    ids = []
+    for _ in range(2):  # two hub processes, one after the other
+        system = ActorSystem(settings).start()
+        try:
+            outbox = _online(system, provider("a"))
+            system.infer("a", REQ, False, "chat/completions")
+            ids.append([int(f.id) for f in outbox.frames() if getattr(f, "event", "") == "task"])
+        finally:
+            system.stop()
+    assert ids[0] and ids[1] and min(ids[1]) > max(ids[0]) and max(ids[1]) < 2**53

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,21 @@ class Parent:
 
     def __init__(self, ref: pykka.ActorRef | None = None) -> None:
         self.ref = ref
+
+
+class FrameIds:
+    """SSE frame ids: one counter for the life of a hub process, shared by its sessions
+    (a restarted session actor goes on from it). `first` is the process's first id: a
+    Last-Event-ID below it was sent by another process."""
+
+    __slots__ = ("first", "_count")
+
+    def __init__(self, first: int = 1) -> None:
+        self.first = first
+        self._count = itertools.count(first)
+
+    def __next__(self) -> int:
+        return next(self._count)
 
 
 def new_task_id(slot: int) -> str:

@@ -3,19 +3,18 @@ table and the frames kept for Last-Event-ID replay, and the grace timer after a 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 
 from tether import errors, metrics, sse
 from tether.actors import messages as m
-from tether.actors.base import Parent, TetherActor, tell
+from tether.actors.base import FrameIds, Parent, TetherActor, tell
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.runtime import Timer, call_later
@@ -57,7 +56,7 @@ class SessionActor(TetherActor):
     use_daemon_thread = True  # thousands of them: see TetherActor
 
     def __init__(self, settings: Settings, session_id: str, supervisor: Parent | None,
-                 frame_ids: Iterator[int] | None = None) -> None:
+                 frame_ids: FrameIds | None = None) -> None:
         super().__init__()
         self._settings = settings
         self._session_id = session_id
@@ -66,7 +65,7 @@ class SessionActor(TetherActor):
         self._token = 0
         # Frame ids come from one counter for the life of the hub process, so a restarted
         # session actor never reuses an id a publisher already saw (Last-Event-ID).
-        self._frame_ids = frame_ids if frame_ids is not None else itertools.count(1)
+        self._frame_ids = frame_ids if frame_ids is not None else FrameIds()
         self._seq = 0  # the latest id this actor sent
         self._tasks: dict[str, _Task] = {}
         self._grace: Timer | None = None
@@ -111,7 +110,8 @@ class SessionActor(TetherActor):
         msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
         last = msg.last_event_id
         open_tasks = sorted(self._tasks.values(), key=lambda t: t.frame_id)
-        if last is not None and 0 <= last <= self._seq:
+        # (first - 1: "nothing of this process yet", as 0 is when counting from 1)
+        if last is not None and self._frame_ids.first - 1 <= last <= self._seq:
             # A resume: the publisher holds the tasks up to `last`; the rest go again.
             for task in open_tasks:
                 if task.frame_id > last:

@@ -10,19 +10,18 @@ MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactiv
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 
 from tether import errors, metrics
 from tether.actors import messages as m
-from tether.actors.base import Parent, TetherActor, tell
+from tether.actors.base import FrameIds, Parent, TetherActor, tell
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
@@ -43,11 +42,11 @@ class Supervisor(TetherActor):
     of a crashed supervisor whose children this one takes over."""
 
     def __init__(self, settings: Settings, publish: Callable[[Directory], None],
-                 frame_ids: Iterator[int] | None = None, parent: Parent | None = None,
+                 frame_ids: FrameIds | None = None, parent: Parent | None = None,
                  report: Callable[[pykka.ActorRef], None] | None = None,
                  previous: Directory | None = None) -> None:
         super().__init__()
-        self._frame_ids = frame_ids if frame_ids is not None else itertools.count(1)
+        self._frame_ids = frame_ids if frame_ids is not None else FrameIds()
         self._settings = settings
         self._publish = publish
         self._parent = parent if parent is not None else Parent()

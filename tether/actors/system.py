@@ -4,7 +4,6 @@ directory) and every ask (always with a timeout), so resources stay thin."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import queue
@@ -18,7 +17,7 @@ import pykka
 
 from tether import errors, metrics
 from tether.actors import messages as m
-from tether.actors.base import Parent, slot_of, tell
+from tether.actors.base import FrameIds, Parent, slot_of, tell
 from tether.actors.directory import Directory
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
@@ -59,7 +58,10 @@ class ActorSystem:
         self._drained: queue.Queue = queue.Queue()
         self._drain_pending = 0
         self._sweeper: pykka.ActorRef | None = None
-        self._frame_ids = itertools.count(1)  # SSE frame ids, for the life of the process
+        # SSE frame ids, increasing for the life of the process. They start at the clock (in
+        # microseconds: below 2**53, safe in any JSON reader) so that an id a publisher kept
+        # from an earlier hub process is never taken for one this process sent.
+        self._frame_ids = FrameIds(time.time_ns() // 1000)
         self._parent = Parent()  # children reach the live supervisor through it
         self._on_fatal = on_fatal
         self._root_restarts: dict[str, deque[float]] = {}
