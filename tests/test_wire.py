@@ -255,3 +255,12 @@ def test_a_refused_connection_is_a_wire_error():
         port = s.getsockname()[1]  # bound, never listening: refused
         with pytest.raises(wire.WireError):
             wire.Pool(f"http://127.0.0.1:{port}").request("GET", "/")
+
+
+def test_close_drops_the_idle_connections(serve):
+    server = serve(keep_answering(OK_HELLO))
+    pool = wire.Pool(server.url)
+    assert pool.request("GET", "/a").read() == b"hello"
+    pool.close()
+    assert pool.request("GET", "/b").read() == b"hello"
+    assert server.connections == 2

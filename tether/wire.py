@@ -193,6 +193,12 @@ class Pool:
             raise WireError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         return _Conn(sock)
 
+    def close(self) -> None:
+        """Close the idle connections (a server waits for idle keep-alives at shutdown)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
     def release(self, conn: _Conn) -> None:
         if len(self._idle) < self.maxsize:
             conn.reused = True

@@ -39,7 +39,7 @@ def user_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "results"))
     done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         str(source)],
+         "--no-compile", str(source)],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"pip install failed:\n{done.stdout}\n{done.stderr}"
     return venv

@@ -34,11 +34,13 @@ def test_an_unexpected_exception_answers_the_task_at_once(hub, publisher, caplog
     body = {"messages": [{"role": "user", "content": "Hi"}], "stream": streaming}
     with cf.ThreadPoolExecutor(1) as pool:
         answer = pool.submit(requests.post, f"{hub.url}/api/v1/llms/llama/infer", json=body,
-                             timeout=20)
+                             timeout=20, headers={"Connection": "close"})
         task = stream.next_task("infer")
+        hub_client = HubClient(hub.url, None)
         with caplog.at_level(logging.INFO, "tether.publisher.tasks"):
             tasks.run_infer(task, config, BuggyBackend(config.base_url, None, 1),
-                            HubClient(hub.url, None), lambda: publisher.session_id)
+                            hub_client, lambda: publisher.session_id)
+        hub_client.close()  # no idle keep-alive left to hold up the hub's SIGTERM
         r = answer.result(timeout=10)
     if streaming:  # the first chunk went out: the error ends the stream
         assert r.status_code == 200 and "event: error" in r.text

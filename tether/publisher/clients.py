@@ -44,6 +44,11 @@ class HubClient:
         except wire.WireError as exc:
             raise Unreachable(str(exc)) from None
 
+    def close(self) -> None:
+        """Drop idle keep-alive connections to the hub."""
+        self._posts.close()
+        self._http.clear()
+
     def open_stream(self, session_id: str, last_event_id: str | None,
                     read_timeout: float) -> urllib3.BaseHTTPResponse:
         # Connection: close: a stream's connection is never reused. Pooled after the stream
