@@ -44,6 +44,11 @@ def test_demo_starts_a_working_relay_and_stops_cleanly():
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    logs = re.search(r"Logs: (\S+)", text)
+    assert logs, text
+    pid = int((Path(logs.group(1)) / "demo-backend.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # stopped with the demo
+        os.kill(pid, 0)
 
 
 def test_a_failed_demo_names_the_cause_and_stops_every_child(tmp_path):
