@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -14,7 +15,7 @@ from tether.actors import messages as m
 from tether.actors.base import tell
 from tether.actors.supervisor import MAX_RESTARTS
 from tether.actors.system import ActorSystem
-from tether.config import Settings
+from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.http.app import create_app
 from tether.store import llms as store
@@ -286,3 +287,52 @@ def test_a_later_hub_process_never_reuses_an_earlier_ones_frame_ids(tmp_path):
         finally:
             system.stop()
     assert ids[0] and ids[1] and min(ids[1]) > max(ids[0]) and max(ids[1]) < 2**53
+
+
+class _SilentUpstream:
+    """Accepts connections and answers nothing until closed: upstream calls stay running."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.conns: list[socket.socket] = []
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_restarted_public_llm_actor_counts_the_upstream_calls_still_running(system_factory):
+    upstream = _SilentUpstream()
+    cloud = PublicLlm("cloud", "openai", "m", upstream.base_url)
+    system = system_factory(max_queue_per_llm=1, llms=(cloud,))
+    try:
+        running = system.infer("cloud", REQ, False, "chat/completions")
+        assert isinstance(running.get(timeout=3), m.Dispatched)
+        _wait(lambda: upstream.conns)
+        old = system.directory.llm("cloud")
+        assert system.inject_crash("llm", "cloud")
+        _wait(lambda: system.directory.llm("cloud") not in (None, old))
+        full = events(system.infer("cloud", REQ, False, "chat/completions"), m.Failed)[-1]
+        assert full.error.code == "queue_full"  # the call still running counts
+        upstream.close()  # the call ends: it reports to the restarted actor
+        assert events(running, m.Failed)[-1].error.code == "upstream_unreachable"
+
+        def accepted() -> bool:
+            reply = system.infer("cloud", REQ, False, "chat/completions")
+            return isinstance(reply.get(timeout=3), m.Dispatched)
+
+        _wait(accepted)
+    finally:
+        upstream.close()

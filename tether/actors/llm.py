@@ -42,8 +42,13 @@ class LlmActor(TetherActor):
     def __init__(
         self, settings: Settings, state: m.LlmState, session: m.SessionLink | None,
         public: PublicLlm | None = None, supervisor: Parent | None = None,
+        proxies: m.ProxiesInFlight | None = None,
     ) -> None:
         super().__init__()
+        # Upstream calls (public Llm) report their end through `_home`, which a restarted
+        # actor re-points at itself, inheriting its predecessor's calls still running.
+        self._home = proxies.home if proxies is not None else Parent()
+        self._home.ref = self.actor_ref
         self._settings = settings
         self._supervisor = supervisor if supervisor is not None else Parent()
         self._public = public
@@ -56,7 +61,8 @@ class LlmActor(TetherActor):
         self._wake: _Wake | None = None
         # task id -> its client's reply channel (None for a predecessor's, see
         # TasksInFlight): a client that leaves is found by its channel (Withdraw).
-        self._in_flight: dict[str, m.ReplyChannel | None] = {}
+        self._in_flight: dict[str, m.ReplyChannel | None] = dict.fromkeys(
+            proxies.task_ids if proxies is not None else ())
         self._adopted_at = time.monotonic()
         self._registered_status = state.status
         # Set when a stream loss made us inactive although the lost stream predates the
@@ -142,7 +148,7 @@ class LlmActor(TetherActor):
             return
         task_id = f"p-{uuid.uuid4().hex}"
         self._in_flight[task_id] = msg.reply
-        me, client, llm = self.actor_ref, self._upstream, self._public
+        home, client, llm = self._home, self._upstream, self._public
         worker: list[Task] = []
         msg.reply.put(m.Dispatched(task_id, lambda _why: worker and worker[0].cancel()))
 
@@ -150,7 +156,7 @@ class LlmActor(TetherActor):
             try:
                 upstream.relay(client, llm, msg, task_id)
             finally:
-                tell(me, m.TaskEnded(task_id))
+                tell(home.ref, m.TaskEnded(task_id))
 
         worker.append(spawn(run))
 
@@ -326,7 +332,10 @@ class LlmActor(TetherActor):
         self._fail_waiters(errors.actor_restarted(f"the actor of {self._state.name!r}"))
 
     def report_crash(self) -> None:
-        tell(self._supervisor.ref, m.ChildFailed("llm", self._state.name, self.actor_ref))
+        proxies = m.ProxiesInFlight(
+            self._home, tuple(t for t in self._in_flight if t.startswith("p-")))
+        tell(self._supervisor.ref,
+             m.ChildFailed("llm", self._state.name, self.actor_ref, proxies))
 
     # --- state ---------------------------------------------------------------------------
 

@@ -54,6 +54,15 @@ class ChildFailed:
     kind: str
     key: str
     ref: pykka.ActorRef = field(compare=False)
+    # A public Llm's upstream calls still running, and the link they report their end
+    # through: the restarted actor takes both over and keeps counting them.
+    proxies: ProxiesInFlight | None = None
+
+
+@dataclass(frozen=True)
+class ProxiesInFlight:
+    home: Any = field(compare=False)  # base.Parent: where the running calls report
+    task_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -157,9 +157,10 @@ class Supervisor(TetherActor):
         elif link is not None:
             tell(ref, m.Adopt(state, link, time.monotonic()))
 
-    def _start_llm(self, state: m.LlmState, link: m.SessionLink | None) -> pykka.ActorRef:
+    def _start_llm(self, state: m.LlmState, link: m.SessionLink | None,
+                   proxies: m.ProxiesInFlight | None = None) -> pykka.ActorRef:
         public = self._settings.public_llm(state.name) if state.kind == KIND_PUBLIC else None
-        return LlmActor.start(self._settings, state, link, public, self._parent)
+        return LlmActor.start(self._settings, state, link, public, self._parent, proxies)
 
     def _publish_directory(self) -> None:
         self._publish(
@@ -243,12 +244,12 @@ class Supervisor(TetherActor):
                       len(history), RESTART_WINDOW_S)
             self._give_up(msg.kind, msg.key)
         elif msg.kind == "llm":
-            self._restart_llm(msg.key)
+            self._restart_llm(msg.key, msg.proxies)
         else:
             self._restart_session(msg.key)
         self._publish_directory()
 
-    def _restart_llm(self, name: str) -> None:
+    def _restart_llm(self, name: str, proxies: m.ProxiesInFlight | None = None) -> None:
         row = store.get(name)
         if row is None:
             self._llms.pop(name, None)
@@ -258,7 +259,7 @@ class Supervisor(TetherActor):
         entry = self._sessions.get(row.provider_session_id or "")
         if entry is not None and row.provider_session_id is not None:
             link = m.SessionLink(row.provider_session_id, entry.slot, entry.ref)
-        ref = self._start_llm(state, link)
+        ref = self._start_llm(state, link, proxies)
         self._llms[name] = ref
         if entry is not None:
             # Its tasks still run at the session: they report to the new actor, which
