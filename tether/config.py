@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tether.names import LLM_NAME_PATTERN
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path("conf/tether.toml")
 
@@ -91,7 +93,7 @@ def is_loopback(host: str) -> bool:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "llms"}
-_LLM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_LLM_NAME = re.compile(LLM_NAME_PATTERN)
 _LLM_KEYS = {"name", "type", "model", "base_url", "api_key_env", "tier", "description",
              "extraConfig", "extra_config"}
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.actors.conftest import Outbox, events, provider
+from tether.actor import Ping
 from tether.actors import messages as m
 from tether.errors import TetherError
 from tether.store import llms as store
@@ -165,8 +166,8 @@ def test_a_quick_reconnect_never_leaves_the_row_inactive(system):
         system.open_stream("s1", Outbox().queue, None)
         ref = system.directory.llm("a")
         for _ in range(3):  # let every message of the cascade arrive
-            system.supervisor.ask(m.Ping(), timeout=5)
-            ref.ask(m.Ping(), timeout=5)
+            system.supervisor.ask(Ping(), timeout=5)
+            ref.ask(Ping(), timeout=5)
         assert store.get("a").status == "active"
 
 
@@ -179,9 +180,9 @@ def test_a_real_drop_after_a_registration_on_a_live_stream_still_counts(system):
     system.close_stream("s1", token)
     # Follow the cascade hop by hop (session -> supervisor -> each Llm): each actor answers
     # a Ping only after the messages it got before it, and sent its own tells before that.
-    system.directory.session("s1").ref.ask(m.Ping(), timeout=5)
-    system.supervisor.ask(m.Ping(), timeout=5)
+    system.directory.session("s1").ref.ask(Ping(), timeout=5)
+    system.supervisor.ask(Ping(), timeout=5)
     for name in ("a", "b"):
-        system.directory.llm(name).ask(m.Ping(), timeout=5)
+        system.directory.llm(name).ask(Ping(), timeout=5)
     assert store.get("a").status == "inactive"
     assert store.get("b").status == "inactive"

@@ -11,8 +11,8 @@ import pytest
 from falcon import testing
 
 from tests.actors.conftest import Outbox, events, provider
+from tether.actor import tell
 from tether.actors import messages as m
-from tether.actors.base import tell
 from tether.actors.supervisor import MAX_RESTARTS
 from tether.actors.system import ActorSystem
 from tether.config import PublicLlm, Settings

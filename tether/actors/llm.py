@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tether import errors, metrics, upstream
+from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import Parent, TetherActor, new_task_id, tell
+from tether.actors.base import Parent, new_task_id
 from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.runtime import Task, Timer, call_later, spawn
@@ -154,7 +155,9 @@ class LlmActor(TetherActor):
 
         def run() -> None:
             try:
-                upstream.relay(client, llm, msg, task_id)
+                upstream.relay(
+                    client, llm, msg.endpoint, msg.request, msg.streaming,
+                    _ReplyAnswer(msg.reply), task_id)
             finally:
                 tell(home.ref, m.TaskEnded(task_id))
 
@@ -361,3 +364,25 @@ class LlmActor(TetherActor):
                          self._wake is not None, len(self._in_flight), len(self._waiters),
                          isinstance(message, (m.RecordHeartbeat, m.Adopt))
                          or (message is None and s.status != INACTIVE))
+
+
+class _ReplyAnswer:
+    """An upstream relay's answer (upstream.Answer), put on the client's reply channel as
+    the same events a publisher's answer produces."""
+
+    __slots__ = ("_reply",)
+
+    def __init__(self, reply: m.ReplyChannel) -> None:
+        self._reply = reply
+
+    def completed(self, status: int, body: Any) -> None:
+        self._reply.put(m.Completed(status, body))
+
+    def chunk(self, data: str) -> None:
+        self._reply.put(m.Chunks((data,)))
+
+    def done(self) -> None:
+        self._reply.put(m.StreamDone())
+
+    def failed(self, error: TetherError) -> None:
+        self._reply.put(m.Failed(error))

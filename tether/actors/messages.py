@@ -264,16 +264,6 @@ class DrainExpired:
     pass
 
 
-@dataclass(frozen=True)
-class Crash:
-    """Test hook (fault injection): the receiving actor raises, as a bug would."""
-
-
-@dataclass(frozen=True)
-class Ping:
-    """Answered by every actor once it has started (its on_start has run)."""
-
-
 # --- sweeper -----------------------------------------------------------------------------
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import pykka
 
 from tether import errors, metrics, sse
+from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import FrameIds, Parent, TetherActor, tell
+from tether.actors.base import FrameIds, Parent
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.runtime import Timer, call_later

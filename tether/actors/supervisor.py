@@ -20,8 +20,9 @@ from typing import Any
 import pykka
 
 from tether import errors, metrics
+from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import FrameIds, Parent, TetherActor, tell
+from tether.actors.base import FrameIds, Parent
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor

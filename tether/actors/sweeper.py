@@ -12,8 +12,9 @@ from typing import Any
 
 import pykka
 
+from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import Parent, TetherActor, tell
+from tether.actors.base import Parent
 from tether.actors.directory import Directory
 from tether.config import Settings
 from tether.runtime import Timer, call_later

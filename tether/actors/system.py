@@ -16,8 +16,9 @@ from typing import Any
 import pykka
 
 from tether import errors, metrics
+from tether.actor import Crash, Ping, tell
 from tether.actors import messages as m
-from tether.actors.base import FrameIds, Parent, slot_of, tell
+from tether.actors.base import FrameIds, Parent, slot_of
 from tether.actors.directory import Directory
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
@@ -77,7 +78,7 @@ class ActorSystem:
         if created or removed:
             log.info("public Llms from config: %d declared, %d removed", created, removed)
         self._supervisor = self._start_supervisor(None)
-        _ask(self._supervisor, m.Ping(), timeout=60)  # its on_start loaded every row
+        _ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
         self._sweeper = self._start_sweeper()
         self._running = True
         return self
@@ -123,7 +124,7 @@ class ActorSystem:
         """Whether the root actors are alive and answering (for /healthz)."""
         refs = (self._supervisor, self._sweeper)
         try:
-            futures = [ref.ask(m.Ping(), block=False) for ref in refs if ref is not None]
+            futures = [ref.ask(Ping(), block=False) for ref in refs if ref is not None]
             pykka.get_all(futures, timeout=timeout)
         except (pykka.ActorDeadError, pykka.Timeout):
             return False
@@ -261,7 +262,7 @@ class ActorSystem:
         roots = {"supervisor": self._supervisor, "sweeper": self._sweeper}
         ref = roots[kind] if kind in roots else directory.llm(key) if kind == "llm" \
             else getattr(directory.session(key), "ref", None)
-        return tell(ref, m.Crash())
+        return tell(ref, Crash())
 
     def withdraw(self, name: str, reply: queue.Queue) -> None:
         """The client of an infer that was not dispatched yet left: stop waiting for it."""

@@ -9,9 +9,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from tether.errors import invalid_request
+from tether.names import LLM_NAME_PATTERN, SESSION_ID_PATTERN
 
-LLM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 LIVE_STATUS = {"type": "string", "enum": ["active", "hibernating"]}
 
 LLM_NAME = {"type": "string", "pattern": LLM_NAME_PATTERN}

@@ -20,8 +20,7 @@ import gevent.event
 import pykka
 
 from tether import sse
-from tether.actors.base import tell
-from tether.actors.messages import Crash
+from tether.actor import Crash, tell
 from tether.openai_client import BackendClient, Unreachable, body_chunks
 from tether.publisher import messages as m
 from tether.publisher import tasks

@@ -19,7 +19,7 @@ from typing import Any
 import gevent
 import pykka
 
-from tether.actors.base import TetherActor, tell
+from tether.actor import TetherActor, tell
 from tether.openai_client import BackendClient, Unreachable
 from tether.publisher import messages as m
 from tether.publisher import recipes, tasks

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tether.http.schemas import LLM_NAME_PATTERN
+from tether.names import LLM_NAME_PATTERN
 
 # Without `session_file`, the file is named after what is published (hub URL and backend
 # names): two different publishers on one machine never share a session id by accident.
