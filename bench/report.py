@@ -103,6 +103,9 @@ def targets() -> list[str]:
                    f"{verdict(req['publisher'] <= 1.5)}")
         out.append(f"- hub CPU per streamed chunk ÷ backend's {chunk['hub']} (≤ 2.0): "
                    f"{verdict(chunk['hub'] <= 2.0)}")
+        if "auth_on_ratio" in cpu:
+            out.append(f"- hub CPU per request with auth on ÷ auth off {cpu['auth_on_ratio']} "
+                       f"(≤ 1.10): {verdict(cpu['auth_on_ratio'] <= 1.10)}")
     if wake:
         ok = wake["wake_frames"] == 1 and wake["answered"] == wake["clients"]
         out.append(f"- wake storm: {wake['wake_frames']} wake, {wake['answered']}/"

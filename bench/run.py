@@ -389,14 +389,16 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
 
 # --- cpu --------------------------------------------------------------------------------
 
-def relay_n(base: str, n: int, concurrency: int) -> None:
+def relay_n(base: str, n: int, concurrency: int,
+            headers: dict[str, str] | None = None) -> None:
     """Exactly `n` non-streamed chat completions over `concurrency` keep-alive connections."""
     body = json.dumps(CHAT).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
 
     def worker(count: int) -> None:
         conn = Conn(base)
         for _ in range(count):
-            conn.send("POST", "/v1/chat/completions", body)
+            conn.send("POST", "/v1/chat/completions", body, extra)
             status, headers = conn.head()
             conn.body(headers)
             assert status == 200, status
@@ -443,6 +445,16 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
         out["stream_seconds"] = round(time.perf_counter() - started, 2)
         out["chunks"] = received
         out["per_chunk_us"] = {k: round(v / received * 1e6, 2) for k, v in used.items()}
+    # The same relay with auth on (a key checked on every request), in this same run: the
+    # hub's CPU per request should stay within 10 % of auth off (issues 11 and 13).
+    with Stack(auth=True) as stack:
+        hub_pid = {"hub": stack.hub_worker_pid()}
+        relay_n(stack.hub, 200, concurrency, stack.client_headers)
+        used, _ = cpu_of(hub_pid, lambda: relay_n(stack.hub, requests_n, concurrency,
+                                                  stack.client_headers))
+    out["auth_on_hub_per_request_us"] = round(used["hub"] / requests_n * 1e6, 1)
+    out["auth_on_ratio"] = round(
+        out["auth_on_hub_per_request_us"] / out["per_request_us"]["hub"], 3)
     for unit in ("per_request_us", "per_chunk_us"):
         figures = out[unit]
         out[unit.replace("_us", "_ratio")] = {
@@ -453,6 +465,10 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
           [[name, out["per_request_us"][name],
             out["per_request_ratio"].get(name, 1.0), out["per_chunk_us"][name],
             out["per_chunk_ratio"].get(name, 1.0)] for name in ("backend", "publisher", "hub")])
+    table("hub CPU per relayed request, auth off and on (same run), µs",
+          ["auth off", "auth on", "on ÷ off"],
+          [[out["per_request_us"]["hub"], out["auth_on_hub_per_request_us"],
+            out["auth_on_ratio"]]])
     save("cpu", out)
     return out
 

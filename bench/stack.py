@@ -46,7 +46,7 @@ class Stack:
     """Backend + hub + publisher, each its own process, torn down in reverse."""
 
     def __init__(self, hub_env: dict[str, str] | None = None, publisher: bool = True,
-                 max_concurrency: int = 64) -> None:
+                 max_concurrency: int = 64, auth: bool = False) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="tether-bench-"))
         self.backend_port, self.hub_port = free_port(), free_port()
         self.backend = f"http://127.0.0.1:{self.backend_port}"
@@ -55,6 +55,14 @@ class Stack:
         self.hub_env = {"TETHER_LOG_LEVEL": "warning", **(hub_env or {})}
         self.with_publisher = publisher
         self.max_concurrency = max_concurrency
+        # auth on: the publisher and the clients present keys (clients: `client_headers`),
+        # so the hub checks a key on every request, as it does off loopback.
+        self.auth = auth
+        self.client_headers: dict[str, str] = {}
+        if auth:
+            # Limits stay on (their cost counts) but high enough never to refuse the bench.
+            self.hub_env.update({"TETHER_AUTH": "on", "TETHER_RATE_LIMIT_PER_MIN": "10000000",
+                                 "TETHER_MAX_INFLIGHT_PER_KEY": "100000"})
 
     def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
             subprocess.Popen:
@@ -72,22 +80,44 @@ class Stack:
              "--database-url", f"sqlite:///{self.tmp / 'hub.db'}"], "hub", self.hub_env)
         wait_http(f"{self.backend}/v1/models")
         wait_http(f"{self.hub}/healthz")
+        publisher_env = {"PYTHONUNBUFFERED": "1"}
+        key_flags: list[str] = []
+        if self.auth:
+            publisher_env["TETHER_BENCH_KEY"] = self.create_key("publisher")
+            key_flags = ["--key-env", "TETHER_BENCH_KEY"]
+            self.client_headers = {"Authorization": f"Bearer {self.create_key('client')}"}
         if self.with_publisher:
             self.publisher_proc = self._spawn(
                 [*TETHER, "publish", "--hub", self.hub, "--name", "demo",
                  "--model", "demo-model", "--backend", f"{self.backend}/v1",
                  "--max-concurrency", str(self.max_concurrency),
-                 "--session-file", str(self.tmp / "session")], "publisher",
-                {"PYTHONUNBUFFERED": "1"})
+                 "--session-file", str(self.tmp / "session"), *key_flags], "publisher",
+                publisher_env)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                r = urllib3.request("GET", f"{self.hub}/api/v1/llms/demo", retries=False)
-                if r.status == 200 and r.json()["status"] == "active":
+                if self._servable():
                     break
                 time.sleep(0.1)
             else:
                 raise RuntimeError("the publisher did not come up")
         return self
+
+    def _servable(self) -> bool:
+        """The demo Llm is active with its publisher's stream open (the row turns active at
+        register, a moment before the stream opens; requests in between get 503)."""
+        r = urllib3.request("GET", f"{self.hub}/status/state", retries=False,
+                            headers=self.client_headers)
+        return r.status == 200 and any(
+            row["name"] == "demo" and row["status"] == "active" and row["streamOpen"]
+            for row in r.json()["llms"])
+
+    def create_key(self, role: str) -> str:
+        """A key of `role` in the hub's database (`tether keys create` prints it last)."""
+        out = subprocess.run(
+            [*TETHER, "keys", "create", "--role", role, "--name", f"bench-{role}",
+             "--database-url", f"sqlite:///{self.tmp / 'hub.db'}"],
+            capture_output=True, text=True, check=True).stdout
+        return out.strip().splitlines()[-1]
 
     def hub_worker_pid(self) -> int:
         out = subprocess.run(["pgrep", "-P", str(self.hub_proc.pid)], capture_output=True,
