@@ -60,3 +60,22 @@ def test_cors_origins_from_the_file_and_the_environment(tmp_path):
     for bad in ("app.example", "https://app.example/path"):
         with pytest.raises(ConfigError, match="cors_origins"):
             load_settings(env={"TETHER_CORS_ORIGINS": bad})
+
+
+def test_every_error_in_the_file_is_reported_at_once(tmp_path, capsys):
+    """Issue 12.1: the first bad key used to hide the rest, one fix-and-retry per mistake."""
+    from tether.cli import main
+
+    conf = tmp_path / "t.toml"
+    conf.write_text(
+        '[hub]\nport = "x"\nwake_timout_s = 3\ngc_interval_s = -1\nlog_format = "xml"\n'
+        '[[llms]]\nname = "bad/name"\ntype = "openai"\nmodel = "m"\nbase_url = "localhost"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(conf, env={})
+    lines = str(err.value).splitlines()
+    for key in ("'port'", "'wake_timout_s'", "'gc_interval_s'", "'log_format'",
+                "llms[0].name", "llms[0].base_url"):
+        assert [line for line in lines if key in line and line.startswith(f"{conf}: ")], key
+    assert len(lines) == 6
+    assert main(["serve", "--config", str(conf)]) == 2
+    assert "llms[0].base_url" in capsys.readouterr().err

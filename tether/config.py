@@ -1,16 +1,19 @@
-"""One Settings object: built-in defaults < TOML file < TETHER_* environment < CLI flags."""
+"""One Settings object: built-in defaults < TOML file < TETHER_* environment < CLI flags.
+
+Each setting is declared once, below, with its default and its JSON Schema
+(tether.config_schema); validation, env/flag coercion and error messages come from that."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tether.config_schema import check, coerce, object_schema, setting, settings_of
 from tether.names import LLM_NAME_PATTERN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,35 +42,65 @@ class PublicLlm:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+_TEXT = {"type": "string", "minLength": 1, "x-message": "must be a non-empty string"}
+_URL = {"type": "string", "pattern": "^https?://", "x-message": "must be an http(s) URL"}
+_SECONDS = {"type": "number", "minimum": 0, "x-message": "must be a number >= 0"}
+_INT = {"type": "integer", "x-message": "must be a whole number"}
+_STRING = {"type": "string"}
+
+PUBLIC_LLM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "pattern": LLM_NAME_PATTERN,
+                 "x-message": f"must be a valid Llm name ({LLM_NAME_PATTERN})"},
+        "type": _TEXT, "model": _TEXT, "base_url": _URL,
+        "api_key_env": _STRING, "tier": _STRING, "description": _STRING,
+        "extraConfig": {"type": "object", "x-message": "must be a table"},
+        "extra_config": {"type": "object", "x-message": "must be a table"},
+    },
+    "required": ["name", "type", "model", "base_url"],
+    "additionalProperties": False,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    database_url: str = "sqlite:///tether.db"
-    heartbeat_timeout_s: float = 90.0
-    gc_interval_s: float = 60.0
-    inactive_retention_s: float = 14400.0
-    wake_timeout_s: float = 120.0
-    infer_timeout_s: float = 600.0
-    keepalive_s: float = 15.0
-    publisher_grace_s: float = 10.0
-    stream_idle_timeout_s: float = 120.0
-    max_queue_per_llm: int = 256
-    max_body_bytes: int = 4 * 1024 * 1024
+    host: str = setting("127.0.0.1", _STRING)
+    port: int = setting(8080, _INT)
+    database_url: str = setting("sqlite:///tether.db", _STRING)
+    heartbeat_timeout_s: float = setting(90.0, _SECONDS)
+    gc_interval_s: float = setting(60.0, _SECONDS)
+    inactive_retention_s: float = setting(14400.0, _SECONDS)
+    wake_timeout_s: float = setting(120.0, _SECONDS)
+    infer_timeout_s: float = setting(600.0, _SECONDS)
+    keepalive_s: float = setting(15.0, _SECONDS)
+    publisher_grace_s: float = setting(10.0, _SECONDS)
+    stream_idle_timeout_s: float = setting(120.0, _SECONDS)
+    max_queue_per_llm: int = setting(256, _INT)
+    max_body_bytes: int = setting(4 * 1024 * 1024, _INT)
     # None means "decide from host": off on loopback, on elsewhere.
-    auth: str | None = None
-    rate_limit_per_min: int = 600
-    max_inflight_per_key: int = 64
-    max_streams_per_key: int = 256
-    workers: int = 1
-    log_level: str = "info"
-    log_format: str = "text"  # "text" or "json" (one JSON object per line)
+    auth: str | None = setting(None, {
+        "enum": ["on", "off"], "x-aliases": {"true": "on", "1": "on", "false": "off", "0": "off"},
+        "x-message": "must be on or off"})
+    rate_limit_per_min: int = setting(600, _INT)
+    max_inflight_per_key: int = setting(64, _INT)
+    max_streams_per_key: int = setting(256, _INT)
+    workers: int = setting(1, _INT)
+    log_level: str = setting("info", _STRING)
+    log_format: str = setting("text", {  # json: one JSON object per line
+        "enum": ["text", "json"], "x-message": "must be text or json"})
     # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.
-    fault_injection: bool = False
+    fault_injection: bool = setting(False, {
+        "type": "boolean", "x-message": "must be true or false"})
     # Origins browser apps may call the hub from (CORS): "https://app.example" entries, or
     # "*" for any; empty (the default) sends no CORS headers. Env: comma-separated.
-    cors_origins: tuple[str, ...] = ()
-    llms: tuple[PublicLlm, ...] = ()
+    cors_origins: tuple[str, ...] = setting((), {
+        "type": "array",
+        # an origin is scheme://host[:port], nothing after (a trailing / is dropped)
+        "items": {"type": "string", "pattern": r"^(\*|https?://[^/\s]+/?)$",
+                  "x-message": "must be * or scheme://host[:port]"}})
+    llms: tuple[PublicLlm, ...] = setting((), {
+        "type": "array", "items": PUBLIC_LLM_SCHEMA, "x-message": "must be [[llms]] tables"})
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -83,6 +116,10 @@ class Settings:
         return not is_loopback(self.host)
 
 
+SCHEMA = object_schema(Settings)
+_SETTINGS = {name: schema for name, schema in settings_of(Settings).items() if name != "llms"}
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -92,95 +129,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "llms"}
-_LLM_NAME = re.compile(LLM_NAME_PATTERN)
-_LLM_KEYS = {"name", "type", "model", "base_url", "api_key_env", "tier", "description",
-             "extraConfig", "extra_config"}
+def _where(path: str) -> str:
+    if not path:
+        return ""
+    head, _, rest = path.partition(".")
+    if head in _SETTINGS and not rest and "[" not in head:
+        return f"setting {head!r}: "
+    return f"{path}: "
 
 
-def _public_llms(raw: Any, source: str) -> tuple[PublicLlm, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError(f"{source}: 'llms' must be [[llms]] tables")
-    out: list[PublicLlm] = []
-    for i, item in enumerate(raw):
-        where = f"{source}: llms[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = set(item) - _LLM_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        for key in ("name", "type", "model", "base_url"):
-            if not isinstance(item.get(key), str) or not item[key]:
-                raise ConfigError(f"{where}: {key!r} is required (a non-empty string)")
-        if not _LLM_NAME.match(item["name"]):
-            raise ConfigError(f"{where}.name: {item['name']!r} is not a valid Llm name")
-        if not item["base_url"].startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.base_url: must be an http(s) URL")
-        extra = item.get("extraConfig", item.get("extra_config", {}))
-        if not isinstance(extra, dict):
-            raise ConfigError(f"{where}.extraConfig: must be a table")
-        for key in ("api_key_env", "tier", "description"):
-            if key in item and not isinstance(item[key], str):
-                raise ConfigError(f"{where}.{key}: must be a string")
-        out.append(PublicLlm(
-            name=item["name"], type=item["type"], model=item["model"],
-            base_url=item["base_url"].rstrip("/"), api_key_env=item.get("api_key_env"),
-            tier=item.get("tier", "fast"), description=item.get("description", ""),
-            extra_config=extra,
-        ))
-    names = [llm.name for llm in out]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate:
-        raise ConfigError(f"{source}: two [[llms]] are named {duplicate!r}")
-    return tuple(out)
+def _check(values: dict[str, Any], source: str) -> list[str]:
+    return check(SCHEMA, values, lambda where, what: f"{source}: {_where(where)}{what}")
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = _FIELDS[name].type
-    try:
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if number < 0:
-                raise ValueError
-            return number
-        if kind == "bool":
-            text = str(value).lower()
-            if text not in ("true", "1", "on", "yes", "false", "0", "off", "no"):
-                raise ValueError
-            return text in ("true", "1", "on", "yes")
-        if name == "auth":
-            text = str(value).lower()
-            if text in ("true", "1"):
-                text = "on"
-            if text in ("false", "0"):
-                text = "off"
-            if text not in ("on", "off"):
-                raise ValueError
-            return text
-        if name == "cors_origins":
-            return _origins(value)
-        if name == "log_format" and str(value) not in ("text", "json"):
-            raise ValueError
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: setting {name!r} has an unusable value {value!r}") from None
+def _duplicate_llms(values: dict[str, Any], source: str) -> list[str]:
+    names = [item.get("name") for item in values.get("llms", []) if isinstance(item, dict)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    return [f"{source}: two [[llms]] are named {name!r}" for name in twice]
 
 
-def _origins(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise ValueError
-    origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
-    for origin in origins:
-        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
-            raise ValueError  # an origin is scheme://host[:port], nothing after
-    return origins
+def _public_llm(item: dict[str, Any]) -> PublicLlm:
+    return PublicLlm(
+        name=item["name"], type=item["type"], model=item["model"],
+        base_url=item["base_url"].rstrip("/"), api_key_env=item.get("api_key_env"),
+        tier=item.get("tier", "fast"), description=item.get("description", ""),
+        extra_config=item.get("extraConfig", item.get("extra_config", {})),
+    )
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A validated value in the type Settings holds."""
+    if name == "llms":
+        return tuple(_public_llm(item) for item in value)
+    if name == "cors_origins":
+        return tuple(origin.rstrip("/") for origin in value)
+    kind = _SETTINGS[name].get("type")
+    if kind == "number":
+        return float(value)
+    if kind == "integer":
+        return int(value)  # JSON Schema counts 9000.0 as an integer
+    return value
 
 
 def load_settings(
@@ -188,7 +176,10 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build Settings from every layer; `overrides` are CLI flags (None values are ignored)."""
+    """Build Settings from every layer; `overrides` are CLI flags (None values are ignored).
+
+    Every unusable value of a layer is reported at once (one line each, naming where it
+    came from and the setting)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
 
@@ -203,23 +194,30 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         hub = data.get("hub", data)
-        for key, value in hub.items():
-            if key in _FIELDS:
-                values[key] = _coerce(key, value, str(path))
-            elif key not in ("hub", "llms"):
-                raise ConfigError(f"{path}: unknown setting {key!r}")
+        found = {key: value for key, value in hub.items() if key not in ("hub", "llms")}
         if "llms" in data:
-            values["llms"] = _public_llms(data["llms"], str(path))
+            found["llms"] = data["llms"]
+        found = {key: coerce(_SETTINGS[key], value) if key in _SETTINGS else value
+                 for key, value in found.items()}
+        errors = _check(found, str(path)) + _duplicate_llms(found, str(path))
+        if errors:
+            raise ConfigError("\n".join(errors))
+        values.update(found)
     elif explicit:
         raise ConfigError(f"{path}: config file not found")
 
-    for name in _FIELDS:
+    errors = []
+    for name, schema in _SETTINGS.items():
         raw = env.get(f"TETHER_{name.upper()}")
         if raw is not None and raw != "":
-            values[name] = _coerce(name, raw, f"TETHER_{name.upper()}")
-
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
-
-    return Settings(**values)
+            value = coerce(schema, raw)
+            errors += _check({name: value}, f"TETHER_{name.upper()}")
+            values[name] = value
+    for name, flag in (overrides or {}).items():
+        if flag is not None:
+            value = coerce(_SETTINGS[name], flag)
+            errors += _check({name: value}, f"--{name.replace('_', '-')}")
+            values[name] = value
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Settings(**{name: _typed(name, value) for name, value in values.items()})
