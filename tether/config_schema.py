@@ -6,6 +6,7 @@ file at once, each naming the file and the key.
 
 Schema extensions (ignored by jsonschema, read here):
 - `x-message`: the error text for any failure of that (sub)schema, instead of jsonschema's;
+- `x-messages`: the same per failing keyword (e.g. {"dependentRequired": ...});
 - `x-required`: the error text when that property is missing;
 - `x-aliases`: text values mapped before validation (e.g. auth = "true" means "on").
 """
@@ -20,18 +21,20 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+REQUIRED: Any = dataclasses.MISSING  # setting(REQUIRED, ...): no default
 
-def setting(default: Any, schema: dict[str, Any], **field: Any) -> Any:
+
+def setting(default: Any, schema: dict[str, Any]) -> Any:
     """A dataclass field whose value the config file may set, shaped by `schema`."""
-    if "default_factory" in field:
-        return dataclasses.field(metadata={"schema": schema}, **field)
-    return dataclasses.field(default=default, metadata={"schema": schema}, **field)
+    return dataclasses.field(default=default, metadata={"schema": schema})
 
 
 def object_schema(
     cls: type, *, required: tuple[str, ...] = (), extra: dict[str, Any] | None = None,
+    extra_keywords: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The schema of a table whose keys are `cls`'s declared settings (plus `extra`)."""
+    """The schema of a table whose keys are `cls`'s declared settings (plus `extra`
+    properties, and `extra_keywords` on the table itself)."""
     properties: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if "schema" not in f.metadata:
@@ -43,7 +46,7 @@ def object_schema(
         properties[f.name] = schema
     properties.update(extra or {})
     return {"type": "object", "properties": properties, "required": list(required),
-            "additionalProperties": False}
+            "additionalProperties": False, **(extra_keywords or {})}
 
 
 def settings_of(cls: type) -> dict[str, dict[str, Any]]:
@@ -108,7 +111,10 @@ def describe(error: ValidationError) -> tuple[str, str]:
         known = set(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - known)
         return where, f"unknown key {', '.join(repr(k) for k in unknown)}"
-    message = error.schema.get("x-message") if isinstance(error.schema, dict) else None
+    message = None
+    if isinstance(error.schema, dict):
+        message = error.schema.get("x-messages", {}).get(error.validator,
+                                                          error.schema.get("x-message"))
     if message is None:
         return where, error.message
     if isinstance(error.instance, str | int | float | bool):

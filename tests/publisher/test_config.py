@@ -69,3 +69,16 @@ def test_bad_config_names_the_key(data, needle):
     with pytest.raises(PublisherConfigError) as err:
         parse(data, "pub.toml")
     assert needle in str(err.value) and "pub.toml" in str(err.value)
+
+
+def test_every_error_in_the_file_is_reported_at_once():
+    """Issue 12.1: the first bad key used to hide the rest."""
+    data = base(max_concurrency=0, base_url="localhost", color="blue",
+                wake={"wol": {"mac": "nope"}})
+    with pytest.raises(PublisherConfigError) as err:
+        parse({**data, "hub": "ftp://x"}, "pub.toml")
+    lines = str(err.value).splitlines()
+    for needle in ("pub.toml: hub:", "backends[0].max_concurrency", "backends[0].base_url",
+                   "'color'", "backends[0].wake.wol.mac"):
+        assert [line for line in lines if needle in line and line.startswith("pub.toml: ")], needle
+    assert len(lines) == 5
