@@ -30,11 +30,10 @@ def setting(default: Any, schema: dict[str, Any]) -> Any:
 
 
 def object_schema(
-    cls: type, *, required: tuple[str, ...] = (), extra: dict[str, Any] | None = None,
-    extra_keywords: dict[str, Any] | None = None,
+    cls: type, *, required: tuple[str, ...] = (), extra_keywords: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The schema of a table whose keys are `cls`'s declared settings (plus `extra`
-    properties, and `extra_keywords` on the table itself)."""
+    """The schema of a table whose keys are `cls`'s declared settings (`extra_keywords` go on
+    the table itself)."""
     properties: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if "schema" not in f.metadata:
@@ -44,7 +43,6 @@ def object_schema(
             schema.setdefault("default", list(f.default) if isinstance(f.default, tuple)
                               else f.default)
         properties[f.name] = schema
-    properties.update(extra or {})
     return {"type": "object", "properties": properties, "required": list(required),
             "additionalProperties": False, **(extra_keywords or {})}
 

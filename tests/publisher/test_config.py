@@ -82,3 +82,20 @@ def test_every_error_in_the_file_is_reported_at_once():
                    "'color'", "backends[0].wake.wol.mac"):
         assert [line for line in lines if needle in line and line.startswith("pub.toml: ")], needle
     assert len(lines) == 5
+
+
+def test_the_session_file_flag_overrides_the_config_file(tmp_path):
+    import argparse
+
+    from tether.publisher.main import add_arguments, config_from_args
+
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--config", str(path)])).session_file == (
+        "/tmp/x-session")
+    args = parser.parse_args(["--config", str(path), "--session-file", "/tmp/flag-session"])
+    config = config_from_args(args)
+    assert config.session_file == "/tmp/flag-session"
+    assert config.backends[0].name == "llama3-laptop"  # the rest of the file still applies

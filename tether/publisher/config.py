@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,6 @@ class PublisherConfig:
     key_env: str | None = setting(None, _TEXT)
     session_file: str | None = setting(None, _TEXT)
     probe_interval_s: float = setting(5.0, _SECONDS)
-    extra: dict[str, Any] = field(default_factory=dict)
     # at SIGTERM, how long running tasks may go on
     drain_timeout_s: float = setting(30.0, _SECONDS)
 
@@ -180,7 +179,8 @@ def parse(data: dict[str, Any], source: str) -> PublisherConfig:
     )
 
 
-def load(path: str | os.PathLike[str]) -> PublisherConfig:
+def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> PublisherConfig:
+    """The config in the TOML file at `path`, with `overrides` (command-line flags) on top."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -188,4 +188,4 @@ def load(path: str | os.PathLike[str]) -> PublisherConfig:
         raise PublisherConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise PublisherConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, str(path))
+    return parse({**data, **(overrides or {})}, str(path))

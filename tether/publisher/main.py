@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import shlex
@@ -32,10 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PublisherConfig:
     if args.config:
-        config = load(args.config)
-        if args.session_file:
-            config = dataclasses.replace(config, session_file=args.session_file)
-        return config
+        return load(args.config, {"session_file": args.session_file} if args.session_file else None)
     missing = [f"--{k}" for k in ("hub", "name", "model", "backend") if not getattr(args, k)]
     if missing:
         raise PublisherConfigError(
