@@ -3,7 +3,7 @@
 The request id lives in a context variable set by RequestIdMiddleware. Under gevent each
 greenlet runs in its own context (greenlet >= 1.0), so the id of one request never leaks
 onto another's lines. Lines logged by actors on a request's behalf (its outcome) carry the
-id explicitly: the request's reply channel captured it (tether.metrics.Reply).
+id explicitly: the request's reply channel captured it (tether.actors.reply).
 
 Privacy: nothing here logs a request or response body; fields are ids, names, statuses,
 codes and durations only.

@@ -1,6 +1,7 @@
 """Every Prometheus metric of the hub, defined once, and the one-line calls that feed them.
 
-Actors and resources call the functions at the bottom; nothing else touches a metric. Each
+Actors, resources and request reply channels (tether.actors.reply) call the functions
+below; nothing else touches a metric. Each
 call also feeds the in-memory board (tether.board) behind the status page, so the page and
 /metrics always agree. Calls never block and never raise into their caller: a metric must
 not be able to kill an actor.
@@ -15,7 +16,6 @@ Scrapes are per process (one hub process today; see the README, Observability).
 from __future__ import annotations
 
 import logging
-import queue
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from tether.board import BOARD
 
-log = logging.getLogger("tether.requests")
+log = logging.getLogger("tether.metrics")
 wake_log = logging.getLogger("tether.wakes")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -139,77 +139,26 @@ def _safe(fn: Callable[..., None]) -> Callable[..., None]:
 # --- requests ----------------------------------------------------------------------------
 
 
-class Reply(queue.Queue):
-    """A request's reply channel that observes the events on their way to the HTTP handler:
-    dispatch (queue wait), first chunk, and the outcome (the first terminal event)."""
+@_safe
+def queue_waited(llm: str, seconds: float) -> None:
+    """A request's task was sent, `seconds` after the request reached its Llm."""
+    QUEUE_WAIT.labels(llm).observe(seconds)
 
-    def __init__(self, llm: str, endpoint: str) -> None:
-        super().__init__()
-        from tether import logs  # the request id of the request that creates this channel
 
-        self.llm = llm  # an Llm that exists: unknown names are refused before this
-        self.endpoint = endpoint
-        self.request_id = logs.request_id()
-        self.task_id: str | None = None
-        self._started = time.monotonic()
-        self._dispatched = False
-        self._chunked = False
-        self._done = False
+@_safe
+def first_chunk(llm: str, seconds: float) -> None:
+    FIRST_CHUNK.labels(llm).observe(seconds)
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._observe(item)
-        super().put(item, block, timeout)
 
-    @_safe
-    def _observe(self, item: Any) -> None:
-        from tether.actors import messages as m  # here: the actors import this module
-
-        if self._done:
-            return
-        elapsed = time.monotonic() - self._started
-        if isinstance(item, m.Dispatched):
-            if not self._dispatched:
-                self._dispatched = True
-                self.task_id = item.task_id
-                QUEUE_WAIT.labels(self.llm).observe(elapsed)
-                log.debug("dispatched", extra=self._fields(task_id=item.task_id,
-                                                          duration_ms=_ms(elapsed)))
-        elif isinstance(item, m.Chunks):
-            if not self._chunked:
-                self._chunked = True
-                FIRST_CHUNK.labels(self.llm).observe(elapsed)
-        elif isinstance(item, m.Completed):
-            self._finish(elapsed, item.status, None if item.status < 400 else "backend_error")
-        elif isinstance(item, m.StreamDone):
-            self._finish(elapsed, 200, None)
-        elif isinstance(item, m.Failed):
-            self._finish(elapsed, item.error.status, item.error.code)
-        elif type(item).__name__ == "ClientGone":  # tether.http.streams.ClientGone
-            self._finish(elapsed, 499, "client_gone")
-
-    @_safe
-    def cancelled(self, reason: str) -> None:
-        """The task was cancelled (client gone, or the relay gave up): its outcome, unless
-        one was already seen."""
-        if not self._done:
-            code = 499 if reason == "client_gone" else 504
-            self._finish(time.monotonic() - self._started, code, reason)
-
-    def _fields(self, **more: Any) -> dict[str, Any]:
-        return {"request_id": self.request_id, "llm": self.llm, "endpoint": self.endpoint,
-                **({"task_id": self.task_id} if self.task_id else {}), **more}
-
-    def _finish(self, elapsed: float, status: int, code: str | None) -> None:
-        self._done = True
-        REQUESTS.labels(self.llm, self.endpoint, str(status)).inc()
-        REQUEST_SECONDS.labels(self.llm).observe(elapsed)
-        if code is not None and status != 499:
-            ERRORS.labels(self.llm, code).inc()
-        BOARD.request_done(self.llm, status, code)
-        level = logging.WARNING if status >= 500 else logging.INFO
-        log.log(level, "request %s %s -> %d%s in %d ms", self.llm, self.endpoint, status,
-                f" {code}" if code else "", _ms(elapsed),
-                extra=self._fields(status=status, code=code, duration_ms=_ms(elapsed)))
+@_safe
+def request_done(llm: str, endpoint: str, status: int, code: str | None,
+                 seconds: float) -> None:
+    """A request's outcome: its HTTP status (499: the client left) and error code."""
+    REQUESTS.labels(llm, endpoint, str(status)).inc()
+    REQUEST_SECONDS.labels(llm).observe(seconds)
+    if code is not None and status != 499:
+        ERRORS.labels(llm, code).inc()
+    BOARD.request_done(llm, status, code)
 
 
 def _ms(seconds: float) -> int:
@@ -228,8 +177,9 @@ def task_fields(task_id: str, llm: str, session: str, endpoint: str, outcome: st
 @_safe
 def task_cancelled(llm: str, reason: str, reply: Any = None) -> None:
     TASKS_CANCELLED.labels(llm, reason).inc()
-    if isinstance(reply, Reply):  # no event reaches a cancelled request's channel
-        reply.cancelled(reason)
+    cancelled = getattr(reply, "cancelled", None)  # a MeteredReply (tether.actors.reply)
+    if cancelled is not None:
+        cancelled(reason)
 
 
 @_safe

@@ -20,6 +20,7 @@ from tether.actor import Crash, Ping, tell
 from tether.actors import messages as m
 from tether.actors.base import FrameIds, Parent, slot_of
 from tether.actors.directory import Directory
+from tether.actors.reply import MeteredReply
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.config import Settings
@@ -246,7 +247,7 @@ class ActorSystem:
     ) -> queue.Queue:
         """Start an infer; its events arrive on the returned channel (see messages.py)."""
         ref = self._directory.llm(name)
-        reply: queue.Queue = metrics.Reply(name, endpoint)
+        reply: queue.Queue = MeteredReply(name, endpoint)
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
             reply.put(m.Failed(errors.shutting_down()))
             return reply
