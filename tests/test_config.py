@@ -79,3 +79,16 @@ def test_every_error_in_the_file_is_reported_at_once(tmp_path, capsys):
     assert len(lines) == 6
     assert main(["serve", "--config", str(conf)]) == 2
     assert "llms[0].base_url" in capsys.readouterr().err
+
+
+def test_every_setting_is_declared_with_its_schema():
+    """A field added without setting(...) would be missing from the schema, so its key in
+    a file would be refused as unknown: each field states its schema where it is declared."""
+    import dataclasses
+
+    from tether.config import Settings
+    from tether.publisher.config import BackendConfig, PublisherConfig
+
+    for cls in (Settings, BackendConfig, PublisherConfig):
+        bare = [f.name for f in dataclasses.fields(cls) if "schema" not in f.metadata]
+        assert bare == [], f"{cls.__name__}: declare {bare} with config_schema.setting()"
