@@ -99,3 +99,10 @@ def test_the_session_file_flag_overrides_the_config_file(tmp_path):
     config = config_from_args(args)
     assert config.session_file == "/tmp/flag-session"
     assert config.backends[0].name == "llama3-laptop"  # the rest of the file still applies
+
+
+def test_whole_numbers_written_as_floats_become_ints():
+    backend = parse(base(max_concurrency=2.0, sleep={"wol": {"mac": "aa:bb:cc:dd:ee:ff",
+                                                            "port": 7.0}}), "p").backends[0]
+    assert type(backend.max_concurrency) is int and backend.max_concurrency == 2
+    assert type(backend.sleep.wol["port"]) is int

@@ -137,7 +137,7 @@ def _recipe(data: dict[str, Any] | None) -> Recipe | None:
                             "body": http.get("body")})
     wol = data["wol"]
     return Recipe(wol={"mac": wol["mac"], "broadcast": wol.get("broadcast", "255.255.255.255"),
-                       "port": wol.get("port", 9)})
+                       "port": int(wol.get("port", 9))})
 
 
 def _backend(data: dict[str, Any]) -> BackendConfig:
@@ -150,7 +150,8 @@ def _backend(data: dict[str, Any]) -> BackendConfig:
         api_key_env=data.get("api_key_env"),
         tier=data.get("tier", "fast"),
         description=data.get("description", ""),
-        max_concurrency=data.get("max_concurrency", 4),
+        # int(): JSON Schema counts 2.0 as an integer; a semaphore wants an int
+        max_concurrency=int(data.get("max_concurrency", 4)),
         wake_timeout_s=float(data.get("wake_timeout_s", 120.0)),
         idle_sleep_s=float(idle) if idle is not None else None,
         wake=_recipe(data.get("wake")),
