@@ -15,6 +15,7 @@ Scrapes are per process (one hub process today; see the README, Observability).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -267,3 +269,33 @@ def swept(action: str, count: int = 1) -> None:
     """The sweep's counts: `action` is "inactive" or "deleted"."""
     if count:
         SWEEP_ROWS.labels(action).inc(count)
+
+
+# --- pools (PROTOCOL.md, Pools) ----------------------------------------------------------
+
+POOL_ROUTED = Counter(
+    "tether_pool_routed", "Requests handed to a member of an Llm, by decision: affinity (the "
+    "member that served the conversation's prefix), least_loaded, failover (moved off a "
+    "member whose stream was lost), retry (after a retryable error).", ["llm", "decision"],
+    registry=REGISTRY)
+MEMBER_IN_FLIGHT = Gauge(
+    "tether_member_in_flight", "Tasks under way per member of an Llm (member: its "
+    "providerSessionId, as PROTOCOL.md names the label).", ["llm", "member"],
+    registry=REGISTRY)
+
+
+@_safe
+def routed(llm: str, decision: str) -> None:
+    POOL_ROUTED.labels(llm, decision).inc()
+
+
+@_safe
+def member_in_flight(llm: str, counts: dict[str, int]) -> None:
+    for member, count in counts.items():
+        MEMBER_IN_FLIGHT.labels(llm, member).set(count)
+
+
+@_safe
+def member_gone(llm: str, member: str) -> None:
+    with contextlib.suppress(KeyError):
+        MEMBER_IN_FLIGHT.remove(llm, member)

@@ -22,7 +22,12 @@ SOCKET_OPTIONS = [*HTTPConnection.default_socket_options,
 
 
 class Unreachable(Exception):
-    """The other side did not answer (refused, reset, timed out)."""
+    """The other side did not answer (refused, reset, timed out). `before_any_byte`: it
+    was refused or reset before answering anything, so it never ran the request."""
+
+    def __init__(self, message: str, before_any_byte: bool = False) -> None:
+        super().__init__(message)
+        self.before_any_byte = before_any_byte
 
 
 def body_chunks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
@@ -85,7 +90,7 @@ class BackendClient:
                                    self._headers, timeout=self.read_timeout)
             return r.status, decode(r.read())
         except wire.WireError as exc:
-            raise Unreachable(str(exc)) from None
+            raise Unreachable(str(exc), isinstance(exc, wire.Unreached)) from None
 
     def stream(self, endpoint: str, request: dict[str, Any]) -> Iterator[str]:
         """Yield each `data:` payload of the backend's SSE answer, up to `[DONE]`."""
@@ -94,7 +99,7 @@ class BackendClient:
                                    {**self._headers, "Accept": "text/event-stream"},
                                    timeout=self.read_timeout)
         except wire.WireError as exc:
-            raise Unreachable(str(exc)) from None
+            raise Unreachable(str(exc), isinstance(exc, wire.Unreached)) from None
         finished = False
         try:
             if r.status != 200:

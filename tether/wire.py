@@ -37,6 +37,11 @@ _LOW_LEVEL = (OSError, ValueError, WireError)
 MAX_HEAD = 65536
 
 
+class Unreached(WireError):
+    """Nothing reached the peer's application: the connection was refused, or refused or
+    reset before any byte of an answer (a pool may run the request elsewhere)."""
+
+
 class _Conn:
     __slots__ = ("sock", "buf", "reused", "received")
 
@@ -190,7 +195,7 @@ class Pool:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             sock.settimeout(timeout)
         except (OSError, ValueError, OverflowError) as exc:
-            raise WireError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+            raise Unreached(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         return _Conn(sock)
 
     def close(self) -> None:
@@ -247,6 +252,8 @@ class Pool:
                 conn.close()
                 if conn.reused and not conn.received and isinstance(exc, _STALE):
                     continue  # the peer closed it while idle: once more, on another one
+                if isinstance(exc, ConnectionError) and not conn.received:
+                    raise Unreached(str(exc)) from None  # refused or reset: nothing ran
                 raise WireError(str(exc) or type(exc).__name__) from None
             except BaseException:  # the body's producer failed, or the greenlet was killed
                 conn.close()

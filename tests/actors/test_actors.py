@@ -87,13 +87,18 @@ def test_grace_and_replay_complete_a_task_across_a_reconnect(system_factory):
     assert [f.event for f in third.frames()] == ["hello"]
 
 
-def test_queue_bound_counts_waiters_and_in_flight(system_factory):
+def test_queue_bound_counts_waiting_requests_not_tasks_in_flight(system_factory):
     system = system_factory(max_queue_per_llm=2)
-    _online(system, provider("a"))
-    replies = [system.infer("a", REQ, False, "chat/completions") for _ in range(3)]
-    last = replies[2].get(timeout=2)
+    outbox = _online(system, {**provider("a"), "maxConcurrency": 1})
+    replies = [system.infer("a", REQ, False, "chat/completions") for _ in range(4)]
+    last = replies[3].get(timeout=2)
     assert isinstance(last, m.Failed)
     assert (last.error.status, last.error.code) == (429, "queue_full")
+    # One in flight, two waiting: the slot's release takes the head of the queue.
+    first = outbox.tasks()
+    assert len(first) == 1
+    system.submit_result(first[0]["taskId"], None, {"status": 200, "body": 1})
+    assert len(outbox.tasks()) == 1
 
 
 def test_stream_idle_timeout_after_chunks(system_factory):

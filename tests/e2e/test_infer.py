@@ -182,7 +182,11 @@ def test_reads(hub, publisher):
     row = hub.llm("a-model")
     assert set(row) == {"id", "name", "type", "model", "tier", "description", "extraConfig",
                         "kind", "providerSessionId", "status", "lastHeartbeatAt",
-                        "inactiveSince", "createdAt", "updatedAt"}
+                        "inactiveSince", "createdAt", "updatedAt", "members"}
+    assert row["members"] == [{
+        "providerSessionId": publisher.session_id, "model": "m", "status": "active",
+        "lastHeartbeatAt": row["lastHeartbeatAt"], "inactiveSince": None,
+        "maxConcurrency": None, "inFlight": 0}]
     r = hub.get("/api/v1/llms/zzz")
     assert r.status_code == 404 and r.json()["error"]["code"] == "llm_not_found"
     assert hub.get("/healthz").json() == {"status": "ok"}

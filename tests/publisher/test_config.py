@@ -55,6 +55,8 @@ def base(**backend) -> dict:
         ({"hub": "ftp://x", "backends": [{}]}, "hub"),
         ({"hub": "http://h"}, "[[backends]]"),
         (base(max_concurrency=0), "max_concurrency"),
+        (base(max_concurrency=4097), "1 to 4096"),  # the hub's maxConcurrency bound
+        (base(pool="yes"), "pool: must be true or false"),
         (base(name="bad/name"), "backends[0].name"),
         (base(base_url="localhost:11434"), "base_url"),
         (base(wake={"command": "systemctl start"}), "wake.command"),
@@ -106,3 +108,17 @@ def test_whole_numbers_written_as_floats_become_ints():
                                                             "port": 7.0}}), "p").backends[0]
     assert type(backend.max_concurrency) is int and backend.max_concurrency == 2
     assert type(backend.sleep.wol["port"]) is int
+
+
+def test_pool_is_off_unless_the_backend_table_or_the_flag_says_so():
+    import argparse
+
+    from tether.publisher.main import add_arguments, config_from_args
+
+    assert parse(base(), "p.toml").backends[0].pool is False
+    assert parse(base(pool=True), "p.toml").backends[0].pool is True
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = ["--hub", "http://h:1", "--name", "a", "--model", "m", "--backend", "http://b/v1"]
+    assert config_from_args(parser.parse_args(flags)).backends[0].pool is False
+    assert config_from_args(parser.parse_args([*flags, "--pool"])).backends[0].pool is True

@@ -10,7 +10,7 @@ import pytest
 from tether.errors import TetherError
 from tether.store import db, migrations
 from tether.store import llms as store
-from tether.store.models import Llm, utcnow
+from tether.store.models import LlmMember, utcnow
 
 
 @pytest.fixture(autouse=True)
@@ -58,14 +58,14 @@ def test_sweep_queries():
     store.register("s1", [spec("old"), spec("new")])
     past = utcnow() - dt.timedelta(hours=1)
     with db.connection():
-        Llm.update(last_heartbeat_at=past).where(Llm.name == "old").execute()
+        LlmMember.update(last_heartbeat_at=past).where(LlmMember.llm_name == "old").execute()
     cutoff = utcnow() - dt.timedelta(minutes=1)
     assert store.stale_names(cutoff) == ["old"]
     assert store.mark_inactive_if_stale("old", "s1", cutoff)
     assert not store.mark_inactive_if_stale("new", "s1", cutoff)
+    assert store.get("old").status == "inactive"  # the row follows its member
     assert store.delete_expired(utcnow() - dt.timedelta(minutes=1)) == []
-    gone = store.delete_expired(utcnow() + dt.timedelta(seconds=1))
-    assert [r.name for r in gone] == ["old"]
+    assert store.delete_expired(utcnow() + dt.timedelta(seconds=1)) == ["old"]
     assert [r.name for r in store.list_all()] == ["new"]
 
 
@@ -98,11 +98,16 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
     db.init(f"sqlite:///{path}")
     assert migrations.migrate() == 1
     assert store.get("kept").provider_session_id == "s1"
+    # Version 3: the published row got its one member, from its own fields.
+    [member] = store.members_of(["kept"])["kept"]
+    assert (member.session_id, member.status, member.pool) == ("s1", "inactive", False)
+    assert store.register("s2", [spec("kept")])[0].provider_session_id == "s2"
+    assert [x.session_id for x in store.members_of(["kept"])["kept"]] == ["s2"]
     from tether.store import keys
 
     key = keys.create("k", "client")
     assert keys.verify(key).name == "k"
-    assert migrations.migrate() == migrations.CURRENT_VERSION == 2
+    assert migrations.migrate() == migrations.CURRENT_VERSION == 3
 
 
 def test_keys_and_session_owners(database):
@@ -131,3 +136,76 @@ def test_public_rows_sync_and_timestamps_round_trip(database):
     store.register("s1", [spec("a")])
     wire = store.get("a").to_wire()
     assert wire["lastHeartbeatAt"].endswith("Z") and wire["inactiveSince"] is None
+
+
+# --- pools (PROTOCOL.md, Pools) ------------------------------------------------------------
+
+
+def test_pool_members_join_and_the_row_is_derived_from_them():
+    store.register("s1", [spec("p", pool=True, model="m1", maxConcurrency=2,
+                               initialStatus="hibernating")])
+    store.register("s2", [spec("p", pool=True, model="m2")])
+    row = store.get("p")
+    assert (row.status, row.provider_session_id, row.model) == ("active", "s1", "m1")
+    members = store.members_of(["p"])["p"]
+    assert [(x.session_id, x.model, x.status, x.max_concurrency) for x in members] == [
+        ("s1", "m1", "hibernating", 2), ("s2", "m2", "active", None)]
+    assert store.set_status("p", "s2", "inactive")
+    assert store.get("p").status == "hibernating" and store.get("p").inactive_since is None
+    assert store.set_status("p", "s1", "inactive")
+    row = store.get("p")
+    assert row.status == "inactive" and row.inactive_since is not None
+    assert row.last_heartbeat_at == max(x.last_heartbeat_at for x in store.members_of(["p"])["p"])
+
+
+def test_a_pool_needs_pool_true_on_every_live_member():
+    store.register("s1", [spec("p")])  # no pool: true
+    with pytest.raises(TetherError) as refused:
+        store.register("s2", [spec("q"), spec("p", pool=True)])
+    assert (refused.value.code, refused.value.param) == (
+        "llm_owned_by_other_session", "providers[1].name")
+    store.register("s3", [spec("r", pool=True)])
+    with pytest.raises(TetherError):
+        store.register("s4", [spec("r")])  # joining without pool: true
+    assert store.get("q") is None  # nothing of a refused request is applied
+
+
+def test_inactive_members_never_block_and_go_when_they_cannot_share():
+    store.register("s1", [spec("p", pool=True)])
+    store.register("s2", [spec("p", pool=True)])
+    store.set_status("p", "s1", "inactive")
+    with pytest.raises(TetherError):
+        store.register("s3", [spec("p")])  # s2 lives: no taking the name alone
+    store.set_status("p", "s2", "inactive")
+    store.register("s3", [spec("p")])  # takes it alone: every inactive member goes
+    assert [x.session_id for x in store.members_of(["p"])["p"]] == ["s3"]
+    assert store.get("p").provider_session_id == "s3"
+
+
+def test_pool_keys_one_publisher_key_per_pool_and_admin_fits_any():
+    alice, bob = store.Registrant("alice"), store.Registrant("bob")
+    store.register("s1", [spec("p", pool=True)], alice)
+    with pytest.raises(TetherError) as refused:
+        store.register("s2", [spec("p", pool=True)], bob)
+    assert refused.value.code == "llm_owned_by_other_session"
+    store.register("s2", [spec("p", pool=True)], alice)
+    store.register("s3", [spec("p", pool=True)], store.Registrant("root", admin=True))
+    store.register("s4", [spec("q", pool=True)], store.Registrant("root", admin=True))
+    store.register("s5", [spec("q", pool=True)], bob)  # an admin's member fits any key
+    # An inactive member of another key is removed by a pool register, not kept.
+    store.set_status("p", "s1", "inactive")
+    store.set_status("p", "s2", "inactive")
+    store.set_status("p", "s3", "inactive")
+    store.register("s6", [spec("p", pool=True)], bob)
+    assert [x.session_id for x in store.members_of(["p"])["p"]] == ["s3", "s6"]
+
+
+def test_the_name_goes_with_its_last_member():
+    store.register("s1", [spec("p", pool=True)])
+    store.register("s2", [spec("p", pool=True)])
+    store.set_status("p", "s1", "inactive")
+    assert store.delete_expired(utcnow() + dt.timedelta(seconds=1)) == ["p"]
+    assert store.get("p").provider_session_id == "s2"
+    store.set_status("p", "s2", "inactive")
+    assert store.delete_expired(utcnow() + dt.timedelta(seconds=1)) == ["p"]
+    assert store.get("p") is None and store.members_of(["p"]) == {"p": []}

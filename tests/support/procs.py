@@ -143,11 +143,24 @@ class Publish:
 
 
 def wait_status(hub: Any, name: str, status: str, timeout: float = 15) -> dict:
+    """The row has `status`; for a live one, its publisher's stream is open too (the hub
+    serves a member only once its stream is open: a register alone is not enough)."""
     def check() -> dict | None:
         r = hub.get(f"/api/v1/llms/{name}")
-        return r.json() if r.status_code == 200 and r.json()["status"] == status else None
+        if r.status_code != 200 or r.json()["status"] != status:
+            return None
+        if status != "inactive" and not stream_open(hub, name):
+            return None
+        return r.json()
 
     return wait_until(check, timeout=timeout)
+
+
+def stream_open(hub: Any, name: str) -> bool:
+    r = hub.get("/status/state")
+    if r.status_code != 200:
+        return True  # auth on without a key: the row's status has to do
+    return any(row["name"] == name and row["streamOpen"] for row in r.json()["llms"])
 
 
 def port_closed(port: int) -> bool:

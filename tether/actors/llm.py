@@ -1,9 +1,13 @@
-"""LlmActor: one per Llm. Owns the status machine, wake dedup and the wait queue.
+"""LlmActor: one per Llm name. The single owner of everything about serving that name
+(PROTOCOL.md, Pools): its members (records, not actors), their load and capacity, the
+waiting queue, the one wake in flight, and the routing policy's prefix memory.
 
-Wake dedup is plain actor state: the mailbox serializes infers, so the first infer on a
-hibernating Llm finds no wake in flight and starts one; every later infer finds `_wake` set
-and joins `_waiters`. When the wake result arrives (a message, never a blocking wait) the
-waiters go out in arrival order.
+Late binding: a request waits here, in arrival order, until a member that is `active`, has a
+live stream and a free slot takes it; the Router (tether/actors/routing.py) picks which.
+Wake dedup is plain actor state: the mailbox serializes infers, so only the first request
+that must wait on a hibernating name starts a wake; the next member is woken only if
+requests still wait when that wake ends. Sessions report results, slot releases, retryable
+errors and released tasks by `tell`; this actor never waits on them.
 """
 
 from __future__ import annotations
@@ -12,38 +16,94 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tether import errors, metrics, upstream
 from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import Parent, new_task_id
+from tether.actors import routing
+from tether.actors.base import Parent, new_task_id, slot_of
 from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.runtime import Task, Timer, call_later, spawn
 from tether.store import llms as store
-from tether.store.models import ACTIVE, INACTIVE, KIND_PUBLIC
+from tether.store.models import ACTIVE, HIBERNATING, INACTIVE, KIND_PUBLIC
 
 log = logging.getLogger("tether.llm")
 
+InFlightBoard = Callable[[str, Mapping[str, int]], None]
+
 
 class _Wake:
-    __slots__ = ("task_id", "timer", "session")
+    __slots__ = ("task_id", "timer", "session_id")
 
-    def __init__(self, task_id: str, timer: Timer, session: m.SessionLink) -> None:
+    def __init__(self, task_id: str, timer: Timer, session_id: str) -> None:
         self.task_id = task_id
         self.timer = timer
-        self.session = session
+        self.session_id = session_id
+
+
+class _Member:
+    """One publisher session serving this name."""
+
+    __slots__ = ("link", "status", "max_concurrency", "live", "in_flight", "adopted_at",
+                 "registered_status", "loss_predates_registration", "lost_at")
+
+    def __init__(self, info: m.MemberInfo, adopted_at: float) -> None:
+        self.link = info.session
+        self.status = info.status
+        self.max_concurrency = info.max_concurrency
+        self.live = info.live
+        self.in_flight: dict[str, None] = {}  # task ids, in dispatch order
+        self.adopted_at = adopted_at
+        self.registered_status = info.status
+        # Set when a stream loss made us inactive although the lost stream predates the
+        # latest registration: if the session then opens a stream, the publisher was
+        # reconnecting and the loss was its old connection, noticed late.
+        self.loss_predates_registration = False
+        self.lost_at: float | None = None  # when its stream went, while it has none
+
+    @property
+    def session_id(self) -> str:
+        return self.link.session_id
+
+    def view(self) -> routing.MemberView:
+        return routing.MemberView(self.session_id, self.status, self.live,
+                                  len(self.in_flight), self.max_concurrency)
+
+
+class _Request:
+    """A client request: waiting in the queue, or in flight as `task_id` on `member`."""
+
+    __slots__ = ("infer", "arrived", "_affinity", "tried", "task_id", "member", "told_waking",
+                 "why")
+
+    def __init__(self, infer: m.Infer, arrived: float) -> None:
+        self.infer = infer
+        self.arrived = arrived
+        self._affinity: routing.Affinity | None = None
+        self.tried: set[str] = set()  # members that returned it as `retryable`
+        self.task_id: str | None = None
+        self.member: str | None = None
+        self.told_waking = False
+        self.why: str | None = None  # "failover" or "retry" when it came back to the queue
+
+    @property
+    def affinity(self) -> routing.Affinity:
+        """Hashed only when a pool has a choice to make: a lone member needs no routing."""
+        if self._affinity is None:
+            self._affinity = routing.affinity_of(self.infer.request, self.infer.affinity)
+        return self._affinity
 
 
 class LlmActor(TetherActor):
     use_daemon_thread = True  # thousands of them: see TetherActor
 
     def __init__(
-        self, settings: Settings, state: m.LlmState, session: m.SessionLink | None,
+        self, settings: Settings, state: m.LlmState, members: tuple[m.MemberInfo, ...] | None,
         public: PublicLlm | None = None, supervisor: Parent | None = None,
-        proxies: m.ProxiesInFlight | None = None,
+        proxies: m.ProxiesInFlight | None = None, board: InFlightBoard | None = None,
     ) -> None:
         super().__init__()
         # Upstream calls (public Llm) report their end through `_home`, which a restarted
@@ -52,24 +112,25 @@ class LlmActor(TetherActor):
         self._home.ref = self.actor_ref
         self._settings = settings
         self._supervisor = supervisor if supervisor is not None else Parent()
+        self._board = board
         self._public = public
         self._upstream = (
             upstream.client_for(public, settings.infer_timeout_s) if public is not None else None
         )
         self._state = state
-        self._session = session
-        self._waiters: deque[m.Infer] = deque()
+        now = time.monotonic()
+        self._members: dict[str, _Member] = {i.session.session_id: _Member(i, now)
+                                             for i in members or ()}
+        self._router = routing.Router()
+        self._queue: deque[_Request] = deque()
+        self._tasks: dict[str, _Request] = {}
         self._wake: _Wake | None = None
-        # task id -> its client's reply channel (None for a predecessor's, see
-        # TasksInFlight): a client that leaves is found by its channel (Withdraw).
-        self._in_flight: dict[str, m.ReplyChannel | None] = dict.fromkeys(
-            proxies.task_ids if proxies is not None else ())
-        self._adopted_at = time.monotonic()
-        self._registered_status = state.status
-        # Set when a stream loss made us inactive although the lost stream predates the
-        # latest registration: if the session then opens a stream, the publisher was
-        # reconnecting and the loss was its old connection, noticed late.
-        self._loss_predates_registration = False
+        self._wake_failed: set[str] = set()  # members whose wake failed while requests wait
+        self._wake_error: TetherError | None = None
+        self._queue_timer: Timer | None = None
+        self._queue_timer_no = 0
+        # A public Llm's upstream calls under way (a crashed predecessor's too).
+        self._proxied: set[str] = set(proxies.task_ids if proxies is not None else ())
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -86,60 +147,164 @@ class LlmActor(TetherActor):
             m.WakeTimedOut: self._on_wake_timed_out,
             m.TaskEnded: self._on_task_ended,
             m.TasksInFlight: self._on_tasks_in_flight,
+            m.TaskReturned: self._on_task_returned,
+            m.TasksOffered: self._on_tasks_offered,
+            m.TasksReleased: self._on_tasks_released,
+            m.QueueTimedOut: self._on_queue_timed_out,
             m.Withdraw: self._on_withdraw,
+            m.GraceEnded: self._on_grace_ended,
         }
 
     # --- infer ---------------------------------------------------------------------------
 
     def _on_infer(self, msg: m.Infer) -> None:
-        state = self._state
-        public = state.kind == KIND_PUBLIC
-        if not public and (state.status == INACTIVE or self._session is None):
-            msg.reply.put(m.Failed(errors.publisher_offline(state.name)))
+        name = self._state.name
+        if self._state.kind == KIND_PUBLIC:
+            if len(self._proxied) >= self._settings.max_queue_per_llm:
+                msg.reply.put(m.Failed(self._queue_full()))
+            else:
+                self._proxy(msg)
             return
-        if len(self._waiters) + len(self._in_flight) >= self._settings.max_queue_per_llm:
-            msg.reply.put(
-                m.Failed(
-                    TetherError(
-                        429,
-                        "queue_full",
-                        f"{state.name!r} already has {self._settings.max_queue_per_llm} "
-                        "requests waiting; retry later",
-                    )
-                )
-            )
+        if not any(x.status != INACTIVE and x.live for x in self._members.values()):
+            msg.reply.put(m.Failed(errors.publisher_offline(name)))
             return
-        if public:
-            self._proxy(msg)
-        elif state.status == ACTIVE:
-            self._dispatch(msg)
-        else:  # hibernating: join the wake in flight, or start the one wake
-            self._waiters.append(msg)
-            msg.reply.put(m.WakePending())
-            if self._wake is None:
-                self._start_wake()
+        if len(self._queue) >= self._settings.max_queue_per_llm:
+            msg.reply.put(m.Failed(self._queue_full()))
+            return
+        self._queue.append(_Request(msg, time.monotonic()))
+        self._pump()
 
-    def _dispatch(self, msg: m.Infer, may_wait: bool = False) -> None:
-        session = self._session
-        assert session is not None
-        task_id = new_task_id(session.slot)
-        sent = tell(
-            session.ref,
-            m.SendInfer(
-                task_id,
-                self._state.name,
-                msg.request,
-                msg.streaming,
-                msg.endpoint,
-                msg.reply,
-                self.actor_ref,
-                may_wait,
-            ),
+    def _queue_full(self) -> TetherError:
+        return TetherError(
+            429, "queue_full",
+            f"{self._state.name!r} already has {self._settings.max_queue_per_llm} "
+            "requests waiting; retry later",
         )
-        if sent:
-            self._in_flight[task_id] = msg.reply
-        else:  # the session actor is down (its restarts gave up): nobody would answer
-            msg.reply.put(m.Failed(errors.publisher_offline(self._state.name)))
+
+    def _views(self) -> list[routing.MemberView]:
+        return [x.view() for x in self._members.values()]
+
+    def _pump(self) -> None:
+        """Hand waiting requests to members with a free slot, in arrival order; then wake a
+        member if requests still wait, or answer them if nobody ever could serve them."""
+        if self._queue:
+            views = self._views()
+            kept: deque[_Request] = deque()
+            while self._queue:
+                req = self._queue.popleft()
+                affinity = req.affinity if len(views) > 1 else routing.NO_AFFINITY
+                choice = self._router.choose(views, affinity, frozenset(req.tried))
+                if choice is None:
+                    kept.append(req)
+                    if not req.tried:
+                        # Every later request has the same candidates: none has a slot.
+                        kept.extend(self._queue)
+                        self._queue.clear()
+                    continue
+                self._dispatch(req, self._members[choice.key], req.why or choice.reason)
+                views = self._views()
+            self._queue = kept
+        if self._queue and self._wake is None:
+            self._maybe_wake()
+        if self._queue and self._wake is None:
+            self._fail_hopeless()
+        if self._wake is not None:
+            for req in self._queue:  # streaming clients see `: waking` comments
+                if not req.told_waking:
+                    req.told_waking = True
+                    req.infer.reply.put(m.WakePending())
+        if not self._queue:
+            self._wake_failed.clear()
+            self._wake_error = None
+        self._arm_queue_timer()
+
+    def _dispatch(self, req: _Request, member: _Member, decision: str) -> None:
+        infer = req.infer
+        task_id = new_task_id(member.link.slot)
+        left = self._settings.infer_timeout_s - (time.monotonic() - req.arrived)
+        sent = tell(
+            member.link.ref,
+            m.SendInfer(task_id, self._state.name, infer.request, infer.streaming,
+                        infer.endpoint, infer.reply, self.actor_ref, timeout_s=max(left, 0.0)),
+        )
+        if not sent:  # the session actor is down (its restarts gave up): nobody would answer
+            infer.reply.put(m.Failed(errors.publisher_offline(self._state.name)))
+            return
+        req.task_id, req.member, req.why = task_id, member.session_id, None
+        member.in_flight[task_id] = None
+        metrics.routed(self._state.name, decision)
+        self._tasks[task_id] = req
+        if len(self._members) > 1:
+            self._router.record(member.session_id, req.affinity)
+        self._publish_load()
+
+    def _fail_hopeless(self) -> None:
+        """Waiting requests that no member could ever take (no active member with a live
+        stream left to free a slot, or one whose stream may come back within
+        publisher_grace_s; no member left to wake) get their answer now."""
+        error = self._wake_error or errors.publisher_offline(self._state.name)
+        now = time.monotonic()
+        grace = self._settings.publisher_grace_s
+        returning = [x for x in self._members.values() if x.status == ACTIVE and not x.live
+                     and x.lost_at is not None and now - x.lost_at < grace]
+        kept: deque[_Request] = deque()
+        for req in self._queue:
+            if any(x.status == ACTIVE and (x.live or x in returning)
+                   and x.session_id not in req.tried for x in self._members.values()):
+                kept.append(req)
+            else:
+                req.infer.reply.put(m.Failed(error))
+        self._queue = kept
+        if kept and returning:  # a wake result that overtook the reconnect, say
+            delay = min(x.lost_at for x in returning) + grace - now  # type: ignore[operator]
+            call_later(delay, tell, self.actor_ref, m.GraceEnded())
+
+    def _on_grace_ended(self, _msg: m.GraceEnded) -> None:
+        self._pump()
+
+    def _arm_queue_timer(self) -> None:
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        if not self._queue:
+            return
+        oldest = min(req.arrived for req in self._queue)
+        delay = max(oldest + self._settings.infer_timeout_s - time.monotonic(), 0.0)
+        self._queue_timer_no += 1
+        self._queue_timer = call_later(delay, tell, self.actor_ref,
+                                       m.QueueTimedOut(self._queue_timer_no))
+
+    def _on_withdraw(self, msg: m.Withdraw) -> None:
+        """The client left before it saw its task start: drop it from the wait (it no
+        longer counts toward max_queue_per_llm), or cancel the task if one went out."""
+        for req in self._queue:
+            if req.infer.reply is msg.reply:
+                self._queue.remove(req)  # no task will ever go out for it
+                self._pump()
+                return
+        # It was dispatched meanwhile (maybe moved since): cancel it where it is now.
+        for task_id, req in self._tasks.items():
+            member = self._members.get(req.member or "")
+            if req.infer.reply is msg.reply and member is not None:
+                tell(member.link.ref, m.CancelTask(task_id, "client_gone"))
+                return
+
+    def _on_queue_timed_out(self, msg: m.QueueTimedOut) -> None:
+        if msg.generation != self._queue_timer_no:
+            return
+        self._queue_timer = None
+        limit = self._settings.infer_timeout_s
+        now = time.monotonic()
+        kept: deque[_Request] = deque()
+        for req in self._queue:
+            if now - req.arrived >= limit:
+                req.infer.reply.put(m.Failed(TetherError(
+                    504, "infer_timeout",
+                    f"no result from {self._state.name!r} within {limit:g} s")))
+            else:
+                kept.append(req)
+        self._queue = kept
+        self._pump()
 
     def _proxy(self, msg: m.Infer) -> None:
         """A public Llm: the upstream call runs beside the actor, which only counts it."""
@@ -148,7 +313,7 @@ class LlmActor(TetherActor):
                 503, "publisher_offline", f"{self._state.name!r} has no upstream configured")))
             return
         task_id = f"p-{uuid.uuid4().hex}"
-        self._in_flight[task_id] = msg.reply
+        self._proxied.add(task_id)
         home, client, llm = self._home, self._upstream, self._public
         worker: list[Task] = []
         msg.reply.put(m.Dispatched(task_id, lambda _why: worker and worker[0].cancel()))
@@ -164,40 +329,91 @@ class LlmActor(TetherActor):
         worker.append(spawn(run))
 
     def _on_task_ended(self, msg: m.TaskEnded) -> None:
-        self._in_flight.pop(msg.task_id, None)
+        if self._proxied:
+            self._proxied.discard(msg.task_id)
+        req = self._tasks.pop(msg.task_id, None)
+        if req is not None:
+            self._free(req, msg.task_id)
+        else:  # a crashed predecessor's task (TasksInFlight): its slot frees all the same
+            for member in self._members.values():
+                member.in_flight.pop(msg.task_id, None)
+            self._publish_load()
+        self._pump()
 
     def _on_tasks_in_flight(self, msg: m.TasksInFlight) -> None:
-        for task_id in msg.task_ids:  # a crashed predecessor's, still running
-            self._in_flight.setdefault(task_id, None)
+        """From a session, after a restart: a crashed predecessor's tasks still run there
+        and hold their slots (no member goes above its maxConcurrency)."""
+        for task_id in msg.task_ids:
+            slot = slot_of(task_id)
+            for member in self._members.values():
+                if member.link.slot == slot:
+                    member.in_flight.setdefault(task_id, None)
+        self._publish_load()
 
-    def _on_withdraw(self, msg: m.Withdraw) -> None:
-        """The client left before its request was dispatched (as far as it knew)."""
-        for waiter in self._waiters:
-            if waiter.reply is msg.reply:
-                self._waiters.remove(waiter)  # no task will ever go out for it
-                return
-        # It was dispatched meanwhile: the Dispatched it never read can no longer cancel it.
-        for task_id, reply in self._in_flight.items():
-            if reply is msg.reply and self._session is not None \
-                    and not task_id.startswith("p-"):
-                tell(self._session.ref, m.CancelTask(task_id, "client_gone"))
-                return
+    def _free(self, req: _Request, task_id: str) -> None:
+        member = self._members.get(req.member or "")
+        if member is not None:
+            member.in_flight.pop(task_id, None)
+        req.task_id = req.member = None
+        self._publish_load()
+
+    def _on_task_returned(self, msg: m.TaskReturned) -> None:
+        """A retryable error before any output: try a member not yet tried, else answer."""
+        req = self._tasks.pop(msg.task_id, None)
+        if req is None:
+            return
+        if req.member is not None:
+            req.tried.add(req.member)
+        self._free(req, msg.task_id)
+        if any(x.status != INACTIVE and x.live and x.session_id not in req.tried
+               for x in self._members.values()):
+            self._wake_error = msg.error  # the last error, should nobody else answer
+            req.why = "retry"
+            self._queue.appendleft(req)
+        else:
+            req.infer.reply.put(m.Failed(msg.error))
+        self._pump()
+
+    def _on_tasks_released(self, msg: m.TasksReleased) -> None:
+        """Failover: a lost member's untouched tasks go back to the head of the queue, in
+        their order, and from there to members that can take them."""
+        moved = []
+        for task_id in msg.task_ids:
+            req = self._tasks.pop(task_id, None)
+            if req is not None:
+                self._free(req, task_id)
+                req.why = "failover"
+                moved.append(req)
+        self._queue.extendleft(reversed(moved))
+        if moved:
+            log.info("llm=%s failover of %d task(s) from session %s", self._state.name,
+                     len(moved), msg.session_id)
+        self._pump()
+
+    def _publish_load(self) -> None:
+        counts = {x.session_id: len(x.in_flight) for x in self._members.values()}
+        metrics.member_in_flight(self._state.name, counts)
+        if self._board is not None:
+            self._board(self._state.name, counts)
 
     # --- wake ----------------------------------------------------------------------------
 
-    def _start_wake(self) -> None:
-        session = self._session
-        assert session is not None
-        task_id = new_task_id(session.slot)
+    def _maybe_wake(self) -> None:
+        key = routing.choose_wake(self._views(), self._wake_failed)
+        if key is None:
+            return
+        member = self._members[key]
+        task_id = new_task_id(member.link.slot)
         timer = call_later(
             self._settings.wake_timeout_s, tell, self.actor_ref, m.WakeTimedOut(task_id)
         )
-        self._wake = _Wake(task_id, timer, session)
+        self._wake = _Wake(task_id, timer, key)
         metrics.wake_started(self._state.name, task_id)
-        if not tell(session.ref, m.SendWake(task_id, self._state.name, self.actor_ref)):
-            metrics.wake_ended(self._state.name, task_id, "failed")
+        if not tell(member.link.ref, m.SendWake(task_id, self._state.name, self.actor_ref)):
             self._end_wake(task_id)
-            self._fail_waiters(errors.publisher_offline(self._state.name))
+            metrics.wake_ended(self._state.name, task_id, "failed")
+            self._wake_failed.add(key)
+            self._wake_error = errors.publisher_offline(self._state.name)
 
     def _end_wake(self, task_id: str) -> _Wake | None:
         wake = self._wake
@@ -208,29 +424,37 @@ class LlmActor(TetherActor):
         return wake
 
     def _on_wake_succeeded(self, msg: m.WakeSucceeded) -> None:
-        if self._end_wake(msg.task_id) is not None:
+        wake = self._end_wake(msg.task_id)
+        if wake is not None:
             metrics.wake_ended(self._state.name, msg.task_id, "succeeded")
-            self._write_status(ACTIVE)
-            self._release_waiters()
+            member = self._members.get(wake.session_id)
+            if member is not None:
+                self._write_status(member, ACTIVE)
+            self._pump()
 
     def _on_wake_failed(self, msg: m.WakeFailed) -> None:
-        if self._end_wake(msg.task_id) is not None:
+        wake = self._end_wake(msg.task_id)
+        if wake is not None:  # that member stays hibernating: move on to the next
             metrics.wake_ended(self._state.name, msg.task_id, "failed")
-            self._fail_waiters(msg.error)  # the row stays hibernating: the next infer retries
+            self._wake_did_not_work(wake, msg.error)
 
     def _on_wake_timed_out(self, msg: m.WakeTimedOut) -> None:
         wake = self._end_wake(msg.task_id)
         if wake is None:
             return
         metrics.wake_ended(self._state.name, msg.task_id, "timed_out")
-        tell(wake.session.ref, m.CancelTask(msg.task_id, "wake_timeout"))
-        self._fail_waiters(
-            TetherError(
-                504,
-                "wake_timeout",
-                f"{self._state.name!r} did not wake within {self._settings.wake_timeout_s:g} s",
-            )
-        )
+        member = self._members.get(wake.session_id)
+        if member is not None:
+            tell(member.link.ref, m.CancelTask(msg.task_id, "wake_timeout"))
+        self._wake_did_not_work(wake, TetherError(
+            504, "wake_timeout",
+            f"{self._state.name!r} did not wake within {self._settings.wake_timeout_s:g} s",
+        ))
+
+    def _wake_did_not_work(self, wake: _Wake, error: TetherError) -> None:
+        self._wake_failed.add(wake.session_id)
+        self._wake_error = error
+        self._pump()
 
     def _wake_superseded(self) -> None:
         """The backend is up without the wake's answer: end the wake task at the session
@@ -239,91 +463,140 @@ class LlmActor(TetherActor):
         assert wake is not None
         self._end_wake(wake.task_id)
         metrics.wake_ended(self._state.name, wake.task_id, "succeeded")
-        tell(wake.session.ref, m.CancelTask(wake.task_id, "superseded"))
-        self._release_waiters()
+        member = self._members.get(wake.session_id)
+        if member is not None:
+            tell(member.link.ref, m.CancelTask(wake.task_id, "superseded"))
 
-    def _release_waiters(self) -> None:
-        while self._waiters:
-            self._dispatch(self._waiters.popleft(), may_wait=True)
-
-    def _fail_waiters(self, error: TetherError) -> None:
-        while self._waiters:
-            self._waiters.popleft().reply.put(m.Failed(error))
-
-    def _abandon_wake(self, error: TetherError) -> None:
+    def _cancel_wake(self, reason: str) -> None:
         if self._wake is not None:
             wake = self._wake
             self._end_wake(wake.task_id)
             metrics.wake_ended(self._state.name, wake.task_id, "abandoned")
-            tell(wake.session.ref, m.CancelTask(wake.task_id, "abandoned"))
-        self._fail_waiters(error)
+            member = self._members.get(wake.session_id)
+            if member is not None:
+                tell(member.link.ref, m.CancelTask(wake.task_id, reason))
+
+    def _fail_waiters(self, error: TetherError) -> None:
+        while self._queue:
+            self._queue.popleft().infer.reply.put(m.Failed(error))
+        self._arm_queue_timer()
 
     # --- lifecycle events ----------------------------------------------------------------
 
     def _on_adopt(self, msg: m.Adopt) -> None:
-        moved = self._session is None or self._session.session_id != msg.session.session_id
         self._state = msg.state
-        self._session = msg.session
-        self._adopted_at = msg.adopted_at
-        self._registered_status = msg.state.status
-        self._loss_predates_registration = False
-        if self._wake is not None and msg.state.status == ACTIVE:
-            self._wake_superseded()  # re-registered as awake: that wake succeeded
-        elif self._wake is not None and moved:
-            # The wake went to a session that no longer owns us: ask the new one.
-            old = self._wake
-            self._end_wake(old.task_id)
-            metrics.wake_ended(self._state.name, old.task_id, "abandoned")
-            tell(old.session.ref, m.CancelTask(old.task_id, "owner_changed"))
-            self._start_wake()
+        fresh: dict[str, _Member] = {}
+        for info in msg.members:
+            member = self._members.get(info.session.session_id)
+            if member is None:
+                member = _Member(info, msg.adopted_at)
+            else:  # its own stream events reached us since it joined: keep its `live`
+                member.link = info.session
+                member.status = info.status
+                member.max_concurrency = info.max_concurrency
+            if info.session.session_id == msg.registered:
+                member.adopted_at = msg.adopted_at
+                member.registered_status = info.status
+                member.loss_predates_registration = False
+            fresh[info.session.session_id] = member
+        for gone in set(self._members) - set(fresh):
+            self._router.forget(gone)
+            metrics.member_gone(self._state.name, gone)
+            self._wake_failed.discard(gone)
+        self._members = fresh
+        wake = self._wake
+        if wake is not None:
+            member = fresh.get(wake.session_id)
+            if member is None:
+                self._cancel_wake("owner_changed")  # its member left: ask the next one
+            elif member.status == ACTIVE:
+                self._wake_superseded()  # re-registered as awake: that wake succeeded
+        self._publish_load()
+        self._pump()
 
     def _on_relink(self, msg: m.Relink) -> None:
-        if self._session is not None and self._session.session_id == msg.session.session_id:
-            self._session = msg.session
+        member = self._members.get(msg.session.session_id)
+        if member is not None:
+            member.link = msg.session
 
     def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
-        """The row's heartbeat is written here, by its owner, in turn with the sweep's
-        staleness check and every status write (never from an HTTP greenlet)."""
-        if self._state.session_id != msg.session_id:
+        """The member's heartbeat is written here, by the name's owner, in turn with the
+        sweep's staleness check and every status write (never from an HTTP greenlet)."""
+        member = self._members.get(msg.session_id)
+        if member is None:
             return False
-        if self._state.status == INACTIVE:
-            self._write_status(ACTIVE)  # stamps the heartbeat too
+        if member.status == INACTIVE:
+            self._write_status(member, ACTIVE)  # stamps the heartbeat too
+            self._pump()
             return True
         return store.bump_heartbeat(self._state.name, msg.session_id)
 
     def _on_set_status(self, msg: m.SetStatus) -> bool:
-        if self._state.session_id != msg.session_id:
+        member = self._members.get(msg.session_id)
+        if member is None:
             return False
-        self._write_status(msg.status)
-        if msg.status == ACTIVE and self._wake is not None:
+        self._write_status(member, msg.status)
+        if (msg.status == ACTIVE and self._wake is not None
+                and self._wake.session_id == msg.session_id):
             self._wake_superseded()  # "active" while waking counts as the wake
+        self._pump()
         return True
 
     def _on_stream_lost(self, msg: m.StreamLost) -> None:
-        if self._state.session_id == msg.session_id and self._state.status == ACTIVE:
-            self._write_status(INACTIVE)
-            self._loss_predates_registration = msg.stream_opened_at < self._adopted_at
+        member = self._members.get(msg.session_id)
+        if member is None:
+            return
+        member.live = False
+        member.lost_at = member.lost_at or time.monotonic()
+        if member.status == ACTIVE:
+            self._write_status(member, INACTIVE)
+            member.loss_predates_registration = msg.stream_opened_at < member.adopted_at
+        self._pump()
+
+    def _on_tasks_offered(self, msg: m.TasksOffered) -> None:
+        """A member lost its stream and offers its tasks that produced nothing yet: with
+        another member to go to (not inactive, stream open), they all move at once
+        (PROTOCOL.md, Pools: Failover); else they stay, as for a single publisher."""
+        member = self._members.get(msg.session_id)
+        if member is not None:
+            member.live = False  # the offer outran the StreamLost the supervisor forwards
+            member.lost_at = member.lost_at or time.monotonic()
+        movable = ()
+        if any(x is not member and x.status != INACTIVE and x.live
+               for x in self._members.values()):
+            movable = tuple(t for t in msg.task_ids if t in self._tasks)
+        tell(msg.session, m.ReleaseTasks(self._state.name, movable, self.actor_ref))
 
     def _on_stream_opened(self, msg: m.StreamOpened) -> None:
-        if (self._state.session_id == msg.session_id and self._state.status == INACTIVE
-                and self._loss_predates_registration):
+        member = self._members.get(msg.session_id)
+        if member is None:
+            return
+        member.live, member.lost_at = True, None
+        if member.status == INACTIVE and member.loss_predates_registration:
             # A reconnect: registered again, its old stream's loss arrived late, and now the
             # new stream is here. The registration's status stands.
-            self._loss_predates_registration = False
-            self._write_status(self._registered_status)
+            member.loss_predates_registration = False
+            self._write_status(member, member.registered_status)
+        self._pump()  # a member whose stream opens takes the head of the queue
 
     def _on_expire_heartbeat(self, msg: m.ExpireHeartbeat) -> None:
-        state = self._state
-        if state.status == INACTIVE:
-            return
-        if store.mark_inactive_if_stale(state.name, state.session_id, msg.cutoff):
-            metrics.swept("inactive")
-            self._set_state(INACTIVE)
-            self._abandon_wake(errors.publisher_offline(state.name))
+        for member in list(self._members.values()):
+            if member.status == INACTIVE:
+                continue
+            if store.mark_inactive_if_stale(self._state.name, member.session_id, msg.cutoff):
+                metrics.swept("inactive")
+                member.status = INACTIVE
+                if self._wake is not None and self._wake.session_id == member.session_id:
+                    self._cancel_wake("heartbeat_expired")
+                    self._wake_failed.add(member.session_id)
+        self._pump()
 
     def on_stop(self) -> None:
-        self._abandon_wake(errors.shutting_down())
+        self._cancel_wake("abandoned")
+        self._fail_waiters(errors.shutting_down())
         metrics.llm_gone(self.actor_urn, self._state.name)
+        for member in self._members:
+            metrics.member_gone(self._state.name, member)
 
     def on_crash(self) -> None:
         if self._wake is not None:
@@ -331,27 +604,24 @@ class LlmActor(TetherActor):
             wake, self._wake = self._wake, None
             wake.timer.cancel()
             # Nobody would take its answer: end the wake at the session and the publisher.
-            tell(wake.session.ref, m.CancelTask(wake.task_id, "actor_restarted"))
+            member = self._members.get(wake.session_id)
+            if member is not None:
+                tell(member.link.ref, m.CancelTask(wake.task_id, "actor_restarted"))
         self._fail_waiters(errors.actor_restarted(f"the actor of {self._state.name!r}"))
 
     def report_crash(self) -> None:
-        proxies = m.ProxiesInFlight(
-            self._home, tuple(t for t in self._in_flight if t.startswith("p-")))
+        proxies = m.ProxiesInFlight(self._home, tuple(self._proxied))
         tell(self._supervisor.ref,
              m.ChildFailed("llm", self._state.name, self.actor_ref, proxies))
 
     # --- state ---------------------------------------------------------------------------
 
-    def _write_status(self, status: str) -> None:
-        if status == self._state.status:
+    def _write_status(self, member: _Member, status: str) -> None:
+        if status == member.status:
             return
-        # Guarded by owner: a write racing a newer registration changes nothing.
-        store.set_status(self._state.name, self._state.session_id, status)
-        self._set_state(status)
-
-    def _set_state(self, status: str) -> None:
-        s = self._state
-        self._state = m.LlmState(s.name, s.kind, s.session_id, status)
+        # Guarded by membership: a write racing a newer registration changes nothing.
+        store.set_status(self._state.name, member.session_id, status)
+        member.status = status
 
     # --- observability -------------------------------------------------------------------
 
@@ -360,10 +630,17 @@ class LlmActor(TetherActor):
 
     def after_message(self, message: Any) -> None:
         s = self._state
-        metrics.llm_seen(self.actor_urn, s.name, s.kind, s.status, s.session_id,
-                         self._wake is not None, len(self._in_flight), len(self._waiters),
+        members = list(self._members.values())
+        statuses = {x.status for x in members}
+        status = s.status if s.kind == KIND_PUBLIC else (
+            ACTIVE if ACTIVE in statuses else HIBERNATING if HIBERNATING in statuses
+            else INACTIVE)
+        in_flight = len(self._proxied) + sum(len(x.in_flight) for x in members)
+        metrics.llm_seen(self.actor_urn, s.name, s.kind, status,
+                         members[0].session_id if members else None, self._wake is not None,
+                         in_flight, len(self._queue),
                          isinstance(message, (m.RecordHeartbeat, m.Adopt))
-                         or (message is None and s.status != INACTIVE))
+                         or (message is None and status != INACTIVE))
 
 
 class _ReplyAnswer:

@@ -38,6 +38,17 @@ class SessionLink:
     ref: pykka.ActorRef = field(compare=False)
 
 
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member of a name (PROTOCOL.md, Pools), as the supervisor hands it to the LlmActor;
+    `live` says whether the member's session has a stream open right now."""
+
+    session: SessionLink
+    status: str
+    max_concurrency: int | None
+    live: bool
+
+
 # --- supervisor --------------------------------------------------------------------------
 
 
@@ -45,6 +56,8 @@ class SessionLink:
 class Register:
     session_id: str | None
     providers: tuple[dict[str, Any], ...]
+    key_name: str | None = None  # with auth on, the registering key (the pool-join rule)
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class Infer:
     streaming: bool
     endpoint: str
     reply: ReplyChannel = field(compare=False)
+    affinity: str | None = None  # the X-Tether-Affinity header: routes instead of the prefix
 
 
 @dataclass(frozen=True)
@@ -110,11 +124,13 @@ class Withdraw:
 
 @dataclass(frozen=True)
 class Adopt:
-    """The row was (re-)registered: take this state and owner."""
+    """The row's members changed (a registration, a retirement): take these, in join order.
+    `registered` is the session whose registration this is, if any."""
 
     state: LlmState
-    session: SessionLink
+    members: tuple[MemberInfo, ...]
     adopted_at: float  # time.monotonic() when the registration was applied
+    registered: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,48 @@ class TasksInFlight:
     task_ids: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class TaskReturned:
+    """A `retryable: true` error before any output: the session answered nobody; the
+    LlmActor sends the task to a member not yet tried, or answers `error`."""
+
+    task_id: str
+    error: TetherError
+
+
+@dataclass(frozen=True)
+class TasksOffered:
+    """A session lost its stream: these tasks of this Llm produced nothing yet (frame order)
+    and could move to another member (PROTOCOL.md, Pools: Failover). Always answered with
+    ReleaseTasks, possibly empty."""
+
+    session_id: str
+    task_ids: tuple[str, ...]
+    session: pykka.ActorRef = field(compare=False)
+
+
+@dataclass(frozen=True)
+class TasksReleased:
+    """The session gave up these untouched tasks (frame order) after ReleaseTasks: they are
+    out of its table and replay, and the LlmActor routes them again."""
+
+    session_id: str
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GraceEnded:
+    """The LlmActor's own timer: a member that lost its stream had publisher_grace_s to
+    come back; requests that waited for it are answered if it did not."""
+
+
+@dataclass(frozen=True)
+class QueueTimedOut:
+    """The LlmActor's own timer: waiting requests past infer_timeout_s since arrival."""
+
+    generation: int
+
+
 # --- SessionActor ------------------------------------------------------------------------
 
 
@@ -213,9 +271,18 @@ class SendInfer:
     endpoint: str
     reply: ReplyChannel = field(compare=False)
     llm: pykka.ActorRef = field(compare=False)
-    # A waiter released from the LlmActor's queue: with the stream down it waits for the
-    # stream (publisher_grace_s) instead of failing publisher_offline at once.
-    may_wait: bool = False
+    timeout_s: float | None = None  # what is left of infer_timeout_s since the arrival
+
+
+@dataclass(frozen=True)
+class ReleaseTasks:
+    """The LlmActor's answer to TasksOffered: hand back those of these tasks that still
+    produced nothing (answered with TasksReleased); the other offered ones stay and wait
+    the grace (with publisher_grace_s = 0 they fail now)."""
+
+    llm_name: str
+    task_ids: tuple[str, ...]
+    llm: pykka.ActorRef = field(compare=False)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ class Affinity:
     served: tuple[bytes, ...]
 
 
+NO_AFFINITY = Affinity((), ())
+
+
 def affinity_of(request: dict[str, Any], header: str | None = None) -> Affinity:
     """The prefix of a chat request is its `messages` without the last one; the
     `X-Tether-Affinity` header, when given, decides instead."""
@@ -96,7 +99,9 @@ def affinity_of(request: dict[str, Any], header: str | None = None) -> Affinity:
 
 class Router:
     def __init__(self, rng: random.Random | None = None, lru_size: int = LRU_SIZE) -> None:
-        self._rng = rng or random.Random()
+        # The module's shared generator by default: a test that seeds it (hypothesis does,
+        # per example) replays the same tie-breaks.
+        self._rng: Any = rng if rng is not None else random
         self._lru_size = lru_size
         self._served: dict[str, OrderedDict[bytes, None]] = {}
 

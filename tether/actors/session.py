@@ -70,6 +70,7 @@ class SessionActor(TetherActor):
         self._seq = 0  # the latest id this actor sent
         self._tasks: dict[str, _Task] = {}
         self._grace: Timer | None = None
+        self._offered: dict[str, set[str]] = {}  # llm name -> tasks offered after a loss
         self._draining = False
         self._drained: queue.Queue | None = None  # told once the drain is over
         self._opened_at = 0.0
@@ -83,6 +84,7 @@ class SessionActor(TetherActor):
             m.GraceExpired: self._on_grace_expired,
             m.SendInfer: self._on_send_infer,
             m.SendWake: self._on_send_wake,
+            m.ReleaseTasks: self._on_release_tasks,
             m.SubmitResult: self._on_submit_result,
             m.CancelTask: self._on_cancel,
             m.TaskTimedOut: self._on_timed_out,
@@ -148,8 +150,13 @@ class SessionActor(TetherActor):
         tell(self._supervisor.ref, m.SessionStreamLost(self._session_id, self._opened_at))
         if not self._tasks:
             return
+        self._offer_untouched()
         if self._settings.publisher_grace_s <= 0:
-            self._fail_all(errors.publisher_disconnected)
+            # Only what cannot move fails now; offered tasks wait for their LlmActor's word.
+            offered = set().union(*self._offered.values()) if self._offered else set()
+            for task in list(self._tasks.values()):
+                if task.task_id not in offered:
+                    self._finish(task, m.Failed(errors.publisher_disconnected(task.llm_name)))
         else:
             self._grace = call_later(
                 self._settings.publisher_grace_s, tell, self.actor_ref, m.GraceExpired(self._token)
@@ -185,10 +192,11 @@ class SessionActor(TetherActor):
         return self._outbox is None or self._draining or len(self._tasks) >= MAX_REPLAY
 
     def _hold(self, msg: m.SendInfer) -> bool:
-        """A waiter released while the stream is down (a wake result or a re-register that
-        overtook the reconnect) waits for the stream like the tasks already sent: up to
-        publisher_grace_s, then publisher_disconnected."""
-        if not (msg.may_wait and self._outbox is None and not self._draining
+        """A task sent while the stream is down waits for the stream like the tasks already
+        sent: up to publisher_grace_s, then publisher_disconnected. (The LlmActor sends only
+        to members whose stream it knows open, and keeps waiters while a lost stream may
+        come back: this is the case of a loss it has not heard of yet.)"""
+        if not (self._outbox is None and not self._draining
                 and len(self._tasks) < MAX_REPLAY and self._settings.publisher_grace_s > 0):
             return False
         if self._grace is None:
@@ -214,7 +222,8 @@ class SessionActor(TetherActor):
         if msg.endpoint != "chat/completions":
             payload["endpoint"] = msg.endpoint
         self._send(task, payload)
-        self._arm(task, self._settings.infer_timeout_s)
+        self._arm(task, msg.timeout_s if msg.timeout_s is not None
+                  else self._settings.infer_timeout_s)
         me, task_id = self.actor_ref, msg.task_id
         msg.reply.put(m.Dispatched(task_id, lambda why: tell(me, m.CancelTask(task_id, why))))
 
@@ -225,6 +234,41 @@ class SessionActor(TetherActor):
         task = _Task(msg.task_id, "wake", msg.llm_name, msg.llm, None, False, "")
         # The LlmActor owns the wake's timer; the session only relays.
         self._send(task, {"kind": "wake", "taskId": msg.task_id, "llmName": msg.llm_name})
+
+    def _offer_untouched(self) -> None:
+        """Failover (PROTOCOL.md, Pools): offer each LlmActor its tasks that produced
+        nothing yet; in a pool it takes them to another member (ReleaseTasks)."""
+        self._offered = {}
+        by_llm: dict[str, list[_Task]] = {}
+        for task in sorted(self._tasks.values(), key=lambda t: t.frame_id):
+            if task.kind == "infer" and not task.chunks_seen:
+                by_llm.setdefault(task.llm_name, []).append(task)
+        for name, tasks in by_llm.items():
+            ids = tuple(t.task_id for t in tasks)
+            if tell(tasks[0].llm, m.TasksOffered(self._session_id, ids, self.actor_ref)):
+                self._offered[name] = set(ids)
+
+    def _on_release_tasks(self, msg: m.ReleaseTasks) -> None:
+        """Tasks that still produced nothing leave this session and its replay at once (a
+        late result for them gets 404); the rest of the offer stays."""
+        offered = self._offered.pop(msg.llm_name, set())
+        wanted = set(msg.task_ids)
+        released = [t for t in sorted(self._tasks.values(), key=lambda t: t.frame_id)
+                    if t.task_id in wanted and t.kind == "infer" and not t.chunks_seen]
+        for task in released:
+            self._tasks.pop(task.task_id, None)
+            if task.timer is not None:
+                task.timer.cancel()
+        if released:
+            tell(msg.llm, m.TasksReleased(self._session_id,
+                                          tuple(t.task_id for t in released)))
+        if self._settings.publisher_grace_s <= 0 and self._outbox is None:
+            for task_id in offered - wanted:  # could not move: no grace to wait
+                task = self._tasks.get(task_id)
+                if task is not None:
+                    self._finish(task, m.Failed(errors.publisher_disconnected(task.llm_name)))
+        if self._draining and not self._tasks:
+            self._end_stream(retry_ms=1000)
 
     def _arm(self, task: _Task, delay: float) -> None:
         if task.timer is not None:
@@ -252,10 +296,14 @@ class SessionActor(TetherActor):
         elif "error" in result:
             error = result["error"]
             status = int(error.get("status") or 502)
-            self._finish(task, m.Failed(TetherError(
+            failure = TetherError(
                 status, error.get("code") or "publisher_error",
                 error.get("message") or "the publisher reported an error",
-            )))
+            )
+            if error.get("retryable") and task.kind == "infer" and not task.chunks_seen:
+                self._return(task, failure)  # nothing ran: the LlmActor may try another
+            else:
+                self._finish(task, m.Failed(failure))
         else:
             self._finish(task, m.Completed(int(result["status"]), result.get("body")))
         return True
@@ -294,6 +342,15 @@ class SessionActor(TetherActor):
             extra=metrics.task_fields(task.task_id, task.llm_name, self._session_id,
                                       task.endpoint, _outcome_label(outcome), task.started),
         )
+
+    def _return(self, task: _Task, error: TetherError) -> None:
+        """A task that never ran goes back to its LlmActor, which answers its client."""
+        self._tasks.pop(task.task_id, None)
+        if task.timer is not None:
+            task.timer.cancel()
+        if self._draining and not self._tasks:
+            self._end_stream(retry_ms=1000)
+        tell(task.llm, m.TaskReturned(task.task_id, error))
 
     def _on_cancel(self, msg: m.CancelTask) -> None:
         task = self._tasks.get(msg.task_id)

@@ -24,12 +24,12 @@ from tether.actor import TetherActor, tell
 from tether.actors import messages as m
 from tether.actors.base import FrameIds, Parent
 from tether.actors.directory import Directory, Index, SessionEntry
-from tether.actors.llm import LlmActor
+from tether.actors.llm import InFlightBoard, LlmActor
 from tether.actors.session import SessionActor
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.store import llms as store
-from tether.store.models import INACTIVE, KIND_PUBLIC, Llm
+from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
 
 log = logging.getLogger("tether.supervisor")
 
@@ -45,7 +45,8 @@ class Supervisor(TetherActor):
     def __init__(self, settings: Settings, publish: Callable[[Directory], None],
                  frame_ids: FrameIds | None = None, parent: Parent | None = None,
                  report: Callable[[pykka.ActorRef], None] | None = None,
-                 previous: Directory | None = None) -> None:
+                 previous: Directory | None = None,
+                 board: InFlightBoard | None = None) -> None:
         super().__init__()
         self._frame_ids = frame_ids if frame_ids is not None else FrameIds()
         self._settings = settings
@@ -54,9 +55,11 @@ class Supervisor(TetherActor):
         self._parent.ref = self.actor_ref  # messages queue here until on_start has run
         self._report = report
         self._previous = previous
+        self._board = board
         # Published as snapshots after each change: persistent maps, never copied.
         self._llms: Index[str, pykka.ActorRef] = Index()
-        self._owner: dict[str, str | None] = {}  # llm name -> session id
+        self._members: dict[str, tuple[str, ...]] = {}  # llm name -> member session ids
+        self._live: set[str] = set()  # sessions with a stream open now
         self._sessions: Index[str, SessionEntry] = Index()
         self._slots: Index[int, str] = Index()
         self._next_slot = 1
@@ -77,7 +80,8 @@ class Supervisor(TetherActor):
             if self._previous is not None:
                 self._take_over(self._previous)
                 self._previous = None
-            self._reconcile(store.list_all())
+            rows = store.list_all()
+            self._reconcile(rows, store.members_of([row.name for row in rows]))
             self._publish_directory()
         except Exception:
             # pykka calls no on_failure for on_start: report, or nobody would restart us.
@@ -91,10 +95,14 @@ class Supervisor(TetherActor):
         self._sessions = Index(previous.sessions)
         self._slots = Index(previous.slots)
         self._next_slot = max(self._slots, default=0) + 1
-        self._owner = dict.fromkeys(self._llms)
+        self._members = dict.fromkeys(self._llms, ())
         for entry in self._sessions.values():
             for name in entry.names:
-                self._owner[name] = entry.session_id
+                self._members[name] = (*self._members.get(name, ()), entry.session_id)
+        # Which streams are open died with the old supervisor. The LlmActors still know for
+        # their members; for a member joining later, "live" errs on the side of trying (a
+        # session without a stream refuses the task) rather than of never serving it.
+        self._live = set(self._sessions)
         # A child whose crash report went to the dead supervisor is rebuilt now.
         for session_id, entry in list(self._sessions.items()):
             if not entry.ref.is_alive():
@@ -103,14 +111,15 @@ class Supervisor(TetherActor):
             if not ref.is_alive():
                 self._restart_llm(name)
 
-    def _reconcile(self, rows: list[Llm]) -> None:
+    def _reconcile(self, rows: list[Llm], members: dict[str, list[LlmMember]]) -> None:
         """Make the children match the store: an actor per row, none for a deleted row."""
         names = {row.name for row in rows}
         for name in [name for name in self._llms if name not in names]:
             self._retire(name)
         for row in rows:
-            if row.name not in self._llms or self._owner.get(row.name) != row.provider_session_id:
-                self._adopt_row(row)
+            now = {x.session_id for x in members[row.name]}
+            if row.name not in self._llms or set(self._members.get(row.name, ())) != now:
+                self._adopt_row(row, members[row.name])
 
     def on_stop(self) -> None:
         # Reverse order of start: Llms first (they answer their waiters), then sessions.
@@ -139,29 +148,38 @@ class Supervisor(TetherActor):
         entry = self._sessions[session_id]
         self._sessions[session_id] = SessionEntry(session_id, entry.ref, entry.slot, names)
 
-    def _adopt_row(self, row: Llm) -> None:
-        """Start or update the LlmActor of `row` and file it under its session."""
+    def _member_infos(self, members: list[LlmMember]) -> tuple[m.MemberInfo, ...]:
+        infos = []
+        for x in members:
+            entry = self._session_entry(x.session_id)
+            infos.append(m.MemberInfo(m.SessionLink(x.session_id, entry.slot, entry.ref),
+                                      x.status, x.max_concurrency, x.session_id in self._live))
+        return tuple(infos)
+
+    def _adopt_row(self, row: Llm, members: list[LlmMember],
+                   registered: str | None = None) -> None:
+        """Start or update the LlmActor of `row` with its members (PROTOCOL.md, Pools),
+        filed under their sessions."""
         state = m.LlmState(row.name, row.kind, row.provider_session_id, row.status)
-        link = None
-        if row.provider_session_id is not None:
-            entry = self._session_entry(row.provider_session_id)
-            link = m.SessionLink(row.provider_session_id, entry.slot, entry.ref)
-        previous = self._owner.get(row.name)
-        if previous is not None and previous != row.provider_session_id:
-            self._set_names(previous, self._sessions[previous].names - {row.name})
-        if link is not None:
-            self._set_names(link.session_id, self._sessions[link.session_id].names | {row.name})
-        self._owner[row.name] = row.provider_session_id
+        infos = self._member_infos(members)
+        now = tuple(i.session.session_id for i in infos)
+        for session_id in set(self._members.get(row.name, ())) - set(now):
+            if session_id in self._sessions:
+                self._set_names(session_id, self._sessions[session_id].names - {row.name})
+        for session_id in now:
+            self._set_names(session_id, self._sessions[session_id].names | {row.name})
+        self._members[row.name] = now
         ref = self._llms.get(row.name)
         if ref is None:
-            self._llms[row.name] = self._start_llm(state, link)
-        elif link is not None:
-            tell(ref, m.Adopt(state, link, time.monotonic()))
+            self._llms[row.name] = self._start_llm(state, infos)
+        else:
+            tell(ref, m.Adopt(state, infos, time.monotonic(), registered))
 
-    def _start_llm(self, state: m.LlmState, link: m.SessionLink | None,
+    def _start_llm(self, state: m.LlmState, infos: tuple[m.MemberInfo, ...],
                    proxies: m.ProxiesInFlight | None = None) -> pykka.ActorRef:
         public = self._settings.public_llm(state.name) if state.kind == KIND_PUBLIC else None
-        return LlmActor.start(self._settings, state, link, public, self._parent, proxies)
+        return LlmActor.start(self._settings, state, infos, public, self._parent, proxies,
+                              self._board)
 
     def _publish_directory(self) -> None:
         self._publish(
@@ -176,13 +194,17 @@ class Supervisor(TetherActor):
 
     def _on_register(self, msg: m.Register) -> tuple[str, list[Llm]]:
         session_id = msg.session_id or str(uuid.uuid4())
-        rows = store.register(session_id, msg.providers)  # raises on conflict, applies nothing
+        # Raises on conflict, applying nothing.
+        rows = store.register(session_id, msg.providers,
+                              store.Registrant(msg.key_name, msg.admin))
+        members = store.members_of([row.name for row in rows])
         for row in rows:
-            self._adopt_row(row)
+            self._adopt_row(row, members[row.name], registered=session_id)
         self._publish_directory()
         return session_id, rows
 
     def _on_stream_lost(self, msg: m.SessionStreamLost) -> None:
+        self._live.discard(msg.session_id)
         entry = self._sessions.get(msg.session_id)
         if entry is None:
             return
@@ -190,6 +212,7 @@ class Supervisor(TetherActor):
             tell(self._llms.get(name), m.StreamLost(msg.session_id, msg.stream_opened_at))
 
     def _on_stream_opened(self, msg: m.SessionStreamOpened) -> None:
+        self._live.add(msg.session_id)
         entry = self._sessions.get(msg.session_id)
         for name in entry.names if entry is not None else ():
             tell(self._llms.get(name), m.StreamOpened(msg.session_id))
@@ -200,7 +223,8 @@ class Supervisor(TetherActor):
         entry = self._sessions.get(msg.session_id)
         if entry is None or not entry.names:
             raise errors.session_not_found(msg.session_id)
-        foreign = [name for name, _ in msg.updates if self._owner.get(name) != msg.session_id]
+        foreign = [name for name, _ in msg.updates
+                   if msg.session_id not in self._members.get(name, ())]
         if foreign:
             raise errors.forbidden(f"provider session does not own {', '.join(foreign)}")
         down = [name for name, _ in msg.updates if name not in self._llms]
@@ -211,21 +235,29 @@ class Supervisor(TetherActor):
                 for name, status in msg.updates]
 
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
-        doomed = store.delete_expired(msg.cutoff)
-        metrics.swept("deleted", len(doomed))
-        for row in doomed:
-            self._retire(row.name)
-        if doomed:
-            log.info("retired %d inactive Llm(s): %s", len(doomed), [r.name for r in doomed])
+        changed = store.delete_expired(msg.cutoff)
+        members = store.members_of(changed)
+        gone = []
+        for name in changed:
+            row = store.get(name)
+            if row is not None:
+                self._adopt_row(row, members[name])  # a pool lost a member
+            else:
+                gone.append(name)  # its last member went: so does the name
+                self._retire(name)
+        metrics.swept("deleted", len(gone))
+        if gone:
+            log.info("retired %d inactive Llm(s): %s", len(gone), gone)
+        if changed:
             self._publish_directory()
 
     def _retire(self, name: str) -> None:
         ref = self._llms.pop(name, None)
         if ref is not None:
             ref.stop(block=False)
-        owner = self._owner.pop(name, None)
-        if owner is not None and owner in self._sessions:
-            self._set_names(owner, self._sessions[owner].names - {name})
+        for session_id in self._members.pop(name, ()):
+            if session_id in self._sessions:
+                self._set_names(session_id, self._sessions[session_id].names - {name})
 
     # --- supervision ---------------------------------------------------------------------
 
@@ -256,19 +288,17 @@ class Supervisor(TetherActor):
             self._llms.pop(name, None)
             return
         state = m.LlmState(row.name, row.kind, row.provider_session_id, row.status)
-        link = None
-        entry = self._sessions.get(row.provider_session_id or "")
-        if entry is not None and row.provider_session_id is not None:
-            link = m.SessionLink(row.provider_session_id, entry.slot, entry.ref)
-        ref = self._start_llm(state, link, proxies)
+        infos = self._member_infos(store.members_of([name])[name])
+        ref = self._start_llm(state, infos, proxies)
         self._llms[name] = ref
-        if entry is not None:
-            # Its tasks still run at the session: they report to the new actor, which
-            # counts them in flight again (max_queue_per_llm stays honest).
-            tell(entry.ref, m.LlmRestarted(name, ref))
+        for info in infos:
+            # Its tasks still run at the sessions: they report to the new actor, which
+            # counts them in flight again (no member goes above its maxConcurrency).
+            tell(info.session.ref, m.LlmRestarted(name, ref))
         log.warning("restarted the actor of Llm %r", name)
 
     def _restart_session(self, session_id: str) -> None:
+        self._live.discard(session_id)
         old = self._sessions[session_id]
         ref = self._start_session(session_id)
         self._sessions[session_id] = SessionEntry(session_id, ref, old.slot, old.names)
@@ -290,7 +320,8 @@ class Supervisor(TetherActor):
         metrics.actor_down(kind, key)
         if kind == "llm":
             self._llms.pop(key, None)
-            store.set_status(key, self._owner.get(key), INACTIVE)
+            for session_id in self._members.get(key, ()):
+                store.set_status(key, session_id, INACTIVE)
             return
         entry = self._sessions.pop(key)
         self._slots.pop(entry.slot, None)

@@ -10,7 +10,8 @@ import queue
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import pykka
@@ -27,7 +28,7 @@ from tether.config import Settings
 from tether.errors import TetherError
 from tether.store import db, migrations
 from tether.store import llms as store
-from tether.store.models import Llm
+from tether.store.models import KIND_PUBLIC, Llm
 
 log = logging.getLogger("tether.system")
 
@@ -68,6 +69,9 @@ class ActorSystem:
         self._on_fatal = on_fatal
         self._root_restarts: dict[str, deque[float]] = {}
         self._running = False  # root crashes are restarted only between start() and stop()
+        # Each LlmActor publishes its members' in-flight counts here (a snapshot it replaces
+        # whole), so reads show live `inFlight` without a message hop.
+        self._in_flight: dict[str, Mapping[str, int]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -86,7 +90,7 @@ class ActorSystem:
 
     def _start_supervisor(self, previous: Directory | None) -> pykka.ActorRef:
         return Supervisor.start(self.settings, self._set_directory, self._frame_ids,
-                                self._parent, self._root_failed, previous)
+                                self._parent, self._root_failed, previous, self._set_in_flight)
 
     def _start_sweeper(self) -> pykka.ActorRef:
         return Sweeper.start(self.settings, self._parent, lambda: self._directory,
@@ -168,6 +172,22 @@ class ActorSystem:
     def _set_directory(self, directory: Directory) -> None:
         self._directory = directory
 
+    def _set_in_flight(self, name: str, counts: Mapping[str, int]) -> None:
+        self._in_flight[name] = MappingProxyType(dict(counts))
+
+    def read(self, rows: Sequence[Llm]) -> list[dict[str, Any]]:
+        """Rows on the wire: every virtual Llm with its members and their live inFlight."""
+        members = store.members_of([row.name for row in rows if row.kind != KIND_PUBLIC])
+        out = []
+        for row in rows:
+            wire = row.to_wire()
+            if row.name in members:
+                counts = self._in_flight.get(row.name, {})
+                wire["members"] = [x.to_wire(counts.get(x.session_id, 0))
+                                   for x in members[row.name]]
+            out.append(wire)
+        return out
+
     @property
     def directory(self) -> Directory:
         return self._directory
@@ -180,11 +200,12 @@ class ActorSystem:
     # --- publisher control plane ---------------------------------------------------------
 
     def register(
-        self, session_id: str | None, providers: Sequence[dict[str, Any]]
+        self, session_id: str | None, providers: Sequence[dict[str, Any]],
+        key_name: str | None = None, admin: bool = False,
     ) -> tuple[str, list[Llm]]:
         if self._draining:  # a session taken now would be cut off at once: come back later
             raise errors.shutting_down()
-        return _ask(self.supervisor, m.Register(session_id, tuple(providers)))
+        return _ask(self.supervisor, m.Register(session_id, tuple(providers), key_name, admin))
 
     def owned_names(self, session_id: str) -> frozenset[str]:
         entry = self._directory.session(session_id)
@@ -223,7 +244,12 @@ class ActorSystem:
             raise errors.session_not_found(session_id)
         if self._draining:  # its drain already ended the stream with `retry:`
             raise errors.shutting_down()
-        return _ask(entry.ref, m.OpenStream(outbox, last_event_id))
+        token = _ask(entry.ref, m.OpenStream(outbox, last_event_id))
+        # The session told the supervisor before answering; once the supervisor answers this
+        # too, the session's LlmActors have the news queued ahead of any later infer: a
+        # member gets work as soon as its publisher sees `hello`, never a 503 before.
+        _ask(self.supervisor, m.Ping())
+        return token
 
     def close_stream(self, session_id: str, token: int) -> None:
         entry = self._directory.session(session_id)
@@ -243,7 +269,8 @@ class ActorSystem:
     # --- client data plane ---------------------------------------------------------------
 
     def infer(
-        self, name: str, request: dict[str, Any], streaming: bool, endpoint: str
+        self, name: str, request: dict[str, Any], streaming: bool, endpoint: str,
+        affinity: str | None = None,
     ) -> queue.Queue:
         """Start an infer; its events arrive on the returned channel (see messages.py)."""
         ref = self._directory.llm(name)
@@ -251,7 +278,7 @@ class ActorSystem:
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
             reply.put(m.Failed(errors.shutting_down()))
             return reply
-        if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply)):
+        if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply, affinity)):
             if store.get(name) is not None:  # its actor is down (gave up restarting)
                 raise errors.publisher_offline(name)
             raise errors.llm_not_found(name)

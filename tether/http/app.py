@@ -37,7 +37,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     app.add_route("/status/status.css", status.Page("status.css", "text/css; charset=utf-8"))
     app.add_route("/status/state", status.State())
     app.add_route("/status/events", status.Events(settings.keepalive_s))
-    app.add_route("/api/v1/llms", llms.LlmCollection())
+    app.add_route("/api/v1/llms", llms.LlmCollection(system))
     app.add_route("/api/v1/llms/_provider-register", provider.Register(system, auth))
     app.add_route("/api/v1/llms/_provider-stream",
                   provider.Stream(system, auth, StreamCounter(settings)))
@@ -45,7 +45,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     app.add_route("/api/v1/llms/_provider-status", provider.Status(system, auth))
     app.add_route("/api/v1/llms/_provider-task/{task_id}/result",
                   provider.TaskResult(system, auth))
-    app.add_route("/api/v1/llms/{name}", llms.LlmItem())
+    app.add_route("/api/v1/llms/{name}", llms.LlmItem(system))
     app.add_route("/api/v1/llms/{name}/infer", llms.Infer(system, relay, limiter))
 
     for path, schema, endpoint in (

@@ -41,7 +41,8 @@ class Relay:
         """Answer `resp` from the Llm; `release()` runs once the answer is complete."""
         streaming = bool(body.get("stream")) and endpoint != "embeddings"
         try:
-            reply = self._system.infer(name, body, streaming, endpoint)
+            reply = self._system.infer(name, body, streaming, endpoint,
+                                       req.get_header("X-Tether-Affinity"))
         except BaseException:
             release()
             raise

@@ -27,6 +27,8 @@ PROVIDER_SPEC = {
         "description": {"type": "string", "maxLength": 4096},
         "extraConfig": {"type": "object"},
         "initialStatus": LIVE_STATUS,
+        "pool": {"type": "boolean"},  # join a pool of publishers (PROTOCOL.md, Pools)
+        "maxConcurrency": {"type": "integer", "minimum": 1, "maximum": 4096},
     },
 }
 
@@ -90,6 +92,7 @@ RESULT_ERROR = {
                 "message": {"type": "string", "maxLength": 65536},
                 "status": {"type": "integer", "minimum": 400, "maximum": 599},
                 "code": {"type": "string", "maxLength": 64},
+                "retryable": {"type": "boolean"},  # nothing ran: another member may try
             },
         }
     },

@@ -303,7 +303,9 @@ class Publisher:
                     status = "hibernating"
             specs.append({"name": backend.name, "type": backend.type, "model": backend.model,
                           "tier": backend.tier, "description": backend.description,
-                          "initialStatus": status})
+                          "initialStatus": status, "pool": backend.pool,
+                          # The hub sends no more than this at once (PROTOCOL.md, Pools).
+                          "maxConcurrency": backend.max_concurrency})
         return specs
 
     def register(self) -> None:

@@ -80,8 +80,11 @@ class BackendConfig:
     api_key_env: str | None = setting(None, _TEXT)
     tier: str = setting("fast", _TEXT)
     description: str = setting("", {"type": "string", "x-message": "must be a string"})
-    max_concurrency: int = setting(4, {"type": "integer", "minimum": 1,
-                                       "x-message": "must be a whole number >= 1"})
+    # The hub never sends more at once (its maxConcurrency, 1 to 4096).
+    max_concurrency: int = setting(4, {"type": "integer", "minimum": 1, "maximum": 4096,
+                                       "x-message": "must be a whole number, 1 to 4096"})
+    # Share the name with other publishers (PROTOCOL.md, Pools).
+    pool: bool = setting(False, {"type": "boolean", "x-message": "must be true or false"})
     wake_timeout_s: float = setting(120.0, _SECONDS)
     idle_sleep_s: float | None = setting(None, _SECONDS)
     wake: Recipe | None = setting(None, RECIPE_SCHEMA)
@@ -152,6 +155,7 @@ def _backend(data: dict[str, Any]) -> BackendConfig:
         description=data.get("description", ""),
         # int(): JSON Schema counts 2.0 as an integer; a semaphore wants an int
         max_concurrency=int(data.get("max_concurrency", 4)),
+        pool=data.get("pool", False),
         wake_timeout_s=float(data.get("wake_timeout_s", 120.0)),
         idle_sleep_s=float(idle) if idle is not None else None,
         wake=_recipe(data.get("wake")),

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-env", help="env var holding the backend's API key")
     parser.add_argument("--key-env", help="env var holding this publisher's hub key")
     parser.add_argument("--max-concurrency", type=int, default=4)
+    parser.add_argument("--pool", action="store_true",
+                        help="share the name with other publishers (a pool)")
     parser.add_argument("--wake-command", help="command that starts the backend")
     parser.add_argument("--sleep-command", help="command that stops the backend")
     parser.add_argument("--idle-sleep-s", type=float, help="idle this long → sleep command")
@@ -39,7 +41,7 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
             f"(missing {' '.join(missing)})")
     backend: dict = {"name": args.name, "type": args.type, "model": args.model,
                      "base_url": args.backend, "max_concurrency": args.max_concurrency,
-                     "wake_timeout_s": args.wake_timeout_s}
+                     "wake_timeout_s": args.wake_timeout_s, "pool": args.pool}
     if args.api_key_env:
         backend["api_key_env"] = args.api_key_env
     if args.wake_command:

@@ -83,7 +83,8 @@ def run_infer(task: dict[str, Any], backend: BackendConfig, client: BackendClien
             try:
                 status, body = client.call(endpoint, request)
             except Unreachable as exc:
-                status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}")
+                status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}",
+                                                   retryable=exc.before_any_byte)
             else:
                 result = {"status": status, "body": body}
             post_result(hub, session_id, task_id, result)
@@ -126,8 +127,8 @@ def _lines(batch: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         lines.append({"chunks": chunks})
     if kind == "status":
         lines.append({"status": value.status, "body": value.body})
-    elif kind == "error":
-        lines.append(error_result(value))
+    elif kind in ("error", "unreached"):
+        lines.append(error_result(value, retryable=kind == "unreached"))
     return lines
 
 
@@ -146,7 +147,9 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
         except BackendError as exc:
             items.put(("status", exc))
         except Unreachable as exc:
-            items.put(("error", f"backend {backend.name}: {exc}"))
+            # Refused before any byte: the backend never ran it (a pool may run it elsewhere).
+            kind = "unreached" if exc.before_any_byte else "error"
+            items.put((kind, f"backend {backend.name}: {exc}"))
         except Exception as exc:  # a bug here must still end the upload, never hang it
             log.exception("task %s: reading the backend stream failed", task_id)
             items.put(("error", f"the publisher failed reading backend {backend.name}: "
@@ -169,7 +172,7 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
             kind, value = batch[-1]
             if kind != "data":
                 outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
-                              "error": "502"}[kind]
+                              "error": "502", "unreached": "502"}[kind]
                 return
 
     reader = gevent.spawn(read)

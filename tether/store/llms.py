@@ -1,23 +1,28 @@
 """Every query on Llm rows. Actors call these; nothing else writes rows.
 
-Status writes are conditional on the owning session, so a write from an actor that has not
-yet heard of a newer registration cannot undo it.
+Status writes are per member (PROTOCOL.md, Pools) and conditional on the member still
+existing, so a write from an actor that has not yet heard of a newer registration cannot
+undo it; each re-derives the Llm row's own status, owner, model and times in the same
+transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tether.errors import TetherError
 from tether.store.db import connection
 from tether.store.models import (
     ACTIVE,
+    HIBERNATING,
     INACTIVE,
     KIND_PUBLIC,
     KIND_VIRTUAL,
     Llm,
+    LlmMember,
     utcnow,
 )
 
@@ -32,18 +37,47 @@ def list_all() -> list[Llm]:
         return list(Llm.select().order_by(Llm.name))
 
 
-def register(session_id: str, providers: Sequence[dict[str, Any]]) -> list[Llm]:
-    """Apply a registration atomically: every provider is accepted or none (PROTOCOL.md)."""
+def members_of(names: Sequence[str]) -> dict[str, list[LlmMember]]:
+    """Each name's members, oldest first (the Llm's providerSessionId and model are its
+    oldest member's)."""
+    out: dict[str, list[LlmMember]] = {name: [] for name in names}
+    if not names:
+        return out
+    with connection():
+        query = (LlmMember.select().where(LlmMember.llm_name.in_(list(names)))
+                 .order_by(LlmMember.created_at, LlmMember.id))
+        for member in query:
+            out[member.llm_name].append(member)
+    return out
+
+
+@dataclass(frozen=True)
+class Registrant:
+    """Who registers (with auth on): the key's name and whether it is an admin key."""
+
+    key_name: str | None = None
+    admin: bool = False
+
+
+def _compatible(member: LlmMember, who: Registrant) -> bool:
+    """The pool-join key rule: one publisher key per pool; admin keys fit any."""
+    return (who.key_name is None or who.admin or member.by_admin
+            or member.key_name is None or member.key_name == who.key_name)
+
+
+def register(session_id: str, providers: Sequence[dict[str, Any]],
+             who: Registrant = Registrant()) -> list[Llm]:
+    """Apply a registration atomically: every provider is accepted or none (PROTOCOL.md,
+    Register and Pools)."""
     now = utcnow()
     rows: list[Llm] = []
+    names = [p["name"] for p in providers]
     with connection() as db, db.atomic():
-        existing = {
-            row.name: row
-            for row in Llm.select().where(Llm.name.in_([p["name"] for p in providers]))
-        }
-        for index, spec in enumerate(providers):
+        existing = {row.name: row for row in Llm.select().where(Llm.name.in_(names))}
+        members = members_of(names)
+        for i, spec in enumerate(providers):
             row = existing.get(spec["name"])
-            status = spec.get("initialStatus", ACTIVE)
+            pool = bool(spec.get("pool", False))
             if row is None:
                 row = Llm(
                     name=spec["name"],
@@ -53,21 +87,30 @@ def register(session_id: str, providers: Sequence[dict[str, Any]]) -> list[Llm]:
                     description=spec.get("description", ""),
                     extra_config=spec.get("extraConfig", {}),
                     kind=KIND_VIRTUAL,
+                    created_at=now,
                 )
             elif row.kind == KIND_PUBLIC:
                 raise TetherError(
                     409, "public_llm_conflict", f"{row.name!r} is a public Llm of this hub"
                 )
-            elif row.provider_session_id != session_id and row.status != INACTIVE:
-                raise TetherError(
-                    409,
-                    "llm_owned_by_other_session",
-                    f"{row.name!r} is {row.status} under another publisher session",
-                    f"providers[{index}].name",  # so the publisher can register the rest
-                )
-            else:
+            others = [x for x in members[row.name] if x.session_id != session_id]
+            for other in others:
+                joins = pool and other.pool and _compatible(other, who)
+                if other.status != INACTIVE and not joins:
+                    why = ("another publisher key's pool" if pool and other.pool
+                           else "another publisher session" + ("" if pool else
+                                                                " (no pool: true on both)"))
+                    raise TetherError(
+                        409, "llm_owned_by_other_session",
+                        f"{row.name!r} is {other.status} under {why}",
+                        param=f"providers[{i}].name",
+                    )
+            # Inactive members never block: those that could not share the name go.
+            doomed = [x.id for x in others if not (pool and x.pool and _compatible(x, who))]
+            if doomed:
+                LlmMember.delete().where(LlmMember.id.in_(doomed)).execute()
+            if row.name in existing:
                 row.type = spec["type"]
-                row.model = spec["model"]
                 for wire, field in (
                     ("tier", "tier"),
                     ("description", "description"),
@@ -75,92 +118,139 @@ def register(session_id: str, providers: Sequence[dict[str, Any]]) -> list[Llm]:
                 ):
                     if wire in spec:
                         setattr(row, field, spec[wire])
-            row.provider_session_id = session_id
-            row.status = status
-            row.last_heartbeat_at = now
-            row.inactive_since = None
             row.updated_at = now
             row.save(force_insert=row.name not in existing)
-            rows.append(row)
+            mine = {
+                LlmMember.model: spec["model"],
+                LlmMember.status: spec.get("initialStatus", ACTIVE),
+                LlmMember.pool: pool,
+                LlmMember.max_concurrency: spec.get("maxConcurrency"),
+                LlmMember.key_name: who.key_name,
+                LlmMember.by_admin: who.admin,
+                LlmMember.last_heartbeat_at: now,
+                LlmMember.inactive_since: None,
+            }
+            updated = (LlmMember.update(mine)
+                       .where(LlmMember.llm_name == row.name,
+                              LlmMember.session_id == session_id).execute())
+            if not updated:
+                LlmMember.insert({**mine, LlmMember.llm_name: row.name,
+                                  LlmMember.session_id: session_id,
+                                  LlmMember.created_at: now}).execute()
+            rows.append(_derive(row.name, now))
     return rows
 
 
+def _derive(name: str, now: dt.datetime) -> Llm | None:
+    """Re-derive the Llm row from its members (PROTOCOL.md, Pools: Members); a virtual row
+    whose last member went is deleted. Runs inside the caller's transaction."""
+    row = Llm.get_or_none(Llm.name == name)
+    if row is None or row.kind != KIND_VIRTUAL:
+        return row
+    members = members_of([name])[name]
+    if not members:
+        row.delete_instance()
+        return None
+    statuses = {x.status for x in members}
+    status = ACTIVE if ACTIVE in statuses else HIBERNATING if HIBERNATING in statuses \
+        else INACTIVE
+    beats = [x.last_heartbeat_at for x in members if x.last_heartbeat_at is not None]
+    since = [x.inactive_since for x in members if x.inactive_since is not None]
+    row.status = status
+    row.provider_session_id = members[0].session_id
+    row.model = members[0].model
+    row.last_heartbeat_at = max(beats) if beats else None
+    row.inactive_since = (max(since) if since else now) if status == INACTIVE else None
+    row.updated_at = now
+    row.save()
+    return row
+
+
+def _derive_all(names: set[str], now: dt.datetime) -> None:
+    for name in sorted(names):
+        _derive(name, now)
+
+
 def bump_heartbeat(name: str, session_id: str) -> bool:
-    """The LlmActor's heartbeat write; False if the row is no longer the session's."""
-    with connection():
-        now = utcnow()
-        return bool(
-            Llm.update(last_heartbeat_at=now, updated_at=now)
-            .where(Llm.name == name, Llm.provider_session_id == session_id,
-                   Llm.kind == KIND_VIRTUAL)
-            .execute()
-        )
+    """The LlmActor's heartbeat write for one member; False if it is no member any more."""
+    now = utcnow()
+    with connection() as db, db.atomic():
+        done = bool(LlmMember.update(last_heartbeat_at=now).where(
+            LlmMember.llm_name == name, LlmMember.session_id == session_id).execute())
+        if done:
+            _derive(name, now)
+        return done
 
 
 def set_status(name: str, session_id: str | None, status: str) -> bool:
-    """Write `status` for a row still owned by `session_id`; False if ownership moved."""
+    """Write `status` for the member `session_id` of `name`; False if it is no member
+    (any more): a write racing a newer registration changes nothing."""
     now = utcnow()
-    fields: dict[Any, Any] = {Llm.status: status, Llm.updated_at: now}
+    fields: dict[Any, Any] = {LlmMember.status: status}
     if status == INACTIVE:
-        fields[Llm.inactive_since] = now
+        fields[LlmMember.inactive_since] = now
     else:
-        fields[Llm.inactive_since] = None
-        fields[Llm.last_heartbeat_at] = now
-    with connection():
-        return bool(
-            Llm.update(fields)
-            .where(Llm.name == name, Llm.provider_session_id == session_id)
-            .execute()
-        )
+        fields[LlmMember.inactive_since] = None
+        fields[LlmMember.last_heartbeat_at] = now
+    with connection() as db, db.atomic():
+        done = bool(LlmMember.update(fields).where(
+            LlmMember.llm_name == name, LlmMember.session_id == session_id).execute())
+        if done:
+            _derive(name, now)
+        return done
 
 
 def mark_inactive_if_stale(name: str, session_id: str | None, cutoff: dt.datetime) -> bool:
-    """The sweep's write: only if the row is still stale and still owned by the session."""
+    """The sweep's write: only if the member is still stale."""
     now = utcnow()
-    with connection():
-        return bool(
-            Llm.update(status=INACTIVE, inactive_since=now, updated_at=now)
+    with connection() as db, db.atomic():
+        done = bool(
+            LlmMember.update(status=INACTIVE, inactive_since=now)
             .where(
-                Llm.name == name,
-                Llm.provider_session_id == session_id,
-                Llm.kind == KIND_VIRTUAL,
-                Llm.status != INACTIVE,
-                Llm.last_heartbeat_at < cutoff,
+                LlmMember.llm_name == name,
+                LlmMember.session_id == session_id,
+                LlmMember.status != INACTIVE,
+                LlmMember.last_heartbeat_at < cutoff,
             )
             .execute()
         )
+        if done:
+            _derive(name, now)
+        return done
 
 
 def stale_names(cutoff: dt.datetime) -> list[str]:
+    """Names with a member that is not inactive and missed its heartbeats."""
     with connection():
-        query = Llm.select(Llm.name).where(
-            Llm.kind == KIND_VIRTUAL, Llm.status != INACTIVE, Llm.last_heartbeat_at < cutoff
-        )
-        return [row.name for row in query]
+        query = (LlmMember.select(LlmMember.llm_name).distinct()
+                 .where(LlmMember.status != INACTIVE, LlmMember.last_heartbeat_at < cutoff))
+        return sorted(row.llm_name for row in query)
 
 
-def delete_expired(cutoff: dt.datetime) -> list[Llm]:
-    """Delete inactive virtual rows inactive since before `cutoff`; returns what went."""
+def delete_expired(cutoff: dt.datetime) -> list[str]:
+    """Delete members inactive since before `cutoff`, and each virtual row whose last
+    member that was; returns the names whose members changed."""
+    now = utcnow()
     with connection() as db, db.atomic():
-        doomed = list(
-            Llm.select().where(
-                Llm.kind == KIND_VIRTUAL, Llm.status == INACTIVE, Llm.inactive_since < cutoff
-            )
-        )
+        doomed = list(LlmMember.select().where(
+            LlmMember.status == INACTIVE, LlmMember.inactive_since < cutoff))
         if doomed:
-            Llm.delete().where(Llm.id.in_([row.id for row in doomed])).execute()
-        return doomed
+            LlmMember.delete().where(LlmMember.id.in_([x.id for x in doomed])).execute()
+        names = {x.llm_name for x in doomed}
+        _derive_all(names, now)
+        return sorted(names)
 
 
 def deactivate_all_virtual() -> int:
-    """At startup no stream can be live yet: every virtual row is inactive until re-taken."""
+    """At startup no stream can be live yet: every member is inactive until re-taken."""
     now = utcnow()
-    with connection():
-        return (
-            Llm.update(status=INACTIVE, inactive_since=now, updated_at=now)
-            .where(Llm.kind == KIND_VIRTUAL, Llm.status != INACTIVE)
-            .execute()
-        )
+    with connection() as db, db.atomic():
+        names = {x.llm_name for x in LlmMember.select(LlmMember.llm_name)
+                 .where(LlmMember.status != INACTIVE)}
+        LlmMember.update(status=INACTIVE, inactive_since=now).where(
+            LlmMember.status != INACTIVE).execute()
+        _derive_all(names, now)
+        return len(names)
 
 
 def sync_public(llms: Sequence[Any]) -> tuple[int, int]:
@@ -177,6 +267,8 @@ def sync_public(llms: Sequence[Any]) -> tuple[int, int]:
             row.kind, row.status, row.provider_session_id = KIND_PUBLIC, ACTIVE, None
             row.last_heartbeat_at, row.inactive_since, row.updated_at = None, None, now
             row.save(force_insert=llm.name not in existing)
+        if llms:  # a public name has no members
+            LlmMember.delete().where(LlmMember.llm_name.in_([x.name for x in llms])).execute()
         removed = (Llm.delete()
                    .where(Llm.kind == KIND_PUBLIC, Llm.name.not_in([x.name for x in llms]))
                    .execute())

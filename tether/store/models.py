@@ -85,6 +85,41 @@ class Llm(BaseModel):
         }
 
 
+class LlmMember(BaseModel):
+    """One publisher session serving a virtual Llm (PROTOCOL.md, Pools). A name published
+    without `pool: true` has exactly one; the Llm row's status, providerSessionId, model,
+    lastHeartbeatAt and inactiveSince are derived from its members on every write."""
+
+    llm_name = peewee.CharField(max_length=128)
+    session_id = peewee.CharField(max_length=128, index=True)
+    model = peewee.CharField(max_length=256)
+    status = peewee.CharField(max_length=16, default=ACTIVE)
+    pool = peewee.BooleanField(default=False)
+    max_concurrency = peewee.IntegerField(null=True)
+    # With auth on: the publisher key that registered this member, and whether it was an
+    # admin key (compatible with any key). None with auth off.
+    key_name = peewee.CharField(max_length=128, null=True)
+    by_admin = peewee.BooleanField(default=False)
+    last_heartbeat_at = peewee.DateTimeField(null=True)
+    inactive_since = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "llm_member"
+        indexes = ((("llm_name", "session_id"), True),)
+
+    def to_wire(self, in_flight: int = 0) -> dict[str, Any]:
+        return {
+            "providerSessionId": self.session_id,
+            "model": self.model,
+            "status": self.status,
+            "lastHeartbeatAt": iso(self.last_heartbeat_at),
+            "inactiveSince": iso(self.inactive_since),
+            "maxConcurrency": self.max_concurrency,
+            "inFlight": in_flight,
+        }
+
+
 class ApiKey(BaseModel):
     """A bearer key. Only a salted hash of its secret is kept; the key is shown once."""
 
@@ -118,4 +153,4 @@ class SchemaVersion(BaseModel):
         table_name = "schema_version"
 
 
-ALL_MODELS = (Llm, ApiKey, SessionOwner, SchemaVersion)
+ALL_MODELS = (Llm, LlmMember, ApiKey, SessionOwner, SchemaVersion)

@@ -16,18 +16,24 @@ from tether.store import llms as store
 class LlmCollection:
     role = "client"
 
+    def __init__(self, system: ActorSystem) -> None:
+        self.system = system
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"llms": [row.to_wire() for row in store.list_all()]}
+        resp.media = {"llms": self.system.read(store.list_all())}
 
 
 class LlmItem:
     role = "client"
 
+    def __init__(self, system: ActorSystem) -> None:
+        self.system = system
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         row = store.get(name)
         if row is None:
             raise llm_not_found(name)
-        resp.media = row.to_wire()
+        resp.media = self.system.read([row])[0]
 
 
 class Infer:

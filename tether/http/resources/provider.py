@@ -13,7 +13,6 @@ from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
 from tether.http.body import iter_ndjson, read_json
 from tether.http.limits import StreamCounter
-from tether.store.models import Llm
 
 SESSION_HEADER = "X-Provider-Session-Id"
 NDJSON = "application/x-ndjson"
@@ -31,10 +30,6 @@ class _Resource:
         return schemas.validate(schema, read_json(req, self.limit))
 
 
-def _wire(rows: list[Llm]) -> list[dict]:
-    return [row.to_wire() for row in rows]
-
-
 class Register(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = self.body(req, schemas.REGISTER)
@@ -48,8 +43,11 @@ class Register(_Resource):
             seen.add(spec["name"])
         session_id = body.get("providerSessionId") or str(uuid.uuid4())
         self.auth.claim(session_id, req.context.caller)
-        session_id, rows = self.system.register(session_id, body["providers"])
-        resp.media = {"providerSessionId": session_id, "llms": _wire(rows)}
+        caller = req.context.caller
+        session_id, rows = self.system.register(
+            session_id, body["providers"], caller.name if self.auth.enabled else None,
+            caller.role == "admin")
+        resp.media = {"providerSessionId": session_id, "llms": self.system.read(rows)}
 
 
 class Stream(_Resource):
