@@ -259,7 +259,12 @@ def test_failover_moves_untouched_tasks_at_once_and_a_streamed_one_waits(
         time.sleep(0.1)
         streamed = pool.submit(
             hub.post, "/api/v1/llms/p/infer", {**chat("s"), "stream": True}, stream=True)
-        on_a = [sa.next_task("infer") for _ in range(3)]
+        frames = []
+        while len(frames) < 3:
+            item = sa.next()
+            if getattr(item, "event", "") == "task":
+                frames.append(item)
+        on_a = [f.json() for f in frames]
         by_text = {t["request"]["messages"][0]["content"]: t for t in on_a}
         s_task = by_text["s"]
         a.result(s_task["taskId"], {"chunk": {"data": json.dumps({"n": 1}), "done": False}})
@@ -284,7 +289,7 @@ def test_failover_moves_untouched_tasks_at_once_and_a_streamed_one_waits(
             assert late.status_code == 404
         # The task that streamed a chunk did not move: its publisher comes back in the grace
         # and finishes it; a reconnect finds the moved tasks gone from its replay.
-        sa2 = a.open(last_event_id="0")
+        sa2 = a.open(last_event_id=str(int(frames[0].id) - 1))  # holds none of the three
         replayed = tasks(sa2, 0.5)
         assert [t["taskId"] for t in replayed] == [s_task["taskId"]]
         a.result(s_task["taskId"], {"chunk": {"data": json.dumps({"n": 2}), "done": True}})
