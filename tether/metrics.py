@@ -7,7 +7,8 @@ call also feeds the in-memory board (tether.board) behind the status page, so th
 not be able to kill an actor.
 
 Labels stay bounded: Llm names (a label set per registered Llm), endpoints, HTTP statuses,
-error codes, outcomes; never a task id, a session id or client text. A request for a name
+error codes, outcomes; never a task id, a session id (but `member`, a pool member's session,
+on the pool gauges, as PROTOCOL.md names it) or client text. A request for a name
 that has no Llm never reaches an Llm: it is counted only by tether_http_responses, by route.
 
 Scrapes are per process (one hub process today; see the README, Observability).
@@ -279,8 +280,9 @@ POOL_ROUTED = Counter(
     "member whose stream was lost), retry (after a retryable error).", ["llm", "decision"],
     registry=REGISTRY)
 MEMBER_IN_FLIGHT = Gauge(
-    "tether_member_in_flight", "Tasks under way per member of an Llm (member: its "
-    "providerSessionId, as PROTOCOL.md names the label).", ["llm", "member"],
+    "tether_member_in_flight", "Tasks under way per member of a pool (member: its "
+    "providerSessionId, as PROTOCOL.md names the label; none for a single publisher).",
+    ["llm", "member"],
     registry=REGISTRY)
 
 

@@ -131,6 +131,7 @@ class LlmActor(TetherActor):
         self._queue_timer_no = 0
         # A public Llm's upstream calls under way (a crashed predecessor's too).
         self._proxied: set[str] = set(proxies.task_ids if proxies is not None else ())
+        self._member_gauges: set[str] = set()  # members shown in tether_member_in_flight
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -392,7 +393,13 @@ class LlmActor(TetherActor):
 
     def _publish_load(self) -> None:
         counts = {x.session_id: len(x.in_flight) for x in self._members.values()}
-        metrics.member_in_flight(self._state.name, counts)
+        if len(counts) > 1:  # PROTOCOL: a `member` label for a pool member's session only
+            metrics.member_in_flight(self._state.name, counts)
+            self._member_gauges.update(counts)
+        elif self._member_gauges:
+            for member in self._member_gauges:
+                metrics.member_gone(self._state.name, member)
+            self._member_gauges.clear()
         if self._board is not None:
             self._board(self._state.name, counts)
 
@@ -502,6 +509,7 @@ class LlmActor(TetherActor):
         for gone in set(self._members) - set(fresh):
             self._router.forget(gone)
             metrics.member_gone(self._state.name, gone)
+            self._member_gauges.discard(gone)
             self._wake_failed.discard(gone)
         self._members = fresh
         wake = self._wake
