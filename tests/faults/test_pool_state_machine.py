@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tether import sse
+from tether.actor import Ping
 from tether.actors import messages as m
 from tether.actors.system import ActorSystem
 from tether.config import Settings
@@ -59,7 +60,7 @@ class PoolMachine(RuleBasedStateMachine):
             directory = self.system.directory
             refs = [self.system.supervisor, *directory.llms.values(),
                     *(e.ref for e in directory.sessions.values())]
-            pykka.get_all([ref.ask(m.Ping(), block=False) for ref in refs], timeout=5)
+            pykka.get_all([ref.ask(Ping(), block=False) for ref in refs], timeout=5)
         for session, outbox in self.outboxes.items():
             if outbox is not None:
                 self.read_frames(session, outbox)

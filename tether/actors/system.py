@@ -248,7 +248,7 @@ class ActorSystem:
         # The session told the supervisor before answering; once the supervisor answers this
         # too, the session's LlmActors have the news queued ahead of any later infer: a
         # member gets work as soon as its publisher sees `hello`, never a 503 before.
-        _ask(self.supervisor, m.Ping())
+        _ask(self.supervisor, Ping())
         return token
 
     def close_stream(self, session_id: str, token: int) -> None:
