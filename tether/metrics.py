@@ -96,7 +96,8 @@ class _BoardCollector:
         snap = BOARD.snapshot()
         in_flight = GaugeMetricFamily("tether_in_flight", "Tasks under way per Llm.",
                                       labels=["llm"])
-        queued = GaugeMetricFamily("tether_queued", "Requests waiting (for a wake) per Llm.",
+        queued = GaugeMetricFamily("tether_queued", "Requests waiting at the hub (a wake, a free "
+                                   "slot) per Llm.",
                                    labels=["llm"])
         llms = GaugeMetricFamily("tether_llms", "Llms by kind and status (waking while a wake "
                                  "runs).", labels=["kind", "status"])
