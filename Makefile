@@ -22,13 +22,15 @@ run: $(VENV)/.installed
 	$(BIN)/tether demo
 
 # The status page's browser test drives Debian's chromium through chromium-driver.
+# The suite waits on real processes and sockets far more than it computes: four workers on
+# two cores halve its wall time (each test has its own ports, folders and databases).
 test: $(VENV)/.installed-test
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
 		(apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver \
 		>/dev/null) || echo "test: could not install chromium; the status page test skips"
 	$(BIN)/ruff check tether tests bench
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
 $(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[bench]'
