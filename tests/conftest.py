@@ -18,6 +18,13 @@ DATABASES = ["sqlite", "postgresql"]
 BOTH_DATABASES = pytest.mark.parametrize("hub", DATABASES, indirect=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_hub_outlives_its_test() -> Iterator[None]:
+    yield
+    for hub in list(Hub.live):  # started by a test that failed before stopping it
+        hub.stop(signal.SIGKILL)
+
+
 @pytest.fixture
 def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     hubs: list[Hub] = []

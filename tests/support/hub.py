@@ -27,6 +27,10 @@ def free_port() -> int:
 
 
 class Hub:
+    # Every hub started and not yet stopped, so a test that fails before its own stop()
+    # leaves no process behind (tests/conftest.py stops these after each test).
+    live: set[Hub] = set()
+
     def __init__(self, tmp: Path, env: dict[str, str] | None = None, **settings: Any) -> None:
         self.tmp = tmp
         self.extra_env = env or {}
@@ -53,6 +57,15 @@ class Hub:
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp,
             )
+        Hub.live.add(self)
+        try:
+            return self._wait_healthy(timeout)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # a hub that did not come up must not outlive the test
+            raise
+
+    def _wait_healthy(self, timeout: float) -> Hub:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -68,6 +81,7 @@ class Hub:
         raise RuntimeError(f"tether serve did not become healthy:\n{self.logs()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        Hub.live.discard(self)
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(sig)
