@@ -7,7 +7,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import openai
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from tests.support.hub import free_port
-from tests.support.procs import TETHER
+from tests.support.procs import TETHER, demo_ready
 
 
 def test_demo_starts_a_working_relay_and_stops_cleanly():
@@ -23,15 +22,7 @@ def test_demo_starts_a_working_relay_and_stops_cleanly():
     proc = subprocess.Popen([*TETHER, "demo", "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        printed = []
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, "tether demo exited:\n" + "".join(printed)
-            printed.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        text = "".join(printed)
+        text = demo_ready(proc)
         assert f"http://127.0.0.1:{port}/v1" in text and "from openai import OpenAI" in text
         hub = f"http://127.0.0.1:{port}"
         r = requests.post(f"{hub}/api/v1/llms/demo/infer", timeout=30,

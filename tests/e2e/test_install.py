@@ -13,13 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.support.hub import free_port
+from tests.support.procs import demo_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,16 +57,7 @@ def test_a_plain_install_runs_the_demo(user_venv: Path, tmp_path: Path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path, env=env)
     try:
-        printed = []
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, "tether demo exited:\n" + "".join(printed)
-            printed.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        else:
-            pytest.fail("tether demo did not come up:\n" + "".join(printed))
+        demo_ready(proc)
         hub = f"http://127.0.0.1:{port}"
         assert requests.get(f"{hub}/healthz", timeout=5).status_code == 200
         r = requests.post(f"{hub}/api/v1/llms/demo/infer", timeout=30,

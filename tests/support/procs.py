@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,20 @@ class DemoBackend:
         if self.proc is not None:
             self.proc.wait(5)
         wait_until(lambda: not self.up(), timeout=5)
+
+
+def demo_ready(proc: subprocess.Popen, timeout: float = 45) -> str:
+    """What `tether demo` (started with stdout piped, as text) printed up to its ready line;
+    fails with that output if it exits or does not get there in time."""
+    printed: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, "tether demo exited:\n" + "".join(printed)
+        printed.append(line)
+        if "Press Ctrl-C" in line:
+            return "".join(printed)
+    raise AssertionError("tether demo did not come up:\n" + "".join(printed))
 
 
 def toml_value(value: Any) -> str:
