@@ -28,7 +28,7 @@ from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.runtime import Task, Timer, call_later, spawn
 from tether.store import llms as store
-from tether.store.models import ACTIVE, HIBERNATING, INACTIVE, KIND_PUBLIC
+from tether.store.models import ACTIVE, INACTIVE, KIND_PUBLIC, derived_status
 
 log = logging.getLogger("tether.llm")
 
@@ -639,10 +639,8 @@ class LlmActor(TetherActor):
     def after_message(self, message: Any) -> None:
         s = self._state
         members = list(self._members.values())
-        statuses = {x.status for x in members}
-        status = s.status if s.kind == KIND_PUBLIC else (
-            ACTIVE if ACTIVE in statuses else HIBERNATING if HIBERNATING in statuses
-            else INACTIVE)
+        status = s.status if s.kind == KIND_PUBLIC else derived_status(
+            x.status for x in members)
         in_flight = len(self._proxied) + sum(len(x.in_flight) for x in members)
         metrics.llm_seen(self.actor_urn, s.name, s.kind, status,
                          members[0].session_id if members else None, self._wake is not None,

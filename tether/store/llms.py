@@ -17,12 +17,12 @@ from tether.errors import TetherError
 from tether.store.db import connection
 from tether.store.models import (
     ACTIVE,
-    HIBERNATING,
     INACTIVE,
     KIND_PUBLIC,
     KIND_VIRTUAL,
     Llm,
     LlmMember,
+    derived_status,
     utcnow,
 )
 
@@ -151,9 +151,7 @@ def _derive(name: str, now: dt.datetime) -> Llm | None:
     if not members:
         row.delete_instance()
         return None
-    statuses = {x.status for x in members}
-    status = ACTIVE if ACTIVE in statuses else HIBERNATING if HIBERNATING in statuses \
-        else INACTIVE
+    status = derived_status(x.status for x in members)
     beats = [x.last_heartbeat_at for x in members if x.last_heartbeat_at is not None]
     since = [x.inactive_since for x in members if x.inactive_since is not None]
     row.status = status

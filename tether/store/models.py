@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import peewee
@@ -16,6 +17,13 @@ KIND_PUBLIC = "public"
 ACTIVE = "active"
 HIBERNATING = "hibernating"
 INACTIVE = "inactive"
+
+
+def derived_status(statuses: Iterable[str]) -> str:
+    """A pooled Llm's status from its members' (PROTOCOL.md, Pools: Members): active if one
+    is, else hibernating if one is, else inactive."""
+    found = set(statuses)
+    return ACTIVE if ACTIVE in found else HIBERNATING if HIBERNATING in found else INACTIVE
 
 
 def utcnow() -> dt.datetime:
