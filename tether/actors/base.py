@@ -1,9 +1,6 @@
-"""What the hub's actors share beyond tether.actor: the supervisor link and the task-id codec."""
+"""What the hub's actors share beyond tether.actor: the link to their supervisor."""
 
 from __future__ import annotations
-
-import itertools
-import uuid
 
 import pykka
 
@@ -16,33 +13,3 @@ class Parent:
 
     def __init__(self, ref: pykka.ActorRef | None = None) -> None:
         self.ref = ref
-
-
-class FrameIds:
-    """SSE frame ids: one counter for the life of a hub process, shared by its sessions
-    (a restarted session actor goes on from it). `first` is the process's first id: a
-    Last-Event-ID below it was sent by another process."""
-
-    __slots__ = ("first", "_count")
-
-    def __init__(self, first: int = 1) -> None:
-        self.first = first
-        self._count = itertools.count(first)
-
-    def __next__(self) -> int:
-        return next(self._count)
-
-
-def new_task_id(slot: int) -> str:
-    """Task ids carry the session's slot, so a result POST finds its session in one lookup."""
-    return f"{slot:x}-{uuid.uuid4().hex}"
-
-
-def slot_of(task_id: str) -> int | None:
-    head, sep, _ = task_id.partition("-")
-    if not sep:
-        return None
-    try:
-        return int(head, 16)
-    except ValueError:
-        return None

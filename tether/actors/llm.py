@@ -23,7 +23,8 @@ from tether import errors, metrics, upstream
 from tether.actor import TetherActor, tell
 from tether.actors import messages as m
 from tether.actors import routing
-from tether.actors.base import Parent, new_task_id, slot_of
+from tether.actors.base import Parent
+from tether.actors.task_ids import new_task_id, slot_of
 from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.runtime import Task, Timer, call_later, spawn

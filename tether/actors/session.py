@@ -15,7 +15,8 @@ import pykka
 from tether import errors, metrics, sse
 from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import FrameIds, Parent
+from tether.actors.base import Parent
+from tether.actors.task_ids import FrameIds
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.runtime import Timer, call_later

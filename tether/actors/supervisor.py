@@ -22,10 +22,11 @@ import pykka
 from tether import errors, metrics
 from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import FrameIds, Parent
+from tether.actors.base import Parent
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import InFlightBoard, LlmActor
 from tether.actors.session import SessionActor
+from tether.actors.task_ids import FrameIds
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.store import llms as store

@@ -19,15 +19,17 @@ import pykka
 from tether import errors, metrics
 from tether.actor import Crash, Ping, tell
 from tether.actors import messages as m
-from tether.actors.base import FrameIds, Parent, slot_of
+from tether.actors.base import Parent
 from tether.actors.directory import Directory
 from tether.actors.reply import MeteredReply
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
+from tether.actors.task_ids import FrameIds, slot_of
 from tether.config import Settings
 from tether.errors import TetherError
-from tether.store import db, migrations
+from tether.store import db
 from tether.store import llms as store
+from tether.store.bootstrap import open_store
 from tether.store.models import KIND_PUBLIC, Llm
 
 log = logging.getLogger("tether.system")
@@ -76,12 +78,7 @@ class ActorSystem:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> ActorSystem:
-        db.init(self.settings.database_url)
-        migrations.migrate()
-        store.deactivate_all_virtual()  # no stream can be live yet
-        created, removed = store.sync_public(self.settings.llms)
-        if created or removed:
-            log.info("public Llms from config: %d declared, %d removed", created, removed)
+        open_store(self.settings.database_url, self.settings.llms)
         self._supervisor = self._start_supervisor(None)
         _ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
         self._sweeper = self._start_sweeper()

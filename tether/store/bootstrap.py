@@ -1,0 +1,23 @@
+"""Readying the database for a hub process: connect, migrate, and bring the rows in line with
+a process that has no stream yet and with the config's public Llms."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tether.store import db, migrations
+from tether.store import llms as store
+
+log = logging.getLogger("tether.system")
+
+
+def open_store(database_url: str, public_llms: Sequence[Any]) -> None:
+    """Connect to `database_url` and ready its rows; `db.close()` undoes it."""
+    db.init(database_url)
+    migrations.migrate()
+    store.deactivate_all_virtual()  # no stream can be live yet
+    created, removed = store.sync_public(public_llms)
+    if created or removed:
+        log.info("public Llms from config: %d declared, %d removed", created, removed)
