@@ -1,7 +1,7 @@
 import os
 
 # gunicorn settings for `tether serve`. bind, workers and worker_class are set by tether
-# itself from its settings (one gevent worker: publisher sessions live in one process).
+# itself from its settings (`workers`, default 1: see the README, Running several hubs).
 worker_connections = 20000   # every publisher stream and waiting client is one connection
 timeout = 30                 # the worker's own liveness heartbeat to the arbiter
 # SIGTERM: the drain lets tasks under way finish for graceful_timeout - 2 s, then answers the

@@ -7,13 +7,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tether.config import ConfigError, is_loopback, load_settings
+from tether.config import ConfigError, Settings, is_loopback, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         args.config,
         overrides={"host": args.host, "port": args.port, "database_url": args.database_url,
+                   "workers": args.workers, "bus_url": args.bus_url,
                    "auth": "off" if args.insecure_no_auth else None},
     )
     if not settings.auth_enabled and not is_loopback(settings.host) and not args.insecure_no_auth:
@@ -24,12 +25,9 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if settings.workers != 1:
-        print(
-            "tether serve: workers must be 1: publisher sessions live in one process until "
-            "a cross-process bus exists (see DESIGN.md, Running)",
-            file=sys.stderr,
-        )
+    refusal = scale_out_refusal(settings)
+    if refusal:
+        print(f"tether serve: {refusal}", file=sys.stderr)
         return 2
     from tether.store import db
 
@@ -44,6 +42,37 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(settings)
     return 0
+
+
+def scale_out_refusal(settings: Settings) -> str | None:
+    """Why these settings cannot run as several processes, or None (PROTOCOL.md, Several hub
+    processes): processes share rows through PostgreSQL (SQLite is one process's file) and
+    live work through Redis; several workers without the bus would each hold their own
+    publishers and answer 404 for the others'."""
+    several = settings.workers > 1
+    if not several and settings.bus_url is None:
+        return None
+    wanted = f"--workers {settings.workers}" if several else "a bus_url"
+    missing = []
+    if not settings.database_url.startswith(("postgresql://", "postgres://")):
+        from tether.store.db import redact
+
+        missing.append(f"a PostgreSQL database_url (postgresql://user@host/db, not "
+                       f"{redact(settings.database_url)})")
+    if several and settings.bus_url is None:
+        missing.append("a bus_url (redis://host:6379/0)")
+    if missing:
+        return (f"{wanted} needs {' and '.join(missing)}: several hub processes share their "
+                "rows through PostgreSQL and their live work through Redis (README, Running "
+                "several hubs). Set them with --database-url/--bus-url, TETHER_DATABASE_URL/"
+                "TETHER_BUS_URL or the config file.")
+    if several:
+        # Until the bus routes requests between processes (issue 15), a second worker would
+        # hold its own publishers and answer 404 for the other's.
+        return (f"--workers {settings.workers}: several workers need the bus to route requests "
+                "between processes, which this version does not have yet; run one worker per "
+                "host")
+    return None
 
 
 def _open_store(args: argparse.Namespace) -> None:
@@ -119,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--database-url")
     serve.add_argument("--config", help="hub TOML (default conf/tether.toml, or TETHER_CONFIG)")
+    serve.add_argument("--workers", type=int,
+                       help="gunicorn workers on this host (more than 1 needs a PostgreSQL "
+                       "database_url and a bus_url)")
+    serve.add_argument("--bus-url", help="redis://host:6379/0, shared by every hub process")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="allow auth off on a non-loopback address")
     serve.set_defaults(run=_serve)

@@ -85,7 +85,13 @@ class Settings:
     rate_limit_per_min: int = setting(600, _INT)
     max_inflight_per_key: int = setting(64, _INT)
     max_streams_per_key: int = setting(256, _INT)
-    workers: int = setting(1, _INT)
+    # Several processes (PROTOCOL.md, Several hub processes): gunicorn workers on this host,
+    # and the Redis that carries what is live between processes. Unset bus_url: one process,
+    # everything in memory. Either needs a PostgreSQL database_url (checked by `tether serve`).
+    workers: int = setting(1, {"type": "integer", "minimum": 1,
+                               "x-message": "must be a whole number >= 1"})
+    bus_url: str | None = setting(None, {"type": "string", "pattern": "^rediss?://",
+                                         "x-message": "must be a redis:// URL"})
     log_level: str = setting("info", _STRING)
     log_format: str = setting("text", {  # json: one JSON object per line
         "enum": ["text", "json"], "x-message": "must be text or json"})

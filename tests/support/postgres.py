@@ -6,17 +6,11 @@ so tests never see each other's rows and never touch a database they did not mak
 
 from __future__ import annotations
 
-import os
 import secrets
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
-
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def server_url() -> str:
-    return os.environ.get("TETHER_TEST_POSTGRES_URL") or DEFAULT_URL
+from tests.support import services
+from tests.support.services import postgres_url as server_url
 
 
 class Database:
@@ -36,8 +30,8 @@ def _admin(action, url: str | None = None) -> None:
         conn = psycopg2.connect(url or server_url(), connect_timeout=3)
     except psycopg2.OperationalError as exc:
         reason = " ".join(str(exc).split())
-        pytest.skip(f"no PostgreSQL answers at {server_url()} (set TETHER_TEST_POSTGRES_URL "
-                    f"to test against one): {reason}")
+        services.absent(f"no PostgreSQL answers at {server_url()} (set "
+                        f"TETHER_TEST_POSTGRES_URL to test against one): {reason}")
     try:
         conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
         with conn.cursor() as cur:
@@ -47,7 +41,8 @@ def _admin(action, url: str | None = None) -> None:
 
 
 def create() -> Database:
-    """A new, empty database; skips the test when no PostgreSQL server answers."""
+    """A new, empty database; skips the test when no PostgreSQL server answers (fails
+    instead under TETHER_REQUIRE_CLUSTER=1)."""
     name = f"tether_test_{secrets.token_hex(6)}"
     _admin(lambda cur: cur.execute(f'CREATE DATABASE "{name}"'))
     parts = urlsplit(server_url())

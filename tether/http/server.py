@@ -1,4 +1,4 @@
-"""`tether serve`: gunicorn, started programmatically, one gevent worker."""
+"""`tether serve`: gunicorn, started programmatically, `workers` gevent workers."""
 
 from __future__ import annotations
 
@@ -72,22 +72,22 @@ class HubApplication(BaseApplication):
         path = _conf_file()
         if path is not None:
             for key, value in runpy.run_path(str(path)).items():
+                if key == "workers":
+                    # One place decides it: the setting, checked by `tether serve` against
+                    # what several processes need (database_url, bus_url).
+                    raise SystemExit(f"tether serve: {path} sets workers; set Tether's "
+                                     "`workers` setting instead (--workers, TETHER_WORKERS)")
                 if key in self.cfg.settings:
                     self.cfg.set(key, value)
-        if self.cfg.workers != 1:
-            raise SystemExit(
-                f"tether serve: {path} asks for {self.cfg.workers} workers; Tether runs one "
-                "worker until a cross-process bus exists (DESIGN.md, Running)"
-            )
         self.cfg.set("bind", [f"{self.settings.host}:{self.settings.port}"])
-        self.cfg.set("workers", 1)
+        self.cfg.set("workers", self.settings.workers)
         self.cfg.set("worker_class", "gevent")
         self.cfg.set("loglevel", self.settings.log_level)
         if self.settings.log_format == "json":  # gunicorn's own lines are JSON too
             self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(self.settings.log_level))
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn >= 25.1 opens a control socket in $HOME: several hubs would collide
-            # on it, and it could raise the worker count past the one Tether supports.
+            # on it, and it could change the worker count behind the settings' back.
             self.cfg.set("control_socket_disable", True)
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("worker_exit", _worker_exit)

@@ -1,0 +1,85 @@
+"""Fresh Redis databases for tests, on the machine's server (or TETHER_TEST_REDIS_URL).
+
+Each test takes a database number of its own (1 and up; 0 is left to people), emptied before
+and after, so tests running at once never see each other's keys. Pub/sub ignores database
+numbers; Tether's channel names carry the number (the cluster prefix comes from the bus URL),
+which keeps channels apart too.
+
+Numbers are handed out through Redis itself (`SET NX` on a claim key in database 0, with an
+expiry in case a test process is killed), so the tests of every worktree and every xdist
+worker on one machine share the server without colliding.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from tests.support import services
+
+CLAIMS = "tether-test:redis-db:"
+HOLD_S = 900  # longer than any test; a killed test's claim lapses after this
+WAIT_S = 60  # every number taken: wait this long for one to come free
+
+
+def _client(url: str, db: int) -> redis.Redis:
+    return redis.Redis.from_url(url, db=db, socket_timeout=5, socket_connect_timeout=3)
+
+
+def with_db(url: str, number: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+class Database:
+    def __init__(self, server: str, number: int, token: str) -> None:
+        self.server = server
+        self.number = number
+        self.url = with_db(server, number)
+        self._token = token
+
+    def client(self) -> redis.Redis:
+        return _client(self.server, self.number)
+
+    def release(self) -> None:
+        """Empty the database and give its number back (if the claim is still ours)."""
+        with self.client() as db:
+            db.flushdb()
+        with _client(self.server, 0) as admin:
+            admin.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                       "return redis.call('DEL', KEYS[1]) end return 0",
+                       1, f"{CLAIMS}{self.number}", self._token)
+
+
+def create() -> Database:
+    """An empty database of its own; skips the test when no Redis answers (fails instead
+    under TETHER_REQUIRE_CLUSTER=1)."""
+    server = services.redis_url()
+    token = secrets.token_hex(8)
+    admin = _client(server, 0)
+    try:
+        try:
+            count = int(admin.config_get("databases")["databases"])
+        except redis.ResponseError:  # CONFIG disabled (a managed Redis): the default
+            count = 16
+    except redis.ConnectionError as exc:
+        services.absent(f"no Redis answers at {server} (set TETHER_TEST_REDIS_URL to test "
+                        f"against one): {exc}")
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            for number in range(1, count):
+                if admin.set(f"{CLAIMS}{number}", token, nx=True, ex=HOLD_S):
+                    made = Database(server, number, token)
+                    with made.client() as db:
+                        db.flushdb()  # whatever a killed test left behind
+                    return made
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"every Redis database 1..{count - 1} at {server} stayed "
+                                   f"taken by other tests for {WAIT_S} s")
+            time.sleep(0.1)
+    finally:
+        admin.close()
