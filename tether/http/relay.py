@@ -49,7 +49,7 @@ class Relay:
         req.context.outcome_logged = True  # from here the reply channel logs the outcome
         stop_watch = disconnect.watch(req.env, lambda: reply.put(streams.ClientGone()))
         # Until it is dispatched, a request that ends unanswered is withdrawn from its wait.
-        state: dict[str, Any] = {"withdraw": lambda: self._system.withdraw(name, reply)}
+        state = streams.InferState(withdraw=lambda: self._system.withdraw(name, reply))
 
         def finished() -> None:
             stop_watch()
@@ -68,12 +68,11 @@ class Relay:
         if not handed_over:
             finished()
 
-    def _cancel(self, state: dict[str, Any], reason: str) -> None:
-        dispatched = state.get("dispatched")
-        if dispatched is not None:
-            self._system.cancel(dispatched, reason)
+    def _cancel(self, state: streams.InferState, reason: str) -> None:
+        if state.dispatched is not None:
+            self._system.cancel(state.dispatched, reason)
         else:
-            state["withdraw"]()
+            state.withdraw()
 
     def _next(self, reply: queue.Queue, timeout: float) -> Any:
         try:
@@ -81,14 +80,14 @@ class Relay:
         except queue.Empty:
             return None
 
-    def _wait(self, resp: falcon.Response, reply: queue.Queue, state: dict[str, Any]) -> None:
+    def _wait(self, resp: falcon.Response, reply: queue.Queue, state: streams.InferState) -> None:
         while True:
             event = self._next(reply, self._deadline)
             if event is None:
                 self._cancel(state, "no_answer")
                 raise streams.no_answer()
             if isinstance(event, m.Dispatched):
-                state["dispatched"] = event
+                state.dispatched = event
             elif isinstance(event, m.Completed):
                 _verbatim(resp, event)
                 return
@@ -101,7 +100,7 @@ class Relay:
             # WakePending: keep waiting
 
     def _start_stream(
-        self, resp: falcon.Response, reply: queue.Queue, state: dict[str, Any],
+        self, resp: falcon.Response, reply: queue.Queue, state: streams.InferState,
         end: Callable[[], None],
     ) -> bool:
         """Wait for the first byte's worth; True once the stream body took over the reply
@@ -115,12 +114,12 @@ class Relay:
                 if waited >= self._deadline:
                     self._cancel(state, "no_answer")
                     raise streams.no_answer()
-                first.append(sse.comment("waking" if state.get("waking") else "keepalive"))
+                first.append(sse.comment("waking" if state.waking else "keepalive"))
                 break
             if isinstance(event, m.Dispatched):
-                state["dispatched"] = event
+                state.dispatched = event
             elif isinstance(event, m.WakePending):
-                state["waking"] = True
+                state.waking = True
             elif isinstance(event, m.Failed):
                 raise event.error
             elif isinstance(event, m.Completed):
@@ -132,7 +131,7 @@ class Relay:
                 return False
             else:  # Chunks or StreamDone: the stream begins
                 if streams.render_event(event, state, first):
-                    state["finished"] = True
+                    state.finished = True
                 break
         resp.status = falcon.HTTP_200
         resp.content_type = "text/event-stream"
@@ -143,7 +142,7 @@ class Relay:
             if not finished:
                 self._cancel(state, "client_gone")
 
-        if state.get("finished"):
+        if state.finished:
             end()
             resp.data = "".join(first).encode()
             return True

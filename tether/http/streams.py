@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from tether import sse
@@ -56,6 +57,18 @@ class ClientGone:
     """Put on a reply channel by the disconnect watcher."""
 
 
+@dataclass
+class InferState:
+    """What the relay learned about one infer request from its reply channel so far."""
+
+    withdraw: Callable[[], None]  # until dispatched: leave the Llm's wait queue
+    dispatched: m.Dispatched | None = None  # from then on, cancel through it instead
+    waking: bool = False  # the backend is waking: keepalives say so
+    chunks: bool = False  # chunks went out: a final Completed body is not repeated
+    finished: bool = False  # the stream's last event was rendered
+    gone: bool = False  # the client disconnected
+
+
 def error_event(error: TetherError) -> str:
     return sse.frame("error", sse.dumps(error.envelope()))
 
@@ -88,7 +101,7 @@ DONE = "data: [DONE]\n\n"
 def client_stream(
     reply: queue.Queue,
     first: list[str],
-    state: dict[str, Any],
+    state: InferState,
     keepalive_s: float,
     deadline_s: float,
     on_end: Callable[[bool], None],
@@ -107,7 +120,7 @@ def client_stream(
                 if idle >= deadline_s:  # a safety net: actors' own timers fire long before
                     yield error_event(no_answer()).encode()
                     return
-                yield sse.comment("waking" if state.get("waking") else "keepalive").encode()
+                yield sse.comment("waking" if state.waking else "keepalive").encode()
                 continue
             idle = 0.0
             out: list[str] = []
@@ -122,24 +135,24 @@ def client_stream(
                     break
             if out:
                 yield "".join(out).encode()
-            if finished or state.get("gone"):
+            if finished or state.gone:
                 return
     finally:
         on_end(finished)
 
 
-def render_event(event: Any, state: dict[str, Any], out: list[str]) -> bool:
+def render_event(event: Any, state: InferState, out: list[str]) -> bool:
     """Render one event into `out`; True when the stream is over."""
     if isinstance(event, m.Chunks):
-        state["waking"] = False
-        state["chunks"] = True
+        state.waking = False
+        state.chunks = True
         out.append(chunk_events(event))
     elif isinstance(event, m.StreamDone):
         out.append(DONE)
         return True
     elif isinstance(event, m.Completed):
         if 200 <= event.status < 300:
-            if not state.get("chunks") and event.body is not None:
+            if not state.chunks and event.body is not None:
                 out.append(f"data: {sse.dumps(event.body)}\n\n")
             out.append(DONE)
         else:
@@ -149,12 +162,12 @@ def render_event(event: Any, state: dict[str, Any], out: list[str]) -> bool:
         out.append(error_event(event.error))
         return True
     elif isinstance(event, m.Dispatched):
-        state["dispatched"] = event
-        state["waking"] = False
+        state.dispatched = event
+        state.waking = False
     elif isinstance(event, m.WakePending):
-        state["waking"] = True
+        state.waking = True
     elif isinstance(event, ClientGone):
-        state["gone"] = True
+        state.gone = True
     return False
 
 
