@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import peewee
 
-from tether.store.db import connection
+from tether.store.db import connection, database
 from tether.store.models import (
     ALL_MODELS,
     KIND_VIRTUAL,
@@ -47,9 +47,20 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
 CURRENT_VERSION = 1 + len(MIGRATIONS)
 
 
+# pg_advisory_xact_lock's key for migrations: any fixed 64-bit number other applications on
+# the same database are unlikely to use (the first 8 bytes of sha256("tether.migrations")).
+MIGRATION_LOCK = 0x4F5C89467B4B8106
+
+
 def migrate() -> int:
-    """Bring the database to CURRENT_VERSION; returns the version it started at (0: new)."""
+    """Bring the database to CURRENT_VERSION; returns the version it started at (0: new).
+
+    Hub processes starting together (`--workers N`, several hosts) migrate one at a time: on
+    PostgreSQL each holds an advisory lock for its transaction, so the next one sees the
+    tables the first made instead of failing on them (SQLite serves one process)."""
     with connection() as db, db.atomic():
+        if isinstance(database.obj, peewee.PostgresqlDatabase):
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         fresh = not db.table_exists(SchemaVersion._meta.table_name)
         if fresh:
             db.create_tables(ALL_MODELS, safe=True)
