@@ -1,8 +1,9 @@
-"""docs/protocol.md lists every error code the hub can make (issue 10, Done when).
+"""One error catalogue (issue 12.4): tether/errors.py lists every code the hub makes, and
+docs/protocol.md's Errors table lists exactly those, with the same statuses.
 
-The codes are read from the source itself: every `TetherError(status, code, …)` the hub's
-modules build, with the constants a non-literal code is chosen from. A code added to the
-source without a row in the table (or a row left behind for a code no longer made) fails.
+The hub's modules raise by name (`errors.LLM_NOT_FOUND(name=...)`): a TetherError built by
+hand elsewhere, a row left in the catalogue that nothing raises, or a call that does not
+fill its template's fields fails here, not in front of a client.
 """
 
 from __future__ import annotations
@@ -11,94 +12,101 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
+from tether import errors
+
 ROOT = Path(__file__).resolve().parents[1]
-# The publisher's own codes travel inside its error results; the hub relays them verbatim.
-NOT_HUB = ("publisher", "demo.py", "demo_backend.py")
-CODE = re.compile(r"^[a-z]+(?:_[a-z]+)*$")
+TETHER = ROOT / "tether"
+CATALOGUE = errors.CATALOGUE
 
 
-def _hub_modules() -> list[Path]:
-    return [p for p in sorted((ROOT / "tether").rglob("*.py"))
-            if not any(part in p.relative_to(ROOT / "tether").parts or p.name == part
-                       for part in NOT_HUB)]
+def _modules() -> list[tuple[Path, ast.Module]]:
+    return [(p, ast.parse(p.read_text(), str(p))) for p in sorted(TETHER.rglob("*.py"))
+            if p != TETHER / "errors.py"]
 
 
-def _constants(node: ast.AST, module: ast.Module) -> set[str]:
-    """The code strings an expression can evaluate to: literals in it (not the keys it looks
-    up with `.get(...)`), and the values of the module-level dicts/names it reads."""
-    found: set[str] = set()
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return {node.value}
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-            and node.func.attr == "get":
-        found |= _constants(node.func.value, module)
-        for arg in node.args[1:]:  # the default; args[0] is the key looked up
-            found |= _constants(arg, module)
-        return found
-    if isinstance(node, ast.Name):
-        for stmt in module.body:
-            targets = stmt.targets if isinstance(stmt, ast.Assign) else \
-                [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
-            if any(isinstance(t, ast.Name) and t.id == node.id for t in targets) \
-                    and stmt.value is not None:
-                value = stmt.value
-                parts = value.values if isinstance(value, ast.Dict) else [value]
-                for part in parts:
-                    found |= _constants(part, module)
-        return found
-    for child in ast.iter_child_nodes(node):
-        found |= _constants(child, module)
-    return found
+def _documented() -> tuple[set[tuple[int, str]], str]:
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    rows = {(int(status), code)
+            for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", section, re.M)}
+    return rows, section
 
 
-def source_codes() -> dict[str, set[int | None]]:
-    """code -> the statuses it is made with (None where the status is not a literal)."""
-    codes: dict[str, set[int | None]] = {}
-    for path in _hub_modules():
-        module = ast.parse(path.read_text(), str(path))
+def _entry_calls() -> list[tuple[str, str, ast.Call]]:
+    """(where, catalogue name, call) for each `errors.NAME(...)` and `errors.NAME.at(...)`."""
+    found = []
+    for path, module in _modules():
         for node in ast.walk(module):
             if not isinstance(node, ast.Call):
                 continue
             func = node.func
-            name = func.id if isinstance(func, ast.Name) else \
-                func.attr if isinstance(func, ast.Attribute) else None
-            if name != "TetherError":
-                continue
-            args = list(node.args) + [kw.value for kw in node.keywords
-                                      if kw.arg in ("status", "code")]
-            assert len(args) >= 2, f"{path}:{node.lineno}: TetherError without a code"
-            status = args[0].value if isinstance(args[0], ast.Constant) else None
-            made = {c for c in _constants(args[1], module) if CODE.match(c)}
-            assert made, f"{path}:{node.lineno}: cannot tell which code this error has"
-            for code in made:
-                codes.setdefault(code, set()).add(status)
-    return codes
+            if isinstance(func, ast.Attribute) and func.attr == "at":
+                func = func.value
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+                    and func.value.id == "errors" and func.attr in CATALOGUE:
+                found.append((f"{path.relative_to(ROOT)}:{node.lineno}", func.attr, node))
+    return found
 
 
-def documented_codes() -> dict[str, set[int]]:
-    text = (ROOT / "docs" / "protocol.md").read_text()
-    errors = text.split("## Errors", 1)[1].split("\n## ", 1)[0]
-    table: dict[str, set[int]] = {}
-    for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", errors, re.M):
-        table.setdefault(code, set()).add(int(status))
-    return table
+def test_the_docs_table_is_the_catalogue():
+    documented, _ = _documented()
+    catalogued = {(c.status, c.code) for c in CATALOGUE.values()}
+    assert sorted(catalogued - documented) == [], "in tether/errors.py, not in the docs"
+    assert sorted(documented - catalogued) == [], "in docs/protocol.md, not in the catalogue"
 
 
-def test_the_scan_finds_the_codes_it_should():
-    # Guards the scanner itself: literals, helpers in errors.py, the falcon map, defaults.
-    codes = source_codes()
-    for code in ("llm_not_found", "session_not_found", "method_not_allowed", "not_found",
-                 "publisher_error", "queue_full", "internal_error"):
-        assert code in codes, code
+def test_each_code_is_catalogued_once_and_spelled_as_a_code():
+    codes = [c.code for c in CATALOGUE.values()]
+    assert len(codes) == len(set(codes))
+    for name, entry in CATALOGUE.items():
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", entry.code) and name == entry.code.upper()
 
 
-def test_every_error_code_the_hub_makes_is_documented():
-    made, documented = source_codes(), documented_codes()
-    missing = sorted(set(made) - set(documented))
-    assert not missing, f"codes made in tether/ but not in docs/protocol.md, Errors: {missing}"
-    stale = sorted(set(documented) - set(made))
-    assert not stale, f"codes in docs/protocol.md that the hub never makes: {stale}"
-    for code, statuses in made.items():
-        literal = statuses - {None}
-        assert literal <= documented[code], \
-            f"{code}: made with status {sorted(literal)}, documented {sorted(documented[code])}"
+def test_the_docs_say_which_type_each_status_has():
+    _, section = _documented()
+    line = section.split("`type` follows the status:", 1)[1].split("For a 400", 1)[0]
+    said = dict(re.findall(r"`([a-z_]+)` \(([^)]*)\)", line))
+    for entry in CATALOGUE.values():
+        statuses = said[entry.type]
+        assert str(entry.status) in statuses or (entry.status >= 500 and "5xx" in statuses), \
+            f"{entry.code}: {entry.status} is {entry.type}, the docs say {said}"
+
+
+def test_only_the_catalogue_builds_a_tether_error():
+    built = [f"{path.relative_to(ROOT)}:{node.lineno}"
+             for path, module in _modules() for node in ast.walk(module)
+             if isinstance(node, ast.Call)
+             and getattr(node.func, "id", getattr(node.func, "attr", None)) == "TetherError"]
+    assert built == [], "raise a catalogue entry (tether/errors.py) instead"
+
+
+def test_every_catalogued_code_is_raised_somewhere():
+    raised = {name for _, name, _ in _entry_calls()}
+    # PUBLISHER_ERROR is also made inside errors.py (a publisher's error result without a
+    # code), but the HTTP layer makes it too (a backend's non-OpenAI error body).
+    assert sorted(set(CATALOGUE) - raised) == []
+
+
+@pytest.mark.parametrize("where,name,call",
+                         _entry_calls(), ids=[w for w, _, _ in _entry_calls()])
+def test_each_raise_fills_its_template(where, name, call):
+    # A missing field would be a KeyError (a 500) at the moment the error is due.
+    assert not any(kw.arg is None for kw in call.keywords), f"{where}: **fields"
+    given = {kw.arg for kw in call.keywords} - {"param"}
+    assert given == CATALOGUE[name].fields, f"{where}: {name} needs {CATALOGUE[name].fields}"
+
+
+def test_a_catalogue_entry_makes_its_error():
+    error = errors.LLM_NOT_FOUND(name="x")
+    assert (error.status, error.code, error.message) == (404, "llm_not_found", "no Llm named 'x'")
+    assert error.envelope() == {"error": {"message": "no Llm named 'x'", "type":
+                                          "invalid_request_error", "code": "llm_not_found",
+                                          "param": None}}
+    relayed = errors.PUBLISHER_ERROR.at(404, why="the backend answered 404")
+    assert (relayed.status, relayed.envelope()["error"]["type"]) == (404,
+                                                                     "invalid_request_error")
+    own = errors.from_publisher(503, "model_loading", None)
+    assert (own.status, own.code, own.message) == (503, "model_loading",
+                                                   "the publisher reported an error")

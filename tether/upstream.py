@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from tether import errors
 from tether.config import PublicLlm
 from tether.errors import TetherError
 from tether.openai_client import BackendClient, BackendError, Unreachable
@@ -40,9 +41,7 @@ def relay(
         _relay(client, llm, endpoint, request, streaming, answer)
     except Exception:  # a defect or a malformed upstream answer: never leave a client waiting
         log.exception("task %s llm=%s: relaying to the upstream failed", task_id, llm.name)
-        answer.failed(TetherError(
-            502, "upstream_error",
-            f"relaying to the upstream of {llm.name!r} failed (task {task_id})"))
+        answer.failed(errors.UPSTREAM_ERROR(name=llm.name, task_id=task_id))
 
 
 def _relay(
@@ -64,5 +63,4 @@ def _relay(
             return
         answer.done()
     except Unreachable as exc:
-        answer.failed(TetherError(
-            502, "upstream_unreachable", f"the upstream of {llm.name!r} is unreachable: {exc}"))
+        answer.failed(errors.UPSTREAM_UNREACHABLE(name=llm.name, why=exc))

@@ -168,7 +168,7 @@ class LlmActor(TetherActor):
                 self._proxy(msg)
             return
         if not any(x.status != INACTIVE and x.live for x in self._members.values()):
-            msg.reply.put(m.Failed(errors.publisher_offline(name)))
+            msg.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=name)))
             return
         if len(self._queue) >= self._settings.max_queue_per_llm:
             msg.reply.put(m.Failed(self._queue_full()))
@@ -177,11 +177,8 @@ class LlmActor(TetherActor):
         self._pump()
 
     def _queue_full(self) -> TetherError:
-        return TetherError(
-            429, "queue_full",
-            f"{self._state.name!r} already has {self._settings.max_queue_per_llm} "
-            "requests waiting; retry later",
-        )
+        return errors.QUEUE_FULL(why=f"{self._state.name!r} already has "
+                                     f"{self._settings.max_queue_per_llm} requests waiting")
 
     def _views(self) -> list[routing.MemberView]:
         return [x.view() for x in self._members.values()]
@@ -230,7 +227,7 @@ class LlmActor(TetherActor):
                         infer.endpoint, infer.reply, self.actor_ref, timeout_s=max(left, 0.0)),
         )
         if not sent:  # the session actor is down (its restarts gave up): nobody would answer
-            infer.reply.put(m.Failed(errors.publisher_offline(self._state.name)))
+            infer.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=self._state.name)))
             return
         req.task_id, req.member, req.why = task_id, member.session_id, None
         member.in_flight[task_id] = None
@@ -244,7 +241,7 @@ class LlmActor(TetherActor):
         """Waiting requests that no member could ever take (no active member with a live
         stream left to free a slot, or one whose stream may come back within
         publisher_grace_s; no member left to wake) get their answer now."""
-        error = self._wake_error or errors.publisher_offline(self._state.name)
+        error = self._wake_error or errors.PUBLISHER_OFFLINE(name=self._state.name)
         now = time.monotonic()
         grace = self._settings.publisher_grace_s
         returning = [x for x in self._members.values() if x.status == ACTIVE and not x.live
@@ -300,9 +297,8 @@ class LlmActor(TetherActor):
         kept: deque[_Request] = deque()
         for req in self._queue:
             if now - req.arrived >= limit:
-                req.infer.reply.put(m.Failed(TetherError(
-                    504, "infer_timeout",
-                    f"no result from {self._state.name!r} within {limit:g} s")))
+                req.infer.reply.put(m.Failed(errors.INFER_TIMEOUT(
+                    source=repr(self._state.name), seconds=limit)))
             else:
                 kept.append(req)
         self._queue = kept
@@ -311,8 +307,7 @@ class LlmActor(TetherActor):
     def _proxy(self, msg: m.Infer) -> None:
         """A public Llm: the upstream call runs beside the actor, which only counts it."""
         if self._public is None or self._upstream is None:
-            msg.reply.put(m.Failed(TetherError(
-                503, "publisher_offline", f"{self._state.name!r} has no upstream configured")))
+            msg.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=self._state.name)))
             return
         task_id = f"p-{uuid.uuid4().hex}"
         self._proxied.add(task_id)
@@ -421,7 +416,7 @@ class LlmActor(TetherActor):
             self._end_wake(task_id)
             metrics.wake_ended(self._state.name, task_id, "failed")
             self._wake_failed.add(key)
-            self._wake_error = errors.publisher_offline(self._state.name)
+            self._wake_error = errors.PUBLISHER_OFFLINE(name=self._state.name)
 
     def _end_wake(self, task_id: str) -> _Wake | None:
         wake = self._wake
@@ -454,10 +449,8 @@ class LlmActor(TetherActor):
         member = self._members.get(wake.session_id)
         if member is not None:
             tell(member.link.ref, m.CancelTask(msg.task_id, "wake_timeout"))
-        self._wake_did_not_work(wake, TetherError(
-            504, "wake_timeout",
-            f"{self._state.name!r} did not wake within {self._settings.wake_timeout_s:g} s",
-        ))
+        self._wake_did_not_work(wake, errors.WAKE_TIMEOUT(
+            name=self._state.name, seconds=self._settings.wake_timeout_s))
 
     def _wake_did_not_work(self, wake: _Wake, error: TetherError) -> None:
         self._wake_failed.add(wake.session_id)
@@ -602,7 +595,7 @@ class LlmActor(TetherActor):
 
     def on_stop(self) -> None:
         self._cancel_wake("abandoned")
-        self._fail_waiters(errors.shutting_down())
+        self._fail_waiters(errors.SHUTTING_DOWN())
         metrics.llm_gone(self.actor_urn, self._state.name)
         for member in self._members:
             metrics.member_gone(self._state.name, member)
@@ -616,7 +609,8 @@ class LlmActor(TetherActor):
             member = self._members.get(wake.session_id)
             if member is not None:
                 tell(member.link.ref, m.CancelTask(wake.task_id, "actor_restarted"))
-        self._fail_waiters(errors.actor_restarted(f"the actor of {self._state.name!r}"))
+        self._fail_waiters(errors.ACTOR_RESTARTED(
+            actor=f"actor of {self._state.name!r}", why="failed and is being restarted"))
 
     def report_crash(self) -> None:
         proxies = m.ProxiesInFlight(self._home, tuple(self._proxied))

@@ -126,7 +126,7 @@ class SessionActor(TetherActor):
             # produced nothing go again as new frames; the others cannot be resumed.
             for task in open_tasks:
                 if task.chunks_seen:
-                    self._finish(task, m.Failed(errors.publisher_disconnected(task.llm_name)))
+                    self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
                 else:
                     self._send(task, task.payload)
         return self._token
@@ -157,7 +157,7 @@ class SessionActor(TetherActor):
             offered = set().union(*self._offered.values()) if self._offered else set()
             for task in list(self._tasks.values()):
                 if task.task_id not in offered:
-                    self._finish(task, m.Failed(errors.publisher_disconnected(task.llm_name)))
+                    self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
         else:
             self._grace = call_later(
                 self._settings.publisher_grace_s, tell, self.actor_ref, m.GraceExpired(self._token)
@@ -166,7 +166,7 @@ class SessionActor(TetherActor):
     def _on_grace_expired(self, msg: m.GraceExpired) -> None:
         if msg.token == self._token and self._outbox is None:
             self._grace = None
-            self._fail_all(errors.publisher_disconnected)
+            self._fail_all(lambda name: errors.PUBLISHER_DISCONNECTED(name=name))
 
     def _send(self, task: _Task, payload: dict[str, Any]) -> None:
         self._seq = next(self._frame_ids)
@@ -182,12 +182,10 @@ class SessionActor(TetherActor):
 
     def _refuse(self, name: str) -> TetherError:
         if self._draining:
-            return errors.shutting_down()
+            return errors.SHUTTING_DOWN()
         if len(self._tasks) >= MAX_REPLAY:
-            return TetherError(
-                429, "queue_full", f"the publisher of {name!r} has too many open tasks"
-            )
-        return errors.publisher_offline(name)
+            return errors.QUEUE_FULL(why=f"the publisher of {name!r} has too many open tasks")
+        return errors.PUBLISHER_OFFLINE(name=name)
 
     def _closed(self) -> bool:
         return self._outbox is None or self._draining or len(self._tasks) >= MAX_REPLAY
@@ -267,7 +265,7 @@ class SessionActor(TetherActor):
             for task_id in offered - wanted:  # could not move: no grace to wait
                 task = self._tasks.get(task_id)
                 if task is not None:
-                    self._finish(task, m.Failed(errors.publisher_disconnected(task.llm_name)))
+                    self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
         if self._draining and not self._tasks:
             self._end_stream(retry_ms=1000)
 
@@ -282,25 +280,21 @@ class SessionActor(TetherActor):
     def _on_submit_result(self, msg: m.SubmitResult) -> bool:
         task = self._tasks.get(msg.task_id)
         if task is None:
-            raise errors.task_not_found(msg.task_id)
+            raise errors.TASK_NOT_FOUND(task_id=msg.task_id)
         if (msg.claimed_session is not None and msg.claimed_session != self._session_id) \
                 or not msg.caller_owns_session:
-            raise errors.forbidden(f"task {msg.task_id!r} belongs to another provider session")
+            raise errors.FORBIDDEN(
+                why=f"task {msg.task_id!r} belongs to another provider session")
         result = msg.result
         if "chunk" in result or "chunks" in result:
             if not task.streaming:
-                raise TetherError(
-                    409, "not_streaming", f"task {msg.task_id!r} is not a streaming task"
-                )
+                raise errors.NOT_STREAMING(task_id=msg.task_id)
             chunks = [result["chunk"]] if "chunk" in result else result["chunks"]
             self._on_chunks(task, chunks)
         elif "error" in result:
             error = result["error"]
             status = int(error.get("status") or 502)
-            failure = TetherError(
-                status, error.get("code") or "publisher_error",
-                error.get("message") or "the publisher reported an error",
-            )
+            failure = errors.from_publisher(status, error.get("code"), error.get("message"))
             if error.get("retryable") and task.kind == "infer" and not task.chunks_seen:
                 self._return(task, failure)  # nothing ran: the LlmActor may try another
             else:
@@ -380,16 +374,11 @@ class SessionActor(TetherActor):
         if task is None or task.deadline_no != msg.deadline_no:
             return
         if task.chunks_seen:
-            error = TetherError(
-                504, "stream_idle_timeout",
-                f"no chunk from {task.llm_name!r} for "
-                f"{self._settings.stream_idle_timeout_s:g} s",
-            )
+            error = errors.STREAM_IDLE_TIMEOUT(
+                name=task.llm_name, seconds=self._settings.stream_idle_timeout_s)
         else:
-            error = TetherError(
-                504, "infer_timeout",
-                f"no result from {task.llm_name!r} within {self._settings.infer_timeout_s:g} s",
-            )
+            error = errors.INFER_TIMEOUT(
+                source=repr(task.llm_name), seconds=self._settings.infer_timeout_s)
         assert task.reply is not None
         metrics.task_timed_out(task.llm_name, error.code)
         task.reply.put(m.Failed(error))
@@ -408,7 +397,7 @@ class SessionActor(TetherActor):
             call_later(msg.deadline_s, tell, self.actor_ref, m.DrainExpired())
 
     def _on_drain_expired(self, _msg: m.DrainExpired) -> None:
-        self._fail_all(lambda _name: errors.shutting_down())
+        self._fail_all(lambda _name: errors.SHUTTING_DOWN())
         self._drain_over()
 
     def _drain_over(self) -> None:
@@ -431,8 +420,9 @@ class SessionActor(TetherActor):
         self._end_stream()  # the publisher reconnects, to the restarted actor
         if self._grace is not None:
             self._grace.cancel()
-        what = f"the session actor of {self._session_id!r}"
-        self._fail_all(lambda _name: errors.actor_restarted(what))
+        actor = f"session actor of {self._session_id!r}"
+        self._fail_all(lambda _name: errors.ACTOR_RESTARTED(
+            actor=actor, why="failed and is being restarted"))
 
     def report_crash(self) -> None:
         tell(self._supervisor.ref, m.ChildFailed("session", self._session_id, self.actor_ref))
@@ -457,7 +447,7 @@ def _wake_error(task: _Task, outcome: Any) -> TetherError:
         reason = f"the wake answered status {outcome.status}"
     else:
         reason = "the wake ended without an answer"
-    return TetherError(503, "wake_failed", f"could not wake {task.llm_name!r}: {reason}")
+    return errors.WAKE_FAILED(name=task.llm_name, why=reason)
 
 
 def _outcome_label(outcome: Any) -> str:

@@ -28,7 +28,6 @@ from tether.actors.llm import InFlightBoard, LlmActor
 from tether.actors.session import SessionActor
 from tether.actors.task_ids import FrameIds
 from tether.config import Settings
-from tether.errors import TetherError
 from tether.store import llms as store
 from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
 
@@ -223,15 +222,15 @@ class Supervisor(TetherActor):
         no owner can change between the check and the SetStatus each Llm receives next."""
         entry = self._sessions.get(msg.session_id)
         if entry is None or not entry.names:
-            raise errors.session_not_found(msg.session_id)
+            raise errors.SESSION_NOT_FOUND(session_id=msg.session_id)
         foreign = [name for name, _ in msg.updates
                    if msg.session_id not in self._members.get(name, ())]
         if foreign:
-            raise errors.forbidden(f"provider session does not own {', '.join(foreign)}")
+            raise errors.FORBIDDEN(why=f"provider session does not own {', '.join(foreign)}")
         down = [name for name, _ in msg.updates if name not in self._llms]
         if down:  # its restarts gave up; a register brings it back
-            raise TetherError(503, "actor_restarted",
-                              f"the actor of {', '.join(down)} is down; register again")
+            raise errors.ACTOR_RESTARTED(actor=f"actor of {', '.join(down)}",
+                                         why="is down until its publisher registers again")
         return [self._llms[name].ask(m.SetStatus(msg.session_id, status), block=False)
                 for name, status in msg.updates]
 

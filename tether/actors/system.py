@@ -26,7 +26,6 @@ from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.actors.task_ids import FrameIds, slot_of
 from tether.config import Settings
-from tether.errors import TetherError
 from tether.store import db
 from tether.store import llms as store
 from tether.store.bootstrap import open_store
@@ -41,9 +40,9 @@ def _ask(ref: pykka.ActorRef, message: Any, timeout: float = ASK_TIMEOUT_S) -> A
     try:
         return ref.ask(message, timeout=timeout)
     except pykka.Timeout:
-        raise TetherError(503, "hub_busy", "the hub did not answer in time; retry") from None
+        raise errors.HUB_BUSY() from None
     except pykka.ActorDeadError:
-        raise errors.shutting_down() from None
+        raise errors.SHUTTING_DOWN() from None
 
 
 def exit_worker() -> None:
@@ -201,7 +200,7 @@ class ActorSystem:
         key_name: str | None = None, admin: bool = False,
     ) -> tuple[str, list[Llm]]:
         if self._draining:  # a session taken now would be cut off at once: come back later
-            raise errors.shutting_down()
+            raise errors.SHUTTING_DOWN()
         return _ask(self.supervisor, m.Register(session_id, tuple(providers), key_name, admin))
 
     def owned_names(self, session_id: str) -> frozenset[str]:
@@ -212,7 +211,7 @@ class ActorSystem:
         """Each LlmActor of the session writes its own row (only actors write rows)."""
         owned = sum(self._ask_all(self.owned_names(session_id), m.RecordHeartbeat(session_id)))
         if not owned:
-            raise errors.session_not_found(session_id)
+            raise errors.SESSION_NOT_FOUND(session_id=session_id)
         return owned
 
     def set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
@@ -220,9 +219,9 @@ class ActorSystem:
         try:
             applied = pykka.get_all(futures, timeout=ASK_TIMEOUT_S)
         except pykka.Timeout:
-            raise TetherError(503, "hub_busy", "the hub did not answer in time; retry") from None
+            raise errors.HUB_BUSY() from None
         if not all(applied):  # cannot happen while the supervisor serializes owners
-            raise errors.forbidden("provider session lost a name while reporting its status")
+            raise errors.FORBIDDEN(why="provider session lost a name while reporting its status")
 
     def _ask_all(self, names: Sequence[str] | frozenset[str], message: Any) -> list[Any]:
         futures = []
@@ -233,14 +232,14 @@ class ActorSystem:
         try:
             return pykka.get_all(futures, timeout=ASK_TIMEOUT_S)
         except pykka.Timeout:
-            raise TetherError(503, "hub_busy", "the hub did not answer in time; retry") from None
+            raise errors.HUB_BUSY() from None
 
     def open_stream(self, session_id: str, outbox: queue.Queue, last_event_id: int | None) -> int:
         entry = self._directory.session(session_id)
         if entry is None or not entry.names:
-            raise errors.session_not_found(session_id)
+            raise errors.SESSION_NOT_FOUND(session_id=session_id)
         if self._draining:  # its drain already ended the stream with `retry:`
-            raise errors.shutting_down()
+            raise errors.SHUTTING_DOWN()
         token = _ask(entry.ref, m.OpenStream(outbox, last_event_id))
         # The session told the supervisor before answering; once the supervisor answers this
         # too, the session's LlmActors have the news queued ahead of any later infer: a
@@ -259,7 +258,7 @@ class ActorSystem:
         slot = slot_of(task_id)
         entry = self._directory.session_by_slot(slot) if slot is not None else None
         if entry is None:
-            raise errors.task_not_found(task_id)
+            raise errors.TASK_NOT_FOUND(task_id=task_id)
         allowed = may_act(entry.session_id) if may_act is not None else True
         _ask(entry.ref, m.SubmitResult(task_id, claimed_session, result, allowed))
 
@@ -273,12 +272,12 @@ class ActorSystem:
         ref = self._directory.llm(name)
         reply: queue.Queue = MeteredReply(name, endpoint)
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
-            reply.put(m.Failed(errors.shutting_down()))
+            reply.put(m.Failed(errors.SHUTTING_DOWN()))
             return reply
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply, affinity)):
             if store.get(name) is not None:  # its actor is down (gave up restarting)
-                raise errors.publisher_offline(name)
-            raise errors.llm_not_found(name)
+                raise errors.PUBLISHER_OFFLINE(name=name)
+            raise errors.LLM_NOT_FOUND(name=name)
         return reply
 
     def inject_crash(self, kind: str, key: str) -> bool:

@@ -10,10 +10,10 @@ from typing import Any
 
 import falcon
 
+from tether import errors
 from tether.config import Settings
-from tether.errors import forbidden, session_not_found
 from tether.store import keys
-from tether.store.keys import Caller, unauthorized
+from tether.store.keys import Caller
 
 # With auth off (the default on a loopback address) every caller may do everything.
 ANONYMOUS = Caller("anonymous", "admin")
@@ -63,16 +63,17 @@ class Auth:
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized("send your key as 'Authorization: Bearer <key>'")
+            raise errors.UNAUTHORIZED(why="send your key as 'Authorization: Bearer <key>'")
         caller = self.keys.caller(token.strip())
         if caller is None:
-            raise unauthorized("unknown or revoked key")
+            raise errors.UNAUTHORIZED(why="unknown or revoked key")
         return caller
 
     def require_role(self, caller: Caller, role: str | None) -> None:
         if role is None or caller.role == "admin" or caller.role == role:
             return
-        raise forbidden(f"a {caller.role} key cannot use this route (it needs {role})")
+        raise errors.FORBIDDEN(
+            why=f"a {caller.role} key cannot use this route (it needs {role})")
 
     def claim(self, session_id: str, caller: Caller) -> None:
         """Register: the first key to present a session id owns it."""
@@ -81,7 +82,7 @@ class Auth:
         owner = self._owners.get(session_id) or keys.claim_session(session_id, caller.name)
         self._owners[session_id] = owner
         if owner != caller.name and caller.role != "admin":
-            raise forbidden(f"provider session {session_id!r} belongs to another key")
+            raise errors.FORBIDDEN(why=f"provider session {session_id!r} belongs to another key")
 
     def _owner(self, session_id: str) -> str | None:
         owner = self._owners.get(session_id)
@@ -103,9 +104,9 @@ class Auth:
             return
         owner = self._owner(session_id)
         if owner is None and caller.role != "admin":
-            raise session_not_found(session_id)
+            raise errors.SESSION_NOT_FOUND(session_id=session_id)
         if owner is not None and owner != caller.name and caller.role != "admin":
-            raise forbidden(f"provider session {session_id!r} belongs to another key")
+            raise errors.FORBIDDEN(why=f"provider session {session_id!r} belongs to another key")
 
 
 class AuthMiddleware:

@@ -8,11 +8,12 @@ from typing import Any
 
 import falcon
 
-from tether.errors import TetherError, invalid_request
+from tether import errors
+from tether.errors import TetherError
 
 
 def too_large(limit: int) -> TetherError:
-    return TetherError(413, "body_too_large", f"request body is larger than {limit} bytes")
+    return errors.BODY_TOO_LARGE(limit=limit)
 
 
 def _input(req: falcon.Request) -> Any:
@@ -38,8 +39,8 @@ def iter_ndjson(req: falcon.Request, limit: int) -> Iterator[Any]:
         try:
             yield json.loads(line)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise invalid_request(f"body: a line is not valid JSON ({exc})", param="body") \
-                from None
+            raise errors.INVALID_REQUEST(
+                why=f"body: a line is not valid JSON ({exc})", param="body") from None
 
 
 def read_json(req: falcon.Request, limit: int) -> Any:
@@ -50,8 +51,8 @@ def read_json(req: falcon.Request, limit: int) -> Any:
     if len(raw) > limit:
         raise too_large(limit)
     if not raw:
-        raise invalid_request("body: a JSON body is required", param="body")
+        raise errors.INVALID_REQUEST(why="body: a JSON body is required", param="body")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_request(f"body: not valid JSON ({exc})", param="body") from None
+        raise errors.INVALID_REQUEST(why=f"body: not valid JSON ({exc})", param="body") from None

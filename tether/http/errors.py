@@ -7,18 +7,10 @@ from typing import Any
 
 import falcon
 
+from tether import errors
 from tether.errors import TetherError
 
 log = logging.getLogger("tether.http")
-
-_FALCON_CODES = {
-    400: "invalid_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    411: "invalid_request",
-    413: "body_too_large",
-    415: "invalid_request",
-}
 
 
 def render(resp: falcon.Response, error: TetherError) -> None:
@@ -67,21 +59,24 @@ class AnswersAreNotFaults(logging.Filter):
 def _on_http_error(
     req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, _p: Any
 ) -> None:
+    # falcon refuses by itself only with these: no route, wrong method, and the 400s and
+    # 415 of its request parsing (bodies over the limit are tether/http/body.py's 413).
     status = ex.status_code
     if status == 404:
-        message = f"no route for {req.method} {req.path}"
+        error = errors.NOT_FOUND(method=req.method, path=req.path)
     elif status == 405:
-        message = f"{req.method} is not allowed on {req.path}"
+        error = errors.METHOD_NOT_ALLOWED(method=req.method, path=req.path)
     else:
-        message = ex.description or ex.title or "request refused"
-    render(resp, TetherError(status, _FALCON_CODES.get(status, "invalid_request"), message))
+        error = errors.INVALID_REQUEST.at(
+            status, why=ex.description or ex.title or "request refused")
+    render(resp, error)
     for name, value in (ex.headers or {}).items():
         resp.set_header(name, value)
 
 
 def _on_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, _p: Any) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
-    render(resp, TetherError(500, "internal_error", "the hub failed to handle this request"))
+    render(resp, errors.INTERNAL_ERROR())
 
 
 def install(app: falcon.App) -> None:

@@ -6,13 +6,14 @@ import math
 import time
 from collections.abc import Callable
 
+from tether import errors
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.store.keys import Caller
 
 
 def rate_limited(message: str, retry_after_s: float) -> TetherError:
-    error = TetherError(429, "rate_limited", message)
+    error = errors.RATE_LIMITED(why=message)
     error.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
     return error
 

@@ -85,7 +85,7 @@ class Relay:
             event = self._next(reply, self._deadline)
             if event is None:
                 self._cancel(state, "no_answer")
-                raise streams.no_answer()
+                raise streams.no_answer(self._deadline)
             if isinstance(event, m.Dispatched):
                 state.dispatched = event
             elif isinstance(event, m.Completed):
@@ -113,7 +113,7 @@ class Relay:
                 waited += self._keepalive
                 if waited >= self._deadline:
                     self._cancel(state, "no_answer")
-                    raise streams.no_answer()
+                    raise streams.no_answer(self._deadline)
                 first.append(sse.comment("waking" if state.waking else "keepalive"))
                 break
             if isinstance(event, m.Dispatched):

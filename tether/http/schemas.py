@@ -8,7 +8,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from tether.errors import invalid_request
+from tether import errors
 from tether.names import LLM_NAME_PATTERN, SESSION_ID_PATTERN
 
 LIVE_STATUS = {"type": "string", "enum": ["active", "hibernating"]}
@@ -223,7 +223,7 @@ def validate(schema: dict[str, Any], body: Any) -> dict[str, Any]:
     if error is None:
         return body
     field = _field(error)
-    raise invalid_request(f"{field}: {error.message}", param=field)
+    raise errors.INVALID_REQUEST(why=f"{field}: {error.message}", param=field)
 
 
 def validate_result(body: Any) -> dict[str, Any]:
@@ -231,6 +231,7 @@ def validate_result(body: Any) -> dict[str, Any]:
         for key, schema in RESULT_KINDS:
             if key in body:
                 return validate(schema, body)
-    raise invalid_request(
-        "body: a task result needs one of 'status', 'chunk', 'chunks' or 'error'", param="body"
+    raise errors.INVALID_REQUEST(
+        why="body: a task result needs one of 'status', 'chunk', 'chunks' or 'error'",
+        param="body",
     )

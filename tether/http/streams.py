@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tether import sse
+from tether import errors, sse
 from tether.actors import messages as m
 from tether.errors import TetherError
 
@@ -87,8 +87,8 @@ def error_envelope(status: int, body: Any) -> dict[str, Any]:
     message = f"the backend answered {status}"
     if isinstance(said, str) and said.strip():
         message += f": {said.strip()[:500]}"
-    return TetherError(status if 400 <= status <= 599 else 502, "publisher_error",
-                       message).envelope()
+    return errors.PUBLISHER_ERROR.at(status if 400 <= status <= 599 else 502,
+                                     why=message).envelope()
 
 
 def chunk_events(chunks: m.Chunks) -> str:
@@ -118,7 +118,7 @@ def client_stream(
             except queue.Empty:
                 idle += keepalive_s
                 if idle >= deadline_s:  # a safety net: actors' own timers fire long before
-                    yield error_event(no_answer()).encode()
+                    yield error_event(no_answer(deadline_s)).encode()
                     return
                 yield sse.comment("waking" if state.waking else "keepalive").encode()
                 continue
@@ -171,5 +171,5 @@ def render_event(event: Any, state: InferState, out: list[str]) -> bool:
     return False
 
 
-def no_answer() -> TetherError:
-    return TetherError(504, "infer_timeout", "no answer from the publisher in time")
+def no_answer(seconds: float) -> TetherError:
+    return errors.INFER_TIMEOUT(source="the publisher", seconds=seconds)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import peewee
 
-from tether.errors import TetherError
 from tether.store.db import connection
 from tether.store.models import ApiKey, SessionOwner, utcnow
 
@@ -85,6 +84,3 @@ def session_owner(session_id: str) -> str | None:
         row = SessionOwner.get_or_none(SessionOwner.session_id == session_id)
     return row.key_name if row is not None else None
 
-
-def unauthorized(why: str) -> TetherError:
-    return TetherError(401, "unauthorized", why)

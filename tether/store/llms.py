@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tether.errors import TetherError
+from tether import errors
 from tether.store.db import connection
 from tether.store.models import (
     ACTIVE,
@@ -90,9 +90,7 @@ def register(session_id: str, providers: Sequence[dict[str, Any]],
                     created_at=now,
                 )
             elif row.kind == KIND_PUBLIC:
-                raise TetherError(
-                    409, "public_llm_conflict", f"{row.name!r} is a public Llm of this hub"
-                )
+                raise errors.PUBLIC_LLM_CONFLICT(name=row.name)
             others = [x for x in members[row.name] if x.session_id != session_id]
             for other in others:
                 joins = pool and other.pool and _compatible(other, who)
@@ -100,11 +98,9 @@ def register(session_id: str, providers: Sequence[dict[str, Any]],
                     why = ("another publisher key's pool" if pool and other.pool
                            else "another publisher session" + ("" if pool else
                                                                 " (no pool: true on both)"))
-                    raise TetherError(
-                        409, "llm_owned_by_other_session",
-                        f"{row.name!r} is {other.status} under {why}",
-                        param=f"providers[{i}].name",
-                    )
+                    raise errors.LLM_OWNED_BY_OTHER_SESSION(
+                        name=row.name, state=other.status, owner=why,
+                        param=f"providers[{i}].name")
             # Inactive members never block: those that could not share the name go.
             doomed = [x.id for x in others if not (pool and x.pool and _compatible(x, who))]
             if doomed:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import falcon
 
+from tether import errors
 from tether.actors.system import ActorSystem
-from tether.errors import TetherError
 
 
 class Health:
@@ -16,6 +16,5 @@ class Health:
         # 503 while the actor tree is not whole (a root actor down or not answering), so a
         # load balancer or an operator sees what /healthz used to hide behind a 200.
         if not self.system.healthy(timeout=1.0):
-            raise TetherError(503, "unhealthy", "the hub's supervisor or sweeper is not "
-                              "answering; it is being restarted")
+            raise errors.UNHEALTHY()
         resp.media = {"status": "ok"}

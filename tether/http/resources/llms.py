@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import falcon
 
+from tether import errors
 from tether.actors.system import ActorSystem
-from tether.errors import llm_not_found
 from tether.http import schemas
 from tether.http.body import read_json
 from tether.http.limits import Limiter
@@ -32,7 +32,7 @@ class LlmItem:
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         row = store.get(name)
         if row is None:
-            raise llm_not_found(name)
+            raise errors.LLM_NOT_FOUND(name=name)
         resp.media = self.system.read([row])[0]
 
 

@@ -6,8 +6,8 @@ import calendar
 
 import falcon
 
+from tether import errors
 from tether.actors.system import ActorSystem
-from tether.errors import TetherError
 from tether.http import schemas
 from tether.http.body import read_json
 from tether.http.limits import Limiter
@@ -41,10 +41,6 @@ def _model(row: Llm) -> dict:
             "created": calendar.timegm(row.created_at.timetuple()), "owned_by": "tether"}
 
 
-def model_not_found(name: str) -> TetherError:
-    return TetherError(404, "llm_not_found", f"The model {name!r} does not exist")
-
-
 class Models:
     role = "client"
 
@@ -59,5 +55,5 @@ class Model:
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         row = store.get(name)
         if row is None or row.status == INACTIVE:
-            raise model_not_found(name)
+            raise errors.LLM_NOT_FOUND(name=name)
         resp.media = _model(row)

@@ -7,8 +7,8 @@ import uuid
 
 import falcon
 
+from tether import errors
 from tether.actors.system import ActorSystem
-from tether.errors import invalid_request
 from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
 from tether.http.body import iter_ndjson, read_json
@@ -36,8 +36,8 @@ class Register(_Resource):
         seen: set[str] = set()
         for i, spec in enumerate(body["providers"]):
             if spec["name"] in seen:
-                raise invalid_request(
-                    f"providers[{i}].name: {spec['name']!r} appears twice in one request",
+                raise errors.INVALID_REQUEST(
+                    why=f"providers[{i}].name: {spec['name']!r} appears twice in one request",
                     param=f"providers[{i}].name",
                 )
             seen.add(spec["name"])
@@ -58,8 +58,8 @@ class Stream(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         session_id = req.get_header(SESSION_HEADER) or req.get_param("providerSessionId")
         if not session_id:
-            raise invalid_request(
-                f"{SESSION_HEADER}: the provider session id is required", param=SESSION_HEADER
+            raise errors.INVALID_REQUEST(
+                why=f"{SESSION_HEADER}: the provider session id is required", param=SESSION_HEADER
             )
         self.auth.check_owner(session_id, req.context.caller)
         last_event_id = None
