@@ -11,6 +11,7 @@ import pytest
 from tests.support import postgres
 from tests.support.hub import Hub
 from tests.support.publisher import TestPublisher
+from tests.support.raw_server import Peer, RawServer
 
 # For tests that must hold on both stores: `@BOTH_DATABASES` on a test using `hub`, or
 # `@pytest.mark.parametrize("database", DATABASES)` and `hub_factory(database=database)`.
@@ -121,3 +122,19 @@ def publish_factory(tmp_path: Path, hub: Hub) -> Iterator[Callable[..., Any]]:
     yield make
     for publish in made:
         publish.stop()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Callable[[RawServer, Peer], None]], RawServer]]:
+    """Raw-socket servers, each running `handler(server, peer)` per connection; closed
+    after the test."""
+    servers: list[RawServer] = []
+
+    def make(handler: Callable[[RawServer, Peer], None]) -> RawServer:
+        server = RawServer(lambda peer: handler(server, peer))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()

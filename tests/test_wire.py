@@ -4,7 +4,7 @@ connections, timeouts, big bodies and malformed answers."""
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures as cf
 import socket
 import threading
 import time
@@ -12,98 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support.raw_server import Peer, RawServer
 from tether import wire
-
-
-class Peer:
-    """One accepted connection, as the server sees it."""
-
-    def __init__(self, sock: socket.socket, index: int) -> None:
-        self.sock = sock
-        self.index = index
-        self.buf = b""
-
-    def request(self) -> bytes | None:
-        """The next request's head and Content-Length body; None at EOF."""
-        while b"\r\n\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buf += data
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(self.buf) < length:
-            self.buf += self.sock.recv(65536)
-        self.buf = self.buf[length:]
-        return head
-
-    def send(self, *pieces: bytes, pause: float = 0.0) -> None:
-        for piece in pieces:
-            self.sock.sendall(piece)
-            if pause:
-                time.sleep(pause)
-
-
-class RawServer:
-    """Runs `handler(peer)` for each connection, on its own thread; counts what it saw."""
-
-    def __init__(self, handler: Callable[[Peer], None]) -> None:
-        self.handler = handler
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._socks.append(sock)
-            peer = Peer(sock, self.connections)
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(peer,), daemon=True).start()
-
-    def _serve(self, peer: Peer) -> None:
-        with contextlib.suppress(OSError):
-            self.handler(peer)
-
-    def next_request(self, peer: Peer) -> bytes | None:
-        head = peer.request()
-        if head is not None:
-            self.requests.append(head)
-        return head
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self._socks:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-
-@pytest.fixture
-def serve():
-    servers: list[RawServer] = []
-
-    def make(handler: Callable[[RawServer, Peer], None]) -> RawServer:
-        server = RawServer(lambda peer: handler(server, peer))
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.close()
-
 
 OK_HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
@@ -264,3 +174,36 @@ def test_close_drops_the_idle_connections(serve):
     pool.close()
     assert pool.request("GET", "/b").read() == b"hello"
     assert server.connections == 2
+
+
+def test_a_retired_pool_closes_each_connection_once_its_answer_ends(serve):
+    """The publisher swaps its pool when it moves to another hub: a request under way
+    finishes on its connection, and no connection to the old peer is kept afterwards."""
+    answer_slow = threading.Event()
+    ended: list[int] = []  # the connections the client closed, by index
+
+    def handler(server: RawServer, peer: Peer) -> None:
+        while (head := server.next_request(peer)) is not None:
+            if b"/slow" in head:
+                answer_slow.wait(10)
+            peer.send(OK_HELLO)
+        ended.append(peer.index)
+
+    server = serve(handler)
+    pool = wire.Pool(server.url)
+    with cf.ThreadPoolExecutor(1) as run:
+        slow = run.submit(lambda: pool.request("GET", "/slow").read())  # connection 0
+        wait_for(lambda: len(server.requests) == 1)
+        assert pool.request("GET", "/a").read() == b"hello"  # connection 1, now idle
+        pool.retire()
+        wait_for(lambda: ended == [1])  # the idle one at once
+        answer_slow.set()
+        assert slow.result(timeout=10) == b"hello"  # the one in use finishes its answer...
+    wait_for(lambda: sorted(ended) == [0, 1])  # ...then is closed, not kept
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)

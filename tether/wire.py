@@ -186,6 +186,7 @@ class Pool:
         self.maxsize = maxsize
         self.connect_timeout = connect_timeout
         self._idle: list[_Conn] = []
+        self._retired = False
 
     def _connect(self, timeout: float) -> _Conn:
         try:
@@ -204,8 +205,15 @@ class Pool:
         for conn in idle:
             conn.close()
 
+    def retire(self) -> None:
+        """Close the idle connections, and each connection still in use once its answer
+        ends: the pool is being replaced (the publisher moved to another hub), and a
+        connection that came back to it would stay open to the old peer, never used."""
+        self._retired = True
+        self.close()
+
     def release(self, conn: _Conn) -> None:
-        if len(self._idle) < self.maxsize:
+        if not self._retired and len(self._idle) < self.maxsize:
             conn.reused = True
             self._idle.append(conn)
         else:

@@ -27,7 +27,7 @@ def test_the_documented_shape_parses(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text(GOOD)
     config = load(path)
-    assert config.hub == "http://127.0.0.1:8080" and config.key_env == "TETHER_PUBLISHER_KEY"
+    assert config.hub == ("http://127.0.0.1:8080",) and config.key_env == "TETHER_PUBLISHER_KEY"
     backend = config.backends[0]
     assert backend.base_url == "http://127.0.0.1:11434/v1"  # trailing slash dropped
     assert backend.max_concurrency == 2 and backend.idle_sleep_s == 900
@@ -64,6 +64,11 @@ def base(**backend) -> dict:
         (base(wake={"wol": {"mac": "nope"}}), "wake.wol.mac"),
         (base(idle_sleep_s=5), "sleep"),
         (base(color="blue"), "color"),
+        ({**base(), "hub": []}, "pub.toml: hub: must list at least one hub URL"),
+        ({**base(), "hub": ["http://a:1", "a:2"]}, "hub[1]: must be an http(s) URL (not 'a:2')"),
+        ({**base(), "hub": ["http://a:1", 8080]}, "hub[1]: must be an http(s) URL (not 8080)"),
+        ({**base(), "hub": 8080}, "hub: must be an http(s) URL or a list of them"),
+        ({**base(), "hub": ["http://a:1", "http://a:1"]}, "hub: lists one URL twice"),
         ({**base(), "backends": [base()["backends"][0]] * 2}, "share one name"),
     ],
 )
@@ -122,3 +127,51 @@ def test_pool_is_off_unless_the_backend_table_or_the_flag_says_so():
     flags = ["--hub", "http://h:1", "--name", "a", "--model", "m", "--backend", "http://b/v1"]
     assert config_from_args(parser.parse_args(flags)).backends[0].pool is False
     assert config_from_args(parser.parse_args([*flags, "--pool"])).backends[0].pool is True
+
+
+def test_hub_is_one_url_or_a_list_tried_in_order(tmp_path):
+    assert parse(base(), "p.toml").hub == ("http://h:1",)
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD.replace('hub = "http://127.0.0.1:8080"',
+                                 'hub = ["http://a:8080/", "https://b:8443"]'))
+    assert load(path).hub == ("http://a:8080", "https://b:8443")  # in order, no trailing /
+
+
+def test_one_hub_keeps_the_session_file_name_it_had_before_hub_could_be_a_list():
+    """The default session file is named after the hub URL and the backend names; a
+    publisher upgraded with the same config must find its old file (its session id)."""
+    import hashlib
+
+    config = parse(base(), "p.toml")
+    digest = hashlib.sha256(b"http://h:1\na").hexdigest()[:16]
+    assert config.session_path.name == f"publisher-{digest}.session"
+    assert parse({**base(), "hub": ["http://h:1", "http://h:2"]}, "p.toml").session_path != (
+        config.session_path)
+
+
+def test_the_hub_flag_repeated_lists_several_hubs():
+    import argparse
+
+    from tether.publisher.main import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    rest = ["--name", "a", "--model", "m", "--backend", "http://b/v1"]
+    one = parser.parse_args(["--hub", "http://a:1", *rest])
+    assert config_from_args(one).hub == ("http://a:1",)
+    two = parser.parse_args(["--hub", "http://a:1", "--hub", "http://b:2", *rest])
+    assert config_from_args(two).hub == ("http://a:1", "http://b:2")
+    with pytest.raises(PublisherConfigError) as err:
+        config_from_args(parser.parse_args(["--hub", "http://a:1", "--hub", "b:2", *rest]))
+    assert "command line: hub[1]: must be an http(s) URL" in str(err.value)
+
+
+def test_each_bad_hub_in_the_list_is_reported_with_the_other_errors():
+    data = {**base(max_concurrency=0), "hub": ["http://a:1", "a:2", "ftp://c"]}
+    with pytest.raises(PublisherConfigError) as err:
+        parse(data, "pub.toml")
+    assert str(err.value).splitlines() == [
+        "pub.toml: backends[0].max_concurrency: must be a whole number, 1 to 4096 (not 0)",
+        "pub.toml: hub[1]: must be an http(s) URL (not 'a:2')",
+        "pub.toml: hub[2]: must be an http(s) URL (not 'ftp://c')",
+    ]

@@ -1,5 +1,6 @@
 """The publisher's session with the hub: register, hold the task stream, heartbeat, and come
-back after any loss (stream ended, hub down, 404 on heartbeat) with backoff and jitter."""
+back after any loss (stream ended, hub down, 404 on heartbeat) with backoff and jitter, at the
+next of the configured hub URLs (PROTOCOL.md, Several hub processes)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,18 @@ RESTART_WINDOW_S = 10.0
 
 
 class Registration(Exception):
-    """The hub refused to register us (e.g. a name owned by another publisher)."""
+    """The hub refused to register us (e.g. a name owned by another publisher), or to open
+    the stream; `status` is its HTTP answer, if there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def hub_failing(self) -> bool:
+        """A 5xx (503 `shutting_down` above all): that hub cannot serve us now; another may.
+        A 4xx (a bad key, every name held elsewhere) would be the same answer anywhere."""
+        return self.status is not None and self.status >= 500
 
 
 class SessionFileBusy(Exception):
@@ -212,14 +224,20 @@ class Publisher:
         self.start_backends()
         failures = 0
         while not self.stopping.is_set():
+            lost = False  # this hub is gone or failing: the next attempt goes to the next one
             try:
                 if self.actors:
                     if self.connect_once():
                         failures = 0
+                    lost = True  # the stream ended
                 else:
                     log.info("no backend is up yet; waiting")
-            except (Unreachable, Registration) as exc:
+            except Unreachable as exc:
                 log.warning("hub session lost: %s", exc)
+                lost = True
+            except Registration as exc:
+                log.warning("hub session lost: %s", exc)
+                lost = exc.hub_failing
             except Exception:  # keep serving: a bug in one session must not end the agent
                 log.exception("hub session failed")
             finally:
@@ -227,6 +245,8 @@ class Publisher:
                 self._stream = None
             if self.stopping.is_set():
                 break
+            if lost and len(self.hub.urls) > 1:
+                log.info("moving to the next hub: %s", self.hub.move_on())
             delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** failures)
             failures += 1
             self.stopping.wait(delay * random.uniform(0.5, 1.0))
@@ -330,7 +350,7 @@ class Publisher:
                 raise Registration("every name is published by another session")
         if status != 200:
             message = (body or {}).get("error", {}).get("message", body)
-            raise Registration(f"register answered {status}: {message}")
+            raise Registration(f"register answered {status}: {message}", status)
         taken = {row["name"] for row in body["llms"]}
         for name in sorted(self.held & taken):
             log.info("%s is registered again: the other session let it go", name)
@@ -360,7 +380,8 @@ class Publisher:
         if response.status != 200:
             data = response.data
             response.release_conn()
-            raise Registration(f"stream answered {response.status}: {data[:200]!r}")
+            raise Registration(f"stream answered {response.status}: {data[:200]!r}",
+                               response.status)
         self._stream = response
         greeted = False
         try:
@@ -371,7 +392,7 @@ class Publisher:
                     greeted = True
                     interval = float(item.json().get("heartbeatIntervalS", 30))
                     self._start_heartbeat(interval)
-                    log.info("connected to %s", self.config.hub)
+                    log.info("connected to %s", self.hub.url)
                 elif item.event == "task":
                     if item.id is not None:
                         self.last_event_id = item.id

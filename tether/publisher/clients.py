@@ -1,10 +1,17 @@
-"""The publisher's client for the hub's control plane."""
+"""The publisher's client for the hub's control plane.
+
+It holds the list of hub URLs (PROTOCOL.md, Several hub processes) and talks to one at a
+time. `move_on` points it at the next one; the agent and every backend actor share this one
+client, so a task running across the move posts its later results, chunks and errors to the
+new hub: in a cluster any process takes any result, and with one hub per URL the old one is
+gone anyway (a result the new one never handed out is answered 404, and the task ends).
+"""
 
 from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import urllib3
@@ -14,13 +21,29 @@ from tether.openai_client import Unreachable, decode, pool
 
 
 class HubClient:
-    def __init__(self, url: str, key: str | None) -> None:
-        self.url = url
+    def __init__(self, urls: str | Sequence[str], key: str | None) -> None:
+        self.urls: tuple[str, ...] = (urls,) if isinstance(urls, str) else tuple(urls)
+        if not self.urls:
+            raise ValueError("HubClient needs at least one hub URL")
+        self._at = 0
+        self.url = self.urls[0]
         self._http = pool(8)  # the long-lived task stream
-        self._posts = wire.Pool(url, maxsize=64)  # results and heartbeats: the hot path
+        self._posts = wire.Pool(self.url, maxsize=64)  # results and heartbeats: the hot path
         self._headers = {"Content-Type": "application/json"}
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
+
+    def move_on(self) -> str:
+        """Point every later call at the next hub URL (after the last, the first again);
+        returns it. Requests under way finish on the old hub's connections, which are then
+        closed instead of kept (the pool is swapped, never mutated under them)."""
+        if len(self.urls) > 1:
+            self._at = (self._at + 1) % len(self.urls)
+            self.url = self.urls[self._at]
+            old, self._posts = self._posts, wire.Pool(self.url, maxsize=64)
+            old.retire()
+            self._http.clear()
+        return self.url
 
     def post(self, path: str, body: Any, headers: dict[str, str] | None = None,
              timeout: float = 30) -> tuple[int, Any]:

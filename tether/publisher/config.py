@@ -44,6 +44,15 @@ class Recipe:
 _TEXT = {"type": "string", "minLength": 1, "x-message": "must be a non-empty string"}
 _URL = {"type": "string", "pattern": "^https?://", "x-message": "must be an http(s) URL"}
 _SECONDS = {"type": "number", "minimum": 0, "x-message": "must be a number >= 0"}
+# One hub URL, or several (the processes of one cluster, PROTOCOL.md "Several hub
+# processes"): each keyword below applies to one of the two forms only.
+_HUBS = {"type": ["string", "array"], "pattern": "^https?://", "items": _URL, "minItems": 1,
+         "uniqueItems": True,
+         "x-messages": {"type": "must be an http(s) URL or a list of them",
+                        "pattern": "must be an http(s) URL",
+                        "minItems": "must list at least one hub URL",
+                        "uniqueItems": "lists one URL twice"},
+         "x-required": "'hub' is required (a URL, or a list of URLs)"}
 
 RECIPE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -97,7 +106,8 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class PublisherConfig:
-    hub: str = setting(REQUIRED, _URL)
+    # Tried in this order at start; on a loss the publisher moves to the next (agent.py).
+    hub: tuple[str, ...] = setting(REQUIRED, _HUBS)
     backends: tuple[BackendConfig, ...] = setting(REQUIRED, {
         "type": "array", "minItems": 1, "items": object_schema(
             BackendConfig, required=("name", "model", "base_url"),
@@ -121,7 +131,8 @@ class PublisherConfig:
     def session_path(self) -> Path:
         if self.session_file is not None:
             return Path(os.path.expanduser(self.session_file))
-        published = "\n".join([self.hub, *sorted(b.name for b in self.backends)])
+        # One hub hashes as it did when `hub` could only be one URL: its file is kept.
+        published = "\n".join([*self.hub, *sorted(b.name for b in self.backends)])
         digest = hashlib.sha256(published.encode()).hexdigest()[:16]
         return Path(os.path.expanduser(SESSION_DIR)) / f"publisher-{digest}.session"
 
@@ -175,7 +186,8 @@ def parse(data: dict[str, Any], source: str) -> PublisherConfig:
     if errors:
         raise PublisherConfigError("\n".join(errors))
     return PublisherConfig(
-        hub=data["hub"].rstrip("/"),
+        hub=tuple(url.rstrip("/") for url in (
+            [data["hub"]] if isinstance(data["hub"], str) else data["hub"])),
         backends=tuple(_backend(b) for b in data["backends"]),
         key_env=data.get("key_env"),
         session_file=data.get("session_file"),

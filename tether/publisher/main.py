@@ -14,7 +14,9 @@ from tether.publisher.config import PublisherConfig, PublisherConfigError, load,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="publisher TOML (see conf/publisher.example.toml)")
-    parser.add_argument("--hub", help="hub URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--hub", action="append",
+                        help="hub URL, e.g. http://127.0.0.1:8080; repeat it for several hub "
+                             "processes (tried in order; a loss moves to the next)")
     parser.add_argument("--name", help="the Llm name on the hub")
     parser.add_argument("--model", help="the model name the backend expects")
     parser.add_argument("--backend", help="backend base URL, e.g. http://127.0.0.1:11434/v1")
