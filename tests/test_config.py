@@ -32,6 +32,7 @@ def test_auth_defaults_off_only_on_loopback():
         ("not toml = = 1", {}, "TOML"),
         ("", {"TETHER_GC_INTERVAL_S": "-1"}, "TETHER_GC_INTERVAL_S"),
         ("", {"TETHER_AUTH": "maybe"}, "auth"),
+        ("[hub]\npool_routing = 'random'\n", {}, "pool_routing"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, text, env, needle):
@@ -40,6 +41,15 @@ def test_bad_settings_name_the_key(tmp_path, text, env, needle):
     with pytest.raises(ConfigError) as err:
         load_settings(conf, env=env)
     assert needle in str(err.value)
+
+
+def test_pool_routing_defaults_to_affinity(tmp_path):
+    assert load_settings(env={}).pool_routing == "affinity"
+    conf = tmp_path / "t.toml"
+    conf.write_text('[hub]\npool_routing = "round_robin"\n')
+    assert load_settings(conf, env={}).pool_routing == "round_robin"
+    assert load_settings(env={"TETHER_POOL_ROUTING": "round_robin"}).pool_routing == \
+        "round_robin"
 
 
 def test_a_named_config_file_must_exist(tmp_path):

@@ -78,6 +78,10 @@ class Settings:
     stream_idle_timeout_s: float = setting(120.0, _SECONDS)
     max_queue_per_llm: int = setting(256, _INT)
     max_body_bytes: int = setting(4 * 1024 * 1024, _INT)
+    # How a pool picks a member (tether/actors/routing.py): "affinity" (a conversation's
+    # turns to the member holding its prefix, else the least loaded) or "round_robin".
+    pool_routing: str = setting("affinity", {
+        "enum": ["affinity", "round_robin"], "x-message": "must be affinity or round_robin"})
     # None means "decide from host": off on loopback, on elsewhere.
     auth: str | None = setting(None, {
         "enum": ["on", "off"], "x-aliases": {"true": "on", "1": "on", "false": "off", "0": "off"},

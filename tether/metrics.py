@@ -277,8 +277,9 @@ def swept(action: str, count: int = 1) -> None:
 
 POOL_ROUTED = Counter(
     "tether_pool_routed", "Requests handed to a member of an Llm, by decision: affinity (the "
-    "member that served the conversation's prefix), least_loaded, failover (moved off a "
-    "member whose stream was lost), retry (after a retryable error).", ["llm", "decision"],
+    "member that served the conversation's prefix), least_loaded, round_robin (with "
+    "pool_routing = round_robin), failover (moved off a member whose stream was lost), "
+    "retry (after a retryable error).", ["llm", "decision"],
     registry=REGISTRY)
 MEMBER_IN_FLIGHT = Gauge(
     "tether_member_in_flight", "Tasks under way per member of a pool (member: its "

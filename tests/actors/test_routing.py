@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from tether.actors.routing import (
+    ROUND_ROBIN,
     Affinity,
     MemberView,
     Router,
@@ -108,6 +111,35 @@ def test_prefix_memory_is_bounded_per_member_and_forgets_the_least_recent():
         .reason == "least_loaded"
     router.forget("A")
     assert router.remembered("A") == 0
+
+
+def test_round_robin_takes_members_in_turn_whatever_the_conversation():
+    router = Router(policy=ROUND_ROBIN)
+    members = [member("A"), member("B"), member("C")]
+    turn = affinity_of(chat("hello", "answer", "more"))
+    router.record("A", turn)  # nothing to remember without affinity
+    assert router.remembered("A") == 0
+    picks = [router.choose(members, turn) for _ in range(6)]
+    assert [c.key for c in picks] == ["A", "B", "C", "A", "B", "C"]
+    assert {c.reason for c in picks} == {"round_robin"}
+
+
+def test_round_robin_skips_members_that_cannot_take_work_and_keeps_its_turn():
+    router = Router(policy=ROUND_ROBIN)
+    nothing = Affinity((), ())
+    assert router.choose([member("A"), member("B")], nothing).key == "A"
+    # B is full: C is next; then the turn wraps to A (B still full).
+    members = [member("A"), member("B", 4), member("C")]
+    assert [router.choose(members, nothing).key for _ in range(3)] == ["C", "A", "C"]
+    assert router.choose(members, nothing, exclude=frozenset("A")).key == "C"
+    assert router.choose([member("A", 4), member("B", 4)], nothing) is None
+    # The last one chosen left: the turn starts again at the oldest member.
+    assert router.choose([member("A"), member("B")], nothing).key == "A"
+
+
+def test_an_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="policy"):
+        Router(policy="random")
 
 
 def test_wake_choice_takes_the_first_live_hibernating_member_not_yet_failed():

@@ -160,26 +160,30 @@ def test_queue_bound_timeout_from_arrival_and_offline_members(hub_factory, publi
         assert busy.result(timeout=10).status_code == 504
 
 
+def serve_one(hub, pubs, body: dict, headers: dict | None = None) -> str:
+    """Send one request, answer it from whichever member got it; that member's session id."""
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(hub.post, "/api/v1/llms/p/infer", body, headers=headers or {})
+        got = None
+        deadline = time.monotonic() + 5
+        while got is None and time.monotonic() < deadline:
+            for pub, stream in pubs:
+                found = tasks(stream, 0.05)
+                if found:
+                    got = (pub, found[0])
+                    break
+        assert got is not None, "no member got the request"
+        ok(got[0], got[1])
+        assert pending.result(timeout=10).status_code == 200
+    return got[0].session_id
+
+
 def test_affinity_by_prefix_and_by_header(hub, publisher_factory):
     pubs = [member(publisher_factory) for _ in range(3)]
     by_session = {pub.session_id: (pub, stream) for pub, stream in pubs}
 
     def serve(body: dict, headers: dict | None = None) -> str:
-        with cf.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(hub.post, "/api/v1/llms/p/infer", body,
-                                  headers=headers or {})
-            got = None
-            deadline = time.monotonic() + 5
-            while got is None and time.monotonic() < deadline:
-                for pub, stream in pubs:
-                    found = tasks(stream, 0.05)
-                    if found:
-                        got = (pub, found[0])
-                        break
-            assert got is not None, "no member got the request"
-            ok(got[0], got[1])
-            assert pending.result(timeout=10).status_code == 200
-        return got[0].session_id
+        return serve_one(hub, pubs, body, headers)
 
     # Ten conversations of three turns: every turn lands where its first one did.
     for conv in range(10):
@@ -198,6 +202,18 @@ def test_affinity_by_prefix_and_by_header(hub, publisher_factory):
     assert routed(text, "least_loaded") == 11
     for pub, _ in pubs:
         assert f'tether_member_in_flight{{llm="p",member="{pub.session_id}"}} 0.0' in text
+
+
+def test_round_robin_routing_takes_members_in_turn(hub_factory, publisher_factory):
+    """pool_routing = round_robin: no affinity, each request to the next member in join
+    order, even the turns of one conversation (the pools benchmark's baseline)."""
+    hub = hub_factory(pool_routing="round_robin")
+    pubs = [member(lambda: publisher_factory(url=hub.url)) for _ in range(3)]
+    turns = [f"{role}{i}" for i in range(1, 7) for role in ("u", "a")]
+    served = [serve_one(hub, pubs, chat(*turns[:n])) for n in range(1, 12, 2)]
+    assert served == [pub.session_id for pub, _ in pubs] * 2
+    text = hub.get("/metrics").text
+    assert (routed(text, "round_robin"), routed(text, "affinity")) == (6, 0)
 
 
 def test_awake_members_first_one_wake_per_burst_and_a_failed_wake_moves_on(

@@ -122,7 +122,7 @@ class LlmActor(TetherActor):
         now = time.monotonic()
         self._members: dict[str, _Member] = {i.session.session_id: _Member(i, now)
                                              for i in members or ()}
-        self._router = routing.Router()
+        self._router = routing.Router(policy=settings.pool_routing)
         self._queue: deque[_Request] = deque()
         self._tasks: dict[str, _Request] = {}
         self._wake: _Wake | None = None
@@ -191,7 +191,9 @@ class LlmActor(TetherActor):
             kept: deque[_Request] = deque()
             while self._queue:
                 req = self._queue.popleft()
-                affinity = req.affinity if len(views) > 1 else routing.NO_AFFINITY
+                # A lone member, or a policy without affinity, needs no prefix hashed.
+                routed = len(views) > 1 and self._router.uses_affinity
+                affinity = req.affinity if routed else routing.NO_AFFINITY
                 choice = self._router.choose(views, affinity, frozenset(req.tried))
                 if choice is None:
                     kept.append(req)
@@ -233,7 +235,7 @@ class LlmActor(TetherActor):
         member.in_flight[task_id] = None
         metrics.routed(self._state.name, decision)
         self._tasks[task_id] = req
-        if len(self._members) > 1:
+        if len(self._members) > 1 and self._router.uses_affinity:
             self._router.record(member.session_id, req.affinity)
         self._publish_load()
 

@@ -9,6 +9,11 @@ holds its longest prefix, unless that member is clearly busier than the least lo
 SGLang uses an absolute and a relative balance threshold on queue lengths; our loads are
 already relative (in-flight / capacity), so one threshold does: the affinity member is taken
 while its load is at most the least load + BALANCE_THRESHOLD (half a member's capacity).
+
+The hub setting `pool_routing = "round_robin"` turns affinity off: each request goes to the
+next member (in join order) after the last one chosen that can take it. That suits backends
+without a prefix cache, where spreading evenly is all that matters, and it is the baseline
+the pools benchmark measures affinity against.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 ACTIVE = "active"
+AFFINITY = "affinity"
+ROUND_ROBIN = "round_robin"
+POLICIES = (AFFINITY, ROUND_ROBIN)
 HIBERNATING = "hibernating"
 BALANCE_THRESHOLD = 0.5
 UNSET_CAPACITY = 64  # a member that did not say its maxConcurrency counts as 64 for load
@@ -54,7 +62,7 @@ class MemberView:
 @dataclass(frozen=True)
 class Choice:
     key: str
-    reason: str  # "affinity" or "least_loaded"
+    reason: str  # "affinity", "least_loaded" or "round_robin"
 
 
 def _digest(previous: bytes, item: Any) -> bytes:
@@ -98,19 +106,32 @@ def affinity_of(request: dict[str, Any], header: str | None = None) -> Affinity:
 
 
 class Router:
-    def __init__(self, rng: random.Random | None = None, lru_size: int = LRU_SIZE) -> None:
+    def __init__(self, rng: random.Random | None = None, lru_size: int = LRU_SIZE,
+                 policy: str = AFFINITY) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown pool routing policy {policy!r}")
         # The module's shared generator by default: a test that seeds it (hypothesis does,
         # per example) replays the same tie-breaks.
         self._rng: Any = rng if rng is not None else random
         self._lru_size = lru_size
         self._served: dict[str, OrderedDict[bytes, None]] = {}
+        self.policy = policy
+        self._last: str | None = None  # round robin: the member chosen last
+
+    @property
+    def uses_affinity(self) -> bool:
+        """Whether requests' prefixes matter (worth hashing, worth remembering)."""
+        return self.policy == AFFINITY
 
     def choose(self, members: Iterable[MemberView], affinity: Affinity,
                exclude: frozenset[str] = frozenset()) -> Choice | None:
         """The member to send a request to, or None when none can take it now."""
+        members = list(members)
         candidates = [m for m in members if m.takes_work and m.key not in exclude]
         if not candidates:
             return None
+        if self.policy == ROUND_ROBIN:
+            return self._next_in_turn(members, {m.key for m in candidates})
         least = min(m.load for m in candidates)
         for h in reversed(affinity.lookup):
             holders = [m for m in candidates if h in self._served.get(m.key, ())]
@@ -122,9 +143,18 @@ class Router:
         lightest = [m for m in candidates if m.load == least]
         return Choice(self._rng.choice(lightest).key, "least_loaded")
 
+    def _next_in_turn(self, members: list[MemberView], ready: set[str]) -> Choice:
+        """The first member that can take work after the last one chosen, in join order
+        (wrapping); when that one has left, the turn starts again at the oldest member."""
+        order = [m.key for m in members]
+        start = order.index(self._last) + 1 if self._last in order else 0
+        key = next(k for k in order[start:] + order[:start] if k in ready)
+        self._last = key
+        return Choice(key, ROUND_ROBIN)
+
     def record(self, key: str, affinity: Affinity) -> None:
         """`key` served this request: remember its prefixes (bounded, least recent out)."""
-        if not affinity.served:
+        if not affinity.served or not self.uses_affinity:
             return
         lru = self._served.setdefault(key, OrderedDict())
         for h in affinity.served:
