@@ -110,6 +110,41 @@ def targets() -> list[str]:
         ok = wake["wake_frames"] == 1 and wake["answered"] == wake["clients"]
         out.append(f"- wake storm: {wake['wake_frames']} wake, {wake['answered']}/"
                    f"{wake['clients']} answered: {verdict(ok)}")
+    return out + pool_targets()
+
+
+def pool_targets() -> list[str]:
+    """Issue 14: affinity against round-robin on a pool of KV-cache backends, and storms on
+    pools of hibernating members."""
+    out = []
+    pools, storm = load("pools"), load("pool_storm")
+    if pools:
+        aff, rr = pools["affinity"], pools["round_robin"]
+        out.append(f"- pools, affinity: prefix cache hit rate {aff['prefix_hit_rate']} "
+                   f"(round-robin {rr['prefix_hit_rate']}; ≥ 0.9): "
+                   f"{verdict(aff['prefix_hit_rate'] >= 0.9)}")
+        out.append(f"- pools, affinity p50 {aff['p50_ms']} ms against round-robin "
+                   f"{rr['p50_ms']} ms in the same run: {pools['p50_reduction']:.0%} lower "
+                   f"(≥ 30 %): {verdict(pools['p50_reduction'] >= 0.3)}; backend prefill "
+                   f"{aff['prefill_s']} s against {rr['prefill_s']} s")
+        out.append(f"- pools, affinity spread over members, max/mean "
+                   f"{aff['spread_max_over_mean']} (≤ 1.5): "
+                   f"{verdict(aff['spread_max_over_mean'] <= 1.5)}")
+        failed = aff["failures"] + rr["failures"]
+        out.append(f"- pools, every request answered in both arms ({failed} failed): "
+                   f"{verdict(failed == 0)}")
+    if storm:
+        cap = storm["max_concurrency"]
+        for n, run in storm["storms"].items():
+            ok = (run["answered"] == run["requests"] and run["max_wakes_in_flight"] == 1
+                  and sum(run["wake_frames"]) == run["expected_wakes"]
+                  and max(run["wake_frames"]) == 1 and max(run["max_in_flight"]) <= cap)
+            out.append(f"- pool storm of {n} on {storm['members']} hibernating members: "
+                       f"{sum(run['wake_frames'])} wakes (needed {run['expected_wakes']}), "
+                       f"at most {run['max_wakes_in_flight']} at a time, "
+                       f"{run['answered']}/{run['requests']} answered, at most "
+                       f"{max(run['max_in_flight'])} in flight per member (≤ {cap}): "
+                       f"{verdict(ok)}")
     return out
 
 

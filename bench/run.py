@@ -1,5 +1,5 @@
 """Tether benchmarks (not tests):
-`python -m bench.run [relay|stream|wake_storm|sessions|cpu|all]`.
+`python -m bench.run [relay|stream|wake_storm|sessions|cpu|pools|pool_storm|all]`.
 
 Every figure is measured in one run on this machine, beside its baseline: the demo backend
 called directly, and LiteLLM's proxy in front of the same backend when it is installed.
@@ -9,6 +9,7 @@ Results: a table on stdout and bench/results/<bench>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -22,9 +23,10 @@ from typing import Any
 
 import gevent
 import gevent.pool
+import urllib3
 from gevent import monkey
 
-from bench.stack import LiteLLM, Stack, cpu_seconds, raise_fd_limit, rss_kib
+from bench.stack import LiteLLM, PoolStack, Stack, cpu_seconds, raise_fd_limit, rss_kib
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -320,6 +322,269 @@ def bench_wake_storm(n: int = 1000) -> dict[str, Any]:
     return out
 
 
+# --- pools ------------------------------------------------------------------------------
+
+POOL_ARMS = ("affinity", "round_robin")
+
+
+def converse(hub: str, conversations: Any, turns: int, tag: str,
+             latencies: list[tuple[int, float]], failures: list[int]) -> None:
+    """Hold whole conversations, one after the other, over one keep-alive connection: turn
+    k sends every earlier message plus the answer to turn k-1 and a new question, so its
+    prefix is the whole of turn k-1 (a chat client's way)."""
+    conn = Conn(hub)
+    for c in conversations:
+        messages: list[dict[str, Any]] = []
+        for k in range(1, turns + 1):
+            messages.append({"role": "user",
+                             "content": f"{tag} conversation {c}: question {k}?"})
+            body = json.dumps({"model": PoolStack.NAME, "messages": messages,
+                               "max_tokens": 8}).encode()
+            started = time.perf_counter()
+            conn.send("POST", "/v1/chat/completions", body)
+            status, headers = conn.head()
+            answer = json.loads(conn.body(headers))
+            latencies.append((k, time.perf_counter() - started))
+            if status != 200:
+                failures.append(status)
+                break
+            messages.append(answer["choices"][0]["message"])
+    conn.close()
+
+
+def pool_slice(stack: PoolStack, tag: str, conversations: int, turns: int,
+               concurrency: int) -> dict[str, Any]:
+    """One batch of conversations through `stack`: client latencies and what each backend
+    counted meanwhile (its /stats before and after)."""
+    before = stack.backend_stats()
+    latencies: list[tuple[int, float]] = []  # (turn, seconds)
+    failures: list[int] = []
+    todo = iter(range(conversations))  # shared: each worker takes the next conversation
+    workers = [gevent.spawn(converse, stack.hub, todo, turns, tag, latencies, failures)
+               for _ in range(concurrency)]
+    gevent.joinall(workers, raise_error=True)
+    after = stack.backend_stats()
+    members = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
+    return {"latencies": latencies, "failures": failures, "members": members}
+
+
+def routed_counts(hub: str) -> dict[str, float]:
+    """The hub's tether_pool_routed_total by decision (/metrics; no key with auth off)."""
+    text = urllib3.request("GET", f"{hub}/metrics", retries=False).data.decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tether_pool_routed_total{"):
+            decision = line.split('decision="', 1)[1].split('"', 1)[0]
+            out[decision] = out.get(decision, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def bench_pools(conversations: int = 200, turns: int = 6, concurrency: int = 16,
+                members: int = 4, max_concurrency: int = 8, ms_per_message: float = 2.0,
+                prefill_slots: int = 1, slices: int = 4) -> dict[str, Any]:
+    """Affinity against plain round-robin on a pool of KV-cache backends (issue 14), in one
+    run: both stacks up at once, each arm's conversations in `slices` slices run A B B A
+    A B B A…, so a change in the shared machine's load falls on both arms alike."""
+    size = conversations // slices
+    order = [arm for i in range(slices) for arm in (POOL_ARMS[::-1] if i % 2 else POOL_ARMS)]
+    done: dict[str, list[dict[str, Any]]] = {arm: [] for arm in POOL_ARMS}
+    routed: dict[str, dict[str, float]] = {}
+    with contextlib.ExitStack() as stacks:
+        stack = {arm: stacks.enter_context(PoolStack(members, arm, max_concurrency,
+                                                     ms_per_message, prefill_slots))
+                 for arm in POOL_ARMS}
+        for arm in POOL_ARMS:  # warm up connections and imports (other prompts: no hits)
+            pool_slice(stack[arm], "warm-up", concurrency, 1, concurrency)
+        warm = {arm: routed_counts(stack[arm].hub) for arm in POOL_ARMS}
+        for n, arm in enumerate(order):
+            done[arm].append(pool_slice(stack[arm], f"slice {n}", size, turns, concurrency))
+        for arm in POOL_ARMS:
+            routed[arm] = {k: v - warm[arm].get(k, 0)
+                           for k, v in routed_counts(stack[arm].hub).items()}
+    out: dict[str, Any] = {"conversations": size * slices, "turns": turns,
+                           "concurrency": concurrency, "members": members,
+                           "max_concurrency": max_concurrency,
+                           "ms_per_uncached_message": ms_per_message,
+                           "prefill_slots": prefill_slots, "order": order}
+    for arm in POOL_ARMS:
+        by_turn = [x for r in done[arm] for x in r["latencies"]]
+        latencies = [x for _, x in by_turn]
+        per_member = [{k: sum(r["members"][i][k] for r in done[arm])
+                       for k in done[arm][0]["members"][i]} for i in range(members)]
+        requests = [m["requests"] for m in per_member]
+        cached = sum(m["cached"] for m in per_member)
+        messages = sum(m["messages"] for m in per_member)
+        out[arm] = {
+            "requests": len(latencies),
+            "failures": sum(len(r["failures"]) for r in done[arm]),
+            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            # Turn 1 has no prefix to reuse: the same prompt work in both arms; what differs
+            # is what it waits behind (the relay, other requests' prefill).
+            "turn_p50_ms": [round(percentile([x for k, x in by_turn if k == t], 0.50) * 1000, 2)
+                            for t in range(1, turns + 1)],
+            # Of the messages a backend could have cached (all but the newest of each
+            # prompt), the share it had; and of all prompt messages (the newest can
+            # never be cached, so this one is at most 1 - 1/(2k-1) per turn k).
+            "prefix_hit_rate": round(cached / (messages - sum(requests)), 3),
+            "prompt_hit_rate": round(cached / messages, 3),
+            "member_prefix_hit_rates": [
+                round(m["cached"] / max(m["messages"] - m["requests"], 1), 3)
+                for m in per_member],
+            "member_requests": requests,
+            "spread_max_over_mean": round(max(requests) / statistics.mean(requests), 3),
+            "prefill_s": round(sum(m["prefill_ms"] for m in per_member) / 1000, 2),
+            "routed": routed[arm],
+        }
+    aff, rr = out["affinity"], out["round_robin"]
+    out["p50_reduction"] = round(1 - aff["p50_ms"] / rr["p50_ms"], 3)
+    out["p99_reduction"] = round(1 - aff["p99_ms"] / rr["p99_ms"], 3)
+    table(f"pools: {members} members x KV-cache backend ({ms_per_message} ms per uncached "
+          f"message, {prefill_slots or 'unbounded'} prefill at a time), {size * slices} "
+          f"conversations x {turns} turns at concurrency {concurrency}, per routing (same "
+          f"run, in {slices} slices each, alternated)",
+          ["routing", "answered", "prefix hit rate", "prompt hit rate", "p50 ms", "p99 ms",
+           "p50 ms by turn", "requests per member", "max/mean", "prefill s",
+           "hub decisions"],
+          [[arm, f"{out[arm]['requests'] - out[arm]['failures']}/{out[arm]['requests']}",
+            out[arm]["prefix_hit_rate"], out[arm]["prompt_hit_rate"], out[arm]["p50_ms"],
+            out[arm]["p99_ms"], " ".join(str(n) for n in out[arm]["turn_p50_ms"]),
+            " ".join(str(n) for n in out[arm]["member_requests"]),
+            out[arm]["spread_max_over_mean"], out[arm]["prefill_s"],
+            ", ".join(f"{k} {int(v)}" for k, v in sorted(out[arm]["routed"].items()))]
+           for arm in POOL_ARMS])
+    save("pools", out)
+    return out
+
+
+def pool_storm(hub: str, name: str, n: int, members: int, cap: int, wake_s: float,
+               service_s: float) -> dict[str, Any]:
+    """`n` requests at once on pool `name` of `members` hibernating members, each a raw SSE
+    session (so every wake frame is counted and its timing held): a wake is answered after
+    `wake_s`, an infer after `service_s`. Counters move before a result is posted, so an
+    overlap the hub allowed is never hidden by the bench's own delay."""
+    sids = [f"{name}-m{i}" for i in range(members)]
+    wakes = dict.fromkeys(sids, 0)
+    infers = dict.fromkeys(sids, 0)
+    in_flight = dict.fromkeys(sids, 0)
+    most = dict.fromkeys(sids, 0)
+    waking = {"now": 0, "most": 0}
+    timeline: list[tuple[float, str, str]] = []  # (when, member, "wake" | "woke")
+    idle: list[Conn] = []
+    handlers = gevent.pool.Group()  # one greenlet per task, answering it
+    started = time.perf_counter()
+
+    def post_result(task_id: str, body: bytes) -> None:
+        conn = idle.pop() if idle else Conn(hub)
+        conn.send("POST", f"/api/v1/llms/_provider-task/{task_id}/result", body)
+        status, headers = conn.head()
+        conn.body(headers)
+        assert status == 200, status
+        idle.append(conn)
+
+    answer = json.dumps({"status": 200, "body": {"ok": True}}).encode()
+
+    def wake(sid: str, task_id: str) -> None:
+        gevent.sleep(wake_s)
+        waking["now"] -= 1
+        timeline.append((time.perf_counter() - started, sid, "woke"))
+        post_result(task_id, answer)
+
+    def infer(sid: str, task_id: str) -> None:
+        gevent.sleep(service_s)
+        in_flight[sid] -= 1
+        post_result(task_id, answer)
+
+    def run_member(sid: str, frames: Any) -> None:
+        for event, data in frames:
+            task = json.loads(data) if event == "task" else {}
+            if task.get("kind") == "wake":
+                wakes[sid] += 1
+                waking["now"] += 1
+                waking["most"] = max(waking["most"], waking["now"])
+                timeline.append((time.perf_counter() - started, sid, "wake"))
+                handlers.spawn(wake, sid, task["taskId"])
+            elif task.get("kind") == "infer":
+                infers[sid] += 1
+                in_flight[sid] += 1
+                most[sid] = max(most[sid], in_flight[sid])
+                handlers.spawn(infer, sid, task["taskId"])
+
+    streams, readers = [], []
+    for sid in sids:
+        status, reg = post_json(Conn(hub), "/api/v1/llms/_provider-register", {
+            "providerSessionId": sid, "providers": [
+                {"name": name, "type": "openai", "model": "m", "pool": True,
+                 "maxConcurrency": cap, "initialStatus": "hibernating"}]})
+        assert status == 200, reg
+        stream = Conn(hub)
+        stream.send("GET", "/api/v1/llms/_provider-stream", None,
+                    f"X-Provider-Session-Id: {sid}\r\n")
+        assert stream.head()[0] == 200
+        frames = sse_frames(stream)
+        assert next(frames)[0] == "hello"
+        streams.append(stream)
+        readers.append(gevent.spawn(run_member, sid, frames))
+    answered: list[float] = []
+    refused: list[int] = []
+
+    def client() -> None:
+        conn = Conn(hub)
+        status, _ = post_json(conn, f"/api/v1/llms/{name}/infer", CHAT)
+        if status == 200:
+            answered.append(time.perf_counter() - started)
+        else:
+            refused.append(status)
+        conn.close()
+
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(client) for _ in range(n)], timeout=120)
+    handlers.join(timeout=wake_s + 10)  # a wake sent late still gets its answer
+    gevent.killall(readers)
+    for conn in [*streams, *idle]:
+        conn.close()
+    return {"requests": n, "answered": len(answered), "refused": refused,
+            "wake_frames": [wakes[s] for s in sids], "max_wakes_in_flight": waking["most"],
+            "infers": [infers[s] for s in sids], "max_in_flight": [most[s] for s in sids],
+            "last_answer_s": round(max(answered, default=0.0), 3),
+            "timeline": [(round(t, 3), s, what) for t, s, what in timeline]}
+
+
+def bench_pool_storm(sizes: tuple[int, ...] = (8, 12, 1000), members: int = 3, cap: int = 8,
+                     wake_s: float = 0.5, service_s: float = 0.02) -> dict[str, Any]:
+    """Storms on pools of hibernating members (issue 14): one wake at a time, every request
+    answered, and members woken only while requests still wait when a wake ends. A wake
+    takes `wake_s` (0.5 s), far longer than an answer (`service_s`), so how many wakes each
+    size needs is known: 8 fit the first member's slots (1 wake); of 12, 4 wait when it
+    wakes, so a second is woken, while the first drains them before that second wake ends
+    (2 wakes); 1,000 still wait after two wakes (3)."""
+    expected = {n: 1 if n <= cap else 2 if n <= 2 * cap else members for n in sizes}
+    out: dict[str, Any] = {"members": members, "max_concurrency": cap, "wake_s": wake_s,
+                           "service_s": service_s, "storms": {}}
+    with Stack(publisher=False,
+               hub_env={"TETHER_MAX_QUEUE_PER_LLM": str(max(sizes) + 10)}) as stack:
+        for n in sizes:
+            run = pool_storm(stack.hub, f"storm{n}", n, members, cap, wake_s, service_s)
+            run["expected_wakes"] = expected[n]
+            out["storms"][n] = run
+    table(f"pool storms: {members} hibernating members, maxConcurrency {cap}, a wake takes "
+          f"{wake_s} s, an answer {service_s} s",
+          ["requests", "answered", "wake frames per member", "expected wakes",
+           "wakes in flight at most", "in flight per member at most", "served per member",
+           "last answer (s)"],
+          [[n, f"{r['answered']}/{n}", " ".join(map(str, r["wake_frames"])),
+            r["expected_wakes"], r["max_wakes_in_flight"],
+            " ".join(map(str, r["max_in_flight"])), " ".join(map(str, r["infers"])),
+            r["last_answer_s"]] for n, r in out["storms"].items()])
+    save("pool_storm", out)
+    return out
+
+
 # --- sessions ---------------------------------------------------------------------------
 
 def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
@@ -476,17 +741,25 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["relay", "stream", "wake_storm", "sessions", "cpu", "all"])
+                        choices=["relay", "stream", "wake_storm", "sessions", "cpu", "pools",
+                                 "pool_storm", "all"])
     parser.add_argument("--seconds", type=int, default=10, help="wrk time per relay cell")
     parser.add_argument("--sessions", default="1000,10000")
+    parser.add_argument("--ms-per-message", type=float, default=2.0,
+                        help="pools: the KV backend's prefill time per uncached message")
+    parser.add_argument("--prefill-slots", type=int, default=1,
+                        help="pools: prompts a KV backend prefills at once (0: no bound)")
     args = parser.parse_args()
     raise_fd_limit()
     if args.which == "all":
         # Each benchmark in a fresh interpreter: no state (or gevent child watcher) carried
         # from one to the next.
-        for which in ("relay", "stream", "wake_storm", "sessions", "cpu"):
+        for which in ("relay", "stream", "wake_storm", "sessions", "cpu", "pools",
+                      "pool_storm"):
             subprocess.run([sys.executable, "-m", "bench.run", which, "--seconds",
-                            str(args.seconds), "--sessions", args.sessions], check=True)
+                            str(args.seconds), "--sessions", args.sessions,
+                            "--ms-per-message", str(args.ms_per_message),
+                            "--prefill-slots", str(args.prefill_slots)], check=True)
         return
     if args.which == "relay":
         if shutil.which("wrk") is None:
@@ -503,6 +776,10 @@ def main() -> None:
         bench_sessions(tuple(int(n) for n in args.sessions.split(",")))
     if args.which == "cpu":
         bench_cpu()
+    if args.which == "pools":
+        bench_pools(ms_per_message=args.ms_per_message, prefill_slots=args.prefill_slots)
+    if args.which == "pool_storm":
+        bench_pool_storm()
 
 
 if __name__ == "__main__":

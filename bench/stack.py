@@ -1,4 +1,5 @@
-"""The processes a benchmark runs against: demo backend, hub, publisher (and LiteLLM)."""
+"""The processes a benchmark runs against: demo backend, hub, publisher (and LiteLLM); for
+pools, a hub and several KV-cache backends each with its publisher."""
 
 from __future__ import annotations
 
@@ -123,6 +124,82 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(self.hub_proc.pid)], capture_output=True,
                              text=True).stdout.split()
         return int(out[0])
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class PoolStack:
+    """A hub and `members` machines serving one pooled name (PROTOCOL.md, Pools): each
+    machine a KV-cache backend (bench/kv_backend.py) and a `tether publish --pool` in front
+    of it, every process its own. `routing` is the hub's `pool_routing` setting."""
+
+    NAME = "pool"
+
+    def __init__(self, members: int = 4, routing: str = "affinity", max_concurrency: int = 8,
+                 ms_per_message: float = 2.0, prefill_slots: int = 1) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"tether-bench-pool-{routing}-"))
+        self.members, self.routing = members, routing
+        self.max_concurrency, self.ms_per_message = max_concurrency, ms_per_message
+        self.prefill_slots = prefill_slots
+        self.hub_port = free_port()
+        self.hub = f"http://127.0.0.1:{self.hub_port}"
+        self.backends = [f"http://127.0.0.1:{free_port()}" for _ in range(members)]
+        self.procs: list[subprocess.Popen] = []
+
+    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> None:
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                               env={**os.environ, **(env or {})}))
+
+    def __enter__(self) -> PoolStack:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        for i, backend in enumerate(self.backends):
+            self._spawn([sys.executable, "-m", "bench.kv_backend", "--port",
+                         backend.rsplit(":", 1)[1], "--ms-per-message",
+                         str(self.ms_per_message), "--prefill-slots",
+                         str(self.prefill_slots)], f"backend{i}")
+        self._spawn([*TETHER, "serve", "--port", str(self.hub_port),
+                     "--database-url", f"sqlite:///{self.tmp / 'hub.db'}"], "hub",
+                    {"TETHER_LOG_LEVEL": "warning", "TETHER_POOL_ROUTING": self.routing})
+        for backend in self.backends:
+            wait_http(f"{backend}/v1/models")
+        wait_http(f"{self.hub}/healthz")
+        for i, backend in enumerate(self.backends):
+            self._spawn([*TETHER, "publish", "--hub", self.hub, "--name", self.NAME,
+                         "--model", "kv-model", "--backend", f"{backend}/v1", "--pool",
+                         "--max-concurrency", str(self.max_concurrency),
+                         "--session-file", str(self.tmp / f"session{i}")], f"publisher{i}",
+                        {"PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 60
+        while not self._servable():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pool's {self.members} members did not come up")
+            time.sleep(0.1)
+
+    def _servable(self) -> bool:
+        """Every member active, and every member's task stream open."""
+        llm = urllib3.request("GET", f"{self.hub}/api/v1/llms/{self.NAME}", retries=False)
+        if llm.status != 200:
+            return False
+        members = llm.json()["members"]
+        state = urllib3.request("GET", f"{self.hub}/status/state", retries=False).json()
+        return (len(members) == self.members and state["totals"]["streamsOpen"] == self.members
+                and all(m["status"] == "active" for m in members))
+
+    def backend_stats(self) -> list[dict[str, float]]:
+        """Each backend's own counters (GET /stats), in member order."""
+        return [urllib3.request("GET", f"{b}/stats", retries=False).json()
+                for b in self.backends]
 
     def __exit__(self, *exc: object) -> None:
         for proc in reversed(self.procs):
