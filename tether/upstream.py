@@ -9,9 +9,9 @@ import logging
 from typing import Any, Protocol
 
 from tether import errors
+from tether.backend_client import BackendClient, BackendError, Unreachable
 from tether.config import PublicLlm
 from tether.errors import TetherError
-from tether.openai_client import BackendClient, BackendError, Unreachable
 
 log = logging.getLogger("tether.upstream")
 

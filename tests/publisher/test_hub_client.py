@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from tests.support.raw_server import Peer, RawServer
-from tether.publisher.clients import HubClient
+from tether.publisher.hub_client import HubClient
 
 OK_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 

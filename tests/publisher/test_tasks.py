@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import requests
 
-from tether.openai_client import BackendClient
+from tether.backend_client import BackendClient
 from tether.publisher import tasks
-from tether.publisher.clients import HubClient
 from tether.publisher.config import BackendConfig
+from tether.publisher.hub_client import HubClient
 
 
 class BuggyBackend(BackendClient):

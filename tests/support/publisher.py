@@ -12,8 +12,7 @@ import requests
 import urllib3
 
 from tether import sse
-from tether.openai_client import body_chunks
-from tether.publisher.clients import socket_of
+from tether.publisher.hub_client import body_chunks, socket_of
 
 CLOSED = "<stream closed>"
 CLOSE = {"Connection": "close"}  # no idle keep-alive left to hold up the hub's SIGTERM

@@ -22,12 +22,12 @@ import pykka
 
 from tether import sse
 from tether.actor import Crash, tell
-from tether.openai_client import BackendClient, Unreachable, body_chunks
+from tether.backend_client import BackendClient, Unreachable
 from tether.publisher import messages as m
 from tether.publisher import tasks
 from tether.publisher.backend import BackendActor, Crashed
-from tether.publisher.clients import HubClient, socket_of
 from tether.publisher.config import BackendConfig, PublisherConfig
+from tether.publisher.hub_client import HubClient, body_chunks, socket_of
 
 log = logging.getLogger("tether.publisher")
 

@@ -20,11 +20,11 @@ import gevent
 import pykka
 
 from tether.actor import TetherActor, tell
-from tether.openai_client import BackendClient, Unreachable
+from tether.backend_client import BackendClient, Unreachable
 from tether.publisher import messages as m
 from tether.publisher import recipes, tasks
-from tether.publisher.clients import HubClient
 from tether.publisher.config import BackendConfig
+from tether.publisher.hub_client import HubClient
 from tether.runtime import Timer, call_later
 
 log = logging.getLogger("tether.publisher.backend")

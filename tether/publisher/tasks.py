@@ -16,9 +16,9 @@ from typing import Any
 import gevent
 import gevent.queue
 
-from tether.openai_client import BackendClient, BackendError, Unreachable
-from tether.publisher.clients import HubClient
+from tether.backend_client import BackendClient, BackendError, Unreachable
 from tether.publisher.config import BackendConfig
+from tether.publisher.hub_client import HubClient
 
 log = logging.getLogger("tether.publisher.tasks")
 

@@ -1,24 +1,18 @@
-"""An HTTP client for OpenAI-compatible servers: the publisher's local backends and the hub's
-public (config-declared) upstreams both speak through it.
+"""The client for OpenAI-compatible servers: the publisher's local backends and the hub's
+public (config-declared) upstreams both speak through `BackendClient`.
 
-Connections are kept alive (urllib3 pools) and set TCP_NODELAY: a small request written in
-two segments otherwise waits 40 ms on Nagle and delayed ACKs.
+It runs over tether.wire (keep-alive connections, TCP_NODELAY, one write per request):
+the relay's hot path. `Unreachable` and `decode` are shared with the publisher's client of
+the hub (tether/publisher/hub_client.py), so callers catch one error type for both.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
-import urllib3
-from urllib3.connection import HTTPConnection
-
 from tether import sse, wire
-
-SOCKET_OPTIONS = [*HTTPConnection.default_socket_options,
-                  (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 class Unreachable(Exception):
@@ -28,20 +22,6 @@ class Unreachable(Exception):
     def __init__(self, message: str, before_any_byte: bool = False) -> None:
         super().__init__(message)
         self.before_any_byte = before_any_byte
-
-
-def body_chunks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """The body as it arrives (read1: whatever is there, chunked or not), for SSE."""
-    while True:
-        data = response.read1(65536)
-        if not data:
-            return
-        yield data
-
-
-def pool(maxsize: int) -> urllib3.PoolManager:
-    return urllib3.PoolManager(maxsize=maxsize, block=False, retries=False,
-                               socket_options=SOCKET_OPTIONS)
 
 
 def decode(data: bytes) -> Any:

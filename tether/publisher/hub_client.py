@@ -1,4 +1,6 @@
-"""The publisher's client for the hub's control plane.
+"""The publisher's client of the hub's control plane: results and heartbeats over
+tether.wire (the hot path), the long-lived task stream over urllib3 (a streamed response
+whose socket the agent can shut down from another greenlet, see `socket_of`).
 
 It holds the list of hub URLs (PROTOCOL.md, Several hub processes) and talks to one at a
 time. `move_on` points it at the next one; the agent and every backend actor share this one
@@ -15,9 +17,22 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import urllib3
+from urllib3.connection import HTTPConnection
 
 from tether import wire
-from tether.openai_client import Unreachable, decode, pool
+from tether.backend_client import Unreachable, decode
+
+SOCKET_OPTIONS = [*HTTPConnection.default_socket_options,
+                  (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+def body_chunks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The body as it arrives (read1: whatever is there, chunked or not), for SSE."""
+    while True:
+        data = response.read1(65536)
+        if not data:
+            return
+        yield data
 
 
 class HubClient:
@@ -27,7 +42,8 @@ class HubClient:
             raise ValueError("HubClient needs at least one hub URL")
         self._at = 0
         self.url = self.urls[0]
-        self._http = pool(8)  # the long-lived task stream
+        self._http = urllib3.PoolManager(maxsize=8, block=False, retries=False,  # the stream
+                                         socket_options=SOCKET_OPTIONS)
         self._posts = wire.Pool(self.url, maxsize=64)  # results and heartbeats: the hot path
         self._headers = {"Content-Type": "application/json"}
         if key:
