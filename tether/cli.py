@@ -75,9 +75,11 @@ def scale_out_refusal(settings: Settings) -> str | None:
     return None
 
 
-def _open_store(args: argparse.Namespace) -> None:
-    settings = load_settings(args.config, overrides={"database_url": args.database_url})
+def _open_store(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config, overrides={
+        "database_url": args.database_url, "bus_url": getattr(args, "bus_url", None)})
     _prepare_database(settings.database_url)
+    return settings
 
 
 def _prepare_database(url: str) -> None:
@@ -103,7 +105,7 @@ def _llms(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    _open_store(args)
+    settings = _open_store(args)
     from tether.store import keys
 
     if args.action == "create":
@@ -122,8 +124,26 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"tether keys: no active key named {args.name!r}", file=sys.stderr)
         return 2
     else:
-        print(f"Revoked {args.name!r}; the hub refuses it within a second.")
+        print(f"Revoked {args.name!r}; {_tell_hubs(settings, args.name)}")
     return 0
+
+
+def _tell_hubs(settings: Settings, key_name: str) -> str:
+    """Announce a revocation on the bus (hubs on a bus trust a valid key longer, told of
+    revocations); what the operator can expect, as a sentence."""
+    if settings.bus_url is None:
+        return ("hubs without a bus refuse it within a second (hubs on a bus: revoke with "
+                "their bus_url, or they refuse it within 30 s).")
+    import redis
+
+    from tether.http import revocations
+
+    try:
+        heard = revocations.announce(settings.bus_url, key_name)
+    except redis.RedisError as exc:
+        return (f"the bus did not answer ({exc}): hubs refuse it within 30 s, as they re-read "
+                "it from the database.")
+    return f"told {heard} hub process(es) on the bus; every hub refuses it within a second."
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -164,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_actions.add_parser("list", help="list keys (never their secrets)")
     revoke = key_actions.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
+    revoke.add_argument("--bus-url", help="the hubs' bus (redis://…): they hear of it at once")
     for sub in (create, key_actions.choices["list"], revoke):
         sub.add_argument("--database-url")
         sub.add_argument("--config")

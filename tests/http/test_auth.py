@@ -56,3 +56,52 @@ def test_unknown_keys_are_cached_briefly_and_memory_stays_bounded(database_url):
     assert len(cache._entries) <= 100
     key = keys.create("late", "admin")  # created after a failed try: accepted soon after
     assert cache.caller(key) == keys.Caller("late", "admin")
+
+
+def test_with_revocations_pushed_a_valid_key_is_trusted_until_evicted(database_url):
+    """On a bus (tether.http.revocations) a revocation evicts at once, so a valid key needs
+    no re-read twice a second; unknown keys are still re-read."""
+    key = keys.create("app", "client")
+    reads: list[str] = []
+
+    def verify(token: str) -> keys.Caller | None:
+        reads.append(token)
+        return keys.verify(token)
+
+    clock = Clock()
+    cache = KeyCache(verify, revalidate_s=0.5, pushed_s=30.0, clock=clock)
+    cache.pushed = True
+    assert cache.caller(key) is not None
+    clock.now += 29
+    assert cache.caller(key) is not None and len(reads) == 1
+    assert cache.caller("tk_000000000000_nope") is None
+    clock.now += 0.6
+    assert cache.caller("tk_000000000000_nope") is None and len(reads) == 3  # re-read
+    assert keys.revoke("app")
+    cache.evict("someone-else")
+    assert cache.caller(key) is not None  # another key's revocation changes nothing
+    cache.evict("app")
+    assert cache.caller(key) is None  # read again at once: revoked
+    cache.pushed = False  # the feed is down: back to re-reading every half second
+    key2 = keys.create("app2", "client")
+    assert cache.caller(key2) is not None
+    clock.now += 0.6
+    assert keys.revoke("app2")
+    assert cache.caller(key2) is None
+
+
+def test_a_read_that_overlapped_a_revocation_is_not_kept(database_url):
+    key = keys.create("app", "client")
+    cache: KeyCache
+
+    def verify(token: str) -> keys.Caller | None:
+        found = keys.verify(token)  # read before the revocation...
+        keys.revoke("app")
+        cache.evict("app")  # ...which is announced while this read is under way
+        return found
+
+    cache = KeyCache(verify, pushed_s=30.0)
+    cache.pushed = True
+    assert cache.caller(key) is not None  # that request was read before the revocation
+    cache._verify = keys.verify
+    assert cache.caller(key) is None  # but the answer was not kept for the next one

@@ -12,7 +12,7 @@ from tether.actors.system import ActorSystem
 from tether.config import Settings, load_settings
 from tether.http import errors, schemas
 from tether.http.auth import Auth, AuthMiddleware
-from tether.http.limits import Limiter, StreamCounter
+from tether.http.limits import limiters
 from tether.http.openapi import OpenApi
 from tether.http.relay import Relay
 from tether.http.resources import faults, health, llms, metrics, openai, provider, status
@@ -27,7 +27,11 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     relay = Relay(system)
-    limiter = Limiter(settings)
+    limiter, streams_per_key = limiters(settings)
+    if settings.bus_url is not None and auth.enabled:
+        from tether.http import revocations
+
+        revocations.follow(settings.bus_url, auth.keys)
 
     app.add_route("/healthz", health.Health(system))
     app.add_route("/openapi.json", OpenApi())
@@ -40,7 +44,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     app.add_route("/api/v1/llms", llms.LlmCollection(system))
     app.add_route("/api/v1/llms/_provider-register", provider.Register(system, auth))
     app.add_route("/api/v1/llms/_provider-stream",
-                  provider.Stream(system, auth, StreamCounter(settings)))
+                  provider.Stream(system, auth, streams_per_key))
     app.add_route("/api/v1/llms/_provider-heartbeat", provider.Heartbeat(system, auth))
     app.add_route("/api/v1/llms/_provider-status", provider.Status(system, auth))
     app.add_route("/api/v1/llms/_provider-task/{task_id}/result",

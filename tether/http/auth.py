@@ -27,28 +27,51 @@ class KeyCache:
     revoked with `tether keys revoke` (another process, same database) is refused within
     one second, and each key costs at most two small reads a second, however busy.
     Entries are keyed by a hash of the key, not the key itself.
+
+    With a bus, revocations are pushed (tether.http.revocations calls `evict`): while that
+    feed is up (`pushed`), a valid key is trusted for `pushed_s` instead; unknown and
+    revoked keys are still re-read after `revalidate_s` (a key created since is found).
     """
 
     def __init__(self, verify: Callable[[str], Caller | None] = keys.verify,
                  revalidate_s: float = 0.5, max_entries: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, pushed_s: float = 30.0) -> None:
         self._verify = verify
         self._revalidate_s = revalidate_s
+        self._pushed_s = pushed_s
         self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[bytes, tuple[Caller | None, float]] = {}
+        self._evictions = 0  # a verify that overlapped an eviction does not store its answer
+        self.pushed = False
 
     def caller(self, key: str) -> Caller | None:
         digest = hashlib.sha256(key.encode()).digest()
         now = self._clock()
         hit = self._entries.get(digest)
-        if hit is not None and now - hit[1] < self._revalidate_s:
-            return hit[0]
+        if hit is not None:
+            trust = self._pushed_s if self.pushed and hit[0] is not None else self._revalidate_s
+            if now - hit[1] < trust:
+                return hit[0]
+        evictions = self._evictions
         caller = self._verify(key)
+        if evictions != self._evictions:
+            return caller  # read before a revocation arrived, maybe: not kept
         if len(self._entries) >= self._max_entries:
             self._entries.clear()  # a flood of made-up keys must not grow memory
         self._entries[digest] = (caller, now)
         return caller
+
+    def evict(self, name: str) -> None:
+        """Forget every key of the key named `name` (it was revoked)."""
+        self._evictions += 1
+        for digest, (caller, _) in list(self._entries.items()):
+            if caller is not None and caller.name == name:
+                del self._entries[digest]
+
+    def clear(self) -> None:
+        self._evictions += 1
+        self._entries.clear()
 
 
 class Auth:
