@@ -88,15 +88,15 @@ class BackendClient:
                 except wire.WireError as exc:
                     raise Unreachable(str(exc)) from None
                 raise BackendError(r.status, decode(body))
-            body = r.chunks()
+            chunks = r.chunks()
             try:
-                for item in sse.parse(sse.iter_lines(body)):
+                for item in sse.parse(sse.iter_lines(chunks)):
                     if isinstance(item, str):
                         continue
                     if item.data == "[DONE]":
                         break
                     yield item.data
-                for _ in body:  # the end of the response follows [DONE]: read it, keep the
+                for _ in chunks:  # the end of the response follows [DONE]: read it, keep the
                     pass        # connection for the next request
             except wire.WireError as exc:
                 raise Unreachable(f"the backend stream broke: {exc}") from None

@@ -161,7 +161,7 @@ class Board:
             sessions = dict(self._sessions)
             errors = list(self._errors)
             requests, failed, feeds = self._requests, self._failed, len(self._watchers)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for row in llms:
             wake = wakes.get(row.name, {})
             session = sessions.get(row.session_id or "")
@@ -179,8 +179,8 @@ class Board:
                 "lastWakeOutcome": wake.get("outcome"),
             })
         by_status: dict[str, int] = {}
-        for row in rows:
-            by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+        for wire in rows:
+            by_status[wire["status"]] = by_status.get(wire["status"], 0) + 1
         return {
             "at": time.time(),
             "llms": rows,

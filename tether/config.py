@@ -153,7 +153,9 @@ def _check(values: dict[str, Any], source: str) -> list[str]:
 
 
 def _duplicate_llms(values: dict[str, Any], source: str) -> list[str]:
-    names = [item.get("name") for item in values.get("llms", []) if isinstance(item, dict)]
+    # A missing or mistyped name is the schema's to report; only names can be compared.
+    names = [item["name"] for item in values.get("llms", [])
+             if isinstance(item, dict) and isinstance(item.get("name"), str)]
     twice = sorted({n for n in names if names.count(n) > 1})
     return [f"{source}: two [[llms]] are named {name!r}" for name in twice]
 

@@ -100,19 +100,18 @@ def path_of(error: ValidationError) -> str:
 def describe(error: ValidationError) -> tuple[str, str]:
     """(where, what) for one validation error: where is a dotted key path."""
     where = path_of(error)
+    # The failing keyword's own schema: always an object for the keywords read below.
+    schema = error.schema if isinstance(error.schema, dict) else {}
     if error.validator == "required":
         key = re.match(r"'(.*)' is a required property", error.message)
         name = key.group(1) if key else str(error.validator_value)
-        wanted = error.schema.get("properties", {}).get(name, {})
+        wanted = schema.get("properties", {}).get(name, {})
         return where, wanted.get("x-required", f"'{name}' is required")
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = set(error.schema.get("properties", {}))
+        known = set(schema.get("properties", {}))
         unknown = sorted(set(error.instance) - known)
         return where, f"unknown key {', '.join(repr(k) for k in unknown)}"
-    message = None
-    if isinstance(error.schema, dict):
-        message = error.schema.get("x-messages", {}).get(error.validator,
-                                                          error.schema.get("x-message"))
+    message = schema.get("x-messages", {}).get(error.validator, schema.get("x-message"))
     if message is None:
         return where, error.message
     if isinstance(error.instance, str | int | float | bool):

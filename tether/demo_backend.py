@@ -17,22 +17,35 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 WORDS = ("tether", "relays", "your", "local", "model", "through", "one", "endpoint")
+
+
+@dataclass
+class DemoStats:
+    """What GET /_demo/stats reports: what reached the backend and how it ended."""
+
+    requests: int = 0
+    streams: int = 0
+    aborted: int = 0  # streams the client left before their end
+    completed: int = 0
+    inflight: int = 0
+    max_inflight: int = 0
+    models: list[Any] = field(default_factory=list)  # the last ten requests' "model"
 
 
 class DemoBackend:
     def __init__(self, model: str = "demo-model", api_key: str | None = None) -> None:
         self.model = model
         self.api_key = api_key
-        self.stats = {"requests": 0, "streams": 0, "aborted": 0, "completed": 0,
-                      "inflight": 0, "max_inflight": 0, "models": []}
+        self.stats = DemoStats()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         if path == "/_demo/stats":
-            return _json(start_response, 200, self.stats)
+            return _json(start_response, 200, asdict(self.stats))
         if self.api_key and environ.get("HTTP_AUTHORIZATION") != f"Bearer {self.api_key}":
             return _json(start_response, 401, _error("invalid api key", "invalid_api_key"))
         if method == "GET" and path == "/v1/models":
@@ -42,24 +55,24 @@ class DemoBackend:
             "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"
         ):
             return _json(start_response, 404, _error(f"no route {method} {path}", "not_found"))
-        self.stats["requests"] += 1
+        self.stats.requests += 1
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = json.loads(environ["wsgi.input"].read(length) or b"{}")
         except ValueError:
             return _json(start_response, 400, _error("body is not JSON", "invalid_json"))
-        self.stats["models"] = [*self.stats["models"][-9:], body.get("model")]
+        self.stats.models = [*self.stats.models[-9:], body.get("model")]
         self._enter()
         if body.get("stream") and path != "/v1/embeddings" and "demo_status" not in body:
             return self._answer(start_response, path, body)  # the stream leaves by itself
         try:
             return self._answer(start_response, path, body)
         finally:
-            self.stats["inflight"] -= 1
+            self.stats.inflight -= 1
 
     def _enter(self) -> None:
-        self.stats["inflight"] += 1
-        self.stats["max_inflight"] = max(self.stats["max_inflight"], self.stats["inflight"])
+        self.stats.inflight += 1
+        self.stats.max_inflight = max(self.stats.max_inflight, self.stats.inflight)
 
     def _answer(self, start_response: Any, path: str, body: dict[str, Any]) -> Any:
         if "demo_status" in body:
@@ -71,11 +84,11 @@ class DemoBackend:
             return self._responses(start_response, body)
         chat = path == "/v1/chat/completions"
         if body.get("stream"):
-            self.stats["streams"] += 1
+            self.stats.streams += 1
             start_response("200 OK", [("Content-Type", "text/event-stream"),
                                       ("Cache-Control", "no-cache")])
             return self._stream(body, chat)
-        self.stats["completed"] += 1
+        self.stats.completed += 1
         return _json(start_response, 200, self._completion(body, chat))
 
     # --- answers -------------------------------------------------------------------------
@@ -126,11 +139,11 @@ class DemoBackend:
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             yield b"data: [DONE]\n\n"
             finished = True
-            self.stats["completed"] += 1
+            self.stats.completed += 1
         finally:
-            self.stats["inflight"] -= 1
+            self.stats.inflight -= 1
             if not finished:
-                self.stats["aborted"] += 1  # the client went away mid-stream
+                self.stats.aborted += 1  # the client went away mid-stream
 
     def _responses(self, start_response: Any, body: dict[str, Any]) -> Any:
         """POST /v1/responses (the Responses API), streamed as typed events or not."""
@@ -150,12 +163,12 @@ class DemoBackend:
                           "input_tokens_details": {"cached_tokens": 0},
                           "output_tokens_details": {"reasoning_tokens": 0}}}
         if not body.get("stream"):
-            self.stats["completed"] += 1
+            self.stats.completed += 1
             return _json(start_response, 200, done)
-        self.stats["streams"] += 1
+        self.stats.streams += 1
         start_response("200 OK", [("Content-Type", "text/event-stream"),
                                   ("Cache-Control", "no-cache")])
-        events = [{"type": "response.created",
+        events: list[dict[str, Any]] = [{"type": "response.created",
                    "response": {**done, "status": "in_progress", "output": [], "usage": None}}]
         events += [{"type": "response.output_text.delta", "item_id": "msg_demo",
                     "output_index": 0, "content_index": 0, "logprobs": [],
@@ -168,9 +181,9 @@ class DemoBackend:
             for n, event in enumerate(events):  # no [DONE]: the Responses API ends the body
                 data = json.dumps({**event, "sequence_number": n})
                 yield f"event: {event['type']}\ndata: {data}\n\n".encode()
-            self.stats["completed"] += 1
+            self.stats.completed += 1
         finally:
-            self.stats["inflight"] -= 1
+            self.stats.inflight -= 1
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body.get("input", "")

@@ -37,7 +37,9 @@ class Event:
 
 def parse(lines: Iterable[str]) -> Iterator[Event | str]:
     """Turn decoded lines (without line endings) into Events; comments come out as str."""
-    event, data, event_id = "message", [], None
+    data: list[str] = []
+    event: str = "message"
+    event_id: str | None = None
     for line in lines:
         if line == "":
             if data:

@@ -228,17 +228,23 @@ class Pool:
         """
         head = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self.host_header}"]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        streamed = body is not None and not isinstance(body, bytes)
-        if streamed:
-            head.append("Transfer-Encoding: chunked")
+        payload: bytes | None = None
+        pieces: Iterator[bytes] | None = None
+        if isinstance(body, bytes):
+            payload = body
         elif body is not None:
-            head.append(f"Content-Length: {len(body)}")
+            pieces = body
+        streamed = pieces is not None
+        if pieces is not None:
+            head.append("Transfer-Encoding: chunked")
+        elif payload is not None:
+            head.append(f"Content-Length: {len(payload)}")
         try:
             data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         except UnicodeEncodeError as exc:
             raise WireError(f"a header cannot be sent: {exc}") from None
-        if not streamed:
-            data += body or b""
+        if payload is not None:
+            data += payload
         while True:
             # A streamed body cannot be sent twice, so it never risks an idle connection the
             # peer may have closed: it opens its own (it is long-lived anyway).
@@ -248,8 +254,8 @@ class Pool:
             try:
                 conn.sock.settimeout(timeout)
                 conn.sock.sendall(data)
-                if streamed:
-                    for piece in body:  # type: ignore[union-attr]
+                if pieces is not None:
+                    for piece in pieces:
                         if piece:
                             conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
                     conn.sock.sendall(b"0\r\n\r\n")

@@ -257,7 +257,8 @@ class LlmActor(TetherActor):
                 req.infer.reply.put(m.Failed(error))
         self._queue = kept
         if kept and returning:  # a wake result that overtook the reconnect, say
-            delay = min(x.lost_at for x in returning) + grace - now  # type: ignore[operator]
+            lost = [x.lost_at for x in returning if x.lost_at is not None]  # all of them
+            delay = min(lost) + grace - now
             call_later(delay, tell, self.actor_ref, m.GraceEnded())
 
     def _on_grace_ended(self, _msg: m.GraceEnded) -> None:
@@ -315,7 +316,12 @@ class LlmActor(TetherActor):
         self._proxied.add(task_id)
         home, client, llm = self._home, self._upstream, self._public
         worker: list[Task] = []
-        msg.reply.put(m.Dispatched(task_id, lambda _why: worker and worker[0].cancel()))
+
+        def cancel(_why: str) -> None:
+            if worker:
+                worker[0].cancel()
+
+        msg.reply.put(m.Dispatched(task_id, cancel))
 
         def run() -> None:
             try:
@@ -565,7 +571,7 @@ class LlmActor(TetherActor):
         if member is not None:
             member.live = False  # the offer outran the StreamLost the supervisor forwards
             member.lost_at = member.lost_at or time.monotonic()
-        movable = ()
+        movable: tuple[str, ...] = ()
         if any(x is not member and x.status != INACTIVE and x.live
                for x in self._members.values()):
             movable = tuple(t for t in msg.task_ids if t in self._tasks)

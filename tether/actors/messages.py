@@ -347,7 +347,7 @@ class Dispatched:
     """The infer started as `task_id`; `cancel(reason)` stops it (client gone, no answer)."""
 
     task_id: str
-    cancel: Callable[[str], None] = field(compare=False)
+    cancel: Callable[[str], object] = field(compare=False)  # what it returns is ignored
 
 
 @dataclass(frozen=True)

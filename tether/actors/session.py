@@ -263,9 +263,9 @@ class SessionActor(TetherActor):
                                           tuple(t.task_id for t in released)))
         if self._settings.publisher_grace_s <= 0 and self._outbox is None:
             for task_id in offered - wanted:  # could not move: no grace to wait
-                task = self._tasks.get(task_id)
-                if task is not None:
-                    self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
+                left = self._tasks.get(task_id)
+                if left is not None:
+                    self._finish(left, m.Failed(errors.PUBLISHER_DISCONNECTED(name=left.llm_name)))
         if self._draining and not self._tasks:
             self._end_stream(retry_ms=1000)
 

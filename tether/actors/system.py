@@ -230,7 +230,7 @@ class ActorSystem:
             if ref is not None:
                 futures.append(ref.ask(message, block=False))
         try:
-            return pykka.get_all(futures, timeout=ASK_TIMEOUT_S)
+            return list(pykka.get_all(futures, timeout=ASK_TIMEOUT_S))
         except pykka.Timeout:
             raise errors.HUB_BUSY() from None
 

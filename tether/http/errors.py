@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import falcon
@@ -70,7 +71,8 @@ def _on_http_error(
         error = errors.INVALID_REQUEST.at(
             status, why=ex.description or ex.title or "request refused")
     render(resp, error)
-    for name, value in (ex.headers or {}).items():
+    headers = ex.headers or {}  # falcon allows a mapping or a list of pairs
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
         resp.set_header(name, value)
 
 

@@ -106,7 +106,7 @@ RESULT_KINDS = (
 )
 TASK_RESULT = {"oneOf": [schema for _, schema in RESULT_KINDS]}
 
-CHAT_REQUEST = {
+CHAT_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["messages"],
     "properties": {

@@ -279,7 +279,8 @@ class Publisher:
             running, posts = 0, []
             for ref in refs:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    count, pending = ref.ask(m.GetDrainState(), timeout=ASK_TIMEOUT_S)
+                    count, pending = ref.ask(m.GetDrainState(), block=True,
+                                             timeout=ASK_TIMEOUT_S)
                     running += count
                     posts += pending
             if not running or time.monotonic() >= deadline or self._hurry.is_set():
@@ -293,7 +294,7 @@ class Publisher:
             log.warning("stopping: abandoning %d running task(s)", running)
             for ref in refs:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    posts += ref.ask(m.Abandon(), timeout=ASK_TIMEOUT_S)
+                    posts += ref.ask(m.Abandon(), block=True, timeout=ASK_TIMEOUT_S)
         # The answers must reach the hub before the process ends (they retry a few seconds
         # while the hub is unreachable).
         gevent.joinall(posts + self._answers, timeout=RESULT_POST_WAIT_S)
@@ -318,7 +319,7 @@ class Publisher:
                 continue
             else:
                 try:
-                    status = ref.ask(m.GetStatus(), timeout=ASK_TIMEOUT_S)
+                    status = ref.ask(m.GetStatus(), block=True, timeout=ASK_TIMEOUT_S)
                 except pykka.ActorDeadError:  # crashed just now: its restart is under way
                     status = "hibernating"
             specs.append({"name": backend.name, "type": backend.type, "model": backend.model,
@@ -409,8 +410,8 @@ class Publisher:
     def dispatch(self, task: dict[str, Any]) -> None:
         kind = task.get("kind")
         if kind == "cancel":
-            for ref in list(self.actors.values()):
-                tell(ref, m.CancelTask(task["taskId"]))
+            for actor in list(self.actors.values()):
+                tell(actor, m.CancelTask(task["taskId"]))
             return
         name = task.get("llmName", "")
         ref = self.actors.get(name)

@@ -274,7 +274,8 @@ class BackendActor(TetherActor):
     def _on_idle_expired(self, msg: m.IdleExpired) -> None:
         if msg.generation != self.idle_generation or self.asleep or self._busy():
             return
-        assert self.backend.sleep is not None
+        recipe = self.backend.sleep
+        assert recipe is not None
         self.asleep = True  # from now on an infer waits for a wake
         me, backend, report = self.actor_ref, self.backend, self._report_hibernating
 
@@ -282,7 +283,7 @@ class BackendActor(TetherActor):
             # Always tell the outcome (see wake): `sleeping` must never stay set.
             error: str | None = "the sleep recipe was interrupted"
             try:
-                recipes.run(backend.sleep, timeout=backend.wake_timeout_s)
+                recipes.run(recipe, timeout=backend.wake_timeout_s)
             except recipes.RecipeFailed as exc:
                 error = str(exc)
             except Exception as exc:  # noqa: BLE001 - e.g. OSError from send_wol

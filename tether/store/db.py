@@ -58,8 +58,10 @@ def _per_greenlet(db: peewee.Database) -> None:
     """
     from gevent import monkey
 
-    if monkey.is_module_patched("threading") and isinstance(db._state, peewee._ConnectionLocal):
-        db._state = _greenlet_state()()
+    # `_state` is peewee's private connection state, absent from its type stubs.
+    state = db._state  # type: ignore[attr-defined]
+    if monkey.is_module_patched("threading") and isinstance(state, peewee._ConnectionLocal):
+        db._state = _greenlet_state()()  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -137,7 +139,7 @@ def init(url: str) -> peewee.Database:
 
 
 @contextmanager
-def connection() -> Iterator[peewee.Database]:
+def connection() -> Iterator[peewee.DatabaseProxy]:
     """Borrow a connection for a unit of work; nested uses share it."""
     with database.connection_context():
         yield database

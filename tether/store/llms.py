@@ -133,7 +133,9 @@ def register(session_id: str, providers: Sequence[dict[str, Any]],
                 LlmMember.insert({**mine, LlmMember.llm_name: row.name,
                                   LlmMember.session_id: session_id,
                                   LlmMember.created_at: now}).execute()
-            rows.append(_derive(row.name, now))
+            derived = _derive(row.name, now)
+            assert derived is not None  # it has the member just written
+            rows.append(derived)
     return rows
 
 

@@ -22,27 +22,29 @@ from tether.store.models import (
 )
 
 
-def _v2_keys_and_session_owners(db: peewee.Database) -> None:
+def _v2_keys_and_session_owners(db: peewee.DatabaseProxy) -> None:
     """Version 2: bearer keys and the owner key of each provider session."""
     db.create_tables([ApiKey, SessionOwner], safe=True)
 
 
-def _v3_pool_members(db: peewee.Database) -> None:
+def _v3_pool_members(db: peewee.DatabaseProxy) -> None:
     """Version 3: pool members. Each published row gets its one member, from its own
     fields, so a database from before pools serves exactly as it did."""
     db.create_tables([LlmMember], safe=True)
     owners = {o.session_id: o.key_name for o in SessionOwner.select()}
     for row in Llm.select().where(Llm.kind == KIND_VIRTUAL, Llm.provider_session_id.is_null(False)):
+        session_id = row.provider_session_id
+        assert session_id is not None  # the query's condition
         LlmMember.create(
-            llm_name=row.name, session_id=row.provider_session_id, model=row.model,
-            status=row.status, key_name=owners.get(row.provider_session_id),
+            llm_name=row.name, session_id=session_id, model=row.model,
+            status=row.status, key_name=owners.get(session_id),
             last_heartbeat_at=row.last_heartbeat_at, inactive_since=row.inactive_since,
             created_at=row.created_at,
         )
 
 
 # MIGRATIONS[i] takes the schema from version i + 1 to version i + 2.
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [
+MIGRATIONS: list[Callable[[peewee.DatabaseProxy], None]] = [
     _v2_keys_and_session_owners, _v3_pool_members]
 CURRENT_VERSION = 1 + len(MIGRATIONS)
 

@@ -98,6 +98,8 @@ class LlmMember(BaseModel):
     without `pool: true` has exactly one; the Llm row's status, providerSessionId, model,
     lastHeartbeatAt and inactiveSince are derived from its members on every write."""
 
+    # peewee's implicit primary key, spelled out so that type checkers see `id` too.
+    id = peewee.AutoField()
     llm_name = peewee.CharField(max_length=128)
     session_id = peewee.CharField(max_length=128, index=True)
     model = peewee.CharField(max_length=256)

@@ -13,13 +13,13 @@ send headers, and a key in a query string ends up in proxy logs and browser hist
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import falcon
 
 from tether import sse
-from tether.board import BOARD
+from tether.board import BOARD, Watcher
 from tether.http import disconnect, streams
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -68,7 +68,9 @@ class Events:
         resp.stream = _feed(watcher, gone, self.keepalive_s, stop_watch)
 
 
-def _feed(watcher, gone: list[bool], keepalive_s: float, stop_watch) -> Iterator[bytes]:
+def _feed(
+    watcher: Watcher, gone: list[bool], keepalive_s: float, stop_watch: Callable[[], None],
+) -> Iterator[bytes]:
     """A `state` event with the whole snapshot first and after every change; a quiet change
     (a heartbeat) goes out by the next keepalive instead of a comment."""
     sent = -1
