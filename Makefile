@@ -30,6 +30,7 @@ test: $(VENV)/.installed-test
 		(apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver \
 		>/dev/null) || echo "test: could not install chromium; the status page test skips"
 	$(BIN)/ruff check tether tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest -n 4
 
 $(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
@@ -48,6 +49,7 @@ bench: $(VENV)/.installed-bench
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check tether tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) *.egg-info
