@@ -10,12 +10,21 @@ import falcon
 from tether import logs
 from tether.actors.system import ActorSystem
 from tether.config import Settings, load_settings
-from tether.http import errors, schemas
+from tether.http import errors
 from tether.http.auth import Auth, AuthMiddleware
 from tether.http.limits import limiters
 from tether.http.openapi import OpenApi
 from tether.http.relay import Relay
-from tether.http.resources import faults, health, llms, metrics, openai, provider, status
+from tether.http.resources import (
+    faults,
+    health,
+    infer,
+    llms,
+    metrics,
+    openai,
+    provider,
+    status,
+)
 
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
@@ -33,36 +42,38 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
 
         revocations.follow(settings.bus_url, auth.keys)
 
-    app.add_route("/healthz", health.Health(system))
-    app.add_route("/openapi.json", OpenApi())
-    app.add_route("/metrics", metrics.Metrics())
-    app.add_route("/status", status.Page("status.html", "text/html; charset=utf-8"))
-    app.add_route("/status/status.js", status.Page("status.js", "text/javascript; charset=utf-8"))
-    app.add_route("/status/status.css", status.Page("status.css", "text/css; charset=utf-8"))
-    app.add_route("/status/state", status.State())
-    app.add_route("/status/events", status.Events(settings.keepalive_s))
-    app.add_route("/api/v1/llms", llms.LlmCollection(system))
-    app.add_route("/api/v1/llms/_provider-register", provider.Register(system, auth))
-    app.add_route("/api/v1/llms/_provider-stream",
-                  provider.Stream(system, auth, streams_per_key))
-    app.add_route("/api/v1/llms/_provider-heartbeat", provider.Heartbeat(system, auth))
-    app.add_route("/api/v1/llms/_provider-status", provider.Status(system, auth))
-    app.add_route("/api/v1/llms/_provider-task/{task_id}/result",
-                  provider.TaskResult(system, auth))
-    app.add_route("/api/v1/llms/{name}", llms.LlmItem(system))
-    app.add_route("/api/v1/llms/{name}/infer", llms.Infer(system, relay, limiter))
-
-    for path, schema, endpoint in (
-        ("/v1/chat/completions", schemas.V1_CHAT, "chat/completions"),
-        ("/v1/completions", schemas.V1_COMPLETION, "completions"),
-        ("/v1/embeddings", schemas.V1_EMBEDDING, "embeddings"),
-        ("/v1/responses", schemas.V1_RESPONSES, "responses"),
-    ):
-        app.add_route(path, openai.Relayed(system, relay, limiter, schema, endpoint))
-    app.add_route("/v1/models", openai.Models())
-    app.add_route("/v1/models/{name}", openai.Model())
+    docs = OpenApi()
+    routes: list[tuple[str, Any]] = [  # every path of the hub, once
+        ("/healthz", health.Health(system)),
+        ("/openapi.json", docs),
+        ("/metrics", metrics.Metrics()),
+        ("/status", status.Page("status.html", "text/html; charset=utf-8",
+                                "The status page (HTML)")),
+        ("/status/status.js", status.Page("status.js", "text/javascript; charset=utf-8",
+                                          "The status page's script")),
+        ("/status/status.css", status.Page("status.css", "text/css; charset=utf-8",
+                                           "The status page's style")),
+        ("/status/state", status.State()),
+        ("/status/events", status.Events(settings.keepalive_s)),
+        ("/api/v1/llms", llms.LlmCollection(system)),
+        ("/api/v1/llms/_provider-register", provider.Register(system, auth)),
+        ("/api/v1/llms/_provider-stream",
+         provider.Stream(system, auth, streams_per_key)),
+        ("/api/v1/llms/_provider-heartbeat", provider.Heartbeat(system, auth)),
+        ("/api/v1/llms/_provider-status", provider.Status(system, auth)),
+        ("/api/v1/llms/_provider-task/{task_id}/result", provider.TaskResult(system, auth)),
+        ("/api/v1/llms/{name}", llms.LlmItem(system)),
+        ("/api/v1/llms/{name}/infer", infer.Infer(system, relay, limiter, infer.NATIVE)),
+        *((f"/v1/{endpoint}", infer.Infer(system, relay, limiter, operation, endpoint))
+          for endpoint, operation in infer.V1.items()),
+        ("/v1/models", openai.Models()),
+        ("/v1/models/{name}", openai.Model()),
+    ]
     if settings.fault_injection:
-        app.add_route("/_faults/crash", faults.Crash(system))
+        routes.append(("/_faults/crash", faults.Crash(system)))
+    for path, resource in routes:
+        app.add_route(path, resource)
+    docs.describe(routes)
     return app
 
 

@@ -1,98 +1,67 @@
-"""GET /openapi.json: the OpenAPI 3.1 document, built from the very schema dicts the hub
-validates with (tether/http/schemas.py), so it cannot drift from what the hub accepts."""
+"""GET /openapi.json: the OpenAPI 3.1 document of the routes app.py mounts, built from what
+each resource declares (its `role`, and its `operations`: tether/http/operation.py). The
+request schemas are the very dicts the hub validates with (tether/http/schemas.py), so the
+document cannot drift from what the hub accepts.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import falcon
 
 from tether import __version__
-from tether.http import schemas as s
+from tether.http import schemas
+from tether.http.operation import JSON, SSE, Operation
 
-JSON = "application/json"
-SSE = "text/event-stream"
-ANY: dict[str, Any] = {}
-
-# (path, method, role, summary, request schema, 200 schema, 200 is relayed/streamed)
-ROUTES: list[tuple[str, str, str | None, str, dict | None, dict | None, bool]] = [
-    ("/healthz", "get", None, "Liveness", None, s.HEALTH, False),
-    ("/openapi.json", "get", None, "This document", None, {"type": "object"}, False),
-    ("/metrics", "get", "admin", "Prometheus metrics", None, None, False),
-    ("/api/v1/llms", "get", "client", "List Llms", None, s.LLM_LIST, False),
-    ("/api/v1/llms/{name}", "get", "client", "One Llm", None, s.LLM_ROW, False),
-    ("/api/v1/llms/{name}/infer", "post", "client", "Chat completion on an Llm",
-     s.CHAT_REQUEST, ANY, True),
-    ("/api/v1/llms/_provider-register", "post", "publisher", "Register providers",
-     s.REGISTER, s.REGISTERED, False),
-    ("/api/v1/llms/_provider-stream", "get", "publisher", "The task stream (SSE)",
-     None, None, True),
-    ("/api/v1/llms/_provider-heartbeat", "post", "publisher", "Heartbeat", s.HEARTBEAT,
-     s.HEARTBEAT_OK, False),
-    ("/api/v1/llms/_provider-status", "post", "publisher", "Report backend status",
-     s.STATUS, s.OK, False),
-    ("/api/v1/llms/_provider-task/{taskId}/result", "post", "publisher", "Post a task result",
-     s.TASK_RESULT, s.OK, False),
-    ("/v1/chat/completions", "post", "client", "OpenAI chat completions", s.V1_CHAT, ANY, True),
-    ("/v1/completions", "post", "client", "OpenAI completions", s.V1_COMPLETION, ANY, True),
-    ("/v1/embeddings", "post", "client", "OpenAI embeddings", s.V1_EMBEDDING, ANY, True),
-    ("/v1/responses", "post", "client", "OpenAI Responses API", s.V1_RESPONSES, ANY, True),
-    ("/v1/models", "get", "client", "OpenAI model list", None, s.MODEL_LIST, False),
-    ("/v1/models/{name}", "get", "client", "One model", None, s.MODEL_OBJECT, False),
-    ("/status", "get", None, "The status page (HTML)", None, None, False),
-    ("/status/state", "get", "client", "The hub's live state", None, {"type": "object"},
-     False),
-    ("/status/events", "get", "client", "The live state as SSE", None, None, True),
-]
-
-_PARAMS = {
-    "name": {"name": "name", "in": "path", "required": True, "schema": s.LLM_NAME},
-    "taskId": {"name": "taskId", "in": "path", "required": True,
-               "schema": {"type": "string", "maxLength": 200}},
+# A path's {fields}, as the document names them (camelCase, as everything on the wire).
+PATH_PARAMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "name": ("name", schemas.LLM_NAME),
+    "task_id": ("taskId", {"type": "string", "maxLength": 200}),
 }
-_STREAM_PARAMS = [
-    {"name": "X-Provider-Session-Id", "in": "header", "required": False,
-     "schema": s.SESSION_ID},
-    {"name": "providerSessionId", "in": "query", "required": False, "schema": s.SESSION_ID},
-    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
-]
+_FIELD = re.compile(r"{(\w+)}")
 
 
-def _operation(path: str, role: str | None, summary: str, request: dict | None,
-               ok: dict | None, relayed: bool) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "x-tether-role": role or "none"}
-    params = [_PARAMS[p] for p in _PARAMS if "{" + p + "}" in path]
-    if path.endswith("_provider-stream"):
-        params += _STREAM_PARAMS
+def _path(path: str) -> str:
+    return _FIELD.sub(lambda f: "{" + PATH_PARAMS[f.group(1)][0] + "}", path)
+
+
+def _operation(path: str, role: str | None, op: Operation) -> dict[str, Any]:
+    doc: dict[str, Any] = {"summary": op.summary, "x-tether-role": role or "none"}
+    params = [{"name": PATH_PARAMS[field][0], "in": "path", "required": True,
+               "schema": PATH_PARAMS[field][1]} for field in _FIELD.findall(path)]
+    params += op.params
     if params:
-        op["parameters"] = params
-    if request is not None:
-        op["requestBody"] = {"required": True, "content": {JSON: {"schema": request}}}
-    if path == "/status":
-        content = {"text/html": {"schema": {"type": "string"}}}
-    elif ok is None:  # the SSE stream, or Prometheus text
-        content = {SSE: {"schema": {"type": "string"}}} if relayed else {
-            "text/plain": {"schema": {"type": "string"}}}
+        doc["parameters"] = params
+    if op.request is not None:
+        doc["requestBody"] = {"required": True, "content": {JSON: {"schema": op.request}}}
+    if op.ok is None:
+        content = {op.media: {"schema": {"type": "string"}}}
     else:
-        content = {JSON: {"schema": ok}}
-        if relayed and request is not None and "stream" in request.get("properties", {}):
+        content = {JSON: {"schema": op.ok}}
+        if op.relayed and op.request is not None \
+                and "stream" in op.request.get("properties", {}):
             content[SSE] = {"schema": {"type": "string"}}
     # Relayed routes pass a publisher's or upstream's status and body on unchanged.
-    error = {JSON: {"schema": ANY if relayed else s.ERROR}}
-    op["responses"] = {
+    error = {JSON: {"schema": {} if op.relayed else schemas.ERROR}}
+    doc["responses"] = {
         "200": {"description": "OK", "content": content},
         "default": {"description": "An error (the OpenAI error envelope)", "content": error},
     }
     if role is not None:
-        op["security"] = [{"bearer": []}]
-    return op
+        doc["security"] = [{"bearer": []}]
+    return doc
 
 
-def document() -> dict[str, Any]:
+def document(routes: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The document of `routes`: (path, resource) as app.py mounts them."""
     paths: dict[str, dict[str, Any]] = {}
-    for path, method, role, summary, request, ok, relayed in ROUTES:
-        paths.setdefault(path, {})[method] = _operation(path, role, summary, request, ok,
-                                                        relayed)
+    for path, resource in routes:
+        for method, op in resource.operations.items():
+            paths.setdefault(_path(path), {})[method.lower()] = _operation(
+                path, resource.role, op)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tether hub", "version": __version__,
@@ -105,9 +74,13 @@ def document() -> dict[str, Any]:
 
 class OpenApi:
     role = None  # no key needed
+    operations = {"GET": Operation("This document", ok={"type": "object"})}
 
     def __init__(self) -> None:
-        self._doc = document()
+        self._doc: dict[str, Any] = {}
+
+    def describe(self, routes: Sequence[tuple[str, Any]]) -> None:
+        self._doc = document(routes)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self._doc

@@ -6,8 +6,7 @@ from __future__ import annotations
 import falcon
 
 from tether.actors.system import ActorSystem
-from tether.http import schemas
-from tether.http.body import read_json
+from tether.http.operation import Operation, json_body
 
 CRASH = {
     "type": "object",
@@ -19,10 +18,13 @@ CRASH = {
 
 class Crash:
     role = "admin"
+    limit = 4096
+    operations = {"POST": Operation("Crash an actor (fault injection)", request=CRASH,
+                                    ok={"type": "object", "required": ["crashed"]})}
 
     def __init__(self, system: ActorSystem) -> None:
         self.system = system
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = schemas.validate(CRASH, read_json(req, 4096))
+    @falcon.before(json_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
         resp.media = {"crashed": self.system.inject_crash(body["kind"], body["key"])}

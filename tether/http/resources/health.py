@@ -4,10 +4,13 @@ import falcon
 
 from tether import errors
 from tether.actors.system import ActorSystem
+from tether.http import schemas
+from tether.http.operation import Operation
 
 
 class Health:
     role = None  # no key needed
+    operations = {"GET": Operation("Liveness", ok=schemas.HEALTH)}
 
     def __init__(self, system: ActorSystem) -> None:
         self.system = system

@@ -1,4 +1,5 @@
-"""Client reads and the native infer route."""
+"""Client reads: GET /api/v1/llms and /api/v1/llms/{name} (infer is
+tether/http/resources/infer.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import falcon
 from tether import errors
 from tether.actors.system import ActorSystem
 from tether.http import schemas
-from tether.http.body import read_json
-from tether.http.limits import Limiter
-from tether.http.relay import Relay
+from tether.http.operation import Operation
 from tether.store import llms as store
 
 
 class LlmCollection:
     role = "client"
+    operations = {"GET": Operation("List Llms", ok=schemas.LLM_LIST)}
 
     def __init__(self, system: ActorSystem) -> None:
         self.system = system
@@ -25,6 +25,7 @@ class LlmCollection:
 
 class LlmItem:
     role = "client"
+    operations = {"GET": Operation("One Llm", ok=schemas.LLM_ROW)}
 
     def __init__(self, system: ActorSystem) -> None:
         self.system = system
@@ -34,17 +35,3 @@ class LlmItem:
         if row is None:
             raise errors.LLM_NOT_FOUND(name=name)
         resp.media = self.system.read([row])[0]
-
-
-class Infer:
-    role = "client"
-
-    def __init__(self, system: ActorSystem, relay: Relay, limiter: Limiter) -> None:
-        self.limit = system.settings.max_body_bytes
-        self.relay = relay
-        self.limiter = limiter
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        body = schemas.validate(schemas.CHAT_REQUEST, read_json(req, self.limit))
-        release = self.limiter.admit(req.context.caller)
-        self.relay.respond(req, resp, name, body, release=release)

@@ -6,10 +6,12 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tether import metrics
+from tether.http.operation import Operation
 
 
 class Metrics:
     role = "admin"
+    operations = {"GET": Operation("Prometheus metrics", media="text/plain")}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = CONTENT_TYPE_LATEST

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible front door: any OpenAI client points `base_url` at `{hub}/v1`."""
+"""The OpenAI model list: GET /v1/models and /v1/models/{name} (the /v1 infer routes are
+tether/http/resources/infer.py)."""
 
 from __future__ import annotations
 
@@ -7,33 +8,10 @@ import calendar
 import falcon
 
 from tether import errors
-from tether.actors.system import ActorSystem
 from tether.http import schemas
-from tether.http.body import read_json
-from tether.http.limits import Limiter
-from tether.http.relay import Relay
+from tether.http.operation import Operation
 from tether.store import llms as store
 from tether.store.models import INACTIVE, Llm
-
-
-class Relayed:
-    """POST /v1/{chat/completions,completions,embeddings,responses}: relayed with `endpoint`
-    set (the publisher calls that path of its backend)."""
-
-    role = "client"
-
-    def __init__(self, system: ActorSystem, relay: Relay, limiter: Limiter, schema: dict,
-                 endpoint: str) -> None:
-        self.limit = system.settings.max_body_bytes
-        self.relay = relay
-        self.limiter = limiter
-        self.schema = schema
-        self.endpoint = endpoint
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = schemas.validate(self.schema, read_json(req, self.limit))
-        release = self.limiter.admit(req.context.caller)
-        self.relay.respond(req, resp, body["model"], body, self.endpoint, release=release)
 
 
 def _model(row: Llm) -> dict:
@@ -43,6 +21,7 @@ def _model(row: Llm) -> dict:
 
 class Models:
     role = "client"
+    operations = {"GET": Operation("OpenAI model list", ok=schemas.MODEL_LIST)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         rows = [row for row in store.list_all() if row.status != INACTIVE]
@@ -51,6 +30,7 @@ class Models:
 
 class Model:
     role = "client"
+    operations = {"GET": Operation("One model", ok=schemas.MODEL_OBJECT)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         row = store.get(name)

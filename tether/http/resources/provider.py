@@ -13,9 +13,16 @@ from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
 from tether.http.body import iter_ndjson, read_json
 from tether.http.limits import StreamCounter
+from tether.http.operation import SSE, Operation, json_body
 
 SESSION_HEADER = "X-Provider-Session-Id"
 NDJSON = "application/x-ndjson"
+STREAM_PARAMS = (
+    {"name": SESSION_HEADER, "in": "header", "required": False, "schema": schemas.SESSION_ID},
+    {"name": "providerSessionId", "in": "query", "required": False,
+     "schema": schemas.SESSION_ID},
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+)
 
 
 class _Resource:
@@ -26,13 +33,13 @@ class _Resource:
         self.auth = auth
         self.limit = system.settings.max_body_bytes
 
-    def body(self, req: falcon.Request, schema: dict) -> dict:
-        return schemas.validate(schema, read_json(req, self.limit))
-
 
 class Register(_Resource):
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = self.body(req, schemas.REGISTER)
+    operations = {"POST": Operation("Register providers", request=schemas.REGISTER,
+                                    ok=schemas.REGISTERED)}
+
+    @falcon.before(json_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
         seen: set[str] = set()
         for i, spec in enumerate(body["providers"]):
             if spec["name"] in seen:
@@ -51,6 +58,8 @@ class Register(_Resource):
 
 
 class Stream(_Resource):
+    operations = {"GET": Operation("The task stream (SSE)", media=SSE, params=STREAM_PARAMS)}
+
     def __init__(self, system: ActorSystem, auth: Auth, streams_per_key: StreamCounter) -> None:
         super().__init__(system, auth)
         self.streams_per_key = streams_per_key
@@ -93,16 +102,22 @@ class Stream(_Resource):
 
 
 class Heartbeat(_Resource):
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = self.body(req, schemas.HEARTBEAT)
+    operations = {"POST": Operation("Heartbeat", request=schemas.HEARTBEAT,
+                                    ok=schemas.HEARTBEAT_OK)}
+
+    @falcon.before(json_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
         self.auth.check_owner(body["providerSessionId"], req.context.caller)
         count = self.system.heartbeat(body["providerSessionId"])
         resp.media = {"ok": True, "llms": count}
 
 
 class Status(_Resource):
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = self.body(req, schemas.STATUS)
+    operations = {"POST": Operation("Report backend status", request=schemas.STATUS,
+                                    ok=schemas.OK)}
+
+    @falcon.before(json_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
         self.auth.check_owner(body["providerSessionId"], req.context.caller)
         updates = [(item["name"], item["status"]) for item in body["llms"]]
         self.system.set_status(body["providerSessionId"], updates)
@@ -110,6 +125,10 @@ class Status(_Resource):
 
 
 class TaskResult(_Resource):
+    # One result as JSON, or a stream of them as NDJSON, each validated as it arrives.
+    operations = {"POST": Operation("Post a task result", request=schemas.TASK_RESULT,
+                                    ok=schemas.OK)}
+
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         caller = req.context.caller
         claimed = req.get_header(SESSION_HEADER)

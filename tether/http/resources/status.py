@@ -21,6 +21,7 @@ import falcon
 from tether import sse
 from tether.board import BOARD, Watcher
 from tether.http import disconnect, streams
+from tether.http.operation import SSE, Operation
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # Changes arrive in bursts (a wake touches an Llm several times within a millisecond): one
@@ -31,9 +32,10 @@ MIN_GAP_S = 0.2
 class Page:
     role = None  # the page holds no data; it asks for a key when the feed wants one
 
-    def __init__(self, name: str, content_type: str) -> None:
+    def __init__(self, name: str, content_type: str, summary: str) -> None:
         self.path = STATIC / name
         self.content_type = content_type
+        self.operations = {"GET": Operation(summary, media=content_type.split(";")[0])}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = self.content_type
@@ -43,6 +45,7 @@ class Page:
 
 class State:
     role = "client"
+    operations = {"GET": Operation("The hub's live state", ok={"type": "object"})}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = BOARD.snapshot()
@@ -50,6 +53,7 @@ class State:
 
 class Events:
     role = "client"
+    operations = {"GET": Operation("The live state as SSE", media=SSE)}
 
     def __init__(self, keepalive_s: float) -> None:
         self.keepalive_s = keepalive_s

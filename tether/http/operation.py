@@ -1,0 +1,39 @@
+"""What each route does, declared on its resource: `operations` maps a method to an
+`Operation` (summary, request schema, answers), next to `role` (who may call it, enforced by
+tether/http/auth.py). app.py is the one place that names paths; /openapi.json is built
+from the mounted resources (tether/http/openapi.py), and `json_body` validates a request
+with the very schema its Operation documents, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+
+from tether.http import schemas
+from tether.http.body import read_json
+
+JSON = "application/json"
+SSE = "text/event-stream"
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    request: dict[str, Any] | None = None  # the JSON body
+    ok: dict[str, Any] | None = None  # the 200 answer's JSON schema; None: `media`
+    media: str = JSON  # the 200 answer's media type when it is not JSON (SSE, text)
+    # The status and body (errors too) are the publisher's or upstream's, passed on as
+    # they are; the answer is SSE when the request asks to `stream`.
+    relayed: bool = False
+    params: tuple[dict[str, Any], ...] = ()  # header and query parameters
+
+
+def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,
+              params: dict[str, Any]) -> None:
+    """For `@falcon.before`: the request's JSON body, read within the resource's `limit`
+    and validated with its operation's `request` schema, is the responder's `body`."""
+    schema = resource.operations[req.method].request
+    params["body"] = schemas.validate(schema, read_json(req, resource.limit))
