@@ -12,7 +12,7 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def frame(event: str | None, data: str, event_id: int | None = None) -> str:
+def frame(event: str | None, data: str, event_id: int | str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     if event:
         head += f"event: {event}\n"

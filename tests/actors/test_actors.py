@@ -75,7 +75,7 @@ def test_grace_and_replay_complete_a_task_across_a_reconnect(system_factory):
     sent = first.frames()[0]
     system.close_stream("s1", token)
     second = Outbox()
-    system.open_stream("s1", second.queue, int(sent.id) - 1)
+    system.open_stream("s1", second.queue, str(int(sent.id) - 1))
     frames = second.frames()
     assert [f.event for f in frames] == ["hello", "task"]
     assert frames[1].id == sent.id and frames[1].data == sent.data
@@ -83,7 +83,7 @@ def test_grace_and_replay_complete_a_task_across_a_reconnect(system_factory):
     assert events(reply, m.Completed)[-1] == m.Completed(200, {"ok": 1})
     # An id this process never sent replays nothing.
     third = Outbox()
-    system.open_stream("s1", third.queue, 10_000)
+    system.open_stream("s1", third.queue, "10000")
     assert [f.event for f in third.frames()] == ["hello"]
 
 

@@ -221,7 +221,7 @@ class LlmActor(TetherActor):
 
     def _dispatch(self, req: _Request, member: _Member, decision: str) -> None:
         infer = req.infer
-        task_id = new_task_id(member.link.slot)
+        task_id = new_task_id(member.link.slot, member.link.home)
         left = self._settings.infer_timeout_s - (time.monotonic() - req.arrived)
         sent = tell(
             member.link.ref,
@@ -280,14 +280,14 @@ class LlmActor(TetherActor):
         """The client left before it saw its task start: drop it from the wait (it no
         longer counts toward max_queue_per_llm), or cancel the task if one went out."""
         for req in self._queue:
-            if req.infer.reply is msg.reply:
+            if req.infer.reply == msg.reply:  # a remote request's proxy: by request id
                 self._queue.remove(req)  # no task will ever go out for it
                 self._pump()
                 return
         # It was dispatched meanwhile (maybe moved since): cancel it where it is now.
         for task_id, req in self._tasks.items():
             member = self._members.get(req.member or "")
-            if req.infer.reply is msg.reply and member is not None:
+            if req.infer.reply == msg.reply and member is not None:
                 tell(member.link.ref, m.CancelTask(task_id, "client_gone"))
                 return
 
@@ -414,7 +414,7 @@ class LlmActor(TetherActor):
         if key is None:
             return
         member = self._members[key]
-        task_id = new_task_id(member.link.slot)
+        task_id = new_task_id(member.link.slot, member.link.home)
         timer = call_later(
             self._settings.wake_timeout_s, tell, self.actor_ref, m.WakeTimedOut(task_id)
         )
@@ -561,6 +561,11 @@ class LlmActor(TetherActor):
         if member.status == ACTIVE:
             self._write_status(member, INACTIVE)
             member.loss_predates_registration = msg.stream_opened_at < member.adopted_at
+        if msg.home_died:  # its tasks died with that process: their slots are free
+            for task_id in list(member.in_flight):
+                self._tasks.pop(task_id, None)
+            member.in_flight.clear()
+            self._publish_load()
         self._pump()
 
     def _on_tasks_offered(self, msg: m.TasksOffered) -> None:

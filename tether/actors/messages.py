@@ -36,6 +36,7 @@ class SessionLink:
     session_id: str
     slot: int
     ref: pykka.ActorRef = field(compare=False)
+    home: str | None = None  # with a bus: the process holding the session (in task ids)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,61 @@ class RetireExpired:
     cutoff: dt.datetime
 
 
+# --- supervisor, with a bus (tether.cluster) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnName:
+    """This process took the lease of `name`: start its LlmActor from the store (answered
+    with its ref, or None if the row is gone)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ReloadLlm:
+    """The members of `name` changed elsewhere (a registration, a take-over): if this
+    process owns it, re-read them."""
+
+    name: str
+    registered: str | None = None  # as in Adopt
+
+
+@dataclass(frozen=True)
+class ReloadSession:
+    """A session homed here registered on another process: re-read its names."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Evict:
+    """A stream for this session opened on another process, which is its home now: end
+    the stream here without marking its rows inactive."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class NamesLost:
+    """Leases this process no longer holds (taken over): stop their LlmActors."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EnsureOwners:
+    """Each tick: every name of a session whose stream is here has a live owner."""
+
+
+@dataclass(frozen=True)
+class HomeSession:
+    """A stream is opening here for a session that has no actor here: become its home
+    (load its names from the store; the old home, if any, gives it up)."""
+
+    session_id: str
+
+
 # --- LlmActor ----------------------------------------------------------------------------
 
 
@@ -158,6 +214,7 @@ class StreamLost:
 
     session_id: str
     stream_opened_at: float
+    home_died: bool = False  # its home process died: its tasks in flight are gone too
 
 
 @dataclass(frozen=True)
@@ -246,7 +303,7 @@ class QueueTimedOut:
 @dataclass(frozen=True)
 class OpenStream:
     outbox: queue.Queue = field(compare=False)
-    last_event_id: int | None = None
+    last_event_id: str | None = None  # as the publisher sent it: FrameIds.parse reads it
 
 
 @dataclass(frozen=True)
@@ -344,10 +401,13 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Dispatched:
-    """The infer started as `task_id`; `cancel(reason)` stops it (client gone, no answer)."""
+    """The infer started as `task_id`. A cancel (client gone, no answer) goes by the task id
+    to the session holding it (ActorSystem.cancel): plain data, so it crosses the bus. Only
+    a public Llm's upstream call, which never leaves its process, brings its own `cancel`."""
 
     task_id: str
-    cancel: Callable[[str], object] = field(compare=False)  # what it returns is ignored
+    # what it returns is ignored
+    cancel: Callable[[str], object] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ class SessionActor(TetherActor):
             m.Drain: self._on_drain,
             m.DrainExpired: self._on_drain_expired,
             m.LlmRestarted: self._on_llm_restarted,
+            m.Evict: self._on_evict,
         }
 
     # --- the stream ----------------------------------------------------------------------
@@ -112,7 +113,7 @@ class SessionActor(TetherActor):
             "heartbeatIntervalS": self._settings.heartbeat_interval_s,
         }
         msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
-        last = msg.last_event_id
+        last = self._frame_ids.parse(msg.last_event_id)
         open_tasks = sorted(self._tasks.values(), key=lambda t: t.frame_id)
         # (first - 1: "nothing of this process yet", as 0 is when counting from 1)
         if last is not None and self._frame_ids.first - 1 <= last <= self._seq:
@@ -172,7 +173,7 @@ class SessionActor(TetherActor):
         self._seq = next(self._frame_ids)
         task.frame_id = self._seq
         task.payload = payload
-        task.frame = sse.frame("task", sse.dumps(payload), self._seq)
+        task.frame = sse.frame("task", sse.dumps(payload), self._frame_ids.render(self._seq))
         self._tasks[task.task_id] = task
         if self._outbox is not None:
             self._outbox.put(task.frame)
@@ -223,8 +224,7 @@ class SessionActor(TetherActor):
         self._send(task, payload)
         self._arm(task, msg.timeout_s if msg.timeout_s is not None
                   else self._settings.infer_timeout_s)
-        me, task_id = self.actor_ref, msg.task_id
-        msg.reply.put(m.Dispatched(task_id, lambda why: tell(me, m.CancelTask(task_id, why))))
+        msg.reply.put(m.Dispatched(msg.task_id))
 
     def _on_send_wake(self, msg: m.SendWake) -> None:
         if self._closed():
@@ -355,12 +355,23 @@ class SessionActor(TetherActor):
         if self._outbox is not None:
             self._seq = next(self._frame_ids)
             payload = {"kind": "cancel", "taskId": msg.task_id}
-            self._outbox.put(sse.frame("task", sse.dumps(payload), self._seq))
+            self._outbox.put(sse.frame("task", sse.dumps(payload),
+                                       self._frame_ids.render(self._seq)))
         if task.kind == "wake":
             # The LlmActor asked for this cancel and already answered its waiters.
             self._tasks.pop(task.task_id, None)
             return
         self._finish(task, None)  # the client is gone or was already answered
+
+    def _on_evict(self, _msg: m.Evict) -> None:
+        """Its stream opened on another process (a take-over): its tasks here cannot be
+        resumed there; the stream ends without a stream loss (the rows stay as they are)."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self._fail_all(lambda name: errors.PUBLISHER_DISCONNECTED(name=name))
+        self._end_stream()
+        self.stop()
 
     def _on_llm_restarted(self, msg: m.LlmRestarted) -> None:
         mine = [t for t in self._tasks.values() if t.llm_name == msg.name and t.kind == "infer"]

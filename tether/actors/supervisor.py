@@ -64,6 +64,7 @@ class Supervisor(TetherActor):
         self._slots: Index[int, str] = Index()
         self._next_slot = 1
         self._restarts: dict[tuple[str, str], deque[float]] = {}
+        self._home: str | None = None  # with a bus: this process's id, put in task ids
 
     def handlers(self) -> dict[type, Callable[[Any], Any]]:
         return {
@@ -121,6 +122,13 @@ class Supervisor(TetherActor):
             if row.name not in self._llms or set(self._members.get(row.name, ())) != now:
                 self._adopt_row(row, members[row.name])
 
+    def _llm(self, name: str) -> Any:
+        """How to reach the LlmActor of `name` (with a bus, perhaps on another process)."""
+        return self._llms.get(name)
+
+    def _link(self, session_id: str, entry: SessionEntry) -> m.SessionLink:
+        return m.SessionLink(session_id, entry.slot, entry.ref, self._home)
+
     def on_stop(self) -> None:
         # Reverse order of start: Llms first (they answer their waiters), then sessions.
         for ref in list(self._llms.values()):
@@ -152,7 +160,7 @@ class Supervisor(TetherActor):
         infos = []
         for x in members:
             entry = self._session_entry(x.session_id)
-            infos.append(m.MemberInfo(m.SessionLink(x.session_id, entry.slot, entry.ref),
+            infos.append(m.MemberInfo(self._link(x.session_id, entry),
                                       x.status, x.max_concurrency, x.session_id in self._live))
         return tuple(infos)
 
@@ -167,7 +175,8 @@ class Supervisor(TetherActor):
             if session_id in self._sessions:
                 self._set_names(session_id, self._sessions[session_id].names - {row.name})
         for session_id in now:
-            self._set_names(session_id, self._sessions[session_id].names | {row.name})
+            if session_id in self._sessions:  # with a bus, a member may be homed elsewhere
+                self._set_names(session_id, self._sessions[session_id].names | {row.name})
         self._members[row.name] = now
         ref = self._llms.get(row.name)
         if ref is None:
@@ -209,13 +218,13 @@ class Supervisor(TetherActor):
         if entry is None:
             return
         for name in entry.names:
-            tell(self._llms.get(name), m.StreamLost(msg.session_id, msg.stream_opened_at))
+            tell(self._llm(name), m.StreamLost(msg.session_id, msg.stream_opened_at))
 
     def _on_stream_opened(self, msg: m.SessionStreamOpened) -> None:
         self._live.add(msg.session_id)
         entry = self._sessions.get(msg.session_id)
         for name in entry.names if entry is not None else ():
-            tell(self._llms.get(name), m.StreamOpened(msg.session_id))
+            tell(self._llm(name), m.StreamOpened(msg.session_id))
 
     def _on_report_status(self, msg: m.ReportStatus) -> list[pykka.Future]:
         """Check every name, then apply them all. Registrations are serialized here too, so
@@ -302,9 +311,9 @@ class Supervisor(TetherActor):
         old = self._sessions[session_id]
         ref = self._start_session(session_id)
         self._sessions[session_id] = SessionEntry(session_id, ref, old.slot, old.names)
-        link = m.SessionLink(session_id, old.slot, ref)
+        link = m.SessionLink(session_id, old.slot, ref, self._home)
         for name in old.names:
-            llm = self._llms.get(name)
+            llm = self._llm(name)
             tell(llm, m.Relink(link))
             # The new actor has no stream: the rows go inactive as on a stream loss, and
             # the publisher's reconnect takes them back (its register, or its new stream:
@@ -326,4 +335,4 @@ class Supervisor(TetherActor):
         entry = self._sessions.pop(key)
         self._slots.pop(entry.slot, None)
         for name in entry.names:
-            tell(self._llms.get(name), m.StreamLost(key, float("inf")))  # rows go inactive
+            tell(self._llm(name), m.StreamLost(key, float("inf")))  # rows go inactive

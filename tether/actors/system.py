@@ -24,12 +24,12 @@ from tether.actors.directory import Directory
 from tether.actors.reply import MeteredReply
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
-from tether.actors.task_ids import FrameIds, slot_of
+from tether.actors.task_ids import FrameIds, home_of, slot_of
 from tether.config import Settings
 from tether.store import db
 from tether.store import llms as store
 from tether.store.bootstrap import open_store
-from tether.store.models import KIND_PUBLIC, Llm
+from tether.store.models import INACTIVE, KIND_PUBLIC, Llm
 
 log = logging.getLogger("tether.system")
 
@@ -73,20 +73,40 @@ class ActorSystem:
         # Each LlmActor publishes its members' in-flight counts here (a snapshot it replaces
         # whole), so reads show live `inFlight` without a message hop.
         self._in_flight: dict[str, Mapping[str, int]] = {}
+        # With a bus_url: the router to the other hub processes (tether.cluster).
+        self._router: Any = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> ActorSystem:
-        open_store(self.settings.database_url, self.settings.llms)
+        live = None
+        if self.settings.bus_url:
+            self._start_router()
+            live = self._router.live_sessions
+        open_store(self.settings.database_url, self.settings.llms, live)
         self._supervisor = self._start_supervisor(None)
         _ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
         self._sweeper = self._start_sweeper()
         self._running = True
+        if self._router is not None:
+            self._router.start_ticks()
         return self
 
+    def _start_router(self) -> None:
+        """Join the cluster (PROTOCOL.md, Several hub processes)."""
+        from tether.cluster.router import Router  # only with a bus: redis stays optional
+
+        self._router = Router(self.settings.bus_url, self).start()
+        self._frame_ids.process = self._router.process
+
     def _start_supervisor(self, previous: Directory | None) -> pykka.ActorRef:
-        return Supervisor.start(self.settings, self._set_directory, self._frame_ids,
-                                self._parent, self._root_failed, previous, self._set_in_flight)
+        args = (self.settings, self._set_directory, self._frame_ids, self._parent,
+                self._root_failed, previous, self._set_in_flight)
+        if self._router is not None:
+            from tether.cluster.supervisor import ClusterSupervisor
+
+            return ClusterSupervisor.start(*args, router=self._router)
+        return Supervisor.start(*args)
 
     def _start_sweeper(self) -> pykka.ActorRef:
         return Sweeper.start(self.settings, self._parent, lambda: self._directory,
@@ -163,6 +183,8 @@ class ActorSystem:
         self._sweeper = self._supervisor = None
         # Children stop after the supervisor asked them to; make sure none outlives us.
         pykka.ActorRegistry.stop_all(timeout=5)
+        if self._router is not None:
+            self._router.stop()  # its names can be taken at once, not after a TTL
         db.close()
 
     def _set_directory(self, directory: Directory) -> None:
@@ -209,12 +231,25 @@ class ActorSystem:
 
     def heartbeat(self, session_id: str) -> int:
         """Each LlmActor of the session writes its own row (only actors write rows)."""
+        if self._elsewhere(session_id):
+            return self._router.call(self._home_of_session(session_id), "heartbeat",
+                                     session_id)
+        return self._local_heartbeat(session_id)
+
+    def _local_heartbeat(self, session_id: str) -> int:
         owned = sum(self._ask_all(self.owned_names(session_id), m.RecordHeartbeat(session_id)))
         if not owned:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
         return owned
 
     def set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
+        if self._elsewhere(session_id):
+            self._router.call(self._home_of_session(session_id), "set_status", session_id,
+                              tuple(updates))
+            return
+        self._local_set_status(session_id, updates)
+
+    def _local_set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
         futures = _ask(self.supervisor, m.ReportStatus(session_id, tuple(updates)))
         try:
             applied = pykka.get_all(futures, timeout=ASK_TIMEOUT_S)
@@ -227,6 +262,8 @@ class ActorSystem:
         futures = []
         for name in names:
             ref = self._directory.llm(name)
+            if ref is None and self._router is not None:  # owned elsewhere, or by nobody yet
+                ref = self._router.llm_ref(name, take=True)
             if ref is not None:
                 futures.append(ref.ask(message, block=False))
         try:
@@ -234,8 +271,13 @@ class ActorSystem:
         except pykka.Timeout:
             raise errors.HUB_BUSY() from None
 
-    def open_stream(self, session_id: str, outbox: queue.Queue, last_event_id: int | None) -> int:
+    def open_stream(self, session_id: str, outbox: queue.Queue, last_event_id: str | None) -> int:
         entry = self._directory.session(session_id)
+        if entry is None and self._router is not None and not self._draining:
+            # Homed elsewhere before (or nowhere since a process died): this process
+            # becomes its home, and the old home gives it up.
+            _ask(self.supervisor, m.HomeSession(session_id))
+            entry = self._directory.session(session_id)
         if entry is None or not entry.names:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
         if self._draining:  # its drain already ended the stream with `retry:`
@@ -255,10 +297,25 @@ class ActorSystem:
     def submit_result(self, task_id: str, claimed_session: str | None, result: dict,
                       may_act: Callable[[str], bool] | None = None) -> None:
         """`may_act(session_id)` says whether the caller's key owns the task's session."""
+        home = home_of(task_id)
+        if self._router is not None and home is not None and home != self._router.process:
+            # The task is held by another process: it checks the task, we check the key.
+            session_id = claimed_session or self._router.call(home, "session_of_task", task_id)
+            allowed = may_act(session_id) if may_act is not None else True
+            self._router.call(home, "submit_result", task_id, claimed_session, result, allowed)
+            return
+        self._local_submit(task_id, claimed_session, result, may_act)
+
+    def _entry_of_task(self, task_id: str) -> Any:
         slot = slot_of(task_id)
         entry = self._directory.session_by_slot(slot) if slot is not None else None
         if entry is None:
             raise errors.TASK_NOT_FOUND(task_id=task_id)
+        return entry
+
+    def _local_submit(self, task_id: str, claimed_session: str | None, result: dict,
+                      may_act: Callable[[str], bool] | None) -> None:
+        entry = self._entry_of_task(task_id)
         allowed = may_act(entry.session_id) if may_act is not None else True
         _ask(entry.ref, m.SubmitResult(task_id, claimed_session, result, allowed))
 
@@ -274,6 +331,8 @@ class ActorSystem:
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
             reply.put(m.Failed(errors.SHUTTING_DOWN()))
             return reply
+        if ref is None and self._router is not None:  # owned elsewhere, or by nobody yet
+            ref = self._router.llm_ref(name, take=True)
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply, affinity)):
             if store.get(name) is not None:  # its actor is down (gave up restarting)
                 raise errors.PUBLISHER_OFFLINE(name=name)
@@ -289,9 +348,72 @@ class ActorSystem:
         return tell(ref, Crash())
 
     def withdraw(self, name: str, reply: queue.Queue) -> None:
-        """The client of an infer that was not dispatched yet left: stop waiting for it."""
-        tell(self._directory.llm(name), m.Withdraw(reply))
+        """The client of an infer that was not dispatched yet left: stop waiting for it
+        (with a bus, at the owner, which finds it by its request id)."""
+        ref = self._directory.llm(name)
+        if ref is None and self._router is not None:
+            self._router.tell_llm(name, m.Withdraw(reply))
+            self._router.forget_request(reply)
+            return
+        tell(ref, m.Withdraw(reply))
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
-        dispatched.cancel(reason)
+        """Stop a dispatched task where it runs: the process named in its id, else here."""
+        if dispatched.cancel is not None:  # a public Llm's upstream call
+            dispatched.cancel(reason)
+            return
+        home = home_of(dispatched.task_id)
+        if self._router is not None and home is not None and home != self._router.process:
+            self._router.cast(home, "cancel", dispatched.task_id, reason)
+            return
+        self._local_cancel(dispatched.task_id, reason)
+
+    def _local_cancel(self, task_id: str, reason: str) -> None:
+        slot = slot_of(task_id)
+        entry = self._directory.session_by_slot(slot) if slot is not None else None
+        if entry is not None:
+            tell(entry.ref, m.CancelTask(task_id, reason))
+
+    # --- with a bus: what other processes ask of this one (tether.cluster.router) -------
+
+    def _elsewhere(self, session_id: str) -> bool:
+        return self._router is not None and self._directory.session(session_id) is None
+
+    def _home_of_session(self, session_id: str) -> str:
+        home = self._router.homes.live_home(session_id)
+        if home is None or home.process == self._router.process:
+            raise errors.SESSION_NOT_FOUND(session_id=session_id)
+        return home.process
+
+    def local_call(self, fn: str, args: Sequence[Any]) -> Any:
+        """Run a call another process routed here, never forwarding it again."""
+        if fn == "submit_result":
+            task_id, claimed, result, allowed = args
+            self._local_submit(task_id, claimed, result, lambda _session: bool(allowed))
+            return True
+        if fn == "session_of_task":
+            entry = self._entry_of_task(args[0])
+            return entry.session_id
+        if fn == "heartbeat":
+            if self._directory.session(args[0]) is None:
+                raise errors.SESSION_NOT_FOUND(session_id=args[0])
+            return self._local_heartbeat(args[0])
+        if fn == "set_status":
+            self._local_set_status(args[0], args[1])
+            return True
+        if fn == "cancel":
+            self._local_cancel(args[0], args[1])
+            return True
+        if fn == "home_died":
+            return self._home_died(args[0])
+        raise errors.INVALID_REQUEST(why=f"no bus call {fn!r}")
+
+    def _home_died(self, session_id: str) -> int:
+        """The session's home process died: its rows go inactive (this process noticed
+        first), and the owners of its names learn that its tasks are gone."""
+        names = store.names_of_session(session_id)
+        for name in names:
+            store.set_status(name, session_id, INACTIVE)
+            self._router.tell_llm(name, m.StreamLost(session_id, float("-inf"), home_died=True))
+        return len(names)
 

@@ -13,21 +13,45 @@ import uuid
 class FrameIds:
     """SSE frame ids: one counter for the life of a hub process, shared by its sessions
     (a restarted session actor goes on from it). `first` is the process's first id: a
-    Last-Event-ID below it was sent by another process."""
+    Last-Event-ID below it was sent by another process.
 
-    __slots__ = ("first", "_count")
+    With a bus (several hub processes) an id on the wire is `<process>.<n>`: `parse` turns
+    an id this process sent back into its number and any other (another process's, garbage)
+    into None, so it replays nothing (PROTOCOL.md, Several hub processes: Frame ids)."""
 
-    def __init__(self, first: int = 1) -> None:
+    __slots__ = ("first", "_count", "process")
+
+    def __init__(self, first: int = 1, process: str | None = None) -> None:
         self.first = first
+        self.process = process
         self._count = itertools.count(first)
 
     def __next__(self) -> int:
         return next(self._count)
 
+    def render(self, n: int) -> str:
+        return str(n) if self.process is None else f"{self.process}.{n}"
 
-def new_task_id(slot: int) -> str:
-    """Task ids carry the session's slot, so a result POST finds its session in one lookup."""
-    return f"{slot:x}-{uuid.uuid4().hex}"
+    def parse(self, text: str | None) -> int | None:
+        if not text:
+            return None
+        if self.process is not None:
+            process, dot, text = text.partition(".")
+            if not dot or process != self.process:
+                return None
+        try:
+            return int(text)
+        except ValueError:
+            return None
+
+
+def new_task_id(slot: int, home: str | None = None) -> str:
+    """Task ids carry the session's slot, so a result POST finds its session in one lookup;
+    with a bus also the id of the session's home process (`<slot>.<home>-<uuid>`), so a
+    result POST on any process goes straight to the process that holds the task."""
+    if home is None:
+        return f"{slot:x}-{uuid.uuid4().hex}"
+    return f"{slot:x}.{home}-{uuid.uuid4().hex}"
 
 
 def slot_of(task_id: str) -> int | None:
@@ -36,6 +60,15 @@ def slot_of(task_id: str) -> int | None:
     if not sep:
         return None
     try:
-        return int(head, 16)
+        return int(head.partition(".")[0], 16)
     except ValueError:
         return None
+
+
+def home_of(task_id: str) -> str | None:
+    """The home process named in a task id, or None (no bus, or not a session's task)."""
+    head, sep, _ = task_id.partition("-")
+    if not sep:
+        return None
+    _, dot, home = head.partition(".")
+    return home or None

@@ -4,7 +4,7 @@ a process that has no stream yet and with the config's public Llms."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tether.store import db, migrations
@@ -13,11 +13,17 @@ from tether.store import llms as store
 log = logging.getLogger("tether.system")
 
 
-def open_store(database_url: str, public_llms: Sequence[Any]) -> None:
-    """Connect to `database_url` and ready its rows; `db.close()` undoes it."""
+def open_store(database_url: str, public_llms: Sequence[Any],
+               live_sessions: Callable[[], set[str]] | None = None) -> None:
+    """Connect to `database_url` and ready its rows; `db.close()` undoes it.
+    `live_sessions()` (several hub processes) names the sessions whose stream is live on
+    another process: their rows stay as they are."""
     db.init(database_url)
     migrations.migrate()
-    store.deactivate_all_virtual()  # no stream can be live yet
+    if live_sessions is None:
+        store.deactivate_all_virtual()  # no stream can be live yet
+    else:
+        store.deactivate_virtual_except(live_sessions())
     created, removed = store.sync_public(public_llms)
     if created or removed:
         log.info("public Llms from config: %d declared, %d removed", created, removed)

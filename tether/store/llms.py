@@ -249,6 +249,29 @@ def deactivate_all_virtual() -> int:
         return len(names)
 
 
+def deactivate_virtual_except(live_sessions: set[str]) -> int:
+    """With several hub processes, at startup: every member whose session has no live home
+    process goes inactive (the first process of a cluster: all of them)."""
+    now = utcnow()
+    with connection() as db, db.atomic():
+        doomed = list(LlmMember.select(LlmMember.id, LlmMember.llm_name, LlmMember.session_id)
+                      .where(LlmMember.status != INACTIVE))
+        doomed = [x for x in doomed if x.session_id not in live_sessions]
+        if doomed:
+            LlmMember.update(status=INACTIVE, inactive_since=now).where(
+                LlmMember.id.in_([x.id for x in doomed])).execute()
+        names = {x.llm_name for x in doomed}
+        _derive_all(names, now)
+        return len(names)
+
+
+def names_of_session(session_id: str) -> list[str]:
+    """The names the session is a member of."""
+    with connection():
+        return sorted(x.llm_name for x in LlmMember.select(LlmMember.llm_name)
+                      .where(LlmMember.session_id == session_id))
+
+
 def sync_public(llms: Sequence[Any]) -> tuple[int, int]:
     """Make the public rows match the hub's config: create, update, and delete the ones
     no longer declared. A declared name takes over a virtual row of the same name."""

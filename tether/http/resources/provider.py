@@ -71,13 +71,8 @@ class Stream(_Resource):
                 why=f"{SESSION_HEADER}: the provider session id is required", param=SESSION_HEADER
             )
         self.auth.check_owner(session_id, req.context.caller)
-        last_event_id = None
-        raw_last = req.get_header("Last-Event-ID")
-        if raw_last:
-            try:
-                last_event_id = int(raw_last)
-            except ValueError:
-                last_event_id = None  # not an id this hub sent: nothing to replay
+        # Opaque to the resource: the session replays only after an id its process sent.
+        last_event_id = req.get_header("Last-Event-ID") or None
         outbox: queue.Queue = queue.Queue()
         release = self.streams_per_key.open(req.context.caller)
         try:

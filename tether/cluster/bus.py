@@ -1,0 +1,158 @@
+"""This process on the bus: one Redis client, one pub/sub connection read by one greenlet,
+a channel of its own and a liveness key.
+
+Names: every key and channel starts with a prefix derived from the bus URL *including its
+database number*, because Redis pub/sub ignores database numbers: two clusters on one Redis
+server (tests use a fresh db each) must not hear each other. A process is known by a random
+id drawn at start (`<prefix>:proc:<id>` is its channel, `<prefix>:alive:<id>` its liveness
+key, set with a TTL and renewed every second).
+
+Delivery is at-most-once (pub/sub): whoever waits on a message has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+
+from tether.runtime import spawn
+
+log = logging.getLogger("tether.bus")
+
+ALIVE_TTL_MS = 5000  # a process that stops renewing is dead after this
+TICK_S = 1.0  # liveness key, leases and the monitor run this often
+
+
+def prefix_of(url: str) -> str:
+    """`tether:<db>`: keys live in the URL's database already; channels need the number."""
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0] or "0"
+    return f"tether:{int(db)}"
+
+
+class Bus:
+    def __init__(self, url: str, on_message: Callable[[dict[str, Any]], None]) -> None:
+        self.url = url
+        self.prefix = prefix_of(url)
+        self.process = secrets.token_hex(4)
+        self.channel = self.channel_of(self.process)
+        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
+                                          socket_connect_timeout=3, health_check_interval=10)
+        self._on_message = on_message
+        self._pubsub: Any = None
+        self._running = False
+        self._ticks: list[Callable[[], None]] = []
+
+    # --- names ---------------------------------------------------------------------------
+
+    def channel_of(self, process: str) -> str:
+        return f"{self.prefix}:proc:{process}"
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def alive_key(self, process: str) -> str:
+        return self.key("alive", process)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Bus:
+        """Subscribe, then say we are alive: nobody sends to us before we can hear it."""
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(self.channel)
+        self._running = True
+        self._beat()
+        self.redis.sadd(self.key("procs"), self.process)
+        spawn(self._read)
+        spawn(self._tick_loop)
+        log.info("bus: process %s on %s (%s)", self.process, self.prefix, self.url)
+        return self
+
+    def every_tick(self, fn: Callable[[], None]) -> None:
+        """Run `fn` every TICK_S in the bus's loop (it must not block for long)."""
+        self._ticks.append(fn)
+
+    def stop(self) -> None:
+        self._running = False
+        with contextlib.suppress(redis.RedisError):
+            self.redis.srem(self.key("procs"), self.process)
+            self.redis.delete(self.alive_key(self.process))
+        if self._pubsub is not None:
+            # closing a broken connection is best effort
+            with contextlib.suppress(Exception):
+                self._pubsub.close()
+
+    # --- sending -------------------------------------------------------------------------
+
+    def send(self, process: str, payload: dict[str, Any]) -> bool:
+        """Publish to `process`; False if Redis is unreachable or nobody listens there."""
+        try:
+            return bool(self.redis.publish(self.channel_of(process),
+                                           json.dumps(payload, separators=(",", ":"))))
+        except redis.RedisError as exc:
+            log.warning("bus: send to %s failed: %r", process, exc)
+            return False
+
+    def alive(self, processes: list[str]) -> set[str]:
+        """Those of `processes` whose liveness key is there now."""
+        if not processes:
+            return set()
+        keys = [self.alive_key(p) for p in processes]
+        values = self.redis.mget(keys)
+        return {p for p, v in zip(processes, values, strict=True) if v is not None}
+
+    # --- loops ---------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        self.redis.set(self.alive_key(self.process), "1", px=ALIVE_TTL_MS)
+
+    def _read(self) -> None:
+        while self._running:
+            try:
+                for message in self._pubsub.listen():
+                    if not self._running:
+                        return
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        payload = json.loads(message["data"])
+                    except ValueError:
+                        log.warning("bus: dropped a message that is not JSON")
+                        continue
+                    try:
+                        self._on_message(payload)
+                    except Exception:  # noqa: BLE001 - one bad message must not stop the reader
+                        log.exception("bus: handling a message failed")
+            except redis.RedisError as exc:
+                if not self._running:
+                    return
+                log.warning("bus: the subscription broke (%r); resubscribing", exc)
+                time.sleep(TICK_S)
+                try:
+                    self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                    self._pubsub.subscribe(self.channel)
+                except redis.RedisError:
+                    continue
+
+    def _tick_loop(self) -> None:
+        while self._running:
+            started = time.monotonic()
+            try:
+                self._beat()
+                self.redis.sadd(self.key("procs"), self.process)
+            except redis.RedisError as exc:
+                log.warning("bus: liveness renewal failed: %r", exc)
+            for fn in self._ticks:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                    log.exception("bus: periodic task failed")
+            time.sleep(max(TICK_S - (time.monotonic() - started), 0.05))

@@ -1,0 +1,427 @@
+"""The router in front of the local actor system: local actor, or the process that holds it.
+
+What goes where (PROTOCOL.md, Several hub processes):
+- an infer goes to its name's owner (the one process holding that name's LlmActor, by a
+  lease; the first process that needs an owner and finds none takes it);
+- what a session reports to its LlmActor (task ended, wake answered, tasks released...)
+  goes to the name's current owner, looked up at each send;
+- what an LlmActor sends a member's session (a task, a cancel, a release) goes to the
+  session's home, which the member's link names;
+- every event for a waiting client (dispatched, chunks, answer, error) goes back to the
+  process holding the client's connection, keyed by a request id;
+- a result POST, heartbeat or status report that lands elsewhere is asked of the home
+  (request/response over the bus, with a deadline).
+
+Every message is JSON (tether.cluster.codec). Every wait has a deadline, and a process
+whose liveness key vanished is noticed within a tick: requests waiting on it are answered
+503, the rows of sessions homed there go `inactive`, its names get new owners.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from tether import errors
+from tether.actor import tell
+from tether.actors import messages as m
+from tether.actors.task_ids import home_of
+from tether.cluster import codec
+from tether.cluster.bus import Bus
+from tether.cluster.leases import Homes, Leases
+from tether.cluster.proxies import RemoteLlm, RemoteReply, RemoteSession, failed_future
+from tether.errors import TetherError
+from tether.runtime import call_later, spawn
+
+if TYPE_CHECKING:
+    from tether.actors.system import ActorSystem
+
+log = logging.getLogger("tether.router")
+
+BUS_ASK_S = 5.0  # a cross-process ask unanswered by then is answered 503
+TERMINAL = (m.Completed, m.StreamDone, m.Failed)
+
+
+def bus_timeout() -> TetherError:
+    return errors.HUB_BUSY()
+
+
+@dataclass
+class _Pending:
+    """A request of this process waiting on another: its reply channel, and who answers."""
+
+    reply: Any
+    target: str | None = None  # the owner until dispatched, then the task's home
+    dispatched: bool = False
+    since: float = field(default_factory=time.monotonic)
+
+
+class _Sink:
+    """A reply channel for a request that is already over here: events are dropped."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        return None
+
+    def get_nowait(self) -> Any:
+        raise LookupError
+
+
+class Router:
+    def __init__(self, url: str, system: ActorSystem) -> None:
+        self.bus = Bus(url, self._on_message)
+        self.process = self.bus.process
+        self.leases = Leases(self.bus)
+        self.homes = Homes(self.bus)
+        self._system = system
+        self._addresses: dict[str, codec.Address] = {}  # local actor urn -> address
+        self._pending: dict[str, _Pending] = {}  # request id -> waiting request
+        self._asks: dict[str, pykka.Future] = {}
+        self._cleaning: set[str] = set()
+        self._hooks = codec.Hooks(self._ref_address, self._reply_address, self._ref,
+                                  self._reply)
+        s = system.settings
+        self._pending_max_s = s.wake_timeout_s + s.infer_timeout_s + 60.0
+
+    def start(self) -> Router:
+        self.bus.start()
+        return self
+
+    def live_sessions(self) -> set[str]:
+        """Sessions whose home is a live process (at startup: their rows stay as they are)."""
+        homes = self.homes.all()
+        alive = self.bus.alive(sorted({h.process for h in homes.values()}))
+        return {session_id for session_id, h in homes.items() if h.process in alive}
+
+    def start_ticks(self) -> None:
+        """Once the supervisor runs: leases, the liveness monitor, owners of live names."""
+        self.bus.every_tick(self._tick)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):  # Redis may be gone at shutdown
+            self.leases.release_all()
+        self.bus.stop()
+
+    # --- addresses -----------------------------------------------------------------------
+
+    def name_local(self, ref: pykka.ActorRef, kind: str, key: str) -> None:
+        """The supervisor names each child it starts, so messages can carry it."""
+        self._addresses[ref.actor_urn] = (kind, self.process, key)
+
+    def forget_local(self, ref: Any) -> None:
+        self._addresses.pop(getattr(ref, "actor_urn", ""), None)
+
+    def _ref_address(self, ref: Any) -> codec.Address:
+        if isinstance(ref, RemoteSession):
+            return ref.address
+        if isinstance(ref, RemoteLlm):
+            return ("llm", "", ref.name)
+        address = self._addresses.get(ref.actor_urn)
+        if address is None:
+            raise codec.CodecError(f"{ref} has no address on the bus")
+        return address
+
+    def _ref(self, address: codec.Address) -> Any:
+        kind, process, key = address
+        directory = self._system.directory
+        if kind == "session":
+            if process == self.process:
+                entry = directory.session(key)
+                return entry.ref if entry is not None else None
+            return RemoteSession(self, process, key)
+        if kind == "llm":
+            return directory.llm(key) or RemoteLlm(self, key)
+        raise codec.CodecError(f"unknown actor kind {kind!r}")
+
+    def _reply_address(self, reply: Any) -> codec.Address:
+        if isinstance(reply, RemoteReply):
+            return ("reply", reply.process, reply.request_id)
+        request_id = getattr(reply, "_bus_request", None)
+        if request_id is None:
+            request_id = secrets.token_hex(8)
+            reply._bus_request = request_id
+            self._pending[request_id] = _Pending(reply)
+        return ("reply", self.process, request_id)
+
+    def _reply(self, address: codec.Address) -> Any:
+        _, process, request_id = address
+        if process != self.process:
+            return RemoteReply(self, process, request_id)
+        pending = self._pending.get(request_id)
+        return pending.reply if pending is not None else _Sink()
+
+    # --- sending -------------------------------------------------------------------------
+
+    def _send(self, process: str, payload: dict[str, Any]) -> bool:
+        return self.bus.send(process, {**payload, "from": self.process})
+
+    def send_tell(self, process: str, address: codec.Address, message: Any) -> None:
+        body = codec.encode(message, self._hooks)
+        if isinstance(message, m.Infer):
+            pending = self._pending.get(self._reply_address(message.reply)[2])
+            if pending is not None:
+                pending.target = process
+        if not self._send(process, {"k": "tell", "to": list(address), "m": body}) \
+                and isinstance(message, m.Infer):
+            message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=address[2])))
+
+    def send_ask(self, process: str, address: codec.Address, message: Any) -> pykka.Future:
+        request_id = secrets.token_hex(8)
+        future: pykka.Future = pykka.ThreadingFuture()
+        self._asks[request_id] = future
+        call_later(BUS_ASK_S, self._ask_expired, request_id)
+        body = codec.encode(message, self._hooks)
+        if not self._send(process, {"k": "ask", "to": list(address), "m": body,
+                                    "id": request_id}):
+            self._ask_expired(request_id)
+        return future
+
+    def _ask_expired(self, request_id: str) -> None:
+        future = self._asks.pop(request_id, None)
+        if future is not None:
+            error = bus_timeout()
+            future.set_exception((type(error), error, None))
+
+    def call(self, process: str, fn: str, *args: Any) -> Any:
+        """Run ActorSystem.local_<fn>(*args) on `process` and return its answer (or raise
+        its error); 503 after BUS_ASK_S without one."""
+        request_id = secrets.token_hex(8)
+        future: pykka.Future = pykka.ThreadingFuture()
+        self._asks[request_id] = future
+        timer = call_later(BUS_ASK_S, self._ask_expired, request_id)
+        try:
+            if not self._send(process, {"k": "call", "fn": fn, "id": request_id,
+                                        "a": codec.encode(list(args), self._hooks)}):
+                self._ask_expired(request_id)
+            return future.get(timeout=BUS_ASK_S + 1)
+        except pykka.Timeout:
+            raise bus_timeout() from None
+        finally:
+            timer.cancel()
+            self._asks.pop(request_id, None)
+
+    def cast(self, process: str, fn: str, *args: Any) -> None:
+        """Like `call`, with no answer (a cancel)."""
+        self._send(process, {"k": "call", "fn": fn, "a": codec.encode(list(args), self._hooks)})
+
+    def send_reply(self, process: str, request_id: str, item: Any) -> None:
+        self._send(process, {"k": "reply", "id": request_id,
+                             "m": codec.encode(item, self._hooks)})
+
+    def send_cancelled(self, process: str, request_id: str, reason: str) -> None:
+        self._send(process, {"k": "cancelled", "id": request_id, "why": reason})
+
+    def supervise(self, process: str, op: str, key: str, registered: str | None = None) -> None:
+        """Ask `process`'s supervisor to reload a name / a session, or give a session up."""
+        if process == self.process:
+            self._supervisor_op(op, key, registered)
+        else:
+            self._send(process, {"k": "sup", "op": op, "key": key, "reg": registered})
+
+    # --- names ---------------------------------------------------------------------------
+
+    def owner(self, name: str, take: bool = False) -> str | None:
+        try:
+            return self.leases.owner(name, take)
+        except Exception as exc:  # noqa: BLE001 - Redis down: nobody can be reached
+            log.warning("bus: looking up the owner of %r failed: %r", name, exc)
+            return None
+
+    def llm_ref(self, name: str, take: bool = False) -> Any:
+        """The LlmActor of `name`: local (owned here, or taken now with `take`), a remote
+        proxy, or None when nobody owns it."""
+        ref = self._system.directory.llm(name)
+        if ref is not None:
+            return ref
+        owner = self.owner(name, take)
+        if owner is None:
+            return None
+        if owner == self.process:
+            return self._own(name)
+        return RemoteLlm(self, name)
+
+    def _own(self, name: str) -> Any:
+        """This process just took `name`'s lease: its supervisor starts the LlmActor."""
+        try:
+            return self._system.supervisor.ask(m.OwnName(name), timeout=BUS_ASK_S)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            return None
+
+    def tell_llm(self, name: str, message: Any) -> None:
+        local = self._system.directory.llm(name)
+        if local is not None:
+            tell(local, message)
+            return
+        infer = isinstance(message, m.Infer)
+        owner = self.owner(name, take=infer)
+        if owner == self.process:
+            ref = self._own(name)
+            if ref is not None and tell(ref, message):
+                return
+            owner = None
+        if owner is None:
+            if infer:
+                message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=name)))
+            return
+        self.send_tell(owner, ("llm", owner, name), message)
+
+    def ask_llm(self, name: str, message: Any) -> pykka.Future:
+        local = self._system.directory.llm(name)
+        if local is not None:
+            return local.ask(message, block=False)
+        owner = self.owner(name)
+        if owner is None or owner == self.process:
+            return failed_future(errors.PUBLISHER_OFFLINE(name=name))
+        return self.send_ask(owner, ("llm", owner, name), message)
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def _on_message(self, payload: dict[str, Any]) -> None:
+        kind = payload.get("k")
+        if kind == "reply":
+            self._on_reply(payload)
+        elif kind == "tell":
+            self._on_tell(payload)
+        elif kind in ("ask", "call"):
+            spawn(self._answer, payload)  # may block on a local ask: not on the reader
+        elif kind == "ans":
+            future = self._asks.pop(payload.get("id", ""), None)
+            if future is not None:
+                if "err" in payload:
+                    error = codec.decode(payload["err"], self._hooks)
+                    future.set_exception((type(error), error, None))
+                else:
+                    future.set(codec.decode(payload.get("ok"), self._hooks))
+        elif kind == "cancelled":
+            pending = self._pending.pop(payload.get("id", ""), None)
+            cancelled = getattr(pending.reply, "cancelled", None) if pending else None
+            if cancelled is not None:
+                cancelled(payload.get("why", "cancelled"))
+        elif kind == "sup":
+            self._supervisor_op(payload.get("op", ""), payload.get("key", ""),
+                                payload.get("reg"))
+        else:
+            log.warning("bus: dropped a message of unknown kind %r", kind)
+
+    def _on_reply(self, payload: dict[str, Any]) -> None:
+        pending = self._pending.get(payload.get("id", ""))
+        if pending is None:
+            return  # that request is over here
+        event = codec.decode(payload["m"], self._hooks)
+        if isinstance(event, m.Dispatched):
+            pending.dispatched = True
+            pending.target = home_of(event.task_id) or payload.get("from")
+        elif isinstance(event, TERMINAL):
+            self._pending.pop(payload["id"], None)
+        pending.reply.put(event)
+
+    def _on_tell(self, payload: dict[str, Any]) -> None:
+        message = codec.decode(payload["m"], self._hooks)
+        kind, _, key = payload["to"]
+        if kind == "llm":
+            local = self._system.directory.llm(key)
+            if local is not None:
+                tell(local, message)
+            elif isinstance(message, m.Infer):
+                # The name moved since the sender looked: to its owner now (the lease in
+                # Redis decides, so this cannot bounce back).
+                self.tell_llm(key, message)
+            return
+        ref = self._ref(("session", self.process, key)) if kind == "session" else None
+        if ref is None or not tell(ref, message):
+            self._undeliverable(message)
+
+    def _undeliverable(self, message: Any) -> None:
+        """A session that is not here (any more): answer what would wait on it."""
+        if isinstance(message, m.SendInfer):
+            message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=message.llm_name)))
+            tell(message.llm, m.TaskEnded(message.task_id))
+        elif isinstance(message, m.SendWake):
+            tell(message.llm, m.WakeFailed(message.task_id,
+                                           errors.PUBLISHER_OFFLINE(name=message.llm_name)))
+
+    def _answer(self, payload: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"k": "ans", "id": payload.get("id")}
+        try:
+            if payload["k"] == "ask":
+                message = codec.decode(payload["m"], self._hooks)
+                kind, _, key = payload["to"]
+                ref = (self._system.directory.llm(key) if kind == "llm"
+                       else self._ref(("session", self.process, key)))
+                if ref is None:
+                    raise errors.PUBLISHER_OFFLINE(name=key)
+                result = ref.ask(message, timeout=BUS_ASK_S)
+            else:
+                args = codec.decode(payload.get("a", []), self._hooks)
+                result = self._system.local_call(payload["fn"], args)
+            reply["ok"] = codec.encode(result, self._hooks)
+        except TetherError as error:
+            reply["err"] = codec.encode(error, self._hooks)
+        except pykka.Timeout:
+            reply["err"] = codec.encode(bus_timeout(), self._hooks)
+        except Exception:  # noqa: BLE001 - the asker must get an answer
+            log.exception("bus: answering %s failed", payload.get("k"))
+            reply["err"] = codec.encode(errors.INTERNAL_ERROR(), self._hooks)
+        if payload.get("id"):
+            self._send(payload["from"], reply)
+
+    def _supervisor_op(self, op: str, key: str, registered: str | None = None) -> None:
+        message = (m.ReloadLlm(key, registered) if op == "reload_llm"
+                   else m.ReloadSession(key) if op == "reload_session"
+                   else m.Evict(key) if op == "evict" else None)
+        if message is not None:
+            tell(self._system.supervisor, message)
+
+    # --- liveness ------------------------------------------------------------------------
+
+    def forget_request(self, reply: Any) -> None:
+        """The client of `reply` is gone or answered: drop its entry here."""
+        request_id = getattr(reply, "_bus_request", None)
+        if request_id is not None:
+            self._pending.pop(request_id, None)
+
+    def _tick(self) -> None:
+        lost = self.leases.renew()
+        if lost:
+            log.warning("bus: lost the lease of %s", lost)
+            tell(self._system.supervisor, m.NamesLost(tuple(lost)))
+        procs = sorted(self.bus.redis.smembers(self.bus.key("procs")))
+        targets = {p.target for p in self._pending.values() if p.target} - {self.process}
+        watched = sorted(set(procs) | targets)
+        alive = self.bus.alive(watched) | {self.process}
+        for process in procs:
+            if process not in alive and process not in self._cleaning:
+                self._cleaning.add(process)
+                spawn(self._bury, process)
+        now = time.monotonic()
+        for request_id, pending in list(self._pending.items()):
+            if pending.target is not None and pending.target not in alive:
+                self._pending.pop(request_id, None)
+                name = getattr(pending.reply, "llm", "the Llm")
+                error = (errors.PUBLISHER_DISCONNECTED(name=name) if pending.dispatched
+                         else errors.PUBLISHER_OFFLINE(name=name))
+                pending.reply.put(m.Failed(error))
+            elif now - pending.since > self._pending_max_s:
+                self._pending.pop(request_id, None)
+        tell(self._system.supervisor, m.EnsureOwners())
+
+    def _bury(self, process: str) -> None:
+        """`process` is dead. Whichever survivor removes it from the set first marks the rows
+        of the sessions homed there `inactive` and tells their names' owners."""
+        try:
+            if not self.bus.redis.srem(self.bus.key("procs"), process):
+                return  # another survivor does it
+            log.warning("bus: process %s is gone; its sessions' rows go inactive", process)
+            for session_id, home in self.homes.all().items():
+                if home.process == process and self.homes.forget(session_id, process):
+                    self._system.local_call("home_died", [session_id])
+        except Exception:  # noqa: BLE001 - its rows stay as they are; the sweep's heartbeat
+            log.exception("bus: cleaning up after process %s failed", process)
+        finally:
+            self._cleaning.discard(process)
+

@@ -1,0 +1,245 @@
+"""The supervisor of one process among several (PROTOCOL.md, Several hub processes).
+
+What differs from the single process's Supervisor:
+- It holds the LlmActor of a virtual name only while this process owns the name's lease
+  (public Llms, declared in each process's config, are served locally everywhere). Links
+  to members homed elsewhere are proxies that send on the bus.
+- It holds the SessionActors of the sessions homed here: registered here (with no live
+  home elsewhere) or whose stream opened here. A stream for a session homed elsewhere
+  takes it over: the old home gives it up (Evict) without marking its rows inactive, and
+  a stream loss is reported only by the process that is still the session's home.
+- The home of a session whose stream opens takes the leases of its names that have no
+  live owner (so a single publisher's name lives where its stream is: no bus hop), and
+  keeps taking them, every tick, while the stream is open.
+- Registrations and take-overs tell a name's owner to re-read its members from the store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from tether import errors
+from tether.actor import tell
+from tether.actors import messages as m
+from tether.actors.supervisor import Supervisor
+from tether.cluster.proxies import RemoteLlm, RemoteSession
+from tether.cluster.router import Router
+from tether.store import llms as store
+from tether.store.models import KIND_PUBLIC, Llm, LlmMember
+
+
+class ClusterSupervisor(Supervisor):
+    def __init__(self, *args: Any, router: Router, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._router = router
+        self._home = router.process
+
+    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+        return {
+            **super().handlers(),
+            m.OwnName: self._on_own_name,
+            m.ReloadLlm: self._on_reload_llm,
+            m.ReloadSession: self._on_reload_session,
+            m.Evict: self._on_evict,
+            m.NamesLost: self._on_names_lost,
+            m.EnsureOwners: self._on_ensure_owners,
+            m.HomeSession: self._on_home_session,
+        }
+
+    # --- where things are ----------------------------------------------------------------
+
+    def _owned(self, row: Llm) -> bool:
+        return row.kind == KIND_PUBLIC or row.name in self._llms
+
+    def _llm(self, name: str) -> Any:
+        return self._llms.get(name) or RemoteLlm(self._router, name)
+
+    def _start_session(self, session_id: str) -> pykka.ActorRef:
+        ref = super()._start_session(session_id)
+        self._router.name_local(ref, "session", session_id)
+        return ref
+
+    def _start_llm(self, state: m.LlmState, infos: tuple[m.MemberInfo, ...],
+                   proxies: m.ProxiesInFlight | None = None) -> pykka.ActorRef:
+        ref = super()._start_llm(state, infos, proxies)
+        self._router.name_local(ref, "llm", state.name)
+        return ref
+
+    def _member_infos(self, members: list[LlmMember]) -> tuple[m.MemberInfo, ...]:
+        infos = []
+        for x in members:
+            link, live = self._member_link(x.session_id)
+            infos.append(m.MemberInfo(link, x.status, x.max_concurrency, live))
+        return tuple(infos)
+
+    def _member_link(self, session_id: str) -> tuple[m.SessionLink, bool]:
+        entry = self._sessions.get(session_id)
+        if entry is not None:
+            return self._link(session_id, entry), session_id in self._live
+        home = self._router.homes.live_home(session_id)
+        if home is None:  # homed nowhere: no stream, nobody to send to until one opens
+            return m.SessionLink(session_id, 0, None, None), False  # type: ignore[arg-type]
+        ref = RemoteSession(self._router, home.process, session_id)
+        return m.SessionLink(session_id, home.slot, ref, home.process), home.live  # type: ignore[arg-type]
+
+    # --- rows ----------------------------------------------------------------------------
+
+    def _reconcile(self, rows: list[Llm], members: dict[str, list[LlmMember]]) -> None:
+        super()._reconcile([row for row in rows if self._owned(row)], members)
+
+    def _adopt_row(self, row: Llm, members: list[LlmMember],
+                   registered: str | None = None) -> None:
+        if self._owned(row):
+            super()._adopt_row(row, members, registered)
+            return
+        owner = self._router.owner(row.name)
+        if owner is not None:
+            self._router.supervise(owner, "reload_llm", row.name, registered)
+
+    def _on_register(self, msg: m.Register) -> tuple[str, list[Llm]]:
+        session_id = msg.session_id or str(uuid.uuid4())
+        home = self._router.homes.live_home(session_id)
+        elsewhere = home is not None and home.process != self._home
+        rows = store.register(session_id, msg.providers,
+                              store.Registrant(msg.key_name, msg.admin))
+        if elsewhere:
+            assert home is not None
+            self._router.supervise(home.process, "reload_session", session_id)
+        else:
+            entry = self._session_entry(session_id)
+            self._set_names(session_id, frozenset(store.names_of_session(session_id)))
+            self._router.homes.set(session_id, entry.slot, session_id in self._live)
+        members = store.members_of([row.name for row in rows])
+        for row in rows:
+            self._adopt_row(row, members[row.name], registered=session_id)
+        self._publish_directory()
+        return session_id, rows
+
+    def _on_report_status(self, msg: m.ReportStatus) -> list[pykka.Future]:
+        entry = self._sessions.get(msg.session_id)
+        if entry is None or not entry.names:
+            raise errors.SESSION_NOT_FOUND(session_id=msg.session_id)
+        foreign = [name for name, _ in msg.updates if name not in entry.names]
+        if foreign:
+            raise errors.FORBIDDEN(why=f"provider session does not own {', '.join(foreign)}")
+        return [self._llm(name).ask(m.SetStatus(msg.session_id, status), block=False)
+                for name, status in msg.updates]
+
+    # --- streams -------------------------------------------------------------------------
+
+    def _on_stream_opened(self, msg: m.SessionStreamOpened) -> None:
+        self._live.add(msg.session_id)
+        entry = self._sessions.get(msg.session_id)
+        if entry is None:
+            return
+        # Live in Redis first: an owner that re-reads the members now sees it live.
+        self._router.homes.set(msg.session_id, entry.slot, True)
+        for name in entry.names:
+            ref = self._llms.get(name)
+            if ref is None and self._router.owner(name, take=True) == self._home:
+                ref = self._own(name)
+            tell(ref or self._llm(name), m.StreamOpened(msg.session_id))
+
+    def _on_stream_lost(self, msg: m.SessionStreamLost) -> None:
+        home = self._router.homes.get(msg.session_id)
+        if home is not None and home.process != self._home:
+            self._live.discard(msg.session_id)  # taken over: the new home speaks for it
+            return
+        entry = self._sessions.get(msg.session_id)
+        if entry is not None:
+            self._router.homes.set(msg.session_id, entry.slot, False)
+        super()._on_stream_lost(msg)
+
+    def _on_home_session(self, msg: m.HomeSession) -> bool:
+        session_id = msg.session_id
+        if session_id in self._sessions:
+            return True
+        names = store.names_of_session(session_id)
+        if not names:
+            raise errors.SESSION_NOT_FOUND(session_id=session_id)
+        home = self._router.homes.get(session_id)
+        if home is not None and home.process != self._home:
+            self._router.supervise(home.process, "evict", session_id)
+        entry = self._session_entry(session_id)
+        self._set_names(session_id, frozenset(names))
+        self._router.homes.set(session_id, entry.slot, False)
+        for name in names:  # their owners link to this home from now on
+            owner = self._router.owner(name)
+            if owner is not None:
+                self._router.supervise(owner, "reload_llm", name)
+        self._publish_directory()
+        return True
+
+    def _on_evict(self, msg: m.Evict) -> None:
+        entry = self._sessions.pop(msg.session_id, None)
+        if entry is None:
+            return
+        self._slots.pop(entry.slot, None)
+        self._live.discard(msg.session_id)
+        tell(entry.ref, m.Evict(msg.session_id))
+        self._router.forget_local(entry.ref)
+        self._publish_directory()
+
+    def _on_reload_session(self, msg: m.ReloadSession) -> None:
+        if msg.session_id in self._sessions:
+            names = frozenset(store.names_of_session(msg.session_id))
+            self._set_names(msg.session_id, names)
+            self._publish_directory()
+
+    # --- names ---------------------------------------------------------------------------
+
+    def _own(self, name: str) -> pykka.ActorRef | None:
+        """Start the LlmActor of `name`, whose lease this process just took."""
+        ref = self._llms.get(name)
+        if ref is not None:
+            return ref
+        row = store.get(name)
+        if row is None or row.kind == KIND_PUBLIC:
+            self._router.leases.release(name)
+            return None
+        Supervisor._adopt_row(self, row, store.members_of([name])[name])
+        self._publish_directory()
+        return self._llms.get(name)
+
+    def _on_own_name(self, msg: m.OwnName) -> pykka.ActorRef | None:
+        return self._own(msg.name)
+
+    def _on_reload_llm(self, msg: m.ReloadLlm) -> None:
+        if msg.name not in self._llms:
+            return
+        row = store.get(msg.name)
+        if row is None:
+            self._retire(msg.name)
+        else:
+            Supervisor._adopt_row(self, row, store.members_of([msg.name])[msg.name],
+                                  msg.registered)
+        self._publish_directory()
+
+    def _on_names_lost(self, msg: m.NamesLost) -> None:
+        for name in msg.names:
+            ref = self._llms.pop(name, None)
+            self._members.pop(name, None)
+            if ref is not None:
+                self._router.forget_local(ref)
+                ref.stop(block=False)
+        self._publish_directory()
+
+    def _on_ensure_owners(self, _msg: m.EnsureOwners) -> None:
+        for session_id in list(self._live):
+            entry = self._sessions.get(session_id)
+            for name in entry.names if entry is not None else ():
+                if name not in self._llms and self._router.owner(name, take=True) == self._home:
+                    ref = self._own(name)
+                    tell(ref, m.StreamOpened(session_id))
+
+    def _retire(self, name: str) -> None:
+        ref = self._llms.get(name)
+        super()._retire(name)
+        if ref is not None:
+            self._router.forget_local(ref)
+            self._router.leases.release(name)
+
