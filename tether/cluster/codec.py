@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from tether import errors
 from tether.actors import messages as m
 from tether.errors import TetherError
 
@@ -130,9 +131,11 @@ def decode(data: Any, hooks: Hooks) -> Any:
             return {decode(k, hooks): decode(v, hooks) for k, v in data["v"]}
         if tag == "frozenset":
             return frozenset(decode(x, hooks) for x in data["v"])
-        if tag == "error":
-            return TetherError(int(data["status"]), str(data["code"]), str(data["message"]),
-                               data.get("param"))
+        if tag == "error":  # made (from the catalogue) by another process: as it was sent
+            error = errors.from_publisher(int(data["status"]), str(data["code"]),
+                                          str(data["message"]))
+            error.param = data.get("param")
+            return error
         if tag == "datetime":
             return dt.datetime.fromisoformat(data["v"])
         if tag == "ref":
