@@ -96,6 +96,7 @@ class ActorSystem:
         """Join the cluster (PROTOCOL.md, Several hub processes)."""
         from tether.cluster.router import Router  # only with a bus: redis stays optional
 
+        assert self.settings.bus_url
         self._router = Router(self.settings.bus_url, self).start()
         self._frame_ids.process = self._router.process
 

@@ -117,11 +117,11 @@ class Homes:
         return home
 
     def all(self) -> dict[str, Home]:
-        out = {}
+        out: dict[str, Home] = {}
         for session_id, raw in self._bus.redis.hgetall(self._key).items():
             home = _parse(raw)
             if home is not None:
-                out[session_id] = home
+                out[str(session_id)] = home
         return out
 
     def forget(self, session_id: str, process: str) -> bool:
@@ -132,9 +132,11 @@ class Homes:
         return bool(self._bus.redis.hdel(self._key, session_id))
 
 
-def _parse(raw: str | None) -> Home | None:
+def _parse(raw: str | bytes | None) -> Home | None:
     if not raw:
         return None
+    if isinstance(raw, bytes):  # the client decodes; the type stubs cannot know
+        raw = raw.decode()
     try:
         process, slot, live = raw.split()
         return Home(process, int(slot), live == "1")

@@ -390,7 +390,7 @@ class Router:
         if lost:
             log.warning("bus: lost the lease of %s", lost)
             tell(self._system.supervisor, m.NamesLost(tuple(lost)))
-        procs = sorted(self.bus.redis.smembers(self.bus.key("procs")))
+        procs = sorted(str(p) for p in self.bus.redis.smembers(self.bus.key("procs")))
         targets = {p.target for p in self._pending.values() if p.target} - {self.process}
         watched = sorted(set(procs) | targets)
         alive = self.bus.alive(watched) | {self.process}
