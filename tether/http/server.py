@@ -1,4 +1,5 @@
-"""`tether serve`: gunicorn, started programmatically, `workers` gevent workers."""
+"""`tether serve`: gunicorn, started programmatically, `workers` gevent workers (the one in
+tether.http.worker)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class HubApplication(BaseApplication):
                     self.cfg.set(key, value)
         self.cfg.set("bind", [f"{self.settings.host}:{self.settings.port}"])
         self.cfg.set("workers", self.settings.workers)
-        self.cfg.set("worker_class", "gevent")
+        self.cfg.set("worker_class", "tether.http.worker.Worker")  # gevent, fewer sends
         self.cfg.set("loglevel", self.settings.log_level)
         if self.settings.log_format == "json":  # gunicorn's own lines are JSON too
             self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(self.settings.log_level))
