@@ -46,6 +46,25 @@ def test_register_rolls_back_everything_on_a_conflict():
     assert store.get("b") is None
 
 
+def test_register_returns_what_the_store_reads_back():
+    """A registration derives its rows in memory (no read back): they must be what a read
+    gives, for a new name, a re-registration, a pool join and a name taken over."""
+
+    def check(done: store.Registered) -> None:
+        for row in done.rows:
+            assert row.to_wire() == store.get(row.name).to_wire()
+            read = store.members_of([row.name])[row.name]
+            assert [(x.id, x.to_wire()) for x in done.members[row.name]] == [
+                (x.id, x.to_wire()) for x in read]
+
+    check(store.register("s1", [spec("a", tier="slow", extraConfig={"k": [1]}),
+                                spec("p", pool=True, initialStatus="hibernating")]))
+    check(store.register("s1", [spec("a", model="m2"), spec("p", pool=True)]))
+    check(store.register("s2", [spec("p", pool=True, model="m3")]))
+    store.set_status("a", "s1", "inactive")
+    check(store.register("s3", [spec("a")]))
+
+
 def test_status_writes_are_guarded_by_the_owning_session():
     store.register("s1", [spec("a")])
     assert store.set_status("a", "s1", "inactive")
@@ -101,7 +120,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
     # Version 3: the published row got its one member, from its own fields.
     [member] = store.members_of(["kept"])["kept"]
     assert (member.session_id, member.status, member.pool) == ("s1", "inactive", False)
-    assert store.register("s2", [spec("kept")])[0].provider_session_id == "s2"
+    assert store.register("s2", [spec("kept")]).rows[0].provider_session_id == "s2"
     assert [x.session_id for x in store.members_of(["kept"])["kept"]] == ["s2"]
     from tether.store import keys
 

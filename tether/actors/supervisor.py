@@ -201,16 +201,15 @@ class Supervisor(TetherActor):
 
     # --- messages ------------------------------------------------------------------------
 
-    def _on_register(self, msg: m.Register) -> tuple[str, list[Llm]]:
+    def _on_register(self, msg: m.Register) -> tuple[str, store.Registered]:
         session_id = msg.session_id or str(uuid.uuid4())
         # Raises on conflict, applying nothing.
-        rows = store.register(session_id, msg.providers,
+        done = store.register(session_id, msg.providers,
                               store.Registrant(msg.key_name, msg.admin))
-        members = store.members_of([row.name for row in rows])
-        for row in rows:
-            self._adopt_row(row, members[row.name], registered=session_id)
+        for row in done.rows:
+            self._adopt_row(row, done.members[row.name], registered=session_id)
         self._publish_directory()
-        return session_id, rows
+        return session_id, done
 
     def _on_stream_lost(self, msg: m.SessionStreamLost) -> None:
         self._live.discard(msg.session_id)

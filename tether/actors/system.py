@@ -29,7 +29,7 @@ from tether.config import Settings
 from tether.store import db
 from tether.store import llms as store
 from tether.store.bootstrap import open_store
-from tether.store.models import INACTIVE, KIND_PUBLIC, Llm
+from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
 
 log = logging.getLogger("tether.system")
 
@@ -194,9 +194,12 @@ class ActorSystem:
     def _set_in_flight(self, name: str, counts: Mapping[str, int]) -> None:
         self._in_flight[name] = MappingProxyType(dict(counts))
 
-    def read(self, rows: Sequence[Llm]) -> list[dict[str, Any]]:
-        """Rows on the wire: every virtual Llm with its members and their live inFlight."""
-        members = store.members_of([row.name for row in rows if row.kind != KIND_PUBLIC])
+    def read(self, rows: Sequence[Llm],
+             members: Mapping[str, Sequence[LlmMember]] | None = None) -> list[dict[str, Any]]:
+        """Rows on the wire: every virtual Llm with its members and their live inFlight
+        (`members`: each virtual row's, when the caller has them already)."""
+        if members is None:
+            members = store.members_of([row.name for row in rows if row.kind != KIND_PUBLIC])
         out = []
         for row in rows:
             wire = row.to_wire()
@@ -221,7 +224,7 @@ class ActorSystem:
     def register(
         self, session_id: str | None, providers: Sequence[dict[str, Any]],
         key_name: str | None = None, admin: bool = False,
-    ) -> tuple[str, list[Llm]]:
+    ) -> tuple[str, store.Registered]:
         if self._draining:  # a session taken now would be cut off at once: come back later
             raise errors.SHUTTING_DOWN()
         return _ask(self.supervisor, m.Register(session_id, tuple(providers), key_name, admin))

@@ -100,11 +100,11 @@ class ClusterSupervisor(Supervisor):
         if owner is not None:
             self._router.supervise(owner, "reload_llm", row.name, registered)
 
-    def _on_register(self, msg: m.Register) -> tuple[str, list[Llm]]:
+    def _on_register(self, msg: m.Register) -> tuple[str, store.Registered]:
         session_id = msg.session_id or str(uuid.uuid4())
         home = self._router.homes.live_home(session_id)
         elsewhere = home is not None and home.process != self._home
-        rows = store.register(session_id, msg.providers,
+        done = store.register(session_id, msg.providers,
                               store.Registrant(msg.key_name, msg.admin))
         if elsewhere:
             assert home is not None
@@ -113,11 +113,10 @@ class ClusterSupervisor(Supervisor):
             entry = self._session_entry(session_id)
             self._set_names(session_id, frozenset(store.names_of_session(session_id)))
             self._router.homes.set(session_id, entry.slot, session_id in self._live)
-        members = store.members_of([row.name for row in rows])
-        for row in rows:
-            self._adopt_row(row, members[row.name], registered=session_id)
+        for row in done.rows:
+            self._adopt_row(row, done.members[row.name], registered=session_id)
         self._publish_directory()
-        return session_id, rows
+        return session_id, done
 
     def _on_report_status(self, msg: m.ReportStatus) -> list[pykka.Future]:
         entry = self._sessions.get(msg.session_id)

@@ -65,10 +65,25 @@ def _compatible(member: LlmMember, who: Registrant) -> bool:
             or member.key_name is None or member.key_name == who.key_name)
 
 
+@dataclass(frozen=True)
+class Registered:
+    """What a registration wrote: each provider's Llm row, in request order, and each name's
+    members, oldest first, as `members_of` would read them back."""
+
+    rows: list[Llm]
+    members: dict[str, list[LlmMember]]
+
+
 def register(session_id: str, providers: Sequence[dict[str, Any]],
-             who: Registrant = Registrant()) -> list[Llm]:
+             who: Registrant = Registrant()) -> Registered:
     """Apply a registration atomically: every provider is accepted or none (PROTOCOL.md,
-    Register and Pools)."""
+    Register and Pools).
+
+    One SELECT of the rows and one of the members for all names, then one write per row and
+    one per member: a name this session holds alone (every name but a pool's) has its Llm
+    row derived here from the member just written, not read back. A pool re-derives from the
+    store, where other members' writes since the SELECT show.
+    """
     now = utcnow()
     rows: list[Llm] = []
     names = [p["name"] for p in providers]
@@ -102,9 +117,9 @@ def register(session_id: str, providers: Sequence[dict[str, Any]],
                         name=row.name, state=other.status, owner=why,
                         param=f"providers[{i}].name")
             # Inactive members never block: those that could not share the name go.
-            doomed = [x.id for x in others if not (pool and x.pool and _compatible(x, who))]
+            doomed = {x.id for x in others if not (pool and x.pool and _compatible(x, who))}
             if doomed:
-                LlmMember.delete().where(LlmMember.id.in_(doomed)).execute()
+                LlmMember.delete().where(LlmMember.id.in_(list(doomed))).execute()
             if row.name in existing:
                 row.type = spec["type"]
                 for wire, field in (
@@ -114,41 +129,53 @@ def register(session_id: str, providers: Sequence[dict[str, Any]],
                 ):
                     if wire in spec:
                         setattr(row, field, spec[wire])
-            row.updated_at = now
-            row.save(force_insert=row.name not in existing)
-            mine = {
-                LlmMember.model: spec["model"],
-                LlmMember.status: spec.get("initialStatus", ACTIVE),
-                LlmMember.pool: pool,
-                LlmMember.max_concurrency: spec.get("maxConcurrency"),
-                LlmMember.key_name: who.key_name,
-                LlmMember.by_admin: who.admin,
-                LlmMember.last_heartbeat_at: now,
-                LlmMember.inactive_since: None,
-            }
-            updated = (LlmMember.update(mine)
-                       .where(LlmMember.llm_name == row.name,
-                              LlmMember.session_id == session_id).execute())
-            if not updated:
-                LlmMember.insert({**mine, LlmMember.llm_name: row.name,
-                                  LlmMember.session_id: session_id,
-                                  LlmMember.created_at: now}).execute()
-            derived = _derive(row.name, now)
-            assert derived is not None  # it has the member just written
-            rows.append(derived)
-    return rows
+            kept = [x for x in members[row.name] if x.id not in doomed]
+            mine = next((x for x in kept if x.session_id == session_id), None)
+            if mine is None:
+                kept.append(_write_member(row.name, session_id, spec, pool, who, now))
+            else:
+                _write_member(row.name, session_id, spec, pool, who, now, mine)
+            if len(kept) == 1:  # this session's alone: nothing else to read back
+                _derive_from(row, kept, now)
+                row.save(force_insert=row.name not in existing)
+                members[row.name] = kept
+            else:  # a pool: its other members may have changed since the SELECT
+                row.updated_at = now
+                row.save(force_insert=row.name not in existing)
+                derived, members[row.name] = _rederive(row.name, now)
+                assert derived is not None  # it has this session's member
+                row = derived
+            rows.append(row)
+    return Registered(rows, members)
 
 
-def _derive(name: str, now: dt.datetime) -> Llm | None:
-    """Re-derive the Llm row from its members (PROTOCOL.md, Pools: Members); a virtual row
-    whose last member went is deleted. Runs inside the caller's transaction."""
-    row = Llm.get_or_none(Llm.name == name)
-    if row is None or row.kind != KIND_VIRTUAL:
-        return row
-    members = members_of([name])[name]
-    if not members:
-        row.delete_instance()
-        return None
+def _write_member(name: str, session_id: str, spec: dict[str, Any], pool: bool,
+                  who: Registrant, now: dt.datetime,
+                  mine: LlmMember | None = None) -> LlmMember:
+    """Update this session's member `mine` of `name` (as read in this transaction), or
+    insert it when there is none; returns it as stored."""
+    fields = {
+        "model": spec["model"],
+        "status": spec.get("initialStatus", ACTIVE),
+        "pool": pool,
+        "max_concurrency": spec.get("maxConcurrency"),
+        "key_name": who.key_name,
+        "by_admin": who.admin,
+        "last_heartbeat_at": now,
+        "inactive_since": None,
+    }
+    if mine is None:
+        mine = LlmMember(llm_name=name, session_id=session_id, created_at=now, **fields)
+        mine.save(force_insert=True)
+    else:
+        LlmMember.update(**fields).where(LlmMember.id == mine.id).execute()
+        for field, value in fields.items():
+            setattr(mine, field, value)
+    return mine
+
+
+def _derive_from(row: Llm, members: list[LlmMember], now: dt.datetime) -> None:
+    """Set the Llm row's derived fields from its members (PROTOCOL.md, Pools: Members)."""
     status = derived_status(x.status for x in members)
     beats = [x.last_heartbeat_at for x in members if x.last_heartbeat_at is not None]
     since = [x.inactive_since for x in members if x.inactive_since is not None]
@@ -158,8 +185,26 @@ def _derive(name: str, now: dt.datetime) -> Llm | None:
     row.last_heartbeat_at = max(beats) if beats else None
     row.inactive_since = (max(since) if since else now) if status == INACTIVE else None
     row.updated_at = now
+
+
+def _derive(name: str, now: dt.datetime) -> Llm | None:
+    """Re-derive the Llm row from its members (PROTOCOL.md, Pools: Members); a virtual row
+    whose last member went is deleted. Runs inside the caller's transaction."""
+    return _rederive(name, now)[0]
+
+
+def _rederive(name: str, now: dt.datetime) -> tuple[Llm | None, list[LlmMember]]:
+    """`_derive`, and the members it derived from."""
+    row = Llm.get_or_none(Llm.name == name)
+    if row is None or row.kind != KIND_VIRTUAL:
+        return row, []
+    members = members_of([name])[name]
+    if not members:
+        row.delete_instance()
+        return None, []
+    _derive_from(row, members, now)
     row.save()
-    return row
+    return row, members
 
 
 def _derive_all(names: set[str], now: dt.datetime) -> None:

@@ -51,10 +51,11 @@ class Register(_Resource):
         session_id = body.get("providerSessionId") or str(uuid.uuid4())
         self.auth.claim(session_id, req.context.caller)
         caller = req.context.caller
-        session_id, rows = self.system.register(
+        session_id, done = self.system.register(
             session_id, body["providers"], caller.name if self.auth.enabled else None,
             caller.role == "admin")
-        resp.media = {"providerSessionId": session_id, "llms": self.system.read(rows)}
+        resp.media = {"providerSessionId": session_id,
+                      "llms": self.system.read(done.rows, done.members)}
 
 
 class Stream(_Resource):
