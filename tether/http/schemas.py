@@ -1,10 +1,18 @@
 """Every request body the hub accepts, as JSON Schema (2020-12). Validation uses these dicts
-and nothing else, so the OpenAPI document built from them cannot drift from the code."""
+and nothing else, so the OpenAPI document built from them cannot drift from the code.
+
+Each body is checked first by jsonschema-rs (compiled, ~0.2 µs a body): a valid body, by
+far the common case, goes no further. jsonschema's own validator, ~100x slower on every
+body (it was 6-10 % of the hub's CPU per relayed request, issue 13), then judges only the
+bodies the fast check refused: it words the 400, and where the two disagree (Python's `$`
+also matches before a final newline) its verdict stands, so what is accepted is unchanged.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
@@ -196,15 +204,24 @@ ERROR = {
     }},
 }
 
-_VALIDATORS: dict[int, Draft202012Validator] = {}
+_VALIDATORS: dict[int, tuple[Draft202012Validator, jsonschema_rs.Draft202012Validator]] = {}
 
 
-def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+def _validators(schema: dict[str, Any]) -> tuple[Draft202012Validator,
+                                                jsonschema_rs.Draft202012Validator]:
     key = id(schema)
     if key not in _VALIDATORS:
         Draft202012Validator.check_schema(schema)
-        _VALIDATORS[key] = Draft202012Validator(schema)
+        _VALIDATORS[key] = (Draft202012Validator(schema),
+                            jsonschema_rs.Draft202012Validator(schema))
     return _VALIDATORS[key]
+
+
+def _fits(fast: jsonschema_rs.Draft202012Validator, body: Any) -> bool:
+    try:
+        return fast.is_valid(body)
+    except Exception:  # noqa: BLE001 - a value it cannot take (a huge int): the slow path
+        return False
 
 
 def _field(error: ValidationError) -> str:
@@ -219,7 +236,10 @@ def _field(error: ValidationError) -> str:
 
 def validate(schema: dict[str, Any], body: Any) -> dict[str, Any]:
     """Return `body` if it fits `schema`, else raise a 400 naming the offending field."""
-    error = best_match(_validator(schema).iter_errors(body))
+    reference, fast = _validators(schema)
+    if _fits(fast, body):
+        return body
+    error = best_match(reference.iter_errors(body))
     if error is None:
         return body
     field = _field(error)
