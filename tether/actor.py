@@ -8,9 +8,8 @@ this module, which imports neither.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, get_args, get_type_hints
 
 import pykka
 
@@ -44,7 +43,11 @@ def tell(ref: pykka.ActorRef | None, message: Any) -> bool:
 
 
 class TetherActor(pykka.ThreadingActor):
-    """Messages are dispatched on their type to the handler named in `handlers()`.
+    """An actor's `receive` takes a union of message classes (`message: m.LlmMessage`) and
+    matches on it, its last case `assert_never(message)`: the type checker then proves each
+    message of the union has its case. A subclass may take more (a wider union), handle its
+    own and pass the rest to `super().receive`. A message outside the union is logged and
+    dropped before `receive`, as pykka cannot check what a caller tells.
 
     The hub's per-session and per-Llm actors set `use_daemon_thread = True`: CPython keeps a
     lock per live non-daemon thread and scans them all whenever a thread starts
@@ -53,11 +56,16 @@ class TetherActor(pykka.ThreadingActor):
     ActorSystem.stop() stops them.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._handlers: dict[type, Callable[[Any], Any]] = self.handlers()
+    # The classes `receive` is annotated with, read when the class is made, so the runtime
+    # check and the type checker's cannot disagree.
+    accepts: ClassVar[frozenset[type]] = frozenset()
 
-    def handlers(self) -> dict[type, Callable[[Any], Any]]:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        taken = get_type_hints(cls.receive)["message"]
+        cls.accepts = frozenset(get_args(taken) or (taken,))  # a union, or one class
+
+    def receive(self, message: Any) -> Any:
         raise NotImplementedError
 
     def on_receive(self, message: Any) -> Any:
@@ -65,11 +73,10 @@ class TetherActor(pykka.ThreadingActor):
             return True
         if isinstance(message, Crash):
             raise RuntimeError(f"injected crash in {self}")
-        handler = self._handlers.get(type(message))
-        if handler is None:
+        if type(message) not in self.accepts:
             log.warning("%s ignored an unknown message %r", self, type(message).__name__)
             return None
-        result = handler(message)
+        result = self.receive(message)
         self.after_message(message)
         return result
 

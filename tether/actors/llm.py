@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, assert_never
 
 from tether import errors, metrics, upstream
 from tether.actor import TetherActor, tell
@@ -134,28 +134,48 @@ class LlmActor(TetherActor):
         self._proxied: set[str] = set(proxies.task_ids if proxies is not None else ())
         self._member_gauges: set[str] = set()  # members shown in tether_member_in_flight
 
-    def handlers(self) -> dict[type, Callable[[Any], Any]]:
-        return {
-            m.Infer: self._on_infer,
-            m.Adopt: self._on_adopt,
-            m.Relink: self._on_relink,
-            m.RecordHeartbeat: self._on_heartbeat,
-            m.SetStatus: self._on_set_status,
-            m.StreamLost: self._on_stream_lost,
-            m.StreamOpened: self._on_stream_opened,
-            m.ExpireHeartbeat: self._on_expire_heartbeat,
-            m.WakeSucceeded: self._on_wake_succeeded,
-            m.WakeFailed: self._on_wake_failed,
-            m.WakeTimedOut: self._on_wake_timed_out,
-            m.TaskEnded: self._on_task_ended,
-            m.TasksInFlight: self._on_tasks_in_flight,
-            m.TaskReturned: self._on_task_returned,
-            m.TasksOffered: self._on_tasks_offered,
-            m.TasksReleased: self._on_tasks_released,
-            m.QueueTimedOut: self._on_queue_timed_out,
-            m.Withdraw: self._on_withdraw,
-            m.GraceEnded: self._on_grace_ended,
-        }
+    def receive(self, message: m.LlmMessage) -> Any:
+        match message:
+            case m.Infer():
+                self._on_infer(message)
+            case m.Adopt():
+                self._on_adopt(message)
+            case m.Relink():
+                self._on_relink(message)
+            case m.RecordHeartbeat():
+                return self._on_heartbeat(message)
+            case m.SetStatus():
+                return self._on_set_status(message)
+            case m.StreamLost():
+                self._on_stream_lost(message)
+            case m.StreamOpened():
+                self._on_stream_opened(message)
+            case m.ExpireHeartbeat():
+                self._on_expire_heartbeat(message)
+            case m.WakeSucceeded():
+                self._on_wake_succeeded(message)
+            case m.WakeFailed():
+                self._on_wake_failed(message)
+            case m.WakeTimedOut():
+                self._on_wake_timed_out(message)
+            case m.TaskEnded():
+                self._on_task_ended(message)
+            case m.TasksInFlight():
+                self._on_tasks_in_flight(message)
+            case m.TaskReturned():
+                self._on_task_returned(message)
+            case m.TasksOffered():
+                self._on_tasks_offered(message)
+            case m.TasksReleased():
+                self._on_tasks_released(message)
+            case m.QueueTimedOut():
+                self._on_queue_timed_out(message)
+            case m.Withdraw():
+                self._on_withdraw(message)
+            case m.GraceEnded():
+                self._on_grace_ended(message)
+            case _:
+                assert_never(message)
 
     # --- infer ---------------------------------------------------------------------------
 

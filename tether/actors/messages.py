@@ -10,7 +10,7 @@ import datetime as dt
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import pykka
 
@@ -443,3 +443,29 @@ class Close:
 
     def __init__(self, retry_ms: int | None = None) -> None:
         self.retry_ms = retry_ms
+
+
+# --- who receives what -------------------------------------------------------------------
+# Each actor's `receive` takes one of these unions and matches on it exhaustively (see
+# tether/actor.py); tests/actors/test_dispatch.py checks every message class above has its
+# one receiver.
+
+SupervisorMessage: TypeAlias = (
+    Register | ChildFailed | SessionStreamLost | SessionStreamOpened | ReportStatus
+    | RetireExpired
+)
+LlmMessage: TypeAlias = (
+    Infer | Withdraw | Adopt | Relink | RecordHeartbeat | SetStatus | StreamLost | StreamOpened
+    | ExpireHeartbeat | WakeSucceeded | WakeFailed | WakeTimedOut | TaskEnded | TasksInFlight
+    | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut
+)
+# What a ClusterSupervisor takes besides the SupervisorMessages.
+ClusterSupervisorMessage: TypeAlias = (
+    OwnName | ReloadLlm | ReloadSession | Evict | NamesLost | EnsureOwners | HomeSession
+)
+SessionMessage: TypeAlias = (
+    OpenStream | LlmRestarted | StreamClosed | SendInfer | ReleaseTasks | SendWake
+    | SubmitResult | CancelTask | TaskTimedOut | GraceExpired | Drain | DrainExpired
+    | Evict  # passed on by a ClusterSupervisor
+)
+SweeperMessage: TypeAlias = Sweep

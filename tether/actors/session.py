@@ -8,7 +8,7 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 import pykka
 
@@ -78,22 +78,36 @@ class SessionActor(TetherActor):
         self._replaced: deque[float] = deque()  # when a stream replaced a live one
         self._replaced_warned = float("-inf")
 
-    def handlers(self) -> dict[type, Callable[[Any], Any]]:
-        return {
-            m.OpenStream: self._on_open_stream,
-            m.StreamClosed: self._on_stream_closed,
-            m.GraceExpired: self._on_grace_expired,
-            m.SendInfer: self._on_send_infer,
-            m.SendWake: self._on_send_wake,
-            m.ReleaseTasks: self._on_release_tasks,
-            m.SubmitResult: self._on_submit_result,
-            m.CancelTask: self._on_cancel,
-            m.TaskTimedOut: self._on_timed_out,
-            m.Drain: self._on_drain,
-            m.DrainExpired: self._on_drain_expired,
-            m.LlmRestarted: self._on_llm_restarted,
-            m.Evict: self._on_evict,
-        }
+    def receive(self, message: m.SessionMessage) -> Any:
+        match message:
+            case m.OpenStream():
+                return self._on_open_stream(message)
+            case m.StreamClosed():
+                self._on_stream_closed(message)
+            case m.GraceExpired():
+                self._on_grace_expired(message)
+            case m.SendInfer():
+                self._on_send_infer(message)
+            case m.SendWake():
+                self._on_send_wake(message)
+            case m.ReleaseTasks():
+                self._on_release_tasks(message)
+            case m.SubmitResult():
+                return self._on_submit_result(message)
+            case m.CancelTask():
+                self._on_cancel(message)
+            case m.TaskTimedOut():
+                self._on_timed_out(message)
+            case m.Drain():
+                self._on_drain(message)
+            case m.DrainExpired():
+                self._on_drain_expired(message)
+            case m.LlmRestarted():
+                self._on_llm_restarted(message)
+            case m.Evict():
+                self._on_evict(message)
+            case _:
+                assert_never(message)
 
     # --- the stream ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 import pykka
 
@@ -66,15 +66,22 @@ class Supervisor(TetherActor):
         self._restarts: dict[tuple[str, str], deque[float]] = {}
         self._home: str | None = None  # with a bus: this process's id, put in task ids
 
-    def handlers(self) -> dict[type, Callable[[Any], Any]]:
-        return {
-            m.Register: self._on_register,
-            m.SessionStreamLost: self._on_stream_lost,
-            m.SessionStreamOpened: self._on_stream_opened,
-            m.RetireExpired: self._on_retire_expired,
-            m.ReportStatus: self._on_report_status,
-            m.ChildFailed: self._on_child_failed,
-        }
+    def receive(self, message: m.SupervisorMessage) -> Any:
+        match message:
+            case m.Register():
+                return self._on_register(message)
+            case m.SessionStreamLost():
+                self._on_stream_lost(message)
+            case m.SessionStreamOpened():
+                self._on_stream_opened(message)
+            case m.RetireExpired():
+                self._on_retire_expired(message)
+            case m.ReportStatus():
+                return self._on_report_status(message)
+            case m.ChildFailed():
+                self._on_child_failed(message)
+            case _:
+                assert_never(message)
 
     def on_start(self) -> None:
         try:

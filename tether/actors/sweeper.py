@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
 
 import pykka
 
@@ -37,8 +36,8 @@ class Sweeper(TetherActor):
         self._directory = directory
         self._timer: Timer | None = None
 
-    def handlers(self) -> dict[type, Callable[[Any], Any]]:
-        return {m.Sweep: self._on_sweep}
+    def receive(self, message: m.SweeperMessage) -> None:
+        self._on_sweep(message)  # its only message
 
     def on_start(self) -> None:
         self._schedule()

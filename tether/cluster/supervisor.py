@@ -17,7 +17,6 @@ What differs from the single process's Supervisor:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -38,17 +37,24 @@ class ClusterSupervisor(Supervisor):
         self._router = router
         self._home = router.process
 
-    def handlers(self) -> dict[type, Callable[[Any], Any]]:
-        return {
-            **super().handlers(),
-            m.OwnName: self._on_own_name,
-            m.ReloadLlm: self._on_reload_llm,
-            m.ReloadSession: self._on_reload_session,
-            m.Evict: self._on_evict,
-            m.NamesLost: self._on_names_lost,
-            m.EnsureOwners: self._on_ensure_owners,
-            m.HomeSession: self._on_home_session,
-        }
+    def receive(self, message: m.SupervisorMessage | m.ClusterSupervisorMessage) -> Any:
+        match message:
+            case m.OwnName():
+                return self._on_own_name(message)
+            case m.ReloadLlm():
+                self._on_reload_llm(message)
+            case m.ReloadSession():
+                self._on_reload_session(message)
+            case m.Evict():
+                self._on_evict(message)
+            case m.NamesLost():
+                self._on_names_lost(message)
+            case m.EnsureOwners():
+                self._on_ensure_owners(message)
+            case m.HomeSession():
+                return self._on_home_session(message)
+            case _:  # only SupervisorMessages are left, or the type checker says so
+                return super().receive(message)
 
     # --- where things are ----------------------------------------------------------------
 

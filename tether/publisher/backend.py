@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import gevent
 import pykka
@@ -67,20 +67,32 @@ class BackendActor(TetherActor):
         self.draining = False
         self.posts: list[gevent.Greenlet] = []  # result POSTs made by the actor itself
 
-    def handlers(self) -> dict[type, Callable[[Any], Any]]:
-        return {
-            m.RunInfer: self._on_run_infer,
-            m.RunWake: self._on_run_wake,
-            m.CancelTask: self._on_cancel,
-            m.TaskFinished: self._on_task_finished,
-            m.WakeFinished: self._on_wake_finished,
-            m.SleepFinished: self._on_sleep_finished,
-            m.IdleExpired: self._on_idle_expired,
-            m.GetStatus: lambda _msg: "hibernating" if self.asleep else "active",
-            m.Drain: self._on_drain,
-            m.GetDrainState: self._on_get_drain_state,
-            m.Abandon: self._on_abandon,
-        }
+    def receive(self, message: m.BackendMessage) -> Any:
+        match message:
+            case m.RunInfer():
+                self._on_run_infer(message)
+            case m.RunWake():
+                self._on_run_wake(message)
+            case m.CancelTask():
+                self._on_cancel(message)
+            case m.TaskFinished():
+                self._on_task_finished(message)
+            case m.WakeFinished():
+                self._on_wake_finished(message)
+            case m.SleepFinished():
+                self._on_sleep_finished(message)
+            case m.IdleExpired():
+                self._on_idle_expired(message)
+            case m.GetStatus():
+                return "hibernating" if self.asleep else "active"
+            case m.Drain():
+                self._on_drain(message)
+            case m.GetDrainState():
+                return self._on_get_drain_state(message)
+            case m.Abandon():
+                return self._on_abandon(message)
+            case _:
+                assert_never(message)
 
     def on_start(self) -> None:
         self._arm_idle()

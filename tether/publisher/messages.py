@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,10 @@ class GetDrainState:
 class Abandon:
     """The drain time is up: stop the running tasks and answer each with an error.
     Answered with the result POSTs under way, for the publisher to wait on."""
+
+
+# Everything a BackendActor receives: it matches on this union exhaustively (tether/actor.py).
+BackendMessage: TypeAlias = (
+    RunInfer | RunWake | CancelTask | TaskFinished | WakeFinished | SleepFinished | IdleExpired
+    | GetStatus | Drain | GetDrainState | Abandon
+)
