@@ -108,8 +108,7 @@ PUBLISHER_DISCONNECTED = Code(503, "publisher_disconnected",
                               "the publisher of {name!r} disconnected before answering")
 WAKE_FAILED = Code(503, "wake_failed", "could not wake {name!r}: {why}")
 SHUTTING_DOWN = Code(503, "shutting_down", "the hub is shutting down; retry shortly")
-UNHEALTHY = Code(503, "unhealthy",
-                 "the hub's supervisor or sweeper is not answering; it is being restarted")
+UNHEALTHY = Code(503, "unhealthy", "{why}")
 HUB_BUSY = Code(503, "hub_busy", "the hub did not answer in time; retry")
 ACTOR_RESTARTED = Code(503, "actor_restarted", "the {actor} {why}; retry")
 WAKE_TIMEOUT = Code(504, "wake_timeout", "{name!r} did not wake within {seconds:g} s")

@@ -206,7 +206,8 @@ def test_healthz_is_503_while_a_root_actor_is_down(tmp_path):
     system = ActorSystem(settings, on_fatal=lambda: None).start()
     client = testing.TestClient(create_app(settings, system))
     try:
-        assert client.simulate_get("/healthz").json == {"status": "ok"}
+        assert client.simulate_get("/healthz").json == {"status": "ok", "database": "ok",
+                                                        "bus": "off"}
         for _ in range(MAX_RESTARTS + 1):
             ref = system._sweeper
             system.inject_crash("sweeper", "")

@@ -46,3 +46,11 @@ def cluster(postgres_db: postgres.Database, redis_db: redisdb.Database,
         return hub_factory(**settings)
 
     return start
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[redisdb.Server]:
+    """A redis-server of the test's own, for tests that stop it (never the shared one)."""
+    server = redisdb.Server(tmp_path).start()
+    yield server
+    server.stop()

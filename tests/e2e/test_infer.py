@@ -189,7 +189,7 @@ def test_reads(hub, publisher):
         "maxConcurrency": None, "inFlight": 0}]
     r = hub.get("/api/v1/llms/zzz")
     assert r.status_code == 404 and r.json()["error"]["code"] == "llm_not_found"
-    assert hub.get("/healthz").json() == {"status": "ok"}
+    assert hub.get("/healthz").json() == {"status": "ok", "database": "ok", "bus": "off"}
     r = hub.get("/no/such/route")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = requests.delete(f"{hub.url}/api/v1/llms", timeout=5, headers={"Connection": "close"})

@@ -10,12 +10,13 @@ import time
 
 
 class ChaosProxy:
-    def __init__(self, target_port: int, latency_s: tuple[float, float] = (0.0, 0.0)) -> None:
+    def __init__(self, target_port: int, latency_s: tuple[float, float] = (0.0, 0.0),
+                 port: int = 0) -> None:
         self.target = ("127.0.0.1", target_port)
         self.latency_s = latency_s
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind(("127.0.0.1", port))  # a port of its own, or one a closed proxy had
         self.listener.listen(256)
         self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -30,6 +31,9 @@ class ChaosProxy:
             try:
                 client, _ = self.listener.accept()
             except OSError:
+                return
+            if self._stopped.is_set():  # accepted while closing: the proxy is gone
+                client.close()
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -75,5 +79,9 @@ class ChaosProxy:
 
     def close(self) -> None:
         self._stopped.set()
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave that
+        # accept() running, and the next connection would still be served.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.cut()

@@ -13,7 +13,9 @@ worker on one machine share the server without colliding.
 from __future__ import annotations
 
 import secrets
+import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -83,3 +85,48 @@ def create() -> Database:
             time.sleep(0.1)
     finally:
         admin.close()
+
+
+class Server:
+    """A redis-server of the test's own on a free port, to stop and start at will (the
+    machine's Redis is shared with every other test running)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import shutil
+
+        from tests.support.hub import free_port
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            services.absent("no redis-server on PATH (apt-get install redis-server)")
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        assert self.binary is not None
+        with open(self.tmp / f"redis-{self.port}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.tmp)],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with _client(self.url, 0) as probe:
+                return bool(probe.ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        """Gone at once, as a crash would leave it (nothing is saved: --save "")."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -14,6 +14,7 @@ from tether.http import errors
 from tether.http.auth import Auth, AuthMiddleware
 from tether.http.limits import limiters
 from tether.http.openapi import OpenApi
+from tether.http.probes import Probes
 from tether.http.relay import Relay
 from tether.http.resources import (
     faults,
@@ -44,7 +45,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
 
     docs = OpenApi()
     routes: list[tuple[str, Any]] = [  # every path of the hub, once
-        ("/healthz", health.Health(system)),
+        ("/healthz", health.Health(system, Probes(settings))),
         ("/openapi.json", docs),
         ("/metrics", metrics.Metrics()),
         ("/status", status.Page("status.html", "text/html; charset=utf-8",

@@ -186,7 +186,9 @@ REGISTERED = {"type": "object", "required": ["providerSessionId", "llms"],
 OK = {"type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}
 HEARTBEAT_OK = {"type": "object", "required": ["ok", "llms"],
                 "properties": {"ok": {"const": True}, "llms": {"type": "integer"}}}
-HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+# database: this process's SELECT 1 answered; bus: its Redis PING answered ("off": no bus_url).
+HEALTH = {"type": "object", "required": ["status", "database", "bus"], "properties": {
+    "status": {"const": "ok"}, "database": {"const": "ok"}, "bus": {"enum": ["ok", "off"]}}}
 MODEL_OBJECT = {"type": "object", "required": ["id", "object", "created", "owned_by"],
                 "properties": {"id": {"type": "string"}, "object": {"const": "model"},
                                "created": {"type": "integer"}, "owned_by": {"type": "string"}}}
