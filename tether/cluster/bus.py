@@ -115,6 +115,7 @@ class Bus:
         self.redis.set(self.alive_key(self.process), "1", px=ALIVE_TTL_MS)
 
     def _read(self) -> None:
+        broken = False  # warned about this outage already
         while self._running:
             try:
                 for message in self._pubsub.listen():
@@ -134,13 +135,23 @@ class Bus:
             except redis.RedisError as exc:
                 if not self._running:
                     return
-                log.warning("bus: the subscription broke (%r); resubscribing", exc)
-                time.sleep(TICK_S)
-                try:
-                    self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                    self._pubsub.subscribe(self.channel)
-                except redis.RedisError:
-                    continue
+                if not broken:
+                    log.warning("bus: the subscription broke (%r); resubscribing", exc)
+                    broken = True
+            # Here on an error, and also when listen() ended at once: a subscribe that failed
+            # (Redis still down) leaves a pubsub with no subscription, whose listen() returns
+            # without reading, and looping on it straight away would never yield to the loop.
+            time.sleep(TICK_S)
+            try:
+                with contextlib.suppress(Exception):  # the broken one: best effort
+                    self._pubsub.close()
+                self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(self.channel)
+            except redis.RedisError:
+                continue
+            if broken:
+                log.info("bus: subscribed again")
+                broken = False
 
     def _tick_loop(self) -> None:
         while self._running:
