@@ -4,7 +4,9 @@ processes on one PostgreSQL and one Redis, a publisher on one, clients on either
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -123,3 +125,89 @@ def test_result_post_answers_are_the_same_on_every_process(pair) -> None:
     assert st.status_code == 200, st.text
     wait_until(lambda: a.llm("m1")["status"] == "hibernating", timeout=5)
     pub.close()
+
+
+def test_requests_spread_over_both_processes_share_one_wake(pair) -> None:
+    a, b = pair
+    pub = TestPublisher(a.url)
+    pub.register({"name": "sleepy", "type": "openai", "model": "m",
+                  "initialStatus": "hibernating"})
+    stream = pub.open()
+    calls = [in_background(lambda h=hub, i=i: h.infer("sleepy", f"r{i}"))
+             for i, hub in enumerate((a, b, a, b, b, a))]
+    wake = stream.next_task(timeout=10)
+    assert wake["kind"] == "wake"
+    assert [i for i in stream.drain(0.5) if getattr(i, "event", "") == "task"] == []
+    assert pub.result(wake["taskId"], {"status": 200, "body": None}).status_code == 200
+    infers = [stream.next_task(timeout=10) for _ in calls]
+    assert [t["kind"] for t in infers] == ["infer"] * len(calls)
+    for task in infers:
+        pub.result(task["taskId"], {"status": 200, "body": task["request"]["messages"]})
+    assert sorted(result_of(c).json()[0]["content"] for c in calls) == [
+        f"r{i}" for i in range(len(calls))]
+    pub.close()
+
+
+def test_a_client_gone_on_one_process_cancels_the_task_at_the_publisher_on_the_other(
+        pair) -> None:
+    a, b = pair
+    pub, stream = online(a, "m1")
+    with socket.create_connection(("127.0.0.1", b.port)) as sock:
+        body = json.dumps({"messages": [{"role": "user", "content": "bye"}]}).encode()
+        sock.sendall(b"POST /api/v1/llms/m1/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        task = stream.next_task("infer", timeout=10)
+    # The client hung up on b: the publisher on a is told to stop.
+    cancel = stream.next_task("cancel", timeout=10)
+    assert cancel["taskId"] == task["taskId"]
+    r = pub.result(task["taskId"], {"status": 200, "body": 1})
+    assert r.status_code == 404, r.text  # the task is over
+    pub.close()
+
+
+def test_a_pool_across_processes_balances_and_fails_over(cluster: Cluster) -> None:
+    a, b = cluster(publisher_grace_s=30), cluster(publisher_grace_s=30)
+    pools = {"type": "openai", "pool": True, "model": "m", "maxConcurrency": 1}
+    pa, pb = TestPublisher(a.url), TestPublisher(b.url)
+    pa.register({"name": "p", **pools})
+    sa = pa.open()
+    pb.register({"name": "p", **pools})
+    sb = pb.open()
+    wait_until(lambda: len(a.llm("p")["members"]) == 2, timeout=10)
+    # Two requests, one slot each: one goes to each member, whichever process they hit.
+    first = [in_background(lambda h=h: h.infer("p", f"x{h.port}")) for h in (a, b)]
+    ta, tb = sa.next_task("infer", timeout=10), sb.next_task("infer", timeout=10)
+    pa.result(ta["taskId"], {"status": 200, "body": {"by": "a"}})
+    pb.result(tb["taskId"], {"status": 200, "body": {"by": "b"}})
+    assert sorted(result_of(c).json()["by"] for c in first) == ["a", "b"]
+    # One member busy with x; "held" goes to the other; x is answered; the stream of the
+    # member holding "held" (which produced nothing yet) drops: "held" moves at once to the
+    # member on the other process (failover), not after the 30 s grace.
+    members = {"a": (pa, sa), "b": (pb, sb)}
+    x = in_background(lambda: b.infer("p", "x"))
+    busy, x_task = first_task_on(members)
+    held_call = in_background(lambda: a.infer("p", "held"))
+    free = "b" if busy == "a" else "a"
+    held = members[free][1].next_task("infer", timeout=10)
+    assert held["request"]["messages"][0]["content"] == "held"
+    members[busy][0].result(x_task["taskId"], {"status": 200, "body": {"by": busy}})
+    assert result_of(x).json() == {"by": busy}
+    members[free][1].close()
+    moved = members[busy][1].next_task("infer", timeout=5)
+    assert moved["request"] == held["request"]
+    members[busy][0].result(moved["taskId"], {"status": 200, "body": {"by": busy}})
+    assert result_of(held_call).json() == {"by": busy}
+    pa.close()
+    pb.close()
+
+
+def first_task_on(members: dict[str, tuple[TestPublisher, Any]], timeout: float = 10) -> Any:
+    """Which member's stream got the next infer task, and the task."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for key, (_, stream) in members.items():
+            for item in stream.drain(0.05):
+                if getattr(item, "event", "") == "task" and item.json()["kind"] == "infer":
+                    return key, item.json()
+    raise AssertionError("no member got the task")
