@@ -75,21 +75,36 @@ class ActorSystem:
         self._in_flight: dict[str, Mapping[str, int]] = {}
         # With a bus_url: the router to the other hub processes (tether.cluster).
         self._router: Any = None
+        # How to stop each part that started, in the order they started (see start()).
+        self._started: list[tuple[str, Callable[[], None]]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> ActorSystem:
-        live = None
-        if self.settings.bus_url:
-            self._start_router()
-            live = self._router.live_sessions
-        open_store(self.settings.database_url, self.settings.llms, live)
-        self._supervisor = self._start_supervisor(None)
-        _ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
-        self._sweeper = self._start_sweeper()
-        self._running = True
-        if self._router is not None:
-            self._router.start_ticks()
+        """Start the parts in order, as Mopidy does: each part that started is recorded with
+        how to stop it, and if a later part fails, stop() stops those in reverse order before
+        the error goes on up, so a failed start leaves nothing running."""
+        try:
+            live = None
+            if self.settings.bus_url:
+                self._start_router()
+                # Stopped, its names can be taken at once, not after a TTL.
+                self._started.append(("router", self._router.stop))
+                live = self._router.live_sessions
+            # Recorded first: a database that failed half-way through readying is closed too.
+            self._started.append(("database", db.close))
+            open_store(self.settings.database_url, self.settings.llms, live)
+            self._supervisor = self._start_supervisor(None)
+            self._started.append(("supervisor", self._stop_supervisor))
+            _ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
+            self._sweeper = self._start_sweeper()
+            self._started.append(("sweeper", self._stop_sweeper))
+            self._running = True
+            if self._router is not None:
+                self._router.start_ticks()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _start_router(self) -> None:
@@ -176,17 +191,29 @@ class ActorSystem:
         return True
 
     def stop(self) -> None:
-        self._running = False
-        for ref in (self._sweeper, self._supervisor):
-            if ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    ref.stop(timeout=5)
-        self._sweeper = self._supervisor = None
-        # Children stop after the supervisor asked them to; make sure none outlives us.
+        """Stop the parts that started, the last first; one failing to stop does not keep
+        the others running."""
+        self._running = False  # from now on a root actor's end is no crash to restart
+        while self._started:
+            part, stop = self._started.pop()
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping the %s failed", part)
+
+    def _stop_sweeper(self) -> None:
+        if self._sweeper is not None:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                self._sweeper.stop(timeout=5)
+        self._sweeper = None
+
+    def _stop_supervisor(self) -> None:
+        if self._supervisor is not None:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                self._supervisor.stop(timeout=5)
+        self._supervisor = None
+        # Children stop after the supervisor asked them to; make sure none outlives it.
         pykka.ActorRegistry.stop_all(timeout=5)
-        if self._router is not None:
-            self._router.stop()  # its names can be taken at once, not after a TTL
-        db.close()
 
     def _set_directory(self, directory: Directory) -> None:
         self._directory = directory
