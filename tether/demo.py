@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import signal
 import socket
 import subprocess
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import urllib3
+
+from tether.orphans import die_with_parent
 
 DEMO_MODEL = "demo"
 LOG_TAIL_LINES = 20
@@ -54,16 +55,10 @@ class Child:
         return "\n".join(text.rstrip().splitlines()[-lines:]) or "(the log is empty)"
 
 
-# Loaded in the parent: the child, between fork and exec, should only make the call.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-
-
 def _die_with_parent() -> None:
     """In the child, before exec: a demo killed outright (SIGKILL) must not leave its
-    children running. Linux only; elsewhere the demo's own exit paths stop them."""
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    children running."""
+    die_with_parent(signal.SIGTERM)
 
 
 def _check_alive(children: list[Child]) -> None:

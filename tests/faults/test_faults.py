@@ -6,6 +6,7 @@ import collections
 import concurrent.futures as cf
 import http.client
 import json
+import pathlib
 import signal
 import threading
 import time
@@ -161,6 +162,32 @@ def _healthy(hub) -> bool:
 
 def test_the_crash_route_does_not_exist_in_production(hub):
     assert hub.post("/_faults/crash", {"kind": "llm", "key": "x"}).status_code == 404
+
+
+def _children(pid: int) -> list[int]:
+    return [int(x) for x in
+            pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:  # a zombie (dead, not yet reaped by init) counts as gone
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_kill_9_of_the_hub_master_takes_its_worker_with_it(hub, publisher):
+    """An orphaned worker would keep serving the killed hub's open connections (here a
+    publisher's stream) for gunicorn's graceful period (15 s), so that publisher would not
+    reconnect to a hub restarted on the port: the worker dies with its master instead."""
+    publisher.register("llama")
+    publisher.open()  # its `hello` arrived: the worker holds the stream
+    workers = wait_until(lambda: _children(hub.proc.pid), timeout=10)
+    hub.stop(signal.SIGKILL)
+    wait_until(lambda: all(_gone(w) for w in workers), timeout=5)
+    # Killed outright, not by gunicorn's own check, which drains first and meanwhile
+    # keeps answering on the port (a restarted hub's readiness probe reached it).
+    assert "Parent changed" not in hub.logs()
 
 
 def test_hub_kill_9_and_restart_with_a_publisher_running(hub, backend_factory, publish_factory):

@@ -12,6 +12,7 @@ from gunicorn.app.base import BaseApplication
 
 from tether import logs
 from tether.config import REPO_ROOT, Settings
+from tether.orphans import die_with_parent
 
 GUNICORN_CONF = Path("conf/gunicorn.conf.py")
 
@@ -57,6 +58,14 @@ def _post_worker_init(worker: Any) -> None:
     signal.signal(signal.SIGTERM, handle_exit)
 
 
+def _post_fork(server: Any, worker: Any) -> None:
+    """A worker dies with its master. gunicorn's own check notices a dead master only after
+    a while and then drains; meanwhile the orphan keeps the listening socket and the
+    sessions of a hub that was killed, and a hub restarted on that port would share its
+    clients with it (a kill -9 of the master must stop the hub, as it does its workers)."""
+    die_with_parent(signal.SIGKILL, parent=server.pid)
+
+
 def _worker_exit(server: Any, worker: Any) -> None:
     system = getattr(worker.app, "system", None)
     if system is not None:
@@ -90,6 +99,7 @@ class HubApplication(BaseApplication):
             # gunicorn >= 25.1 opens a control socket in $HOME: several hubs would collide
             # on it, and it could change the worker count behind the settings' back.
             self.cfg.set("control_socket_disable", True)
+        self.cfg.set("post_fork", _post_fork)
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("worker_exit", _worker_exit)
 
