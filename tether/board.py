@@ -2,7 +2,9 @@
 
 It is what the status page, its live feed, `tether status` and the gauges of /metrics read.
 Nothing here touches the database: actors report their state after every message they
-handle, so a reader never asks an actor and never queries a row.
+handle, so a reader never asks an actor and never queries a row. With several hub processes
+each process shares its own part with the others through Redis (tether.cluster.shared_board)
+and the status page merges theirs in; /metrics stays this process's own.
 
 Watchers (the status feed) are woken through a threading.Event, which gevent makes
 cooperative; they read a whole snapshot each time, so a slow watcher only skips states.
@@ -14,7 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 RECENT_ERRORS = 50
 
@@ -36,6 +38,11 @@ class _Session:
     owner: str
     stream_open: bool
     open_tasks: int
+
+
+class ClusterView(Protocol):
+    def merge(self, llms: dict[str, dict[str, Any]], sessions: dict[str, dict[str, Any]],
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]: ...
 
 
 class Watcher:
@@ -74,6 +81,10 @@ class Board:
         self._watchers: set[Watcher] = set()
         self.closed = False  # shutting down: watchers stop watching
         self.version = 0  # bumped by every change, including those that wake no watcher
+        # With several hub processes: how to merge in the others' Llms and sessions
+        # (tether.cluster.shared_board), set while this process is part of a cluster.
+        self.cluster: ClusterView | None = None
+        self._dirty: set[tuple[str, str]] | None = None  # noted only in a cluster
 
     # --- writers (actors, reply channels) ------------------------------------------------
 
@@ -86,9 +97,11 @@ class Board:
                 # the time. Watchers pick it up with their next snapshot (see `version`).
                 self._heartbeats[name] = time.time()
                 self.version += 1
+                self._changed("l", name)
             if self._llms.get(name) == row:
                 return
             self._llms[name] = row
+            self._changed("l", name)
         self._notify()
 
     def llm_gone(self, owner: str, name: str) -> None:
@@ -99,6 +112,7 @@ class Board:
             del self._llms[name]
             self._heartbeats.pop(name, None)
             self._wakes.pop(name, None)
+            self._changed("l", name)
         self._notify()
 
     def actor_down(self, kind: str, key: str) -> None:
@@ -108,8 +122,10 @@ class Board:
                 row = self._llms[key]
                 self._llms[key] = _Llm(row.owner, row.name, row.kind, "inactive",
                                        row.session_id, False, 0, 0)
+                self._changed("l", key)
             elif kind == "session" and key in self._sessions:
                 self._sessions[key] = _Session(self._sessions[key].owner, False, 0)
+                self._changed("s", key)
         self._notify()
 
     def session(self, owner: str, session_id: str, stream_open: bool, open_tasks: int) -> None:
@@ -118,6 +134,7 @@ class Board:
             if self._sessions.get(session_id) == entry:
                 return
             self._sessions[session_id] = entry
+            self._changed("s", session_id)
         self._notify()
 
     def session_gone(self, owner: str, session_id: str) -> None:
@@ -126,12 +143,14 @@ class Board:
             if entry is None or entry.owner != owner:
                 return
             del self._sessions[session_id]
+            self._changed("s", session_id)
         self._notify()
 
     def wake_started(self, name: str) -> None:
         with self._lock:
             last = self._wakes.get(name, {})
             self._wakes[name] = {**last, "startedAt": time.time(), "running": True}
+            self._changed("l", name)
         self._notify()
 
     def wake_ended(self, name: str, outcome: str, seconds: float) -> None:
@@ -139,6 +158,7 @@ class Board:
             last = self._wakes.get(name, {})
             self._wakes[name] = {**last, "running": False, "outcome": outcome,
                                  "seconds": round(seconds, 3)}
+            self._changed("l", name)
         self._notify()
 
     def request_done(self, llm: str, status: int, code: str | None) -> None:
@@ -153,30 +173,85 @@ class Board:
 
     # --- readers -------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def _llm_entry(self, row: _Llm) -> dict[str, Any]:
+        wake = self._wakes.get(row.name, {})
+        return {
+            "kind": row.kind,
+            "status": "waking" if row.waking else row.status,
+            "session": row.session_id,
+            "inFlight": row.in_flight,
+            "queued": row.queued,
+            "lastHeartbeatAt": self._heartbeats.get(row.name),
+            "lastWakeAt": wake.get("startedAt"),
+            "lastWakeSeconds": wake.get("seconds"),
+            "lastWakeOutcome": wake.get("outcome"),
+        }
+
+    @staticmethod
+    def _session_entry(entry: _Session) -> dict[str, Any]:
+        return {"streamOpen": entry.stream_open, "openTasks": entry.open_tasks}
+
+    def local(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """This process's Llms (by name) and sessions (by id) as plain data: what the status
+        rows are made of, and what a process shares with the others of a cluster."""
         with self._lock:
-            llms = sorted(self._llms.values(), key=lambda row: row.name)
-            heartbeats = dict(self._heartbeats)
-            wakes = {name: dict(w) for name, w in self._wakes.items()}
-            sessions = dict(self._sessions)
+            return ({name: self._llm_entry(row) for name, row in self._llms.items()},
+                    {sid: self._session_entry(e) for sid, e in self._sessions.items()})
+
+    # --- sharing with the other processes of a cluster ----------------------------------
+
+    def _changed(self, kind: str, key: str) -> None:
+        """(Under the lock.) Note what changed, for the cluster's copy of this board."""
+        if self._dirty is not None:
+            self._dirty.add((kind, key))
+
+    def track_changes(self) -> None:
+        """From now on note what changes (everything counts as changed once): a process of a
+        cluster writes only what changed since its last write (tether.cluster.shared_board)."""
+        with self._lock:
+            self._dirty = {("l", n) for n in self._llms} | {("s", s) for s in self._sessions}
+
+    def take_changes(self, also: set[str] | frozenset[str] = frozenset(),
+                     ) -> tuple[dict[str, dict[str, Any] | None], dict[str, dict[str, Any] | None]]:
+        """The Llms (and those named in `also`) and sessions changed since the last call, as
+        `local()` shows them; None for one that is gone."""
+        with self._lock:
+            dirty, self._dirty = self._dirty or set(), set()
+            names = {key for kind, key in dirty if kind == "l"} | set(also)
+            llms = {name: (self._llm_entry(self._llms[name]) if name in self._llms else None)
+                    for name in names}
+            sessions = {key: (self._session_entry(self._sessions[key])
+                              if key in self._sessions else None)
+                        for kind, key in dirty if kind == "s"}
+        return llms, sessions
+
+    def snapshot(self, whole_cluster: bool = False) -> dict[str, Any]:
+        """The state as the status page shows it. `whole_cluster`: with `cluster` set (several
+        hub processes), the Llms and sessions of every process, merged by `cluster`; the
+        errors and request counts stay this process's own."""
+        llms, sessions = self.local()
+        cluster = self.cluster
+        if whole_cluster and cluster is not None:
+            llms, sessions = cluster.merge(llms, sessions)
+        with self._lock:
             errors = list(self._errors)
             requests, failed, feeds = self._requests, self._failed, len(self._watchers)
         rows: list[dict[str, Any]] = []
-        for row in llms:
-            wake = wakes.get(row.name, {})
-            session = sessions.get(row.session_id or "")
+        for name in sorted(llms):
+            row = llms[name]
+            session = sessions.get(row["session"] or "")
             rows.append({
-                "name": row.name,
-                "kind": row.kind,
-                "status": "waking" if row.waking else row.status,
-                "session": row.session_id,
-                "streamOpen": bool(session and session.stream_open),
-                "inFlight": row.in_flight,
-                "queued": row.queued,
-                "lastHeartbeatAt": heartbeats.get(row.name),
-                "lastWakeAt": wake.get("startedAt"),
-                "lastWakeSeconds": wake.get("seconds"),
-                "lastWakeOutcome": wake.get("outcome"),
+                "name": name,
+                "kind": row["kind"],
+                "status": row["status"],
+                "session": row["session"],
+                "streamOpen": bool(session and session["streamOpen"]),
+                "inFlight": row["inFlight"],
+                "queued": row["queued"],
+                "lastHeartbeatAt": row["lastHeartbeatAt"],
+                "lastWakeAt": row["lastWakeAt"],
+                "lastWakeSeconds": row["lastWakeSeconds"],
+                "lastWakeOutcome": row["lastWakeOutcome"],
             })
         by_status: dict[str, int] = {}
         for wire in rows:
@@ -189,7 +264,7 @@ class Board:
                 "llms": len(rows),
                 "byStatus": by_status,
                 "sessions": len(sessions),
-                "streamsOpen": sum(1 for s in sessions.values() if s.stream_open),
+                "streamsOpen": sum(1 for s in sessions.values() if s["streamOpen"]),
                 "inFlight": sum(r["inFlight"] for r in rows),
                 "queued": sum(r["queued"] for r in rows),
                 "requests": requests,
@@ -197,6 +272,10 @@ class Board:
                 "feeds": feeds,
             },
         }
+
+    def watching(self) -> bool:
+        """Whether a status feed watches (then a cluster's other processes are read for it)."""
+        return bool(self._watchers)
 
     def watch(self) -> Watcher:
         watcher = Watcher(self)
@@ -210,6 +289,10 @@ class Board:
 
     def close(self) -> None:
         self.closed = True
+        self._notify()
+
+    def changed_elsewhere(self) -> None:
+        """Another process of the cluster changed what a watcher shows: wake the feeds."""
         self._notify()
 
     def _notify(self) -> None:

@@ -220,6 +220,12 @@ class ActorSystem:
 
     def _set_in_flight(self, name: str, counts: Mapping[str, int]) -> None:
         self._in_flight[name] = MappingProxyType(dict(counts))
+        if self._router is not None:  # the other processes show them too
+            self._router.board.counts_changed(name)
+
+    def in_flight(self, name: str) -> Mapping[str, int]:
+        """The members' in-flight counts of `name`, as its LlmActor here last published."""
+        return self._in_flight.get(name, {})
 
     def read(self, rows: Sequence[Llm],
              members: Mapping[str, Sequence[LlmMember]] | None = None) -> list[dict[str, Any]]:
@@ -227,15 +233,31 @@ class ActorSystem:
         (`members`: each virtual row's, when the caller has them already)."""
         if members is None:
             members = store.members_of([row.name for row in rows if row.kind != KIND_PUBLIC])
+        # With a bus, a name owned by another process: the counts its owner shared.
+        elsewhere = ({name for name in members if self._directory.llm(name) is None}
+                     if self._router is not None else set())
+        remote = self._remote_counts(sorted(elsewhere))
         out = []
         for row in rows:
             wire = row.to_wire()
             if row.name in members:
-                counts = self._in_flight.get(row.name, {})
+                counts = (remote.get(row.name, {}) if row.name in elsewhere
+                          else self._in_flight.get(row.name, {}))
                 wire["members"] = [x.to_wire(counts.get(x.session_id, 0))
                                    for x in members[row.name]]
             out.append(wire)
         return out
+
+    def _remote_counts(self, names: list[str]) -> Mapping[str, Mapping[str, int]]:
+        """With a bus: the in-flight counts of names owned by other processes, as their
+        owners shared them (PROTOCOL.md: reads show the whole cluster)."""
+        if not names:
+            return {}
+        try:
+            return self._router.board.member_counts(names)
+        except Exception:  # noqa: BLE001 - Redis down: rows read as they are, counts unknown
+            log.warning("reading the in-flight counts of other processes failed", exc_info=True)
+            return {}
 
     @property
     def directory(self) -> Directory:

@@ -32,10 +32,12 @@ from tether import errors
 from tether.actor import tell
 from tether.actors import messages as m
 from tether.actors.task_ids import home_of
+from tether.board import BOARD
 from tether.cluster import codec
 from tether.cluster.bus import Bus
 from tether.cluster.leases import Homes, Leases
 from tether.cluster.proxies import RemoteLlm, RemoteReply, RemoteSession, failed_future
+from tether.cluster.shared_board import SharedBoard
 from tether.errors import TetherError
 from tether.runtime import call_later, spawn
 
@@ -78,6 +80,7 @@ class Router:
         self.process = self.bus.process
         self.leases = Leases(self.bus)
         self.homes = Homes(self.bus)
+        self.board = SharedBoard(self.bus, BOARD, system.in_flight)
         self._system = system
         self._addresses: dict[str, codec.Address] = {}  # local actor urn -> address
         self._pending: dict[str, _Pending] = {}  # request id -> waiting request
@@ -99,10 +102,13 @@ class Router:
         return {session_id for session_id, h in homes.items() if h.process in alive}
 
     def start_ticks(self) -> None:
-        """Once the supervisor runs: leases, the liveness monitor, owners of live names."""
+        """Once the supervisor runs: leases, the liveness monitor, owners of live names, the
+        shared board."""
+        self.board.start()
         self.bus.every_tick(self._tick)
 
     def stop(self) -> None:
+        self.board.stop()
         with contextlib.suppress(Exception):  # Redis may be gone at shutdown
             self.leases.release_all()
         self.bus.stop()
@@ -391,6 +397,7 @@ class Router:
             log.warning("bus: lost the lease of %s", lost)
             tell(self._system.supervisor, m.NamesLost(tuple(lost)))
         procs = sorted(str(p) for p in self.bus.redis.smembers(self.bus.key("procs")))
+        self.board.set_peers(procs)
         targets = {p.target for p in self._pending.values() if p.target} - {self.process}
         watched = sorted(set(procs) | targets)
         alive = self.bus.alive(watched) | {self.process}
@@ -417,6 +424,7 @@ class Router:
             if not self.bus.redis.srem(self.bus.key("procs"), process):
                 return  # another survivor does it
             log.warning("bus: process %s is gone; its sessions' rows go inactive", process)
+            self.bus.redis.delete(self.board.key_of(process))
             for session_id, home in self.homes.all().items():
                 if home.process == process and self.homes.forget(session_id, process):
                     self._system.local_call("home_died", [session_id])

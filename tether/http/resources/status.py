@@ -2,7 +2,9 @@
 GET /status/events (the live feed, SSE).
 
 Everything comes from the board (tether.board), which the actors keep current: no handler
-here and nothing in the feed's generator touches the database or asks an actor.
+here and nothing in the feed's generator touches the database or asks an actor. With several
+hub processes the board merges in what the others share (Redis), so every process shows the
+whole cluster's Llms and sessions.
 
 The page and its files hold no data and need no key. The state and the feed are reads
 (client role, as GET /api/v1/llms). The page sends the key in an Authorization header of a
@@ -48,7 +50,7 @@ class State:
     operations = {"GET": Operation("The hub's live state", ok={"type": "object"})}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = BOARD.snapshot()
+        resp.media = BOARD.snapshot(whole_cluster=True)
 
 
 class Events:
@@ -89,7 +91,7 @@ def _feed(
                 yield b"retry: 1000\n\n"
                 return
             sent = BOARD.version
-            snapshot = BOARD.snapshot()
+            snapshot = BOARD.snapshot(whole_cluster=True)
             yield sse.frame("state", sse.dumps(snapshot)).encode()
             # Cooperative under gevent; what changed meanwhile follows. A big hub's snapshot
             # costs more: fewer of them (10,000 Llms: one a second at most).
