@@ -20,32 +20,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the Llm name on the hub")
     parser.add_argument("--model", help="the model name the backend expects")
     parser.add_argument("--backend", help="backend base URL, e.g. http://127.0.0.1:11434/v1")
-    parser.add_argument("--type", default="openai")
+    parser.add_argument("--type", help="backend type (default openai)")
     parser.add_argument("--api-key-env", help="env var holding the backend's API key")
     parser.add_argument("--key-env", help="env var holding this publisher's hub key")
-    parser.add_argument("--max-concurrency", type=int, default=4)
+    parser.add_argument("--max-concurrency", type=int, help="default 4")
     parser.add_argument("--pool", action="store_true",
                         help="share the name with other publishers (a pool)")
     parser.add_argument("--wake-command", help="command that starts the backend")
     parser.add_argument("--sleep-command", help="command that stops the backend")
     parser.add_argument("--idle-sleep-s", type=float, help="idle this long → sleep command")
-    parser.add_argument("--wake-timeout-s", type=float, default=120.0)
+    parser.add_argument("--wake-timeout-s", type=float, help="default 120")
     parser.add_argument("--session-file", help="where the session id is kept")
+
+
+# Flags that describe the one backend of a flags-only publisher; a config file lists its own.
+BACKEND_FLAGS = ("name", "model", "backend", "type", "api_key_env", "max_concurrency", "pool",
+                 "wake_command", "sleep_command", "idle_sleep_s", "wake_timeout_s")
 
 
 def config_from_args(args: argparse.Namespace) -> PublisherConfig:
     if args.config:
-        return load(args.config, {"session_file": args.session_file} if args.session_file else None)
+        # A flag the file would silently win over is refused; --hub, --key-env and
+        # --session-file override the file's values.
+        ignored = [f"--{k.replace('_', '-')}" for k in BACKEND_FLAGS
+                   if getattr(args, k) not in (None, False)]
+        if ignored:
+            raise PublisherConfigError(
+                f"command line: {' '.join(ignored)} cannot be combined with --config "
+                "(the file lists its backends)")
+        overrides = {k: getattr(args, k) for k in ("hub", "key_env", "session_file")
+                     if getattr(args, k)}
+        return load(args.config, overrides)
     missing = [f"--{k}" for k in ("hub", "name", "model", "backend") if not getattr(args, k)]
     if missing:
         raise PublisherConfigError(
             f"command line: give --config FILE, or all of --hub --name --model --backend "
             f"(missing {' '.join(missing)})")
-    backend: dict = {"name": args.name, "type": args.type, "model": args.model,
-                     "base_url": args.backend, "max_concurrency": args.max_concurrency,
-                     "wake_timeout_s": args.wake_timeout_s, "pool": args.pool}
-    if args.api_key_env:
-        backend["api_key_env"] = args.api_key_env
+    backend: dict = {"name": args.name, "model": args.model, "base_url": args.backend,
+                     "pool": args.pool}
+    for flag in ("type", "api_key_env", "max_concurrency", "wake_timeout_s"):
+        if getattr(args, flag) is not None:  # else the config's own default
+            backend[flag] = getattr(args, flag)
     if args.wake_command:
         backend["wake"] = {"command": shlex.split(args.wake_command)}
     if args.sleep_command:
