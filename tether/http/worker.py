@@ -1,21 +1,36 @@
-"""The hub's gunicorn worker: gunicorn's gevent worker, writing a response in fewer `send`s.
+"""The hub's gunicorn worker: gunicorn's gevent worker, with less CPU spent per request
+(docs/performance.md, issue 13). Bytes on the wire are unchanged.
 
-gunicorn writes a response's headers and its body with two `send` calls. On loopback each
-call delivers its bytes to the reader and wakes it, and under load the first of the two was
-the hub's largest single CPU cost (docs/performance.md, issue 13). Here the headers wait
-for the first body write and go out with it in one call, and a chunked body's terminator
-joins the headers when there is no body at all. Bytes on the wire are unchanged.
+- gunicorn writes a response's headers and its body with two `sendall` calls (each also a
+  getsockopt). Here the headers wait for the first body write and go out with it in one
+  `send`, and a chunked body's terminator joins the headers when there is no body at all.
+- The Date header is formatted once a second, not once a response (email.utils).
+- The settings are read once: gunicorn reads a dozen of them on every request, each time
+  through Config.__getattr__ and its settings table, and nothing changes them in a worker.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gunicorn.http import wsgi
+from gunicorn.util import http_date
 from gunicorn.workers.ggevent import GeventWorker
 
 # A body larger than this is sent after its headers rather than copied onto them.
 JOIN_LIMIT = 64 * 1024
+
+
+_date: tuple[int, str] = (0, "")
+
+
+def _date_line() -> str:
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, f"Date: {http_date(now)}\r\n")
+    return _date[1]
 
 
 class OneSendResponse(wsgi.Response):
@@ -27,6 +42,22 @@ class OneSendResponse(wsgi.Response):
         super().__init__(*args, **kwargs)
         self._held: bytes | None = None
         self._hold = True
+
+    def default_headers(self) -> list[str]:
+        # gunicorn's own, but for the Date line: its http_date() formats the time anew for
+        # every response.
+        if self.upgrade:
+            connection = "upgrade"
+        elif self.should_close():
+            connection = "close"
+        else:
+            connection = "keep-alive"
+        major, minor = self.req.version
+        headers = [f"HTTP/{major}.{minor} {self.status}\r\n", f"Server: {self.version}\r\n",
+                   _date_line(), f"Connection: {connection}\r\n"]
+        if self.chunked:
+            headers.append("Transfer-Encoding: chunked\r\n")
+        return headers
 
     def send_headers(self) -> None:
         if self.headers_sent:
@@ -81,10 +112,25 @@ class OneSendResponse(wsgi.Response):
         return super().sendfile(respiter)
 
 
+class SettledConfig:
+    """A worker's gunicorn Config, each setting (or property) read once and then kept."""
+
+    def __init__(self, cfg: Any) -> None:
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._cfg, name)
+        self.__dict__[name] = value
+        return value
+
+
 class Worker(GeventWorker):
     """`worker_class` for `tether serve` (and for running gunicorn on tether.http.app)."""
 
+    cfg: Any  # gunicorn's Config (untyped), then its SettledConfig
+
     def init_process(self) -> None:
+        self.cfg = SettledConfig(self.cfg)
         # base_async builds every HTTP/1 response with gunicorn.http.wsgi.Response; this
         # process is the hub's worker alone, so the swap reaches exactly its responses.
         wsgi.Response = OneSendResponse
