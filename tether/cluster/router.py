@@ -397,7 +397,6 @@ class Router:
             log.warning("bus: lost the lease of %s", lost)
             tell(self._system.supervisor, m.NamesLost(tuple(lost)))
         procs = sorted(str(p) for p in self.bus.redis.smembers(self.bus.key("procs")))
-        self.board.set_peers(procs)
         targets = {p.target for p in self._pending.values() if p.target} - {self.process}
         watched = sorted(set(procs) | targets)
         alive = self.bus.alive(watched) | {self.process}

@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,32 @@ PUSH_GAP_S = 0.1  # a change reaches the other processes this much later, at mos
 ONE_BY_ONE = 8  # a read of at most this many Llms reads their fields, not whole parts
 
 Entries = dict[str, dict[str, Any]]
+
+# Every other process (KEYS[1] the process set, ARGV[2] this one) and its part's version
+# (ARGV[1] .. process is its hash; false where it has none): process, version, process, ...
+_VERSIONS = """
+local out = {}
+for _, p in ipairs(redis.call('smembers', KEYS[1])) do
+  if p ~= ARGV[2] then
+    table.insert(out, p)
+    table.insert(out, redis.call('hget', ARGV[1] .. p, '_v') or false)
+  end
+end
+return out
+"""
+
+# The fields ARGV[3..] of every other process's part, one list per process that has one.
+_SOME = """
+local fields = {}
+for i = 3, #ARGV do table.insert(fields, ARGV[i]) end
+local out = {}
+for _, p in ipairs(redis.call('smembers', KEYS[1])) do
+  if p ~= ARGV[2] and redis.call('exists', ARGV[1] .. p) == 1 then
+    table.insert(out, redis.call('hmget', ARGV[1] .. p, unpack(fields)))
+  end
+end
+return out
+"""
 
 
 @dataclass
@@ -77,11 +103,14 @@ class SharedBoard:
         self._board = board
         self._in_flight = in_flight
         self._key = self.key_of(bus.process)
+        # The processes are listed in Redis (a set every process renews each tick): read
+        # with the parts in one round trip, a process that just started is seen at once.
+        self._versions = bus.redis.register_script(_VERSIONS)
+        self._some = bus.redis.register_script(_SOME)
         self._counts_changed: set[str] = set()  # names whose members' counts changed
         self._renewed = 0.0
         self._wrote = False  # the hash exists (unless Redis lost it)
         self._running = False
-        self._peers: list[str] = []
         self._parts: dict[str, _Part] = {}
         self._watch_versions: tuple[str | None, ...] = ()
 
@@ -103,10 +132,6 @@ class SharedBoard:
             self._board.cluster = None
         with contextlib.suppress(redis.RedisError):
             self._bus.redis.delete(self._key)
-
-    def set_peers(self, processes: Iterable[str]) -> None:
-        """The other processes of the cluster (the router reads them every tick)."""
-        self._peers = sorted(p for p in processes if p != self._bus.process)
 
     def counts_changed(self, name: str) -> None:
         """The members' in-flight counts of `name` changed (its total may not have)."""
@@ -175,24 +200,19 @@ class SharedBoard:
 
     def _refresh(self) -> dict[str, _Part]:
         """Every other part, reading again only those whose version changed."""
-        peers = list(self._peers)
-        if not peers:
-            self._parts = {}
-            return self._parts
-        pipe = self._bus.redis.pipeline(transaction=False)
-        for process in peers:
-            pipe.hget(self.key_of(process), "_v")
-        versions = pipe.execute()
-        stale = [p for p, v in zip(peers, versions, strict=True)
-                 if v is not None and (p not in self._parts or self._parts[p].version != v)]
+        listed = self._versions(keys=[self._bus.key("procs")],
+                                args=[self.key_of(""), self._bus.process])
+        versions = {str(p): str(v) for p, v in zip(listed[::2], listed[1::2], strict=True)
+                    if v}
+        stale = [p for p, v in versions.items()
+                 if p not in self._parts or self._parts[p].version != v]
         if stale:
             pipe = self._bus.redis.pipeline(transaction=False)
             for process in stale:
                 pipe.hgetall(self.key_of(process))
             for process, raw in zip(stale, pipe.execute(), strict=True):
                 self._parts[process] = self._parse(raw)
-        live = {p for p, v in zip(peers, versions, strict=True) if v is not None}
-        self._parts = {p: part for p, part in self._parts.items() if p in live}
+        self._parts = {p: part for p, part in self._parts.items() if p in versions}
         return self._parts
 
     @staticmethod
@@ -250,14 +270,11 @@ class SharedBoard:
         return {name: entry.get("members") or {} for name, entry in entries.items()}
 
     def _fields(self, names: list[str]) -> Entries:
-        peers = list(self._peers)
-        if not peers:
-            return {}
-        pipe = self._bus.redis.pipeline(transaction=False)
-        for process in peers:
-            pipe.hmget(self.key_of(process), ["_at", *(f"l:{n}" for n in names)])
+        listed = self._some(keys=[self._bus.key("procs")],
+                            args=[self.key_of(""), self._bus.process, "_at",
+                                  *(f"l:{n}" for n in names)])
         found: list[tuple[float, str, dict[str, Any]]] = []
-        for values in pipe.execute():
+        for values in listed:
             at = float(values[0] or 0.0)
             for name, raw in zip(names, values[1:], strict=True):
                 entry = _loads(raw)
