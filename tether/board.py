@@ -15,14 +15,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 RECENT_ERRORS = 50
 
 
-@dataclass(frozen=True)
-class _Llm:
+# Rows are NamedTuples: actors report after every message they handle (twice a relayed
+# request per actor), and building and comparing a tuple costs a fraction of a dataclass.
+class _Llm(NamedTuple):
     owner: str  # the actor's urn: a stopping actor must not remove its successor's row
     name: str
     kind: str
@@ -33,8 +33,7 @@ class _Llm:
     queued: int
 
 
-@dataclass(frozen=True)
-class _Session:
+class _Session(NamedTuple):
     owner: str
     stream_open: bool
     open_tasks: int
@@ -102,7 +101,8 @@ class Board:
                 return
             self._llms[name] = row
             self._changed("l", name)
-        self._notify()
+            watchers = self._bump()  # in the same hold of the lock: this runs very often
+        _wake(watchers)
 
     def llm_gone(self, owner: str, name: str) -> None:
         with self._lock:
@@ -135,7 +135,8 @@ class Board:
                 return
             self._sessions[session_id] = entry
             self._changed("s", session_id)
-        self._notify()
+            watchers = self._bump()
+        _wake(watchers)
 
     def session_gone(self, owner: str, session_id: str) -> None:
         with self._lock:
@@ -295,12 +296,20 @@ class Board:
         """Another process of the cluster changed what a watcher shows: wake the feeds."""
         self._notify()
 
+    def _bump(self) -> list[Watcher]:
+        """(Under the lock.) Count a change; the watchers to wake once the lock is let go."""
+        self.version += 1
+        return list(self._watchers) if self._watchers else []
+
     def _notify(self) -> None:
         with self._lock:
-            self.version += 1
-            watchers = list(self._watchers)
-        for watcher in watchers:
-            watcher.notify()
+            watchers = self._bump()
+        _wake(watchers)
+
+
+def _wake(watchers: list[Watcher]) -> None:
+    for watcher in watchers:
+        watcher.notify()
 
 
 BOARD = Board()

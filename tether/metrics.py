@@ -128,6 +128,28 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
+def _children(metric: Any) -> Callable[..., Any]:
+    """`metric.labels(...)` kept per label values: labels() validates and locks on every
+    call, and the request path calls it several times a request. Only for metrics whose
+    label sets are never removed (the cache would hand out a removed child)."""
+    children: dict[tuple[str, ...], Any] = {}
+
+    def child(*values: str) -> Any:
+        found = children.get(values)
+        if found is None:
+            found = children[values] = metric.labels(*values)
+        return found
+
+    return child
+
+
+_queue_wait = _children(QUEUE_WAIT)
+_first_chunk = _children(FIRST_CHUNK)
+_requests = _children(REQUESTS)
+_request_seconds = _children(REQUEST_SECONDS)
+_http_responses = _children(HTTP_RESPONSES)
+
+
 def _safe(fn: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
@@ -146,20 +168,20 @@ def _safe(fn: Callable[..., None]) -> Callable[..., None]:
 @_safe
 def queue_waited(llm: str, seconds: float) -> None:
     """A request's task was sent, `seconds` after the request reached its Llm."""
-    QUEUE_WAIT.labels(llm).observe(seconds)
+    _queue_wait(llm).observe(seconds)
 
 
 @_safe
 def first_chunk(llm: str, seconds: float) -> None:
-    FIRST_CHUNK.labels(llm).observe(seconds)
+    _first_chunk(llm).observe(seconds)
 
 
 @_safe
 def request_done(llm: str, endpoint: str, status: int, code: str | None,
                  seconds: float) -> None:
     """A request's outcome: its HTTP status (499: the client left) and error code."""
-    REQUESTS.labels(llm, endpoint, str(status)).inc()
-    REQUEST_SECONDS.labels(llm).observe(seconds)
+    _requests(llm, endpoint, str(status)).inc()
+    _request_seconds(llm).observe(seconds)
     if code is not None and status != 499:
         ERRORS.labels(llm, code).inc()
     BOARD.request_done(llm, status, code)
@@ -193,7 +215,7 @@ def task_timed_out(llm: str, code: str) -> None:
 
 @_safe
 def http_response(route: str | None, method: str, status: str) -> None:
-    HTTP_RESPONSES.labels(route or "unmatched", method, status.split(" ", 1)[0]).inc()
+    _http_responses(route or "unmatched", method, status.split(" ", 1)[0]).inc()
 
 
 # --- wakes -------------------------------------------------------------------------------
@@ -288,9 +310,12 @@ MEMBER_IN_FLIGHT = Gauge(
     registry=REGISTRY)
 
 
+_pool_routed = _children(POOL_ROUTED)
+
+
 @_safe
 def routed(llm: str, decision: str) -> None:
-    POOL_ROUTED.labels(llm, decision).inc()
+    _pool_routed(llm, decision).inc()
 
 
 @_safe
