@@ -83,6 +83,9 @@ def setup(level: str, fmt: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # No format here names a thread or process, and under gevent looking the thread up
+    # creates a DummyThread for each request's greenlet that logs (issue 13).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for name in ("gunicorn.error", "gunicorn.access"):
         # gunicorn's own lines go through the same handler, so a JSON log stays JSON.
         gl = logging.getLogger(name)

@@ -42,6 +42,14 @@ class Unreached(WireError):
     reset before any byte of an answer (a pool may run the request elsewhere)."""
 
 
+def _send(sock: socket.socket, data: bytes) -> None:
+    # One send() is the common case; gevent's sendall() first asks the kernel for the
+    # socket's buffer size (a getsockopt syscall per call).
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 class _Conn:
     __slots__ = ("sock", "buf", "reused", "received")
 
@@ -253,7 +261,7 @@ class Pool:
             conn.received = False
             try:
                 conn.sock.settimeout(timeout)
-                conn.sock.sendall(data)
+                _send(conn.sock, data)
                 if pieces is not None:
                     for piece in pieces:
                         if piece:
