@@ -38,9 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
         _prepare_database(settings.database_url)
     finally:
         db.close()
+    from tether import multiproc_metrics
     from tether.http.server import serve
 
-    serve(settings)
+    with multiproc_metrics.directory(settings.workers):  # several workers: /metrics per host
+        serve(settings)
     return 0
 
 
@@ -66,12 +68,6 @@ def scale_out_refusal(settings: Settings) -> str | None:
                 "rows through PostgreSQL and their live work through Redis (README, Running "
                 "several hubs). Set them with --database-url/--bus-url, TETHER_DATABASE_URL/"
                 "TETHER_BUS_URL or the config file.")
-    if several:
-        # Until the bus routes requests between processes (issue 15), a second worker would
-        # hold its own publishers and answer 404 for the other's.
-        return (f"--workers {settings.workers}: several workers need the bus to route requests "
-                "between processes, which this version does not have yet; run one worker per "
-                "host")
     return None
 
 

@@ -11,7 +11,7 @@ error codes, outcomes; never a task id, a session id (but `member`, a pool membe
 on the pool gauges, as PROTOCOL.md names it) or client text. A request for a name
 that has no Llm never reaches an Llm: it is counted only by tether_http_responses, by route.
 
-Scrapes are per process (one hub process today; see the README, Observability).
+Scrapes are per process; with several workers, per host (tether.multiproc_metrics).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from tether import multiproc_metrics
 from tether.board import BOARD
 
 log = logging.getLogger("tether.metrics")
@@ -121,10 +122,13 @@ class _BoardCollector:
                                 value=totals["feeds"])
 
 
-REGISTRY.register(_BoardCollector())
+BOARD_GAUGES = _BoardCollector()
+REGISTRY.register(BOARD_GAUGES)
 
 
 def exposition() -> bytes:
+    if multiproc_metrics.enabled():  # several workers: the whole host's
+        return multiproc_metrics.exposition()
     return generate_latest(REGISTRY)
 
 
@@ -306,7 +310,7 @@ POOL_ROUTED = Counter(
 MEMBER_IN_FLIGHT = Gauge(
     "tether_member_in_flight", "Tasks under way per member of a pool (member: its "
     "providerSessionId, as PROTOCOL.md names the label; none for a single publisher).",
-    ["llm", "member"],
+    ["llm", "member"], multiprocess_mode="livesum",  # several workers: summed over live ones
     registry=REGISTRY)
 
 

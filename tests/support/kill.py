@@ -9,17 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from pathlib import Path
 
 from tests.support.hub import Hub
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):  # the thread ended meanwhile
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
+from tests.support.procfs import children
 
 
 def kill_hub(hub: Hub) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from tether import logs
+from tether import logs, multiproc_metrics
 from tether.config import REPO_ROOT, Settings
 from tether.orphans import die_with_parent
 
@@ -72,6 +72,11 @@ def _worker_exit(server: Any, worker: Any) -> None:
         system.stop()
 
 
+def _child_exit(server: Any, worker: Any) -> None:
+    """In the master, once a worker is gone (it may have been killed): its gauges stop."""
+    multiproc_metrics.worker_exited(worker.pid)
+
+
 class HubApplication(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -102,11 +107,17 @@ class HubApplication(BaseApplication):
         self.cfg.set("post_fork", _post_fork)
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("worker_exit", _worker_exit)
+        if multiproc_metrics.enabled():
+            self.cfg.set("child_exit", _child_exit)
 
     def load(self) -> Any:
         from tether.http.app import build  # imported in the worker, after monkey-patching
 
         app, self.system = build(self.settings)
+        if multiproc_metrics.enabled():
+            from tether import metrics
+
+            multiproc_metrics.mirror_board(metrics.BOARD_GAUGES)
         return app
 
 
