@@ -147,7 +147,11 @@ class NamesLost:
 
 @dataclass(frozen=True)
 class EnsureOwners:
-    """Each tick: every name of a session whose stream is here has a live owner."""
+    """Each tick: every name of a session whose stream is here has a live owner. With
+    `reassert`, Redis lost this process's keys (it restarted empty): write the homes of the
+    sessions here again, and have their names' owners re-read their members."""
+
+    reassert: bool = False
 
 
 @dataclass(frozen=True)

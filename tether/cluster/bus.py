@@ -50,6 +50,7 @@ class Bus:
         self._pubsub: Any = None
         self._running = False
         self._ticks: list[Callable[[], None]] = []
+        self.keys_lost = False  # set by a beat that finds our liveness key gone
 
     # --- names ---------------------------------------------------------------------------
 
@@ -70,6 +71,7 @@ class Bus:
         self._pubsub.subscribe(self.channel)
         self._running = True
         self._beat()
+        self.keys_lost = False  # a new process: nothing of ours was there to lose
         self.redis.sadd(self.key("procs"), self.process)
         spawn(self._read)
         spawn(self._tick_loop)
@@ -112,7 +114,15 @@ class Bus:
     # --- loops ---------------------------------------------------------------------------
 
     def _beat(self) -> None:
-        self.redis.set(self.alive_key(self.process), "1", px=ALIVE_TTL_MS)
+        # GET: the key we renewed a second ago is gone when Redis restarted empty (or we were
+        # cut off for longer than its TTL); whatever else we keep there is gone with it.
+        if self.redis.set(self.alive_key(self.process), "1", px=ALIVE_TTL_MS, get=True) is None:
+            self.keys_lost = True
+
+    def take_keys_lost(self) -> bool:
+        """Whether our keys were lost since the last call (see _beat)."""
+        lost, self.keys_lost = self.keys_lost, False
+        return lost
 
     def _read(self) -> None:
         broken = False  # warned about this outage already

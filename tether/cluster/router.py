@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.router")
 
 BUS_ASK_S = 5.0  # a cross-process ask unanswered by then is answered 503
+RECOVER_TICKS = 5  # after Redis lost our keys: re-assert homes and owners this many ticks
 TERMINAL = (m.Completed, m.StreamDone, m.Failed)
 
 
@@ -90,6 +91,7 @@ class Router:
                                   self._reply)
         s = system.settings
         self._pending_max_s = s.wake_timeout_s + s.infer_timeout_s + 60.0
+        self._recovering = 0  # ticks left of re-asserting what Redis lost
 
     def start(self) -> Router:
         self.bus.start()
@@ -392,6 +394,11 @@ class Router:
             self._pending.pop(request_id, None)
 
     def _tick(self) -> None:
+        if self.bus.take_keys_lost():
+            log.warning("bus: Redis lost this process's keys (it restarted empty?): writing "
+                        "homes and owners again")
+            self._recovering = RECOVER_TICKS
+        reassert = self._recovering > 0
         lost = self.leases.renew()
         if lost:
             log.warning("bus: lost the lease of %s", lost)
@@ -414,7 +421,8 @@ class Router:
                 pending.reply.put(m.Failed(error))
             elif now - pending.since > self._pending_max_s:
                 self._pending.pop(request_id, None)
-        tell(self._system.supervisor, m.EnsureOwners())
+        tell(self._system.supervisor, m.EnsureOwners(reassert))
+        self._recovering -= reassert
 
     def _bury(self, process: str) -> None:
         """`process` is dead. Whichever survivor removes it from the set first marks the rows

@@ -16,6 +16,7 @@ What differs from the single process's Supervisor:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -29,6 +30,8 @@ from tether.cluster.proxies import RemoteLlm, RemoteSession
 from tether.cluster.router import Router
 from tether.store import llms as store
 from tether.store.models import KIND_PUBLIC, Llm, LlmMember
+
+log = logging.getLogger("tether.cluster")
 
 
 class ClusterSupervisor(Supervisor):
@@ -220,9 +223,22 @@ class ClusterSupervisor(Supervisor):
         if row is None:
             self._retire(msg.name)
         else:
-            Supervisor._adopt_row(self, row, store.members_of([msg.name])[msg.name],
-                                  msg.registered)
+            members = store.members_of([msg.name])[msg.name]
+            Supervisor._adopt_row(self, row, members, msg.registered)
+            self._tell_live_members(msg.name, members)
         self._publish_directory()
+
+    def _tell_live_members(self, name: str, members: list[LlmMember]) -> None:
+        """Members whose home says their stream is open are live for the owner too. An owner
+        that took the name while Redis was empty (restarted) started it with no member
+        live, and never heard their StreamOpened; an Adopt keeps a member's `live` as it
+        was, so the owner is told after it (same mailbox, in order)."""
+        ref = self._llms.get(name)
+        if ref is None:
+            return
+        for info in self._member_infos(members):
+            if info.live and info.session.ref is not None:
+                tell(ref, m.StreamOpened(info.session.session_id))
 
     def _on_names_lost(self, msg: m.NamesLost) -> None:
         for name in msg.names:
@@ -233,13 +249,35 @@ class ClusterSupervisor(Supervisor):
                 ref.stop(block=False)
         self._publish_directory()
 
-    def _on_ensure_owners(self, _msg: m.EnsureOwners) -> None:
+    def _on_ensure_owners(self, msg: m.EnsureOwners) -> None:
+        if msg.reassert:
+            self._reassert_homes()
         for session_id in list(self._live):
             entry = self._sessions.get(session_id)
             for name in entry.names if entry is not None else ():
                 if name not in self._llms and self._router.owner(name, take=True) == self._home:
                     ref = self._own(name)
                     tell(ref, m.StreamOpened(session_id))
+
+    def _reassert_homes(self) -> None:
+        """Redis came back empty: the sessions homed here are written again, and the owners
+        of their names (whoever took the leases since, maybe before these homes were back)
+        re-read their members, so they find the live streams here. Done for a few ticks
+        (the router's RECOVER_TICKS): every process recovers at its own pace, and a request
+        on the bus may be lost while a peer is not subscribed again yet."""
+        for session_id, entry in list(self._sessions.items()):
+            self._router.homes.set(session_id, entry.slot, session_id in self._live)
+        for session_id in list(self._live):
+            entry = self._sessions.get(session_id)
+            for name in entry.names if entry is not None else ():
+                owner = self._router.owner(name)
+                if owner is not None and owner != self._home:
+                    self._router.supervise(owner, "reload_llm", name)
+        # As an owner: the homes of the members may be back by now (that request from their
+        # home, on an at-most-once bus, may have been lost).
+        for name, sessions in list(self._members.items()):
+            if name in self._llms and sessions:
+                self._on_reload_llm(m.ReloadLlm(name))
 
     def _retire(self, name: str) -> None:
         ref = self._llms.get(name)
