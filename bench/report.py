@@ -110,7 +110,7 @@ def targets() -> list[str]:
         ok = wake["wake_frames"] == 1 and wake["answered"] == wake["clients"]
         out.append(f"- wake storm: {wake['wake_frames']} wake, {wake['answered']}/"
                    f"{wake['clients']} answered: {verdict(ok)}")
-    return out + pool_targets()
+    return out + pool_targets() + cluster_targets()
 
 
 def pool_targets() -> list[str]:
@@ -145,6 +145,50 @@ def pool_targets() -> list[str]:
                        f"{run['answered']}/{run['requests']} answered, at most "
                        f"{max(run['max_in_flight'])} in flight per member (≤ {cap}): "
                        f"{verdict(ok)}")
+    return out
+
+
+def cluster_targets() -> list[str]:
+    """Issue 15: the bus hop, 1 against 2 workers, idle sessions over 2 workers."""
+    out = []
+    cluster, sessions = load("cluster"), load("cluster_sessions")
+    if cluster and "skipped" in cluster:
+        out.append(f"- cluster: not measured ({cluster['skipped']})")
+    elif cluster:
+        hop = cluster["hop"]
+        levels = hop["levels"]
+        one = levels[min(levels, key=int)]
+        out.append(f"- cluster, bus hop at concurrency {min(levels, key=int)}: p50 through a "
+                   f"non-owner {one['non_owner']['p50_ms']} ms against the owner "
+                   f"{one['owner']['p50_ms']} ms, +{hop['hop_p50_ms']} ms (≤ "
+                   f"{hop['target_ms']} ms): {verdict(hop['hop_p50_ms'] <= hop['target_ms'])}")
+        for c, level in levels.items():
+            out.append(f"- cluster, concurrency {c}: req/s through a non-owner ÷ through the "
+                       f"owner {level['rps_ratio']} ({level['non_owner']['rps']} against "
+                       f"{level['owner']['rps']}; reported, no target)")
+        workers = cluster.get("workers", {})
+        if "skipped" in workers:
+            out.append(f"- cluster, 1 against 2 workers: not measured ({workers['skipped']})")
+        for c, level in workers.get("levels", {}).items():
+            one_w, two_w = (level[k]["rps"] for k in level if k.endswith(("worker", "workers")))
+            out.append(f"- cluster, concurrency {c}: 2 workers ÷ 1 worker req/s "
+                       f"{level['rps_ratio']} ({two_w} against {one_w} on {cluster['cpus']} "
+                       f"shared cores; reported, no target)")
+        errors = sum(level[arm]["errors"] for part in (hop, workers)
+                     for level in part.get("levels", {}).values()
+                     for arm in level if isinstance(level[arm], dict))
+        out.append(f"- cluster, every relayed request answered 200 ({errors} errors): "
+                   f"{verdict(errors == 0)}")
+    if sessions and "skipped" in sessions:
+        out.append(f"- cluster sessions: not measured ({sessions['skipped']})")
+    elif sessions:
+        n = sessions["sessions"]
+        ok = sessions["opened"] == n and sessions["heartbeats_ok"] == n
+        rss = ", ".join(f"{w['rss_mib']} MiB" for w in sessions["per_worker"])
+        out.append(f"- {n} idle sessions over {sessions['workers']} workers: "
+                   f"{sessions['opened']}/{n} opened in {sessions['open_s']} s, heartbeats "
+                   f"{sessions['heartbeats_ok']}/{n} answered (all): {verdict(ok)}; RSS per "
+                   f"worker {rss}")
     return out
 
 

@@ -1,5 +1,6 @@
 """Tether benchmarks (not tests):
-`python -m bench.run [relay|stream|wake_storm|sessions|cpu|pools|pool_storm|all]`.
+`python -m bench.run [relay|stream|wake_storm|sessions|cpu|pools|pool_storm|cluster|
+cluster_sessions|all]` (the cluster benches are in bench/cluster.py).
 
 Every figure is measured in one run on this machine, beside its baseline: the demo backend
 called directly, and LiteLLM's proxy in front of the same backend when it is installed.
@@ -742,9 +743,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("which", nargs="?", default="all",
                         choices=["relay", "stream", "wake_storm", "sessions", "cpu", "pools",
-                                 "pool_storm", "all"])
+                                 "pool_storm", "cluster", "cluster_sessions", "all"])
     parser.add_argument("--seconds", type=int, default=10, help="wrk time per relay cell")
     parser.add_argument("--sessions", default="1000,10000")
+    parser.add_argument("--cluster-sessions", type=int, default=20000,
+                        help="cluster_sessions: idle sessions over 2 workers")
+    parser.add_argument("--cell-seconds", type=int, default=5,
+                        help="cluster: wrk time per alternated cell (4 cells per arm)")
     parser.add_argument("--ms-per-message", type=float, default=2.0,
                         help="pools: the KV backend's prefill time per uncached message")
     parser.add_argument("--prefill-slots", type=int, default=1,
@@ -755,9 +760,11 @@ def main() -> None:
         # Each benchmark in a fresh interpreter: no state (or gevent child watcher) carried
         # from one to the next.
         for which in ("relay", "stream", "wake_storm", "sessions", "cpu", "pools",
-                      "pool_storm"):
+                      "pool_storm", "cluster", "cluster_sessions"):
             subprocess.run([sys.executable, "-m", "bench.run", which, "--seconds",
                             str(args.seconds), "--sessions", args.sessions,
+                            "--cluster-sessions", str(args.cluster_sessions),
+                            "--cell-seconds", str(args.cell_seconds),
                             "--ms-per-message", str(args.ms_per_message),
                             "--prefill-slots", str(args.prefill_slots)], check=True)
         return
@@ -765,6 +772,16 @@ def main() -> None:
         if shutil.which("wrk") is None:
             sys.exit("bench: wrk is needed (apt-get install wrk; `make bench` does it)")
         bench_relay(args.seconds)
+    if args.which in ("cluster", "cluster_sessions"):  # wrk and client processes: no gevent
+        from bench import cluster
+
+        if args.which == "cluster":
+            if shutil.which("wrk") is None:
+                sys.exit("bench: wrk is needed (apt-get install wrk; `make bench` does it)")
+            cluster.bench_cluster(args.cell_seconds)
+        else:
+            cluster.bench_cluster_sessions(args.cluster_sessions)
+        return
     # The clients of these benches need concurrency: gevent. The relay bench runs wrk and
     # must not: gevent's child watcher was seen to miss wrk's exit under make.
     monkey.patch_all()

@@ -1,10 +1,13 @@
 """The processes a benchmark runs against: demo backend, hub, publisher (and LiteLLM); for
-pools, a hub and several KV-cache backends each with its publisher."""
+pools, a hub and several KV-cache backends each with its publisher; for the cluster, hub
+processes on one PostgreSQL database and one Redis database of the bench's own."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -13,8 +16,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import urllib3
+
+if TYPE_CHECKING:
+    import redis
 
 TETHER = [sys.executable, "-m", "tether.cli"]
 
@@ -218,6 +225,12 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.kill()
 
 
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn workers of the master `master` (its children), in pid order."""
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+    return sorted(int(pid) for pid in out.split())
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of process `pid`, all its threads, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -275,4 +288,193 @@ class LiteLLM:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             stop(self.proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- the cluster: hub processes on one PostgreSQL and one Redis ----------------------------
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379"
+# Redis database numbers are shared with the test suite on this machine (tests/support/
+# redisdb.py): whoever uses one claims it first with SET NX on this key in database 0.
+REDIS_CLAIMS = "tether-test:redis-db:"
+REDIS_CLAIM_S = 3 * 3600  # longer than any bench; a killed bench's claim lapses after this
+
+
+def postgres_url() -> str:
+    return os.environ.get("TETHER_BENCH_POSTGRES_URL") or POSTGRES_URL
+
+
+def redis_url() -> str:
+    return os.environ.get("TETHER_BENCH_REDIS_URL") or REDIS_URL
+
+
+class Unavailable(RuntimeError):
+    """PostgreSQL or Redis does not answer: the cluster bench cannot run here."""
+
+
+class Services:
+    """A fresh PostgreSQL database and an empty Redis database number, for one cluster;
+    dropped and emptied again on exit."""
+
+    def __init__(self) -> None:
+        self.pg_name = f"tether_bench_{secrets.token_hex(6)}"
+        self.database_url = ""
+        self.bus_url = ""
+        self._redis_db: int | None = None
+        self._token = secrets.token_hex(8)
+
+    def _pg(self, sql: str) -> None:
+        import psycopg2
+
+        try:
+            conn = psycopg2.connect(postgres_url(), connect_timeout=3)
+        except psycopg2.OperationalError as exc:
+            raise Unavailable(f"no PostgreSQL answers at {postgres_url()} (set "
+                              f"TETHER_BENCH_POSTGRES_URL): {' '.join(str(exc).split())}") \
+                from None
+        try:
+            conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def _redis(self, db: int) -> redis.Redis:
+        import redis
+
+        return redis.Redis.from_url(redis_url(), db=db, socket_timeout=5,
+                                    socket_connect_timeout=3)
+
+    def __enter__(self) -> Services:
+        import redis
+
+        self._pg(f'CREATE DATABASE "{self.pg_name}"')
+        self.database_url = postgres_url().rsplit("/", 1)[0] + f"/{self.pg_name}"
+        try:
+            with self._redis(0) as admin:
+                for number in range(15, 0, -1):  # from the top: tests claim from 1 up
+                    if admin.set(f"{REDIS_CLAIMS}{number}", self._token, nx=True,
+                                 ex=REDIS_CLAIM_S):
+                        self._redis_db = number
+                        break
+                else:
+                    raise Unavailable("every Redis database 1..15 is claimed (tests?)")
+            with self._redis(self._redis_db) as db:
+                db.flushdb()
+        except (redis.RedisError, Unavailable) as exc:
+            self.__exit__()
+            if isinstance(exc, Unavailable):
+                raise
+            raise Unavailable(f"no Redis answers at {redis_url()} (set "
+                              f"TETHER_BENCH_REDIS_URL): {exc}") from None
+        self.bus_url = f"{redis_url().rstrip('/')}/{self._redis_db}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._redis_db is not None:
+            with self._redis(self._redis_db) as db:
+                db.flushdb()
+            with self._redis(0) as admin:
+                admin.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                           "return redis.call('DEL', KEYS[1]) end return 0",
+                           1, f"{REDIS_CLAIMS}{self._redis_db}", self._token)
+            self._redis_db = None
+        if self.database_url:
+            self._pg(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            self.database_url = ""
+
+
+class ClusterStack:
+    """`hubs` `tether serve` processes (each `--workers workers`) on one fresh PostgreSQL
+    database and Redis database, and, with `publisher`, the demo backend and one `tether
+    publish` whose stream is on hub 0 (so hub 0 owns the name `demo`: its stream's home
+    takes the lease). `hubs[i]` is each process's URL."""
+
+    def __init__(self, hubs: int = 2, workers: int = 1, publisher: bool = True,
+                 hub_env: dict[str, str] | None = None, max_concurrency: int = 64,
+                 tag: str = "cluster") -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"tether-bench-{tag}-"))
+        self.workers = workers
+        self.ports = [free_port() for _ in range(hubs)]
+        self.hubs = [f"http://127.0.0.1:{p}" for p in self.ports]
+        self.backend_port = free_port()
+        self.backend = f"http://127.0.0.1:{self.backend_port}"
+        self.with_publisher = publisher
+        self.max_concurrency = max_concurrency
+        self.hub_env = {"TETHER_LOG_LEVEL": "warning", **(hub_env or {})}
+        self.procs: list[subprocess.Popen] = []
+        self.hub_procs: list[subprocess.Popen] = []
+        self.services = Services()
+
+    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
+            subprocess.Popen:
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> ClusterStack:
+        self.services.__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        if self.with_publisher:
+            self.backend_proc = self._spawn(
+                [*TETHER, "demo-backend", "--port", str(self.backend_port)], "backend")
+        for i, port in enumerate(self.ports):
+            self.hub_procs.append(self._spawn(
+                [*TETHER, "serve", "--port", str(port), "--workers", str(self.workers),
+                 "--database-url", self.services.database_url,
+                 "--bus-url", self.services.bus_url], f"hub{i}", self.hub_env))
+            # One at a time: the first process of a cluster prepares the schema.
+            wait_http(f"{self.hubs[i]}/healthz", timeout=60)
+        for i in range(len(self.hubs)):  # every worker of every process up (and on the bus)
+            deadline = time.monotonic() + 60
+            while len(worker_pids(self.hub_procs[i].pid)) < self.workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"hub {i} did not start {self.workers} workers")
+                time.sleep(0.1)
+        if not self.with_publisher:
+            return
+        wait_http(f"{self.backend}/v1/models")
+        self.publisher_proc = self._spawn(
+            [*TETHER, "publish", "--hub", self.hubs[0], "--name", "demo",
+             "--model", "demo-model", "--backend", f"{self.backend}/v1",
+             "--max-concurrency", str(self.max_concurrency),
+             "--session-file", str(self.tmp / "session")], "publisher",
+            {"PYTHONUNBUFFERED": "1"})
+        body = json.dumps({"model": "demo", "max_tokens": 4,
+                           "messages": [{"role": "user", "content": "up?"}]})
+        deadline = time.monotonic() + 60
+        while True:  # servable through every process: a relayed answer from each
+            try:
+                if all(urllib3.request("POST", f"{hub}/v1/chat/completions", body=body,
+                                       headers={"Content-Type": "application/json"},
+                                       timeout=5, retries=False).status == 200
+                       for hub in self.hubs):
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the publisher did not come up through {self.hubs}")
+            time.sleep(0.2)
+
+    def worker_pids(self, hub: int = 0) -> list[int]:
+        return worker_pids(self.hub_procs[hub].pid)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+        self.services.__exit__()
         shutil.rmtree(self.tmp, ignore_errors=True)
