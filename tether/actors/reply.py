@@ -49,7 +49,8 @@ class MeteredReply(queue.Queue):
                 self._dispatched = True
                 self.task_id = item.task_id
                 metrics.queue_waited(self.llm, elapsed)
-                log.debug("dispatched", extra=self._fields(duration_ms=_ms(elapsed)))
+                if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the check
+                    log.debug("dispatched", extra=self._fields(duration_ms=_ms(elapsed)))
         elif isinstance(item, m.Chunks):
             if not self._chunked:
                 self._chunked = True

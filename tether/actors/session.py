@@ -344,6 +344,8 @@ class SessionActor(TetherActor):
         tell(task.llm, m.TaskEnded(task.task_id))
         if task.reply is not None and outcome is not None:
             task.reply.put(outcome)
+        if not log.isEnabledFor(logging.INFO):  # its fields cost more than the check
+            return
         log.info(
             "task %s llm=%s endpoint=%s outcome=%s duration_ms=%d",
             task.task_id, task.llm_name, task.endpoint, _outcome_label(outcome),
