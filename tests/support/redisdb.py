@@ -7,7 +7,8 @@ which keeps channels apart too.
 
 Numbers are handed out through Redis itself (`SET NX` on a claim key in database 0, with an
 expiry in case a test process is killed), so the tests of every worktree and every xdist
-worker on one machine share the server without colliding.
+worker on one machine share the server without colliding. A database that holds keys but
+not the tests' mark is someone else's (a benchmark, a developer's hub): it is left alone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import redis
 from tests.support import services
 
 CLAIMS = "tether-test:redis-db:"
+MARK = "tether-test:in-use"  # in each database a test took: whatever is there is a test's
 HOLD_S = 900  # longer than any test; a killed test's claim lapses after this
 WAIT_S = 60  # every number taken: wait this long for one to come free
 
@@ -46,10 +48,11 @@ class Database:
     def client(self) -> redis.Redis:
         return _client(self.server, self.number)
 
-    def release(self) -> None:
+    def release(self, flush: bool = True) -> None:
         """Empty the database and give its number back (if the claim is still ours)."""
-        with self.client() as db:
-            db.flushdb()
+        if flush:
+            with self.client() as db:
+                db.flushdb()
         with _client(self.server, 0) as admin:
             admin.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                        "return redis.call('DEL', KEYS[1]) end return 0",
@@ -77,11 +80,16 @@ def create() -> Database:
                 if admin.set(f"{CLAIMS}{number}", token, nx=True, ex=HOLD_S):
                     made = Database(server, number, token)
                     with made.client() as db:
+                        if db.dbsize() and not db.exists(MARK):
+                            made.release(flush=False)  # not a test's: leave it alone
+                            continue
                         db.flushdb()  # whatever a killed test left behind
+                        db.set(MARK, "1")
                     return made
             if time.monotonic() > deadline:
                 raise RuntimeError(f"every Redis database 1..{count - 1} at {server} stayed "
-                                   f"taken by other tests for {WAIT_S} s")
+                                   f"taken (by other tests, or holding keys that are not a "
+                                   f"test's) for {WAIT_S} s")
             time.sleep(0.1)
     finally:
         admin.close()
