@@ -1,9 +1,8 @@
 """Redis clients for what hub processes count and announce to each other besides routing:
 per-key limits, key revocations, /healthz (tether.http.shared_limits, .revocations, .health).
 
-Names follow the bus's rule (PROTOCOL.md, Several hub processes): every key and channel
-starts with a prefix derived from the bus URL *including its database number*, because
-Redis pub/sub ignores database numbers and two clusters may share one server.
+Names follow the bus's rule (tether.cluster.bus.prefix_of): every key and channel starts with
+a prefix derived from the bus URL, database number included.
 
 redis-py is pure Python: under gunicorn's gevent worker its sockets are gevent's, so a
 Redis call waits on the event loop like any other I/O.
@@ -12,20 +11,12 @@ Redis call waits on the event loop like any other I/O.
 from __future__ import annotations
 
 import functools
-from urllib.parse import parse_qs, urlsplit
 
 import redis
 
 # A Redis that stops answering must cost a request at most this long before the caller
 # falls back (limits count in-process, /healthz says unreachable).
 TIMEOUT_S = 1.0
-
-
-def prefix_of(url: str) -> str:
-    """`tether:<db>`: keys live in the URL's database already; channels need the number."""
-    parts = urlsplit(url)
-    db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0] or "0"
-    return f"tether:{int(db)}"
 
 
 @functools.cache

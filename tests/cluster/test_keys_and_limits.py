@@ -136,3 +136,45 @@ def test_what_a_killed_process_held_lapses(cluster, raw_streams):
     finally:
         first.close()
         second.close()
+
+
+def test_requests_in_flight_are_counted_across_processes(cluster):
+    """max_inflight_per_key = 2: one request waits on each process (for a publisher on a),
+    so a third on either is refused, and is admitted once one of them is answered."""
+    a = cluster(auth="on", max_inflight_per_key=2)
+    b = cluster(auth="on", max_inflight_per_key=2)
+    key = make_key(a, "client", "app")
+    publisher = KeyedPublisher(a.url, make_key(a, "publisher", "pub"))
+    body = {"model": "m1", **CHAT}
+    answers: list[int] = []
+
+    def send(hub) -> threading.Thread:
+        def run() -> None:
+            answers.append(call(hub, "POST", "/v1/chat/completions", key,
+                                json=body).status_code)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    try:
+        publisher.register("m1")
+        stream = publisher.open()
+        sent = [send(a), send(b)]
+        tasks = [stream.next_task("infer", timeout=10) for _ in sent]  # both dispatched
+        for hub in (a, b):
+            r = call(hub, "POST", "/v1/chat/completions", key, json=body)
+            assert r.status_code == 429, r.text
+            assert "2 requests already in flight" in r.json()["error"]["message"]
+        assert publisher.result(tasks[0]["taskId"], {"status": 200, "body": {}}).status_code \
+            == 200
+        wait_until(lambda: sum(t.is_alive() for t in sent) == 1, timeout=10)
+        sent.append(send(b))  # a slot was given back: admitted
+        tasks.append(stream.next_task("infer", timeout=10))
+        for task in tasks[1:]:
+            assert publisher.result(task["taskId"], {"status": 200, "body": {}}).status_code \
+                == 200
+        for thread in sent:
+            thread.join(10)
+        assert answers == [200, 200, 200]
+    finally:
+        publisher.close()

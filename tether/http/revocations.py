@@ -17,6 +17,7 @@ import time
 import redis
 
 from tether import redis_client
+from tether.cluster.bus import prefix_of
 from tether.http.auth import KeyCache
 from tether.runtime import spawn
 from tether.store.db import redact
@@ -28,7 +29,7 @@ RETRY_S = 1.0
 
 
 def channel(bus_url: str) -> str:
-    return f"{redis_client.prefix_of(bus_url)}:revoked"
+    return f"{prefix_of(bus_url)}:revoked"
 
 
 def announce(bus_url: str, key_name: str) -> int:

@@ -29,6 +29,7 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from tether import redis_client
+from tether.cluster.bus import prefix_of
 from tether.config import Settings
 from tether.http.limits import Limiter, StreamCounter, rate_limited
 from tether.runtime import spawn
@@ -208,7 +209,7 @@ def shared(settings: Settings) -> tuple[SharedLimiter, SharedStreamCounter]:
     """The limiters of a process on a bus; their holds renewed by one greenlet."""
     assert settings.bus_url is not None
     client = redis_client.client(settings.bus_url)
-    prefix = redis_client.prefix_of(settings.bus_url)
+    prefix = prefix_of(settings.bus_url)
     limiter = SharedLimiter(settings, client, prefix)
     streams = SharedStreamCounter(settings, client, prefix)
     spawn(_renew_forever, [limiter.inflight, streams.streams])
