@@ -178,3 +178,20 @@ def test_requests_in_flight_are_counted_across_processes(cluster):
         assert answers == [200, 200, 200]
     finally:
         publisher.close()
+
+
+def test_without_redis_a_revocation_is_still_refused_within_a_second(cluster, redis_server):
+    """Pushed revocations let a hub keep valid keys for 30 s; the moment its subscription is
+    gone, it re-reads keys from the database every half second again."""
+    hub = cluster(auth="on", bus_url=redis_server.url)
+    key = make_key(hub, "client", "app")
+    assert call(hub, "GET", "/api/v1/llms", key).status_code == 200  # cached, trusted 30 s
+    redis_server.stop()
+    wait_until(lambda: hub.get("/healthz", timeout=5).status_code == 503, timeout=10)
+    done = subprocess.run([*TETHER, "keys", "revoke", "app", "--database-url",
+                           hub.settings["database_url"], "--bus-url", redis_server.url],
+                          capture_output=True, text=True, timeout=30, check=True)
+    assert "the bus did not answer" in done.stdout, done.stdout
+    revoked = time.monotonic()
+    wait_until(lambda: call(hub, "GET", "/api/v1/llms", key).status_code == 401, timeout=5)
+    assert time.monotonic() - revoked < 1.0

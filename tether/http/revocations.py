@@ -7,6 +7,10 @@ the subscription is up the cache may keep valid keys longer (it is told of revoc
 moment it is not — Redis gone, or silent for PING_S * 3 — the cache goes back to re-reading
 every key from the database after half a second, and it starts empty once the subscription
 is back (a revocation published meanwhile was missed).
+
+It is a subscription of its own, beside the bus's (tether.cluster.bus): the cache may trust
+pushed revocations only while this subscription is proven alive (a PING answered every
+second), and a quiet channel must not pass for a live one.
 """
 
 from __future__ import annotations
