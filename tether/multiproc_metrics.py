@@ -20,9 +20,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "tether-metrics-"  # then the pid of the `tether serve` that made it
 REFRESH_S = 1.0
 
 
@@ -40,13 +42,33 @@ def directory(workers: int) -> Iterator[None]:
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its multiprocess directory "
                            "was set: the workers would each count on their own")
-    path = tempfile.mkdtemp(prefix="tether-metrics-")
+    _remove_stale()
+    path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
     os.environ[ENV] = path
     try:
         yield
     finally:
         os.environ.pop(ENV, None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_stale() -> None:
+    """The directories of hubs that were killed (SIGKILL skips the cleanup): their pid is
+    gone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        pid = path.name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 def exposition() -> bytes:

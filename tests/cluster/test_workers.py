@@ -71,3 +71,29 @@ def test_workers_2_serve_requests_through_every_worker(cluster, redis_db):
     wait_until(lambda: "tether_streams_open 1.0" in hub.get("/metrics").text, timeout=10)
     pub.close()
     wait_until(lambda: "tether_streams_open 0.0" in hub.get("/metrics").text, timeout=10)
+
+
+def test_metrics_directories_of_killed_hubs_are_removed_by_the_next_one(tmp_path, monkeypatch):
+    """SIGKILL skips `tether serve`'s cleanup; the next `tether serve --workers` removes the
+    directories whose hub is gone, and only those."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from tether import multiproc_metrics
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(multiproc_metrics.ENV, raising=False)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"{multiproc_metrics.PREFIX}{gone}-x"
+    live = tmp_path / f"{multiproc_metrics.PREFIX}{os.getppid()}-y"
+    for path in (stale, live):
+        path.mkdir()
+    # As in `tether serve`, before anything imported prometheus_client (put back after).
+    monkeypatch.delitem(sys.modules, "prometheus_client", raising=False)
+    with multiproc_metrics.directory(2):
+        made = os.environ[multiproc_metrics.ENV]
+        assert os.path.isdir(made)
+    assert not stale.exists() and live.exists() and not os.path.exists(made)
