@@ -236,6 +236,13 @@ def wake_started(llm: str, task_id: str) -> None:
 
 
 @_safe
+def wake_renamed(task_id: str, new_task_id: str) -> None:
+    """A wake under way went on under a new task id (its session moved to another process)."""
+    if task_id in _wakes:
+        _wakes[new_task_id] = _wakes.pop(task_id)
+
+
+@_safe
 def wake_ended(llm: str, task_id: str, outcome: str) -> None:
     """`outcome`: succeeded, failed, timed_out or abandoned. Once per started wake."""
     started = _wakes.pop(task_id, None)

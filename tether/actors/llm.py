@@ -37,12 +37,13 @@ InFlightBoard = Callable[[str, Mapping[str, int]], None]
 
 
 class _Wake:
-    __slots__ = ("task_id", "timer", "session_id")
+    __slots__ = ("task_id", "timer", "session_id", "deadline")
 
-    def __init__(self, task_id: str, timer: Timer, session_id: str) -> None:
+    def __init__(self, task_id: str, timer: Timer, session_id: str, deadline: float) -> None:
         self.task_id = task_id
         self.timer = timer
         self.session_id = session_id
+        self.deadline = deadline  # when its timer fires (monotonic)
 
 
 class _Member:
@@ -168,6 +169,8 @@ class LlmActor(TetherActor):
                 self._on_tasks_offered(message)
             case m.TasksReleased():
                 self._on_tasks_released(message)
+            case m.TaskMoved():
+                self._on_task_moved(message)
             case m.QueueTimedOut():
                 self._on_queue_timed_out(message)
             case m.Withdraw():
@@ -415,6 +418,27 @@ class LlmActor(TetherActor):
                      len(moved), msg.session_id)
         self._pump()
 
+    def _on_task_moved(self, msg: m.TaskMoved) -> None:
+        """Its session moved to another process with this task (a take-over), which goes on
+        there under a new id: it keeps its slot; a wake keeps its deadline."""
+        req = self._tasks.pop(msg.task_id, None)
+        if req is not None:
+            req.task_id = msg.new_task_id
+            self._tasks[msg.new_task_id] = req
+            member = self._members.get(req.member or "")
+            if member is not None and msg.task_id in member.in_flight:
+                del member.in_flight[msg.task_id]
+                member.in_flight[msg.new_task_id] = None
+            self._publish_load()
+            return
+        wake = self._wake
+        if wake is not None and wake.task_id == msg.task_id:
+            wake.timer.cancel()
+            wake.task_id = msg.new_task_id
+            wake.timer = call_later(max(wake.deadline - time.monotonic(), 0.0), tell,
+                                    self.actor_ref, m.WakeTimedOut(msg.new_task_id))
+            metrics.wake_renamed(msg.task_id, msg.new_task_id)
+
     def _publish_load(self) -> None:
         counts = {x.session_id: len(x.in_flight) for x in self._members.values()}
         if len(counts) > 1:  # PROTOCOL: a `member` label for a pool member's session only
@@ -438,7 +462,8 @@ class LlmActor(TetherActor):
         timer = call_later(
             self._settings.wake_timeout_s, tell, self.actor_ref, m.WakeTimedOut(task_id)
         )
-        self._wake = _Wake(task_id, timer, key)
+        self._wake = _Wake(task_id, timer, key,
+                           time.monotonic() + self._settings.wake_timeout_s)
         metrics.wake_started(self._state.name, task_id)
         if not tell(member.link.ref, m.SendWake(task_id, self._state.name, self.actor_ref)):
             self._end_wake(task_id)

@@ -133,9 +133,14 @@ class ReloadSession:
 @dataclass(frozen=True)
 class Evict:
     """A stream for this session opened on another process, which is its home now: end
-    the stream here without marking its rows inactive."""
+    the stream here without marking its rows inactive. The supervisor forgets the session
+    (answering its ref, or None); the session answers with the tasks that move to the new
+    home (SendInfer and SendWake of those that produced nothing) and fails the others.
+    With `forward`, the session lives on a few seconds, passing on to `forward` what is
+    still sent to it (by an LlmActor that did not hear of the move yet)."""
 
     session_id: str
+    forward: Callable[[Any], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -157,9 +162,19 @@ class EnsureOwners:
 @dataclass(frozen=True)
 class HomeSession:
     """A stream is opening here for a session that has no actor here: become its home
-    (load its names from the store; the old home, if any, gives it up)."""
+    (load its names from the store). Answered with its old home if that process is alive
+    (the caller has it give the session up, and takes its tasks), else None."""
 
     session_id: str
+
+
+@dataclass(frozen=True)
+class AdoptTasks:
+    """Tasks that produced nothing, from this session's old home (a take-over), under the
+    ids they have here: held as tasks sent while the stream is down, and sent as new frames
+    when it opens (the publisher holds none of the old home's tasks: PROTOCOL.md)."""
+
+    tasks: tuple[SendInfer | SendWake, ...]
 
 
 # --- LlmActor ----------------------------------------------------------------------------
@@ -250,6 +265,15 @@ class WakeTimedOut:
 @dataclass(frozen=True)
 class TaskEnded:
     task_id: str
+
+
+@dataclass(frozen=True)
+class TaskMoved:
+    """A task of this Llm went to its session's new home (a take-over) under a new id:
+    the same request on the same member (a wake goes on under the new id)."""
+
+    task_id: str
+    new_task_id: str
 
 
 @dataclass(frozen=True)
@@ -461,7 +485,7 @@ SupervisorMessage: TypeAlias = (
 LlmMessage: TypeAlias = (
     Infer | Withdraw | Adopt | Relink | RecordHeartbeat | SetStatus | StreamLost | StreamOpened
     | ExpireHeartbeat | WakeSucceeded | WakeFailed | WakeTimedOut | TaskEnded | TasksInFlight
-    | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut
+    | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut | TaskMoved
 )
 # What a ClusterSupervisor takes besides the SupervisorMessages.
 ClusterSupervisorMessage: TypeAlias = (
@@ -470,6 +494,6 @@ ClusterSupervisorMessage: TypeAlias = (
 SessionMessage: TypeAlias = (
     OpenStream | LlmRestarted | StreamClosed | SendInfer | ReleaseTasks | SendWake
     | SubmitResult | CancelTask | TaskTimedOut | GraceExpired | Drain | DrainExpired
-    | Evict  # passed on by a ClusterSupervisor
+    | Evict | AdoptTasks  # with a bus (tether.cluster)
 )
 SweeperMessage: TypeAlias = Sweep

@@ -3,6 +3,7 @@ table and the frames kept for Last-Event-ID replay, and the grace timer after a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import time
@@ -26,12 +27,15 @@ log = logging.getLogger("tether.session")
 # Frames of open tasks kept for replay; a session with more open tasks than this is already
 # far past any publisher's concurrency.
 MAX_REPLAY = 1024
+# An evicted session (its stream opened on another process) passes on what is still sent to
+# it this long: the LlmActors hear of the move by then (a bus hop or two).
+FORWARD_S = 5.0
 
 
 class _Task:
     __slots__ = (
         "task_id", "kind", "llm_name", "llm", "reply", "streaming", "endpoint", "frame_id",
-        "frame", "payload", "chunks_seen", "timer", "deadline_no", "started",
+        "frame", "payload", "chunks_seen", "timer", "deadline_no", "started", "deadline",
     )
 
     def __init__(
@@ -52,6 +56,7 @@ class _Task:
         self.timer: Timer | None = None
         self.deadline_no = 0
         self.started = time.monotonic()
+        self.deadline = float("inf")  # when its timer fires (monotonic)
 
 
 class SessionActor(TetherActor):
@@ -77,6 +82,7 @@ class SessionActor(TetherActor):
         self._opened_at = 0.0
         self._replaced: deque[float] = deque()  # when a stream replaced a live one
         self._replaced_warned = float("-inf")
+        self._forward: Callable[[Any], None] | None = None  # evicted: tasks go there
 
     def receive(self, message: m.SessionMessage) -> Any:
         match message:
@@ -105,7 +111,9 @@ class SessionActor(TetherActor):
             case m.LlmRestarted():
                 self._on_llm_restarted(message)
             case m.Evict():
-                self._on_evict(message)
+                return self._on_evict(message)
+            case m.AdoptTasks():
+                self._on_adopt_tasks(message)
             case _:
                 assert_never(message)
 
@@ -220,10 +228,18 @@ class SessionActor(TetherActor):
         return True
 
     def _on_send_infer(self, msg: m.SendInfer) -> None:
+        if self._forward is not None:
+            self._forward(msg)
+            return
         if self._closed() and not self._hold(msg):
             msg.reply.put(m.Failed(self._refuse(msg.llm_name)))
             tell(msg.llm, m.TaskEnded(msg.task_id))
             return
+        self._send(*self._infer_task(msg))
+
+    def _infer_task(self, msg: m.SendInfer) -> tuple[_Task, dict[str, Any]]:
+        """The task of `msg`, its timer armed and its client told it is dispatched; and the
+        payload of its frame."""
         task = _Task(msg.task_id, "infer", msg.llm_name, msg.llm, msg.reply, msg.streaming,
                      msg.endpoint)
         payload: dict[str, Any] = {
@@ -235,12 +251,15 @@ class SessionActor(TetherActor):
         }
         if msg.endpoint != "chat/completions":
             payload["endpoint"] = msg.endpoint
-        self._send(task, payload)
         self._arm(task, msg.timeout_s if msg.timeout_s is not None
                   else self._settings.infer_timeout_s)
         msg.reply.put(m.Dispatched(msg.task_id))
+        return task, payload
 
     def _on_send_wake(self, msg: m.SendWake) -> None:
+        if self._forward is not None:
+            self._forward(msg)
+            return
         if self._closed():
             tell(msg.llm, m.WakeFailed(msg.task_id, self._refuse(msg.llm_name)))
             return
@@ -286,6 +305,7 @@ class SessionActor(TetherActor):
     def _arm(self, task: _Task, delay: float) -> None:
         if task.timer is not None:
             task.timer.cancel()
+        task.deadline = time.monotonic() + delay
         task.deadline_no += 1
         task.timer = call_later(
             delay, tell, self.actor_ref, m.TaskTimedOut(task.task_id, task.deadline_no)
@@ -379,15 +399,63 @@ class SessionActor(TetherActor):
             return
         self._finish(task, None)  # the client is gone or was already answered
 
-    def _on_evict(self, _msg: m.Evict) -> None:
-        """Its stream opened on another process (a take-over): its tasks here cannot be
-        resumed there; the stream ends without a stream loss (the rows stay as they are)."""
+    def _on_evict(self, msg: m.Evict) -> tuple[m.SendInfer | m.SendWake, ...]:
+        """Its stream opened on another process (a take-over). The publisher holds none of
+        the tasks here (an id this process sent replays nothing there): those that produced
+        nothing move to the new home, which sends them again as new frames (answered here,
+        in frame order); the others fail. The stream ends without a stream loss (the rows
+        stay as they are)."""
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
+        moving: list[m.SendInfer | m.SendWake] = []
+        now = time.monotonic()
+        for task in sorted(self._tasks.values(), key=lambda t: t.frame_id):
+            if task.kind == "wake":
+                moving.append(m.SendWake(task.task_id, task.llm_name, task.llm))
+            elif not task.chunks_seen and task.reply is not None:
+                moving.append(m.SendInfer(
+                    task.task_id, task.llm_name, task.payload["request"], task.streaming,
+                    task.endpoint, task.reply, task.llm,
+                    timeout_s=max(task.deadline - now, 0.0)))
+            else:
+                continue
+            self._tasks.pop(task.task_id, None)
+            if task.timer is not None:
+                task.timer.cancel()
         self._fail_all(lambda name: errors.PUBLISHER_DISCONNECTED(name=name))
         self._end_stream()
-        self.stop()
+        if msg.forward is None:
+            self.stop()
+        else:
+            self._forward = msg.forward
+            metrics.session_gone(self.actor_urn, self._session_id)  # it lives elsewhere now
+            call_later(FORWARD_S, functools.partial(self.actor_ref.stop, block=False))
+        return tuple(moving)
+
+    def _on_adopt_tasks(self, msg: m.AdoptTasks) -> None:
+        """Tasks from the old home, under ids of this one: sent at once if the stream is
+        open, else held and sent as new frames when it opens (a Last-Event-ID from another
+        process replays nothing)."""
+        for sent in msg.tasks:
+            if self._draining or len(self._tasks) >= MAX_REPLAY:
+                error = self._refuse(sent.llm_name)
+                if isinstance(sent, m.SendWake):
+                    tell(sent.llm, m.WakeFailed(sent.task_id, error))
+                else:
+                    sent.reply.put(m.Failed(error))
+                    tell(sent.llm, m.TaskEnded(sent.task_id))
+                continue
+            if isinstance(sent, m.SendWake):
+                task = _Task(sent.task_id, "wake", sent.llm_name, sent.llm, None, False, "")
+                payload = {"kind": "wake", "taskId": sent.task_id, "llmName": sent.llm_name}
+            else:
+                task, payload = self._infer_task(sent)
+            if self._outbox is not None:
+                self._send(task, payload)
+            else:
+                task.payload = payload
+                self._tasks[task.task_id] = task
 
     def _on_llm_restarted(self, msg: m.LlmRestarted) -> None:
         mine = [t for t in self._tasks.values() if t.llm_name == msg.name and t.kind == "infer"]
@@ -461,8 +529,9 @@ class SessionActor(TetherActor):
         self.after_message(None)
 
     def after_message(self, message: Any) -> None:
-        metrics.session_seen(self.actor_urn, self._session_id, self._outbox is not None,
-                             len(self._tasks))
+        if self._forward is None:
+            metrics.session_seen(self.actor_urn, self._session_id, self._outbox is not None,
+                                 len(self._tasks))
 
 
 def _wake_error(task: _Task, outcome: Any) -> TetherError:

@@ -4,6 +4,7 @@ directory) and every ask (always with a timeout), so resources stay thin."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -34,6 +35,7 @@ from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
 log = logging.getLogger("tether.system")
 
 ASK_TIMEOUT_S = 10.0
+EVICT_TIMEOUT_S = 2.0  # a session giving itself up to another process (a take-over)
 
 
 def _ask(ref: pykka.ActorRef, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
@@ -328,9 +330,13 @@ class ActorSystem:
         entry = self._directory.session(session_id)
         if entry is None and self._router is not None and not self._draining:
             # Homed elsewhere before (or nowhere since a process died): this process
-            # becomes its home, and the old home gives it up.
-            _ask(self.supervisor, m.HomeSession(session_id))
+            # becomes its home, and the old home gives it up with its tasks.
+            old_home = _ask(self.supervisor, m.HomeSession(session_id))
             entry = self._directory.session(session_id)
+            if old_home is not None and entry is not None:
+                self._take_over(old_home, session_id, entry.slot, entry.ref)
+            if entry is not None:  # once the old home let go: no task is sent there again
+                self._router.relink(entry.names)
         if entry is None or not entry.names:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
         if self._draining:  # its drain already ended the stream with `retry:`
@@ -341,6 +347,24 @@ class ActorSystem:
         # member gets work as soon as its publisher sees `hello`, never a 503 before.
         _ask(self.supervisor, Ping())
         return token
+
+    def _take_over(self, old_home: str, session_id: str, slot: int,
+                   ref: pykka.ActorRef) -> None:
+        """The session's old home (another process, alive) ends its stream there and hands
+        over the tasks that produced nothing; they get ids of this home (results, cancels
+        and liveness then find them here), their LlmActors count them under those ids, and
+        the session sends them as new frames once its stream opens (PROTOCOL.md, Several
+        hub processes). If the old home does not answer, its tasks stay there and fail."""
+        try:
+            moving = self._router.call(old_home, "evict", session_id)
+        except errors.TetherError as error:
+            log.warning("session %s: its old home %s did not hand it over (%s); its tasks "
+                        "there are lost", session_id, old_home, error.code)
+            return
+        if moving:
+            log.info("session %s: %d task(s) taken over from process %s", session_id,
+                     len(moving), old_home)
+            tell(ref, m.AdoptTasks(self._router.renamed(moving, slot, self._router.process)))
 
     def close_stream(self, session_id: str, token: int) -> None:
         entry = self._directory.session(session_id)
@@ -459,7 +483,23 @@ class ActorSystem:
             return True
         if fn == "home_died":
             return self._home_died(args[0])
+        if fn == "evict":
+            return self._evict(args[0])
         raise errors.INVALID_REQUEST(why=f"no bus call {fn!r}")
+
+    def _evict(self, session_id: str) -> tuple[m.SendInfer | m.SendWake, ...]:
+        """The session's stream opened on another process: forget it here, end its stream,
+        and answer the tasks that move there (see m.Evict)."""
+        ref = _ask(self.supervisor, m.Evict(session_id))
+        if ref is None:
+            return ()
+        try:
+            # Well within the asker's deadline (BUS_ASK_S): tasks handed over to an asker
+            # that gave up would be lost.
+            forward = functools.partial(self._router.forward_to_home, session_id)
+            return tuple(ref.ask(m.Evict(session_id, forward), timeout=EVICT_TIMEOUT_S))
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return ()  # it stopped or is stuck: its tasks fail there
 
     def _home_died(self, session_id: str) -> int:
         """The session's home process died: its rows go inactive (this process noticed

@@ -32,8 +32,9 @@ ALLOWED: dict[str, type] = {cls.__name__: cls for cls in (
     m.LlmState, m.SessionLink, m.MemberInfo,
     m.Infer, m.Withdraw, m.RecordHeartbeat, m.SetStatus, m.StreamLost, m.StreamOpened,
     m.WakeSucceeded, m.WakeFailed, m.WakeTimedOut, m.TaskEnded, m.TasksInFlight,
-    m.TaskReturned, m.TasksOffered, m.TasksReleased,
-    m.SendInfer, m.ReleaseTasks, m.SendWake, m.SubmitResult, m.CancelTask, m.LlmRestarted,
+    m.TaskReturned, m.TasksOffered, m.TasksReleased, m.TaskMoved,
+    m.SendInfer, m.ReleaseTasks, m.SendWake, m.AdoptTasks, m.SubmitResult, m.CancelTask,
+    m.LlmRestarted,
     m.Dispatched, m.WakePending, m.Completed, m.Chunks, m.StreamDone, m.Failed,
 )}
 

@@ -20,6 +20,7 @@ whose liveness key vanished is noticed within a tick: requests waiting on it are
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -31,7 +32,7 @@ import pykka
 from tether import errors
 from tether.actor import tell
 from tether.actors import messages as m
-from tether.actors.task_ids import home_of
+from tether.actors.task_ids import home_of, new_task_id
 from tether.board import BOARD
 from tether.cluster import codec
 from tether.cluster.bus import Bus
@@ -63,6 +64,31 @@ class _Pending:
     target: str | None = None  # the owner until dispatched, then the task's home
     dispatched: bool = False
     since: float = field(default_factory=time.monotonic)
+
+
+class _HomeReply:
+    """The reply channel of a request of this process, handed back to it over the bus: its
+    task runs here. Events put on it are noted as if they had come over the bus (dispatched
+    here: no other process's death concerns the request any more)."""
+
+    __slots__ = ("_router", "_bus_request", "_reply")
+
+    def __init__(self, router: Router, request_id: str, reply: Any) -> None:
+        self._router = router
+        self._bus_request = request_id  # its address, should it cross the bus again
+        self._reply = reply
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._router.note(self._bus_request, item, self._router.process)
+        self._reply.put(item, block, timeout)
+
+    def get_nowait(self) -> Any:
+        return self._reply.get_nowait()
+
+    def cancelled(self, reason: str) -> None:
+        cancelled = getattr(self._reply, "cancelled", None)
+        if cancelled is not None:
+            cancelled(reason)
 
 
 class _Sink:
@@ -161,7 +187,7 @@ class Router:
         if process != self.process:
             return RemoteReply(self, process, request_id)
         pending = self._pending.get(request_id)
-        return pending.reply if pending is not None else _Sink()
+        return _HomeReply(self, request_id, pending.reply) if pending is not None else _Sink()
 
     # --- sending -------------------------------------------------------------------------
 
@@ -225,11 +251,18 @@ class Router:
         self._send(process, {"k": "cancelled", "id": request_id, "why": reason})
 
     def supervise(self, process: str, op: str, key: str, registered: str | None = None) -> None:
-        """Ask `process`'s supervisor to reload a name / a session, or give a session up."""
+        """Ask `process`'s supervisor to reload a name or a session."""
         if process == self.process:
             self._supervisor_op(op, key, registered)
         else:
             self._send(process, {"k": "sup", "op": op, "key": key, "reg": registered})
+
+    def relink(self, names: frozenset[str]) -> None:
+        """A session of these names moved here: their owners re-read its home."""
+        for name in names:
+            owner = self.owner(name)
+            if owner is not None:
+                self.supervise(owner, "reload_llm", name)
 
     # --- names ---------------------------------------------------------------------------
 
@@ -321,12 +354,20 @@ class Router:
         if pending is None:
             return  # that request is over here
         event = codec.decode(payload["m"], self._hooks)
+        self.note(payload["id"], event, payload.get("from"))
+        pending.reply.put(event)
+
+    def note(self, request_id: str, event: Any, sender: str | None) -> None:
+        """An event for a waiting request of this process: once dispatched, it waits on the
+        task's home (which `sender` is, for a public Llm's call); once over, on nobody."""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return
         if isinstance(event, m.Dispatched):
             pending.dispatched = True
-            pending.target = home_of(event.task_id) or payload.get("from")
+            pending.target = home_of(event.task_id) or sender
         elif isinstance(event, TERMINAL):
-            self._pending.pop(payload["id"], None)
-        pending.reply.put(event)
+            self._pending.pop(request_id, None)
 
     def _on_tell(self, payload: dict[str, Any]) -> None:
         message = codec.decode(payload["m"], self._hooks)
@@ -342,10 +383,39 @@ class Router:
             return
         ref = self._ref(("session", self.process, key)) if kind == "session" else None
         if ref is None or not tell(ref, message):
-            self._undeliverable(message)
+            self._undeliverable(message, key)
 
-    def _undeliverable(self, message: Any) -> None:
-        """A session that is not here (any more): answer what would wait on it."""
+    def renamed(self, tasks: Any, slot: int, home: str) -> tuple[m.SendInfer | m.SendWake, ...]:
+        """Tasks of a session that moved to `home` (its `slot` there), under ids of that
+        home; their LlmActors are told (TaskMoved), so they count them under those ids."""
+        out = []
+        for sent in tasks:
+            moved = dataclasses.replace(sent, task_id=new_task_id(slot, home))
+            tell(sent.llm, m.TaskMoved(sent.task_id, moved.task_id))
+            out.append(moved)
+        return tuple(out)
+
+    def forward_to_home(self, session_id: str, message: m.SendInfer | m.SendWake) -> bool:
+        """A task for a session no longer here (its stream opened on another process) goes
+        to its home now, as a task taken over; False if it has no live home elsewhere."""
+        try:
+            home = self.homes.live_home(session_id)
+        except Exception:  # noqa: BLE001 - Redis down: nowhere to send it
+            home = None
+        if home is None or home.process == self.process:
+            return False
+        adopt = m.AdoptTasks(self.renamed((message,), home.slot, home.process))
+        log.info("task %s of session %s goes to its new home %s", message.task_id,
+                 session_id, home.process)
+        self.send_tell(home.process, ("session", home.process, session_id), adopt)
+        return True
+
+    def _undeliverable(self, message: Any, session_id: str = "") -> None:
+        """A session that is not here (any more): its new home takes the task, or whoever
+        waits on it is answered."""
+        if isinstance(message, (m.SendInfer, m.SendWake)) \
+                and self.forward_to_home(session_id, message):
+            return
         if isinstance(message, m.SendInfer):
             message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=message.llm_name)))
             tell(message.llm, m.TaskEnded(message.task_id))
@@ -380,8 +450,7 @@ class Router:
 
     def _supervisor_op(self, op: str, key: str, registered: str | None = None) -> None:
         message = (m.ReloadLlm(key, registered) if op == "reload_llm"
-                   else m.ReloadSession(key) if op == "reload_session"
-                   else m.Evict(key) if op == "evict" else None)
+                   else m.ReloadSession(key) if op == "reload_session" else None)
         if message is not None:
             tell(self._system.supervisor, message)
 

@@ -6,8 +6,9 @@ What differs from the single process's Supervisor:
   to members homed elsewhere are proxies that send on the bus.
 - It holds the SessionActors of the sessions homed here: registered here (with no live
   home elsewhere) or whose stream opened here. A stream for a session homed elsewhere
-  takes it over: the old home gives it up (Evict) without marking its rows inactive, and
-  a stream loss is reported only by the process that is still the session's home.
+  takes it over: the old home gives it up (Evict) without marking its rows inactive and
+  hands over its tasks that produced nothing (ActorSystem.open_stream), and a stream loss
+  is reported only by the process that is still the session's home.
 - The home of a session whose stream opens takes the leases of its names that have no
   live owner (so a single publisher's name lives where its stream is: no bus hop), and
   keeps taking them, every tick, while the stream is open.
@@ -49,7 +50,7 @@ class ClusterSupervisor(Supervisor):
             case m.ReloadSession():
                 self._on_reload_session(message)
             case m.Evict():
-                self._on_evict(message)
+                return self._on_evict(message)
             case m.NamesLost():
                 self._on_names_lost(message)
             case m.EnsureOwners():
@@ -162,35 +163,32 @@ class ClusterSupervisor(Supervisor):
             self._router.homes.set(msg.session_id, entry.slot, False)
         super()._on_stream_lost(msg)
 
-    def _on_home_session(self, msg: m.HomeSession) -> bool:
+    def _on_home_session(self, msg: m.HomeSession) -> str | None:
         session_id = msg.session_id
         if session_id in self._sessions:
-            return True
+            return None
         names = store.names_of_session(session_id)
         if not names:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
-        home = self._router.homes.get(session_id)
-        if home is not None and home.process != self._home:
-            self._router.supervise(home.process, "evict", session_id)
+        old = self._router.homes.live_home(session_id)
         entry = self._session_entry(session_id)
         self._set_names(session_id, frozenset(names))
         self._router.homes.set(session_id, entry.slot, False)
-        for name in names:  # their owners link to this home from now on
-            owner = self._router.owner(name)
-            if owner is not None:
-                self._router.supervise(owner, "reload_llm", name)
         self._publish_directory()
-        return True
+        # The caller has the old home give the session up and takes its tasks, then has
+        # the names' owners link to this home (ActorSystem.open_stream).
+        return old.process if old is not None and old.process != self._home else None
 
-    def _on_evict(self, msg: m.Evict) -> None:
+    def _on_evict(self, msg: m.Evict) -> pykka.ActorRef | None:
+        """Forget a session whose stream opened on another process; the caller ends it."""
         entry = self._sessions.pop(msg.session_id, None)
         if entry is None:
-            return
+            return None
         self._slots.pop(entry.slot, None)
         self._live.discard(msg.session_id)
-        tell(entry.ref, m.Evict(msg.session_id))
         self._router.forget_local(entry.ref)
         self._publish_directory()
+        return entry.ref
 
     def _on_reload_session(self, msg: m.ReloadSession) -> None:
         if msg.session_id in self._sessions:
