@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
 
 import peewee
+import pykka
 import pytest
 from falcon import testing
 
 from tests.actors.conftest import Outbox, events, provider
-from tether.actor import tell
+from tether.actor import Ping, tell
 from tether.actors import messages as m
+from tether.actors.llm import LlmActor
 from tether.actors.supervisor import MAX_RESTARTS
 from tether.actors.system import ActorSystem
 from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.http.app import create_app
 from tether.store import llms as store
-from tether.store.models import utcnow
+from tether.store.models import KIND_VIRTUAL, utcnow
 
 REQ = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -264,6 +267,43 @@ def test_a_restarted_llm_actor_counts_the_tasks_still_in_flight(system_factory):
     system.submit_result(first["taskId"], None, {"status": 200, "body": {}})
     assert outbox.tasks()[0]["kind"] == "infer"  # a slot freed: the waiting one goes
     assert not any(isinstance(e, m.Failed) for e in _drain(reply))
+
+
+class _Recorder(pykka.ThreadingActor):
+    """Stands in for a SessionActor: keeps what it is told."""
+
+    def __init__(self, seen: queue.Queue) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def on_receive(self, message):
+        self.seen.put(message)
+
+
+def test_a_restarted_llm_actor_gives_a_member_no_task_before_its_session_counted_them():
+    # The new actor's first infer can arrive before the session's TasksInFlight: sending
+    # then would put a member above its maxConcurrency.
+    seen: queue.Queue = queue.Queue()
+    session = _Recorder.start(seen)
+    info = m.MemberInfo(m.SessionLink("s1", 1, session), "active", 2, True)
+    llm = LlmActor.start(Settings(), m.LlmState("a", KIND_VIRTUAL, "s1", "active"), (info,),
+                         restarted=True)
+
+    def told() -> list:
+        llm.ask(Ping())
+        session.ask("flushed")  # everything the LlmActor told it is in `seen` by now
+        out = []
+        while (item := seen.get_nowait()) != "flushed":
+            out.append(item)
+        return out
+
+    llm.tell(m.Infer(REQ, False, "chat/completions", queue.Queue()))
+    assert told() == []  # the member's load is not known yet
+    llm.tell(m.TasksInFlight("s1", ("1-a", "1-b")))
+    assert told() == []  # its two slots are taken by the predecessor's tasks
+    llm.tell(m.TaskEnded("1-a"))
+    sent = told()
+    assert [type(x) for x in sent] == [m.SendInfer]
 
 
 def _drain(reply) -> list:

@@ -24,7 +24,7 @@ from tether.actor import TetherActor, tell
 from tether.actors import messages as m
 from tether.actors import routing
 from tether.actors.base import Parent
-from tether.actors.task_ids import new_task_id, slot_of
+from tether.actors.task_ids import new_task_id
 from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
 from tether.runtime import Task, Timer, call_later, spawn
@@ -32,6 +32,10 @@ from tether.store import llms as store
 from tether.store.models import ACTIVE, INACTIVE, KIND_PUBLIC, derived_status
 
 log = logging.getLogger("tether.llm")
+
+# How long a restarted LlmActor waits for its members' sessions to report the tasks its
+# predecessor left running (they answer at once; this covers a message lost on the bus).
+INVENTORY_TIMEOUT_S = 5.0
 
 InFlightBoard = Callable[[str, Mapping[str, int]], None]
 
@@ -50,7 +54,7 @@ class _Member:
     """One publisher session serving this name."""
 
     __slots__ = ("link", "status", "max_concurrency", "live", "in_flight", "adopted_at",
-                 "registered_status", "loss_predates_registration", "lost_at")
+                 "registered_status", "loss_predates_registration", "lost_at", "uncounted")
 
     def __init__(self, info: m.MemberInfo, adopted_at: float) -> None:
         self.link = info.session
@@ -65,14 +69,20 @@ class _Member:
         # reconnecting and the loss was its old connection, noticed late.
         self.loss_predates_registration = False
         self.lost_at: float | None = None  # when its stream went, while it has none
+        # After a restart: its session has not yet said which of its tasks still run, so
+        # it counts as full until then (TasksInFlight).
+        self.uncounted = False
 
     @property
     def session_id(self) -> str:
         return self.link.session_id
 
     def view(self) -> routing.MemberView:
-        return routing.MemberView(self.session_id, self.status, self.live,
-                                  len(self.in_flight), self.max_concurrency)
+        in_flight = len(self.in_flight)
+        if self.uncounted and self.max_concurrency is not None:
+            in_flight = max(in_flight, self.max_concurrency)
+        return routing.MemberView(self.session_id, self.status, self.live, in_flight,
+                                  self.max_concurrency)
 
 
 class _Request:
@@ -106,6 +116,7 @@ class LlmActor(TetherActor):
         self, settings: Settings, state: m.LlmState, members: tuple[m.MemberInfo, ...] | None,
         public: PublicLlm | None = None, supervisor: Parent | None = None,
         proxies: m.ProxiesInFlight | None = None, board: InFlightBoard | None = None,
+        restarted: bool = False,
     ) -> None:
         super().__init__()
         # Upstream calls (public Llm) report their end through `_home`, which a restarted
@@ -134,6 +145,14 @@ class LlmActor(TetherActor):
         # A public Llm's upstream calls under way (a crashed predecessor's too).
         self._proxied: set[str] = set(proxies.task_ids if proxies is not None else ())
         self._member_gauges: set[str] = set()  # members shown in tether_member_in_flight
+        # A restarted actor hears from each member's session which tasks its predecessor
+        # left running there; a member takes no task until then (or until this timer).
+        self._inventory_timer: Timer | None = None
+        if restarted and self._members:
+            for member in self._members.values():
+                member.uncounted = True
+            self._inventory_timer = call_later(INVENTORY_TIMEOUT_S, tell, self.actor_ref,
+                                               m.InventoryTimedOut())
 
     def receive(self, message: m.LlmMessage) -> Any:
         match message:
@@ -163,6 +182,8 @@ class LlmActor(TetherActor):
                 self._on_task_ended(message)
             case m.TasksInFlight():
                 self._on_tasks_in_flight(message)
+            case m.InventoryTimedOut():
+                self._on_inventory_timed_out()
             case m.TaskReturned():
                 self._on_task_returned(message)
             case m.TasksOffered():
@@ -371,12 +392,23 @@ class LlmActor(TetherActor):
     def _on_tasks_in_flight(self, msg: m.TasksInFlight) -> None:
         """From a session, after a restart: a crashed predecessor's tasks still run there
         and hold their slots (no member goes above its maxConcurrency)."""
-        for task_id in msg.task_ids:
-            slot = slot_of(task_id)
-            for member in self._members.values():
-                if member.link.slot == slot:
-                    member.in_flight.setdefault(task_id, None)
+        member = self._members.get(msg.session_id)
+        if member is not None:
+            for task_id in msg.task_ids:
+                member.in_flight.setdefault(task_id, None)
+            member.uncounted = False
+        if not any(x.uncounted for x in self._members.values()) \
+                and self._inventory_timer is not None:
+            self._inventory_timer.cancel()
+            self._inventory_timer = None
         self._publish_load()
+        self._pump()
+
+    def _on_inventory_timed_out(self) -> None:
+        self._inventory_timer = None
+        for member in self._members.values():
+            member.uncounted = False
+        self._pump()
 
     def _free(self, req: _Request, task_id: str) -> None:
         member = self._members.get(req.member or "")
@@ -573,6 +605,7 @@ class LlmActor(TetherActor):
         member = self._members.get(msg.session.session_id)
         if member is not None:
             member.link = msg.session
+            member.uncounted = False  # a restarted session has no task left to count
 
     def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
         """The member's heartbeat is written here, by the name's owner, in turn with the

@@ -278,9 +278,17 @@ class TaskMoved:
 
 @dataclass(frozen=True)
 class TasksInFlight:
-    """From a session, to a restarted LlmActor: its tasks still open there."""
+    """From a session, to a restarted LlmActor: its tasks of that Llm still open there
+    (possibly none). The LlmActor gives that member no task before this arrives."""
 
+    session_id: str
     task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InventoryTimedOut:
+    """The LlmActor's own timer: members whose sessions did not report their tasks in
+    flight after a restart (a lost message, a session gone) take tasks again."""
 
 
 @dataclass(frozen=True)
@@ -486,6 +494,7 @@ LlmMessage: TypeAlias = (
     Infer | Withdraw | Adopt | Relink | RecordHeartbeat | SetStatus | StreamLost | StreamOpened
     | ExpireHeartbeat | WakeSucceeded | WakeFailed | WakeTimedOut | TaskEnded | TasksInFlight
     | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut | TaskMoved
+    | InventoryTimedOut
 )
 # What a ClusterSupervisor takes besides the SupervisorMessages.
 ClusterSupervisorMessage: TypeAlias = (

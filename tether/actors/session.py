@@ -461,8 +461,9 @@ class SessionActor(TetherActor):
         mine = [t for t in self._tasks.values() if t.llm_name == msg.name and t.kind == "infer"]
         for task in mine:
             task.llm = msg.ref
-        if mine:
-            tell(msg.ref, m.TasksInFlight(tuple(t.task_id for t in mine)))
+        # Always answered, even with none: the new actor holds this member's free slots
+        # until it knows how many of them these tasks still take.
+        tell(msg.ref, m.TasksInFlight(self._session_id, tuple(t.task_id for t in mine)))
 
     def _on_timed_out(self, msg: m.TaskTimedOut) -> None:
         task = self._tasks.get(msg.task_id)

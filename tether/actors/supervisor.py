@@ -192,10 +192,11 @@ class Supervisor(TetherActor):
             tell(ref, m.Adopt(state, infos, time.monotonic(), registered))
 
     def _start_llm(self, state: m.LlmState, infos: tuple[m.MemberInfo, ...],
-                   proxies: m.ProxiesInFlight | None = None) -> pykka.ActorRef:
+                   proxies: m.ProxiesInFlight | None = None,
+                   restarted: bool = False) -> pykka.ActorRef:
         public = self._settings.public_llm(state.name) if state.kind == KIND_PUBLIC else None
         return LlmActor.start(self._settings, state, infos, public, self._parent, proxies,
-                              self._board)
+                              self._board, restarted)
 
     def _publish_directory(self) -> None:
         self._publish(
@@ -304,12 +305,14 @@ class Supervisor(TetherActor):
             return
         state = m.LlmState(row.name, row.kind, row.provider_session_id, row.status)
         infos = self._member_infos(store.members_of([name])[name])
-        ref = self._start_llm(state, infos, proxies)
+        ref = self._start_llm(state, infos, proxies, restarted=True)
         self._llms[name] = ref
         for info in infos:
             # Its tasks still run at the sessions: they report to the new actor, which
-            # counts them in flight again (no member goes above its maxConcurrency).
-            tell(info.session.ref, m.LlmRestarted(name, ref))
+            # counts them in flight again (no member goes above its maxConcurrency). A
+            # session that is gone has none to report.
+            if not tell(info.session.ref, m.LlmRestarted(name, ref)):
+                tell(ref, m.TasksInFlight(info.session.session_id, ()))
         log.warning("restarted the actor of Llm %r", name)
 
     def _restart_session(self, session_id: str) -> None:

@@ -74,8 +74,9 @@ class ClusterSupervisor(Supervisor):
         return ref
 
     def _start_llm(self, state: m.LlmState, infos: tuple[m.MemberInfo, ...],
-                   proxies: m.ProxiesInFlight | None = None) -> pykka.ActorRef:
-        ref = super()._start_llm(state, infos, proxies)
+                   proxies: m.ProxiesInFlight | None = None,
+                   restarted: bool = False) -> pykka.ActorRef:
+        ref = super()._start_llm(state, infos, proxies, restarted)
         self._router.name_local(ref, "llm", state.name)
         return ref
 
