@@ -128,11 +128,14 @@ def test_a_revoked_key_is_refused_within_one_second(secured):
     user.start()
     try:
         wait_until(lambda: len(seen) >= 5)
+        revoking = time.monotonic()
         subprocess.run([*TETHER, "keys", "revoke", "client", "--database-url",
                         hub.settings["database_url"]], check=True, capture_output=True,
                        timeout=30)
         revoked = time.monotonic()
-        assert any(status == 200 and at > revoked - 1.0 for at, status in seen)  # warm
+        # The key was in use, and valid, just before the command began (it may commit the
+        # revocation at any moment of its run, which takes seconds on a loaded machine).
+        assert any(status == 200 and at > revoking - 1.0 for at, status in seen)
         refused = wait_until(lambda: next((at for at, status in seen if status == 401), None),
                              timeout=5)
         wait_until(lambda: seen[-1][0] > refused + 1.0)
