@@ -99,7 +99,8 @@ class Stack:
                 [*TETHER, "publish", "--hub", self.hub, "--name", "demo",
                  "--model", "demo-model", "--backend", f"{self.backend}/v1",
                  "--max-concurrency", str(self.max_concurrency),
-                 "--session-file", str(self.tmp / "session"), *key_flags], "publisher",
+                 "--session-file", str(self.tmp / "session"), "--log-level", "warning",
+                 *key_flags], "publisher",
                 publisher_env)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -185,7 +186,8 @@ class PoolStack:
             self._spawn([*TETHER, "publish", "--hub", self.hub, "--name", self.NAME,
                          "--model", "kv-model", "--backend", f"{backend}/v1", "--pool",
                          "--max-concurrency", str(self.max_concurrency),
-                         "--session-file", str(self.tmp / f"session{i}")], f"publisher{i}",
+                         "--session-file", str(self.tmp / f"session{i}"),
+                         "--log-level", "warning"], f"publisher{i}",
                         {"PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 60
         while not self._servable():
@@ -463,8 +465,8 @@ class ClusterStack:
             [*TETHER, "publish", "--hub", self.hubs[0], "--name", "demo",
              "--model", "demo-model", "--backend", f"{self.backend}/v1",
              "--max-concurrency", str(self.max_concurrency),
-             "--session-file", str(self.tmp / "session")], "publisher",
-            {"PYTHONUNBUFFERED": "1"})
+             "--session-file", str(self.tmp / "session"), "--log-level", "warning"],
+            "publisher", {"PYTHONUNBUFFERED": "1"})
         body = json.dumps({"model": "demo", "max_tokens": 4,
                            "messages": [{"role": "user", "content": "up?"}]})
         deadline = time.monotonic() + 60

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.config_schema import check, coerce, object_schema, setting, settings_of
+from tether.logs import LOG_FORMAT_SCHEMA, LOG_LEVEL_SCHEMA
 from tether.names import LLM_NAME_PATTERN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,9 +97,8 @@ class Settings:
                                "x-message": "must be a whole number >= 1"})
     bus_url: str | None = setting(None, {"type": "string", "pattern": "^rediss?://",
                                          "x-message": "must be a redis:// URL"})
-    log_level: str = setting("info", _STRING)
-    log_format: str = setting("text", {  # json: one JSON object per line
-        "enum": ["text", "json"], "x-message": "must be text or json"})
+    log_level: str = setting("info", LOG_LEVEL_SCHEMA)
+    log_format: str = setting("text", LOG_FORMAT_SCHEMA)  # json: one JSON object per line
     # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.
     fault_injection: bool = setting(False, {
         "type": "boolean", "x-message": "must be true or false"})

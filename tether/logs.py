@@ -1,4 +1,5 @@
-"""Logging for the hub: `log_format = "text" | "json"`, and a request id on a request's lines.
+"""Logging for the hub and the publisher: `log_format = "text" | "json"`, and a request id
+on a request's lines (hub).
 
 The request id lives in a context variable set by RequestIdMiddleware. Under gevent each
 greenlet runs in its own context (greenlet >= 1.0), so the id of one request never leaks
@@ -25,6 +26,10 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # The structured fields a line may carry (as `extra=`), in the order the JSON shows them.
 FIELDS = ("request_id", "task_id", "llm", "session", "endpoint", "status", "code",
           "duration_ms")
+# The settings `log_level` and `log_format`, hub and publisher alike (tether.config_schema).
+LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVEL_SCHEMA = {"enum": list(LEVELS), "x-message": f"must be one of {', '.join(LEVELS)}"}
+LOG_FORMAT_SCHEMA = {"enum": ["text", "json"], "x-message": "must be text or json"}
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # an X-Request-Id we are willing to echo
 
 

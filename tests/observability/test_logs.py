@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import subprocess
 
+import pytest
 import requests
 
 from tests.support.hub import wait_until
+from tests.support.procs import TETHER, wait_status
 from tests.support.publisher import TestPublisher
 from tether import sse
 
@@ -110,3 +113,55 @@ def test_a_bad_log_format_is_refused(tmp_path):
         assert "log_format" in str(exc)
     else:
         raise AssertionError("log_format = xml was accepted")
+
+
+def test_a_bad_log_level_is_refused_naming_it_hub_and_publisher(tmp_path, capsys):
+    """It used to reach the worker, which failed to boot with a traceback."""
+    from tether.cli import main
+    from tether.config import ConfigError, load_settings
+    from tether.publisher.config import PublisherConfigError, parse
+
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"TETHER_LOG_LEVEL": "loud"})
+    assert "log_level" in str(err.value) and "debug, info, warning" in str(err.value)
+    conf = tmp_path / "t.toml"
+    conf.write_text('[hub]\nlog_level = "loud"\n')
+    assert main(["serve", "--config", str(conf)]) == 2
+    assert "log_level" in capsys.readouterr().err
+    backend = {"name": "m", "model": "m", "base_url": "http://b"}
+    with pytest.raises(PublisherConfigError) as err:
+        parse({"hub": "http://h", "backends": [backend], "log_level": "loud",
+               "log_format": "xml"}, "p.toml")
+    assert "p.toml: log_level: must be one of" in str(err.value)
+    assert "p.toml: log_format: must be text or json" in str(err.value)
+    config = parse({"hub": "http://h", "backends": [backend]}, "p.toml")
+    assert (config.log_level, config.log_format) == ("info", "text")
+
+
+def test_the_publisher_logs_json_and_keeps_quiet_at_warning(hub, backend_factory, tmp_path):
+    """Its task lines are the hub's formats; at `warning` a task logs nothing."""
+    backend = backend_factory()
+    for level, expect_task_line in (("info", True), ("warning", False)):
+        log = tmp_path / f"publisher-{level}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [*TETHER, "publish", "--hub", hub.url, "--name", f"m-{level}", "--model", "m",
+                 "--backend", backend.base_url, "--log-format", "json", "--log-level", level,
+                 "--session-file", str(tmp_path / f"session-{level}")],
+                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_status(hub, f"m-{level}", "active")
+            assert hub.infer(f"m-{level}").status_code == 200
+            if expect_task_line:
+                wait_until(lambda log=log: '"task_id"' in log.read_text())
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        tasks = [x for x in lines if "task_id" in x]
+        if expect_task_line:
+            assert [(x["llm"], x["status"], x["endpoint"]) for x in tasks] == [
+                (f"m-{level}", 200, "chat/completions")], lines
+            assert isinstance(tasks[0]["duration_ms"], int)
+        else:
+            assert tasks == [] and all(x["level"] != "info" for x in lines), lines

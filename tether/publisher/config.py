@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.config_schema import REQUIRED, check, object_schema, setting
+from tether.logs import LOG_FORMAT_SCHEMA, LOG_LEVEL_SCHEMA
 from tether.names import LLM_NAME_PATTERN
 
 # Without `session_file`, the file is named after what is published (hub URL and backend
@@ -122,6 +123,8 @@ class PublisherConfig:
     probe_interval_s: float = setting(5.0, _SECONDS)
     # at SIGTERM, how long running tasks may go on
     drain_timeout_s: float = setting(30.0, _SECONDS)
+    log_level: str = setting("info", LOG_LEVEL_SCHEMA)  # info: a line per task
+    log_format: str = setting("text", LOG_FORMAT_SCHEMA)  # json: one object per line
 
     @property
     def key(self) -> str | None:
@@ -193,6 +196,7 @@ def parse(data: dict[str, Any], source: str) -> PublisherConfig:
         session_file=data.get("session_file"),
         probe_interval_s=float(data.get("probe_interval_s", 5.0)),
         drain_timeout_s=float(data.get("drain_timeout_s", 30.0)),
+        **{k: data[k] for k in ("log_level", "log_format") if k in data},
     )
 
 

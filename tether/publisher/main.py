@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import signal
 import sys
 
+from tether import logs
 from tether.publisher.config import PublisherConfig, PublisherConfigError, load, parse
 
 
@@ -31,25 +31,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-sleep-s", type=float, help="idle this long → sleep command")
     parser.add_argument("--wake-timeout-s", type=float, help="default 120")
     parser.add_argument("--session-file", help="where the session id is kept")
+    parser.add_argument("--log-level", help="debug, info (default: a line per task), warning…")
+    parser.add_argument("--log-format", help="text (default) or json")
 
 
 # Flags that describe the one backend of a flags-only publisher; a config file lists its own.
 BACKEND_FLAGS = ("name", "model", "backend", "type", "api_key_env", "max_concurrency", "pool",
                  "wake_command", "sleep_command", "idle_sleep_s", "wake_timeout_s")
 
+# Flags for the publisher as a whole: with --config, they override the file.
+GENERAL_FLAGS = ("hub", "key_env", "session_file", "log_level", "log_format")
+
 
 def config_from_args(args: argparse.Namespace) -> PublisherConfig:
     if args.config:
-        # A flag the file would silently win over is refused; --hub, --key-env and
-        # --session-file override the file's values.
+        # A flag the file would silently win over is refused; --hub, --key-env,
+        # --session-file and the log flags override the file's values.
         ignored = [f"--{k.replace('_', '-')}" for k in BACKEND_FLAGS
                    if getattr(args, k) not in (None, False)]
         if ignored:
             raise PublisherConfigError(
                 f"command line: {' '.join(ignored)} cannot be combined with --config "
                 "(the file lists its backends)")
-        overrides = {k: getattr(args, k) for k in ("hub", "key_env", "session_file")
-                     if getattr(args, k)}
+        overrides = {k: getattr(args, k) for k in GENERAL_FLAGS if getattr(args, k)}
         return load(args.config, overrides)
     missing = [f"--{k}" for k in ("hub", "name", "model", "backend") if not getattr(args, k)]
     if missing:
@@ -67,11 +71,8 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
         backend["sleep"] = {"command": shlex.split(args.sleep_command)}
     if args.idle_sleep_s is not None:
         backend["idle_sleep_s"] = args.idle_sleep_s
-    data: dict = {"hub": args.hub, "backends": [backend]}
-    if args.key_env:
-        data["key_env"] = args.key_env
-    if args.session_file:
-        data["session_file"] = args.session_file
+    data: dict = {"backends": [backend]}
+    data.update((k, getattr(args, k)) for k in GENERAL_FLAGS if getattr(args, k))
     return parse(data, "command line")
 
 
@@ -88,12 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tether.publisher.agent import Publisher, SessionFileBusy
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Every task logs a line. The format names no thread or process, and under gevent
-    # looking the thread up creates a DummyThread for each task's greenlet: a sixth of the
-    # line's cost (issue 13).
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # The hub's formats (text or JSON); at `info` every task logs a line.
+    logs.setup(config.log_level, config.log_format)
     try:
         publisher = Publisher(config)
     except SessionFileBusy as exc:

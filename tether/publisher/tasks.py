@@ -105,8 +105,13 @@ def run_infer(task: dict[str, Any], backend: BackendConfig, client: BackendClien
             post_result(hub, session_id, task_id, error_result(
                 f"the publisher failed on this task ({task_id})", 502, "publisher_error"))
     finally:
-        log.info("task %s llm=%s endpoint=%s status=%s duration_ms=%d", task_id, backend.name,
-                 endpoint, outcome, (time.monotonic() - started) * 1000)
+        if log.isEnabledFor(logging.INFO):  # at `warning` a task costs no log work at all
+            ms = int((time.monotonic() - started) * 1000)
+            log.info("task %s llm=%s endpoint=%s status=%s duration_ms=%d", task_id,
+                     backend.name, endpoint, outcome, ms,
+                     extra={"task_id": task_id, "llm": backend.name, "endpoint": endpoint,
+                            "status": int(outcome) if outcome.isdigit() else outcome,
+                            "duration_ms": ms})
 
 
 # gunicorn reads a chunked request body 1 KiB at a time: a shorter piece would wait for
