@@ -20,6 +20,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -111,6 +112,7 @@ def bench_hop(seconds: int = 5, rounds: int = 4, levels: tuple[int, ...] = (1, 1
                 "non_owner": stack.worker_pids(0) + stack.worker_pids(1)}
         for url in arms.values():
             wrk(url, 4, 1)  # warm up: connections, imports, the owner lookup's script
+        stack.mark_logs()
         for c in levels:
             runs = cells(arms, c, rounds, seconds, pids)
             level = {arm: summary(runs[arm]) for arm in arms}
@@ -154,6 +156,8 @@ def bench_workers(seconds: int = 5, rounds: int = 4, levels: tuple[int, ...] = (
         pids = {arm: stack[w].worker_pids() for arm, w in zip(arms, stack, strict=True)}
         for url in arms.values():
             wrk(url, 4, 1)
+        for s in stack.values():
+            s.mark_logs()
         for c in levels:
             runs = cells(arms, c, rounds, seconds, pids)
             level = {arm: summary(runs[arm]) for arm in arms}
@@ -185,6 +189,42 @@ def bench_cluster(seconds: int = 5) -> dict[str, Any]:
 
 # --- idle sessions over two workers -----------------------------------------------------
 
+class LivenessWatch:
+    """Reads every hub process's liveness key (`tether:<db>:alive:<id>`, a 5 s TTL renewed
+    every second: docs/protocol.md) ten times a second on a thread, and keeps the lowest
+    time to live seen per process: 5 s minus it is the longest that process went without
+    renewing. Near 0, the other processes take it for dead."""
+
+    def __init__(self, bus_url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(bus_url, decode_responses=True, socket_timeout=5)
+        self._pattern = f"tether:{bus_url.rsplit('/', 1)[1]}:alive:*"
+        self.lowest_ms: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LivenessWatch:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                for key in self._redis.scan_iter(self._pattern):
+                    ttl = self._redis.pttl(key)
+                    process = key.rsplit(":", 1)[1]
+                    if ttl >= 0:
+                        self.lowest_ms[process] = min(self.lowest_ms.get(process, ttl), ttl)
+            except Exception:  # noqa: BLE001 - a missed reading is only a missed reading
+                pass
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._redis.close()
+
+
 def socket_count(pid: int) -> int:
     n = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -207,9 +247,11 @@ def bench_cluster_sessions(total: int = 20000, clients: int = 2, workers: int = 
     procs: list[subprocess.Popen] = []
     try:
         pids = stack.worker_pids()
+        stack.mark_logs()
         base = {pid: (rss_kib(pid), socket_count(pid), cpu_seconds(pid)) for pid in pids}
         share = [total // clients + (i < total % clients) for i in range(clients)]
         first = [sum(share[:i]) for i in range(clients)]
+        watch = LivenessWatch(stack.services.bus_url).__enter__()
         started = time.perf_counter()
         for i in range(clients):
             procs.append(subprocess.Popen(
@@ -226,6 +268,7 @@ def bench_cluster_sessions(total: int = 20000, clients: int = 2, workers: int = 
             "rss_growth_mib": round((rss_kib(pid) - base[pid][0]) / 1024, 1),
             "sockets_opened": socket_count(pid) - base[pid][1],
             "cpu_s_opening": round(cpu_seconds(pid) - base[pid][2], 1)} for pid in pids]
+        cpu_before_beats = {pid: cpu_seconds(pid) for pid in pids}
         for p in procs:
             p.stdin.write("beat\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
@@ -243,6 +286,11 @@ def bench_cluster_sessions(total: int = 20000, clients: int = 2, workers: int = 
             out["heartbeat_p99_ms"] = latencies[int(len(latencies) * 0.99)]
         for w in out["per_worker"]:
             w["rss_after_beats_mib"] = round(rss_kib(w["pid"]) / 1024, 1)
+            w["cpu_s_heartbeats"] = round(cpu_seconds(w["pid"]) - cpu_before_beats[w["pid"]], 2)
+        out["hub_cpu_ms_per_heartbeat"] = round(
+            sum(w["cpu_s_heartbeats"] for w in out["per_worker"]) / max(total, 1) * 1000, 2)
+        watch.__exit__()
+        out["liveness_ttl_lowest_ms"] = watch.lowest_ms
         out["log_problems"] = log_problems(stack)
     finally:
         for p in procs:
@@ -265,7 +313,10 @@ def bench_cluster_sessions(total: int = 20000, clients: int = 2, workers: int = 
                       f"{w['cpu_s_opening']}" for w in out["per_worker"])]])
     if out["open_failures"]:
         print(f"open failures (first): {out['open_failures'][:5]}")
-    print(f"heartbeat statuses: {out['heartbeat_statuses']}")
+    print(f"heartbeat statuses: {out['heartbeat_statuses']}; {out['heartbeat_s']} s for all "
+          f"(50 at a time); hub CPU {out['hub_cpu_ms_per_heartbeat']} ms per heartbeat")
+    print(f"lowest liveness TTL seen per process (5000 ms, renewed every second; near 0 the "
+          f"others take it for dead): {out['liveness_ttl_lowest_ms']}")
     print_problems(out["log_problems"])
     save("cluster_sessions", out)
     return out
