@@ -196,12 +196,20 @@ def cluster_targets() -> list[str]:
         out.append(f"- cluster sessions: not measured ({sessions['skipped']})")
     elif sessions:
         n = sessions["sessions"]
-        ok = sessions["opened"] == n and sessions["heartbeats_ok"] == n
+        sent = sessions.get("heartbeats_sent", sessions["opened"])
+        ok = sessions["opened"] == n and sessions["heartbeats_ok"] == sent == n
         rss = ", ".join(f"{w['rss_mib']} MiB" for w in sessions["per_worker"])
+        stopped = (f" (opening stopped: {'; '.join(sessions['open_stopped'])})"
+                   if sessions.get("open_stopped") else "")
         out.append(f"- {n} idle sessions over {sessions['workers']} workers: "
-                   f"{sessions['opened']}/{n} opened in {sessions['open_s']} s, heartbeats "
-                   f"{sessions['heartbeats_ok']}/{n} answered (all): {verdict(ok)}; RSS per "
-                   f"worker {rss}")
+                   f"{sessions['opened']}/{n} opened in {sessions['open_s']} s{stopped}, "
+                   f"heartbeats {sessions['heartbeats_ok']}/{sent} of those answered (all "
+                   f"{n} opened, every heartbeat answered): {verdict(ok)}; RSS per worker "
+                   f"{rss}")
+        lowest = sessions.get("liveness_ttl_lowest_ms")
+        if lowest:
+            out.append(f"- {n} idle sessions: lowest liveness TTL seen {min(lowest.values())} ms "
+                       f"of 5000 (at 0 the other processes bury a live one; reported)")
     return out
 
 

@@ -6,7 +6,9 @@ several of these. Each one, given a hub URL and a range of session numbers:
 
 1. registers each session (`s<i>`, one Llm `m<i>`) and opens its task stream, `concurrency`
    at a time, over keep-alive connections, then prints one JSON line (how long it took, the
-   failures);
+   failures). It stops opening after `--deadline-s`, or once no open has succeeded for
+   `--stall-s` (a hub that refuses everything), and says so: the figures are then those of
+   the sessions it did open;
 2. on a line `beat` on stdin sends one heartbeat per session (keep-alive connections, as a
    publisher does) and prints one JSON line (answered, statuses, latencies);
 3. on end of input closes every stream and exits.
@@ -22,6 +24,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402 - after monkey-patching, as in every gevent program
 import json  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -36,10 +39,14 @@ from bench.stack import raise_fd_limit  # noqa: E402
 
 
 class Client:
-    def __init__(self, hub: str, first: int, count: int, concurrency: int) -> None:
+    def __init__(self, hub: str, first: int, count: int, concurrency: int,
+                 deadline_s: float = float("inf"), stall_s: float = float("inf")) -> None:
         self.hub = hub
         self.ids = range(first, first + count)
         self.concurrency = concurrency
+        self.deadline_s, self.stall_s = deadline_s, stall_s
+        self.stopped: str | None = None  # why opening stopped early
+        self.opened_ids: list[int] = []
         self.streams: list[Conn] = []
         # Keep-alive connections for registers and heartbeats, one per greenlet at a time.
         self.conns: gevent.queue.Queue = gevent.queue.Queue()
@@ -76,14 +83,27 @@ class Client:
             stream.close()
             return f"stream s{i}: {status}"
         self.streams.append(stream)
+        self.opened_ids.append(i)
+        self.last_open = time.monotonic()
         return None
 
-    def run_all(self, fn: Any) -> list[Any]:
-        todo = iter(self.ids)
+    def _give_up(self) -> bool:
+        now = time.monotonic()
+        if now - self.started > self.deadline_s:
+            self.stopped = f"deadline: {self.deadline_s:.0f} s"
+        elif now - self.last_open > self.stall_s:
+            self.stopped = f"stalled: no session opened for {self.stall_s:.0f} s"
+        return self.stopped is not None
+
+    def run_all(self, fn: Any, may_give_up: bool = False,
+                ids: Any = None) -> list[Any]:
+        todo = iter(self.ids if ids is None else ids)
         out: list[Any] = []
 
         def worker() -> None:
             for i in todo:
+                if may_give_up and self._give_up():
+                    return
                 try:
                     out.append(fn(i))
                 except (ConnectionError, OSError) as exc:
@@ -94,10 +114,11 @@ class Client:
         return out
 
     def open_all(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        failures = [str(x) for x in self.run_all(self.open_one) if x is not None]
-        return {"opened": len(self.streams), "seconds": round(time.perf_counter() - started, 2),
-                "failures": failures[:20], "failed": len(failures)}
+        self.started = self.last_open = time.monotonic()
+        failures = [str(x) for x in self.run_all(self.open_one, may_give_up=True)
+                    if x is not None]
+        return {"opened": len(self.streams), "seconds": round(time.monotonic() - self.started, 2),
+                "failures": failures[:20], "failed": len(failures), "stopped": self.stopped}
 
     def beat_all(self) -> dict[str, Any]:
         def beat(i: int) -> tuple[int, float]:
@@ -106,7 +127,7 @@ class Client:
             return status, time.perf_counter() - started
 
         started = time.perf_counter()
-        results = self.run_all(beat)
+        results = self.run_all(beat, ids=self.opened_ids)  # the sessions with a stream
         seconds = time.perf_counter() - started
         statuses = Counter(r[0] if isinstance(r, tuple) else type(r).__name__ for r in results)
         latencies = sorted(r[1] for r in results if isinstance(r, tuple))
@@ -128,9 +149,15 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=25)
+    parser.add_argument("--deadline-s", type=float, default=float("inf"))
+    parser.add_argument("--stall-s", type=float, default=float("inf"))
     args = parser.parse_args()
     raise_fd_limit()
-    client = Client(args.hub, args.first, args.count, args.concurrency)
+    # A hub that never answers must not hang the bench: every call fails after a minute
+    # (an idle stream is not read after its head, so its socket never waits on this).
+    socket.setdefaulttimeout(60)
+    client = Client(args.hub, args.first, args.count, args.concurrency, args.deadline_s,
+                    args.stall_s)
     stdin = FileObjectThread(sys.stdin)  # read without blocking the streams' greenlets
     print(json.dumps(client.open_all()), flush=True)
     for line in stdin:
