@@ -39,7 +39,8 @@ $(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
 
 # Benchmarks, not tests: a table on stdout, bench/results/*.json, docs/performance-latency.png.
 # wrk comes from the system packages; LiteLLM's arm runs when `litellm` is installed
-# (pip install 'litellm[proxy]' into .venv).
+# (pip install 'litellm[proxy]' into .venv). The cluster benches use the machine's PostgreSQL
+# and Redis (a database and a db number of their own), and say so when either is absent.
 bench: $(VENV)/.installed-bench
 	@command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		(apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null)) || \
