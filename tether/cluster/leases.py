@@ -28,6 +28,23 @@ redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
 
+# The same for every key in KEYS at once: their valid owners, in order (false: none).
+_OWNERS_OR_TAKE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('get', key)
+  if cur and redis.call('exists', ARGV[3] .. cur) == 1 then
+    out[i] = cur
+  elseif ARGV[4] == '1' then
+    redis.call('set', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = ARGV[1]
+  else
+    out[i] = false
+  end
+end
+return out
+"""
+
 # Renews every lease in KEYS still held by ARGV[1]; returns the ones that are not.
 _RENEW = """
 local lost = {}
@@ -59,6 +76,7 @@ class Leases:
         self._bus = bus
         r = bus.redis
         self._owner_or_take = r.register_script(_OWNER_OR_TAKE)
+        self._owners_or_take = r.register_script(_OWNERS_OR_TAKE)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self.owned: set[str] = set()  # names this process holds
@@ -75,6 +93,19 @@ class Leases:
         if owner == me:
             self.owned.add(name)
         return owner or None
+
+    def owners(self, names: list[str], take: bool = False) -> dict[str, str | None]:
+        """`owner` for many names in one round trip."""
+        if not names:
+            return {}
+        me = self._bus.process
+        found = self._owners_or_take(
+            keys=[self._key(n) for n in names],
+            args=[me, ALIVE_TTL_MS, self._bus.key("alive", ""), "1" if take else "0"])
+        out = {name: (str(owner) if owner else None)
+               for name, owner in zip(names, found, strict=True)}
+        self.owned.update(name for name, owner in out.items() if owner == me)
+        return out
 
     def renew(self) -> list[str]:
         """Renew every lease held; returns the names lost meanwhile (taken over)."""

@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.router")
 
 BUS_ASK_S = 5.0  # a cross-process ask unanswered by then is answered 503
+# A name's owner looked up this recently is used again, without asking Redis, for what is
+# told to its LlmActor (an infer: two lookups per forwarded request otherwise). Safe: a lease
+# changes hands only when its holder is gone (a send there finds no listener, and the owner
+# is looked up again) or let it go alive (it passes on what it gets, see _on_tell).
+OWNER_CACHE_S = 1.0
 RECOVER_TICKS = 5  # after Redis lost our keys: re-assert homes and owners this many ticks
 TERMINAL = (m.Completed, m.StreamDone, m.Failed)
 
@@ -113,6 +118,7 @@ class Router:
         self._pending: dict[str, _Pending] = {}  # request id -> waiting request
         self._asks: dict[str, pykka.Future] = {}
         self._cleaning: set[str] = set()
+        self._owners: dict[str, tuple[str, float]] = {}  # name -> (owner, looked up at)
         self._hooks = codec.Hooks(self._ref_address, self._reply_address, self._ref,
                                   self._reply)
         s = system.settings
@@ -194,15 +200,19 @@ class Router:
     def _send(self, process: str, payload: dict[str, Any]) -> bool:
         return self.bus.send(process, {**payload, "from": self.process})
 
-    def send_tell(self, process: str, address: codec.Address, message: Any) -> None:
+    def send_tell(self, process: str, address: codec.Address, message: Any,
+                  answer_loss: bool = True) -> bool:
+        """Tell `process`; False if nobody listens there (an infer is then answered 503,
+        unless `answer_loss` is off: the caller tries elsewhere)."""
         body = codec.encode(message, self._hooks)
         if isinstance(message, m.Infer):
             pending = self._pending.get(self._reply_address(message.reply)[2])
             if pending is not None:
                 pending.target = process
-        if not self._send(process, {"k": "tell", "to": list(address), "m": body}) \
-                and isinstance(message, m.Infer):
+        sent = self._send(process, {"k": "tell", "to": list(address), "m": body})
+        if not sent and answer_loss and isinstance(message, m.Infer):
             message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=address[2])))
+        return sent
 
     def send_ask(self, process: str, address: codec.Address, message: Any) -> pykka.Future:
         request_id = secrets.token_hex(8)
@@ -267,11 +277,38 @@ class Router:
     # --- names ---------------------------------------------------------------------------
 
     def owner(self, name: str, take: bool = False) -> str | None:
+        """The live owner of `name`, from Redis; with `take`, this process if there was none."""
         try:
-            return self.leases.owner(name, take)
+            owner = self.leases.owner(name, take)
         except Exception as exc:  # noqa: BLE001 - Redis down: nobody can be reached
             log.warning("bus: looking up the owner of %r failed: %r", name, exc)
             return None
+        self._remember(name, owner)
+        return owner
+
+    def owners(self, names: list[str], take: bool = False) -> dict[str, str | None]:
+        """`owner` for many names, in one round trip."""
+        try:
+            found = self.leases.owners(names, take)
+        except Exception as exc:  # noqa: BLE001 - Redis down: nobody can be reached
+            log.warning("bus: looking up the owners of %d names failed: %r", len(names), exc)
+            return dict.fromkeys(names)
+        for name, owner in found.items():
+            self._remember(name, owner)
+        return found
+
+    def _remember(self, name: str, owner: str | None) -> None:
+        if owner is None or owner == self.process:  # here, the directory says it
+            self._owners.pop(name, None)
+        else:
+            self._owners[name] = (owner, time.monotonic())
+
+    def _known_owner(self, name: str, take: bool) -> tuple[str | None, bool]:
+        """The owner of `name` as looked up within OWNER_CACHE_S (and True), else `owner`."""
+        known = self._owners.get(name)
+        if known is not None and time.monotonic() - known[1] < OWNER_CACHE_S:
+            return known[0], True
+        return self.owner(name, take), False
 
     def llm_ref(self, name: str, take: bool = False) -> Any:
         """The LlmActor of `name`: local (owned here, or taken now with `take`), a remote
@@ -279,7 +316,7 @@ class Router:
         ref = self._system.directory.llm(name)
         if ref is not None:
             return ref
-        owner = self.owner(name, take)
+        owner, _ = self._known_owner(name, take)
         if owner is None:
             return None
         if owner == self.process:
@@ -299,7 +336,12 @@ class Router:
             tell(local, message)
             return
         infer = isinstance(message, m.Infer)
-        owner = self.owner(name, take=infer)
+        owner, known = self._known_owner(name, take=infer)
+        if known and owner is not None:
+            if self.send_tell(owner, ("llm", owner, name), message, answer_loss=False):
+                return
+            self._owners.pop(name, None)  # nobody listens there (gone): ask Redis
+            owner = self.owner(name, take=infer)
         if owner == self.process:
             ref = self._own(name)
             if ref is not None and tell(ref, message):
@@ -376,9 +418,11 @@ class Router:
             local = self._system.directory.llm(key)
             if local is not None:
                 tell(local, message)
-            elif isinstance(message, m.Infer):
-                # The name moved since the sender looked: to its owner now (the lease in
-                # Redis decides, so this cannot bounce back).
+            else:
+                # The name moved since the sender looked (it may have used an owner it
+                # looked up a second ago): on to its owner now, asking Redis (the lease
+                # decides, so this cannot bounce back).
+                self._owners.pop(key, None)
                 self.tell_llm(key, message)
             return
         ref = self._ref(("session", self.process, key)) if kind == "session" else None
@@ -476,11 +520,13 @@ class Router:
         targets = {p.target for p in self._pending.values() if p.target} - {self.process}
         watched = sorted(set(procs) | targets)
         alive = self.bus.alive(watched) | {self.process}
+        now = time.monotonic()
+        self._owners = {name: known for name, known in self._owners.items()
+                        if known[0] in alive and now - known[1] < OWNER_CACHE_S}
         for process in procs:
             if process not in alive and process not in self._cleaning:
                 self._cleaning.add(process)
                 spawn(self._bury, process)
-        now = time.monotonic()
         for request_id, pending in list(self._pending.items()):
             if pending.target is not None and pending.target not in alive:
                 self._pending.pop(request_id, None)

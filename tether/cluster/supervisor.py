@@ -249,13 +249,22 @@ class ClusterSupervisor(Supervisor):
         self._publish_directory()
 
     def _on_ensure_owners(self, msg: m.EnsureOwners) -> None:
+        """Every name of a stream open here has a live owner: this process takes those
+        that have none (one Redis call for them all, every tick)."""
         if msg.reassert:
             self._reassert_homes()
-        for session_id in list(self._live):
+        sessions_of: dict[str, list[str]] = {}
+        for session_id in self._live:
             entry = self._sessions.get(session_id)
             for name in entry.names if entry is not None else ():
-                if name not in self._llms and self._router.owner(name, take=True) == self._home:
-                    ref = self._own(name)
+                if name not in self._llms:
+                    sessions_of.setdefault(name, []).append(session_id)
+        if not sessions_of:
+            return
+        for name, owner in self._router.owners(sorted(sessions_of), take=True).items():
+            if owner == self._home:
+                ref = self._own(name)
+                for session_id in sessions_of[name]:
                     tell(ref, m.StreamOpened(session_id))
 
     def _reassert_homes(self) -> None:
