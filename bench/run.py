@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -778,6 +779,10 @@ def main() -> None:
         bench_relay(args.seconds)
     if args.which in ("cluster", "cluster_sessions"):  # wrk and client processes: no gevent
         from bench import cluster
+
+        # A SIGTERM (a timeout, an impatient user) unwinds like an error, so the bench still
+        # stops its hubs and drops its database and Redis db rather than leaving them behind.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
         if args.which == "cluster":
             if shutil.which("wrk") is None:

@@ -434,7 +434,11 @@ class ClusterStack:
         return proc
 
     def __enter__(self) -> ClusterStack:
-        self.services.__enter__()
+        try:
+            self.services.__enter__()
+        except Unavailable:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         try:
             self._start()
         except BaseException:
