@@ -142,7 +142,9 @@ class Bus:
                         self._on_message(payload)
                     except Exception:  # noqa: BLE001 - one bad message must not stop the reader
                         log.exception("bus: handling a message failed")
-            except redis.RedisError as exc:
+            # Any failure: redis-py raises ValueError too, when stop() closes the connection
+            # under listen(); while running, the reader must outlive whatever it was.
+            except Exception as exc:  # noqa: BLE001 - see above
                 if not self._running:
                     return
                 if not broken:
