@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import queue
-import time
 
 import pytest
 
-from tests.actors.conftest import Outbox, events, provider
-from tether.actor import Ping
+from tests.support.actors import Outbox, events, provider, settle
 from tether.actors import messages as m
 from tether.errors import TetherError
 from tether.store import llms as store
@@ -18,7 +16,7 @@ REQ = {"messages": [{"role": "user", "content": "hi"}]}
 
 def _online(system, *providers, session="s1") -> Outbox:
     system.register(session, list(providers))
-    outbox = Outbox()
+    outbox = Outbox(system)
     system.open_stream(session, outbox.queue, None)
     assert [f.event for f in outbox.frames()] == ["hello"]
     return outbox
@@ -51,30 +49,28 @@ def test_wake_failure_answers_every_waiter_and_keeps_hibernating(system):
 
 def test_stream_loss_fails_open_tasks_and_marks_active_rows_inactive(system):
     system.register("s1", [provider("a"), provider("b", "hibernating")])
-    outbox = Outbox()
+    outbox = Outbox(system)
     token = system.open_stream("s1", outbox.queue, None)
     reply = system.infer("a", REQ, False, "chat/completions")
     assert isinstance(reply.get(timeout=2), m.Dispatched)
     system.close_stream("s1", token)
     failed = reply.get(timeout=2)
     assert isinstance(failed, m.Failed) and failed.error.code == "publisher_disconnected"
-    deadline = time.monotonic() + 2
-    while store.get("a").status != "inactive":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    settle(system)
+    assert store.get("a").status == "inactive"
     assert store.get("b").status == "hibernating"
 
 
 def test_grace_and_replay_complete_a_task_across_a_reconnect(system_factory):
     system = system_factory(publisher_grace_s=5)
     system.register("s1", [provider("a")])
-    first = Outbox()
+    first = Outbox(system)
     token = system.open_stream("s1", first.queue, None)
     first.frames()
     reply = system.infer("a", REQ, False, "chat/completions")
     sent = first.frames()[0]
     system.close_stream("s1", token)
-    second = Outbox()
+    second = Outbox(system)
     system.open_stream("s1", second.queue, str(int(sent.id) - 1))
     frames = second.frames()
     assert [f.event for f in frames] == ["hello", "task"]
@@ -82,7 +78,7 @@ def test_grace_and_replay_complete_a_task_across_a_reconnect(system_factory):
     system.submit_result(sent.json()["taskId"], None, {"status": 200, "body": {"ok": 1}})
     assert events(reply, m.Completed)[-1] == m.Completed(200, {"ok": 1})
     # An id this process never sent replays nothing.
-    third = Outbox()
+    third = Outbox(system)
     system.open_stream("s1", third.queue, "10000")
     assert [f.event for f in third.frames()] == ["hello"]
 
@@ -110,7 +106,7 @@ def test_stream_idle_timeout_after_chunks(system_factory):
     seen = events(reply, m.Failed)
     assert isinstance(seen[1], m.Chunks)
     assert seen[-1].error.code == "stream_idle_timeout"
-    assert outbox.tasks(0.5) == [{"kind": "cancel", "taskId": task["taskId"]}]
+    assert outbox.tasks() == [{"kind": "cancel", "taskId": task["taskId"]}]
     with pytest.raises(TetherError) as late:
         system.submit_result(task["taskId"], None, {"chunk": {"data": "{}"}})
     assert late.value.status == 404
@@ -164,15 +160,11 @@ def test_a_quick_reconnect_never_leaves_the_row_inactive(system):
     registration's write; the row must still end up active, in the store and the actor."""
     system.register("s1", [provider("a")])
     for _ in range(30):
-        outbox = Outbox()
-        token = system.open_stream("s1", outbox.queue, None)
+        token = system.open_stream("s1", Outbox(system).queue, None)
         system.close_stream("s1", token)
         system.register("s1", [provider("a")])  # the publisher comes right back
-        system.open_stream("s1", Outbox().queue, None)
-        ref = system.directory.llm("a")
-        for _ in range(3):  # let every message of the cascade arrive
-            system.supervisor.ask(Ping(), timeout=5)
-            ref.ask(Ping(), timeout=5)
+        system.open_stream("s1", Outbox(system).queue, None)
+        settle(system)  # let every message of the cascade arrive
         assert store.get("a").status == "active"
 
 
@@ -180,14 +172,9 @@ def test_a_real_drop_after_a_registration_on_a_live_stream_still_counts(system):
     """A publisher may register again while its stream stays up (a backend came up later);
     when that stream then drops for good, its rows go inactive and stay so."""
     system.register("s1", [provider("a")])
-    token = system.open_stream("s1", Outbox().queue, None)
+    token = system.open_stream("s1", Outbox(system).queue, None)
     system.register("s1", [provider("a"), provider("b")])  # same stream, one more backend
     system.close_stream("s1", token)
-    # Follow the cascade hop by hop (session -> supervisor -> each Llm): each actor answers
-    # a Ping only after the messages it got before it, and sent its own tells before that.
-    system.directory.session("s1").ref.ask(Ping(), timeout=5)
-    system.supervisor.ask(Ping(), timeout=5)
-    for name in ("a", "b"):
-        system.directory.llm(name).ask(Ping(), timeout=5)
+    settle(system)  # the cascade: session -> supervisor -> each Llm
     assert store.get("a").status == "inactive"
     assert store.get("b").status == "inactive"

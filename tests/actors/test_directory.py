@@ -10,7 +10,7 @@ import time
 import pykka
 import pytest
 
-from tests.actors.conftest import Outbox, provider
+from tests.support.actors import Outbox, provider, settle
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
@@ -104,17 +104,10 @@ def test_registrations_publish_fresh_snapshots_and_old_ones_stay_valid(system):
     assert second.session("s2").names == frozenset({"b", "c"})
     assert second.session_by_slot(second.session("s2").slot).session_id == "s2"
     # Taking a name over (the old owner inactive) moves it between sessions.
-    outbox = Outbox()
-    system.open_stream("s1", outbox.queue, None)
-    system.close_stream("s1", 1)
-    deadline = time.monotonic() + 3
-    while True:
-        try:
-            system.register("s2", [provider("a")])
-            break
-        except Exception:
-            assert time.monotonic() < deadline, "s1's row never went inactive"
-            time.sleep(0.02)
+    token = system.open_stream("s1", Outbox(system).queue, None)
+    system.close_stream("s1", token)
+    settle(system)  # s1's row went inactive
+    system.register("s2", [provider("a")])
     third = system.directory
     assert third.session("s1").names == frozenset()
     assert third.session("s2").names == frozenset({"a", "b", "c"})

@@ -5,14 +5,14 @@ from __future__ import annotations
 import queue
 import socket
 import threading
-import time
 
 import peewee
 import pykka
 import pytest
 from falcon import testing
 
-from tests.actors.conftest import Outbox, events, provider
+from tests.support.actors import Outbox, events, provider, settle, take
+from tests.support.hub import wait_until
 from tether.actor import Ping, tell
 from tether.actors import messages as m
 from tether.actors.llm import LlmActor
@@ -27,16 +27,15 @@ from tether.store.models import KIND_VIRTUAL, utcnow
 REQ = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-def _wait(predicate, timeout: float = 3.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.02)
+def _crash(system, kind: str, key: str) -> None:
+    """Crash a child; once settled, the supervisor has rebuilt it (or given up on it)."""
+    assert system.inject_crash(kind, key)
+    settle(system)
 
 
 def _online(system, *providers) -> Outbox:
     system.register("s1", list(providers))
-    outbox = Outbox()
+    outbox = Outbox(system)
     system.open_stream("s1", outbox.queue, None)
     outbox.frames()
     return outbox
@@ -47,10 +46,10 @@ def test_a_crashed_llm_actor_answers_its_waiters_and_comes_back(system):
     old = system.directory.llm("sleepy")
     waiting = system.infer("sleepy", REQ, False, "chat/completions")
     first_wake = outbox.tasks()[0]
-    assert system.inject_crash("llm", "sleepy")
+    _crash(system, "llm", "sleepy")
     failed = events(waiting, m.Failed)[-1]
     assert (failed.error.status, failed.error.code) == (503, "actor_restarted")
-    _wait(lambda: system.directory.llm("sleepy") not in (None, old))
+    assert system.directory.llm("sleepy") not in (None, old)
     # Rebuilt from the store: still hibernating, and the next infer wakes it afresh.
     again = system.infer("sleepy", REQ, False, "chat/completions")
     wake = next(t for t in outbox.tasks() if t["kind"] == "wake")
@@ -71,14 +70,14 @@ def test_a_crashed_session_actor_fails_its_tasks_and_is_relinked(system):
     pending = system.infer("a", REQ, False, "chat/completions")
     outbox.tasks()
     old = system.directory.session("s1").ref
-    assert system.inject_crash("session", "s1")
+    _crash(system, "session", "s1")
     assert events(pending, m.Failed)[-1].error.code == "actor_restarted"
     assert any(isinstance(f, m.Close) for f in outbox.frames())  # the publisher reconnects
-    _wait(lambda: system.directory.session("s1").ref is not old)
-    fresh = Outbox()
+    assert system.directory.session("s1").ref is not old
+    fresh = Outbox(system)
     system.open_stream("s1", fresh.queue, None)
     fresh.frames()
-    _wait(lambda: store.get("a").status == "active")  # the new stream takes the rows back
+    assert store.get("a").status == "active"  # the new stream takes the rows back
     reply = system.infer("a", REQ, False, "chat/completions")
     task = fresh.tasks()[0]  # the LlmActor reaches the new session actor
     system.submit_result(task["taskId"], None, {"status": 200, "body": {}})
@@ -90,10 +89,10 @@ def test_restarts_are_bounded_then_the_rows_go_inactive(system):
     for _ in range(MAX_RESTARTS + 1):
         ref = system.directory.llm("a")
         assert ref is not None
-        system.inject_crash("llm", "a")
-        _wait(lambda ref=ref: system.directory.llm("a") is not ref)
+        _crash(system, "llm", "a")
+        assert system.directory.llm("a") is not ref
     assert system.directory.llm("a") is None
-    _wait(lambda: store.get("a").status == "inactive")
+    assert store.get("a").status == "inactive"
     with pytest.raises(TetherError) as offline:  # down, but known: 503, not 404
         system.infer("a", REQ, False, "chat/completions")
     assert offline.value.code == "publisher_offline"
@@ -105,8 +104,8 @@ def test_a_status_report_is_checked_whole_before_any_name_is_applied(system):
     _online(system, provider("a"), provider("b"))
     for _ in range(MAX_RESTARTS + 1):  # b's actor crashes until its supervisor gives up
         ref = system.directory.llm("b")
-        system.inject_crash("llm", "b")
-        _wait(lambda ref=ref: system.directory.llm("b") is not ref)
+        _crash(system, "llm", "b")
+        assert system.directory.llm("b") is not ref
     with pytest.raises(TetherError) as refused:
         system.set_status("s1", [("a", "hibernating"), ("b", "hibernating")])
     assert refused.value.status == 503
@@ -130,11 +129,12 @@ def test_frame_ids_keep_increasing_across_a_session_actor_restart(system):
     before = [int(f.id) for f in outbox.frames() if getattr(f, "event", "") == "task"]
     assert before
     old = system.directory.session("s1").ref
-    assert system.inject_crash("session", "s1")
-    _wait(lambda: system.directory.session("s1").ref is not old)
-    fresh = Outbox()
+    _crash(system, "session", "s1")
+    assert system.directory.session("s1").ref is not old
+    fresh = Outbox(system)
     system.open_stream("s1", fresh.queue, None)
-    _wait(lambda: store.get("a").status == "active")  # the new stream takes the rows back
+    settle(system)
+    assert store.get("a").status == "active"  # the new stream takes the rows back
     system.infer("a", REQ, False, "chat/completions")
     after = [int(f.id) for f in fresh.frames() if getattr(f, "event", "") == "task"]
     assert after and min(after) > max(before)
@@ -164,8 +164,8 @@ def test_a_database_error_in_the_supervisor_restarts_it_with_its_children(system
     old = system.supervisor
     monkeypatch.setattr(store, "delete_expired", _FailOnce(store.delete_expired))
     tell(old, m.RetireExpired(utcnow()))  # what the sweeper sends every gc_interval_s
-    _wait(lambda: system.supervisor is not old)
-    _wait(system.healthy)
+    wait_until(lambda: system.supervisor is not old)
+    wait_until(system.healthy)
     # The children were adopted, not rebuilt: the open stream still carries tasks.
     reply = system.infer("a", REQ, False, "chat/completions")
     task = outbox.tasks()[0]
@@ -175,7 +175,7 @@ def test_a_database_error_in_the_supervisor_restarts_it_with_its_children(system
     system.register("s2", [provider("b")])
     child = system.directory.llm("a")
     assert system.inject_crash("llm", "a")
-    _wait(lambda: system.directory.llm("a") not in (None, child))
+    wait_until(lambda: system.directory.llm("a") not in (None, child))
 
 
 def test_a_database_error_in_the_sweeper_restarts_it(system_factory, monkeypatch):
@@ -183,9 +183,9 @@ def test_a_database_error_in_the_sweeper_restarts_it(system_factory, monkeypatch
     failing = _FailOnce(store.stale_names)
     monkeypatch.setattr(store, "stale_names", failing)
     old = system._sweeper
-    _wait(lambda: system._sweeper is not old)
+    wait_until(lambda: system._sweeper is not old)
     seen = failing.calls
-    _wait(lambda: failing.calls > seen + 2)  # sweeping goes on
+    wait_until(lambda: failing.calls > seen + 2)  # sweeping goes on
     assert system.healthy()
 
 
@@ -197,7 +197,7 @@ def test_root_restarts_are_bounded_then_the_worker_exits(tmp_path):
         for _ in range(MAX_RESTARTS + 1):
             ref = system.supervisor
             assert system.inject_crash("supervisor", "")
-            _wait(lambda ref=ref: fatal.is_set() or system.supervisor is not ref)
+            wait_until(lambda ref=ref: fatal.is_set() or system.supervisor is not ref)
         assert fatal.is_set()
         assert not system.healthy()  # /healthz answers 503 until the worker is replaced
     finally:
@@ -214,7 +214,7 @@ def test_healthz_is_503_while_a_root_actor_is_down(tmp_path):
         for _ in range(MAX_RESTARTS + 1):
             ref = system._sweeper
             system.inject_crash("sweeper", "")
-            _wait(lambda ref=ref: not ref.is_alive())
+            wait_until(lambda ref=ref: not ref.is_alive())
         r = client.simulate_get("/healthz")
         assert r.status_code == 503 and r.json["error"]["code"] == "unhealthy"
     finally:
@@ -227,17 +227,17 @@ def test_healthz_is_503_while_a_root_actor_is_down(tmp_path):
 def test_a_restarted_session_actor_has_no_stream_so_its_rows_go_inactive(system):
     _online(system, provider("a"), provider("sleepy", "hibernating"))
     old = system.directory.session("s1").ref
-    assert system.inject_crash("session", "s1")
-    _wait(lambda: system.directory.session("s1").ref is not old)
-    _wait(lambda: store.get("a").status == "inactive")
+    _crash(system, "session", "s1")
+    assert system.directory.session("s1").ref is not old
+    assert store.get("a").status == "inactive"
     assert store.get("sleepy").status == "hibernating"  # as on a stream loss
     offline = events(system.infer("a", REQ, False, "chat/completions"), m.Failed)[-1]
     assert offline.error.code == "publisher_offline"
     # The publisher's reconnect takes them back.
     system.register("s1", [provider("a"), provider("sleepy", "hibernating")])
-    fresh = Outbox()
-    system.open_stream("s1", fresh.queue, None)
-    _wait(lambda: store.get("a").status == "active")
+    system.open_stream("s1", Outbox(system).queue, None)
+    settle(system)
+    assert store.get("a").status == "active"
 
 
 def test_a_crashed_llm_actor_cancels_its_wake_at_the_session(system):
@@ -260,13 +260,14 @@ def test_a_restarted_llm_actor_counts_the_tasks_still_in_flight(system_factory):
     system.infer("a", REQ, False, "chat/completions")
     first, _second = outbox.tasks()
     old = system.directory.llm("a")
-    assert system.inject_crash("llm", "a")
-    _wait(lambda: system.directory.llm("a") not in (None, old))
+    _crash(system, "llm", "a")
+    assert system.directory.llm("a") not in (None, old)
     reply = system.infer("a", REQ, False, "chat/completions")
     assert outbox.tasks() == []  # the two tasks still hold the member's two slots
     system.submit_result(first["taskId"], None, {"status": 200, "body": {}})
     assert outbox.tasks()[0]["kind"] == "infer"  # a slot freed: the waiting one goes
-    assert not any(isinstance(e, m.Failed) for e in _drain(reply))
+    settle(system)
+    assert not any(isinstance(e, m.Failed) for e in take(reply))
 
 
 class _Recorder(pykka.ThreadingActor):
@@ -304,13 +305,6 @@ def test_a_restarted_llm_actor_gives_a_member_no_task_before_its_session_counted
     llm.tell(m.TaskEnded("1-a"))
     sent = told()
     assert [type(x) for x in sent] == [m.SendInfer]
-
-
-def _drain(reply) -> list:
-    out = []
-    while not reply.empty():
-        out.append(reply.get_nowait())
-    return out
 
 
 def test_a_later_hub_process_never_reuses_an_earlier_ones_frame_ids(tmp_path):
@@ -360,10 +354,10 @@ def test_a_restarted_public_llm_actor_counts_the_upstream_calls_still_running(sy
     try:
         running = system.infer("cloud", REQ, False, "chat/completions")
         assert isinstance(running.get(timeout=3), m.Dispatched)
-        _wait(lambda: upstream.conns)
+        wait_until(lambda: upstream.conns)
         old = system.directory.llm("cloud")
         assert system.inject_crash("llm", "cloud")
-        _wait(lambda: system.directory.llm("cloud") not in (None, old))
+        wait_until(lambda: system.directory.llm("cloud") not in (None, old))
         full = events(system.infer("cloud", REQ, False, "chat/completions"), m.Failed)[-1]
         assert full.error.code == "queue_full"  # the call still running counts
         upstream.close()  # the call ends: it reports to the restarted actor
@@ -373,6 +367,6 @@ def test_a_restarted_public_llm_actor_counts_the_upstream_calls_still_running(sy
             reply = system.infer("cloud", REQ, False, "chat/completions")
             return isinstance(reply.get(timeout=3), m.Dispatched)
 
-        _wait(accepted)
+        wait_until(accepted)
     finally:
         upstream.close()
