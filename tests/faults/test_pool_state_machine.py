@@ -10,23 +10,13 @@ Invariants, checked after every step:
 from __future__ import annotations
 
 import queue
-import shutil
-import tempfile
-import time
-from pathlib import Path
 
-import pykka
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
-from tether import sse
-from tether.actor import Ping
-from tether.actors import messages as m
-from tether.actors.system import ActorSystem
-from tether.config import Settings
+from tests.support.machine import ActorMachine
 
-TERMINAL = (m.Completed, m.Failed, m.StreamDone)
 SESSIONS = ("s1", "s2", "s3")
 CAPACITY = 2
 
@@ -37,59 +27,31 @@ def spec(session: str) -> list[dict]:
              "maxConcurrency": CAPACITY, "initialStatus": status}]
 
 
-class PoolMachine(RuleBasedStateMachine):
+class PoolMachine(ActorMachine):
+    rounds = 5  # offer → release → released → dispatch
+
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = Path(tempfile.mkdtemp())
-        config = Settings(database_url=f"sqlite:///{self.tmp / 'pool.db'}",
-                          publisher_grace_s=0, wake_timeout_s=60, infer_timeout_s=60)
-        self.system = ActorSystem(config).start()
         for session in SESSIONS:
             self.system.register(session, spec(session))
-        self.outboxes: dict[str, queue.Queue | None] = dict.fromkeys(SESSIONS)
+        self.open: dict[str, queue.Queue | None] = dict.fromkeys(SESSIONS)
         self.tokens: dict[str, int] = {}
         self.wakes: dict[str, str] = {}  # wake task id -> session
         self.infers: dict[str, tuple[str, bool]] = {}  # task id -> (session, streamed)
-        self.replies: list[tuple[queue.Queue, list]] = []
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def settle(self) -> None:
-        """Let every cascade (offer → release → released → dispatch) run out."""
-        for _ in range(5):
-            directory = self.system.directory
-            refs = [self.system.supervisor, *directory.llms.values(),
-                    *(e.ref for e in directory.sessions.values())]
-            pykka.get_all([ref.ask(Ping(), block=False) for ref in refs], timeout=5)
-        for session, outbox in self.outboxes.items():
-            if outbox is not None:
-                self.read_frames(session, outbox)
-        for reply, seen in self.replies:
-            while True:
-                try:
-                    seen.append(reply.get_nowait())
-                except queue.Empty:
-                    break
+    def outboxes(self) -> dict[str, queue.Queue]:
+        return {session: outbox for session, outbox in self.open.items() if outbox is not None}
 
-    def read_frames(self, session: str, outbox: queue.Queue) -> None:
-        while True:
-            try:
-                item = outbox.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, m.Close):
-                continue
-            for event in sse.parse(sse.iter_lines([item.encode()])):
-                if getattr(event, "event", "") != "task":
-                    continue
-                task = event.json()
-                if task["kind"] == "wake":
-                    self.wakes[task["taskId"]] = session
-                elif task["kind"] == "infer":
-                    self.infers[task["taskId"]] = (session, task["streaming"])
-                else:  # cancel
-                    self.wakes.pop(task["taskId"], None)
-                    self.infers.pop(task["taskId"], None)
+    def on_task(self, session: str, task: dict) -> None:
+        if task["kind"] == "wake":
+            self.wakes[task["taskId"]] = session
+        elif task["kind"] == "infer":
+            self.infers[task["taskId"]] = (session, task["streaming"])
+        else:  # cancel
+            self.wakes.pop(task["taskId"], None)
+            self.infers.pop(task["taskId"], None)
 
     def forget(self, session: str) -> None:
         """Its stream went: with no grace, its tasks failed or moved (new ids elsewhere)."""
@@ -100,22 +62,22 @@ class PoolMachine(RuleBasedStateMachine):
 
     @rule(session=st.sampled_from(SESSIONS))
     def reconnect(self, session: str) -> None:
-        if self.outboxes[session] is not None:
+        if self.open[session] is not None:
             return
         self.system.register(session, spec(session))
         outbox: queue.Queue = queue.Queue()
-        self.outboxes[session] = outbox
+        self.open[session] = outbox
         self.tokens[session] = self.system.open_stream(session, outbox, None)
         self.settle()
 
     @rule(session=st.sampled_from(SESSIONS))
     def drop_stream(self, session: str) -> None:
-        outbox = self.outboxes[session]
+        outbox = self.open[session]
         if outbox is None:
             return
-        self.read_frames(session, outbox)
+        self.read(session, outbox)
         self.system.close_stream(session, self.tokens[session])
-        self.outboxes[session] = None
+        self.open[session] = None
         self.forget(session)
         self.settle()
 
@@ -123,10 +85,7 @@ class PoolMachine(RuleBasedStateMachine):
           affinity=st.sampled_from([None, "k1", "k2"]))
     def infer(self, stream: bool, conversation: int, turn: int, affinity: str | None) -> None:
         messages = [{"role": "user", "content": f"c{conversation}-{i}"} for i in range(turn)]
-        reply = self.system.infer("p", {"messages": messages, "stream": stream}, stream,
-                                  "chat/completions", affinity)
-        self.replies.append((reply, []))
-        self.settle()
+        self.request("p", {"messages": messages}, stream, affinity)
 
     @precondition(lambda self: bool(self.wakes))
     @rule(ok=st.booleans(), data=st.data())
@@ -168,29 +127,6 @@ class PoolMachine(RuleBasedStateMachine):
         for session in SESSIONS:
             held = [t for t, (s, _) in self.infers.items() if s == session]
             assert len(held) <= CAPACITY, (session, held)
-
-    @invariant()
-    def no_request_answered_twice(self) -> None:
-        for _, seen in self.replies:
-            assert sum(isinstance(e, TERMINAL) for e in seen) <= 1, seen
-
-    def teardown(self) -> None:
-        try:
-            self.system.drain()
-            # The drain's cascade (a refused dispatch per waiting request) may outlast a
-            # settle: wait, with a deadline, until every request has its answer.
-            deadline = time.monotonic() + 10
-            while True:
-                self.settle()
-                answered = [sum(isinstance(e, TERMINAL) for e in seen)
-                            for _, seen in self.replies]
-                if all(answered) or time.monotonic() > deadline:
-                    break
-            for _, seen in self.replies:
-                assert sum(isinstance(e, TERMINAL) for e in seen) == 1, seen
-        finally:
-            self.system.stop()
-            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 PoolMachine.TestCase.settings = settings(

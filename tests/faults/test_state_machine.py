@@ -9,23 +9,14 @@ Invariants, checked after every step:
 from __future__ import annotations
 
 import queue
-import shutil
-import tempfile
-from pathlib import Path
 
-import pykka
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
-from tether import sse
-from tether.actor import Ping
-from tether.actors import messages as m
-from tether.actors.system import ActorSystem
-from tether.config import Settings
+from tests.support.machine import ActorMachine
 from tether.store import llms as store
 
-TERMINAL = (m.Completed, m.Failed, m.StreamDone)
 PROVIDERS = [
     {"name": "awake", "type": "openai", "model": "m", "initialStatus": "active"},
     {"name": "sleepy", "type": "openai", "model": "m", "initialStatus": "hibernating"},
@@ -33,59 +24,31 @@ PROVIDERS = [
 REQ = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-class HubMachine(RuleBasedStateMachine):
+class HubMachine(ActorMachine):
+    rounds = 3  # llm → session → llm → session
+
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = Path(tempfile.mkdtemp())
-        config = Settings(database_url=f"sqlite:///{self.tmp / 'sm.db'}", publisher_grace_s=0,
-                          wake_timeout_s=60, infer_timeout_s=60)
-        self.system = ActorSystem(config).start()
         self.system.register("s1", PROVIDERS)
         self.outbox: queue.Queue | None = None
         self.token = 0
         self.wakes: dict[str, set[str]] = {"awake": set(), "sleepy": set()}
         self.infers: dict[str, bool] = {}  # task id -> streamed
-        self.replies: list[tuple[queue.Queue, list]] = []
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def settle(self) -> None:
-        """Let every cascade of messages (llm → session → llm → session) run out."""
-        for _ in range(3):
-            directory = self.system.directory
-            refs = [self.system.supervisor, *directory.llms.values(),
-                    *(e.ref for e in directory.sessions.values())]
-            pykka.get_all([ref.ask(Ping(), block=False) for ref in refs], timeout=5)
-        self.read_frames()
-        for reply, seen in self.replies:
-            while True:
-                try:
-                    seen.append(reply.get_nowait())
-                except queue.Empty:
-                    break
+    def outboxes(self) -> dict[str, queue.Queue]:
+        return {"s1": self.outbox} if self.outbox is not None else {}
 
-    def read_frames(self) -> None:
-        if self.outbox is None:
-            return
-        while True:
-            try:
-                item = self.outbox.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, m.Close):
-                continue
-            for event in sse.parse(sse.iter_lines([item.encode()])):
-                if getattr(event, "event", "") != "task":
-                    continue
-                task = event.json()
-                if task["kind"] == "wake":
-                    self.wakes[task["llmName"]].add(task["taskId"])
-                elif task["kind"] == "infer":
-                    self.infers[task["taskId"]] = task["streaming"]
-                else:  # cancel
-                    for wakes in self.wakes.values():
-                        wakes.discard(task["taskId"])
-                    self.infers.pop(task["taskId"], None)
+    def on_task(self, session: str, task: dict) -> None:
+        if task["kind"] == "wake":
+            self.wakes[task["llmName"]].add(task["taskId"])
+        elif task["kind"] == "infer":
+            self.infers[task["taskId"]] = task["streaming"]
+        else:  # cancel
+            for wakes in self.wakes.values():
+                wakes.discard(task["taskId"])
+            self.infers.pop(task["taskId"], None)
 
     # --- rules ---------------------------------------------------------------------------
 
@@ -110,9 +73,7 @@ class HubMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(["awake", "sleepy"]), stream=st.booleans())
     def infer(self, name: str, stream: bool) -> None:
-        reply = self.system.infer(name, {**REQ, "stream": stream}, stream, "chat/completions")
-        self.replies.append((reply, []))
-        self.settle()
+        self.request(name, REQ, stream)
 
     @precondition(lambda self: any(self.wakes.values()))
     @rule(ok=st.booleans(), data=st.data())
@@ -155,25 +116,10 @@ class HubMachine(RuleBasedStateMachine):
             assert len(wakes) <= 1, (name, wakes)
 
     @invariant()
-    def no_request_answered_twice(self) -> None:
-        for _, seen in self.replies:
-            assert sum(isinstance(e, TERMINAL) for e in seen) <= 1, seen
-
-    @invariant()
     def a_row_owned_by_a_live_stream_is_never_inactive(self) -> None:
         if self.outbox is not None:
             for row in store.list_all():
                 assert row.status != "inactive", row.to_wire()
-
-    def teardown(self) -> None:
-        try:
-            self.system.drain()
-            self.settle()
-            for _, seen in self.replies:
-                assert sum(isinstance(e, TERMINAL) for e in seen) == 1, seen
-        finally:
-            self.system.stop()
-            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 HubMachine.TestCase.settings = settings(
