@@ -15,15 +15,26 @@ from tests.support.hub import wait_until
 POOL = {"type": "openai", "pool": True}
 
 
-def member(factory, name: str = "p", model: str = "m", **spec):
-    """A publisher that joined pool `name` and opened its stream."""
+def member(factory, name: str = "p", model: str = "m", canary: bool = False, **spec):
+    """A publisher that joined pool `name` and opened its stream (`canary`: see `sent`)."""
     pub = factory()
-    pub.register({"name": name, "model": model, **POOL, **spec})
+    pub.register({"name": name, "model": model, **POOL, **spec}, canary=canary)
     return pub, pub.open()
 
 
-def tasks(stream, wait: float = 0.4) -> list[dict]:
-    return [i.json() for i in stream.drain(wait) if getattr(i, "event", "") == "task"]
+def next_task(pubs) -> tuple:
+    """The member the hub gave the next task to, and the task; exactly one gets it."""
+    found: list[tuple] = []
+
+    def polled() -> list[tuple]:
+        for pub, stream in pubs:
+            found.extend((pub, item.json()) for item in stream.received()
+                         if getattr(item, "event", "") == "task")
+        return found
+
+    wait_until(polled, interval=0.01)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def chat(*contents: str) -> dict:
@@ -108,15 +119,15 @@ def test_pool_members_must_share_a_publisher_key(hub_factory):
 
 def test_late_binding_a_freed_slot_and_a_joining_member_take_the_queue_head(
         hub, publisher_factory):
-    a, sa = member(publisher_factory, maxConcurrency=1)
+    a, sa = member(publisher_factory, maxConcurrency=1, canary=True)
     with cf.ThreadPoolExecutor(4) as pool:
         pending = []
         for i in range(4):
             pending.append(pool.submit(hub.post, "/api/v1/llms/p/infer", chat(f"r{i}")))
-            time.sleep(0.05)  # a known arrival order
+            wait_until(lambda i=i: hub.waiting("p") == i + 1, interval=0.01)  # in order
         first = sa.next_task("infer")
         assert first["request"]["messages"][0]["content"] == "r0"
-        assert tasks(sa) == []  # one slot: the others wait at the hub
+        assert a.sent(sa) == []  # one slot: the others wait at the hub
         assert hub.llm("p")["members"][0]["inFlight"] == 1
         ok(a, first)
         second = sa.next_task("infer")
@@ -124,7 +135,9 @@ def test_late_binding_a_freed_slot_and_a_joining_member_take_the_queue_head(
         # A member joining takes the head of the queue once its stream is open.
         b = publisher_factory()
         b.register({"name": "p", "model": "m", **POOL})
-        assert tasks(sa, 0.3) == []  # registered, but no stream yet: no work for it
+        assert a.sent(sa) == []  # the pool's actor has heard of b (a's heartbeat asked it)
+        # registered, but no stream yet: no work for it
+        assert [x["inFlight"] for x in hub.llm("p")["members"]] == [1, 0]
         sb = b.open()
         third = sb.next_task("infer")
         assert third["request"]["messages"][0]["content"] == "r2"
@@ -149,7 +162,7 @@ def test_queue_bound_timeout_from_arrival_and_offline_members(hub_factory, publi
         busy = pool.submit(hub.infer, "p", "busy")
         sa.next_task("infer")
         waiting = pool.submit(hub.infer, "p", "waiting")
-        time.sleep(0.2)
+        wait_until(lambda: hub.waiting("p") == 2)
         full = hub.infer("p", "full")
         assert (full.status_code, full.json()["error"]["code"]) == (429, "queue_full")
         started = time.monotonic()
@@ -164,18 +177,10 @@ def serve_one(hub, pubs, body: dict, headers: dict | None = None) -> str:
     """Send one request, answer it from whichever member got it; that member's session id."""
     with cf.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(hub.post, "/api/v1/llms/p/infer", body, headers=headers or {})
-        got = None
-        deadline = time.monotonic() + 5
-        while got is None and time.monotonic() < deadline:
-            for pub, stream in pubs:
-                found = tasks(stream, 0.05)
-                if found:
-                    got = (pub, found[0])
-                    break
-        assert got is not None, "no member got the request"
-        ok(got[0], got[1])
+        pub, task = next_task(pubs)
+        ok(pub, task)
         assert pending.result(timeout=10).status_code == 200
-    return got[0].session_id
+    return pub.session_id
 
 
 def test_affinity_by_prefix_and_by_header(hub, publisher_factory):
@@ -219,26 +224,28 @@ def test_round_robin_routing_takes_members_in_turn(hub_factory, publisher_factor
 def test_awake_members_first_one_wake_per_burst_and_a_failed_wake_moves_on(
         hub, publisher_factory):
     a, sa = member(publisher_factory, maxConcurrency=1)
-    b, sb = member(publisher_factory, maxConcurrency=2, initialStatus="hibernating")
-    c, sc = member(publisher_factory, maxConcurrency=2, initialStatus="hibernating")
+    b, sb = member(publisher_factory, maxConcurrency=2, initialStatus="hibernating",
+                   canary=True)
+    c, sc = member(publisher_factory, maxConcurrency=2, initialStatus="hibernating",
+                   canary=True)
     with cf.ThreadPoolExecutor(6) as pool:
         first = pool.submit(hub.infer, "p", "r0")
         t0 = sa.next_task("infer")
-        assert tasks(sb, 0.2) == [] and tasks(sc, 0.1) == []  # a free slot: no wake
+        assert b.sent(sb) == [] and c.sent(sc) == []  # a free slot: no wake
         pending = []
         for i in range(1, 4):
             pending.append(pool.submit(hub.infer, "p", f"r{i}"))
-            time.sleep(0.05)
+            wait_until(lambda i=i: hub.waiting("p") == i + 1, interval=0.01)  # in order
         # A burst that must wait: one wake, of one member.
         wake_b = sb.next_task("wake")
-        assert tasks(sb, 0.3) == [] and tasks(sc, 0.1) == []
+        assert b.sent(sb) == [] and c.sent(sc) == []
         # That wake fails: the next hibernating member is woken.
         b.result(wake_b["taskId"], {"status": 500, "body": {"error": "no GPU"}})
         wake_c = sc.next_task("wake")
         c.result(wake_c["taskId"], {"status": 200, "body": {}})
         got = [sc.next_task("infer"), sc.next_task("infer")]
         assert [t["request"]["messages"][0]["content"] for t in got] == ["r1", "r2"]
-        assert tasks(sb, 0.2) == []  # one request still waits, but b's wake failed
+        assert b.sent(sb) == []  # one request still waits, but b's wake failed
         ok(a, t0)
         last = sa.next_task("infer")  # a's freed slot takes it
         assert last["request"]["messages"][0]["content"] == "r3"
@@ -252,8 +259,8 @@ def test_awake_members_first_one_wake_per_burst_and_a_failed_wake_moves_on(
 
 
 def test_every_wake_failing_answers_the_waiters(hub, publisher_factory):
-    b, sb = member(publisher_factory, initialStatus="hibernating")
-    c, sc = member(publisher_factory, initialStatus="hibernating")
+    b, sb = member(publisher_factory, initialStatus="hibernating", canary=True)
+    c, sc = member(publisher_factory, initialStatus="hibernating", canary=True)
     with cf.ThreadPoolExecutor(3) as pool:
         pending = [pool.submit(hub.infer, "p", f"r{i}") for i in range(3)]
         b.result(sb.next_task("wake")["taskId"], {"status": 503, "body": None})
@@ -261,18 +268,18 @@ def test_every_wake_failing_answers_the_waiters(hub, publisher_factory):
         answers = [p.result(timeout=10) for p in pending]
     assert {(r.status_code, r.json()["error"]["code"]) for r in answers} == {
         (503, "wake_failed")}
-    assert tasks(sb, 0.2) == [] and tasks(sc, 0.1) == []  # one wake per member, no more
+    assert b.sent(sb) == [] and c.sent(sc) == []  # one wake per member, no more
 
 
 def test_failover_moves_untouched_tasks_at_once_and_a_streamed_one_waits(
         hub_factory, publisher_factory):
     hub = hub_factory(publisher_grace_s=30)
     a = publisher_factory(url=hub.url)
-    a.register({"name": "p", "model": "m", **POOL, "maxConcurrency": 3})
+    a.register({"name": "p", "model": "m", **POOL, "maxConcurrency": 3}, canary=True)
     sa = a.open()
     with cf.ThreadPoolExecutor(4) as pool:
         plain = [pool.submit(hub.infer, "p", f"r{i}") for i in range(2)]
-        time.sleep(0.1)
+        wait_until(lambda: hub.waiting("p") == 2)
         streamed = pool.submit(
             hub.post, "/api/v1/llms/p/infer", {**chat("s"), "stream": True}, stream=True)
         frames = []
@@ -306,7 +313,7 @@ def test_failover_moves_untouched_tasks_at_once_and_a_streamed_one_waits(
         # The task that streamed a chunk did not move: its publisher comes back in the grace
         # and finishes it; a reconnect finds the moved tasks gone from its replay.
         sa2 = a.open(last_event_id=str(int(frames[0].id) - 1))  # holds none of the three
-        replayed = tasks(sa2, 0.5)
+        replayed = a.sent(sa2)
         assert [t["taskId"] for t in replayed] == [s_task["taskId"]]
         a.result(s_task["taskId"], {"chunk": {"data": json.dumps({"n": 2}), "done": True}})
         body = streamed.result(timeout=10)
@@ -335,18 +342,12 @@ def test_failover_with_no_grace_moves_what_can_move_and_fails_the_rest(hub, publ
 
 
 def test_retryable_errors_go_to_an_untried_member_then_the_last_error(hub, publisher_factory):
-    pubs = [member(publisher_factory) for _ in range(2)]
+    pubs = [member(publisher_factory, canary=True) for _ in range(2)]
     refused = {"error": {"status": 502, "code": "backend_unreachable",
                          "message": "connection refused", "retryable": True}}
 
-    def find(timeout: float = 5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for pub, stream in pubs:
-                got = tasks(stream, 0.05)
-                if got:
-                    return pub, got[0]
-        raise AssertionError("no member got the task")
+    def find():
+        return next_task(pubs)
 
     with cf.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(hub.infer, "p")
@@ -363,7 +364,7 @@ def test_retryable_errors_go_to_an_untried_member_then_the_last_error(hub, publi
             pub.result(task["taskId"], refused)
         r = pending.result(timeout=10)
         assert (r.status_code, r.json()["error"]["code"]) == (502, "backend_unreachable")
-        assert all(tasks(stream, 0.1) == [] for _, stream in pubs)
+        assert all(pub.sent(stream) == [] for pub, stream in pubs)
 
 
 @pytest.mark.parametrize("pool", [False, True])

@@ -5,20 +5,16 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import socket
-import time
 
 import requests
 
+from tests.support.hub import wait_past, wait_until
 from tether import sse
 
 
 def _sleepy(publisher, name: str = "sleepy") -> None:
     publisher.register({"name": name, "type": "openai", "model": "m",
-                        "initialStatus": "hibernating"})
-
-
-def _tasks(stream, wait: float = 0.5) -> list[dict]:
-    return [i.json() for i in stream.drain(wait) if getattr(i, "event", "") == "task"]
+                        "initialStatus": "hibernating"}, canary=True)
 
 
 def test_wake_then_infer_and_the_row_becomes_active(hub, publisher):
@@ -29,8 +25,8 @@ def test_wake_then_infer_and_the_row_becomes_active(hub, publisher):
         wake = stream.next_task()
         assert wake["kind"] == "wake" and wake["llmName"] == "sleepy"
         assert set(wake) == {"kind", "taskId", "llmName"}
-        assert _tasks(stream) == []  # the infer waits for the wake
-        before = hub.llm("sleepy")["lastHeartbeatAt"]
+        assert publisher.sent(stream) == []  # the infer waits for the wake
+        before = wait_past(hub.llm("sleepy")["lastHeartbeatAt"])
         publisher.result(wake["taskId"], {"status": 200, "body": {"ok": True}})
         infer = stream.next_task("infer")
         publisher.result(infer["taskId"], {"status": 200, "body": {"answer": 42}})
@@ -48,10 +44,9 @@ def test_concurrent_infers_share_one_wake_and_go_out_in_arrival_order(hub, publi
         pending = []
         for i in range(n):
             pending.append(pool.submit(hub.infer, "sleepy", f"req-{i}"))
-            time.sleep(0.03)  # a known arrival order
+            wait_until(lambda i=i: hub.waiting("sleepy") == i + 1, interval=0.01)  # in order
         wake = stream.next_task("wake")
-        time.sleep(0.3)
-        assert _tasks(stream, 0.3) == []  # still exactly one wake, no infer yet
+        assert publisher.sent(stream) == []  # still exactly one wake, no infer yet
         publisher.result(wake["taskId"], {"status": 204, "body": None})
         infers = [stream.next_task() for _ in range(n)]
         assert [t["kind"] for t in infers] == ["infer"] * n
@@ -62,7 +57,7 @@ def test_concurrent_infers_share_one_wake_and_go_out_in_arrival_order(hub, publi
         results = [p.result() for p in pending]
     assert all(r.status_code == 200 for r in results)
     assert {r.json()["echo"] for r in results} == {t["taskId"] for t in infers}
-    assert _tasks(stream) == []
+    assert publisher.sent(stream) == []
 
 
 def test_wake_failure_fails_every_waiter_and_the_next_infer_wakes_again(hub, publisher):
@@ -71,7 +66,7 @@ def test_wake_failure_fails_every_waiter_and_the_next_infer_wakes_again(hub, pub
     with cf.ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(hub.infer, "sleepy") for _ in range(4)]
         wake = stream.next_task("wake")
-        time.sleep(0.2)
+        wait_until(lambda: hub.waiting("sleepy") == 4)  # every request waits on the wake
         publisher.result(wake["taskId"], {"status": 500, "body": {"error": "no GPU"}})
         results = [p.result() for p in pending]
     for r in results:
@@ -106,16 +101,14 @@ def test_wake_timeout_is_504_with_a_cancel_and_the_row_stays_hibernating(
 
 
 def test_inactive_is_not_hibernating(hub, publisher):
-    publisher.register("m1")
+    publisher.register("m1", canary=True)
     stream = publisher.open()
     stream.close()
-    from tests.support.hub import wait_until
-
     wait_until(lambda: hub.llm("m1")["status"] == "inactive")
     fresh = publisher.open()
     r = hub.infer("m1")
     assert r.status_code == 503 and r.json()["error"]["code"] == "publisher_offline"
-    assert _tasks(fresh) == []  # no wake attempt
+    assert publisher.sent(fresh) == []  # no wake attempt
 
 
 def test_status_active_while_waking_counts_as_the_wake(hub, publisher):
@@ -142,11 +135,12 @@ def test_streaming_client_sees_waking_comments_while_the_wake_runs(hub_factory, 
         wake = stream.next_task("wake")
         response = pending.result()  # headers came with the first `: waking`
         assert response.status_code == 200
-        time.sleep(0.8)
+        events = sse.parse(sse.iter_lines(response.iter_content(chunk_size=None)))
+        items = [next(events)]  # the wake still runs: what comes is a comment
         publisher.result(wake["taskId"], {"status": 200})
         infer = stream.next_task("infer")
         publisher.result(infer["taskId"], {"chunk": {"data": "{}", "done": True}})
-        items = list(sse.parse(sse.iter_lines(response.iter_content(chunk_size=None))))
+        items += events
     comments = [i for i in items if isinstance(i, str)]
     assert comments and set(comments) == {"waking"}
     assert [i.data for i in items if not isinstance(i, str)] == ["{}", "[DONE]"]
@@ -173,19 +167,14 @@ def test_a_client_that_leaves_during_the_wake_is_dropped_from_the_wait(hub_facto
     leaver = _leaving_client(hub, "sleepy", "gone")
     wake = stream.next_task("wake")
     leaver.close()
+    wait_until(lambda: hub.waiting("sleepy") == 0)  # the hub noticed the departure
     with cf.ThreadPoolExecutor(1) as pool:
-        deadline = time.monotonic() + 5
-        while True:  # the hub notices the departure within a second
-            stayer = pool.submit(hub.infer, "sleepy", "stays")
-            try:
-                r = stayer.result(timeout=0.5)
-            except cf.TimeoutError:
-                break  # it waits: the slot of the client who left is free
-            assert r.status_code == 429 and time.monotonic() < deadline, r.text
-            time.sleep(0.1)
+        stayer = pool.submit(hub.infer, "sleepy", "stays")  # the slot that was freed
+        wait_until(lambda: hub.waiting("sleepy") == 1 or stayer.done())
+        assert not stayer.done(), stayer.result().text  # it waits for the wake, no 429
         publisher.result(wake["taskId"], {"status": 200})
         infer = stream.next_task("infer")
         assert infer["request"]["messages"][0]["content"] == "stays"
         publisher.result(infer["taskId"], {"status": 200, "body": {"ok": True}})
         assert stayer.result().json() == {"ok": True}
-    assert _tasks(stream) == []  # no task ever went out for the client who left
+    assert publisher.sent(stream) == []  # no task ever went out for the client who left

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tether.store.models import iso, utcnow
 
 # Fast lifecycle settings so tests see timeouts and sweeps in well under a second or two.
 FAST = {
@@ -116,9 +119,39 @@ class Hub:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def waiting(self, name: str) -> int:
+        """Requests the hub holds for `name` (in flight or queued), as its LlmActor last
+        reported them on the status board: that it has taken a request, not time, says a
+        test may go on."""
+        row = next(r for r in self.get("/status/state").json()["llms"] if r["name"] == name)
+        return row["inFlight"] + row["queued"]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of /metrics; a series never touched reads as 0."""
+        r = self.get("/metrics")
+        assert r.status_code == 200, r.text
+        for family in text_string_to_metric_families(r.text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    def draining(self) -> bool:
+        """Whether a drain began: an infer is 503 shutting_down (an unknown name is 404
+        until then, and never becomes a task that would hold the drain up)."""
+        r = self.infer("not-published", timeout=5)
+        return r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+
     def infer(self, name: str, content: str = "hi", **kw: Any) -> requests.Response:
         body = {"messages": [{"role": "user", "content": content}], **kw.pop("body", {})}
         return self.post(f"/api/v1/llms/{name}/infer", body, **kw)
+
+
+def wait_past(stamp: str) -> str:
+    """Wait until the clock reads later than a wire timestamp (millisecond resolution), so
+    that one the hub writes from now on is later than `stamp`; returns `stamp`."""
+    wait_until(lambda: iso(utcnow()) > stamp, interval=0.001)
+    return stamp
 
 
 def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> Any:

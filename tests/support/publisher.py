@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
+import itertools
 import queue
 import socket
 import threading
@@ -16,6 +18,7 @@ from tether.publisher.hub_client import body_chunks, socket_of
 
 CLOSED = "<stream closed>"
 CLOSE = {"Connection": "close"}  # no idle keep-alive left to hold up the hub's SIGTERM
+_canaries = itertools.count(1)
 
 
 class Stream:
@@ -72,11 +75,13 @@ class Stream:
                 return seen
             seen.append(item)
 
-    def drain(self, wait: float = 0.3) -> list[Any]:
+    def received(self) -> list[Any]:
+        """What arrived and was not read yet, without waiting: after `TestPublisher.sent`,
+        or to poll several streams at once."""
         out = []
         while True:
             try:
-                out.append(self.items.get(timeout=wait))
+                out.append(self.items.get_nowait())
             except queue.Empty:
                 return out
 
@@ -104,12 +109,19 @@ class TestPublisher:
         self.url = hub_url
         self.session_id = session_id
         self.streams: list[Stream] = []
+        self.canary: str | None = None  # an Llm of this session that `sent` dispatches to
 
-    def register(self, *providers: dict | str, expect: int = 200, **spec: Any) -> Any:
+    def register(self, *providers: dict | str, expect: int = 200, canary: bool = False,
+                 **spec: Any) -> Any:
+        """`canary=True` adds an active Llm for `sent`; every later registration keeps it."""
         specs = [
             {"name": p, "type": "openai", "model": "m", **spec} if isinstance(p, str) else p
             for p in providers
         ]
+        if canary and self.canary is None:
+            self.canary = f"canary-{next(_canaries)}"
+        if self.canary is not None:
+            specs.append({"name": self.canary, "type": "openai", "model": "m"})
         r = requests.post(
             f"{self.url}/api/v1/llms/_provider-register",
             json={"providerSessionId": self.session_id, "providers": specs}, timeout=10,
@@ -151,6 +163,28 @@ class TestPublisher:
             f"{self.url}/api/v1/llms/_provider-task/{task_id}/result",
             json=body, headers=headers, timeout=10,
         )
+
+    def sent(self, stream: Stream) -> list[dict]:
+        """Every task the hub had sent on `stream` by now that the test has not read: to
+        assert that one did not come without waiting a window in which it might be late.
+
+        Each LlmActor of the session answers the heartbeat only after the messages it got
+        before, and by then has passed whatever it dispatched to the session's actor. The
+        canary's task goes that same way after them, and the session writes its stream in
+        order: the tasks before the canary's are all there were."""
+        assert self.canary is not None, "register(..., canary=True) first"
+        beat = self.heartbeat()
+        assert beat.status_code == 200, beat.text
+        with cf.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(requests.post, f"{self.url}/api/v1/llms/{self.canary}/infer",
+                                 json={"messages": [{"role": "user", "content": "canary"}]},
+                                 timeout=10, headers=CLOSE)
+            tasks = []
+            while (task := stream.next_task()).get("llmName") != self.canary:
+                tasks.append(task)
+            self.result(task["taskId"], {"status": 200, "body": {"canary": True}})
+            assert answer.result().json() == {"canary": True}
+        return tasks
 
     def close(self) -> None:
         for stream in self.streams:
