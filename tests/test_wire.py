@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support.hub import wait_until
 from tests.support.raw_server import Peer, RawServer
 from tether import wire
 
@@ -79,7 +80,7 @@ def test_a_stale_pooled_connection_is_resent_on_a_fresh_one(serve):
     server = serve(handler)
     pool = wire.Pool(server.url)
     assert pool.request("GET", "/a").read() == b"hello"
-    time.sleep(0.05)  # the close reaches us: the pooled connection is now stale
+    wait_until(lambda: server.served == 1, interval=0.01)  # it closed: ours is now stale
     r = pool.request("POST", "/b", b"{}")
     assert r.status == 200 and r.read() == b"hello"
     assert server.connections == 2 and len(server.requests) == 2
@@ -99,8 +100,8 @@ def test_a_timeout_is_never_resent(serve):
     with pytest.raises(wire.WireError):
         pool.request("POST", "/slow", b"{}", timeout=0.5)
     assert time.monotonic() - started < 2
-    time.sleep(0.3)
-    assert server.connections == 1 and len(server.requests) == 2  # sent once, not twice
+    assert server.connections_before_now() == 1  # sent once, not again on a new connection
+    assert len(server.requests) == 2
 
 
 def test_a_reset_after_the_answer_began_is_not_resent(serve):
@@ -193,17 +194,10 @@ def test_a_retired_pool_closes_each_connection_once_its_answer_ends(serve):
     pool = wire.Pool(server.url)
     with cf.ThreadPoolExecutor(1) as run:
         slow = run.submit(lambda: pool.request("GET", "/slow").read())  # connection 0
-        wait_for(lambda: len(server.requests) == 1)
+        wait_until(lambda: len(server.requests) == 1, interval=0.01)
         assert pool.request("GET", "/a").read() == b"hello"  # connection 1, now idle
         pool.retire()
-        wait_for(lambda: ended == [1])  # the idle one at once
+        wait_until(lambda: ended == [1], interval=0.01)  # the idle one at once
         answer_slow.set()
         assert slow.result(timeout=10) == b"hello"  # the one in use finishes its answer...
-    wait_for(lambda: sorted(ended) == [0, 1])  # ...then is closed, not kept
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    wait_until(lambda: sorted(ended) == [0, 1], interval=0.01)  # ...then is closed, not kept

@@ -23,9 +23,7 @@ def _shutting_down(r: requests.Response) -> bool:
 
 def _refused_while_draining(hub, since: float, until_s: float) -> None:
     """Infer until `until_s` after `since`: once the drain began, every answer is 503."""
-    # An unknown name is 404 until the drain begins (an infer for "llama" sent before it
-    # would become a task under way, waiting for a result nobody sends).
-    wait_until(lambda: _shutting_down(hub.infer("not-published", timeout=5)), timeout=5)
+    wait_until(hub.draining, timeout=5)
     while True:
         r = hub.infer("llama", timeout=5)
         assert _shutting_down(r), (r.status_code, r.text)

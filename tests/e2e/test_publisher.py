@@ -196,8 +196,8 @@ def test_a_failing_wake_reaches_the_client(hub, backend_factory, publish_factory
 def test_a_down_backend_without_a_wake_recipe_is_published_once_up(
         hub, backend_factory, publish_factory):
     backend = backend_factory(start=False)
-    publish_factory([backend_spec(backend)], probe_interval_s=0.3)
-    time.sleep(1.0)
+    publish = publish_factory([backend_spec(backend)], probe_interval_s=0.3)
+    wait_until(lambda: "no backend is up yet; waiting" in publish.logs())  # its decision
     assert hub.get("/api/v1/llms/llama").status_code == 404
     backend.start()
     wait_status(hub, "llama", "active", timeout=15)
@@ -294,14 +294,14 @@ def test_a_name_held_elsewhere_does_not_keep_the_other_backends_offline(
     row = wait_status(hub, "other", "active")
     assert hub.llm("llama")["providerSessionId"] == squatter.session_id
     assert chat(hub, "other").status_code == 200
-    time.sleep(1.5)  # several retries of the held name: still logged once
+    # Several retries of the held name (each a register the hub refuses): still logged once.
+    wait_until(lambda: hub.metric("tether_http_responses_total", method="POST", status="409",
+                                  route="/api/v1/llms/_provider-register") >= 5)
     assert publish.logs().count("llama is published by another session") == 1
 
     stream.close()  # the squatter goes away: its row turns inactive, the retry takes it
-    taken = wait_until(lambda: (lambda r: r if r["providerSessionId"] ==
-                                row["providerSessionId"] and r["status"] == "active"
-                                else None)(hub.llm("llama")), timeout=10)
-    assert taken
+    wait_until(lambda: (lambda r: r["providerSessionId"] == row["providerSessionId"] and
+                        r["status"] == "active")(hub.llm("llama")), timeout=10)
     assert chat(hub, "llama").status_code == 200
     assert publish.logs().count("llama is registered again") == 1
     assert publish.logs().count("llama is published by another session") == 1

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-import time
 from collections.abc import Callable
 
+from tests.support.hub import wait_until
 from tests.support.raw_server import Peer, RawServer
 from tether.publisher.hub_client import HubClient
 
@@ -32,13 +32,6 @@ def paths(server: RawServer) -> list[str]:
     return [head.split(b" ")[1].decode() for head in server.requests]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_moving_on_sends_later_calls_to_the_next_hub_and_wraps_around(serve):
     go = threading.Event()
     ended_a: list[int] = []
@@ -49,13 +42,13 @@ def test_moving_on_sends_later_calls_to_the_next_hub_and_wraps_around(serve):
     with cf.ThreadPoolExecutor(1) as run:
         # A task's result under way to A when the publisher moves to B.
         under_way = run.submit(hub.post, "/api/v1/llms/_provider-task/t1/result", {"x": 1})
-        wait_for(lambda: len(a.requests) == 1)
+        wait_until(lambda: len(a.requests) == 1, interval=0.01)
         assert hub.move_on() == b.url and hub.url == b.url
         assert hub.post("/api/v1/llms/_provider-task/t2/result", {"x": 2}) == (200, {})
         assert paths(b) == ["/api/v1/llms/_provider-task/t2/result"]
         go.set()
         assert under_way.result(timeout=10) == (200, {})  # it finished on A...
-    wait_for(lambda: ended_a == [0])  # ...whose connection is then closed, not kept
+    wait_until(lambda: ended_a == [0], interval=0.01)  # ...its connection then closed, not kept
     assert paths(a) == ["/api/v1/llms/_provider-task/t1/result"]
 
     assert hub.move_on() == a.url  # past the last URL: the first again

@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from tests.support.hub import wait_until
+
 
 class Peer:
     """One accepted connection, as the server sees it."""
@@ -53,25 +55,39 @@ class RawServer:
         self.listener.listen(16)
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.connections = 0
+        self.served = 0  # connections whose handler returned
         self.requests: list[bytes] = []
+        self._clients: list[tuple] = []  # each connection's client address, in accept order
         self._socks: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         while True:
             try:
-                sock, _ = self.listener.accept()
+                sock, client = self.listener.accept()
             except OSError:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._socks.append(sock)
+            self._clients.append(client)
             peer = Peer(sock, self.connections)
             self.connections += 1
             threading.Thread(target=self._serve, args=(peer,), daemon=True).start()
 
     def _serve(self, peer: Peer) -> None:
-        with contextlib.suppress(OSError):
-            self.handler(peer)
+        try:
+            with contextlib.suppress(OSError):
+                self.handler(peer)
+        finally:
+            self.served += 1
+
+    def connections_before_now(self) -> int:
+        """How many connections were made before this call, all of them counted: a probe
+        connects, and the listener accepts in the order the connections were made."""
+        with socket.create_connection(self.listener.getsockname()) as probe:
+            me = probe.getsockname()
+            wait_until(lambda: me in self._clients, interval=0.01)
+            return self._clients.index(me)
 
     def next_request(self, peer: Peer) -> bytes | None:
         head = peer.request()
