@@ -8,10 +8,18 @@ import socket
 import threading
 import time
 
+import pytest
 import requests
 
 from tests.support.hub import Hub, wait_until
 from tether import sse
+
+
+@pytest.fixture
+def stream(publisher):
+    """Llm m1 of `publisher`, with its stream open."""
+    publisher.register("m1")
+    return publisher.open()
 
 
 def _client_stream(hub, name: str, body: dict | None = None, timeout: float = 20):
@@ -27,9 +35,7 @@ def _read_sse(response) -> list:
     return list(sse.parse(lines))
 
 
-def test_non_streaming_infer_relays_status_and_body_verbatim(hub, publisher):
-    publisher.register("m1")
-    stream = publisher.open()
+def test_non_streaming_infer_relays_status_and_body_verbatim(hub, publisher, stream):
     with cf.ThreadPoolExecutor(2) as pool:
         ok = pool.submit(hub.infer, "m1", "first", body={"temperature": 0.2})
         task = stream.next_task("infer")
@@ -53,9 +59,7 @@ def test_non_streaming_infer_relays_status_and_body_verbatim(hub, publisher):
     assert late.status_code == 404 and late.json()["error"]["code"] == "task_not_found"
 
 
-def test_streaming_infer_relays_chunks_in_order_then_done(hub, publisher):
-    publisher.register("m1")
-    stream = publisher.open()
+def test_streaming_infer_relays_chunks_in_order_then_done(hub, publisher, stream):
     with cf.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(_client_stream, hub, "m1")
         task = stream.next_task("infer")
@@ -71,9 +75,7 @@ def test_streaming_infer_relays_chunks_in_order_then_done(hub, publisher):
     assert [i.data for i in items] == [*chunks, "[DONE]"]
 
 
-def test_streaming_failure_before_the_first_chunk_is_plain_json(hub, publisher):
-    publisher.register("m1")
-    stream = publisher.open()
+def test_streaming_failure_before_the_first_chunk_is_plain_json(hub, publisher, stream):
     with cf.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(_client_stream, hub, "m1")
         task = stream.next_task("infer")
@@ -83,9 +85,7 @@ def test_streaming_failure_before_the_first_chunk_is_plain_json(hub, publisher):
     assert response.json() == {"error": {"message": "key"}}
 
 
-def test_streaming_error_after_chunks_ends_with_an_error_event(hub, publisher):
-    publisher.register("m1")
-    stream = publisher.open()
+def test_streaming_error_after_chunks_ends_with_an_error_event(hub, publisher, stream):
     with cf.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(_client_stream, hub, "m1")
         task = stream.next_task("infer")
@@ -99,9 +99,7 @@ def test_streaming_error_after_chunks_ends_with_an_error_event(hub, publisher):
     assert "backend died" in items[-1].json()["error"]["message"]
 
 
-def test_error_result_is_502_by_default(hub, publisher):
-    publisher.register("m1")
-    stream = publisher.open()
+def test_error_result_is_502_by_default(hub, publisher, stream):
     with cf.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(hub.infer, "m1")
         task = stream.next_task("infer")
@@ -112,9 +110,7 @@ def test_error_result_is_502_by_default(hub, publisher):
                                  "code": "publisher_error", "param": None}
 
 
-def test_chunk_for_a_non_streaming_task_is_409(hub, publisher):
-    publisher.register("m1")
-    stream = publisher.open()
+def test_chunk_for_a_non_streaming_task_is_409(hub, publisher, stream):
     with cf.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(hub.infer, "m1")
         task = stream.next_task("infer")
