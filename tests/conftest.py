@@ -9,6 +9,7 @@ import pykka
 import pytest
 
 from tests.support import postgres
+from tests.support.factory import factory
 from tests.support.hub import Hub
 from tests.support.publisher import TestPublisher
 from tests.support.raw_server import Peer, RawServer
@@ -67,16 +68,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def publisher_factory(hub: Hub) -> Iterator[Callable[..., TestPublisher]]:
-    made: list[TestPublisher] = []
+    def build(session_id: str | None = None, url: str | None = None) -> TestPublisher:
+        return TestPublisher(url or hub.url, session_id)
 
-    def make(session_id: str | None = None, url: str | None = None) -> TestPublisher:
-        pub = TestPublisher(url or hub.url, session_id)
-        made.append(pub)
-        return pub
-
-    yield make
-    for pub in made:
-        pub.close()
+    yield from factory(build, TestPublisher.close)
 
 
 @pytest.fixture
@@ -94,47 +89,34 @@ def _stop_actors() -> Iterator[None]:
 def backend_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     from tests.support.procs import DemoBackend
 
-    made: list[DemoBackend] = []
-
-    def make(start: bool = True, port: int | None = None,
-             api_key: str | None = None) -> DemoBackend:
+    def build(start: bool = True, port: int | None = None,
+              api_key: str | None = None) -> DemoBackend:
         backend = DemoBackend(tmp_path, port, api_key)
-        made.append(backend)
         return backend.start() if start else backend
 
-    yield make
-    for backend in made:
+    def cleanup(backend: DemoBackend) -> None:
         if backend.up():
             backend.kill(signal.SIGKILL)
+
+    yield from factory(build, cleanup)
 
 
 @pytest.fixture
 def publish_factory(tmp_path: Path, hub: Hub) -> Iterator[Callable[..., Any]]:
     from tests.support.procs import Publish
 
-    made: list[Publish] = []
+    def build(backends: list[dict[str, Any]], hub_url: str | None = None, **top: Any) -> Any:
+        return Publish(tmp_path, hub_url or hub.url, backends, **top).start()
 
-    def make(backends: list[dict[str, Any]], hub_url: str | None = None, **top: Any) -> Any:
-        publish = Publish(tmp_path, hub_url or hub.url, backends, **top).start()
-        made.append(publish)
-        return publish
-
-    yield make
-    for publish in made:
-        publish.stop()
+    yield from factory(build, Publish.stop)
 
 
 @pytest.fixture
 def serve() -> Iterator[Callable[[Callable[[RawServer, Peer], None]], RawServer]]:
     """Raw-socket servers, each running `handler(server, peer)` per connection; closed
     after the test."""
-    servers: list[RawServer] = []
-
-    def make(handler: Callable[[RawServer, Peer], None]) -> RawServer:
+    def build(handler: Callable[[RawServer, Peer], None]) -> RawServer:
         server = RawServer(lambda peer: handler(server, peer))
-        servers.append(server)
         return server
 
-    yield make
-    for server in servers:
-        server.close()
+    yield from factory(build, RawServer.close)

@@ -7,26 +7,21 @@ from typing import Any
 
 import pytest
 
+from tests.support.factory import factory
 from tether.actors.system import ActorSystem
 from tether.config import Settings
 
 
 @pytest.fixture
 def system_factory(tmp_path: Path) -> Iterator[Callable[..., ActorSystem]]:
-    systems: list[ActorSystem] = []
-
-    def make(**overrides: Any) -> ActorSystem:
+    def build(**overrides: Any) -> ActorSystem:
         settings = dataclasses.replace(
             Settings(database_url=f"sqlite:///{tmp_path / 'unit.db'}", publisher_grace_s=0),
             **overrides,
         )
-        system = ActorSystem(settings).start()
-        systems.append(system)
-        return system
+        return ActorSystem(settings).start()
 
-    yield make
-    for system in systems:
-        system.stop()
+    yield from factory(build, ActorSystem.stop)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.e2e.test_security import CHAT, KeyedPublisher, call, make_key
+from tests.support.factory import factory
 from tests.support.hub import wait_until
 from tests.support.kill import kill_hub
 from tests.support.procs import TETHER
@@ -84,18 +85,16 @@ def test_the_rate_limit_is_counted_across_processes(cluster):
 def raw_streams():
     """Open `_provider-stream` requests by hand: `open(hub, key, session_id)`; each status is
     known without reading the SSE body to its end. All closed after the test."""
-    made: list[Stream] = []
-
     def open_one(hub, key: str, session_id: str) -> Stream:
-        made.append(Stream(hub.url, session_id, headers={"Authorization": f"Bearer {key}"}))
-        return made[-1]
+        return Stream(hub.url, session_id, headers={"Authorization": f"Bearer {key}"})
 
-    yield open_one
-    for stream in made:
-        stream.close()
+    yield from factory(open_one, Stream.close)
 
 
-def test_open_streams_are_counted_across_processes(cluster, raw_streams):
+@pytest.fixture
+def one_stream_per_key(cluster):
+    """Two processes allowing one stream per key, each with a publisher of the same key,
+    registered: (a, b, key, first publisher on a, second on b). Closed after the test."""
     a = cluster(auth="on", max_streams_per_key=1)
     b = cluster(auth="on", max_streams_per_key=1)
     key = make_key(a, "publisher", "pub")
@@ -103,39 +102,35 @@ def test_open_streams_are_counted_across_processes(cluster, raw_streams):
     try:
         first.register("one")
         second.register("two")
-        held = first.open()
-        refused = raw_streams(b, key, second.session_id)
-        assert refused.status == 429
-        assert json.loads(refused.response.data)["error"]["code"] == "rate_limited"
-        held.close()  # given back on a: b takes the key's one stream
-        wait_until(lambda: raw_streams(b, key, second.session_id).status == 200, timeout=10)
+        yield a, b, key, first, second
     finally:
         first.close()
         second.close()
 
 
-def test_what_a_killed_process_held_lapses(cluster, raw_streams):
+def test_open_streams_are_counted_across_processes(one_stream_per_key, raw_streams):
+    a, b, key, first, second = one_stream_per_key
+    held = first.open()
+    refused = raw_streams(b, key, second.session_id)
+    assert refused.status == 429
+    assert json.loads(refused.response.data)["error"]["code"] == "rate_limited"
+    held.close()  # given back on a: b takes the key's one stream
+    wait_until(lambda: raw_streams(b, key, second.session_id).status == 200, timeout=10)
+
+
+def test_what_a_killed_process_held_lapses(one_stream_per_key, raw_streams):
     """A process that dies cannot give its holds back: they lapse (HOLD_S) instead of
     counting against the key for good."""
     from tether.http.shared_limits import HOLD_S
 
-    a = cluster(auth="on", max_streams_per_key=1)
-    b = cluster(auth="on", max_streams_per_key=1)
-    key = make_key(a, "publisher", "pub")
-    first, second = KeyedPublisher(a.url, key), KeyedPublisher(b.url, key)
-    try:
-        first.register("one")
-        second.register("two")
-        first.open()
-        assert raw_streams(b, key, second.session_id).status == 429
-        killed = time.monotonic()
-        kill_hub(a)
-        opened = wait_until(lambda: raw_streams(b, key, second.session_id).status == 200
-                            and time.monotonic(), timeout=HOLD_S + 10)
-        assert opened - killed <= HOLD_S + 1
-    finally:
-        first.close()
-        second.close()
+    a, b, key, first, second = one_stream_per_key
+    first.open()
+    assert raw_streams(b, key, second.session_id).status == 429
+    killed = time.monotonic()
+    kill_hub(a)
+    opened = wait_until(lambda: raw_streams(b, key, second.session_id).status == 200
+                        and time.monotonic(), timeout=HOLD_S + 10)
+    assert opened - killed <= HOLD_S + 1
 
 
 def test_requests_in_flight_are_counted_across_processes(cluster):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import socket
 import threading
 import time
 
@@ -217,7 +216,6 @@ def test_oversized_bodies_are_413_with_or_without_a_length(hub_factory):
 
 
 def test_ndjson_upload_applies_each_line_as_it_arrives(hub, publisher):
-    import threading
 
     publisher.register("m1")
     stream = publisher.open()
@@ -271,41 +269,23 @@ def test_ndjson_lines_are_checked_like_single_results(hub_factory, publisher_fac
         assert pending.result().status_code == 200
 
 
-class _GarbledUpstream:
-    """An OpenAI-compatible upstream that answers every request with an SSE body that is
-    not UTF-8: the hub's relay meets an error it has no case for."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                body = b"data: \xff\xfe garbled\n\n"
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                             % (len(body), body))
-
-    def close(self) -> None:
-        self.sock.close()
+def _garbled(server, peer) -> None:
+    """An OpenAI-compatible upstream that answers with an SSE body that is not UTF-8: the
+    hub's relay meets an error it has no case for."""
+    server.next_request(peer)
+    body = b"data: \xff\xfe garbled\n\n"
+    peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    peer.sock.close()
 
 
-def test_an_unexpected_upstream_failure_answers_at_once_and_is_logged(tmp_path):
+def test_an_unexpected_upstream_failure_answers_at_once_and_is_logged(tmp_path, serve):
     """Issue 10.6: an exception inside the public-Llm relay killed its greenlet silently and
     the client waited for the relay's 10-minute safety net."""
-    upstream = _GarbledUpstream()
+    upstream = serve(_garbled)
     conf = tmp_path / "garbled.toml"
     conf.write_text(f'[[llms]]\nname = "cloud"\ntype = "openai"\nmodel = "m"\n'
-                    f'base_url = "{upstream.base_url}"\n')
+                    f'base_url = "{upstream.url}/v1"\n')
     hub = Hub(tmp_path, config=str(conf), keepalive_s=5).start()
     try:
         started = time.monotonic()
@@ -317,4 +297,3 @@ def test_an_unexpected_upstream_failure_answers_at_once_and_is_logged(tmp_path):
         wait_until(lambda: f"task {task} llm=cloud" in hub.logs())
     finally:
         hub.stop()
-        upstream.close()

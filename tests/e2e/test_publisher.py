@@ -8,11 +8,13 @@ import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
+import pytest
 import requests
 
 from tests.support.hub import free_port, wait_until
-from tests.support.procs import TETHER, port_closed
+from tests.support.procs import port_closed, publish_config, publish_once
 from tests.support.procs import wait_status as row_status
 from tether import sse
 
@@ -43,11 +45,23 @@ def sse_items(response) -> list:
     return list(sse.parse(sse.iter_lines(response.iter_content(chunk_size=None))))
 
 
-def test_non_streaming_and_streaming_infers_through_a_real_backend(
-        hub, backend_factory, publish_factory):
+def first_chunk(response) -> tuple[bytes, Any]:
+    """Read a streamed answer up to its first chunk: (that data line, the lines after it)."""
+    lines = response.iter_lines()
+    return next(line for line in lines if line.startswith(b"data:")), lines
+
+
+@pytest.fixture
+def llama(hub, backend_factory, publish_factory):
+    """A demo backend published as llama by a real `tether publish`: (backend, publish)."""
     backend = backend_factory()
-    publish_factory([backend_spec(backend)])
+    publish = publish_factory([backend_spec(backend)])
     wait_status(hub, "llama", "active")
+    return backend, publish
+
+
+def test_non_streaming_and_streaming_infers_through_a_real_backend(hub, llama):
+    backend, _ = llama
 
     r = chat(hub, "llama")
     assert r.status_code == 200
@@ -104,13 +118,10 @@ def test_wake_recipe_starts_the_backend_idle_sleep_stops_it_then_wakes_again(
     assert backend.up()
 
 
-def test_a_client_disconnect_cancels_the_backend_request(hub, backend_factory, publish_factory):
-    backend = backend_factory()
-    publish_factory([backend_spec(backend)])
-    wait_status(hub, "llama", "active")
+def test_a_client_disconnect_cancels_the_backend_request(hub, llama):
+    backend, _ = llama
     r = chat(hub, "llama", stream=True, demo_chunks=50, demo_delay_s=0.2)
-    lines = r.iter_lines()
-    first = next(line for line in lines if line.startswith(b"data:"))
+    first, _ = first_chunk(r)
     assert b"chat.completion.chunk" in first
     r.raw._fp.fp.raw._sock.shutdown(2)  # the client goes away mid-stream
     r.close()
@@ -119,10 +130,8 @@ def test_a_client_disconnect_cancels_the_backend_request(hub, backend_factory, p
     assert stats["completed"] == 0 and stats["inflight"] == 0
 
 
-def test_publisher_survives_a_hub_restart(hub, backend_factory, publish_factory):
-    backend = backend_factory()
-    publish = publish_factory([backend_spec(backend)])
-    wait_status(hub, "llama", "active")
+def test_publisher_survives_a_hub_restart(hub, llama):
+    _, publish = llama
     session = publish.session_file.read_text().strip()
     hub.restart()
     assert hub.llm("llama")["status"] in ("inactive", "active")
@@ -131,13 +140,10 @@ def test_publisher_survives_a_hub_restart(hub, backend_factory, publish_factory)
     assert chat(hub, "llama").status_code == 200
 
 
-def test_backend_dying_mid_stream_is_an_error_not_a_hang(hub, backend_factory, publish_factory):
-    backend = backend_factory()
-    publish_factory([backend_spec(backend)])
-    wait_status(hub, "llama", "active")
+def test_backend_dying_mid_stream_is_an_error_not_a_hang(hub, llama):
+    backend, _ = llama
     r = chat(hub, "llama", stream=True, demo_chunks=100, demo_delay_s=0.1)
-    lines = r.iter_lines()
-    next(line for line in lines if line.startswith(b"data:"))
+    _, lines = first_chunk(r)
     backend.kill(signal.SIGKILL)
     rest = list(sse.parse(line.decode() for line in lines))
     events = [i for i in rest if not isinstance(i, str)]
@@ -205,25 +211,18 @@ def test_a_down_backend_without_a_wake_recipe_is_published_once_up(
 
 
 def test_bad_publisher_config_exits_2_naming_the_key(tmp_path):
-    conf = tmp_path / "bad.toml"
-    conf.write_text('hub = "http://127.0.0.1:1"\n[[backends]]\nname = "a"\nmodel = "m"\n'
-                    'base_url = "http://x/v1"\nmax_concurency = 3\n')
-    done = subprocess.run([*TETHER, "publish", "--config", str(conf)], capture_output=True,
-                          text=True, timeout=30)
+    conf, done = publish_config(tmp_path, 'hub = "http://127.0.0.1:1"\n[[backends]]\n'
+                                'name = "a"\nmodel = "m"\nbase_url = "http://x/v1"\n'
+                                'max_concurency = 3\n')
     assert done.returncode == 2
     assert str(conf) in done.stderr and "max_concurency" in done.stderr
-    done = subprocess.run([*TETHER, "publish", "--hub", "http://h"], capture_output=True,
-                          text=True, timeout=30)
+    done = publish_once("--hub", "http://h")
     assert done.returncode == 2 and "--name" in done.stderr
 
 
-def test_a_stream_after_the_hub_dropped_idle_connections_still_relays(
-        hub, backend_factory, publish_factory):
+def test_a_stream_after_the_hub_dropped_idle_connections_still_relays(hub, llama):
     """The hub closes idle keep-alive connections after gunicorn's keepalive (5 s). A
     streamed upload must not pick such a stale connection (it cannot be sent twice)."""
-    backend = backend_factory()
-    publish_factory([backend_spec(backend)])
-    wait_status(hub, "llama", "active")
     for _ in range(2):
         r = chat(hub, "llama", stream=True, demo_chunks=3)
         items = [i for i in sse_items(r) if not isinstance(i, str)]

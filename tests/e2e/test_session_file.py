@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support.hub import wait_until
-from tests.support.procs import TETHER, Publish, stop, wait_status
+from tests.support.procs import TETHER, Publish, publish_once, stop, wait_status
 
 
 def _flags_publisher(hub, backend, name: str, home: Path, log: Path) -> subprocess.Popen:
@@ -28,8 +28,7 @@ def test_a_second_publisher_on_a_held_session_file_exits_2_naming_it(
     try:
         wait_status(hub, "llama", "active")
         session = first.session_file.read_text().strip()
-        done = subprocess.run([*TETHER, "publish", "--config", str(first.config)],
-                              capture_output=True, text=True, timeout=30)
+        done = publish_once("--config", str(first.config))
         assert done.returncode == 2
         assert str(first.session_file) in done.stderr and "in use" in done.stderr
         # The first one keeps its stream: nothing took it away.

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import signal
-import subprocess
 
 import requests
 
 from tests.support.hub import free_port, wait_until
-from tests.support.procs import TETHER, wait_status
+from tests.support.procs import publish_config, wait_status
 
 
 def backend_spec(backend, name: str = "llama") -> dict:
@@ -89,16 +88,12 @@ def test_a_first_url_that_refuses_connections_is_skipped(
 
 
 def test_a_bad_hub_list_exits_2_naming_each_entry(tmp_path):
-    conf = tmp_path / "bad.toml"
-    conf.write_text('hub = ["http://127.0.0.1:1", "127.0.0.1:2"]\n[[backends]]\nname = "a"\n'
-                    'model = "m"\nbase_url = "http://x/v1"\nmax_concurrency = 0\n')
-    done = subprocess.run([*TETHER, "publish", "--config", str(conf)], capture_output=True,
-                          text=True, timeout=30)
+    conf, done = publish_config(tmp_path, 'hub = ["http://127.0.0.1:1", "127.0.0.1:2"]\n'
+                                '[[backends]]\nname = "a"\nmodel = "m"\n'
+                                'base_url = "http://x/v1"\nmax_concurrency = 0\n')
     assert done.returncode == 2
     assert f"{conf}: hub[1]: must be an http(s) URL (not '127.0.0.1:2')" in done.stderr
     assert f"{conf}: backends[0].max_concurrency:" in done.stderr  # reported together
-    conf.write_text('hub = []\n[[backends]]\nname = "a"\nmodel = "m"\n'
-                    'base_url = "http://x/v1"\n')
-    done = subprocess.run([*TETHER, "publish", "--config", str(conf)], capture_output=True,
-                          text=True, timeout=30)
+    conf, done = publish_config(tmp_path, 'hub = []\n[[backends]]\nname = "a"\nmodel = "m"\n'
+                                'base_url = "http://x/v1"\n')
     assert done.returncode == 2 and f"{conf}: hub: must list at least one hub URL" in done.stderr

@@ -217,23 +217,6 @@ def test_sigterm_with_20_infers_in_flight_answers_every_one(
     assert statuses == [200] * 20  # all finished inside gunicorn's graceful period
 
 
-def test_a_drain_lets_the_task_under_way_finish_then_tells_the_publisher_to_retry(
-        hub_factory, publisher_factory):
-    hub = hub_factory()
-    pub = publisher_factory(url=hub.url)
-    pub.register("llama")
-    stream = pub.open()
-    with cf.ThreadPoolExecutor(2) as pool:
-        first = pool.submit(chat, hub.url)
-        task = stream.next_task("infer")
-        hub.proc.send_signal(signal.SIGTERM)
-        wait_until(hub.draining)  # the result comes during the drain
-        pub.result(task["taskId"], {"status": 200, "body": {"finished": True}})
-        assert first.result().json() == {"finished": True}
-    assert "1000" in wait_until(lambda: stream.retry, timeout=5)
-    hub.proc.wait(20)
-
-
 @pytest.mark.timeout(150)
 def test_200_infers_through_a_flaky_network_all_answered_once(
         hub_factory, backend_factory, publish_factory):

@@ -17,6 +17,17 @@ def store(database_url):
     db.close()
 
 
+class Reads:
+    """keys.verify, keeping each token it was asked for: the SELECTs a cache made."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def __call__(self, token: str) -> keys.Caller | None:
+        self.tokens.append(token)
+        return keys.verify(token)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -27,25 +38,20 @@ class Clock:
 
 def test_a_verified_key_is_read_once_then_revalidated(database_url):
     key = keys.create("app", "client")
-    reads: list[str] = []
-
-    def verify(token: str) -> keys.Caller | None:
-        reads.append(token)
-        return keys.verify(token)
-
+    reads = Reads()
     clock = Clock()
-    cache = KeyCache(verify, revalidate_s=0.5, clock=clock)
+    cache = KeyCache(reads, revalidate_s=0.5, clock=clock)
     for _ in range(500):
         assert cache.caller(key) == keys.Caller("app", "client")
-    assert len(reads) == 1  # one SELECT for 500 requests
+    assert len(reads.tokens) == 1  # one SELECT for 500 requests
     assert keys.revoke("app")
     clock.now += 0.49
     assert cache.caller(key) is not None  # still trusted, for less than a second
     clock.now += 0.02
     assert cache.caller(key) is None  # revalidated: revoked
-    assert len(reads) == 2
+    assert len(reads.tokens) == 2
     clock.now += 0.1
-    assert cache.caller(key) is None and len(reads) == 2  # refusals are cached too
+    assert cache.caller(key) is None and len(reads.tokens) == 2  # refusals are cached too
 
 
 def test_unknown_keys_are_cached_briefly_and_memory_stays_bounded(database_url):
@@ -62,21 +68,16 @@ def test_with_revocations_pushed_a_valid_key_is_trusted_until_evicted(database_u
     """On a bus (tether.http.revocations) a revocation evicts at once, so a valid key needs
     no re-read twice a second; unknown keys are still re-read."""
     key = keys.create("app", "client")
-    reads: list[str] = []
-
-    def verify(token: str) -> keys.Caller | None:
-        reads.append(token)
-        return keys.verify(token)
-
+    reads = Reads()
     clock = Clock()
-    cache = KeyCache(verify, revalidate_s=0.5, pushed_s=30.0, clock=clock)
+    cache = KeyCache(reads, revalidate_s=0.5, pushed_s=30.0, clock=clock)
     cache.pushed = True
     assert cache.caller(key) is not None
     clock.now += 29
-    assert cache.caller(key) is not None and len(reads) == 1
+    assert cache.caller(key) is not None and len(reads.tokens) == 1
     assert cache.caller("tk_000000000000_nope") is None
     clock.now += 0.6
-    assert cache.caller("tk_000000000000_nope") is None and len(reads) == 3  # re-read
+    assert cache.caller("tk_000000000000_nope") is None and len(reads.tokens) == 3  # re-read
     assert keys.revoke("app")
     cache.evict("someone-else")
     assert cache.caller(key) is not None  # another key's revocation changes nothing

@@ -18,6 +18,19 @@ from tests.support.hub import free_port, wait_until
 TETHER = [sys.executable, "-m", "tether.cli"]
 
 
+def publish_once(*args: str) -> subprocess.CompletedProcess:
+    """`tether publish ARGS` run to its end (a start it refuses), its output captured."""
+    return subprocess.run([*TETHER, "publish", *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def publish_config(tmp: Path, text: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`tether publish --config FILE` run to its end, FILE holding `text`: (FILE, the run)."""
+    conf = tmp / "publisher.toml"
+    conf.write_text(text)
+    return conf, publish_once("--config", str(conf))
+
+
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
