@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from tests.support.factory import factory
 from tests.support.hub import Hub
 from tests.support.publisher import TestPublisher
 from tests.support.raw_server import Peer, RawServer
+from tether.actors.system import ActorSystem
+from tether.config import Settings
 
 # For tests that must hold on both stores: `@BOTH_DATABASES` on a test using `hub`, or
 # `@pytest.mark.parametrize("database", DATABASES)` and `hub_factory(database=database)`.
@@ -64,6 +67,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     db = postgres.create()
     yield db.url
     db.drop()
+
+
+@pytest.fixture
+def system_factory(tmp_path: Path) -> Iterator[Callable[..., ActorSystem]]:
+    """Actor systems in-process (no HTTP), on one SQLite file, without publisher grace."""
+    def build(**overrides: Any) -> ActorSystem:
+        settings = dataclasses.replace(
+            Settings(database_url=f"sqlite:///{tmp_path / 'unit.db'}", publisher_grace_s=0),
+            **overrides,
+        )
+        return ActorSystem(settings).start()
+
+    yield from factory(build, ActorSystem.stop)
+
+
+@pytest.fixture
+def system(system_factory: Callable[..., ActorSystem]) -> ActorSystem:
+    return system_factory()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import peewee
 import pykka
 import pytest
 
-from tests.actors.conftest import provider
+from tests.support.actors import provider
 from tether.actors.supervisor import Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.actors.system import ActorSystem

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ import openai
 import pytest
 
 from tests.support.hub import Hub, wait_until
-from tests.support.publisher import TestPublisher
+from tests.support.publisher import TestPublisher, next_task_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -131,13 +130,14 @@ def test_requests_spread_over_both_processes_share_one_wake(pair) -> None:
     a, b = pair
     pub = TestPublisher(a.url)
     pub.register({"name": "sleepy", "type": "openai", "model": "m",
-                  "initialStatus": "hibernating"})
+                  "initialStatus": "hibernating"}, canary=True)
     stream = pub.open()
     calls = [in_background(lambda h=hub, i=i: h.infer("sleepy", f"r{i}"))
              for i, hub in enumerate((a, b, a, b, b, a))]
     wake = stream.next_task(timeout=10)
     assert wake["kind"] == "wake"
-    assert [i for i in stream.drain(0.5) if getattr(i, "event", "") == "task"] == []
+    wait_until(lambda: a.waiting("sleepy") == len(calls), timeout=10)  # all at its actor
+    assert pub.sent(stream) == []  # one wake, no infer yet
     assert pub.result(wake["taskId"], {"status": 200, "body": None}).status_code == 200
     infers = [stream.next_task(timeout=10) for _ in calls]
     assert [t["kind"] for t in infers] == ["infer"] * len(calls)
@@ -186,7 +186,8 @@ def test_a_pool_across_processes_balances_and_fails_over(cluster: Cluster) -> No
     # member on the other process (failover), not after the 30 s grace.
     members = {"a": (pa, sa), "b": (pb, sb)}
     x = in_background(lambda: b.infer("p", "x"))
-    busy, x_task = first_task_on(members)
+    busy, x_task = next_task_of({key: stream for key, (_, stream) in members.items()},
+                                "infer", timeout=10)
     held_call = in_background(lambda: a.infer("p", "held"))
     free = "b" if busy == "a" else "a"
     held = members[free][1].next_task("infer", timeout=10)
@@ -202,12 +203,3 @@ def test_a_pool_across_processes_balances_and_fails_over(cluster: Cluster) -> No
     pb.close()
 
 
-def first_task_on(members: dict[str, tuple[TestPublisher, Any]], timeout: float = 10) -> Any:
-    """Which member's stream got the next infer task, and the task."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for key, (_, stream) in members.items():
-            for item in stream.drain(0.05):
-                if getattr(item, "event", "") == "task" and item.json()["kind"] == "infer":
-                    return key, item.json()
-    raise AssertionError("no member got the task")

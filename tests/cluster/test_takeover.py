@@ -18,6 +18,7 @@ import requests
 from tests.cluster.test_reads import shows
 from tests.cluster.test_routing import in_background, online, result_of
 from tests.support.chaos import ChaosProxy
+from tests.support.factory import factory
 from tests.support.hub import Hub, wait_until
 from tests.support.procs import Publish
 from tests.support.publisher import TestPublisher
@@ -60,16 +61,10 @@ def test_a_stream_opening_on_another_process_takes_the_session_over_rows_stay_ac
 
 @pytest.fixture
 def publishers(tmp_path: Path) -> Iterator[Callable[..., Publish]]:
-    made: list[Publish] = []
+    def build(hubs: list[str], backends: list[dict[str, Any]]) -> Publish:
+        return Publish(tmp_path, hubs, backends).start()  # type: ignore[arg-type]
 
-    def make(hubs: list[str], backends: list[dict[str, Any]]) -> Publish:
-        publish = Publish(tmp_path, hubs, backends).start()  # type: ignore[arg-type]
-        made.append(publish)
-        return publish
-
-    yield make
-    for publish in made:
-        publish.stop()
+    yield from factory(build, Publish.stop)
 
 
 def chat(hub: Hub, name: str = "llama") -> requests.Response:

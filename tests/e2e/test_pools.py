@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.support.hub import wait_until
+from tests.support.publisher import next_task_of
 
 POOL = {"type": "openai", "pool": True}
 
@@ -20,21 +21,6 @@ def member(factory, name: str = "p", model: str = "m", canary: bool = False, **s
     pub = factory()
     pub.register({"name": name, "model": model, **POOL, **spec}, canary=canary)
     return pub, pub.open()
-
-
-def next_task(pubs) -> tuple:
-    """The member the hub gave the next task to, and the task; exactly one gets it."""
-    found: list[tuple] = []
-
-    def polled() -> list[tuple]:
-        for pub, stream in pubs:
-            found.extend((pub, item.json()) for item in stream.received()
-                         if getattr(item, "event", "") == "task")
-        return found
-
-    wait_until(polled, interval=0.01)
-    assert len(found) == 1, found
-    return found[0]
 
 
 def chat(*contents: str) -> dict:
@@ -177,7 +163,7 @@ def serve_one(hub, pubs, body: dict, headers: dict | None = None) -> str:
     """Send one request, answer it from whichever member got it; that member's session id."""
     with cf.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(hub.post, "/api/v1/llms/p/infer", body, headers=headers or {})
-        pub, task = next_task(pubs)
+        pub, task = next_task_of(dict(pubs))
         ok(pub, task)
         assert pending.result(timeout=10).status_code == 200
     return pub.session_id
@@ -347,7 +333,7 @@ def test_retryable_errors_go_to_an_untried_member_then_the_last_error(hub, publi
                          "message": "connection refused", "retryable": True}}
 
     def find():
-        return next_task(pubs)
+        return next_task_of(dict(pubs))
 
     with cf.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(hub.infer, "p")

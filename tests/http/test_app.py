@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 
 import pytest
 from falcon import testing
 
-from tether.actors.system import ActorSystem
-from tether.config import Settings
 from tether.http.app import create_app
 
 
@@ -25,13 +22,9 @@ class Exploding(io.RawIOBase):
 
 
 @pytest.fixture
-def app(tmp_path):
-    settings = dataclasses.replace(
-        Settings(database_url=f"sqlite:///{tmp_path / 'http.db'}"), max_body_bytes=1024
-    )
-    system = ActorSystem(settings).start()
-    yield create_app(settings, system)
-    system.stop()
+def app(system_factory):
+    system = system_factory(max_body_bytes=1024)
+    return create_app(system.settings, system)
 
 
 @pytest.fixture
@@ -96,18 +89,12 @@ def test_every_error_is_the_openai_envelope(client):
 
 
 @pytest.fixture
-def cors_client(tmp_path):
+def cors_client(system_factory):
     def make(origins: tuple[str, ...], auth: str = "on") -> testing.TestClient:
-        settings = Settings(database_url=f"sqlite:///{tmp_path / 'cors.db'}", auth=auth,
-                            cors_origins=origins)
-        system = ActorSystem(settings).start()
-        made.append(system)
-        return testing.TestClient(create_app(settings, system))
+        system = system_factory(auth=auth, cors_origins=origins)
+        return testing.TestClient(create_app(system.settings, system))
 
-    made: list[ActorSystem] = []
-    yield make
-    for system in made:
-        system.stop()
+    return make
 
 
 APP = "https://app.example"

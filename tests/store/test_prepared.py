@@ -8,17 +8,11 @@ import datetime as dt
 
 import pytest
 
-from tether.store import db, migrations
+from tether.store import db
 from tether.store.models import KIND_VIRTUAL, Llm, LlmMember, utcnow
 from tether.store.prepared import Arg, Prepared, each, fields_of
 
-
-@pytest.fixture(autouse=True)
-def database(database_url):
-    db.init(database_url)
-    migrations.migrate()
-    yield database_url
-    db.close()
+pytestmark = pytest.mark.usefixtures("database")
 
 
 INSERT_LLM = Prepared(lambda: Llm.insert(fields_of(Llm)))

@@ -12,13 +12,7 @@ from tether.store import db, migrations
 from tether.store import llms as store
 from tether.store.models import LlmMember, utcnow
 
-
-@pytest.fixture(autouse=True)
-def database(database_url):
-    db.init(database_url)
-    migrations.migrate()
-    yield database_url
-    db.close()
+pytestmark = pytest.mark.usefixtures("database")
 
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

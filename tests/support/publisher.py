@@ -13,6 +13,7 @@ from typing import Any
 import requests
 import urllib3
 
+from tests.support.hub import wait_until
 from tether import sse
 from tether.publisher.hub_client import body_chunks, socket_of
 
@@ -93,6 +94,24 @@ class Stream:
                 sock.shutdown(socket.SHUT_RDWR)
         self.response.release_conn()
         self._http.clear()
+
+
+def next_task_of(streams: dict[Any, Stream], kind: str | None = None,
+                 timeout: float = 5.0) -> tuple[Any, dict]:
+    """Which of `streams` (by key) the hub gave the next task to, and the task: exactly one
+    gets one. Tasks of another `kind` are passed over."""
+    found: list[tuple[Any, dict]] = []
+
+    def polled() -> list[tuple[Any, dict]]:
+        for key, stream in streams.items():
+            found.extend((key, item.json()) for item in stream.received()
+                         if getattr(item, "event", "") == "task"
+                         and kind in (None, item.json()["kind"]))
+        return found
+
+    wait_until(polled, timeout, interval=0.01)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def _watch_retry(lines: Any, retry: list[str]) -> Any:
