@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.cluster.test_liveness import kill_9
-from tests.cluster.test_routing import in_background, result_of
+from tests.cluster.test_routing import SLEEPY, in_background, online, result_of
 from tests.support.hub import Hub, wait_until
 from tests.support.publisher import TestPublisher
 
@@ -21,10 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_a_request_waiting_at_an_owner_that_dies_is_answered_within_the_ttl(
         cluster: Callable[..., Hub]) -> None:
     a, b = cluster(), cluster()
-    pub = TestPublisher(a.url)
-    pub.register({"name": "sleepy", "type": "openai", "model": "m",
-                  "initialStatus": "hibernating"})
-    stream = pub.open()  # a owns sleepy
+    pub, stream = online(a, SLEEPY)  # a owns sleepy
     waiting = in_background(lambda: b.infer("sleepy", "wait"))
     stream.next_task("wake", timeout=10)  # the request waits in a's queue for the wake
     kill_9(a)

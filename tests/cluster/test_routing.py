@@ -25,7 +25,10 @@ def pair(cluster: Cluster) -> tuple[Hub, Hub]:
     return cluster(), cluster()
 
 
-def online(hub: Hub, *names: str, **spec: Any) -> tuple[TestPublisher, Any]:
+SLEEPY = {"name": "sleepy", "type": "openai", "model": "m", "initialStatus": "hibernating"}
+
+
+def online(hub: Hub, *names: str | dict, **spec: Any) -> tuple[TestPublisher, Any]:
     pub = TestPublisher(hub.url)
     pub.register(*names, **spec)
     return pub, pub.open()
@@ -129,8 +132,7 @@ def test_result_post_answers_are_the_same_on_every_process(pair) -> None:
 def test_requests_spread_over_both_processes_share_one_wake(pair) -> None:
     a, b = pair
     pub = TestPublisher(a.url)
-    pub.register({"name": "sleepy", "type": "openai", "model": "m",
-                  "initialStatus": "hibernating"}, canary=True)
+    pub.register(SLEEPY, canary=True)
     stream = pub.open()
     calls = [in_background(lambda h=hub, i=i: h.infer("sleepy", f"r{i}"))
              for i, hub in enumerate((a, b, a, b, b, a))]

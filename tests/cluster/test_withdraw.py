@@ -11,9 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from tests.cluster.test_reads import shows
-from tests.cluster.test_routing import in_background, result_of
+from tests.cluster.test_routing import SLEEPY, in_background, online, result_of
 from tests.support.hub import Hub, wait_until
-from tests.support.publisher import TestPublisher
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,10 +20,7 @@ pytestmark = pytest.mark.timeout(90)
 def test_a_client_gone_before_dispatch_is_withdrawn_at_the_owner(
         cluster: Callable[..., Hub]) -> None:
     a, b = cluster(), cluster()
-    pub = TestPublisher(a.url)
-    pub.register({"name": "sleepy", "type": "openai", "model": "m",
-                  "initialStatus": "hibernating"})
-    stream = pub.open()  # a owns sleepy
+    pub, stream = online(a, SLEEPY)  # a owns sleepy
     with socket.create_connection(("127.0.0.1", b.port)) as sock:
         body = json.dumps({"messages": [{"role": "user", "content": "gone"}]}).encode()
         sock.sendall(b"POST /api/v1/llms/sleepy/infer HTTP/1.1\r\nHost: x\r\n"
