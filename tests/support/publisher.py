@@ -190,7 +190,8 @@ class TestPublisher:
         Each LlmActor of the session answers the heartbeat only after the messages it got
         before, and by then has passed whatever it dispatched to the session's actor. The
         canary's task goes that same way after them, and the session writes its stream in
-        order: the tasks before the canary's are all there were."""
+        order: the tasks before the canary's are all there were. (The heartbeat counts as
+        one: it bumps lastHeartbeatAt and revives the session's inactive rows.)"""
         assert self.canary is not None, "register(..., canary=True) first"
         beat = self.heartbeat()
         assert beat.status_code == 200, beat.text
