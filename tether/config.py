@@ -97,6 +97,11 @@ class Settings:
                                "x-message": "must be a whole number >= 1"})
     bus_url: str | None = setting(None, {"type": "string", "pattern": "^rediss?://",
                                          "x-message": "must be a redis:// URL"})
+    # With a bus: a process whose liveness key (renewed every second) is this old is dead.
+    # It must outlast any pause of a live process, and be the same on every process.
+    liveness_ttl_s: float = setting(5.0, {
+        "type": "number", "minimum": 2,
+        "x-message": "must be a number >= 2 (liveness keys are renewed every second)"})
     log_level: str = setting("info", LOG_LEVEL_SCHEMA)
     log_format: str = setting("text", LOG_FORMAT_SCHEMA)  # json: one JSON object per line
     # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.

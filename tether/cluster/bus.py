@@ -27,7 +27,7 @@ from tether.runtime import spawn
 
 log = logging.getLogger("tether.bus")
 
-ALIVE_TTL_MS = 5000  # a process that stops renewing is dead after this
+ALIVE_TTL_MS = 5000  # a process that stops renewing is dead after this (liveness_ttl_s)
 TICK_S = 1.0  # liveness key, leases and the monitor run this often
 
 
@@ -39,8 +39,13 @@ def prefix_of(url: str) -> str:
 
 
 class Bus:
-    def __init__(self, url: str, on_message: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, url: str, on_message: Callable[[dict[str, Any]], None],
+                 ttl_ms: int = ALIVE_TTL_MS) -> None:
         self.url = url
+        # How long after its last renewal a process counts as dead: longer than any pause
+        # of a live one (a full garbage collection of a worker holding many sessions can
+        # stall it for seconds), and the same on every process of a cluster.
+        self.ttl_ms = ttl_ms
         self.prefix = prefix_of(url)
         self.process = secrets.token_hex(4)
         self.channel = self.channel_of(self.process)
@@ -116,7 +121,7 @@ class Bus:
     def _beat(self) -> None:
         # GET: the key we renewed a second ago is gone when Redis restarted empty (or we were
         # cut off for longer than its TTL); whatever else we keep there is gone with it.
-        if self.redis.set(self.alive_key(self.process), "1", px=ALIVE_TTL_MS, get=True) is None:
+        if self.redis.set(self.alive_key(self.process), "1", px=self.ttl_ms, get=True) is None:
             self.keys_lost = True
 
     def take_keys_lost(self) -> bool:

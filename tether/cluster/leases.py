@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tether.cluster.bus import ALIVE_TTL_MS, Bus
+from tether.cluster.bus import Bus
 
 # Returns the valid owner of KEYS[1], taking it for ARGV[1] when there is none (or the
 # holder's liveness key, ARGV[3] .. holder, is gone) and ARGV[4] is "1".
@@ -89,7 +89,7 @@ class Leases:
         me = self._bus.process
         owner = self._owner_or_take(
             keys=[self._key(name)],
-            args=[me, ALIVE_TTL_MS, self._bus.key("alive", ""), "1" if take else "0"])
+            args=[me, self._bus.ttl_ms, self._bus.key("alive", ""), "1" if take else "0"])
         if owner == me:
             self.owned.add(name)
         return owner or None
@@ -101,7 +101,7 @@ class Leases:
         me = self._bus.process
         found = self._owners_or_take(
             keys=[self._key(n) for n in names],
-            args=[me, ALIVE_TTL_MS, self._bus.key("alive", ""), "1" if take else "0"])
+            args=[me, self._bus.ttl_ms, self._bus.key("alive", ""), "1" if take else "0"])
         out = {name: (str(owner) if owner else None)
                for name, owner in zip(names, found, strict=True)}
         self.owned.update(name for name, owner in out.items() if owner == me)
@@ -113,7 +113,7 @@ class Leases:
             return []
         names = sorted(self.owned)
         lost_keys = set(self._renew(keys=[self._key(n) for n in names],
-                                    args=[self._bus.process, ALIVE_TTL_MS]))
+                                    args=[self._bus.process, self._bus.ttl_ms]))
         lost = [n for n in names if self._key(n) in lost_keys]
         self.owned.difference_update(lost)
         return lost

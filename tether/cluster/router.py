@@ -108,7 +108,7 @@ class _Sink:
 
 class Router:
     def __init__(self, url: str, system: ActorSystem) -> None:
-        self.bus = Bus(url, self._on_message)
+        self.bus = Bus(url, self._on_message, int(system.settings.liveness_ttl_s * 1000))
         self.process = self.bus.process
         self.leases = Leases(self.bus)
         self.homes = Homes(self.bus)

@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from tether.board import Board
-from tether.cluster.bus import ALIVE_TTL_MS, TICK_S, Bus
+from tether.cluster.bus import TICK_S, Bus
 from tether.runtime import spawn
 from tether.store.models import KIND_PUBLIC
 
@@ -180,13 +180,13 @@ class SharedBoard:
             else:
                 written[f"s:{session_id}"] = _dumps(entry)
         pipe = self._bus.redis.pipeline(transaction=True)
-        pipe.pexpire(self._key, ALIVE_TTL_MS)  # 0: the hash is not there (first, or lost)
+        pipe.pexpire(self._key, self._bus.ttl_ms)  # 0: the hash is not there (first, or lost)
         if written or gone:
             if gone:
                 pipe.hdel(self._key, *gone)
             pipe.hset(self._key, mapping={**written, "_at": repr(time.time())})
             pipe.hincrby(self._key, "_v", 1)
-            pipe.pexpire(self._key, ALIVE_TTL_MS)
+            pipe.pexpire(self._key, self._bus.ttl_ms)
         there = pipe.execute()[0]
         lost = not there and self._wrote
         self._wrote = self._wrote or bool(written or gone)
