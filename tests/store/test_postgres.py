@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support import postgres
+from tests.support import postgres, services
 from tests.support.hub import free_port
 from tests.support.procs import TETHER
 
@@ -67,6 +67,9 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_status_2(tmp_path, url
     from urllib.parse import urlsplit
 
     server = urlsplit(postgres.server_url())
+    if "{host}" in url and not services.answers(postgres.server_url(), 5432):
+        # "does not exist" is a running server's answer; without one this case cannot be made
+        services.absent(f"no PostgreSQL answers at {postgres.server_url()}")
     url = url.format(closed=free_port(), host=server.hostname, port=server.port or 5432)
     done = subprocess.run([*TETHER, "serve", "--port", str(free_port()), "--database-url", url],
                           capture_output=True, text=True, timeout=30, cwd=tmp_path)
