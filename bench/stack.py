@@ -74,11 +74,7 @@ class Stack:
 
     def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
             subprocess.Popen:
-        with open(self.tmp / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **(env or {})})
-        self.procs.append(proc)
-        return proc
+        return spawn(self.tmp, self.procs, args, name, env)
 
     def __enter__(self) -> Stack:
         self.backend_proc = self._spawn(
@@ -157,10 +153,9 @@ class PoolStack:
         self.backends = [f"http://127.0.0.1:{free_port()}" for _ in range(members)]
         self.procs: list[subprocess.Popen] = []
 
-    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> None:
-        with open(self.tmp / f"{name}.log", "wb") as log:
-            self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                               env={**os.environ, **(env or {})}))
+    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
+            subprocess.Popen:
+        return spawn(self.tmp, self.procs, args, name, env)
 
     def __enter__(self) -> PoolStack:
         try:
@@ -214,6 +209,16 @@ class PoolStack:
         for proc in reversed(self.procs):
             stop(proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def spawn(tmp: Path, procs: list[subprocess.Popen], args: list[str], name: str,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `args` logging to tmp/<name>.log, kept in `procs` (stopped in reverse)."""
+    with open(tmp / f"{name}.log", "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    procs.append(proc)
+    return proc
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -427,11 +432,7 @@ class ClusterStack:
 
     def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
             subprocess.Popen:
-        with open(self.tmp / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **(env or {})})
-        self.procs.append(proc)
-        return proc
+        return spawn(self.tmp, self.procs, args, name, env)
 
     def __enter__(self) -> ClusterStack:
         try:
