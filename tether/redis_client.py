@@ -11,8 +11,12 @@ Redis call waits on the event loop like any other I/O.
 from __future__ import annotations
 
 import functools
+import logging
+import time
 
 import redis
+
+from tether.store.db import redact
 
 # A Redis that stops answering must cost a request at most this long before the caller
 # falls back (limits count in-process, /healthz says unreachable).
@@ -31,3 +35,76 @@ def subscriber(url: str) -> redis.Redis:
     """A client for one long-lived subscription: no read timeout (a quiet channel is not an
     error); the subscriber pings to notice a Redis that went away."""
     return redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_keepalive=True)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says Redis does not answer (refused, reset, timed out, still loading),
+    as opposed to an error Redis answered with or a bug of ours."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError))
+
+
+def reason(exc: BaseException) -> str:
+    """`ConnectionError: Error 111 connecting to …`: redis-py's repr() names only the type."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Outage:
+    """What one task that uses Redis again and again (the bus's liveness renewal, the
+    router's tick, owner lookups) logs when it fails:
+
+    - Redis does not answer: one WARNING when the task first fails, naming it, the URL and
+      the error; nothing while it keeps failing (once a second per task would bury the log
+      of the operator looking into the outage); one INFO line when it succeeds again, with
+      how long it failed.
+    - anything else is a bug, or an error Redis answered with: its traceback, once per
+      distinct error (its type and the line that raised it); the same error again is only
+      counted, and its traceback repeated at most every REPEAT_S, with the count.
+    """
+
+    REPEAT_S = 600.0
+
+    def __init__(self, logger: logging.Logger, area: str, url: str, task: str,
+                 retry: str) -> None:
+        self._log = logger
+        self._area = area  # the prefix of the module's lines: "bus", "board"…
+        self._url = redact(url)
+        self._task = task  # "the liveness renewal": what Redis does not answer to
+        self._retry = retry  # how it goes on: "retrying every 1 s"
+        self._since: float | None = None  # when the outage began, for this task
+        self._bugs: dict[tuple[str, str, int], tuple[float, int]] = {}  # -> logged at, times since
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        if unreachable(exc):
+            if self._since is None:
+                self._since = time.monotonic()
+                self._log.warning("%s: Redis at %s does not answer (%s) to %s; %s",
+                                  self._area, self._url, reason(exc), self._task, self._retry)
+            return
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", 0)
+        signature = (type(exc).__qualname__, *where)
+        now = time.monotonic()
+        logged = self._bugs.get(signature)
+        if logged is None:
+            self._bugs[signature] = (now, 0)
+            self._log.error("%s: %s failed (%s)", self._area, self._task, reason(exc),
+                            exc_info=exc)
+        elif now - logged[0] >= self.REPEAT_S:
+            self._bugs[signature] = (now, 0)
+            self._log.error("%s: %s failed (%s), %d times since its traceback was last "
+                            "logged", self._area, self._task, reason(exc), logged[1] + 1,
+                            exc_info=exc)
+        else:
+            self._bugs[signature] = (logged[0], logged[1] + 1)
+
+    def answered(self) -> None:
+        if self._since is not None:
+            self._log.info("%s: Redis at %s answers %s again, after %.1f s", self._area,
+                           self._url, self._task, time.monotonic() - self._since)
+            self._since = None

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 
+from tether.redis_client import Outage
 from tether.runtime import spawn
 
 log = logging.getLogger("tether.bus")
@@ -54,8 +55,11 @@ class Bus:
         self._on_message = on_message
         self._pubsub: Any = None
         self._running = False
-        self._ticks: list[Callable[[], None]] = []
+        # Each periodic task logs its own failures, once per outage (tether.redis_client).
+        self._ticks: list[tuple[Callable[[], None], Outage]] = []
+        self.every_tick(self._renew, "the liveness renewal")
         self.keys_lost = False  # set by a beat that finds our liveness key gone
+        self._sending = self.outage("sends", "dropping what is sent until it does")
 
     # --- names ---------------------------------------------------------------------------
 
@@ -83,9 +87,14 @@ class Bus:
         log.info("bus: process %s on %s (%s)", self.process, self.prefix, self.url)
         return self
 
-    def every_tick(self, fn: Callable[[], None]) -> None:
-        """Run `fn` every TICK_S in the bus's loop (it must not block for long)."""
-        self._ticks.append(fn)
+    def every_tick(self, fn: Callable[[], None], task: str) -> None:
+        """Run `fn` every TICK_S in the bus's loop (it must not block for long); `task`
+        names it in the log."""
+        self._ticks.append((fn, self.outage(task, f"retrying every {TICK_S:g} s")))
+
+    def outage(self, task: str, retry: str) -> Outage:
+        """What `task`, which uses this bus's Redis, logs when it fails (once per outage)."""
+        return Outage(log, "bus", self.url, task, retry)
 
     def stop(self) -> None:
         self._running = False
@@ -102,11 +111,13 @@ class Bus:
     def send(self, process: str, payload: dict[str, Any]) -> bool:
         """Publish to `process`; False if Redis is unreachable or nobody listens there."""
         try:
-            return bool(self.redis.publish(self.channel_of(process),
-                                           json.dumps(payload, separators=(",", ":"))))
+            heard = self.redis.publish(self.channel_of(process),
+                                       json.dumps(payload, separators=(",", ":")))
         except redis.RedisError as exc:
-            log.warning("bus: send to %s failed: %r", process, exc)
+            self._sending.failed(exc)  # once per outage: under load, sends fail by thousands
             return False
+        self._sending.answered()
+        return bool(heard)
 
     def alive(self, processes: list[str]) -> set[str]:
         """Those of `processes` whose liveness key is there now."""
@@ -117,6 +128,10 @@ class Bus:
         return {p for p, v in zip(processes, values, strict=True) if v is not None}
 
     # --- loops ---------------------------------------------------------------------------
+
+    def _renew(self) -> None:
+        self._beat()
+        self.redis.sadd(self.key("procs"), self.process)
 
     def _beat(self) -> None:
         # GET: the key we renewed a second ago is gone when Redis restarted empty (or we were
@@ -130,7 +145,7 @@ class Bus:
         return lost
 
     def _read(self) -> None:
-        broken = False  # warned about this outage already
+        outage = self.outage("the subscription", f"resubscribing every {TICK_S:g} s")
         while self._running:
             try:
                 for message in self._pubsub.listen():
@@ -152,9 +167,7 @@ class Bus:
             except Exception as exc:  # noqa: BLE001 - see above
                 if not self._running:
                     return
-                if not broken:
-                    log.warning("bus: the subscription broke (%r); resubscribing", exc)
-                    broken = True
+                outage.failed(exc)
             # Here on an error, and also when listen() ended at once: a subscribe that failed
             # (Redis still down) leaves a pubsub with no subscription, whose listen() returns
             # without reading, and looping on it straight away would never yield to the loop.
@@ -164,23 +177,19 @@ class Bus:
                     self._pubsub.close()
                 self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 self._pubsub.subscribe(self.channel)
-            except redis.RedisError:
+            except Exception as exc:  # noqa: BLE001 - as above: the reader goes on
+                outage.failed(exc)
                 continue
-            if broken:
-                log.info("bus: subscribed again")
-                broken = False
+            outage.answered()
 
     def _tick_loop(self) -> None:
         while self._running:
             started = time.monotonic()
-            try:
-                self._beat()
-                self.redis.sadd(self.key("procs"), self.process)
-            except redis.RedisError as exc:
-                log.warning("bus: liveness renewal failed: %r", exc)
-            for fn in self._ticks:
+            for fn, outage in self._ticks:
                 try:
                     fn()
-                except Exception:  # noqa: BLE001 - the loop must outlive any one failure
-                    log.exception("bus: periodic task failed")
+                except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                    outage.failed(exc)
+                else:
+                    outage.answered()
             time.sleep(max(TICK_S - (time.monotonic() - started), 0.05))

@@ -124,6 +124,9 @@ class Router:
         s = system.settings
         self._pending_max_s = s.wake_timeout_s + s.infer_timeout_s + 60.0
         self._recovering = 0  # ticks left of re-asserting what Redis lost
+        # Looked up per request and per tick: logged once per Redis outage, not each time.
+        self._lookups = self.bus.outage("owner lookups",
+                                        "requests for names owned elsewhere get 503 until it does")
 
     def start(self) -> Router:
         self.bus.start()
@@ -139,7 +142,7 @@ class Router:
         """Once the supervisor runs: leases, the liveness monitor, owners of live names, the
         shared board."""
         self.board.start()
-        self.bus.every_tick(self._tick)
+        self.bus.every_tick(self._tick, "the router's tick (leases, peers' liveness, owners)")
 
     def stop(self) -> None:
         self.board.stop()
@@ -281,8 +284,9 @@ class Router:
         try:
             owner = self.leases.owner(name, take)
         except Exception as exc:  # noqa: BLE001 - Redis down: nobody can be reached
-            log.warning("bus: looking up the owner of %r failed: %r", name, exc)
+            self._lookups.failed(exc)
             return None
+        self._lookups.answered()
         self._remember(name, owner)
         return owner
 
@@ -291,8 +295,9 @@ class Router:
         try:
             found = self.leases.owners(names, take)
         except Exception as exc:  # noqa: BLE001 - Redis down: nobody can be reached
-            log.warning("bus: looking up the owners of %d names failed: %r", len(names), exc)
+            self._lookups.failed(exc)
             return dict.fromkeys(names)
+        self._lookups.answered()
         for name, owner in found.items():
             self._remember(name, owner)
         return found

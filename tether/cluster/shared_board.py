@@ -33,6 +33,7 @@ import redis
 
 from tether.board import Board
 from tether.cluster.bus import TICK_S, Bus
+from tether.redis_client import Outage
 from tether.runtime import spawn
 from tether.store.models import KIND_PUBLIC
 
@@ -113,6 +114,11 @@ class SharedBoard:
         self._running = False
         self._parts: dict[str, _Part] = {}
         self._watch_versions: tuple[str | None, ...] = ()
+        # Logged once per Redis outage each, not at every try (tether.redis_client.Outage).
+        self._pushing = Outage(log, "board", bus.url, "this process's board updates",
+                               f"retrying every {PUSH_GAP_S:g} s")
+        self._reading = Outage(log, "board", bus.url, "reads of the other processes' boards",
+                               "showing this process's alone until it does")
 
     def key_of(self, process: str) -> str:
         return self._bus.key("board", process)
@@ -140,18 +146,14 @@ class SharedBoard:
     # --- writing -------------------------------------------------------------------------
 
     def _push_loop(self) -> None:
-        broken = False  # warned about this outage already
         while self._running:
             try:
                 self._push()
-                if broken:
-                    log.info("board: shared again")
-                broken = False
-            except redis.RedisError as exc:
-                if not broken:
-                    log.warning("board: sharing with the cluster failed: %r", exc)
-                broken = True
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                self._pushing.failed(exc)
                 self._board.track_changes()  # what failed to go is written again
+            else:
+                self._pushing.answered()
             try:
                 if self._board.watching():
                     self._tell_watchers()
@@ -238,8 +240,9 @@ class SharedBoard:
         try:
             parts = sorted(self._refresh().values(), key=lambda part: part.at)
         except redis.RedisError as exc:
-            log.warning("board: reading the cluster's failed: %r", exc)
+            self._reading.failed(exc)
             return llms, sessions
+        self._reading.answered()
         merged_llms = dict(llms)
         merged_sessions = dict(sessions)
         for part in parts:  # the oldest write first: a newer one replaces it

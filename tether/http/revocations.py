@@ -24,7 +24,6 @@ from tether import redis_client
 from tether.cluster.bus import prefix_of
 from tether.http.auth import KeyCache
 from tether.runtime import spawn
-from tether.store.db import redact
 
 log = logging.getLogger("tether.revocations")
 
@@ -52,18 +51,16 @@ class _Follower:
         self.bus_url = bus_url
         self.channel = channel(bus_url)
         self.cache = cache
-        self.down = False  # logged as down; logged again when back
+        self.outage = redis_client.Outage(
+            log, "revocations", bus_url, "the revocations channel",
+            "keys are re-read from the database every half second until it does")
 
     def run(self) -> None:
         while True:
             try:
                 self._follow(redis_client.subscriber(self.bus_url))
-            except (redis.RedisError, OSError) as exc:
-                if not self.down:
-                    self.down = True
-                    log.warning("revocations: Redis at %s does not answer (%s); keys are "
-                                "re-read from the database every half second until it does",
-                                redact(self.bus_url), exc)
+            except Exception as exc:  # noqa: BLE001 - the follower must outlive any failure
+                self.outage.failed(exc)
             finally:
                 self.cache.pushed = False
             time.sleep(RETRY_S)
@@ -82,10 +79,7 @@ class _Follower:
                     if kind == "subscribe":
                         self.cache.clear()  # what was revoked while unsubscribed went unheard
                         self.cache.pushed = True
-                        if self.down:
-                            self.down = False
-                            log.info("revocations: following Redis at %s again",
-                                     redact(self.bus_url))
+                        self.outage.answered()
                     elif kind == "message":
                         self.cache.evict(message["data"].decode())
                 if now - last_heard > 3 * PING_S:

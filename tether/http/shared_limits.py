@@ -67,24 +67,20 @@ return #ARGV - 1
 class _Fallback:
     """Whether to skip Redis for now, after it failed (one warning per outage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str, what: str) -> None:
         self._until = 0.0
-        self._warned = False
+        self._outage = redis_client.Outage(log, "limits", url, what,
+                                           "counting per process until it does")
 
     def active(self) -> bool:
         return time.monotonic() < self._until
 
-    def failed(self, what: str, exc: Exception) -> None:
+    def failed(self, exc: Exception) -> None:
         self._until = time.monotonic() + RETRY_REDIS_S
-        if not self._warned:
-            self._warned = True
-            log.warning("limits: Redis did not answer (%s: %s); counting per process until "
-                        "it does", what, exc)
+        self._outage.failed(exc)
 
     def answered(self) -> None:
-        if self._warned:
-            self._warned = False
-            log.info("limits: Redis answers again; counting cluster-wide")
+        self._outage.answered()
 
 
 class Holds:
@@ -151,9 +147,10 @@ class SharedLimiter(Limiter):
         super().__init__(settings)
         self.inflight = Holds(client, prefix, "inflight", self.max_inflight)
         self._item = RateLimitItemPerMinute(self.per_min)
+        assert settings.bus_url is not None
         self._rate = MovingWindowRateLimiter(RedisStorage(
             "redis://", connection_pool=client.connection_pool, key_prefix=f"{prefix}:rate"))
-        self._fallback = _Fallback()
+        self._fallback = _Fallback(settings.bus_url, "the rate and in-flight counts")
 
     def admit(self, caller: Caller) -> Callable[[], None]:
         """Count one infer against `caller`; returns the function that ends it."""
@@ -173,7 +170,7 @@ class SharedLimiter(Limiter):
                 release()
                 raise
         except redis.RedisError as exc:
-            self._fallback.failed("rate and in-flight", exc)
+            self._fallback.failed(exc)
             return super().admit(caller)
         self._fallback.answered()
         if not admitted:
@@ -189,7 +186,8 @@ class SharedStreamCounter(StreamCounter):
     def __init__(self, settings: Settings, client: redis.Redis, prefix: str) -> None:
         super().__init__(settings)
         self.streams = Holds(client, prefix, "streams", self.limit)
-        self._fallback = _Fallback()
+        assert settings.bus_url is not None
+        self._fallback = _Fallback(settings.bus_url, "the open-stream counts")
 
     def open(self, caller: Caller) -> Callable[[], None]:
         if not self.enabled or caller.role == "admin" or self._fallback.active():
@@ -197,7 +195,7 @@ class SharedStreamCounter(StreamCounter):
         try:
             release = self.streams.take(caller.name)
         except redis.RedisError as exc:
-            self._fallback.failed("streams", exc)
+            self._fallback.failed(exc)
             return super().open(caller)
         self._fallback.answered()
         if release is None:
