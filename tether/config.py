@@ -102,6 +102,10 @@ class Settings:
     liveness_ttl_s: float = setting(5.0, {
         "type": "number", "minimum": 2,
         "x-message": "must be a number >= 2 (liveness keys are renewed every second)"})
+    # CPython's cyclic collector in a hub worker (tether/python_gc.py): "freeze" keeps full
+    # collections from rescanning what survived the last one; "default" is CPython's own.
+    python_gc: str = setting("freeze", {
+        "enum": ["freeze", "default"], "x-message": "must be freeze or default"})
     log_level: str = setting("info", LOG_LEVEL_SCHEMA)
     log_format: str = setting("text", LOG_FORMAT_SCHEMA)  # json: one JSON object per line
     # Test hook: exposes POST /_faults/crash to inject actor crashes. Never on in production.

@@ -10,7 +10,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from tether import logs, multiproc_metrics
+from tether import logs, multiproc_metrics, python_gc
 from tether.config import REPO_ROOT, Settings
 from tether.orphans import die_with_parent
 
@@ -56,6 +56,10 @@ def _post_worker_init(worker: Any) -> None:
             gevent.get_hub().loop.run_callback(gevent.spawn, drain_then_exit, sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)
+    # Last: what booting made is frozen as the collector's baseline.
+    policy = python_gc.install(worker.app.settings.python_gc)
+    worker.log.info("python_gc: %s", "CPython's default schedule" if policy is None else
+                    f"freeze ({policy.thaw_at // 2} objects from booting frozen)")
 
 
 def _post_fork(server: Any, worker: Any) -> None:
