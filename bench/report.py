@@ -111,7 +111,9 @@ def targets() -> list[str]:
                 # Registration must not grow with the number of sessions (it was quadratic).
                 out.append(f"- {n} sessions (register + stream each, 50 at a time) open in "
                            f"{run['open_s']} s (≤ 10 s): {verdict(run['open_s'] <= 10)}; hub "
-                           f"CPU {run.get('hub_cpu_ms_per_open', '?')} ms per session")
+                           f"CPU {run.get('hub_cpu_ms_per_open', '?')} ms per session; the "
+                           f"bare server (no Tether) {run.get('bare_open_s', '?')} s, "
+                           f"{run.get('bare_cpu_ms_per_open', '?')} ms")
     if cpu:
         # Issue 13: the hub's CPU per request and per chunk against the backend's own.
         us = cpu["per_request_us"]

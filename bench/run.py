@@ -29,7 +29,15 @@ import urllib3
 from gevent import monkey
 
 from bench.report import cpu_targets
-from bench.stack import LiteLLM, PoolStack, Stack, cpu_seconds, raise_fd_limit, rss_kib
+from bench.stack import (
+    BareServer,
+    LiteLLM,
+    PoolStack,
+    Stack,
+    cpu_seconds,
+    raise_fd_limit,
+    rss_kib,
+)
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -590,32 +598,44 @@ def bench_pool_storm(sizes: tuple[int, ...] = (8, 12, 1000), members: int = 3, c
 
 # --- sessions ---------------------------------------------------------------------------
 
+def open_sessions(base: str, pid: int, n: int) -> tuple[list[Conn], float, float]:
+    """Open `n` publisher sessions on `base` as `tether publish` opens one: a register POST
+    and a stream GET, each on a new connection, 50 sessions at a time. Returns the open
+    streams, the seconds it took and the CPU seconds the server's worker `pid` spent."""
+    streams: list[Conn] = []
+
+    def open_session(i: int) -> None:
+        conn = Conn(base)
+        status, answer = post_json(conn, "/api/v1/llms/_provider-register", {
+            "providerSessionId": f"s{i}", "providers": [
+                {"name": f"m{i}", "type": "openai", "model": "m"}]})
+        assert status == 200, (i, status, answer)
+        conn.close()
+        stream = Conn(base)
+        stream.send("GET", "/api/v1/llms/_provider-stream", None,
+                    f"X-Provider-Session-Id: s{i}\r\n")
+        assert stream.head()[0] == 200
+        streams.append(stream)
+
+    started, cpu = time.perf_counter(), cpu_seconds(pid)
+    gevent.pool.Pool(50).map(open_session, range(n))
+    return streams, time.perf_counter() - started, cpu_seconds(pid) - cpu
+
+
 def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
+    """Idle publisher sessions on one hub worker (issue 11.12), each count opened first on
+    the bare server (bench/bare_server.py: the same gunicorn worker and falcon, none of
+    Tether), then on the hub, in the same run."""
     out: dict[str, Any] = {}
     for n in counts:
+        with BareServer() as bare:
+            streams, bare_s, bare_cpu = open_sessions(bare.url, bare.worker_pid(), n)
+            for stream in streams:
+                stream.close()
         with Stack(publisher=False, hub_env={"TETHER_HEARTBEAT_TIMEOUT_S": "600"}) as stack:
             pid = stack.hub_worker_pid()
             base_rss = rss_kib(pid)
-            streams: list[Conn] = []
-            pool = gevent.pool.Pool(50)
-
-            def open_session(i: int, streams: list[Conn] = streams) -> None:
-                conn = Conn(stack.hub)
-                status, answer = post_json(conn, "/api/v1/llms/_provider-register", {
-                    "providerSessionId": f"s{i}", "providers": [
-                        {"name": f"m{i}", "type": "openai", "model": "m"}]})
-                assert status == 200, (i, status, answer)
-                conn.close()
-                stream = Conn(stack.hub)
-                stream.send("GET", "/api/v1/llms/_provider-stream", None,
-                            f"X-Provider-Session-Id: s{i}\r\n")
-                assert stream.head()[0] == 200
-                streams.append(stream)
-
-            started, hub_cpu = time.perf_counter(), cpu_seconds(pid)
-            pool.map(open_session, range(n))
-            opened_s = time.perf_counter() - started
-            hub_cpu = cpu_seconds(pid) - hub_cpu
+            streams, opened_s, hub_cpu = open_sessions(stack.hub, pid, n)
             gevent.sleep(2)
             rss = rss_kib(pid)
             latencies: list[float] = []
@@ -631,24 +651,27 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
                 failures += status != 200
                 conn.close()
 
-            pool.map(beat, range(n))
+            gevent.pool.Pool(50).map(beat, range(n))
             for stream in streams:
                 stream.close()
             latencies.sort()
             out[n] = {"sessions": n, "open_s": round(opened_s, 1),
                       "open_ms_per_session": round(opened_s / n * 1000, 2),
                       "hub_cpu_ms_per_open": round(hub_cpu / n * 1000, 2),
+                      "bare_open_s": round(bare_s, 1),
+                      "bare_cpu_ms_per_open": round(bare_cpu / n * 1000, 2),
                       "rss_mib": round(rss / 1024, 1),
                       "rss_per_session_kib": round((rss - base_rss) / n, 1),
                       "heartbeats_ok": n - failures,
                       "heartbeat_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
                       "heartbeat_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)}
-    table("idle publisher sessions on one hub worker",
-          ["sessions", "opened in (s)", "ms per open", "hub CPU ms per open",
-           "worker RSS (MiB)", "RSS per session (KiB)",
+    table("idle publisher sessions on one hub worker (bare: the same server and falcon, "
+          "none of Tether)",
+          ["sessions", "opened in (s)", "bare: opened in (s)", "hub CPU ms per open",
+           "bare: CPU ms per open", "worker RSS (MiB)", "RSS per session (KiB)",
            "heartbeats answered", "heartbeat p50 ms", "p99 ms"],
-          [[r["sessions"], r["open_s"], r["open_ms_per_session"], r["hub_cpu_ms_per_open"],
-            r["rss_mib"], r["rss_per_session_kib"],
+          [[r["sessions"], r["open_s"], r["bare_open_s"], r["hub_cpu_ms_per_open"],
+            r["bare_cpu_ms_per_open"], r["rss_mib"], r["rss_per_session_kib"],
             f"{r['heartbeats_ok']}/{r['sessions']}", r["heartbeat_p50_ms"],
             r["heartbeat_p99_ms"]] for r in out.values()])
     save("sessions", {"runs": out})

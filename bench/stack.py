@@ -211,6 +211,38 @@ class PoolStack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class BareServer:
+    """bench/bare_server.py under the hub's gunicorn settings and worker class: the floor
+    that opening a session costs before any of Tether runs."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="tether-bench-bare-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> BareServer:
+        conf = Path(__file__).resolve().parent.parent / "conf" / "gunicorn.conf.py"
+        self.proc = spawn(self.tmp, self.procs, [
+            sys.executable, "-m", "gunicorn", "--config", str(conf),
+            "--worker-class", "tether.http.worker.Worker", "--workers", "1",
+            "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
+            "--no-control-socket", "bench.bare_server:app"], "bare")
+        deadline = time.monotonic() + 30
+        while not worker_pids(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        wait_http(f"{self.url}/api/v1/llms/_provider-register")  # 405 for GET: it answers
+        return self
+
+    def worker_pid(self) -> int:
+        return worker_pids(self.proc.pid)[0]
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def spawn(tmp: Path, procs: list[subprocess.Popen], args: list[str], name: str,
           env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `args` logging to tmp/<name>.log, kept in `procs` (stopped in reverse)."""
