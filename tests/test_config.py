@@ -33,6 +33,8 @@ def test_auth_defaults_off_only_on_loopback():
         ("", {"TETHER_GC_INTERVAL_S": "-1"}, "TETHER_GC_INTERVAL_S"),
         ("", {"TETHER_AUTH": "maybe"}, "auth"),
         ("[hub]\npool_routing = 'random'\n", {}, "pool_routing"),
+        ("[hub]\nhttp_keepalive_s = 1.5\n", {}, "http_keepalive_s"),  # gunicorn: whole s
+        ("", {"TETHER_HTTP_KEEPALIVE_S": "-1"}, "TETHER_HTTP_KEEPALIVE_S"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, text, env, needle):

@@ -74,7 +74,16 @@ class Settings:
     inactive_retention_s: float = setting(14400.0, _SECONDS)
     wake_timeout_s: float = setting(120.0, _SECONDS)
     infer_timeout_s: float = setting(600.0, _SECONDS)
-    keepalive_s: float = setting(15.0, _SECONDS)
+    keepalive_s: float = setting(15.0, _SECONDS)  # SSE comments (PROTOCOL), not TCP
+    # How long gunicorn keeps an idle HTTP keep-alive connection open (its `keepalive`): 5 s
+    # is long enough for a publisher's busy result POSTs and short enough that idle
+    # connections do not hold SIGTERM up (gunicorn waits for them, up to graceful_timeout).
+    # Behind a load balancer it must outlast the balancer's own idle timeout (AWS ALB: 60 s),
+    # else the balancer reuses a connection the hub just closed and its client gets a 502.
+    # Whole seconds (gunicorn's type); 0 closes every connection after one request.
+    http_keepalive_s: int = setting(5, {
+        "type": "integer", "minimum": 0,
+        "x-message": "must be a whole number of seconds >= 0 (0: no keep-alive)"})
     publisher_grace_s: float = setting(10.0, _SECONDS)
     stream_idle_timeout_s: float = setting(120.0, _SECONDS)
     max_queue_per_llm: int = setting(256, _INT)

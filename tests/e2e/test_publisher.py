@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from tests.support.hub import free_port, wait_until
-from tests.support.procs import port_closed, publish_config, publish_once
+from tests.support.procfs import tcp_states
+from tests.support.procs import Publish, port_closed, publish_config, publish_once
 from tests.support.procs import wait_status as row_status
 from tether import sse
 
@@ -220,14 +221,34 @@ def test_bad_publisher_config_exits_2_naming_the_key(tmp_path):
     assert done.returncode == 2 and "--name" in done.stderr
 
 
-def test_a_stream_after_the_hub_dropped_idle_connections_still_relays(hub, llama):
-    """The hub closes idle keep-alive connections after gunicorn's keepalive (5 s). A
-    streamed upload must not pick such a stale connection (it cannot be sent twice)."""
-    for _ in range(2):
-        r = chat(hub, "llama", stream=True, demo_chunks=3)
-        items = [i for i in sse_items(r) if not isinstance(i, str)]
-        assert items[-1].data == "[DONE]" and len(items) == 4
-        time.sleep(6)  # past the hub's keepalive: every pooled connection is now stale
+def test_a_stream_after_the_hub_dropped_idle_connections_still_relays(
+        hub_factory, backend_factory, tmp_path):
+    """The hub closes idle keep-alive connections after http_keepalive_s. A streamed
+    upload must not pick such a stale connection (it cannot be sent twice)."""
+    hub = hub_factory(http_keepalive_s=1)
+    publish = Publish(tmp_path, hub.url, [backend_spec(backend_factory())]).start()
+    try:
+        wait_status(hub, "llama", "active")
+        for _ in range(2):
+            r = chat(hub, "llama", stream=True, demo_chunks=3)
+            items = [i for i in sse_items(r) if not isinstance(i, str)]
+            assert items[-1].data == "[DONE]" and len(items) == 4
+            stale_pool(publish, hub)
+    finally:
+        publish.stop()
+
+
+def stale_pool(publish, hub) -> None:
+    """Wait until the hub has closed every idle connection the publisher keeps to it: on
+    the publisher's side each is then CLOSE_WAIT (closed by the hub, still pooled), and
+    only its task stream is still ESTABLISHED."""
+    assert publish.proc is not None
+
+    def stale() -> bool:
+        states = tcp_states(publish.proc.pid, hub.port)
+        return states.count("ESTABLISHED") == 1 and "CLOSE_WAIT" in states
+
+    wait_until(stale, timeout=10)
 
 
 def test_a_crashed_backend_actor_is_restarted_then_left_down_after_too_many(
@@ -320,8 +341,8 @@ def test_sigterm_lets_running_tasks_finish_and_answers_the_rest(
     with cf.ThreadPoolExecutor(2) as pool:
         short = pool.submit(chat, hub, "llama", demo_delay_s=1.5)
         wait_until(lambda: backend.stats()["inflight"] == 1)
-        queued = pool.submit(chat, hub, "llama")  # waits at the publisher for the slot
-        time.sleep(0.3)
+        queued = pool.submit(chat, hub, "llama")  # waits at the hub for the slot
+        wait_until(lambda: hub.waiting("llama") == 2)  # the hub holds it, behind the first
         started = time.monotonic()
         publish.proc.send_signal(signal.SIGTERM)
         assert short.result(timeout=10).status_code == 200

@@ -96,10 +96,15 @@ class HubApplication(BaseApplication):
                     # what several processes need (database_url, bus_url).
                     raise SystemExit(f"tether serve: {path} sets workers; set Tether's "
                                      "`workers` setting instead (--workers, TETHER_WORKERS)")
+                if key == "keepalive":  # one place decides it too: the setting
+                    raise SystemExit(f"tether serve: {path} sets keepalive; set Tether's "
+                                     "`http_keepalive_s` setting instead "
+                                     "(TETHER_HTTP_KEEPALIVE_S)")
                 if key in self.cfg.settings:
                     self.cfg.set(key, value)
         self.cfg.set("bind", [f"{self.settings.host}:{self.settings.port}"])
         self.cfg.set("workers", self.settings.workers)
+        self.cfg.set("keepalive", self.settings.http_keepalive_s)
         self.cfg.set("worker_class", "tether.http.worker.Worker")  # gevent, fewer sends
         self.cfg.set("loglevel", self.settings.log_level)
         if self.settings.log_format == "json":  # gunicorn's own lines are JSON too
