@@ -598,10 +598,11 @@ def bench_pool_storm(sizes: tuple[int, ...] = (8, 12, 1000), members: int = 3, c
 
 # --- sessions ---------------------------------------------------------------------------
 
-def open_sessions(base: str, pid: int, n: int) -> tuple[list[Conn], float, float]:
+def open_sessions(base: str, pid: int, n: int) -> tuple[list[Conn], float, float, float]:
     """Open `n` publisher sessions on `base` as `tether publish` opens one: a register POST
     and a stream GET, each on a new connection, 50 sessions at a time. Returns the open
-    streams, the seconds it took and the CPU seconds the server's worker `pid` spent."""
+    streams, the seconds it took, and the CPU seconds the server's worker `pid` and this
+    process (the client: it shares the machine's two cores with the server) spent."""
     streams: list[Conn] = []
 
     def open_session(i: int) -> None:
@@ -617,9 +618,10 @@ def open_sessions(base: str, pid: int, n: int) -> tuple[list[Conn], float, float
         assert stream.head()[0] == 200
         streams.append(stream)
 
-    started, cpu = time.perf_counter(), cpu_seconds(pid)
+    started, cpu, own = time.perf_counter(), cpu_seconds(pid), cpu_seconds(os.getpid())
     gevent.pool.Pool(50).map(open_session, range(n))
-    return streams, time.perf_counter() - started, cpu_seconds(pid) - cpu
+    return (streams, time.perf_counter() - started, cpu_seconds(pid) - cpu,
+            cpu_seconds(os.getpid()) - own)
 
 
 def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
@@ -629,13 +631,13 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for n in counts:
         with BareServer() as bare:
-            streams, bare_s, bare_cpu = open_sessions(bare.url, bare.worker_pid(), n)
+            streams, bare_s, bare_cpu, _ = open_sessions(bare.url, bare.worker_pid(), n)
             for stream in streams:
                 stream.close()
         with Stack(publisher=False, hub_env={"TETHER_HEARTBEAT_TIMEOUT_S": "600"}) as stack:
             pid = stack.hub_worker_pid()
             base_rss = rss_kib(pid)
-            streams, opened_s, hub_cpu = open_sessions(stack.hub, pid, n)
+            streams, opened_s, hub_cpu, client_cpu = open_sessions(stack.hub, pid, n)
             gevent.sleep(2)
             rss = rss_kib(pid)
             latencies: list[float] = []
@@ -658,6 +660,7 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
             out[n] = {"sessions": n, "open_s": round(opened_s, 1),
                       "open_ms_per_session": round(opened_s / n * 1000, 2),
                       "hub_cpu_ms_per_open": round(hub_cpu / n * 1000, 2),
+                      "client_cpu_ms_per_open": round(client_cpu / n * 1000, 2),
                       "bare_open_s": round(bare_s, 1),
                       "bare_cpu_ms_per_open": round(bare_cpu / n * 1000, 2),
                       "rss_mib": round(rss / 1024, 1),
@@ -668,10 +671,12 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
     table("idle publisher sessions on one hub worker (bare: the same server and falcon, "
           "none of Tether)",
           ["sessions", "opened in (s)", "bare: opened in (s)", "hub CPU ms per open",
-           "bare: CPU ms per open", "worker RSS (MiB)", "RSS per session (KiB)",
+           "bare: CPU ms per open", "bench client CPU ms per open", "worker RSS (MiB)",
+           "RSS per session (KiB)",
            "heartbeats answered", "heartbeat p50 ms", "p99 ms"],
           [[r["sessions"], r["open_s"], r["bare_open_s"], r["hub_cpu_ms_per_open"],
-            r["bare_cpu_ms_per_open"], r["rss_mib"], r["rss_per_session_kib"],
+            r["bare_cpu_ms_per_open"], r["client_cpu_ms_per_open"], r["rss_mib"],
+            r["rss_per_session_kib"],
             f"{r['heartbeats_ok']}/{r['sessions']}", r["heartbeat_p50_ms"],
             r["heartbeat_p99_ms"]] for r in out.values()])
     save("sessions", {"runs": out})
