@@ -198,8 +198,10 @@ class LivenessWatch:
     def __init__(self, bus_url: str) -> None:
         import redis
 
+        from tether.cluster.bus import prefix_of
+
         self._redis = redis.Redis.from_url(bus_url, decode_responses=True, socket_timeout=5)
-        self._pattern = f"tether:{bus_url.rsplit('/', 1)[1]}:alive:*"
+        self._pattern = f"{prefix_of(bus_url)}:alive:*"  # the hubs' own key names
         self.lowest_ms: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

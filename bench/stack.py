@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import urllib3
 
@@ -363,6 +364,16 @@ def redis_url() -> str:
     return os.environ.get("TETHER_BENCH_REDIS_URL") or REDIS_URL
 
 
+def with_database(url: str, name: str) -> str:
+    """`url` naming the database `name` (a Redis database number, a PostgreSQL database)
+    instead of whichever it named, if any: appending to a URL that names one already
+    (redis://host:6379/3) made redis://host:6379/3/15. Redis's other way to name one, a
+    `db=` option, is dropped too (it would win over the path, and over a `db=` argument)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "db"]
+    return urlunsplit(parts._replace(path=f"/{name}", query=urlencode(query)))
+
+
 class Unavailable(RuntimeError):
     """PostgreSQL or Redis does not answer: the cluster bench cannot run here."""
 
@@ -397,14 +408,15 @@ class Services:
     def _redis(self, db: int) -> redis.Redis:
         import redis
 
-        return redis.Redis.from_url(redis_url(), db=db, socket_timeout=5,
+        # Not from_url(..., db=db): a database named in the URL would win over it.
+        return redis.Redis.from_url(with_database(redis_url(), str(db)), socket_timeout=5,
                                     socket_connect_timeout=3)
 
     def __enter__(self) -> Services:
         import redis
 
         self._pg(f'CREATE DATABASE "{self.pg_name}"')
-        self.database_url = postgres_url().rsplit("/", 1)[0] + f"/{self.pg_name}"
+        self.database_url = with_database(postgres_url(), self.pg_name)
         try:
             with self._redis(0) as admin:
                 for number in range(15, 0, -1):  # from the top: tests claim from 1 up
@@ -422,7 +434,7 @@ class Services:
                 raise
             raise Unavailable(f"no Redis answers at {redis_url()} (set "
                               f"TETHER_BENCH_REDIS_URL): {exc}") from None
-        self.bus_url = f"{redis_url().rstrip('/')}/{self._redis_db}"
+        self.bus_url = with_database(redis_url(), str(self._redis_db))
         return self
 
     def __exit__(self, *exc: object) -> None:
