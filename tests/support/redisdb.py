@@ -17,7 +17,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -30,12 +30,16 @@ WAIT_S = 60  # every number taken: wait this long for one to come free
 
 
 def _client(url: str, db: int) -> redis.Redis:
-    return redis.Redis.from_url(url, db=db, socket_timeout=5, socket_connect_timeout=3)
+    # Not from_url(url, db=db): a database the URL names wins over that argument, and every
+    # test would then flush the one TETHER_TEST_REDIS_URL names.
+    return redis.Redis.from_url(with_db(url, db), socket_timeout=5, socket_connect_timeout=3)
 
 
 def with_db(url: str, number: int) -> str:
+    """`url` naming database `number`, whatever database it named (path or `db=` option)."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{number}"))
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "db"]
+    return urlunsplit(parts._replace(path=f"/{number}", query=urlencode(query)))
 
 
 class Database:
