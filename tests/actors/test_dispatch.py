@@ -41,7 +41,8 @@ PASSED_ON = {m.Evict: ["ClusterSupervisor", "SessionActor"]}
 # reply channel and a publisher's outbox carry.
 NOT_ACTOR_MESSAGES = {
     m.LlmState, m.SessionLink, m.MemberInfo, m.ProxiesInFlight,
-    m.Dispatched, m.WakePending, m.Completed, m.Chunks, m.StreamDone, m.Failed, m.Close,
+    m.Dispatched, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
+    m.Close,
 }
 
 

@@ -93,7 +93,7 @@ def test_dispatched_crosses_as_its_task_id_alone() -> None:
 
 
 def test_reply_events_round_trip() -> None:
-    for event in (m.Chunks(("a", "b")), m.StreamDone(), m.WakePending(),
+    for event in (m.Chunks(("a", "b")), m.StreamDone(), m.WakePending(), m.Queued(),
                   m.Completed(200, {"choices": [{"text": "x"}]})):
         assert roundtrip(event) == event
 

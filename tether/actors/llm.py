@@ -217,8 +217,13 @@ class LlmActor(TetherActor):
         if len(self._queue) >= self._settings.max_queue_per_llm:
             msg.reply.put(m.Failed(self._queue_full()))
             return
-        self._queue.append(_Request(msg, time.monotonic()))
+        req = _Request(msg, time.monotonic())
+        self._queue.append(req)
         self._pump()
+        # Dispatched, WakePending or Failed acknowledge it too; a request that only waits
+        # says so, or its sender on another process would take it for lost.
+        if msg.ack and not req.told_waking and req in self._queue:
+            msg.reply.put(m.Queued())
 
     def _queue_full(self) -> TetherError:
         return errors.QUEUE_FULL(why=f"{self._state.name!r} already has "

@@ -187,6 +187,9 @@ class Infer:
     endpoint: str
     reply: ReplyChannel = field(compare=False)
     affinity: str | None = None  # the X-Tether-Affinity header: routes instead of the prefix
+    # Sent over the bus, whose messages may be lost: the sender waits for a first event
+    # (Queued when the request only waits) and gives up without one (tether.cluster.router).
+    ack: bool = False
 
 
 @dataclass(frozen=True)
@@ -449,6 +452,12 @@ class Dispatched:
 @dataclass(frozen=True)
 class WakePending:
     pass
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The LlmActor took an infer sent with `ack` and it waits (no other event went out for
+    it yet): the acknowledgement its sender on another process waits for."""
 
 
 @dataclass(frozen=True)

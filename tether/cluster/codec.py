@@ -35,7 +35,7 @@ ALLOWED: dict[str, type] = {cls.__name__: cls for cls in (
     m.TaskReturned, m.TasksOffered, m.TasksReleased, m.TaskMoved,
     m.SendInfer, m.ReleaseTasks, m.SendWake, m.AdoptTasks, m.SubmitResult, m.CancelTask,
     m.LlmRestarted,
-    m.Dispatched, m.WakePending, m.Completed, m.Chunks, m.StreamDone, m.Failed,
+    m.Dispatched, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
 )}
 
 # Fields that stay home: dropped on encode, their default on decode.

@@ -35,7 +35,7 @@ from tether.actors import messages as m
 from tether.actors.task_ids import home_of, new_task_id
 from tether.board import BOARD
 from tether.cluster import codec
-from tether.cluster.bus import Bus
+from tether.cluster.bus import TICK_S, Bus
 from tether.cluster.leases import Homes, Leases
 from tether.cluster.proxies import RemoteLlm, RemoteReply, RemoteSession, failed_future
 from tether.cluster.shared_board import SharedBoard
@@ -69,6 +69,10 @@ class _Pending:
     target: str | None = None  # the owner until dispatched, then the task's home
     dispatched: bool = False
     since: float = field(default_factory=time.monotonic)
+    # An infer sent to an owner and not acknowledged yet (no event from there): when it
+    # was sent, and the name (None once acknowledged, or never sent).
+    sent_at: float | None = None
+    name: str = ""
 
 
 class _HomeReply:
@@ -84,8 +88,8 @@ class _HomeReply:
         self._reply = reply
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._router.note(self._bus_request, item, self._router.process)
-        self._reply.put(item, block, timeout)
+        if self._router.note(self._bus_request, item, self._router.process):
+            self._reply.put(item, block, timeout)
 
     def get_nowait(self) -> Any:
         return self._reply.get_nowait()
@@ -123,6 +127,15 @@ class Router:
                                   self._reply)
         s = system.settings
         self._pending_max_s = s.wake_timeout_s + s.infer_timeout_s + 60.0
+        # How long a forwarded infer waits for its owner's first event. A live owner answers
+        # at once (the request is dispatched, waits, or fails) unless it stalls, and the
+        # cluster tolerates stalls up to the liveness TTL (longer is a death, which the
+        # liveness monitor answers first, `publisher_offline`, within the TTL and a tick).
+        # Silence beyond that means the message or its answer was lost on the bus.
+        self.ack_s = s.liveness_ttl_s + TICK_S
+        # Requests given up unacknowledged: request id -> (name, reply, when). An event
+        # that still comes for one (a late acknowledgement) withdraws it again.
+        self._abandoned: dict[str, tuple[str, Any, float]] = {}
         self._recovering = 0  # ticks left of re-asserting what Redis lost
         # Looked up per request and per tick: logged once per Redis outage, not each time.
         self._lookups = self.bus.outage("owner lookups",
@@ -143,6 +156,10 @@ class Router:
         shared board."""
         self.board.start()
         self.bus.every_tick(self._tick, "the router's tick (leases, peers' liveness, owners)")
+        # Its own tick, after the liveness monitor (a dead owner is answered as such first),
+        # and without Redis: a message lost because Redis went away is answered while it is
+        # still away.
+        self.bus.every_tick(self._expire_unacknowledged, "forwarded infers' acknowledgements")
 
     def stop(self) -> None:
         self.board.stop()
@@ -207,12 +224,19 @@ class Router:
                   answer_loss: bool = True) -> bool:
         """Tell `process`; False if nobody listens there (an infer is then answered 503,
         unless `answer_loss` is off: the caller tries elsewhere)."""
-        body = codec.encode(message, self._hooks)
+        pending = None
         if isinstance(message, m.Infer):
+            if not message.ack:  # the bus may lose it: the receiver acknowledges it
+                message = dataclasses.replace(message, ack=True)
             pending = self._pending.get(self._reply_address(message.reply)[2])
             if pending is not None:
                 pending.target = process
+                # Before the send: its acknowledgement may be read while it returns.
+                pending.sent_at, pending.name = time.monotonic(), address[2]
+        body = codec.encode(message, self._hooks)
         sent = self._send(process, {"k": "tell", "to": list(address), "m": body})
+        if not sent and pending is not None:
+            pending.sent_at = None  # nothing to acknowledge: answered below, or sent again
         if not sent and answer_loss and isinstance(message, m.Infer):
             message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=address[2])))
         return sent
@@ -397,24 +421,62 @@ class Router:
             log.warning("bus: dropped a message of unknown kind %r", kind)
 
     def _on_reply(self, payload: dict[str, Any]) -> None:
-        pending = self._pending.get(payload.get("id", ""))
-        if pending is None:
-            return  # that request is over here
-        event = codec.decode(payload["m"], self._hooks)
-        self.note(payload["id"], event, payload.get("from"))
-        pending.reply.put(event)
-
-    def note(self, request_id: str, event: Any, sender: str | None) -> None:
-        """An event for a waiting request of this process: once dispatched, it waits on the
-        task's home (which `sender` is, for a public Llm's call); once over, on nobody."""
+        request_id = payload.get("id", "")
         pending = self._pending.get(request_id)
         if pending is None:
-            return
+            if request_id in self._abandoned:
+                self._late(request_id, codec.decode(payload["m"], self._hooks))
+            return  # that request is over here
+        event = codec.decode(payload["m"], self._hooks)
+        if self.note(request_id, event, payload.get("from")):
+            pending.reply.put(event)
+
+    def note(self, request_id: str, event: Any, sender: str | None) -> bool:
+        """An event for a waiting request of this process: any acknowledges it; once
+        dispatched, it waits on the task's home (which `sender` is, for a public Llm's call);
+        once over, on nobody. False for an event that is for the router alone (Queued)."""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return True
+        if pending.sent_at is not None:
+            pending.sent_at = None
+            if sender and not pending.dispatched:  # the owner now, if the name moved
+                pending.target = sender
         if isinstance(event, m.Dispatched):
             pending.dispatched = True
             pending.target = home_of(event.task_id) or sender
         elif isinstance(event, TERMINAL):
             self._pending.pop(request_id, None)
+        return not isinstance(event, m.Queued)
+
+    def _expire_unacknowledged(self) -> None:
+        """Infers sent to an owner that did not acknowledge them within `ack_s` were lost
+        (or their acknowledgements were): their clients are answered 503 `hub_busy`, the
+        bus's answer for a cross-process wait that ran out, and the owner is told to
+        withdraw them (best effort: should the infer be there after all, it leaves the
+        queue, or its task is cancelled)."""
+        now = time.monotonic()
+        for request_id, pending in list(self._pending.items()):
+            if pending.sent_at is not None and now - pending.sent_at > self.ack_s:
+                self._pending.pop(request_id, None)
+                log.warning("bus: %s did not acknowledge a request for %r within %g s; "
+                            "answered 503", pending.target, pending.name, self.ack_s)
+                self._abandoned[request_id] = (pending.name, pending.reply, now)
+                pending.reply.put(m.Failed(errors.HUB_BUSY()))
+                spawn(self.tell_llm, pending.name, m.Withdraw(pending.reply))
+        for request_id, (_, _, at) in list(self._abandoned.items()):
+            if now - at > self._pending_max_s:  # nothing can come for it any more
+                del self._abandoned[request_id]
+
+    def _late(self, request_id: str, event: Any) -> None:
+        """An event for a request given up unacknowledged: its infer did reach an owner (or
+        the acknowledgement was what got lost). Withdraw it again there, the first withdraw
+        may have been lost too; a task that went out is cancelled where it runs."""
+        name, reply, _ = self._abandoned.pop(request_id)
+        if isinstance(event, m.Dispatched):
+            self._system.cancel(event, "no_answer")
+        elif not isinstance(event, TERMINAL):
+            spawn(self.tell_llm, name, m.Withdraw(reply))
 
     def _on_tell(self, payload: dict[str, Any]) -> None:
         message = codec.decode(payload["m"], self._hooks)
