@@ -18,8 +18,9 @@ from tests.support.procs import Publish, wait_status
 pytestmark = pytest.mark.timeout(180)
 
 # What a request may end with while Redis is gone: served, or a 5xx saying why. A request
-# whose message to the other process was lost with Redis ends in infer_timeout, after the
-# relay's deadline (wake_timeout_s + infer_timeout_s + 30 s), hence short timeouts here.
+# whose message to its owner was lost with Redis ends in hub_busy (no acknowledgement); one
+# whose answer back was lost ends in infer_timeout, after the relay's deadline
+# (wake_timeout_s + infer_timeout_s + 30 s), hence short timeouts here.
 FAILURES_ALLOWED = {"publisher_offline", "publisher_disconnected", "hub_busy", "infer_timeout"}
 TIMEOUTS = {"wake_timeout_s": 2, "infer_timeout_s": 5}
 CLIENT_TIMEOUT_S = 60  # longer than any deadline of the hub's
