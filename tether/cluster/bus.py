@@ -7,7 +7,11 @@ server (tests use a fresh db each) must not hear each other. A process is known 
 id drawn at start (`<prefix>:proc:<id>` is its channel, `<prefix>:alive:<id>` its liveness
 key, set with a TTL and renewed every second).
 
-Delivery is at-most-once (pub/sub): whoever waits on a message has a deadline.
+Delivery is at-most-once (pub/sub): whoever waits on a message has a deadline. Redis drops
+what is published to a subscriber only while its connection is broken (cut off, or Redis
+restarted), and nobody can tell what was lost: the reader says so (`on_loss`) when it finds
+its subscription broken, and again once it has resubscribed (what was sent in between is
+lost too), naming the instant since which nothing was lost.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tether.redis_client import Outage
 from tether.runtime import spawn
@@ -41,7 +47,8 @@ def prefix_of(url: str) -> str:
 
 class Bus:
     def __init__(self, url: str, on_message: Callable[[dict[str, Any]], None],
-                 ttl_ms: int = ALIVE_TTL_MS) -> None:
+                 ttl_ms: int = ALIVE_TTL_MS,
+                 on_loss: Callable[[float], None] | None = None) -> None:
         self.url = url
         # How long after its last renewal a process counts as dead: longer than any pause
         # of a live one (a full garbage collection of a worker holding many sessions can
@@ -52,7 +59,16 @@ class Bus:
         self.channel = self.channel_of(self.process)
         self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
                                           socket_connect_timeout=3, health_check_interval=10)
+        # The subscription's own client, without redis-py's retries: their failure handler
+        # reconnects a broken pubsub and resubscribes it (even when the error is raised
+        # anyway), so the connection _read is about to drop would take, and lose, what is
+        # published meanwhile, counted as heard. With none, a break reaches _read as is, and
+        # until it resubscribes a sender sees that nobody listens.
+        self._subscriber = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
+            health_check_interval=10, retry=Retry(NoBackoff(), 0, supported_errors=()))
         self._on_message = on_message
+        self._on_loss = on_loss
         self._pubsub: Any = None
         self._running = False
         # Each periodic task logs its own failures, once per outage (tether.redis_client).
@@ -76,7 +92,7 @@ class Bus:
 
     def start(self) -> Bus:
         """Subscribe, then say we are alive: nobody sends to us before we can hear it."""
-        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(self.channel)
         self._running = True
         self._beat()
@@ -105,6 +121,8 @@ class Bus:
             # closing a broken connection is best effort
             with contextlib.suppress(Exception):
                 self._pubsub.close()
+        with contextlib.suppress(Exception):
+            self._subscriber.close()
 
     # --- sending -------------------------------------------------------------------------
 
@@ -168,6 +186,7 @@ class Bus:
                 if not self._running:
                     return
                 outage.failed(exc)
+                self._lost(time.monotonic())
             # Here on an error, and also when listen() ended at once: a subscribe that failed
             # (Redis still down) leaves a pubsub with no subscription, whose listen() returns
             # without reading, and looping on it straight away would never yield to the loop.
@@ -175,12 +194,27 @@ class Bus:
             try:
                 with contextlib.suppress(Exception):  # the broken one: best effort
                     self._pubsub.close()
-                self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+                # Whatever is published after Redis reads this SUBSCRIBE reaches us, and so
+                # does every answer to what this process sends from now on.
+                subscribing = time.monotonic()
                 self._pubsub.subscribe(self.channel)
             except Exception as exc:  # noqa: BLE001 - as above: the reader goes on
                 outage.failed(exc)
                 continue
             outage.answered()
+            # Before reading on: nothing the new subscription brings is handled before what
+            # was lost since the break is accounted for.
+            self._lost(subscribing)
+
+    def _lost(self, before: float) -> None:
+        """Messages may have been lost that answer what this process sent before `before`
+        (time.monotonic())."""
+        if self._on_loss is not None:
+            try:
+                self._on_loss(before)
+            except Exception:  # noqa: BLE001 - the reader must outlive it
+                log.exception("bus: handling lost messages failed")
 
     def _tick_loop(self) -> None:
         while self._running:
