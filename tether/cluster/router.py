@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,9 @@ BUS_ASK_S = 5.0  # a cross-process ask unanswered by then is answered 503
 # is looked up again) or let it go alive (it passes on what it gets, see _on_tell).
 OWNER_CACHE_S = 1.0
 RECOVER_TICKS = 5  # after Redis lost our keys: re-assert homes and owners this many ticks
+# Requests given up after lost messages are answered once they are withdrawn, or after this
+# long (Redis may be away, and each send then retries for seconds).
+WITHDRAW_WAIT_S = 1.0
 TERMINAL = (m.Completed, m.StreamDone, m.Failed)
 
 
@@ -68,6 +72,7 @@ class _Pending:
     reply: Any
     target: str | None = None  # the owner until dispatched, then the task's home
     dispatched: bool = False
+    dispatch: m.Dispatched | None = None  # its Dispatched, once it came: to cancel the task
     since: float = field(default_factory=time.monotonic)
     # An infer sent to an owner and not acknowledged yet (no event from there): when it
     # was sent, and the name (None once acknowledged, or never sent).
@@ -112,7 +117,8 @@ class _Sink:
 
 class Router:
     def __init__(self, url: str, system: ActorSystem) -> None:
-        self.bus = Bus(url, self._on_message, int(system.settings.liveness_ttl_s * 1000))
+        self.bus = Bus(url, self._on_message, int(system.settings.liveness_ttl_s * 1000),
+                       self._messages_lost)
         self.process = self.bus.process
         self.leases = Leases(self.bus)
         self.homes = Homes(self.bus)
@@ -133,8 +139,8 @@ class Router:
         # liveness monitor answers first, `publisher_offline`, within the TTL and a tick).
         # Silence beyond that means the message or its answer was lost on the bus.
         self.ack_s = s.liveness_ttl_s + TICK_S
-        # Requests given up unacknowledged: request id -> (name, reply, when). An event
-        # that still comes for one (a late acknowledgement) withdraws it again.
+        # Requests given up unacknowledged, or answered when the subscription broke: request
+        # id -> (name, reply, when). An event that still comes for one withdraws it again.
         self._abandoned: dict[str, tuple[str, Any, float]] = {}
         self._recovering = 0  # ticks left of re-asserting what Redis lost
         # Looked up per request and per tick: logged once per Redis outage, not each time.
@@ -443,7 +449,7 @@ class Router:
             if sender and not pending.dispatched:  # the owner now, if the name moved
                 pending.target = sender
         if isinstance(event, m.Dispatched):
-            pending.dispatched = True
+            pending.dispatched, pending.dispatch = True, event
             pending.target = home_of(event.task_id) or sender
         elif isinstance(event, TERMINAL):
             self._pending.pop(request_id, None)
@@ -468,10 +474,61 @@ class Router:
             if now - at > self._pending_max_s:  # nothing can come for it any more
                 del self._abandoned[request_id]
 
+    def _messages_lost(self, before: float) -> None:
+        """This process's subscription broke (called then, and again once it is back):
+        whatever was sent to it meanwhile is lost, and nobody can tell what. Every request
+        sent before `before` that waits on another process for its events (an infer
+        forwarded to its owner, or dispatched to a home elsewhere) may have lost one, and a
+        gap must not pass for an answer (a lost chunk would corrupt a stream silently).
+        Each is given up at once: what still comes for it goes to _late, never to its
+        client, which is answered 503 `hub_busy` (see _give_up)."""
+        lost = [(request_id, pending) for request_id, pending in self._pending.items()
+                # dispatched here: its events stay here
+                if pending.target != self.process and pending.since < before]
+        if not lost:
+            return
+        log.warning("bus: this process's subscription broke; %d request(s) waiting on other "
+                    "processes may have lost events: answered 503", len(lost))
+        now = time.monotonic()
+        given_up = []
+        for request_id, pending in lost:
+            self._pending.pop(request_id, None)
+            name = pending.name or getattr(pending.reply, "llm", "")
+            self._abandoned[request_id] = (name, pending.reply, now)
+            given_up.append((name, pending))
+        spawn(self._give_up, given_up)
+
+    def _give_up(self, lost: list[tuple[str, _Pending]]) -> None:
+        """Answer requests whose events may have been lost, 503 `hub_busy` (the bus failed,
+        not the publisher; a stream that began ends with an error event), and stop them
+        where they wait or run (best effort). In this order: those still waiting are
+        withdrawn before any task is cancelled, or a slot that frees would go to one of
+        them; then the clients are answered (their relays withdraw or cancel what they
+        know of too; with Redis away, after WITHDRAW_WAIT_S at most); then the tasks are
+        cancelled (a begun stream's relay does not)."""
+        sent = threading.Event()
+
+        def withdraw() -> None:
+            try:
+                for name, pending in lost:
+                    if pending.dispatch is None and name:
+                        self.tell_llm(name, m.Withdraw(pending.reply))
+            finally:
+                sent.set()
+
+        spawn(withdraw)
+        sent.wait(WITHDRAW_WAIT_S)
+        for _, pending in lost:
+            pending.reply.put(m.Failed(errors.HUB_BUSY()))
+        for _, pending in lost:
+            if pending.dispatch is not None:
+                self._system.cancel(pending.dispatch, "no_answer")
+
     def _late(self, request_id: str, event: Any) -> None:
-        """An event for a request given up unacknowledged: its infer did reach an owner (or
-        the acknowledgement was what got lost). Withdraw it again there, the first withdraw
-        may have been lost too; a task that went out is cancelled where it runs."""
+        """An event for a request given up (unacknowledged, or when the subscription broke):
+        its infer did reach an owner, or is still under way there. Withdraw it again there,
+        the first withdraw may have been lost too; a task that went out is cancelled where
+        it runs."""
         name, reply, _ = self._abandoned.pop(request_id)
         if isinstance(event, m.Dispatched):
             self._system.cancel(event, "no_answer")
