@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import falcon
+import redis
 
 from tether import errors
 from tether.errors import TetherError
@@ -81,6 +82,17 @@ def _on_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, _p
     render(resp, errors.INTERNAL_ERROR())
 
 
+def _on_bus_unreachable(req: falcon.Request, resp: falcon.Response, ex: Exception,
+                        _p: Any) -> None:
+    # Redis (the bus, shared limits) not answering, or out of connections: the request may
+    # well be served on a retry, and the outage itself is logged once by whoever uses Redis
+    # (tether.redis_client.Outage). A Redis *answer* that is an error is a fault: 500 above.
+    error = errors.HUB_BUSY()
+    log.warning("%s %s -> %d %s: Redis did not answer (%s: %s)", req.method, req.path,
+                error.status, error.code, type(ex).__name__, ex)
+    render(resp, error)
+
+
 def install(app: falcon.App) -> None:
     if not any(isinstance(f, AnswersAreNotFaults) for f in logging.getLogger("pykka").filters):
         logging.getLogger("pykka").addFilter(AnswersAreNotFaults())
@@ -88,3 +100,5 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, _on_unexpected)
     app.add_error_handler(falcon.HTTPError, _on_http_error)
     app.add_error_handler(TetherError, _on_tether_error)
+    for unreachable in (redis.ConnectionError, redis.TimeoutError):
+        app.add_error_handler(unreachable, _on_bus_unreachable)
