@@ -27,8 +27,10 @@ TIMEOUT_S = 1.0
 def client(url: str) -> redis.Redis:
     """This process's client for `url` (a pool of connections, made on first use: after
     gunicorn forked the worker, never inherited from the master)."""
-    return redis.Redis.from_url(url, socket_timeout=TIMEOUT_S,
-                                socket_connect_timeout=TIMEOUT_S, health_check_interval=10)
+    # Blocking: a burst waits (at most TIMEOUT_S) for a connection instead of failing.
+    return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+        url, max_connections=100, timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S,
+        socket_connect_timeout=TIMEOUT_S, health_check_interval=10))
 
 
 def subscriber(url: str) -> redis.Redis:
