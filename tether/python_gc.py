@@ -25,11 +25,17 @@ DEFAULT = "default"  # CPython's own schedule
 
 
 class FreezeSurvivors:
-    """A gc callback: freeze each full collection's survivors; thaw at each doubling."""
+    """A gc callback: freeze each full collection's survivors; thaw at each doubling.
+
+    The frozen set is counted here, not with gc.get_freeze_count(): that walks the whole
+    set, and full collections come often once most objects are frozen (each after a
+    quarter more of the few left unfrozen), so walking it each time cost more the more
+    sessions there were."""
 
     def __init__(self) -> None:
         gc.freeze()  # what booting made: modules, the app, the actor system
-        self.thaw_at = 2 * gc.get_freeze_count()
+        self.frozen = gc.get_freeze_count()  # (cycles freed among them: learnt at a thaw)
+        self.thaw_at = 2 * self.frozen
         self.thawed = False
         self.thaws = 0
 
@@ -37,14 +43,16 @@ class FreezeSurvivors:
         if phase != "stop" or info["generation"] != 2:
             return
         # A full collection has just ended: the young generations are empty and the oldest
-        # holds its survivors. (gc.get_freeze_count() walks a list: once per full collection.)
+        # holds its survivors, all of them if it followed a thaw, else the new ones only.
+        survivors = len(gc.get_objects(generation=2))
+        gc.freeze()
         if self.thawed:  # this one scanned everything: the new baseline
             self.thawed = False
-            gc.freeze()
-            self.thaw_at = 2 * gc.get_freeze_count()
+            self.frozen = survivors
+            self.thaw_at = 2 * survivors
             return
-        gc.freeze()
-        if gc.get_freeze_count() >= self.thaw_at:
+        self.frozen += survivors
+        if self.frozen >= self.thaw_at:
             gc.unfreeze()  # the next full collection (soon: the oldest holds all) scans it all
             self.thawed = True
             self.thaws += 1
