@@ -21,6 +21,9 @@ class ChaosProxy:
         self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.cuts = 0
+        # Set: bytes are read and dropped, both ways, and no connection is closed: a
+        # network that went silent without a reset (a cut cable, a dropped route).
+        self.blackhole = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -54,6 +57,8 @@ class ChaosProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self.blackhole.is_set():
+                    continue
                 low, high = self.latency_s
                 if high:
                     time.sleep(random.uniform(low, high))

@@ -21,7 +21,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,6 +37,8 @@ log = logging.getLogger("tether.bus")
 MAX_CONNECTIONS = 100  # redis-py's default, per process
 ALIVE_TTL_MS = 5000  # a process that stops renewing is dead after this (liveness_ttl_s)
 TICK_S = 1.0  # liveness key, leases and the monitor run this often
+PING_S = 2.0  # the subscription's own ping, while nothing else comes
+UNANSWERED = 3  # pings in a row without a pong or a message: the subscription broke
 
 
 def prefix_of(url: str) -> str:
@@ -97,7 +99,7 @@ class Bus:
 
     def start(self) -> Bus:
         """Subscribe, then say we are alive: nobody sends to us before we can hear it."""
-        self._pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._subscriber.pubsub()  # its pongs too: see _messages
         self._pubsub.subscribe(self.channel)
         self._running = True
         self._beat()
@@ -171,11 +173,9 @@ class Bus:
         outage = self.outage("the subscription", f"resubscribing every {TICK_S:g} s")
         while self._running:
             try:
-                for message in self._pubsub.listen():
+                for message in self._messages():
                     if not self._running:
                         return
-                    if message.get("type") != "message":
-                        continue
                     try:
                         payload = json.loads(message["data"])
                     except ValueError:
@@ -199,7 +199,7 @@ class Bus:
             try:
                 with contextlib.suppress(Exception):  # the broken one: best effort
                     self._pubsub.close()
-                self._pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = self._subscriber.pubsub()  # its pongs too: see _messages
                 # Whatever is published after Redis reads this SUBSCRIBE reaches us, and so
                 # does every answer to what this process sends from now on.
                 subscribing = time.monotonic()
@@ -211,6 +211,30 @@ class Bus:
             # Before reading on: nothing the new subscription brings is handled before what
             # was lost since the break is accounted for.
             self._lost(subscribing)
+
+    def _messages(self) -> Iterator[dict[str, Any]]:
+        """What the subscription brings, until it breaks. redis-py's listen() blocks in a
+        read without a deadline: a connection that goes silent without a reset (a cut
+        network, a frozen path) would leave the reader waiting forever while whatever is
+        published to this process is lost. So while nothing comes the reader pings on its
+        own connection every PING_S, and UNANSWERED pings in a row are a break. Counting
+        pings rather than seconds: a stalled event loop sends none, so a pause of this
+        process is not taken for a silence of Redis."""
+        pinged, unanswered = time.monotonic(), 0
+        while self._running:
+            message = self._pubsub.get_message(timeout=TICK_S)
+            if message is not None:
+                unanswered = 0  # anything at all, a pong included, proves the connection
+                if message.get("type") == "message":
+                    yield message
+                continue
+            if time.monotonic() - pinged >= PING_S:
+                if unanswered >= UNANSWERED:
+                    raise redis.ConnectionError(
+                        f"the subscription answered none of {unanswered} pings, "
+                        f"{PING_S:g} s apart")
+                self._pubsub.ping()
+                pinged, unanswered = time.monotonic(), unanswered + 1
 
     def _lost(self, before: float) -> None:
         """Messages may have been lost that answer what this process sent before `before`
