@@ -178,3 +178,20 @@ def test_a_real_drop_after_a_registration_on_a_live_stream_still_counts(system):
     settle(system)  # the cascade: session -> supervisor -> each Llm
     assert store.get("a").status == "inactive"
     assert store.get("b").status == "inactive"
+
+
+def test_an_llm_whose_name_moved_answers_its_waiters_hub_busy_not_shutting_down(system):
+    # With a bus, a process whose lease of a name was taken over (Redis lost it, another
+    # process took it) gives that name up: what waits here is worth a retry, which the new
+    # owner serves; the hub itself is not shutting down.
+    outbox = _online(system, {**provider("a"), "maxConcurrency": 1})
+    running = system.infer("a", REQ, False, "chat/completions")
+    waiting = system.infer("a", REQ, False, "chat/completions")
+    task = outbox.tasks()[0]
+    ref = system.directory.llm("a")
+    ref.tell(m.Relinquish())
+    assert events(waiting, m.Failed)[-1].error.code == "hub_busy"
+    assert ref.actor_stopped.wait(3)  # and then it stopped
+    # The task under way is its session's, and still ends with its answer.
+    system.submit_result(task["taskId"], None, {"status": 200, "body": {"ok": 1}})
+    assert events(running, m.Completed)[-1] == m.Completed(200, {"ok": 1})

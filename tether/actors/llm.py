@@ -198,6 +198,9 @@ class LlmActor(TetherActor):
                 self._on_withdraw(message)
             case m.GraceEnded():
                 self._on_grace_ended(message)
+            case m.Relinquish():
+                self._fail_waiters(errors.HUB_BUSY())
+                self.stop()  # on_stop finds no waiter left to tell "shutting down"
             case _:
                 assert_never(message)
 

@@ -144,6 +144,13 @@ class Evict:
 
 
 @dataclass(frozen=True)
+class Relinquish:
+    """To an LlmActor whose name moved to another process (its lease was taken over):
+    answer the requests waiting here 503 `hub_busy` (a retry reaches the new owner; the hub
+    is not shutting down), then stop."""
+
+
+@dataclass(frozen=True)
 class NamesLost:
     """Leases this process no longer holds (taken over): stop their LlmActors."""
 
@@ -503,7 +510,7 @@ LlmMessage: TypeAlias = (
     Infer | Withdraw | Adopt | Relink | RecordHeartbeat | SetStatus | StreamLost | StreamOpened
     | ExpireHeartbeat | WakeSucceeded | WakeFailed | WakeTimedOut | TaskEnded | TasksInFlight
     | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut | TaskMoved
-    | InventoryTimedOut
+    | InventoryTimedOut | Relinquish
 )
 # What a ClusterSupervisor takes besides the SupervisorMessages.
 ClusterSupervisorMessage: TypeAlias = (

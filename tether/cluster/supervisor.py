@@ -245,7 +245,7 @@ class ClusterSupervisor(Supervisor):
             self._members.pop(name, None)
             if ref is not None:
                 self._router.forget_local(ref)
-                ref.stop(block=False)
+                tell(ref, m.Relinquish())  # its waiters: 503 hub_busy, then it stops
         self._publish_directory()
 
     def _on_ensure_owners(self, msg: m.EnsureOwners) -> None:
