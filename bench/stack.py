@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import urllib3
@@ -51,16 +51,49 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-class Stack:
+class Processes:
+    """What a bench runs against: processes each logging to a folder of its own
+    (tmp/<name>.log), stopped in reverse order on exit, and the folder removed. A start
+    that fails part-way stops what it had started."""
+
+    def __init__(self, prefix: str) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        self.procs: list[subprocess.Popen] = []
+
+    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
+            subprocess.Popen:
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Stack(Processes):
     """Backend + hub + publisher, each its own process, torn down in reverse."""
 
     def __init__(self, hub_env: dict[str, str] | None = None, publisher: bool = True,
                  max_concurrency: int = 64, auth: bool = False) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+        super().__init__("tether-bench-")
         self.backend_port, self.hub_port = free_port(), free_port()
         self.backend = f"http://127.0.0.1:{self.backend_port}"
         self.hub = f"http://127.0.0.1:{self.hub_port}"
-        self.procs: list[subprocess.Popen] = []
         self.hub_env = {"TETHER_LOG_LEVEL": "warning", **(hub_env or {})}
         self.with_publisher = publisher
         self.max_concurrency = max_concurrency
@@ -73,11 +106,7 @@ class Stack:
             self.hub_env.update({"TETHER_AUTH": "on", "TETHER_RATE_LIMIT_PER_MIN": "10000000",
                                  "TETHER_MAX_INFLIGHT_PER_KEY": "100000"})
 
-    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
-            subprocess.Popen:
-        return spawn(self.tmp, self.procs, args, name, env)
-
-    def __enter__(self) -> Stack:
+    def _start(self) -> None:
         self.backend_proc = self._spawn(
             [*TETHER, "demo-backend", "--port", str(self.backend_port)], "backend")
         self.hub_proc = self._spawn(
@@ -106,7 +135,6 @@ class Stack:
                 time.sleep(0.1)
             else:
                 raise RuntimeError("the publisher did not come up")
-        return self
 
     def _servable(self) -> bool:
         """The demo Llm is active with its publisher's stream open (the row turns active at
@@ -130,13 +158,7 @@ class Stack:
                              text=True).stdout.split()
         return int(out[0])
 
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            stop(proc)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-class PoolStack:
+class PoolStack(Processes):
     """A hub and `members` machines serving one pooled name (PROTOCOL.md, Pools): each
     machine a KV-cache backend (bench/kv_backend.py) and a `tether publish --pool` in front
     of it, every process its own. `routing` is the hub's `pool_routing` setting."""
@@ -145,26 +167,13 @@ class PoolStack:
 
     def __init__(self, members: int = 4, routing: str = "affinity", max_concurrency: int = 8,
                  ms_per_message: float = 2.0, prefill_slots: int = 1) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"tether-bench-pool-{routing}-"))
+        super().__init__(f"tether-bench-pool-{routing}-")
         self.members, self.routing = members, routing
         self.max_concurrency, self.ms_per_message = max_concurrency, ms_per_message
         self.prefill_slots = prefill_slots
         self.hub_port = free_port()
         self.hub = f"http://127.0.0.1:{self.hub_port}"
         self.backends = [f"http://127.0.0.1:{free_port()}" for _ in range(members)]
-        self.procs: list[subprocess.Popen] = []
-
-    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
-            subprocess.Popen:
-        return spawn(self.tmp, self.procs, args, name, env)
-
-    def __enter__(self) -> PoolStack:
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
     def _start(self) -> None:
         for i, backend in enumerate(self.backends):
@@ -206,25 +215,18 @@ class PoolStack:
         return [urllib3.request("GET", f"{b}/stats", retries=False).json()
                 for b in self.backends]
 
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            stop(proc)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-class BareServer:
+class BareServer(Processes):
     """bench/bare_server.py under the hub's gunicorn settings and worker class: the floor
     that opening a session costs before any of Tether runs."""
 
     def __init__(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="tether-bench-bare-"))
+        super().__init__("tether-bench-bare-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen] = []
 
-    def __enter__(self) -> BareServer:
+    def _start(self) -> None:
         conf = Path(__file__).resolve().parent.parent / "conf" / "gunicorn.conf.py"
-        self.proc = spawn(self.tmp, self.procs, [
+        self.proc = self._spawn([
             sys.executable, "-m", "gunicorn", "--config", str(conf),
             "--worker-class", "tether.http.worker.Worker", "--workers", "1",
             "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
@@ -233,26 +235,9 @@ class BareServer:
         while not worker_pids(self.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         wait_http(f"{self.url}/api/v1/llms/_provider-register")  # 405 for GET: it answers
-        return self
 
     def worker_pid(self) -> int:
         return worker_pids(self.proc.pid)[0]
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            stop(proc)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def spawn(tmp: Path, procs: list[subprocess.Popen], args: list[str], name: str,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `args` logging to tmp/<name>.log, kept in `procs` (stopped in reverse)."""
-    with open(tmp / f"{name}.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
-    procs.append(proc)
-    return proc
-
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     """SIGTERM, then SIGKILL; polled, so no child watcher has to see the exit."""
@@ -451,7 +436,7 @@ class Services:
             self.database_url = ""
 
 
-class ClusterStack:
+class ClusterStack(Processes):
     """`hubs` `tether serve` processes (each `--workers workers`) on one fresh PostgreSQL
     database and Redis database, and, with `publisher`, the demo backend and one `tether
     publish` whose stream is on hub 0 (so hub 0 owns the name `demo`: its stream's home
@@ -460,7 +445,7 @@ class ClusterStack:
     def __init__(self, hubs: int = 2, workers: int = 1, publisher: bool = True,
                  hub_env: dict[str, str] | None = None, max_concurrency: int = 64,
                  tag: str = "cluster") -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"tether-bench-{tag}-"))
+        super().__init__(f"tether-bench-{tag}-")
         self.workers = workers
         self.ports = [free_port() for _ in range(hubs)]
         self.hubs = [f"http://127.0.0.1:{p}" for p in self.ports]
@@ -469,27 +454,17 @@ class ClusterStack:
         self.with_publisher = publisher
         self.max_concurrency = max_concurrency
         self.hub_env = {"TETHER_LOG_LEVEL": "warning", **(hub_env or {})}
-        self.procs: list[subprocess.Popen] = []
         self.hub_procs: list[subprocess.Popen] = []
         self.services = Services()
         self._marks: dict[str, int] = {}
 
-    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> \
-            subprocess.Popen:
-        return spawn(self.tmp, self.procs, args, name, env)
-
-    def __enter__(self) -> ClusterStack:
+    def __enter__(self) -> Self:
         try:
             self.services.__enter__()
         except Unavailable:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        return super().__enter__()
 
     def _start(self) -> None:
         if self.with_publisher:
@@ -551,7 +526,5 @@ class ClusterStack:
             return f.read().decode(errors="replace")
 
     def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            stop(proc)
+        super().__exit__()  # the hubs first: then their database and Redis db go
         self.services.__exit__()
-        shutil.rmtree(self.tmp, ignore_errors=True)
