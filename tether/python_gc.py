@@ -37,7 +37,6 @@ class FreezeSurvivors:
         self.frozen = gc.get_freeze_count()  # (cycles freed among them: learnt at a thaw)
         self.thaw_at = 2 * self.frozen
         self.thawed = False
-        self.thaws = 0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase != "stop" or info["generation"] != 2:
@@ -55,7 +54,6 @@ class FreezeSurvivors:
         if self.frozen >= self.thaw_at:
             gc.unfreeze()  # the next full collection (soon: the oldest holds all) scans it all
             self.thawed = True
-            self.thaws += 1
 
 
 def install(schedule: str) -> FreezeSurvivors | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import Any
 
 import redis
 
@@ -21,16 +22,24 @@ from tether.store.db import redact
 # A Redis that stops answering must cost a request at most this long before the caller
 # falls back (limits count in-process, /healthz says unreachable).
 TIMEOUT_S = 1.0
+MAX_CONNECTIONS = 100  # per pool, as redis-py's default
 
 
 @functools.cache
 def client(url: str) -> redis.Redis:
     """This process's client for `url` (a pool of connections, made on first use: after
     gunicorn forked the worker, never inherited from the master)."""
-    # Blocking: a burst waits (at most TIMEOUT_S) for a connection instead of failing.
+    return pooled(url, TIMEOUT_S, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+                  health_check_interval=10)
+
+
+def pooled(url: str, wait_s: float, **options: Any) -> redis.Redis:
+    """A client whose pool makes a burst of callers wait (at most `wait_s`) for one of its
+    MAX_CONNECTIONS connections, as gevent's queue lets them. redis-py's default pool
+    refuses a command past its 100th connection ("Too many connections"), and under gevent
+    every request waiting on Redis holds one."""
     return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-        url, max_connections=100, timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S, health_check_interval=10))
+        url, max_connections=MAX_CONNECTIONS, timeout=wait_s, **options))
 
 
 def subscriber(url: str) -> redis.Redis:

@@ -29,12 +29,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tether.redis_client import Outage
+from tether.redis_client import Outage, pooled
 from tether.runtime import spawn
 
 log = logging.getLogger("tether.bus")
 
-MAX_CONNECTIONS = 100  # redis-py's default, per process
 ALIVE_TTL_MS = 5000  # a process that stops renewing is dead after this (liveness_ttl_s)
 TICK_S = 1.0  # liveness key, leases and the monitor run this often
 PING_S = 2.0  # the subscription's own ping, while nothing else comes
@@ -61,11 +60,9 @@ class Bus:
         self.process = secrets.token_hex(4)
         self.channel = self.channel_of(self.process)
         # A burst of requests (heartbeats routed to another process, each a lookup and a
-        # publish) holds more connections at once than the pool keeps: they wait for one,
-        # as gevent's queue lets them, instead of failing ("Too many connections").
-        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=5, decode_responses=True,
-            socket_timeout=5, socket_connect_timeout=3, health_check_interval=10))
+        # publish) waits for a connection rather than failing (see redis_client.pooled).
+        self.redis = pooled(url, 5, decode_responses=True, socket_timeout=5,
+                            socket_connect_timeout=3, health_check_interval=10)
         # The subscription's own client, without redis-py's retries: their failure handler
         # reconnects a broken pubsub and resubscribes it (even when the error is raised
         # anyway), so the connection _read is about to drop would take, and lose, what is

@@ -59,7 +59,7 @@ def _post_worker_init(worker: Any) -> None:
     # Last: what booting made is frozen as the collector's baseline.
     policy = python_gc.install(worker.app.settings.python_gc)
     worker.log.info("python_gc: %s", "CPython's default schedule" if policy is None else
-                    f"freeze ({policy.thaw_at // 2} objects from booting frozen)")
+                    f"freeze ({policy.frozen} objects from booting frozen)")
 
 
 def _post_fork(server: Any, worker: Any) -> None:
