@@ -1,4 +1,4 @@
-"""Several hub processes on one PostgreSQL and one Redis (issue 15, PROTOCOL.md, Several hub
+"""Several hub processes on one PostgreSQL and one Redis (issue 15, docs/protocol.md, Several hub
 processes): `python -m bench.run cluster` and `python -m bench.run cluster_sessions`.
 
 - hop: two `tether serve` processes, the publisher's stream on A (so A owns the name);

@@ -159,7 +159,7 @@ class Stack(Processes):
         return int(out[0])
 
 class PoolStack(Processes):
-    """A hub and `members` machines serving one pooled name (PROTOCOL.md, Pools): each
+    """A hub and `members` machines serving one pooled name (docs/protocol.md, Pools): each
     machine a KV-cache backend (bench/kv_backend.py) and a `tether publish --pool` in front
     of it, every process its own. `routing` is the hub's `pool_routing` setting."""
 

@@ -1,5 +1,10 @@
-"""Layers import downward only (issue 12.2): the publisher is a separate program and must
-not reach into the hub's HTTP or actor code, and the upstream relay knows no actor."""
+"""Layers import downward only, and no module imports itself back through others.
+
+The rules are stated per package (docs/architecture.md draws them): what both programs share
+(tether.common) imports nothing above it; the actors never import the cluster, which builds
+on them; the publisher is a program of its own and imports nothing of the hub's. Imports made
+inside functions count as much as those at the top of a module.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,43 @@ from pathlib import Path
 
 import pytest
 
-TETHER = Path(__file__).resolve().parent.parent / "tether"
+ROOT = Path(__file__).resolve().parent.parent
+TETHER = ROOT / "tether"
+
+# Each layer may import itself and the layers listed for it (and what those may import, as
+# written out here: the list is the whole allowance). `tether.errors` and `tether.config`
+# are root modules every hub layer may use.
+BASE = {"tether.common", "tether.errors"}
+ALLOWED: dict[str, set[str]] = {
+    "tether.common": set(),
+    "tether.errors": set(),
+    "tether.config": {"tether.common"},
+    "tether.store": BASE | {"tether.config"},
+    "tether.observability": BASE | {"tether.config"},
+    "tether.upstream": BASE | {"tether.config"},
+    "tether.actors": BASE | {"tether.config", "tether.store", "tether.observability",
+                             "tether.upstream"},
+    "tether.cluster": BASE | {"tether.config", "tether.store", "tether.observability",
+                              "tether.actors"},
+    "tether.http": BASE | {"tether.config", "tether.store", "tether.observability",
+                           "tether.actors", "tether.cluster"},
+    "tether.publisher": BASE | {"tether.config"},
+    "tether.tools": BASE,
+    "tether.cli": BASE | {"tether.config", "tether.store", "tether.observability",
+                          "tether.http", "tether.publisher", "tether.tools"},
+}
+ROOT_MODULES_MAX = 6  # cli, config, errors, upstream (+ __init__): the whole program's
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every module `path` imports, at any depth (function-local imports count too)."""
+    """Every tether module `path` imports, at any depth (function-local imports count)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -23,32 +60,93 @@ def imported_modules(path: Path) -> set[str]:
             found.add(base)
             # `from tether import actors` names a module too
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
+    return {name for name in found if name == "tether" or name.startswith("tether.")}
 
 
-def reaches(modules: set[str], package: str) -> list[str]:
-    return sorted(name for name in modules if name == package or name.startswith(package + "."))
+def layer_of(module: str) -> str | None:
+    for layer in sorted(ALLOWED, key=len, reverse=True):
+        if module == layer or module.startswith(layer + "."):
+            return layer
+    return None
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in TETHER.rglob("*.py")}
+
+
+def resolve(name: str, known: dict[str, Path]) -> str | None:
+    """The module an imported name lives in (`tether.actors.messages.Infer` -> its module)."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    edges: dict[str, set[str]] = {}
+    for name, path in known.items():
+        targets = {resolve(target, known) for target in imported_modules(path)}
+        edges[name] = {t for t in targets if t is not None and t != name and t != "tether"}
+    return edges
 
 
 def test_the_import_walk_sees_every_spelling(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
         "import tether.http.app\nfrom tether import actors\n"
-        "def f():\n    from tether.actors.base import Parent\n")
+        "def f():\n    from tether.common.actor import Parent\n")
     found = imported_modules(sample)
-    assert reaches(found, "tether.http") == ["tether.http.app"]
-    assert reaches(found, "tether.actors") == [
-        "tether.actors", "tether.actors.base", "tether.actors.base.Parent"]
+    assert "tether.http.app" in found
+    assert "tether.actors" in found
+    assert "tether.common.actor.Parent" in found
 
 
-@pytest.mark.parametrize(
-    "path", sorted((TETHER / "publisher").rglob("*.py")), ids=lambda p: p.name)
-def test_the_publisher_imports_nothing_of_the_hubs_http_or_actors(path: Path) -> None:
-    found = imported_modules(path)
-    assert reaches(found, "tether.http") == []
-    assert reaches(found, "tether.actors") == []
+def test_every_module_belongs_to_a_layer() -> None:
+    orphans = [name for name in modules() if name != "tether" and layer_of(name) is None]
+    assert orphans == []
 
 
-@pytest.mark.parametrize("name", ["upstream.py", "actor.py", "names.py"])
-def test_shared_modules_import_no_actor_module(name: str) -> None:
-    assert reaches(imported_modules(TETHER / name), "tether.actors") == []
+@pytest.mark.parametrize("module", sorted(modules()), ids=str)
+def test_a_module_imports_only_its_own_layer_and_those_below(module: str) -> None:
+    layer = layer_of(module)
+    if layer is None:
+        return  # tether/__init__.py
+    allowed = ALLOWED[layer] | {layer}
+    upward = sorted(target for target in graph()[module]
+                    if layer_of(target) not in allowed)
+    assert upward == [], f"{module} ({layer}) imports above its layer"
+
+
+def test_the_import_graph_has_no_circle() -> None:
+    edges = graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert cycles == []
+
+
+def test_the_root_holds_only_what_is_the_whole_programs() -> None:
+    root = sorted(path.name for path in TETHER.glob("*.py"))
+    assert len(root) <= ROOT_MODULES_MAX, root
+
+
+def test_no_module_is_a_warehouse() -> None:
+    big = sorted(f"{name} ({len(path.read_text().splitlines())} lines)"
+                 for name, path in modules().items()
+                 if len(path.read_text().splitlines()) > 450)
+    assert big == []

@@ -14,9 +14,10 @@ from pathlib import Path
 SCRIPT = """
 import json
 from prometheus_client.core import GaugeMetricFamily
-from tether import multiproc_metrics
+from tether.observability import multiproc_metrics
 
-class Board:  # stands in for tether.metrics' board collector: a family per call, as it does
+# Stands in for tether.observability.metrics' board collector: a family per call, as it does.
+class Board:
     def __init__(self):
         self.rows = {}
     def collect(self):

@@ -1,4 +1,4 @@
-"""tether/python_gc.py in a fresh interpreter each (it changes the collector process-wide)."""
+"""tether/http/python_gc.py in a fresh interpreter each (it changes the collector process-wide)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.support.hub import Hub
 
 PRELUDE = """
 import gc, json, weakref
-from tether import python_gc
+from tether.http import python_gc
 
 class Node:
     pass

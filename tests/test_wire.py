@@ -1,4 +1,4 @@
-"""tether/wire.py against a raw-socket server that answers exactly the bytes a test gives:
+"""tether/common/wire.py against a raw-socket server that answers exactly the bytes a test gives:
 chunked bodies split at awkward places, trailers, Connection: close, stale pooled
 connections, timeouts, big bodies and malformed answers."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.hub import wait_until
 from tests.support.raw_server import Peer, RawServer
-from tether import wire
+from tether.common import wire
 
 OK_HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 

@@ -38,8 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
         _prepare_database(settings.database_url)
     finally:
         db.close()
-    from tether import multiproc_metrics
     from tether.http.server import serve
+    from tether.observability import multiproc_metrics
 
     with multiproc_metrics.directory(settings.workers):  # several workers: /metrics per host
         serve(settings)
@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def scale_out_refusal(settings: Settings) -> str | None:
-    """Why these settings cannot run as several processes, or None (PROTOCOL.md, Several hub
+    """Why these settings cannot run as several processes, or None (docs/protocol.md, Several hub
     processes): processes share rows through PostgreSQL (SQLite is one process's file) and
     live work through Redis; several workers without the bus would each hold their own
     publishers and answer 404 for the others'."""
@@ -143,13 +143,13 @@ def _tell_hubs(settings: Settings, key_name: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tether.demo import run
+    from tether.tools.demo import run
 
     return run(args)
 
 
 def _demo_backend(args: argparse.Namespace) -> int:
-    from tether.demo_backend import serve
+    from tether.tools.demo_backend import serve
 
     serve(args.host, args.port, args.model, args.api_key, args.pidfile)
     return 0
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     llms.add_argument("--config")
     llms.set_defaults(run=_llms)
 
-    from tether import status_cli
+    from tether.tools import status_cli
 
     status = commands.add_parser("status", help="a hub's Llms, live, as a table")
     status_cli.add_arguments(status)

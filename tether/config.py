@@ -1,7 +1,7 @@
 """One Settings object: built-in defaults < TOML file < TETHER_* environment < CLI flags.
 
 Each setting is declared once, below, with its default and its JSON Schema
-(tether.config_schema); validation, env/flag coercion and error messages come from that."""
+(tether.common.config_schema); validation, env/flag coercion and error messages come from that."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tether.config_schema import check, coerce, object_schema, setting, settings_of
-from tether.logs import LOG_FORMAT_SCHEMA, LOG_LEVEL_SCHEMA
-from tether.names import LLM_NAME_PATTERN
+from tether.common.config_schema import check, coerce, object_schema, setting, settings_of
+from tether.common.logs import LOG_FORMAT_SCHEMA, LOG_LEVEL_SCHEMA
+from tether.common.names import LLM_NAME_PATTERN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path("conf/tether.toml")
@@ -99,7 +99,7 @@ class Settings:
     rate_limit_per_min: int = setting(600, _INT)
     max_inflight_per_key: int = setting(64, _INT)
     max_streams_per_key: int = setting(256, _INT)
-    # Several processes (PROTOCOL.md, Several hub processes): gunicorn workers on this host,
+    # Several processes (docs/protocol.md, Several hub processes): gunicorn workers on this host,
     # and the Redis that carries what is live between processes. Unset bus_url: one process,
     # everything in memory. Either needs a PostgreSQL database_url (checked by `tether serve`).
     workers: int = setting(1, {"type": "integer", "minimum": 1,
@@ -111,7 +111,7 @@ class Settings:
     liveness_ttl_s: float = setting(5.0, {
         "type": "number", "minimum": 2,
         "x-message": "must be a number >= 2 (liveness keys are renewed every second)"})
-    # CPython's cyclic collector in a hub worker (tether/python_gc.py): "freeze" keeps full
+    # CPython's cyclic collector in a hub worker (tether/http/python_gc.py): "freeze" keeps full
     # collections from rescanning what survived the last one; "default" is CPython's own.
     python_gc: str = setting("freeze", {
         "enum": ["freeze", "default"], "x-message": "must be freeze or default"})

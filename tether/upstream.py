@@ -9,7 +9,7 @@ import logging
 from typing import Any, Protocol
 
 from tether import errors
-from tether.backend_client import BackendClient, BackendError, Unreachable
+from tether.common.backend_client import BackendClient, BackendError, Unreachable
 from tether.config import PublicLlm
 from tether.errors import TetherError
 

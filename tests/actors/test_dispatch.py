@@ -15,13 +15,13 @@ from typing import Any, assert_never
 import pytest
 from mypy import api as mypy_api
 
-from tether.actor import Ping, TetherActor
 from tether.actors import messages as m
 from tether.actors.llm import LlmActor
 from tether.actors.session import SessionActor
 from tether.actors.supervisor import Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.cluster.supervisor import ClusterSupervisor
+from tether.common.actor import Ping, TetherActor
 from tether.publisher import messages as pm
 from tether.publisher.backend import BackendActor
 
@@ -75,7 +75,7 @@ def run_mypy(tmp_path: Path, cases: list[type]) -> tuple[str, int]:
     source.write_text(textwrap.dedent("""\
         from typing import Any, assert_never
 
-        from tether.actor import TetherActor
+        from tether.common.actor import TetherActor
         from tether.actors import messages as m
 
 

@@ -1,5 +1,5 @@
 """The cluster suite: several `tether serve` processes on one PostgreSQL and one Redis
-(PROTOCOL.md, Several hub processes).
+(docs/protocol.md, Several hub processes).
 
 Each test gets a fresh PostgreSQL database and a fresh Redis database number, on the servers
 named by TETHER_TEST_POSTGRES_URL and TETHER_TEST_REDIS_URL (default: the standard ports on

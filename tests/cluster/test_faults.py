@@ -1,4 +1,4 @@
-"""Redis goes away under load and comes back empty (PROTOCOL.md, Several hub processes:
+"""Redis goes away under load and comes back empty (docs/protocol.md, Several hub processes:
 at-most-once bus, a restarted Redis loses only live work): every request in flight ends
 with an HTTP answer, none hangs, and the cluster serves through both processes again once
 Redis is back. Redis here is a redis-server of the test's own (the machine's is shared)."""

@@ -1,4 +1,4 @@
-"""Keys and per-key limits hold across hub processes on one bus (PROTOCOL.md, Several hub
+"""Keys and per-key limits hold across hub processes on one bus (docs/protocol.md, Several hub
 processes: revocations reach every process within a second; rate_limit_per_min,
 max_inflight_per_key and max_streams_per_key are counted in Redis)."""
 

@@ -1,4 +1,4 @@
-"""A dead process loses only what it held (PROTOCOL.md, Several hub processes): `kill -9`
+"""A dead process loses only what it held (docs/protocol.md, Several hub processes): `kill -9`
 of one of two hub processes on one PostgreSQL and one Redis."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Events on their way back to a forwarding process, lost when its subscription breaks
-(PROTOCOL.md, Several hub processes: at-most-once bus, a message lost in flight ends in a
+(docs/protocol.md, Several hub processes: at-most-once bus, a message lost in flight ends in a
 deadline's answer, never a hang).
 
 Redis drops what is published to a subscriber only while that subscriber's connection is

@@ -1,5 +1,5 @@
 """Hub processes that start together on one fresh PostgreSQL database all come up: each
-migrates under an advisory lock (PROTOCOL.md, Several hub processes: Startup)."""
+migrates under an advisory lock (docs/protocol.md, Several hub processes: Startup)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 WARNING (no traceback) when a task first fails, naming the task, the URL and the error;
 nothing while it keeps failing; one INFO line, with how long it was out, when it answers
 again. A failure that is not Redis going away (a bug) logs its traceback, once per distinct
-error (tether.redis_client.Outage)."""
+error (tether.cluster.redis_client.Outage)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import redis
 from tests.support.hub import wait_until
 from tether.cluster import bus as bus_module
 from tether.cluster.bus import Bus
-from tether.redis_client import Outage
+from tether.cluster.redis_client import Outage
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,4 +1,4 @@
-"""Requests whose name's owner process dies (PROTOCOL.md, Several hub processes: a dead
+"""Requests whose name's owner process dies (docs/protocol.md, Several hub processes: a dead
 process is noticed by its liveness key): one still waiting there is answered 503
 `publisher_offline` within the liveness TTL; one already running on a publisher of a live
 process goes on."""

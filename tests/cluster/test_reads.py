@@ -1,4 +1,4 @@
-"""Reads show the whole cluster (PROTOCOL.md, Several hub processes): `GET /api/v1/llms…`
+"""Reads show the whole cluster (docs/protocol.md, Several hub processes): `GET /api/v1/llms…`
 and `/status/state` on any process show every Llm with its live in-flight counts, whichever
 process owns it."""
 

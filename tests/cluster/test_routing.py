@@ -1,4 +1,4 @@
-"""Any process answers any route (PROTOCOL.md, Several hub processes): two `tether serve`
+"""Any process answers any route (docs/protocol.md, Several hub processes): two `tether serve`
 processes on one PostgreSQL and one Redis, a publisher on one, clients on either."""
 
 from __future__ import annotations

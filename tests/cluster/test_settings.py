@@ -1,5 +1,5 @@
 """What several processes need, checked before anything starts: `tether serve` exits 2 with
-one line naming what is missing (PROTOCOL.md, Several hub processes)."""
+one line naming what is missing (docs/protocol.md, Several hub processes)."""
 
 from __future__ import annotations
 

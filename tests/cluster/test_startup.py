@@ -1,4 +1,4 @@
-"""Startup in a cluster (PROTOCOL.md, Several hub processes): a process marks `inactive`
+"""Startup in a cluster (docs/protocol.md, Several hub processes): a process marks `inactive`
 only the rows whose session has no live home; for the first process of a cluster that is
 every row."""
 

@@ -1,4 +1,4 @@
-"""A session moves between hub processes (PROTOCOL.md, Several hub processes): a stream
+"""A session moves between hub processes (docs/protocol.md, Several hub processes): a stream
 that opens on another process takes the session over cluster-wide, and the old home ends
 its stream without marking rows `inactive`; `tether publish` with the cluster's URLs moves
 to the next one on a loss and is served through every process."""

@@ -1,4 +1,4 @@
-"""A client that leaves before its request was dispatched (PROTOCOL.md, Several hub
+"""A client that leaves before its request was dispatched (docs/protocol.md, Several hub
 processes): on a process that does not own the name, its request is withdrawn at the owner
 by its request id, so no task ever goes out for it."""
 

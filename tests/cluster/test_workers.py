@@ -81,7 +81,7 @@ def test_metrics_directories_of_killed_hubs_are_removed_by_the_next_one(tmp_path
     import sys
     import tempfile
 
-    from tether import multiproc_metrics
+    from tether.observability import multiproc_metrics
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.delenv(multiproc_metrics.ENV, raising=False)

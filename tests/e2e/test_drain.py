@@ -1,4 +1,4 @@
-"""SIGTERM drains a real hub (issue 11.4, PROTOCOL.md Lifecycle): answers already on their
+"""SIGTERM drains a real hub (issue 11.4, docs/protocol.md Lifecycle): answers already on their
 way still arrive, new infers get an HTTP 503 shutting_down, streams end with `retry:`."""
 
 from __future__ import annotations

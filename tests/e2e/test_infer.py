@@ -1,4 +1,4 @@
-"""Infer relayed over a real stream (PROTOCOL.md, Infer and Task result)."""
+"""Infer relayed over a real stream (docs/protocol.md, Infer and Task result)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.support.hub import Hub, wait_until
-from tether import sse
+from tether.common import sse
 
 
 @pytest.fixture

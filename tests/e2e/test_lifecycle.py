@@ -1,4 +1,4 @@
-"""The sweep, restarts and shutdown (PROTOCOL.md, Lifecycle)."""
+"""The sweep, restarts and shutdown (docs/protocol.md, Lifecycle)."""
 
 from __future__ import annotations
 

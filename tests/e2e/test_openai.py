@@ -13,7 +13,7 @@ import requests
 from tests.conftest import BOTH_DATABASES
 from tests.support.hub import Hub, free_port
 from tests.support.procs import wait_status
-from tether import sse
+from tether.common import sse
 
 
 def sdk(hub) -> openai.OpenAI:

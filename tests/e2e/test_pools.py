@@ -1,4 +1,4 @@
-"""Pools: several publishers behind one Llm name (PROTOCOL.md, Pools), against a real hub
+"""Pools: several publishers behind one Llm name (docs/protocol.md, Pools), against a real hub
 with hand-driven publishers. One bullet of the section per test, or a few per hub."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from tests.support.hub import free_port, wait_until
 from tests.support.procfs import tcp_states
 from tests.support.procs import Publish, port_closed, publish_config, publish_once
 from tests.support.procs import wait_status as row_status
-from tether import sse
+from tether.common import sse
 
 
 def wait_status(hub, name: str, status: str, timeout: float = 15,

@@ -1,4 +1,5 @@
-"""Register: create, update, conflicts, atomicity, sticky re-register (PROTOCOL.md, Register)."""
+"""Register: create, update, conflicts, atomicity, sticky re-register (docs/protocol.md,
+Register)."""
 
 from __future__ import annotations
 

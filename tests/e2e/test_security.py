@@ -1,4 +1,4 @@
-"""Keys, roles, ownership and limits with auth on, against a real hub (PROTOCOL.md,
+"""Keys, roles, ownership and limits with auth on, against a real hub (docs/protocol.md,
 Conventions). Every refusal is checked together with the proof that nothing changed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stream, heartbeat and status (PROTOCOL.md, Publisher control plane)."""
+"""Stream, heartbeat and status (docs/protocol.md, Publisher control plane)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import requests
 
 from tests.support.hub import wait_past, wait_until
 from tests.support.publisher import Stream
-from tether import sse
+from tether.common import sse
 
 
 def test_stream_says_hello_and_keeps_alive(hub, publisher):
@@ -109,7 +109,7 @@ def test_status_report_changes_only_own_rows(hub, publisher_factory):
     assert hub.llm("mine")["status"] == "hibernating"  # nothing of a refused report applied
 
 
-# --- reconnects (PROTOCOL.md, Stream) ----------------------------------------------------
+# --- reconnects (docs/protocol.md, Stream) ----------------------------------------------------
 
 
 def _lost(hub, stream, name: str = "m1") -> None:

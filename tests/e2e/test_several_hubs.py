@@ -1,4 +1,4 @@
-"""`tether publish` with several hub URLs (PROTOCOL.md, Several hub processes): it starts on
+"""`tether publish` with several hub URLs (docs/protocol.md, Several hub processes): it starts on
 the first that answers, in order, and on a loss moves to the next one, wrapping around,
 under the same session id. Two independent single-process hubs (SQLite each) stand in for
 the processes of a cluster: what is checked here is the publisher's side."""

@@ -1,4 +1,4 @@
-"""Wake on demand (PROTOCOL.md, Infer: hibernating)."""
+"""Wake on demand (docs/protocol.md, Infer: hibernating)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import requests
 
 from tests.support.hub import wait_past, wait_until
-from tether import sse
+from tether.common import sse
 
 
 def _sleepy(publisher, name: str = "sleepy") -> None:

@@ -17,8 +17,8 @@ import requests
 from tests.support.chaos import ChaosProxy
 from tests.support.hub import Hub, wait_until
 from tests.support.procs import stop, wait_status
-from tether import sse
 from tether.actors.supervisor import MAX_RESTARTS
+from tether.common import sse
 
 ALLOWED_FAILURES = {"publisher_disconnected", "publisher_offline", "infer_timeout",
                     "shutting_down"}
@@ -49,7 +49,7 @@ def test_kill_9_of_the_publisher_mid_stream_ends_the_stream_within_the_grace(
     ended = time.monotonic() - killed
     assert rest[-1].event == "error"
     assert rest[-1].json()["error"]["code"] == "publisher_disconnected"
-    assert ended < 1 + 1  # publisher_grace_s + 1 s (PROTOCOL.md, Stream)
+    assert ended < 1 + 1  # publisher_grace_s + 1 s (docs/protocol.md, Stream)
     assert hub.llm("llama")["status"] == "inactive"
 
 

@@ -1,5 +1,5 @@
 """A hypothesis state machine over a pool: three publisher sessions behind one name
-(PROTOCOL.md, Pools), real actors in-process with stub outboxes.
+(docs/protocol.md, Pools), real actors in-process with stub outboxes.
 
 Invariants, checked after every step:
 - at most one wake in flight for the name, across all members;

@@ -8,7 +8,7 @@ import concurrent.futures as cf
 import http.client
 import json
 
-from tether import sse
+from tether.common import sse
 
 
 def _chat(stream: bool) -> bytes:

@@ -13,7 +13,7 @@ import requests
 from tests.support.hub import wait_until
 from tests.support.procs import TETHER, wait_status
 from tests.support.publisher import TestPublisher
-from tether import sse
+from tether.common import sse
 
 CANARY = "canary-5d1c0a9e"
 

@@ -1,5 +1,5 @@
 """/metrics from prometheus_client: after a scripted sequence against a real hub, every value
-scraped is exactly what happened (PROTOCOL.md, Operations)."""
+scraped is exactly what happened (docs/protocol.md, Operations)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.hub import wait_until
-from tether import sse
 from tether.actors.supervisor import MAX_RESTARTS
+from tether.common import sse
 
 INFER = "/api/v1/llms/{name}/infer"
 CHAT = "chat/completions"

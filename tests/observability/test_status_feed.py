@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from tether import sse
+from tether.common import sse
 
 
 class Feed:

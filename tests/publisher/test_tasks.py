@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from tether.backend_client import BackendClient
+from tether.common.backend_client import BackendClient
 from tether.publisher import tasks
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient

@@ -151,7 +151,7 @@ def test_public_rows_sync_and_timestamps_round_trip(database):
     assert wire["lastHeartbeatAt"].endswith("Z") and wire["inactiveSince"] is None
 
 
-# --- pools (PROTOCOL.md, Pools) ------------------------------------------------------------
+# --- pools (docs/protocol.md, Pools) ------------------------------------------------------------
 
 
 def test_pool_members_join_and_the_row_is_derived_from_them():

@@ -15,10 +15,10 @@ from typing import Any
 
 import pykka
 
-from tether import sse
-from tether.actor import Ping
 from tether.actors import messages as m
 from tether.actors.system import ActorSystem
+from tether.common import sse
+from tether.common.actor import Ping
 
 # A round per hop: the hub's cascades are a few hops long (a stream loss goes session →
 # supervisor → each Llm → session), five run them out with room to spare.

@@ -14,7 +14,7 @@ import requests
 import urllib3
 
 from tests.support.hub import wait_until
-from tether import sse
+from tether.common import sse
 from tether.publisher.hub_client import body_chunks, socket_of
 
 CLOSED = "<stream closed>"

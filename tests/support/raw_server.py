@@ -1,5 +1,5 @@
 """A raw-socket HTTP server that answers exactly the bytes a test gives, for tests of the
-lean HTTP client (tether/wire.py) and what is built on it."""
+lean HTTP client (tether/common/wire.py) and what is built on it."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """LlmActor: one per Llm name. The single owner of everything about serving that name
-(PROTOCOL.md, Pools): its members (records, not actors), their load and capacity, the
+(docs/protocol.md, Pools): its members (records, not actors), their load and capacity, the
 waiting queue, the one wake in flight, and the routing policy's prefix memory.
 
 Late binding: a request waits here, in arrival order, until a member that is `active`, has a
-live stream and a free slot takes it; the Router (tether/actors/routing.py) picks which.
+live stream and a free slot takes it; the RoutingPolicy (tether/actors/routing.py) picks which.
 Wake dedup is plain actor state: the mailbox serializes infers, so only the first request
 that must wait on a hibernating name starts a wake; the next member is woken only if
 requests still wait when that wake ends. Sessions report results, slot releases, retryable
@@ -19,15 +19,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, assert_never
 
-from tether import errors, metrics, upstream
-from tether.actor import TetherActor, tell
+from tether import errors, upstream
 from tether.actors import messages as m
 from tether.actors import routing
-from tether.actors.base import Parent
 from tether.actors.task_ids import new_task_id
+from tether.common.actor import Parent, TetherActor, tell
+from tether.common.runtime import Task, Timer, call_later, spawn
 from tether.config import PublicLlm, Settings
 from tether.errors import TetherError
-from tether.runtime import Task, Timer, call_later, spawn
+from tether.observability import metrics
 from tether.store import llms as store
 from tether.store.models import ACTIVE, INACTIVE, KIND_PUBLIC, derived_status
 
@@ -134,7 +134,7 @@ class LlmActor(TetherActor):
         now = time.monotonic()
         self._members: dict[str, _Member] = {i.session.session_id: _Member(i, now)
                                              for i in members or ()}
-        self._router = routing.Router(policy=settings.pool_routing)
+        self._policy = routing.RoutingPolicy(policy=settings.pool_routing)
         self._queue: deque[_Request] = deque()
         self._tasks: dict[str, _Request] = {}
         self._wake: _Wake | None = None
@@ -244,9 +244,9 @@ class LlmActor(TetherActor):
             while self._queue:
                 req = self._queue.popleft()
                 # A lone member, or a policy without affinity, needs no prefix hashed.
-                routed = len(views) > 1 and self._router.uses_affinity
+                routed = len(views) > 1 and self._policy.uses_affinity
                 affinity = req.affinity if routed else routing.NO_AFFINITY
-                choice = self._router.choose(views, affinity, frozenset(req.tried))
+                choice = self._policy.choose(views, affinity, frozenset(req.tried))
                 if choice is None:
                     kept.append(req)
                     if not req.tried:
@@ -287,8 +287,8 @@ class LlmActor(TetherActor):
         member.in_flight[task_id] = None
         metrics.routed(self._state.name, decision)
         self._tasks[task_id] = req
-        if len(self._members) > 1 and self._router.uses_affinity:
-            self._router.record(member.session_id, req.affinity)
+        if len(self._members) > 1 and self._policy.uses_affinity:
+            self._policy.record(member.session_id, req.affinity)
         self._publish_load()
 
     def _fail_hopeless(self) -> None:
@@ -594,7 +594,7 @@ class LlmActor(TetherActor):
                 member.loss_predates_registration = False
             fresh[info.session.session_id] = member
         for gone in set(self._members) - set(fresh):
-            self._router.forget(gone)
+            self._policy.forget(gone)
             metrics.member_gone(self._state.name, gone)
             self._member_gauges.discard(gone)
             self._wake_failed.discard(gone)
@@ -657,7 +657,7 @@ class LlmActor(TetherActor):
     def _on_tasks_offered(self, msg: m.TasksOffered) -> None:
         """A member lost its stream and offers its tasks that produced nothing yet: with
         another member to go to (not inactive, stream open), they all move at once
-        (PROTOCOL.md, Pools: Failover); else they stay, as for a single publisher."""
+        (docs/protocol.md, Pools: Failover); else they stay, as for a single publisher."""
         member = self._members.get(msg.session_id)
         if member is not None:
             member.live = False  # the offer outran the StreamLost the supervisor forwards

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 import pykka
 
+from tether.common.actor import Parent
 from tether.errors import TetherError
 
 ReplyChannel = queue.Queue  # of the reply events below
@@ -41,7 +42,7 @@ class SessionLink:
 
 @dataclass(frozen=True)
 class MemberInfo:
-    """One member of a name (PROTOCOL.md, Pools), as the supervisor hands it to the LlmActor;
+    """One member of a name (docs/protocol.md, Pools), as the supervisor hands it to the LlmActor;
     `live` says whether the member's session has a stream open right now."""
 
     session: SessionLink
@@ -75,7 +76,7 @@ class ChildFailed:
 
 @dataclass(frozen=True)
 class ProxiesInFlight:
-    home: Any = field(compare=False)  # base.Parent: where the running calls report
+    home: Parent = field(compare=False)  # where the running calls report
     task_ids: tuple[str, ...] = ()
 
 
@@ -179,7 +180,7 @@ class HomeSession:
 class AdoptTasks:
     """Tasks that produced nothing, from this session's old home (a take-over), under the
     ids they have here: held as tasks sent while the stream is down, and sent as new frames
-    when it opens (the publisher holds none of the old home's tasks: PROTOCOL.md)."""
+    when it opens (the publisher holds none of the old home's tasks: docs/protocol.md)."""
 
     tasks: tuple[SendInfer | SendWake, ...]
 
@@ -313,7 +314,7 @@ class TaskReturned:
 @dataclass(frozen=True)
 class TasksOffered:
     """A session lost its stream: these tasks of this Llm produced nothing yet (frame order)
-    and could move to another member (PROTOCOL.md, Pools: Failover). Always answered with
+    and could move to another member (docs/protocol.md, Pools: Failover). Always answered with
     ReleaseTasks, possibly empty."""
 
     session_id: str
@@ -499,7 +500,7 @@ class Close:
 
 # --- who receives what -------------------------------------------------------------------
 # Each actor's `receive` takes one of these unions and matches on it exhaustively (see
-# tether/actor.py); tests/actors/test_dispatch.py checks every message class above has its
+# tether/common/actor.py); tests/actors/test_dispatch.py checks every message class above has its
 # one receiver.
 
 SupervisorMessage: TypeAlias = (

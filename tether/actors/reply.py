@@ -1,8 +1,9 @@
 """MeteredReply: a request's reply channel that observes the events on their way to the
-HTTP handler (tether.metrics counts them, the outcome gets one log line).
+HTTP handler (tether.observability.metrics counts them, the outcome gets one log line).
 
 It lives with the actors because it reads their reply events (messages.py); it only calls
-down into tether.metrics and tether.logs. Observing never raises into the actor that puts.
+down into tether.observability.metrics and tether.common.logs. Observing never raises into
+the actor that puts.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import queue
 import time
 from typing import Any
 
-from tether import logs, metrics
 from tether.actors import messages as m
+from tether.common import logs
+from tether.observability import metrics
 
 log = logging.getLogger("tether.requests")
 

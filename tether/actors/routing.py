@@ -1,7 +1,7 @@
-"""Pool routing policy (PROTOCOL.md, Pools): which member takes a request, whom to wake.
+"""Pool routing policy (docs/protocol.md, Pools): which member takes a request, whom to wake.
 
 Pure functions over member snapshots plus a bounded memory of served prefixes; the LlmActor
-holds one Router and is the only caller, so nothing here locks. Kept apart from the actor so
+holds one RoutingPolicy and is the only caller, so nothing here locks. Kept apart from the actor so
 it can be tested (and swapped, as SGLang's router swaps policies) without actors.
 
 Affinity follows SGLang's cache-aware router: route a conversation to the member whose cache
@@ -105,7 +105,7 @@ def affinity_of(request: dict[str, Any], header: str | None = None) -> Affinity:
     return Affinity(full[:-1], full)
 
 
-class Router:
+class RoutingPolicy:
     def __init__(self, rng: random.Random | None = None, lru_size: int = LRU_SIZE,
                  policy: str = AFFINITY) -> None:
         if policy not in POLICIES:

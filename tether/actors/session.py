@@ -13,14 +13,15 @@ from typing import Any, assert_never
 
 import pykka
 
-from tether import errors, metrics, sse
-from tether.actor import TetherActor, tell
+from tether import errors
 from tether.actors import messages as m
-from tether.actors.base import Parent
 from tether.actors.task_ids import FrameIds
+from tether.common import sse
+from tether.common.actor import Parent, TetherActor, tell
+from tether.common.runtime import Timer, call_later
 from tether.config import Settings
 from tether.errors import TetherError
-from tether.runtime import Timer, call_later
+from tether.observability import metrics
 
 log = logging.getLogger("tether.session")
 
@@ -268,7 +269,7 @@ class SessionActor(TetherActor):
         self._send(task, {"kind": "wake", "taskId": msg.task_id, "llmName": msg.llm_name})
 
     def _offer_untouched(self) -> None:
-        """Failover (PROTOCOL.md, Pools): offer each LlmActor its tasks that produced
+        """Failover (docs/protocol.md, Pools): offer each LlmActor its tasks that produced
         nothing yet; in a pool it takes them to another member (ReleaseTasks)."""
         self._offered = {}
         by_llm: dict[str, list[_Task]] = {}

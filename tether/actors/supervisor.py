@@ -19,15 +19,15 @@ from typing import Any, assert_never
 
 import pykka
 
-from tether import errors, metrics
-from tether.actor import TetherActor, tell
+from tether import errors
 from tether.actors import messages as m
-from tether.actors.base import Parent
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import InFlightBoard, LlmActor
 from tether.actors.session import SessionActor
 from tether.actors.task_ids import FrameIds
+from tether.common.actor import Parent, TetherActor, tell
 from tether.config import Settings
+from tether.observability import metrics
 from tether.store import llms as store
 from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
 
@@ -173,7 +173,7 @@ class Supervisor(TetherActor):
 
     def _adopt_row(self, row: Llm, members: list[LlmMember],
                    registered: str | None = None) -> None:
-        """Start or update the LlmActor of `row` with its members (PROTOCOL.md, Pools),
+        """Start or update the LlmActor of `row` with its members (docs/protocol.md, Pools),
         filed under their sessions."""
         state = m.LlmState(row.name, row.kind, row.provider_session_id, row.status)
         infos = self._member_infos(members)

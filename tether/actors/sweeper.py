@@ -11,12 +11,11 @@ from collections.abc import Callable
 
 import pykka
 
-from tether.actor import TetherActor, tell
 from tether.actors import messages as m
-from tether.actors.base import Parent
 from tether.actors.directory import Directory
+from tether.common.actor import Parent, TetherActor, tell
+from tether.common.runtime import Timer, call_later
 from tether.config import Settings
-from tether.runtime import Timer, call_later
 from tether.store import llms as store
 from tether.store.models import utcnow
 

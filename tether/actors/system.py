@@ -17,16 +17,16 @@ from typing import Any
 
 import pykka
 
-from tether import errors, metrics
-from tether.actor import Crash, Ping, tell
+from tether import errors
 from tether.actors import messages as m
-from tether.actors.base import Parent
 from tether.actors.directory import Directory
 from tether.actors.reply import MeteredReply
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.actors.task_ids import FrameIds, home_of, slot_of
+from tether.common.actor import Crash, Parent, Ping, tell
 from tether.config import Settings
+from tether.observability import metrics
 from tether.store import db
 from tether.store import llms as store
 from tether.store.bootstrap import open_store
@@ -110,11 +110,11 @@ class ActorSystem:
         return self
 
     def _start_router(self) -> None:
-        """Join the cluster (PROTOCOL.md, Several hub processes)."""
-        from tether.cluster.router import Router  # only with a bus: redis stays optional
+        """Join the cluster (docs/protocol.md, Several hub processes)."""
+        from tether.cluster.router import BusRouter  # only with a bus: redis stays optional
 
         assert self.settings.bus_url
-        self._router = Router(self.settings.bus_url, self).start()
+        self._router = BusRouter(self.settings.bus_url, self).start()
         self._frame_ids.process = self._router.process
 
     def _start_supervisor(self, previous: Directory | None) -> pykka.ActorRef:
@@ -252,7 +252,7 @@ class ActorSystem:
 
     def _remote_counts(self, names: list[str]) -> Mapping[str, Mapping[str, int]]:
         """With a bus: the in-flight counts of names owned by other processes, as their
-        owners shared them (PROTOCOL.md: reads show the whole cluster)."""
+        owners shared them (docs/protocol.md: reads show the whole cluster)."""
         if not names:
             return {}
         try:
@@ -353,7 +353,7 @@ class ActorSystem:
         """The session's old home (another process, alive) ends its stream there and hands
         over the tasks that produced nothing; they get ids of this home (results, cancels
         and liveness then find them here), their LlmActors count them under those ids, and
-        the session sends them as new frames once its stream opens (PROTOCOL.md, Several
+        the session sends them as new frames once its stream opens (docs/protocol.md, Several
         hub processes). If the old home does not answer, its tasks stay there and fail."""
         try:
             moving = self._router.call(old_home, "evict", session_id)

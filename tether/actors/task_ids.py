@@ -17,7 +17,7 @@ class FrameIds:
 
     With a bus (several hub processes) an id on the wire is `<process>.<n>`: `parse` turns
     an id this process sent back into its number and any other (another process's, garbage)
-    into None, so it replays nothing (PROTOCOL.md, Several hub processes: Frame ids)."""
+    into None, so it replays nothing (docs/protocol.md, Several hub processes: Frame ids)."""
 
     __slots__ = ("first", "_count", "process")
 

@@ -1,5 +1,5 @@
-"""Several hub processes over one PostgreSQL and one Redis (PROTOCOL.md, Several hub
-processes; DESIGN.md, Several processes).
+"""Several hub processes over one PostgreSQL and one Redis (docs/protocol.md, Several hub
+processes; docs/architecture.md).
 
 - bus.py: this process's Redis connection, its channel and liveness key, the reader.
 - codec.py: messages as JSON (an allow-list of dataclasses), never pickle.

@@ -23,14 +23,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tether.redis_client import Outage, pooled
-from tether.runtime import spawn
+from tether.cluster.redis_client import Outage, pooled, prefix_of
+from tether.common.runtime import spawn
 
 log = logging.getLogger("tether.bus")
 
@@ -38,13 +37,6 @@ ALIVE_TTL_MS = 5000  # a process that stops renewing is dead after this (livenes
 TICK_S = 1.0  # liveness key, leases and the monitor run this often
 PING_S = 2.0  # the subscription's own ping, while nothing else comes
 UNANSWERED = 3  # pings in a row without a pong or a message: the subscription broke
-
-
-def prefix_of(url: str) -> str:
-    """`tether:<db>`: keys live in the URL's database already; channels need the number."""
-    parts = urlsplit(url)
-    db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0] or "0"
-    return f"tether:{int(db)}"
 
 
 class Bus:
@@ -75,7 +67,7 @@ class Bus:
         self._on_loss = on_loss
         self._pubsub: Any = None
         self._running = False
-        # Each periodic task logs its own failures, once per outage (tether.redis_client).
+        # Each periodic task logs its own failures, once per outage (tether.cluster.redis_client).
         self._ticks: list[tuple[Callable[[], None], Outage]] = []
         self.every_tick(self._renew, "the liveness renewal")
         self.keys_lost = False  # set by a beat that finds our liveness key gone

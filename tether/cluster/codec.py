@@ -1,4 +1,5 @@
-"""The bus's wire form of actor messages: JSON, never pickle (DESIGN.md, Several processes).
+"""The bus's wire form of actor messages: JSON, never pickle (docs/architecture.md,
+Several processes).
 
 Redis is not a trust boundary for code execution: whoever can publish on a channel must not
 be able to run code in a hub. So a message is rebuilt only as one of an allow-list of

@@ -1,5 +1,5 @@
 """Stand-ins for live objects of another process: actors keep calling `tell`, `ask` and
-`put` and never learn that the other end is remote (DESIGN.md: resources and actors never
+`put` and never learn that the other end is remote (docs/architecture.md: resources and actors never
 know whether the actor they talk to is local)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 if TYPE_CHECKING:
-    from tether.cluster.router import Router
+    from tether.cluster.router import BusRouter
 
 
 class RemoteSession:
@@ -18,7 +18,7 @@ class RemoteSession:
 
     __slots__ = ("_router", "process", "session_id")
 
-    def __init__(self, router: Router, process: str, session_id: str) -> None:
+    def __init__(self, router: BusRouter, process: str, session_id: str) -> None:
         self._router = router
         self.process = process
         self.session_id = session_id
@@ -55,7 +55,7 @@ class RemoteLlm:
 
     __slots__ = ("_router", "name")
 
-    def __init__(self, router: Router, name: str) -> None:
+    def __init__(self, router: BusRouter, name: str) -> None:
         self._router = router
         self.name = name
 
@@ -88,7 +88,7 @@ class RemoteReply:
     is_remote_reply = True
     __slots__ = ("_router", "process", "request_id")
 
-    def __init__(self, router: Router, process: str, request_id: str) -> None:
+    def __init__(self, router: BusRouter, process: str, request_id: str) -> None:
         self._router = router
         self.process = process
         self.request_id = request_id

@@ -1,6 +1,6 @@
 """The router in front of the local actor system: local actor, or the process that holds it.
 
-What goes where (PROTOCOL.md, Several hub processes):
+What goes where (docs/protocol.md, Several hub processes):
 - an infer goes to its name's owner (the one process holding that name's LlmActor, by a
   lease; the first process that needs an owner and finds none takes it);
 - what a session reports to its LlmActor (task ended, wake answered, tasks released...)
@@ -31,17 +31,17 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from tether import errors
-from tether.actor import tell
 from tether.actors import messages as m
 from tether.actors.task_ids import home_of, new_task_id
-from tether.board import BOARD
 from tether.cluster import codec
 from tether.cluster.bus import TICK_S, Bus
 from tether.cluster.leases import Homes, Leases
 from tether.cluster.proxies import RemoteLlm, RemoteReply, RemoteSession, failed_future
 from tether.cluster.shared_board import SharedBoard
+from tether.common.actor import tell
+from tether.common.runtime import call_later, spawn
 from tether.errors import TetherError
-from tether.runtime import call_later, spawn
+from tether.observability.board import BOARD
 
 if TYPE_CHECKING:
     from tether.actors.system import ActorSystem
@@ -87,7 +87,7 @@ class _HomeReply:
 
     __slots__ = ("_router", "_bus_request", "_reply")
 
-    def __init__(self, router: Router, request_id: str, reply: Any) -> None:
+    def __init__(self, router: BusRouter, request_id: str, reply: Any) -> None:
         self._router = router
         self._bus_request = request_id  # its address, should it cross the bus again
         self._reply = reply
@@ -115,7 +115,7 @@ class _Sink:
         raise LookupError
 
 
-class Router:
+class BusRouter:
     def __init__(self, url: str, system: ActorSystem) -> None:
         self.bus = Bus(url, self._on_message, int(system.settings.liveness_ttl_s * 1000),
                        self._messages_lost)
@@ -147,7 +147,7 @@ class Router:
         self._lookups = self.bus.outage("owner lookups",
                                         "requests for names owned elsewhere get 503 until it does")
 
-    def start(self) -> Router:
+    def start(self) -> BusRouter:
         self.bus.start()
         return self
 

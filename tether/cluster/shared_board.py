@@ -1,14 +1,14 @@
-"""Every hub process's live board, shared (PROTOCOL.md, Several hub processes: `/status` and
+"""Every hub process's live board, shared (docs/protocol.md, Several hub processes: `/status` and
 `GET /api/v1/llms…` show the whole cluster).
 
-The board (tether.board) holds what this process's actors report: the Llm names it owns
-(status, queue, in flight, wakes) and the sessions homed here (their streams). Each process
-writes its part to a Redis hash of its own, `<prefix>:board:<process>`: `l:<name>` and
-`s:<session>` -> JSON (an Llm's entry also has each member's in-flight count), `_v` a
-version bumped by every write, `_at` the write's time. Only what changed is written, at most
-every PUSH_GAP_S; the hash's TTL (the liveness TTL) is renewed every tick, so the part of a
-process that died expires with its liveness key (the survivor that buries it deletes it at
-once). A hash found gone (Redis restarted) is written whole again.
+The board (tether.observability.board) holds what this process's actors report: the Llm
+names it owns (status, queue, in flight, wakes) and the sessions homed here (their streams).
+Each process writes its part to a Redis hash of its own, `<prefix>:board:<process>`:
+`l:<name>` and `s:<session>` -> JSON (an Llm's entry also has each member's in-flight
+count), `_v` a version bumped by every write, `_at` the write's time. Only what changed is
+written, at most every PUSH_GAP_S; the hash's TTL (the liveness TTL) is renewed every tick,
+so the part of a process that died expires with its liveness key (the survivor that buries
+it deletes it at once). A hash found gone (Redis restarted) is written whole again.
 
 Readers merge the others' parts with their own board. A name owned here shows as this process
 sees it; one owned elsewhere as its owner last wrote it (with two writers for one name, the
@@ -31,10 +31,10 @@ from typing import Any
 
 import redis
 
-from tether.board import Board
 from tether.cluster.bus import TICK_S, Bus
-from tether.redis_client import Outage
-from tether.runtime import spawn
+from tether.cluster.redis_client import Outage
+from tether.common.runtime import spawn
+from tether.observability.board import Board
 from tether.store.models import KIND_PUBLIC
 
 log = logging.getLogger("tether.board")
@@ -114,7 +114,7 @@ class SharedBoard:
         self._running = False
         self._parts: dict[str, _Part] = {}
         self._watch_versions: tuple[str | None, ...] = ()
-        # Logged once per Redis outage each, not at every try (tether.redis_client.Outage).
+        # Logged once per Redis outage each, not at every try (tether.cluster.redis_client.Outage).
         self._pushing = Outage(log, "board", bus.url, "this process's board updates",
                                f"retrying every {PUSH_GAP_S:g} s")
         self._reading = Outage(log, "board", bus.url, "reads of the other processes' boards",

@@ -1,4 +1,4 @@
-"""The supervisor of one process among several (PROTOCOL.md, Several hub processes).
+"""The supervisor of one process among several (docs/protocol.md, Several hub processes).
 
 What differs from the single process's Supervisor:
 - It holds the LlmActor of a virtual name only while this process owns the name's lease
@@ -24,11 +24,11 @@ from typing import Any
 import pykka
 
 from tether import errors
-from tether.actor import tell
 from tether.actors import messages as m
 from tether.actors.supervisor import Supervisor
 from tether.cluster.proxies import RemoteLlm, RemoteSession
-from tether.cluster.router import Router
+from tether.cluster.router import BusRouter
+from tether.common.actor import tell
 from tether.store import llms as store
 from tether.store.models import KIND_PUBLIC, Llm, LlmMember
 
@@ -36,7 +36,7 @@ log = logging.getLogger("tether.cluster")
 
 
 class ClusterSupervisor(Supervisor):
-    def __init__(self, *args: Any, router: Router, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, router: BusRouter, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._router = router
         self._home = router.process

@@ -7,12 +7,12 @@ from typing import Any
 
 import falcon
 
-from tether import logs
 from tether.actors.system import ActorSystem
+from tether.common import logs
 from tether.config import Settings, load_settings
-from tether.http import errors
+from tether.http import errors, request_ids
 from tether.http.auth import Auth, AuthMiddleware
-from tether.http.limits import limiters
+from tether.http.limits import Limiter, StreamCounter
 from tether.http.openapi import OpenApi
 from tether.http.probes import Probes
 from tether.http.relay import Relay
@@ -30,7 +30,7 @@ from tether.http.resources import (
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     auth = Auth(settings)
-    middleware: list[Any] = [logs.RequestIdMiddleware(), AuthMiddleware(auth)]
+    middleware: list[Any] = [request_ids.RequestIdMiddleware(), AuthMiddleware(auth)]
     if settings.cors_origins:
         middleware.insert(0, Cors(settings.cors_origins))  # first: it sees every response
     app = falcon.App(cors_enable=False, middleware=middleware)
@@ -76,6 +76,15 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
         app.add_route(path, resource)
     docs.describe(routes)
     return app
+
+
+def limiters(settings: Settings) -> tuple[Limiter, StreamCounter]:
+    """This process's limiters: in-process, or cluster-wide in Redis when there is a bus."""
+    if settings.bus_url is None:
+        return Limiter(settings), StreamCounter(settings)
+    from tether.http import shared_limits  # redis and limits load only with a bus
+
+    return shared_limits.shared(settings)
 
 
 class Cors(falcon.CORSMiddleware):

@@ -1,4 +1,4 @@
-"""Who is calling, and may they? Keys, roles and provider-session ownership (PROTOCOL.md,
+"""Who is calling, and may they? Keys, roles and provider-session ownership (docs/protocol.md,
 Conventions). Every resource declares the `role` it serves; the middleware enforces it."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from tether.runtime import _gevent_active
+from tether.common.runtime import _gevent_active
 
 READ = 1  # libev's EV_READ, as gevent's loop.io() takes it
 

@@ -1,4 +1,4 @@
-"""The one place that turns errors into the OpenAI error envelope of PROTOCOL.md."""
+"""The one place that turns errors into the OpenAI error envelope of docs/protocol.md."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def _on_bus_unreachable(req: falcon.Request, resp: falcon.Response, ex: Exceptio
                         _p: Any) -> None:
     # Redis (the bus, shared limits) not answering, or out of connections: the request may
     # well be served on a retry, and the outage itself is logged once by whoever uses Redis
-    # (tether.redis_client.Outage). A Redis *answer* that is an error is a fault: 500 above.
+    # (tether.cluster.redis_client.Outage). A Redis *answer* that is an error is a fault: 500 above.
     error = errors.HUB_BUSY()
     log.warning("%s %s -> %d %s: Redis did not answer (%s: %s)", req.method, req.path,
                 error.status, error.code, type(ex).__name__, ex)

@@ -1,5 +1,6 @@
 """Per-client-key limits: requests per minute (token bucket) and infers in flight, counted
-in this process. With a bus_url they are counted in Redis instead (tether.http.shared_limits)."""
+in this process. With a bus_url they are counted in Redis instead (tether.http.shared_limits;
+http.app picks which)."""
 
 from __future__ import annotations
 
@@ -77,12 +78,3 @@ class StreamCounter:
         if self._open.get(caller.name, 0) >= self.limit:
             raise rate_limited(f"this key already holds {self.limit} open streams", 5)
         return _hold(self._open, caller.name)
-
-
-def limiters(settings: Settings) -> tuple[Limiter, StreamCounter]:
-    """This process's limiters: in-process, or cluster-wide in Redis when there is a bus."""
-    if settings.bus_url is None:
-        return Limiter(settings), StreamCounter(settings)
-    from tether.http import shared_limits  # redis and limits load only with a bus
-
-    return shared_limits.shared(settings)

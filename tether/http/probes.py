@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from tether import redis_client
+from tether.cluster import redis_client
 from tether.config import Settings
 from tether.store import db
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import falcon
 
-from tether import sse
 from tether.actors import messages as m
 from tether.actors.system import ActorSystem
+from tether.common import sse
 from tether.http import disconnect, streams
 
 

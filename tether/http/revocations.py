@@ -1,4 +1,4 @@
-"""Key revocations pushed to every hub process over Redis pub/sub (PROTOCOL.md, Several hub
+"""Key revocations pushed to every hub process over Redis pub/sub (docs/protocol.md, Several hub
 processes: a revocation reaches every process within a second).
 
 `tether keys revoke` writes the row, then publishes the key's name on `<prefix>:revoked`;
@@ -20,10 +20,9 @@ import time
 
 import redis
 
-from tether import redis_client
-from tether.cluster.bus import prefix_of
+from tether.cluster import redis_client
+from tether.common.runtime import spawn
 from tether.http.auth import KeyCache
-from tether.runtime import spawn
 
 log = logging.getLogger("tether.revocations")
 
@@ -32,7 +31,7 @@ RETRY_S = 1.0
 
 
 def channel(bus_url: str) -> str:
-    return f"{prefix_of(bus_url)}:revoked"
+    return f"{redis_client.prefix_of(bus_url)}:revoked"
 
 
 def announce(bus_url: str, key_name: str) -> int:

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from tether import errors
-from tether.names import LLM_NAME_PATTERN, SESSION_ID_PATTERN
+from tether.common.names import LLM_NAME_PATTERN, SESSION_ID_PATTERN
 
 LIVE_STATUS = {"type": "string", "enum": ["active", "hibernating"]}
 
@@ -35,7 +35,7 @@ PROVIDER_SPEC = {
         "description": {"type": "string", "maxLength": 4096},
         "extraConfig": {"type": "object"},
         "initialStatus": LIVE_STATUS,
-        "pool": {"type": "boolean"},  # join a pool of publishers (PROTOCOL.md, Pools)
+        "pool": {"type": "boolean"},  # join a pool of publishers (docs/protocol.md, Pools)
         "maxConcurrency": {"type": "integer", "minimum": 1, "maximum": 4096},
     },
 }

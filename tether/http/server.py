@@ -10,9 +10,11 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from tether import logs, multiproc_metrics, python_gc
+from tether.common import logs
+from tether.common.orphans import die_with_parent
 from tether.config import REPO_ROOT, Settings
-from tether.orphans import die_with_parent
+from tether.http import python_gc
+from tether.observability import multiproc_metrics
 
 GUNICORN_CONF = Path("conf/gunicorn.conf.py")
 
@@ -25,7 +27,7 @@ def _conf_file() -> Path | None:
 
 
 def _post_worker_init(worker: Any) -> None:
-    """SIGTERM drains before gunicorn's own shutdown (PROTOCOL.md, Lifecycle).
+    """SIGTERM drains before gunicorn's own shutdown (docs/protocol.md, Lifecycle).
 
     gunicorn closes the listener as soon as its worker stops being `alive`: a publisher's
     result POST for a task under way would then be refused and its client answered 503
@@ -124,7 +126,7 @@ class HubApplication(BaseApplication):
 
         app, self.system = build(self.settings)
         if multiproc_metrics.enabled():
-            from tether import metrics
+            from tether.observability import metrics
 
             multiproc_metrics.mirror_board(metrics.BOARD_GAUGES)
         return app

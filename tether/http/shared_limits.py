@@ -1,4 +1,4 @@
-"""Per-key limits counted in Redis, so they hold across every hub process (PROTOCOL.md,
+"""Per-key limits counted in Redis, so they hold across every hub process (docs/protocol.md,
 Several hub processes: rate_limit_per_min, max_inflight_per_key and max_streams_per_key are
 cluster-wide). Same interface as tether.http.limits, which stays the one-process default.
 
@@ -28,11 +28,10 @@ from limits import RateLimitItemPerMinute
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from tether import redis_client
-from tether.cluster.bus import prefix_of
+from tether.cluster import redis_client
+from tether.common.runtime import spawn
 from tether.config import Settings
 from tether.http.limits import Limiter, StreamCounter, rate_limited
-from tether.runtime import spawn
 from tether.store.keys import Caller
 
 log = logging.getLogger("tether.limits")
@@ -207,7 +206,7 @@ def shared(settings: Settings) -> tuple[SharedLimiter, SharedStreamCounter]:
     """The limiters of a process on a bus; their holds renewed by one greenlet."""
     assert settings.bus_url is not None
     client = redis_client.client(settings.bus_url)
-    prefix = prefix_of(settings.bus_url)
+    prefix = redis_client.prefix_of(settings.bus_url)
     limiter = SharedLimiter(settings, client, prefix)
     streams = SharedStreamCounter(settings, client, prefix)
     spawn(_renew_forever, [limiter.inflight, streams.streams])

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tether import errors, sse
+from tether import errors
 from tether.actors import messages as m
+from tether.common import sse
 from tether.errors import TetherError
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -1,6 +1,6 @@
 """The publisher's session with the hub: register, hold the task stream, heartbeat, and come
 back after any loss (stream ended, hub down, 404 on heartbeat) with backoff and jitter, at the
-next of the configured hub URLs (PROTOCOL.md, Several hub processes)."""
+next of the configured hub URLs (docs/protocol.md, Several hub processes)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import gevent
 import gevent.event
 import pykka
 
-from tether import sse
-from tether.actor import Crash, tell
-from tether.backend_client import BackendClient, Unreachable
+from tether.common import sse
+from tether.common.actor import Crash, tell
+from tether.common.backend_client import BackendClient, Unreachable
 from tether.publisher import messages as m
 from tether.publisher import tasks
 from tether.publisher.backend import BackendActor, Crashed
@@ -325,7 +325,7 @@ class Publisher:
             specs.append({"name": backend.name, "type": backend.type, "model": backend.model,
                           "tier": backend.tier, "description": backend.description,
                           "initialStatus": status, "pool": backend.pool,
-                          # The hub sends no more than this at once (PROTOCOL.md, Pools).
+                          # The hub sends no more than this at once (docs/protocol.md, Pools).
                           "maxConcurrency": backend.max_concurrency})
         return specs
 

@@ -19,13 +19,13 @@ from typing import Any, assert_never
 import gevent
 import pykka
 
-from tether.actor import TetherActor, tell
-from tether.backend_client import BackendClient, Unreachable
+from tether.common.actor import TetherActor, tell
+from tether.common.backend_client import BackendClient, Unreachable
+from tether.common.runtime import Timer, call_later
 from tether.publisher import messages as m
 from tether.publisher import recipes, tasks
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
-from tether.runtime import Timer, call_later
 
 log = logging.getLogger("tether.publisher.backend")
 

@@ -1,7 +1,7 @@
 """The publisher's configuration: a TOML file, or the one-backend command-line shortcut.
 
 Each key is declared once, below: its dataclass field carries the default and its JSON
-Schema (tether.config_schema); validation and the error messages come from that."""
+Schema (tether.common.config_schema); validation and the error messages come from that."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tether.config_schema import REQUIRED, check, object_schema, setting
-from tether.logs import LOG_FORMAT_SCHEMA, LOG_LEVEL_SCHEMA
-from tether.names import LLM_NAME_PATTERN
+from tether.common.config_schema import REQUIRED, check, object_schema, setting
+from tether.common.logs import LOG_FORMAT_SCHEMA, LOG_LEVEL_SCHEMA
+from tether.common.names import LLM_NAME_PATTERN
 
 # Without `session_file`, the file is named after what is published (hub URL and backend
 # names): two different publishers on one machine never share a session id by accident.
@@ -45,7 +45,7 @@ class Recipe:
 _TEXT = {"type": "string", "minLength": 1, "x-message": "must be a non-empty string"}
 _URL = {"type": "string", "pattern": "^https?://", "x-message": "must be an http(s) URL"}
 _SECONDS = {"type": "number", "minimum": 0, "x-message": "must be a number >= 0"}
-# One hub URL, or several (the processes of one cluster, PROTOCOL.md "Several hub
+# One hub URL, or several (the processes of one cluster, docs/protocol.md "Several hub
 # processes"): each keyword below applies to one of the two forms only.
 _HUBS = {"type": ["string", "array"], "pattern": "^https?://", "items": _URL, "minItems": 1,
          "uniqueItems": True,
@@ -93,7 +93,7 @@ class BackendConfig:
     # The hub never sends more at once (its maxConcurrency, 1 to 4096).
     max_concurrency: int = setting(4, {"type": "integer", "minimum": 1, "maximum": 4096,
                                        "x-message": "must be a whole number, 1 to 4096"})
-    # Share the name with other publishers (PROTOCOL.md, Pools).
+    # Share the name with other publishers (docs/protocol.md, Pools).
     pool: bool = setting(False, {"type": "boolean", "x-message": "must be true or false"})
     wake_timeout_s: float = setting(120.0, _SECONDS)
     idle_sleep_s: float | None = setting(None, _SECONDS)

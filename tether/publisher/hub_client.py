@@ -1,8 +1,8 @@
 """The publisher's client of the hub's control plane: results and heartbeats over
-tether.wire (the hot path), the long-lived task stream over urllib3 (a streamed response
+tether.common.wire (the hot path), the long-lived task stream over urllib3 (a streamed response
 whose socket the agent can shut down from another greenlet, see `socket_of`).
 
-It holds the list of hub URLs (PROTOCOL.md, Several hub processes) and talks to one at a
+It holds the list of hub URLs (docs/protocol.md, Several hub processes) and talks to one at a
 time. `move_on` points it at the next one; the agent and every backend actor share this one
 client, so a task running across the move posts its later results, chunks and errors to the
 new hub: in a cluster any process takes any result, and with one hub per URL the old one is
@@ -19,8 +19,8 @@ from typing import Any
 import urllib3
 from urllib3.connection import HTTPConnection
 
-from tether import wire
-from tether.backend_client import Unreachable, decode
+from tether.common import wire
+from tether.common.backend_client import Unreachable, decode
 
 SOCKET_OPTIONS = [*HTTPConnection.default_socket_options,
                   (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]

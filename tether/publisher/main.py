@@ -8,7 +8,7 @@ import shlex
 import signal
 import sys
 
-from tether import logs
+from tether.common import logs
 from tether.publisher.config import PublisherConfig, PublisherConfigError, load, parse
 
 

@@ -62,7 +62,8 @@ class Abandon:
     Answered with the result POSTs under way, for the publisher to wait on."""
 
 
-# Everything a BackendActor receives: it matches on this union exhaustively (tether/actor.py).
+# Everything a BackendActor receives: it matches on this union exhaustively
+# (tether/common/actor.py).
 BackendMessage: TypeAlias = (
     RunInfer | RunWake | CancelTask | TaskFinished | WakeFinished | SleepFinished | IdleExpired
     | GetStatus | Drain | GetDrainState | Abandon

@@ -16,7 +16,7 @@ from typing import Any
 import gevent
 import gevent.queue
 
-from tether.backend_client import BackendClient, BackendError, Unreachable
+from tether.common.backend_client import BackendClient, BackendError, Unreachable
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
 

@@ -1,6 +1,6 @@
 """Every query on Llm rows. Actors call these; nothing else writes rows.
 
-Status writes are per member (PROTOCOL.md, Pools) and conditional on the member still
+Status writes are per member (docs/protocol.md, Pools) and conditional on the member still
 existing, so a write from an actor that has not yet heard of a newer registration cannot
 undo it; each re-derives the Llm row's own status, owner, model and times in the same
 transaction.
@@ -94,7 +94,7 @@ class Registered:
 
 def register(session_id: str, providers: Sequence[dict[str, Any]],
              who: Registrant = Registrant()) -> Registered:
-    """Apply a registration atomically: every provider is accepted or none (PROTOCOL.md,
+    """Apply a registration atomically: every provider is accepted or none (docs/protocol.md,
     Register and Pools).
 
     One SELECT of the rows and one of the members for all names, then one write per row and
@@ -192,7 +192,7 @@ def _write_member(name: str, session_id: str, spec: dict[str, Any], pool: bool,
 
 
 def _derive_from(row: Llm, members: list[LlmMember], now: dt.datetime) -> None:
-    """Set the Llm row's derived fields from its members (PROTOCOL.md, Pools: Members)."""
+    """Set the Llm row's derived fields from its members (docs/protocol.md, Pools: Members)."""
     status = derived_status(x.status for x in members)
     beats = [x.last_heartbeat_at for x in members if x.last_heartbeat_at is not None]
     since = [x.inactive_since for x in members if x.inactive_since is not None]
@@ -205,7 +205,7 @@ def _derive_from(row: Llm, members: list[LlmMember], now: dt.datetime) -> None:
 
 
 def _derive(name: str, now: dt.datetime) -> Llm | None:
-    """Re-derive the Llm row from its members (PROTOCOL.md, Pools: Members); a virtual row
+    """Re-derive the Llm row from its members (docs/protocol.md, Pools: Members); a virtual row
     whose last member went is deleted. Runs inside the caller's transaction."""
     return _rederive(name, now)[0]
 

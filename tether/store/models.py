@@ -20,7 +20,7 @@ INACTIVE = "inactive"
 
 
 def derived_status(statuses: Iterable[str]) -> str:
-    """A pooled Llm's status from its members' (PROTOCOL.md, Pools: Members): active if one
+    """A pooled Llm's status from its members' (docs/protocol.md, Pools: Members): active if one
     is, else hibernating if one is, else inactive."""
     found = set(statuses)
     return ACTIVE if ACTIVE in found else HIBERNATING if HIBERNATING in found else INACTIVE
@@ -94,7 +94,7 @@ class Llm(BaseModel):
 
 
 class LlmMember(BaseModel):
-    """One publisher session serving a virtual Llm (PROTOCOL.md, Pools). A name published
+    """One publisher session serving a virtual Llm (docs/protocol.md, Pools). A name published
     without `pool: true` has exactly one; the Llm row's status, providerSessionId, model,
     lastHeartbeatAt and inactiveSince are derived from its members on every write."""
 

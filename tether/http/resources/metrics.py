@@ -5,8 +5,8 @@ from __future__ import annotations
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from tether import metrics
 from tether.http.operation import Operation
+from tether.observability import metrics
 
 
 class Metrics:

@@ -1,10 +1,10 @@
 """The status page: GET /status (HTML), its script and style, GET /status/state (JSON) and
 GET /status/events (the live feed, SSE).
 
-Everything comes from the board (tether.board), which the actors keep current: no handler
-here and nothing in the feed's generator touches the database or asks an actor. With several
-hub processes the board merges in what the others share (Redis), so every process shows the
-whole cluster's Llms and sessions.
+Everything comes from the board (tether.observability.board), which the actors keep
+current: no handler here and nothing in the feed's generator touches the database or asks
+an actor. With several hub processes the board merges in what the others share (Redis), so
+every process shows the whole cluster's Llms and sessions.
 
 The page and its files hold no data and need no key. The state and the feed are reads
 (client role, as GET /api/v1/llms). The page sends the key in an Authorization header of a
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import falcon
 
-from tether import sse
-from tether.board import BOARD, Watcher
+from tether.common import sse
 from tether.http import disconnect, streams
 from tether.http.operation import SSE, Operation
+from tether.observability.board import BOARD, Watcher
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # Changes arrive in bursts (a wake touches an Llm several times within a millisecond): one

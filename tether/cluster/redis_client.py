@@ -1,8 +1,8 @@
 """Redis clients for what hub processes count and announce to each other besides routing:
 per-key limits, key revocations, /healthz (tether.http.shared_limits, .revocations, .health).
 
-Names follow the bus's rule (tether.cluster.bus.prefix_of): every key and channel starts with
-a prefix derived from the bus URL, database number included.
+Every key and channel, the bus's too, starts with a prefix derived from the bus URL,
+database number included (prefix_of).
 
 redis-py is pure Python: under gunicorn's gevent worker its sockets are gevent's, so a
 Redis call waits on the event loop like any other I/O.
@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 
@@ -23,6 +24,13 @@ from tether.store.db import redact
 # falls back (limits count in-process, /healthz says unreachable).
 TIMEOUT_S = 1.0
 MAX_CONNECTIONS = 100  # per pool, as redis-py's default
+
+
+def prefix_of(url: str) -> str:
+    """`tether:<db>`: keys live in the URL's database already; channels need the number."""
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0] or "0"
+    return f"tether:{int(db)}"
 
 
 @functools.cache

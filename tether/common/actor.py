@@ -42,7 +42,6 @@ def tell(ref: pykka.ActorRef | None, message: Any) -> bool:
     return True
 
 
-
 @functools.cache
 def _green() -> bool:
     """Whether threads are gevent's (the hub's and the publisher's processes; not the actor
@@ -50,6 +49,16 @@ def _green() -> bool:
     from gevent import monkey
 
     return bool(monkey.is_module_patched("threading"))
+
+
+class Parent:
+    """How a hub child actor reaches its supervisor. The ActorSystem points it at a restarted
+    supervisor, so children started by the crashed one keep reporting to the live one."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: pykka.ActorRef | None = None) -> None:
+        self.ref = ref
 
 
 class TetherActor(pykka.ThreadingActor):
@@ -117,7 +126,8 @@ class TetherActor(pykka.ThreadingActor):
             self.report_crash()
 
     def after_message(self, message: Any) -> None:
-        """Report state for the status page and gauges (tether.metrics); must not block."""
+        """Report state for the status page and gauges (tether.observability.metrics); must not
+        block."""
 
     def on_crash(self) -> None:
         """Answer whoever waits on this actor's state before it is lost."""

@@ -1,5 +1,5 @@
 """/metrics for the whole host when `tether serve` runs several workers (prometheus_client's
-multiprocess mode; PROTOCOL.md, Several hub processes).
+multiprocess mode; docs/protocol.md, Several hub processes).
 
 A scrape reaches one worker, so each worker's metrics live in files that every worker can
 read: `tether serve` makes a temporary directory for them, names it in
@@ -99,7 +99,7 @@ class BoardGauges:
     YIELD_EVERY = 1000  # samples compared between two turns of the event loop
 
     def __init__(self, collector: Any) -> None:
-        self._collector = collector  # tether.metrics' board collector
+        self._collector = collector  # tether.observability.metrics' board collector
         self._gauges: dict[str, Any] = {}
         # gauge -> label values -> the value written last: a series that goes is set to 0
         # (files keep series: zero, not remove), and is then no longer tracked.
@@ -135,7 +135,7 @@ class BoardGauges:
 
 def mirror_board(collector: Any) -> None:
     """In a worker: keep its board gauges in the shared files, every REFRESH_S."""
-    from tether.runtime import spawn
+    from tether.common.runtime import spawn
 
     gauges = BoardGauges(collector)
 

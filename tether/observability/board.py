@@ -1,4 +1,5 @@
-"""The board: the hub's live state in memory, fed by the actors (through tether.metrics).
+"""The board: the hub's live state in memory, fed by the actors (through
+tether.observability.metrics).
 
 It is what the status page, its live feed, `tether status` and the gauges of /metrics read.
 Nothing here touches the database: actors report their state after every message they

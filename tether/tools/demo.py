@@ -14,7 +14,7 @@ from pathlib import Path
 
 import urllib3
 
-from tether.orphans import die_with_parent
+from tether.common.orphans import die_with_parent
 
 DEMO_MODEL = "demo"
 LOG_TAIL_LINES = 20

@@ -1,17 +1,17 @@
 """Every Prometheus metric of the hub, defined once, and the one-line calls that feed them.
 
 Actors, resources and request reply channels (tether.actors.reply) call the functions
-below; nothing else touches a metric. Each
-call also feeds the in-memory board (tether.board) behind the status page, so the page and
-/metrics always agree. Calls never block and never raise into their caller: a metric must
-not be able to kill an actor.
+below; nothing else touches a metric. Each call also feeds the in-memory board
+(tether.observability.board) behind the status page, so the page and /metrics always agree.
+Calls never block and never raise into their caller: a metric must not be able to kill an
+actor.
 
 Labels stay bounded: Llm names (a label set per registered Llm), endpoints, HTTP statuses,
 error codes, outcomes; never a task id, a session id (but `member`, a pool member's session,
-on the pool gauges, as PROTOCOL.md names it) or client text. A request for a name
+on the pool gauges, as docs/protocol.md names it) or client text. A request for a name
 that has no Llm never reaches an Llm: it is counted only by tether_http_responses, by route.
 
-Scrapes are per process; with several workers, per host (tether.multiproc_metrics).
+Scrapes are per process; with several workers, per host (tether.observability.multiproc_metrics).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from tether import multiproc_metrics
-from tether.board import BOARD
+from tether.observability import multiproc_metrics
+from tether.observability.board import BOARD
 
 log = logging.getLogger("tether.metrics")
 wake_log = logging.getLogger("tether.wakes")
@@ -306,7 +306,7 @@ def swept(action: str, count: int = 1) -> None:
         SWEEP_ROWS.labels(action).inc(count)
 
 
-# --- pools (PROTOCOL.md, Pools) ----------------------------------------------------------
+# --- pools (docs/protocol.md, Pools) ----------------------------------------------------------
 
 POOL_ROUTED = Counter(
     "tether_pool_routed", "Requests handed to a member of an Llm, by decision: affinity (the "
@@ -316,7 +316,7 @@ POOL_ROUTED = Counter(
     registry=REGISTRY)
 MEMBER_IN_FLIGHT = Gauge(
     "tether_member_in_flight", "Tasks under way per member of a pool (member: its "
-    "providerSessionId, as PROTOCOL.md names the label; none for a single publisher).",
+    "providerSessionId, as docs/protocol.md names the label; none for a single publisher).",
     ["llm", "member"], multiprocess_mode="livesum",  # several workers: summed over live ones
     registry=REGISTRY)
 

@@ -1,7 +1,7 @@
 """The client for OpenAI-compatible servers: the publisher's local backends and the hub's
 public (config-declared) upstreams both speak through `BackendClient`.
 
-It runs over tether.wire (keep-alive connections, TCP_NODELAY, one write per request):
+It runs over tether.common.wire (keep-alive connections, TCP_NODELAY, one write per request):
 the relay's hot path. `Unreachable` and `decode` are shared with the publisher's client of
 the hub (tether/publisher/hub_client.py), so callers catch one error type for both.
 """
@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from tether import sse, wire
+from tether.common import sse, wire
 
 
 class Unreachable(Exception):

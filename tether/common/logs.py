@@ -16,7 +16,6 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import random
 import re
 from typing import Any
 
@@ -26,11 +25,11 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # The structured fields a line may carry (as `extra=`), in the order the JSON shows them.
 FIELDS = ("request_id", "task_id", "llm", "session", "endpoint", "status", "code",
           "duration_ms")
-# The settings `log_level` and `log_format`, hub and publisher alike (tether.config_schema).
+# The settings `log_level` and `log_format`, hub and publisher alike (tether.common.config_schema).
 LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_LEVEL_SCHEMA = {"enum": list(LEVELS), "x-message": f"must be one of {', '.join(LEVELS)}"}
 LOG_FORMAT_SCHEMA = {"enum": ["text", "json"], "x-message": "must be text or json"}
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # an X-Request-Id we are willing to echo
+CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # an X-Request-Id we are willing to echo
 
 
 def request_id() -> str | None:
@@ -107,7 +106,7 @@ def gunicorn_logconfig(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "tether.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": "tether.common.logs.JsonFormatter"}},
         "handlers": {"console": handler},
         # A logconfig_dict turns gunicorn's access log on; conf/gunicorn.conf.py keeps it off
         # (the hub logs one line per request itself).
@@ -115,24 +114,3 @@ def gunicorn_logconfig(level: str) -> dict[str, Any]:
                     "gunicorn.access": {"level": "CRITICAL", "propagate": False}},
         "root": {"level": level.upper(), "handlers": ["console"]},
     }
-
-
-class RequestIdMiddleware:
-    """Gives every request an id (the client's X-Request-Id when it is a plain token),
-    echoed in the response's X-Request-Id header and put on every line logged meanwhile."""
-
-    def process_request(self, req: Any, resp: Any) -> None:
-        given = req.get_header("X-Request-Id") or ""
-        # 64 random bits, as uuid4's first 16 hex digits were, at a twentieth of the cost
-        # (random reseeds in every forked worker).
-        rid = given if _CLIENT_ID.match(given) else f"{random.getrandbits(64):016x}"
-        req.context.request_id = rid
-        # Not reset after the response: a streamed body is produced later in this same
-        # greenlet and its lines belong to this request; the next request sets its own.
-        set_request_id(rid)
-        resp.set_header("X-Request-Id", rid)
-
-    def process_response(self, req: Any, resp: Any, resource: Any, req_succeeded: bool) -> None:
-        from tether import metrics
-
-        metrics.http_response(req.uri_template, req.method, str(resp.status_code))

@@ -1,0 +1,1 @@
+"""Programs beside the hub and the publisher: the demo, its backend, `tether status`."""
