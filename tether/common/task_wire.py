@@ -1,0 +1,126 @@
+"""The wire shapes of the task stream and of task results (docs/protocol.md, Stream and Task
+result), written once for both programs: the hub builds frames and reads results, the
+publisher reads frames and builds results. camelCase on the wire, as the protocol says.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+DEFAULT_ENDPOINT = "chat/completions"
+
+
+# --- frames the hub sends down the task stream -------------------------------------------
+
+
+class Hello(TypedDict):
+    providerSessionId: str
+    heartbeatIntervalS: float
+    llms: NotRequired[list[str]]  # every name the session publishes
+
+
+class InferTask(TypedDict):
+    kind: Literal["infer"]
+    taskId: str
+    llmName: str
+    request: dict[str, Any]
+    streaming: bool
+    endpoint: NotRequired[str]  # absent: chat/completions
+
+
+class WakeTask(TypedDict):
+    kind: Literal["wake"]
+    taskId: str
+    llmName: str
+
+
+class CancelTask(TypedDict):
+    kind: Literal["cancel"]
+    taskId: str
+
+
+Task = InferTask | WakeTask | CancelTask
+
+
+def hello(session_id: str, heartbeat_interval_s: float,
+          names: list[str] | None = None) -> Hello:
+    frame: Hello = {"providerSessionId": session_id, "heartbeatIntervalS": heartbeat_interval_s}
+    if names is not None:
+        frame["llms"] = names
+    return frame
+
+
+def infer_task(task_id: str, llm_name: str, request: dict[str, Any], streaming: bool,
+               endpoint: str = DEFAULT_ENDPOINT) -> InferTask:
+    task: InferTask = {"kind": "infer", "taskId": task_id, "llmName": llm_name,
+                       "request": request, "streaming": streaming}
+    if endpoint != DEFAULT_ENDPOINT:
+        task["endpoint"] = endpoint
+    return task
+
+
+def wake_task(task_id: str, llm_name: str) -> WakeTask:
+    return {"kind": "wake", "taskId": task_id, "llmName": llm_name}
+
+
+def cancel_task(task_id: str) -> CancelTask:
+    return {"kind": "cancel", "taskId": task_id}
+
+
+def endpoint_of(task: InferTask) -> str:
+    return task.get("endpoint", DEFAULT_ENDPOINT)
+
+
+# --- results the publisher posts ---------------------------------------------------------
+
+
+class Chunk(TypedDict, total=False):
+    data: str
+    done: bool
+
+
+class FinalResult(TypedDict):
+    status: int
+    body: Any
+
+
+class ChunkResult(TypedDict):
+    chunk: Chunk
+
+
+class ChunksResult(TypedDict):
+    chunks: list[Chunk]
+
+
+class ErrorDetail(TypedDict, total=False):
+    message: str
+    status: int
+    code: str
+    retryable: bool
+
+
+class ErrorResult(TypedDict):
+    error: ErrorDetail
+
+
+Result = FinalResult | ChunkResult | ChunksResult | ErrorResult
+
+
+def final_result(status: int, body: Any) -> FinalResult:
+    return {"status": status, "body": body}
+
+
+def chunks_result(chunks: list[Chunk]) -> ChunksResult:
+    return {"chunks": chunks}
+
+
+def error_result(message: str, status: int = 502, code: str | None = None,
+                 retryable: bool = False) -> ErrorResult:
+    """An error result. `retryable` says the backend never saw the task (the hub may then
+    run it on another pool member)."""
+    error: ErrorDetail = {"message": message, "status": status}
+    if code is not None:
+        error["code"] = code
+    if retryable:
+        error["retryable"] = True
+    return {"error": error}
