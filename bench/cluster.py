@@ -26,18 +26,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.run import save, table, wrk
+from bench.results import save, skipped, table
 from bench.stack import ClusterStack, Unavailable, cpu_seconds, rss_kib
+from bench.wrk import wrk
 
 PATH = "/v1/chat/completions"
 HOP_TARGET_MS = 1.0
-
-
-def skipped(name: str, reason: str) -> dict[str, Any]:
-    print(f"\n## {name}: not measured\n\n{reason}\n", flush=True)
-    out = {"skipped": reason}
-    save(name, out)
-    return out
 
 
 def log_problems(stack: ClusterStack) -> list[str]:
@@ -198,7 +192,7 @@ class LivenessWatch:
     def __init__(self, bus_url: str) -> None:
         import redis
 
-        from tether.cluster.bus import prefix_of
+        from tether.cluster.redis_client import prefix_of
 
         self._redis = redis.Redis.from_url(bus_url, decode_responses=True, socket_timeout=5)
         self._pattern = f"{prefix_of(bus_url)}:alive:*"  # the hubs' own key names

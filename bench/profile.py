@@ -68,7 +68,7 @@ def main() -> None:
     monkey.patch_all()
     import gevent
 
-    from bench.run import CHAT, relay_n, stream_once
+    from bench.client import CHAT, relay_n, stream_once
     from bench.stack import Stack
 
     with Stack() as stack:

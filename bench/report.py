@@ -3,18 +3,12 @@ every target (met or not). `python -m bench.report`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).parent
-RESULTS = HERE / "results"
-PLOT = HERE.parent / "docs" / "performance-latency.png"
+from bench.results import load
 
-
-def load(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+PLOT = Path(__file__).parent.parent / "docs" / "performance-latency.png"
 
 
 def plot(relay: dict[str, Any]) -> None:

@@ -15,12 +15,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import gevent
@@ -28,7 +26,9 @@ import gevent.pool
 import urllib3
 from gevent import monkey
 
+from bench.client import CHAT, Conn, post_json, relay_n, sse_frames, stream_once
 from bench.report import cpu_targets
+from bench.results import save, table
 from bench.stack import (
     BareServer,
     LiteLLM,
@@ -38,126 +38,9 @@ from bench.stack import (
     raise_fd_limit,
     rss_kib,
 )
-
-HERE = Path(__file__).parent
-RESULTS = HERE / "results"
-CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
-
-
-def save(name: str, data: dict[str, Any]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    data = {"bench": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "cpus": os.cpu_count(), **data}
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
-
-
-def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    sys.stdout.flush()
-
-
-# --- a small HTTP/1.1 client on raw sockets (keep-alive; cheap enough to not be the limit) ---
-
-class Conn:
-    def __init__(self, base: str) -> None:
-        host, port = base.removeprefix("http://").split(":")
-        self.addr = (host, int(port))
-        self.sock: socket.socket | None = None
-        self.buf = b""
-
-    def _connect(self) -> socket.socket:
-        if self.sock is None:
-            self.sock = socket.create_connection(self.addr)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.buf = b""
-        return self.sock
-
-    def send(self, method: str, path: str, body: bytes | None = None,
-             headers: str = "") -> None:
-        sock = self._connect()
-        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        sock.sendall(head.encode() + b"\r\n" + (body or b""))
-
-    def _fill(self) -> None:
-        assert self.sock is not None
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("closed")
-        self.buf += data
-
-    def head(self) -> tuple[int, dict[str, str]]:
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = raw.decode().split("\r\n")
-        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        return int(lines[0].split()[1]), headers
-
-    def body(self, headers: dict[str, str]) -> bytes:
-        if "content-length" in headers:
-            n = int(headers["content-length"])
-            while len(self.buf) < n:
-                self._fill()
-            out, self.buf = self.buf[:n], self.buf[n:]
-            return out
-        return b"".join(self.chunks())
-
-    def chunks(self):
-        """Yield each chunk of a chunked body as it arrives."""
-        while True:
-            while b"\r\n" not in self.buf:
-                self._fill()
-            size_line, self.buf = self.buf.split(b"\r\n", 1)
-            size = int(size_line, 16)
-            while len(self.buf) < size + 2:
-                self._fill()
-            chunk, self.buf = self.buf[:size], self.buf[size + 2:]
-            if size == 0:
-                return
-            yield chunk
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
-def stream_once(base: str, path: str, body: dict[str, Any]) -> tuple[float, float, int]:
-    """One streamed completion: (time to first chunk, total time, chunks)."""
-    conn = Conn(base)
-    started = time.perf_counter()
-    conn.send("POST", path, json.dumps(body).encode())
-    status, headers = conn.head()
-    assert status == 200, (status, conn.buf[:200])
-    first, count = None, 0
-    for chunk in conn.chunks():
-        n = chunk.count(b"data: {")
-        if n and first is None:
-            first = time.perf_counter() - started
-        count += n
-    conn.close()
-    return first or 0.0, time.perf_counter() - started, count
-
+from bench.wrk import wrk
 
 # --- relay ------------------------------------------------------------------------------
-
-def wrk(url: str, concurrency: int, seconds: int, key: str | None = None) -> dict[str, Any]:
-    env = {**os.environ, **({"BENCH_AUTH": key} if key else {})}
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s",
-         "-s", str(HERE / "wrk_report.lua"), url],
-        capture_output=True, text=True, check=True, env=env).stdout
-    line = next(line for line in out.splitlines() if line.startswith("BENCH "))
-    data = json.loads(line[6:])
-    data["rps"] = round(data["requests"] / (data["duration_us"] / 1e6), 1)
-    return data
-
 
 def bench_relay(seconds: int) -> dict[str, Any]:
     results: dict[str, Any] = {"concurrency": {}}
@@ -246,30 +129,6 @@ def bench_stream(parallel: int = 64, chunks: int = 200) -> dict[str, Any]:
 
 
 # --- a protocol-level publisher for the wake storm and the idle sessions ----------------
-
-def post_json(conn: Conn, path: str, body: dict[str, Any],
-              headers: str = "") -> tuple[int, Any]:
-    conn.send("POST", path, json.dumps(body).encode(), headers)
-    status, hdrs = conn.head()
-    return status, json.loads(conn.body(hdrs) or b"null")
-
-
-def sse_frames(conn: Conn):
-    """Yield (event, data) of an SSE response already past its head."""
-    pending = b""
-    for chunk in conn.chunks():
-        pending += chunk
-        while b"\n\n" in pending:
-            frame, pending = pending.split(b"\n\n", 1)
-            event, data = "message", []
-            for line in frame.decode().split("\n"):
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    data.append(line[6:])
-            if data:
-                yield event, "\n".join(data)
-
 
 def bench_wake_storm(n: int = 1000) -> dict[str, Any]:
     with Stack(publisher=False, hub_env={"TETHER_MAX_QUEUE_PER_LLM": str(n + 10)}) as stack:
@@ -684,26 +543,6 @@ def bench_sessions(counts: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
 
 
 # --- cpu --------------------------------------------------------------------------------
-
-def relay_n(base: str, n: int, concurrency: int,
-            headers: dict[str, str] | None = None) -> None:
-    """Exactly `n` non-streamed chat completions over `concurrency` keep-alive connections."""
-    body = json.dumps(CHAT).encode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-
-    def worker(count: int) -> None:
-        conn = Conn(base)
-        for _ in range(count):
-            conn.send("POST", "/v1/chat/completions", body, extra)
-            status, headers = conn.head()
-            conn.body(headers)
-            assert status == 200, status
-        conn.close()
-
-    jobs = [gevent.spawn(worker, n // concurrency + (i < n % concurrency))
-            for i in range(concurrency)]
-    gevent.joinall(jobs, raise_error=True)
-
 
 def cpu_of(pids: dict[str, int], run: Any) -> tuple[dict[str, float], Any]:
     """User + system CPU seconds each process spent while `run()` ran, and its value."""

@@ -34,7 +34,7 @@ import gevent  # noqa: E402
 import gevent.queue  # noqa: E402
 from gevent.fileobject import FileObjectThread  # noqa: E402
 
-from bench.run import Conn, post_json  # noqa: E402
+from bench.client import Conn, post_json  # noqa: E402
 from bench.stack import raise_fd_limit  # noqa: E402
 
 
