@@ -26,8 +26,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bench.cluster_stack import ClusterStack, Unavailable
+from bench.processes import cpu_seconds, rss_kib
 from bench.results import save, skipped, table
-from bench.stack import ClusterStack, Unavailable, cpu_seconds, rss_kib
 from bench.wrk import wrk
 
 PATH = "/v1/chat/completions"

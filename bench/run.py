@@ -27,17 +27,10 @@ import urllib3
 from gevent import monkey
 
 from bench.client import CHAT, Conn, post_json, relay_n, sse_frames, stream_once
+from bench.processes import cpu_seconds, raise_fd_limit, rss_kib
 from bench.report import cpu_targets
 from bench.results import save, table
-from bench.stack import (
-    BareServer,
-    LiteLLM,
-    PoolStack,
-    Stack,
-    cpu_seconds,
-    raise_fd_limit,
-    rss_kib,
-)
+from bench.stack import BareServer, LiteLLM, PoolStack, Stack
 from bench.wrk import wrk
 
 # --- relay ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import gevent.queue  # noqa: E402
 from gevent.fileobject import FileObjectThread  # noqa: E402
 
 from bench.client import Conn, post_json  # noqa: E402
-from bench.stack import raise_fd_limit  # noqa: E402
+from bench.processes import raise_fd_limit  # noqa: E402
 
 
 class Client:
