@@ -1,0 +1,82 @@
+"""`python -m bench.run cpu`: CPU time per relayed request and per streamed chunk, per
+process, beside the backend's own; and the hub's with auth on against auth off (issue 13)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+
+from bench.client import CHAT, relay_n, stream_once
+from bench.processes import cpu_seconds
+from bench.report import cpu_targets
+from bench.results import save, table
+from bench.stack import Stack
+
+
+def cpu_of(pids: dict[str, int], run: Any) -> tuple[dict[str, float], Any]:
+    """User + system CPU seconds each process spent while `run()` ran, and its value."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    value = run()
+    return {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}, value
+
+
+def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
+              chunks: int = 200) -> dict[str, Any]:
+    """CPU time per relayed request and per streamed chunk, per process, beside the backend's
+    own (issue 13): steadier than wall-clock figures on a shared machine. The hub is the
+    gunicorn worker (the master only supervises it); every thread counts (cpu_seconds)."""
+    out: dict[str, Any] = {"requests": requests_n, "concurrency": concurrency,
+                           "streams": streams, "chunks_each": chunks}
+    with Stack() as stack:
+        pids = {"backend": stack.backend_proc.pid, "publisher": stack.publisher_proc.pid,
+                "hub": stack.hub_worker_pid()}
+        relay_n(stack.hub, 200, concurrency)  # warm up: connections, caches, first imports
+        started = time.perf_counter()
+        used, _ = cpu_of(pids, lambda: relay_n(stack.hub, requests_n, concurrency))
+        out["relay_seconds"] = round(time.perf_counter() - started, 2)
+        out["per_request_us"] = {k: round(v / requests_n * 1e6, 1) for k, v in used.items()}
+
+        body = {**CHAT, "stream": True, "max_tokens": chunks}
+
+        def stream_all() -> int:
+            jobs = [gevent.spawn(stream_once, stack.hub, "/v1/chat/completions", body)
+                    for _ in range(streams)]
+            gevent.joinall(jobs, raise_error=True)
+            return sum(job.value[2] for job in jobs)
+
+        started = time.perf_counter()
+        used, received = cpu_of(pids, stream_all)
+        out["stream_seconds"] = round(time.perf_counter() - started, 2)
+        out["chunks"] = received
+        out["per_chunk_us"] = {k: round(v / received * 1e6, 2) for k, v in used.items()}
+    # The same relay with auth on (a key checked on every request), in this same run: the
+    # hub's CPU per request should stay within 10 % of auth off (issues 11 and 13).
+    with Stack(auth=True) as stack:
+        hub_pid = {"hub": stack.hub_worker_pid()}
+        relay_n(stack.hub, 200, concurrency, stack.client_headers)
+        used, _ = cpu_of(hub_pid, lambda: relay_n(stack.hub, requests_n, concurrency,
+                                                  stack.client_headers))
+    out["auth_on_hub_per_request_us"] = round(used["hub"] / requests_n * 1e6, 1)
+    out["auth_on_ratio"] = round(
+        out["auth_on_hub_per_request_us"] / out["per_request_us"]["hub"], 3)
+    for unit in ("per_request_us", "per_chunk_us"):
+        figures = out[unit]
+        out[unit.replace("_us", "_ratio")] = {
+            k: round(figures[k] / figures["backend"], 2) for k in ("publisher", "hub")}
+    table(f"CPU per relayed request ({requests_n} at concurrency {concurrency}) and per "
+          f"streamed chunk ({streams} streams x {chunks} chunks), µs",
+          ["process", "per request", "÷ backend", "per chunk", "÷ backend"],
+          [[name, out["per_request_us"][name],
+            out["per_request_ratio"].get(name, 1.0), out["per_chunk_us"][name],
+            out["per_chunk_ratio"].get(name, 1.0)] for name in ("backend", "publisher", "hub")])
+    table("hub CPU per relayed request, auth off and on (same run), µs",
+          ["auth off", "auth on", "on ÷ off"],
+          [[out["per_request_us"]["hub"], out["auth_on_hub_per_request_us"],
+            out["auth_on_ratio"]]])
+    table("CPU targets (issue 13)", ["target", "this run", "bound", "verdict"],
+          [[name, value, f"≤ {bound:.2f}", "met" if met else "not met"]
+           for name, value, bound, met in cpu_targets(out)])
+    save("cpu", out)
+    return out
