@@ -11,6 +11,7 @@ those at the top of a module.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def resolve(name: str, known: dict[str, Path]) -> str | None:
     return name or None
 
 
+@functools.cache  # parsed once, not once per parametrized test
 def graph() -> dict[str, set[str]]:
     """tether's modules and bench's, each with the modules it imports."""
     known = {**modules(), **bench_modules()}
