@@ -401,10 +401,10 @@ class ActorSystem:
     def infer(
         self, name: str, request: dict[str, Any], streaming: bool, endpoint: str,
         affinity: str | None = None,
-    ) -> queue.Queue:
+    ) -> MeteredReply:
         """Start an infer; its events arrive on the returned channel (see messages.py)."""
         ref = self._directory.llm(name)
-        reply: queue.Queue = MeteredReply(name, endpoint)
+        reply = MeteredReply(name, endpoint)
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
             reply.put(m.Failed(errors.SHUTTING_DOWN()))
             return reply
@@ -424,7 +424,7 @@ class ActorSystem:
             else getattr(directory.session(key), "ref", None)
         return tell(ref, Crash())
 
-    def withdraw(self, name: str, reply: queue.Queue) -> None:
+    def withdraw(self, name: str, reply: m.ReplyChannel) -> None:
         """The client of an infer that was not dispatched yet left: stop waiting for it
         (with a bus, at the owner, which finds it by its request id)."""
         ref = self._directory.llm(name)

@@ -85,7 +85,6 @@ class RemoteReply:
     there, keyed by the request's id. Equal to any other proxy of the same request (a
     Withdraw finds its Infer by it)."""
 
-    is_remote_reply = True
     __slots__ = ("_router", "process", "request_id")
 
     def __init__(self, router: BusRouter, process: str, request_id: str) -> None:
@@ -93,7 +92,7 @@ class RemoteReply:
         self.process = process
         self.request_id = request_id
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, item: Any) -> None:
         self._router.send_reply(self.process, self.request_id, item)
 
     def cancelled(self, reason: str) -> None:

@@ -92,27 +92,22 @@ class _HomeReply:
         self._bus_request = request_id  # its address, should it cross the bus again
         self._reply = reply
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, item: Any) -> None:
         if self._router.note(self._bus_request, item, self._router.process):
-            self._reply.put(item, block, timeout)
-
-    def get_nowait(self) -> Any:
-        return self._reply.get_nowait()
+            self._reply.put(item)
 
     def cancelled(self, reason: str) -> None:
-        cancelled = getattr(self._reply, "cancelled", None)
-        if cancelled is not None:
-            cancelled(reason)
+        self._reply.cancelled(reason)
 
 
 class _Sink:
     """A reply channel for a request that is already over here: events are dropped."""
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, item: Any) -> None:
         return None
 
-    def get_nowait(self) -> Any:
-        raise LookupError
+    def cancelled(self, reason: str) -> None:
+        return None
 
 
 class BusRouter:
