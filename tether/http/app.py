@@ -103,10 +103,18 @@ class Cors(falcon.CORSMiddleware):
 
 
 def build(settings: Settings) -> tuple[falcon.App, ActorSystem]:
-    """Start the actor system and wire the app to it (call after gevent patched)."""
+    """Start the actor system and wire the app to it (call after gevent patched): with a
+    bus_url, one process of a cluster (tether.cluster.system)."""
     logs.setup(settings.log_level, settings.log_format)
-    system = ActorSystem(settings).start()
-    return create_app(settings, system), system
+    return create_app(settings, system := start_system(settings)), system
+
+
+def start_system(settings: Settings) -> ActorSystem:
+    if settings.bus_url is None:
+        return ActorSystem(settings).start()
+    from tether.cluster.system import ClusterSystem  # redis loads only with a bus
+
+    return ClusterSystem(settings).start()
 
 
 def get_app() -> falcon.App:
