@@ -37,10 +37,10 @@ HUB_ACTORS: dict[str, frozenset[type]] = {
 # directory, then tells the SessionActor to end its stream.
 PASSED_ON = {m.Evict: ["ClusterSupervisor", "SessionActor"]}
 
-# Classes of messages.py that no actor receives: what messages carry, what a request's
-# reply channel and a publisher's outbox carry.
+# Classes of messages.py that no actor receives: what messages carry (a request's reply
+# channel is an m.ReplyChannel), what that channel and a publisher's outbox carry.
 NOT_ACTOR_MESSAGES = {
-    m.LlmState, m.SessionLink, m.MemberInfo, m.ProxiesInFlight,
+    m.LlmState, m.SessionLink, m.MemberInfo, m.ProxiesInFlight, m.ReplyChannel,
     m.Dispatched, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
     m.Close,
 }

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 
 LIVENESS_TTL_S = 5.0  # the default
 TICK_S = 1.0  # tether.cluster.bus.TICK_S: the check runs once a tick
-ACK_S = LIVENESS_TTL_S + TICK_S  # tether.cluster.router: BusRouter.ack_s
+ACK_S = LIVENESS_TTL_S + TICK_S  # tether.cluster.router: the PendingRequests' ack_s
 SLACK_S = 4.0  # a busy machine's scheduling, two HTTP hops
 LARGE = "x" * (1 << 20)  # larger than the buffer limit below: its message is dropped
 # Far below the relay's own deadline (wake + infer timeouts + 30 s: 750 s by default),

@@ -1,7 +1,7 @@
 """Every message the actors exchange: commands are verbs, events are in the past tense.
 
-Replies to HTTP handlers travel on a per-request channel (a queue.Queue, cooperative under
-gevent) carried inside the message; the events put on it are at the bottom of this module.
+Replies to HTTP handlers travel on a per-request channel (a ReplyChannel) carried inside the
+message; the events put on it are at the bottom of this module.
 """
 
 from __future__ import annotations
@@ -10,14 +10,24 @@ import datetime as dt
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import pykka
 
 from tether.common.actor import Parent
 from tether.errors import TetherError
 
-ReplyChannel = queue.Queue  # of the reply events below
+
+class ReplyChannel(Protocol):
+    """Where the reply events of one request go (bottom of this module). The HTTP handler
+    reads a MeteredReply (tether.actors.reply, a queue.Queue: cooperative under gevent); with
+    a bus, a request of another process is a proxy that sends each event there. The codec
+    knows a field of this type is a channel (tether.cluster.codec)."""
+
+    def put(self, item: Any) -> None: ...
+
+    def cancelled(self, reason: str) -> None:
+        """The request's task was cancelled: no event comes any more (its outcome)."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,14 @@
 """ActorSystem: what the HTTP resources talk to. It hides every actor lookup (the supervisor's
-directory) and every ask (always with a timeout), so resources stay thin."""
+directory) and every ask (always with a timeout), so resources stay thin.
+
+It knows nothing of other hub processes: with a bus_url, the composition root
+(tether.http.app.build) starts a tether.cluster.system.ClusterSystem instead, which
+overrides the few places where one process among several differs (where an Llm or a session
+lives, the supervisor it starts) and answers what the other processes ask of this one."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import queue
@@ -13,32 +17,31 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Self
 
 import pykka
 
 from tether import errors
 from tether.actors import messages as m
-from tether.actors.directory import Directory
+from tether.actors.directory import Directory, SessionEntry
 from tether.actors.reply import MeteredReply
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
-from tether.actors.task_ids import FrameIds, home_of, slot_of
+from tether.actors.task_ids import FrameIds, slot_of
 from tether.common.actor import Crash, Parent, Ping, tell
 from tether.config import Settings
 from tether.observability import metrics
 from tether.store import db
 from tether.store import llms as store
 from tether.store.bootstrap import open_store
-from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
+from tether.store.models import KIND_PUBLIC, Llm, LlmMember
 
 log = logging.getLogger("tether.system")
 
 ASK_TIMEOUT_S = 10.0
-EVICT_TIMEOUT_S = 2.0  # a session giving itself up to another process (a take-over)
 
 
-def _ask(ref: pykka.ActorRef, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
+def ask(ref: pykka.ActorRef, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
     try:
         return ref.ask(message, timeout=timeout)
     except pykka.Timeout:
@@ -75,56 +78,40 @@ class ActorSystem:
         # Each LlmActor publishes its members' in-flight counts here (a snapshot it replaces
         # whole), so reads show live `inFlight` without a message hop.
         self._in_flight: dict[str, Mapping[str, int]] = {}
-        # With a bus_url: the router to the other hub processes (tether.cluster).
-        self._router: Any = None
         # How to stop each part that started, in the order they started (see start()).
         self._started: list[tuple[str, Callable[[], None]]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> ActorSystem:
+    def start(self) -> Self:
         """Start the parts in order, as Mopidy does: each part that started is recorded with
         how to stop it, and if a later part fails, stop() stops those in reverse order before
         the error goes on up, so a failed start leaves nothing running."""
         try:
-            live = None
-            if self.settings.bus_url:
-                self._start_router()
-                # Stopped, its names can be taken at once, not after a TTL.
-                self._started.append(("router", self._router.stop))
-                live = self._router.live_sessions
-            # Recorded first: a database that failed half-way through readying is closed too.
-            self._started.append(("database", db.close))
-            open_store(self.settings.database_url, self.settings.llms, live)
-            self._supervisor = self._start_supervisor(None)
-            self._started.append(("supervisor", self._stop_supervisor))
-            _ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
-            self._sweeper = self._start_sweeper()
-            self._started.append(("sweeper", self._stop_sweeper))
-            self._running = True
-            if self._router is not None:
-                self._router.start_ticks()
+            self._start_parts()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start_router(self) -> None:
-        """Join the cluster (docs/protocol.md, Several hub processes)."""
-        from tether.cluster.router import BusRouter  # only with a bus: redis stays optional
+    def _start_parts(self, live_sessions: Callable[[], set[str]] | None = None) -> None:
+        """`live_sessions` (several processes): see open_store."""
+        # Recorded first: a database that failed half-way through readying is closed too.
+        self._started.append(("database", db.close))
+        open_store(self.settings.database_url, self.settings.llms, live_sessions)
+        self._supervisor = self._start_supervisor(None)
+        self._started.append(("supervisor", self._stop_supervisor))
+        ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
+        self._sweeper = self._start_sweeper()
+        self._started.append(("sweeper", self._stop_sweeper))
+        self._running = True
 
-        assert self.settings.bus_url
-        self._router = BusRouter(self.settings.bus_url, self).start()
-        self._frame_ids.process = self._router.process
+    def _supervisor_args(self, previous: Directory | None) -> tuple[Any, ...]:
+        return (self.settings, self._set_directory, self._frame_ids, self._parent,
+                self._root_failed, previous, self._set_in_flight)
 
     def _start_supervisor(self, previous: Directory | None) -> pykka.ActorRef:
-        args = (self.settings, self._set_directory, self._frame_ids, self._parent,
-                self._root_failed, previous, self._set_in_flight)
-        if self._router is not None:
-            from tether.cluster.supervisor import ClusterSupervisor
-
-            return ClusterSupervisor.start(*args, router=self._router)
-        return Supervisor.start(*args)
+        return Supervisor.start(*self._supervisor_args(previous))
 
     def _start_sweeper(self) -> pykka.ActorRef:
         return Sweeper.start(self.settings, self._parent, lambda: self._directory,
@@ -222,8 +209,6 @@ class ActorSystem:
 
     def _set_in_flight(self, name: str, counts: Mapping[str, int]) -> None:
         self._in_flight[name] = MappingProxyType(dict(counts))
-        if self._router is not None:  # the other processes show them too
-            self._router.board.counts_changed(name)
 
     def in_flight(self, name: str) -> Mapping[str, int]:
         """The members' in-flight counts of `name`, as its LlmActor here last published."""
@@ -235,31 +220,20 @@ class ActorSystem:
         (`members`: each virtual row's, when the caller has them already)."""
         if members is None:
             members = store.members_of([row.name for row in rows if row.kind != KIND_PUBLIC])
-        # With a bus, a name owned by another process: the counts its owner shared.
-        elsewhere = ({name for name in members if self._directory.llm(name) is None}
-                     if self._router is not None else set())
-        remote = self._remote_counts(sorted(elsewhere))
+        counts = self._member_counts(sorted(members))
         out = []
         for row in rows:
             wire = row.to_wire()
             if row.name in members:
-                counts = (remote.get(row.name, {}) if row.name in elsewhere
-                          else self._in_flight.get(row.name, {}))
-                wire["members"] = [x.to_wire(counts.get(x.session_id, 0))
+                of_row = counts.get(row.name, {})
+                wire["members"] = [x.to_wire(of_row.get(x.session_id, 0))
                                    for x in members[row.name]]
             out.append(wire)
         return out
 
-    def _remote_counts(self, names: list[str]) -> Mapping[str, Mapping[str, int]]:
-        """With a bus: the in-flight counts of names owned by other processes, as their
-        owners shared them (docs/protocol.md: reads show the whole cluster)."""
-        if not names:
-            return {}
-        try:
-            return self._router.board.member_counts(names)
-        except Exception:  # noqa: BLE001 - Redis down: rows read as they are, counts unknown
-            log.warning("reading the in-flight counts of other processes failed", exc_info=True)
-            return {}
+    def _member_counts(self, names: list[str]) -> Mapping[str, Mapping[str, int]]:
+        """The members' in-flight counts of each of `names` (what reads show)."""
+        return {name: self.in_flight(name) for name in names}
 
     @property
     def directory(self) -> Directory:
@@ -278,7 +252,7 @@ class ActorSystem:
     ) -> tuple[str, store.Registered]:
         if self._draining:  # a session taken now would be cut off at once: come back later
             raise errors.SHUTTING_DOWN()
-        return _ask(self.supervisor, m.Register(session_id, tuple(providers), key_name, admin))
+        return ask(self.supervisor, m.Register(session_id, tuple(providers), key_name, admin))
 
     def owned_names(self, session_id: str) -> frozenset[str]:
         entry = self._directory.session(session_id)
@@ -286,26 +260,13 @@ class ActorSystem:
 
     def heartbeat(self, session_id: str) -> int:
         """Each LlmActor of the session writes its own row (only actors write rows)."""
-        if self._elsewhere(session_id):
-            return self._router.call(self._home_of_session(session_id), "heartbeat",
-                                     session_id)
-        return self._local_heartbeat(session_id)
-
-    def _local_heartbeat(self, session_id: str) -> int:
         owned = sum(self._ask_all(self.owned_names(session_id), m.RecordHeartbeat(session_id)))
         if not owned:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
         return owned
 
     def set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
-        if self._elsewhere(session_id):
-            self._router.call(self._home_of_session(session_id), "set_status", session_id,
-                              tuple(updates))
-            return
-        self._local_set_status(session_id, updates)
-
-    def _local_set_status(self, session_id: str, updates: Sequence[tuple[str, str]]) -> None:
-        futures = _ask(self.supervisor, m.ReportStatus(session_id, tuple(updates)))
+        futures = ask(self.supervisor, m.ReportStatus(session_id, tuple(updates)))
         try:
             applied = pykka.get_all(futures, timeout=ASK_TIMEOUT_S)
         except pykka.Timeout:
@@ -316,9 +277,7 @@ class ActorSystem:
     def _ask_all(self, names: Sequence[str] | frozenset[str], message: Any) -> list[Any]:
         futures = []
         for name in names:
-            ref = self._directory.llm(name)
-            if ref is None and self._router is not None:  # owned elsewhere, or by nobody yet
-                ref = self._router.llm_ref(name, take=True)
+            ref = self._llm_ref(name)
             if ref is not None:
                 futures.append(ref.ask(message, block=False))
         try:
@@ -328,43 +287,23 @@ class ActorSystem:
 
     def open_stream(self, session_id: str, outbox: queue.Queue, last_event_id: str | None) -> int:
         entry = self._directory.session(session_id)
-        if entry is None and self._router is not None and not self._draining:
-            # Homed elsewhere before (or nowhere since a process died): this process
-            # becomes its home, and the old home gives it up with its tasks.
-            old_home = _ask(self.supervisor, m.HomeSession(session_id))
-            entry = self._directory.session(session_id)
-            if old_home is not None and entry is not None:
-                self._take_over(old_home, session_id, entry.slot, entry.ref)
-            if entry is not None:  # once the old home let go: no task is sent there again
-                self._router.relink(entry.names)
+        if entry is None and not self._draining:
+            entry = self._home_session(session_id)
         if entry is None or not entry.names:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
         if self._draining:  # its drain already ended the stream with `retry:`
             raise errors.SHUTTING_DOWN()
-        token = _ask(entry.ref, m.OpenStream(outbox, last_event_id))
+        token = ask(entry.ref, m.OpenStream(outbox, last_event_id))
         # The session told the supervisor before answering; once the supervisor answers this
         # too, the session's LlmActors have the news queued ahead of any later infer: a
         # member gets work as soon as its publisher sees `hello`, never a 503 before.
-        _ask(self.supervisor, Ping())
+        ask(self.supervisor, Ping())
         return token
 
-    def _take_over(self, old_home: str, session_id: str, slot: int,
-                   ref: pykka.ActorRef) -> None:
-        """The session's old home (another process, alive) ends its stream there and hands
-        over the tasks that produced nothing; they get ids of this home (results, cancels
-        and liveness then find them here), their LlmActors count them under those ids, and
-        the session sends them as new frames once its stream opens (docs/protocol.md, Several
-        hub processes). If the old home does not answer, its tasks stay there and fail."""
-        try:
-            moving = self._router.call(old_home, "evict", session_id)
-        except errors.TetherError as error:
-            log.warning("session %s: its old home %s did not hand it over (%s); its tasks "
-                        "there are lost", session_id, old_home, error.code)
-            return
-        if moving:
-            log.info("session %s: %d task(s) taken over from process %s", session_id,
-                     len(moving), old_home)
-            tell(ref, m.AdoptTasks(self._router.renamed(moving, slot, self._router.process)))
+    def _home_session(self, session_id: str) -> SessionEntry | None:
+        """A stream opens for a session that has no actor here. One process holds every
+        session it knows: this one is unknown (or gone)."""
+        return None
 
     def close_stream(self, session_id: str, token: int) -> None:
         entry = self._directory.session(session_id)
@@ -374,47 +313,38 @@ class ActorSystem:
     def submit_result(self, task_id: str, claimed_session: str | None, result: dict,
                       may_act: Callable[[str], bool] | None = None) -> None:
         """`may_act(session_id)` says whether the caller's key owns the task's session."""
-        home = home_of(task_id)
-        if self._router is not None and home is not None and home != self._router.process:
-            # The task is held by another process: it checks the task, we check the key.
-            session_id = claimed_session or self._router.call(home, "session_of_task", task_id)
-            allowed = may_act(session_id) if may_act is not None else True
-            self._router.call(home, "submit_result", task_id, claimed_session, result, allowed)
-            return
-        self._local_submit(task_id, claimed_session, result, may_act)
+        entry = self._entry_of_task(task_id)
+        allowed = may_act(entry.session_id) if may_act is not None else True
+        ask(entry.ref, m.SubmitResult(task_id, claimed_session, result, allowed))
 
-    def _entry_of_task(self, task_id: str) -> Any:
+    def _entry_of_task(self, task_id: str) -> SessionEntry:
         slot = slot_of(task_id)
         entry = self._directory.session_by_slot(slot) if slot is not None else None
         if entry is None:
             raise errors.TASK_NOT_FOUND(task_id=task_id)
         return entry
 
-    def _local_submit(self, task_id: str, claimed_session: str | None, result: dict,
-                      may_act: Callable[[str], bool] | None) -> None:
-        entry = self._entry_of_task(task_id)
-        allowed = may_act(entry.session_id) if may_act is not None else True
-        _ask(entry.ref, m.SubmitResult(task_id, claimed_session, result, allowed))
-
     # --- client data plane ---------------------------------------------------------------
 
     def infer(
         self, name: str, request: dict[str, Any], streaming: bool, endpoint: str,
         affinity: str | None = None,
-    ) -> queue.Queue:
+    ) -> MeteredReply:
         """Start an infer; its events arrive on the returned channel (see messages.py)."""
-        ref = self._directory.llm(name)
-        reply: queue.Queue = MeteredReply(name, endpoint)
+        reply = MeteredReply(name, endpoint)
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
             reply.put(m.Failed(errors.SHUTTING_DOWN()))
             return reply
-        if ref is None and self._router is not None:  # owned elsewhere, or by nobody yet
-            ref = self._router.llm_ref(name, take=True)
+        ref = self._llm_ref(name)
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply, affinity)):
             if store.get(name) is not None:  # its actor is down (gave up restarting)
                 raise errors.PUBLISHER_OFFLINE(name=name)
             raise errors.LLM_NOT_FOUND(name=name)
         return reply
+
+    def _llm_ref(self, name: str) -> Any:
+        """The LlmActor of `name` to send a request to, or None when nobody serves it."""
+        return self._directory.llm(name)
 
     def inject_crash(self, kind: str, key: str) -> bool:
         """Fault injection (tests only; the route exists only with fault_injection on)."""
@@ -424,89 +354,19 @@ class ActorSystem:
             else getattr(directory.session(key), "ref", None)
         return tell(ref, Crash())
 
-    def withdraw(self, name: str, reply: queue.Queue) -> None:
-        """The client of an infer that was not dispatched yet left: stop waiting for it
-        (with a bus, at the owner, which finds it by its request id)."""
-        ref = self._directory.llm(name)
-        if ref is None and self._router is not None:
-            self._router.tell_llm(name, m.Withdraw(reply))
-            self._router.forget_request(reply)
-            return
-        tell(ref, m.Withdraw(reply))
+    def withdraw(self, name: str, reply: m.ReplyChannel) -> None:
+        """The client of an infer that was not dispatched yet left: stop waiting for it."""
+        tell(self._directory.llm(name), m.Withdraw(reply))
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
-        """Stop a dispatched task where it runs: the process named in its id, else here."""
+        """Stop a dispatched task where it runs."""
         if dispatched.cancel is not None:  # a public Llm's upstream call
             dispatched.cancel(reason)
             return
-        home = home_of(dispatched.task_id)
-        if self._router is not None and home is not None and home != self._router.process:
-            self._router.cast(home, "cancel", dispatched.task_id, reason)
-            return
-        self._local_cancel(dispatched.task_id, reason)
+        self._cancel_task(dispatched.task_id, reason)
 
-    def _local_cancel(self, task_id: str, reason: str) -> None:
+    def _cancel_task(self, task_id: str, reason: str) -> None:
         slot = slot_of(task_id)
         entry = self._directory.session_by_slot(slot) if slot is not None else None
         if entry is not None:
             tell(entry.ref, m.CancelTask(task_id, reason))
-
-    # --- with a bus: what other processes ask of this one (tether.cluster.router) -------
-
-    def _elsewhere(self, session_id: str) -> bool:
-        return self._router is not None and self._directory.session(session_id) is None
-
-    def _home_of_session(self, session_id: str) -> str:
-        home = self._router.homes.live_home(session_id)
-        if home is None or home.process == self._router.process:
-            raise errors.SESSION_NOT_FOUND(session_id=session_id)
-        return home.process
-
-    def local_call(self, fn: str, args: Sequence[Any]) -> Any:
-        """Run a call another process routed here, never forwarding it again."""
-        if fn == "submit_result":
-            task_id, claimed, result, allowed = args
-            self._local_submit(task_id, claimed, result, lambda _session: bool(allowed))
-            return True
-        if fn == "session_of_task":
-            entry = self._entry_of_task(args[0])
-            return entry.session_id
-        if fn == "heartbeat":
-            if self._directory.session(args[0]) is None:
-                raise errors.SESSION_NOT_FOUND(session_id=args[0])
-            return self._local_heartbeat(args[0])
-        if fn == "set_status":
-            self._local_set_status(args[0], args[1])
-            return True
-        if fn == "cancel":
-            self._local_cancel(args[0], args[1])
-            return True
-        if fn == "home_died":
-            return self._home_died(args[0])
-        if fn == "evict":
-            return self._evict(args[0])
-        raise errors.INVALID_REQUEST(why=f"no bus call {fn!r}")
-
-    def _evict(self, session_id: str) -> tuple[m.SendInfer | m.SendWake, ...]:
-        """The session's stream opened on another process: forget it here, end its stream,
-        and answer the tasks that move there (see m.Evict)."""
-        ref = _ask(self.supervisor, m.Evict(session_id))
-        if ref is None:
-            return ()
-        try:
-            # Well within the asker's deadline (BUS_ASK_S): tasks handed over to an asker
-            # that gave up would be lost.
-            forward = functools.partial(self._router.forward_to_home, session_id)
-            return tuple(ref.ask(m.Evict(session_id, forward), timeout=EVICT_TIMEOUT_S))
-        except (pykka.ActorDeadError, pykka.Timeout):
-            return ()  # it stopped or is stuck: its tasks fail there
-
-    def _home_died(self, session_id: str) -> int:
-        """The session's home process died: its rows go inactive (this process noticed
-        first), and the owners of its names learn that its tasks are gone."""
-        names = store.names_of_session(session_id)
-        for name in names:
-            store.set_status(name, session_id, INACTIVE)
-            self._router.tell_llm(name, m.StreamLost(session_id, float("-inf"), home_died=True))
-        return len(names)
-

@@ -9,16 +9,20 @@ dataclasses (by name), from plain data. The live parts of a message get plain-da
 - a reply channel:   ["reply", process, request_id]
 - a TetherError:     status, code, message, param
 
-Which object a ref or reply channel becomes on arrival (a local actor, a proxy that sends on
-the bus) is the router's business: it passes the four hooks below. Fields that only mean
-something in their own process (a public Llm's cancel closure) are dropped on the way out.
+A reply channel is a field the message declares a ReplyChannel; an actor ref, any object
+with `tell` and an `actor_urn`. Which address each has, and which object it becomes on
+arrival (a local actor, a proxy that sends on the bus), is addresses.py's business: it
+passes the four hooks below. Fields that only mean something in their own process (a
+public Llm's cancel closure) are dropped on the way out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -92,28 +96,31 @@ def encode(obj: Any, hooks: Hooks) -> Any:
     name = type(obj).__name__
     if dataclasses.is_dataclass(obj) and ALLOWED.get(name) is type(obj):
         skip = LOCAL_ONLY.get(name, frozenset())
+        replies = _reply_fields(name)
         return {"$": "msg", "t": name, "f": {
-            f.name: _encode_field(getattr(obj, f.name), hooks)
+            f.name: _encode_field(getattr(obj, f.name), hooks, f.name in replies)
             for f in dataclasses.fields(obj) if f.name not in skip}}
     raise CodecError(f"{name} does not cross the bus")
 
 
-def _encode_field(value: Any, hooks: Hooks) -> Any:
+def _encode_field(value: Any, hooks: Hooks, reply: bool) -> Any:
     """A message field: live refs and reply channels become addresses here."""
+    if reply:
+        return {"$": "reply", "a": list(hooks.reply_address(value))}
     if _is_ref(value):
         return {"$": "ref", "a": list(hooks.ref_address(value))}
-    if _is_reply(value):
-        return {"$": "reply", "a": list(hooks.reply_address(value))}
     return encode(value, hooks)
+
+
+@functools.cache
+def _reply_fields(message: str) -> frozenset[str]:
+    """The fields of an allowed message that it declares reply channels (m.ReplyChannel)."""
+    return frozenset(name for name, hint in typing.get_type_hints(ALLOWED[message]).items()
+                     if hint is m.ReplyChannel)
 
 
 def _is_ref(value: Any) -> bool:
     return hasattr(value, "tell") and hasattr(value, "actor_urn")
-
-
-def _is_reply(value: Any) -> bool:
-    return hasattr(value, "put") and hasattr(value, "get_nowait") or getattr(
-        value, "is_remote_reply", False)
 
 
 def decode(data: Any, hooks: Hooks) -> Any:

@@ -4,22 +4,39 @@ know whether the actor they talk to is local)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pykka
 
-if TYPE_CHECKING:
-    from tether.cluster.router import BusRouter
+from tether.cluster.codec import Address
+
+
+class Sender(Protocol):
+    """What the proxies send through (tether.cluster.router.BusRouter)."""
+
+    def send_tell(self, process: str, address: Address, message: Any,
+                  answer_loss: bool = True) -> bool: ...
+
+    def send_ask(self, process: str, address: Address, message: Any) -> pykka.Future[Any]: ...
+
+    def tell_llm(self, name: str, message: Any, owner: str | None = None) -> None: ...
+
+    def ask_llm(self, name: str, message: Any,
+                owner: str | None = None) -> pykka.Future[Any]: ...
+
+    def send_reply(self, process: str, request_id: str, item: Any) -> None: ...
+
+    def send_cancelled(self, process: str, request_id: str, reason: str) -> None: ...
 
 
 class RemoteSession:
     """A SessionActor homed on another process (a fixed address: a session's home changes
     only by a take-over, after which its LlmActors get new links)."""
 
-    __slots__ = ("_router", "process", "session_id")
+    __slots__ = ("_sender", "process", "session_id")
 
-    def __init__(self, router: BusRouter, process: str, session_id: str) -> None:
-        self._router = router
+    def __init__(self, sender: Sender, process: str, session_id: str) -> None:
+        self._sender = sender
         self.process = process
         self.session_id = session_id
 
@@ -28,14 +45,14 @@ class RemoteSession:
         return f"session:{self.process}:{self.session_id}"
 
     @property
-    def address(self) -> tuple[str, str, str]:
+    def address(self) -> Address:
         return ("session", self.process, self.session_id)
 
     def tell(self, message: Any) -> None:
-        self._router.send_tell(self.process, self.address, message)
+        self._sender.send_tell(self.process, self.address, message)
 
     def ask(self, message: Any, block: bool = True, timeout: float | None = None) -> Any:
-        future = self._router.send_ask(self.process, self.address, message)
+        future = self._sender.send_ask(self.process, self.address, message)
         return future if not block else future.get(timeout=timeout)
 
     def is_alive(self) -> bool:
@@ -49,25 +66,29 @@ class RemoteSession:
 
 
 class RemoteLlm:
-    """The LlmActor of a name, wherever its owner is now: the owner is looked up at each
-    send, so a session's reports reach the new owner after a take-over. With no live owner
-    a tell is dropped (at-most-once; whoever waits has a deadline)."""
+    """The LlmActor of a name on another process. With `owner` (a request's proxy, from
+    BusRouter.llm_ref), sent to the owner found for it, or to the name's owner now if
+    nobody listens there any more; without (an LlmActor a message names, held for a task's
+    life), to the name's owner at each send, so a session's reports reach the new owner
+    after a take-over. With no live owner a tell is dropped (at-most-once; whoever waits
+    has a deadline)."""
 
-    __slots__ = ("_router", "name")
+    __slots__ = ("_sender", "name", "owner")
 
-    def __init__(self, router: BusRouter, name: str) -> None:
-        self._router = router
+    def __init__(self, sender: Sender, name: str, owner: str | None = None) -> None:
+        self._sender = sender
         self.name = name
+        self.owner = owner
 
     @property
     def actor_urn(self) -> str:
         return f"llm:{self.name}"
 
     def tell(self, message: Any) -> None:
-        self._router.tell_llm(self.name, message)
+        self._sender.tell_llm(self.name, message, self.owner)
 
     def ask(self, message: Any, block: bool = True, timeout: float | None = None) -> Any:
-        future = self._router.ask_llm(self.name, message)
+        future = self._sender.ask_llm(self.name, message, self.owner)
         return future if not block else future.get(timeout=timeout)
 
     def is_alive(self) -> bool:
@@ -85,20 +106,19 @@ class RemoteReply:
     there, keyed by the request's id. Equal to any other proxy of the same request (a
     Withdraw finds its Infer by it)."""
 
-    is_remote_reply = True
-    __slots__ = ("_router", "process", "request_id")
+    __slots__ = ("_sender", "process", "request_id")
 
-    def __init__(self, router: BusRouter, process: str, request_id: str) -> None:
-        self._router = router
+    def __init__(self, sender: Sender, process: str, request_id: str) -> None:
+        self._sender = sender
         self.process = process
         self.request_id = request_id
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._router.send_reply(self.process, self.request_id, item)
+    def put(self, item: Any) -> None:
+        self._sender.send_reply(self.process, self.request_id, item)
 
     def cancelled(self, reason: str) -> None:
         """The task was cancelled here: the requester's metered channel records it."""
-        self._router.send_cancelled(self.process, self.request_id, reason)
+        self._sender.send_cancelled(self.process, self.request_id, reason)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, RemoteReply) and other.process == self.process
@@ -108,7 +128,7 @@ class RemoteReply:
         return hash((self.process, self.request_id))
 
 
-def failed_future(error: BaseException) -> pykka.Future:
-    future: pykka.Future = pykka.ThreadingFuture()
+def failed_future(error: BaseException) -> pykka.Future[Any]:
+    future: pykka.Future[Any] = pykka.ThreadingFuture()
     future.set_exception((type(error), error, None))
     return future

@@ -7,7 +7,7 @@ What differs from the single process's Supervisor:
 - It holds the SessionActors of the sessions homed here: registered here (with no live
   home elsewhere) or whose stream opened here. A stream for a session homed elsewhere
   takes it over: the old home gives it up (Evict) without marking its rows inactive and
-  hands over its tasks that produced nothing (ActorSystem.open_stream), and a stream loss
+  hands over its tasks that produced nothing (ClusterSystem._take_over), and a stream loss
   is reported only by the process that is still the session's home.
 - The home of a session whose stream opens takes the leases of its names that have no
   live owner (so a single publisher's name lives where its stream is: no bus hop), and
@@ -70,14 +70,14 @@ class ClusterSupervisor(Supervisor):
 
     def _start_session(self, session_id: str) -> pykka.ActorRef:
         ref = super()._start_session(session_id)
-        self._router.name_local(ref, "session", session_id)
+        self._router.addresses.name_local(ref, "session", session_id)
         return ref
 
     def _start_llm(self, state: m.LlmState, infos: tuple[m.MemberInfo, ...],
                    proxies: m.ProxiesInFlight | None = None,
                    restarted: bool = False) -> pykka.ActorRef:
         ref = super()._start_llm(state, infos, proxies, restarted)
-        self._router.name_local(ref, "llm", state.name)
+        self._router.addresses.name_local(ref, "llm", state.name)
         return ref
 
     def _member_infos(self, members: list[LlmMember]) -> tuple[m.MemberInfo, ...]:
@@ -107,7 +107,7 @@ class ClusterSupervisor(Supervisor):
         if self._owned(row):
             super()._adopt_row(row, members, registered)
             return
-        owner = self._router.owner(row.name)
+        owner = self._router.owners.owner(row.name)
         if owner is not None:
             self._router.supervise(owner, "reload_llm", row.name, registered)
 
@@ -150,7 +150,7 @@ class ClusterSupervisor(Supervisor):
         self._router.homes.set(msg.session_id, entry.slot, True)
         for name in entry.names:
             ref = self._llms.get(name)
-            if ref is None and self._router.owner(name, take=True) == self._home:
+            if ref is None and self._router.owners.owner(name, take=True) == self._home:
                 ref = self._own(name)
             tell(ref or self._llm(name), m.StreamOpened(msg.session_id))
 
@@ -177,7 +177,7 @@ class ClusterSupervisor(Supervisor):
         self._router.homes.set(session_id, entry.slot, False)
         self._publish_directory()
         # The caller has the old home give the session up and takes its tasks, then has
-        # the names' owners link to this home (ActorSystem.open_stream).
+        # the names' owners link to this home (ClusterSystem._home_session).
         return old.process if old is not None and old.process != self._home else None
 
     def _on_evict(self, msg: m.Evict) -> pykka.ActorRef | None:
@@ -187,7 +187,7 @@ class ClusterSupervisor(Supervisor):
             return None
         self._slots.pop(entry.slot, None)
         self._live.discard(msg.session_id)
-        self._router.forget_local(entry.ref)
+        self._router.addresses.forget_local(entry.ref)
         self._publish_directory()
         return entry.ref
 
@@ -244,7 +244,7 @@ class ClusterSupervisor(Supervisor):
             ref = self._llms.pop(name, None)
             self._members.pop(name, None)
             if ref is not None:
-                self._router.forget_local(ref)
+                self._router.addresses.forget_local(ref)
                 tell(ref, m.Relinquish())  # its waiters: 503 hub_busy, then it stops
         self._publish_directory()
 
@@ -261,7 +261,7 @@ class ClusterSupervisor(Supervisor):
                     sessions_of.setdefault(name, []).append(session_id)
         if not sessions_of:
             return
-        for name, owner in self._router.owners(sorted(sessions_of), take=True).items():
+        for name, owner in self._router.owners.owners(sorted(sessions_of), take=True).items():
             if owner == self._home:
                 ref = self._own(name)
                 for session_id in sessions_of[name]:
@@ -278,7 +278,7 @@ class ClusterSupervisor(Supervisor):
         for session_id in list(self._live):
             entry = self._sessions.get(session_id)
             for name in entry.names if entry is not None else ():
-                owner = self._router.owner(name)
+                owner = self._router.owners.owner(name)
                 if owner is not None and owner != self._home:
                     self._router.supervise(owner, "reload_llm", name)
         # As an owner: the homes of the members may be back by now (that request from their
@@ -291,6 +291,6 @@ class ClusterSupervisor(Supervisor):
         ref = self._llms.get(name)
         super()._retire(name)
         if ref is not None:
-            self._router.forget_local(ref)
+            self._router.addresses.forget_local(ref)
             self._router.leases.release(name)
 

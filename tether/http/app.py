@@ -103,10 +103,20 @@ class Cors(falcon.CORSMiddleware):
 
 
 def build(settings: Settings) -> tuple[falcon.App, ActorSystem]:
-    """Start the actor system and wire the app to it (call after gevent patched)."""
+    """Start the actor system and wire the app to it (call after gevent patched): with a
+    bus_url, one process of a cluster (tether.cluster.system)."""
     logs.setup(settings.log_level, settings.log_format)
-    system = ActorSystem(settings).start()
+    system = start_system(settings)
     return create_app(settings, system), system
+
+
+def start_system(settings: Settings) -> ActorSystem:
+    """One process's actor system, or, with a bus_url, one of a cluster's."""
+    if settings.bus_url is None:
+        return ActorSystem(settings).start()
+    from tether.cluster.system import ClusterSystem  # redis loads only with a bus
+
+    return ClusterSystem(settings).start()
 
 
 def get_app() -> falcon.App:
