@@ -17,6 +17,7 @@ from mypy import api as mypy_api
 
 from tether.actors import messages as m
 from tether.actors.llm import LlmActor
+from tether.actors.public_llm import PublicLlmActor
 from tether.actors.session import SessionActor
 from tether.actors.supervisor import Supervisor
 from tether.actors.sweeper import Sweeper
@@ -26,10 +27,13 @@ from tether.publisher import messages as pm
 from tether.publisher.backend import BackendActor
 
 # A ClusterSupervisor is a Supervisor that takes more: only what it adds counts as its own.
+# Messages to an Llm go to the actor of its name, whatever its kind: a PublicLlmActor takes
+# some of what an LlmActor takes (see the test below), and nothing of its own.
 HUB_ACTORS: dict[str, frozenset[type]] = {
     "Supervisor": Supervisor.accepts,
     "ClusterSupervisor": ClusterSupervisor.accepts - Supervisor.accepts,
     "LlmActor": LlmActor.accepts,
+    "PublicLlmActor": PublicLlmActor.accepts - LlmActor.accepts,
     "SessionActor": SessionActor.accepts,
     "Sweeper": Sweeper.accepts,
 }
@@ -61,6 +65,11 @@ def test_every_hub_message_has_exactly_one_receiver() -> None:
             if len(names) != 1} == PASSED_ON
     assert sorted(c.__name__ for c in messages - receivers.keys()) == []  # nobody receives
     assert sorted(c.__name__ for c in receivers.keys() - messages) == []  # not a message
+
+
+def test_a_public_llm_takes_only_what_any_llm_actor_takes() -> None:
+    assert PublicLlmActor.accepts == {m.Infer, m.Withdraw, m.TaskEnded}
+    assert PublicLlmActor.accepts < LlmActor.accepts
 
 
 def test_every_publisher_message_is_a_backend_actors() -> None:

@@ -513,6 +513,8 @@ LlmMessage: TypeAlias = (
     | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut | TaskMoved
     | InventoryTimedOut | Relinquish
 )
+# A public Llm's actor takes only what may reach it: its infers, their ends, a withdrawal.
+PublicLlmMessage: TypeAlias = Infer | Withdraw | TaskEnded
 # What a ClusterSupervisor takes besides the SupervisorMessages.
 ClusterSupervisorMessage: TypeAlias = (
     OwnName | ReloadLlm | ReloadSession | Evict | NamesLost | EnsureOwners | HomeSession
