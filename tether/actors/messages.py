@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 import pykka
 
+from tether.actors.outbox import Close as Close  # the outbox's, named here for its readers
 from tether.common.actor import Parent
 from tether.errors import TetherError
 
@@ -487,15 +488,6 @@ class StreamDone:
 @dataclass(frozen=True)
 class Failed:
     error: TetherError
-
-
-class Close:
-    """Sentinel on a publisher outbox: end the stream (with `retry:` when given)."""
-
-    __slots__ = ("retry_ms",)
-
-    def __init__(self, retry_ms: int | None = None) -> None:
-        self.retry_ms = retry_ms
 
 
 # --- who receives what -------------------------------------------------------------------
