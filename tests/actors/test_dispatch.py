@@ -15,6 +15,7 @@ from typing import Any, assert_never
 import pytest
 from mypy import api as mypy_api
 
+from tether.actors import events, outbox, records, supervisor_messages
 from tether.actors import messages as m
 from tether.actors.llm import LlmActor
 from tether.actors.public_llm import PublicLlmActor
@@ -41,13 +42,8 @@ HUB_ACTORS: dict[str, frozenset[type]] = {
 # directory, then tells the SessionActor to end its stream.
 PASSED_ON = {m.Evict: ["ClusterSupervisor", "SessionActor"]}
 
-# Classes of messages.py that no actor receives: what messages carry, what a request's
-# reply channel and a publisher's outbox carry.
-NOT_ACTOR_MESSAGES = {
-    m.LlmState, m.SessionLink, m.MemberInfo, m.ProxiesInFlight,
-    m.Dispatched, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
-    m.Close,
-}
+# Where the actor messages are defined: every class there is one.
+MESSAGE_MODULES = (m, supervisor_messages)
 
 
 def classes_of(module: Any) -> set[type]:
@@ -55,16 +51,33 @@ def classes_of(module: Any) -> set[type]:
             if c.__module__ == module.__name__}
 
 
+# What no actor receives: what messages carry, what a request's reply channel and a
+# publisher's outbox carry.
+NOT_RECEIVED = classes_of(records) | classes_of(events) | {outbox.Close}
+
+
 def test_every_hub_message_has_exactly_one_receiver() -> None:
     receivers: dict[type, list[str]] = {}
     for actor, accepts in HUB_ACTORS.items():
         for cls in accepts:
             receivers.setdefault(cls, []).append(actor)
-    messages = classes_of(m) - NOT_ACTOR_MESSAGES
+    messages = set().union(*(classes_of(module) for module in MESSAGE_MODULES))
     assert {cls: sorted(names) for cls, names in receivers.items()
             if len(names) != 1} == PASSED_ON
     assert sorted(c.__name__ for c in messages - receivers.keys()) == []  # nobody receives
     assert sorted(c.__name__ for c in receivers.keys() - messages) == []  # not a message
+
+
+def test_what_messages_and_channels_carry_no_actor_receives() -> None:
+    received = set().union(*(actor.accepts for actor in (
+        Supervisor, ClusterSupervisor, LlmActor, PublicLlmActor, SessionActor, Sweeper)))
+    assert {m.LlmState, m.Failed, m.Close} <= NOT_RECEIVED
+    assert sorted(c.__name__ for c in NOT_RECEIVED & received) == []
+
+
+def test_one_import_names_every_message_and_what_they_carry() -> None:
+    for cls in classes_of(supervisor_messages) | NOT_RECEIVED:
+        assert getattr(m, cls.__name__, None) is cls, f"m.{cls.__name__}"
 
 
 def test_a_public_llm_takes_only_what_any_llm_actor_takes() -> None:
