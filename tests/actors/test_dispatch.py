@@ -15,8 +15,10 @@ from typing import Any, assert_never
 import pytest
 from mypy import api as mypy_api
 
+from tether.actors import events, outbox, records, supervisor_messages
 from tether.actors import messages as m
 from tether.actors.llm import LlmActor
+from tether.actors.public_llm import PublicLlmActor
 from tether.actors.session import SessionActor
 from tether.actors.supervisor import Supervisor
 from tether.actors.sweeper import Sweeper
@@ -26,10 +28,13 @@ from tether.publisher import messages as pm
 from tether.publisher.backend import BackendActor
 
 # A ClusterSupervisor is a Supervisor that takes more: only what it adds counts as its own.
+# Messages to an Llm go to the actor of its name, whatever its kind: a PublicLlmActor takes
+# some of what an LlmActor takes (see the test below), and nothing of its own.
 HUB_ACTORS: dict[str, frozenset[type]] = {
     "Supervisor": Supervisor.accepts,
     "ClusterSupervisor": ClusterSupervisor.accepts - Supervisor.accepts,
     "LlmActor": LlmActor.accepts,
+    "PublicLlmActor": PublicLlmActor.accepts - LlmActor.accepts,
     "SessionActor": SessionActor.accepts,
     "Sweeper": Sweeper.accepts,
 }
@@ -37,13 +42,8 @@ HUB_ACTORS: dict[str, frozenset[type]] = {
 # directory, then tells the SessionActor to end its stream.
 PASSED_ON = {m.Evict: ["ClusterSupervisor", "SessionActor"]}
 
-# Classes of messages.py that no actor receives: what messages carry (a request's reply
-# channel is an m.ReplyChannel), what that channel and a publisher's outbox carry.
-NOT_ACTOR_MESSAGES = {
-    m.LlmState, m.SessionLink, m.MemberInfo, m.ProxiesInFlight, m.ReplyChannel,
-    m.Dispatched, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
-    m.Close,
-}
+# Where the actor messages are defined: every class there is one.
+MESSAGE_MODULES = (m, supervisor_messages)
 
 
 def classes_of(module: Any) -> set[type]:
@@ -51,16 +51,38 @@ def classes_of(module: Any) -> set[type]:
             if c.__module__ == module.__name__}
 
 
+# What no actor receives: what messages carry, what a request's reply channel and a
+# publisher's outbox carry.
+NOT_RECEIVED = classes_of(records) | classes_of(events) | {outbox.Close, m.ReplyChannel}
+
+
 def test_every_hub_message_has_exactly_one_receiver() -> None:
     receivers: dict[type, list[str]] = {}
     for actor, accepts in HUB_ACTORS.items():
         for cls in accepts:
             receivers.setdefault(cls, []).append(actor)
-    messages = classes_of(m) - NOT_ACTOR_MESSAGES
+    messages = set().union(*(classes_of(module) for module in MESSAGE_MODULES)) - NOT_RECEIVED
     assert {cls: sorted(names) for cls, names in receivers.items()
             if len(names) != 1} == PASSED_ON
     assert sorted(c.__name__ for c in messages - receivers.keys()) == []  # nobody receives
     assert sorted(c.__name__ for c in receivers.keys() - messages) == []  # not a message
+
+
+def test_what_messages_and_channels_carry_no_actor_receives() -> None:
+    received = set().union(*(actor.accepts for actor in (
+        Supervisor, ClusterSupervisor, LlmActor, PublicLlmActor, SessionActor, Sweeper)))
+    assert {m.LlmState, m.Failed, m.Close} <= NOT_RECEIVED
+    assert sorted(c.__name__ for c in NOT_RECEIVED & received) == []
+
+
+def test_one_import_names_every_message_and_what_they_carry() -> None:
+    for cls in classes_of(supervisor_messages) | NOT_RECEIVED:
+        assert getattr(m, cls.__name__, None) is cls, f"m.{cls.__name__}"
+
+
+def test_a_public_llm_takes_only_what_any_llm_actor_takes() -> None:
+    assert PublicLlmActor.accepts == {m.Infer, m.Withdraw, m.TaskEnded}
+    assert PublicLlmActor.accepts < LlmActor.accepts
 
 
 def test_every_publisher_message_is_a_backend_actors() -> None:

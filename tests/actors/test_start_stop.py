@@ -61,7 +61,7 @@ def test_a_failing_later_part_leaves_nothing_running(
     monkeypatch.setattr(Sweeper, "start", no_thread_left)
     with pytest.raises(RuntimeError, match="can't start new thread"):
         ActorSystem(published).start()
-    assert seen["actors"] == ["LlmActor", "LlmActor", "SessionActor", "Supervisor"]
+    assert seen["actors"] == ["LlmActor", "PublicLlmActor", "SessionActor", "Supervisor"]
     assert seen["connections"] > 0
     assert pykka.ActorRegistry.get_all() == []
     assert pooled_connections() == 0

@@ -1,25 +1,56 @@
-"""Every message the actors exchange: commands are verbs, events are in the past tense.
+"""Every message the actors exchange: commands are verbs, events are in the past tense;
+each has one receiver (the unions at the bottom). The supervisor's are in
+tether/actors/supervisor_messages.py; those of the LlmActor, the SessionActor and the
+sweeper are here.
 
 Replies to HTTP handlers travel on a per-request channel (a ReplyChannel) carried inside the
-message; the events put on it are at the bottom of this module.
+message. The supervisor's messages, the events put on a reply
+channel (events.py), the records messages carry (records.py) and the sentinel that ends a
+publisher's stream (outbox.py) are named here too, so that one import serves whoever reads
+messages: `m.Register`, `m.Failed`, `m.LlmState`, `m.Close`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import queue
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
 import pykka
 
-from tether.common.actor import Parent
+from tether.actors.events import Chunks as Chunks
+from tether.actors.events import Completed as Completed
+from tether.actors.events import Dispatched as Dispatched
+from tether.actors.events import Failed as Failed
+from tether.actors.events import Queued as Queued
+from tether.actors.events import StreamDone as StreamDone
+from tether.actors.events import WakePending as WakePending
+from tether.actors.outbox import Close as Close
+from tether.actors.records import LlmState as LlmState
+from tether.actors.records import MemberInfo as MemberInfo
+from tether.actors.records import ProxiesInFlight as ProxiesInFlight
+from tether.actors.records import SessionLink as SessionLink
+from tether.actors.supervisor_messages import ChildFailed as ChildFailed
+from tether.actors.supervisor_messages import ClusterSupervisorMessage as ClusterSupervisorMessage
+from tether.actors.supervisor_messages import EnsureOwners as EnsureOwners
+from tether.actors.supervisor_messages import Evict as Evict
+from tether.actors.supervisor_messages import HomeSession as HomeSession
+from tether.actors.supervisor_messages import NamesLost as NamesLost
+from tether.actors.supervisor_messages import OwnName as OwnName
+from tether.actors.supervisor_messages import Register as Register
+from tether.actors.supervisor_messages import ReloadLlm as ReloadLlm
+from tether.actors.supervisor_messages import ReloadSession as ReloadSession
+from tether.actors.supervisor_messages import ReportStatus as ReportStatus
+from tether.actors.supervisor_messages import RetireExpired as RetireExpired
+from tether.actors.supervisor_messages import SessionStreamLost as SessionStreamLost
+from tether.actors.supervisor_messages import SessionStreamOpened as SessionStreamOpened
+from tether.actors.supervisor_messages import SupervisorMessage as SupervisorMessage
 from tether.errors import TetherError
 
 
 class ReplyChannel(Protocol):
-    """Where the reply events of one request go (bottom of this module). The HTTP handler
+    """Where the reply events of one request go (tether.actors.events). The HTTP handler
     reads a MeteredReply (tether.actors.reply, a queue.Queue: cooperative under gevent); with
     a bus, a request of another process is a proxy that sends each event there. The codec
     knows a field of this type is a channel (tether.cluster.codec)."""
@@ -28,171 +59,6 @@ class ReplyChannel(Protocol):
 
     def cancelled(self, reason: str) -> None:
         """The request's task was cancelled: no event comes any more (its outcome)."""
-
-
-@dataclass(frozen=True)
-class LlmState:
-    """What an LlmActor keeps of its row: enough to route without touching the store."""
-
-    name: str
-    kind: str
-    session_id: str | None
-    status: str
-
-
-@dataclass(frozen=True)
-class SessionLink:
-    """How an LlmActor reaches the SessionActor of its owning session."""
-
-    session_id: str
-    slot: int
-    ref: pykka.ActorRef = field(compare=False)
-    home: str | None = None  # with a bus: the process holding the session (in task ids)
-
-
-@dataclass(frozen=True)
-class MemberInfo:
-    """One member of a name (docs/protocol.md, Pools), as the supervisor hands it to the LlmActor;
-    `live` says whether the member's session has a stream open right now."""
-
-    session: SessionLink
-    status: str
-    max_concurrency: int | None
-    live: bool
-
-
-# --- supervisor --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Register:
-    session_id: str | None
-    providers: tuple[dict[str, Any], ...]
-    key_name: str | None = None  # with auth on, the registering key (the pool-join rule)
-    admin: bool = False
-
-
-@dataclass(frozen=True)
-class ChildFailed:
-    """From a crashed child's on_failure: `kind` is "llm" or "session", `key` its name/id."""
-
-    kind: str
-    key: str
-    ref: pykka.ActorRef = field(compare=False)
-    # A public Llm's upstream calls still running, and the link they report their end
-    # through: the restarted actor takes both over and keeps counting them.
-    proxies: ProxiesInFlight | None = None
-
-
-@dataclass(frozen=True)
-class ProxiesInFlight:
-    home: Parent = field(compare=False)  # where the running calls report
-    task_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SessionStreamLost:
-    session_id: str
-    stream_opened_at: float  # time.monotonic() when the lost stream had been opened
-
-
-@dataclass(frozen=True)
-class SessionStreamOpened:
-    session_id: str
-
-
-@dataclass(frozen=True)
-class ReportStatus:
-    """A publisher's status report: every name is checked before any is applied."""
-
-    session_id: str
-    updates: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class RetireExpired:
-    cutoff: dt.datetime
-
-
-# --- supervisor, with a bus (tether.cluster) ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class OwnName:
-    """This process took the lease of `name`: start its LlmActor from the store (answered
-    with its ref, or None if the row is gone)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class ReloadLlm:
-    """The members of `name` changed elsewhere (a registration, a take-over): if this
-    process owns it, re-read them."""
-
-    name: str
-    registered: str | None = None  # as in Adopt
-
-
-@dataclass(frozen=True)
-class ReloadSession:
-    """A session homed here registered on another process: re-read its names."""
-
-    session_id: str
-
-
-@dataclass(frozen=True)
-class Evict:
-    """A stream for this session opened on another process, which is its home now: end
-    the stream here without marking its rows inactive. The supervisor forgets the session
-    (answering its ref, or None); the session answers with the tasks that move to the new
-    home (SendInfer and SendWake of those that produced nothing) and fails the others.
-    With `forward`, the session lives on a few seconds, passing on to `forward` what is
-    still sent to it (by an LlmActor that did not hear of the move yet)."""
-
-    session_id: str
-    forward: Callable[[Any], None] | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Relinquish:
-    """To an LlmActor whose name moved to another process (its lease was taken over):
-    answer the requests waiting here 503 `hub_busy` (a retry reaches the new owner; the hub
-    is not shutting down), then stop."""
-
-
-@dataclass(frozen=True)
-class NamesLost:
-    """Leases this process no longer holds (taken over): stop their LlmActors."""
-
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class EnsureOwners:
-    """Each tick: every name of a session whose stream is here has a live owner. With
-    `reassert`, Redis lost this process's keys (it restarted empty): write the homes of the
-    sessions here again, and have their names' owners re-read their members."""
-
-    reassert: bool = False
-
-
-@dataclass(frozen=True)
-class HomeSession:
-    """A stream is opening here for a session that has no actor here: become its home
-    (load its names from the store). Answered with its old home if that process is alive
-    (the caller has it give the session up, and takes its tasks), else None."""
-
-    session_id: str
-
-
-@dataclass(frozen=True)
-class AdoptTasks:
-    """Tasks that produced nothing, from this session's old home (a take-over), under the
-    ids they have here: held as tasks sent while the stream is down, and sent as new frames
-    when it opens (the publisher holds none of the old home's tasks: docs/protocol.md)."""
-
-    tasks: tuple[SendInfer | SendWake, ...]
 
 
 # --- LlmActor ----------------------------------------------------------------------------
@@ -354,6 +220,13 @@ class QueueTimedOut:
     generation: int
 
 
+@dataclass(frozen=True)
+class Relinquish:
+    """To an LlmActor whose name moved to another process (its lease was taken over):
+    answer the requests waiting here 503 `hub_busy` (a retry reaches the new owner; the hub
+    is not shutting down), then stop."""
+
+
 # --- SessionActor ------------------------------------------------------------------------
 
 
@@ -442,7 +315,16 @@ class Drain:
 
 @dataclass(frozen=True)
 class DrainExpired:
-    pass
+    """The session's own timer: the drain's deadline passed."""
+
+
+@dataclass(frozen=True)
+class AdoptTasks:
+    """Tasks that produced nothing, from this session's old home (a take-over), under the
+    ids they have here: held as tasks sent while the stream is down, and sent as new frames
+    when it opens (the publisher holds none of the old home's tasks: docs/protocol.md)."""
+
+    tasks: tuple[SendInfer | SendWake, ...]
 
 
 # --- sweeper -----------------------------------------------------------------------------
@@ -450,86 +332,25 @@ class DrainExpired:
 
 @dataclass(frozen=True)
 class Sweep:
-    pass
-
-
-# --- reply events (on a request's ReplyChannel) ------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dispatched:
-    """The infer started as `task_id`. A cancel (client gone, no answer) goes by the task id
-    to the session holding it (ActorSystem.cancel): plain data, so it crosses the bus. Only
-    a public Llm's upstream call, which never leaves its process, brings its own `cancel`."""
-
-    task_id: str
-    # what it returns is ignored
-    cancel: Callable[[str], object] | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class WakePending:
-    pass
-
-
-@dataclass(frozen=True)
-class Queued:
-    """The LlmActor took an infer sent with `ack` and it waits (no other event went out for
-    it yet): the acknowledgement its sender on another process waits for."""
-
-
-@dataclass(frozen=True)
-class Completed:
-    status: int
-    body: Any
-
-
-@dataclass(frozen=True)
-class Chunks:
-    data: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class StreamDone:
-    pass
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: TetherError
-
-
-class Close:
-    """Sentinel on a publisher outbox: end the stream (with `retry:` when given)."""
-
-    __slots__ = ("retry_ms",)
-
-    def __init__(self, retry_ms: int | None = None) -> None:
-        self.retry_ms = retry_ms
+    """The sweeper's own timer: time for the next sweep."""
 
 
 # --- who receives what -------------------------------------------------------------------
 # Each actor's `receive` takes one of these unions and matches on it exhaustively (see
-# tether/common/actor.py); tests/actors/test_dispatch.py checks every message class above has its
-# one receiver.
+# tether/common/actor.py); tests/actors/test_dispatch.py checks every message class above has
+# its one receiver.
 
-SupervisorMessage: TypeAlias = (
-    Register | ChildFailed | SessionStreamLost | SessionStreamOpened | ReportStatus
-    | RetireExpired
-)
 LlmMessage: TypeAlias = (
     Infer | Withdraw | Adopt | Relink | RecordHeartbeat | SetStatus | StreamLost | StreamOpened
     | ExpireHeartbeat | WakeSucceeded | WakeFailed | WakeTimedOut | TaskEnded | TasksInFlight
     | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut | TaskMoved
     | InventoryTimedOut | Relinquish
 )
-# What a ClusterSupervisor takes besides the SupervisorMessages.
-ClusterSupervisorMessage: TypeAlias = (
-    OwnName | ReloadLlm | ReloadSession | Evict | NamesLost | EnsureOwners | HomeSession
-)
+# A public Llm's actor takes only what may reach it: its infers, their ends, a withdrawal.
+PublicLlmMessage: TypeAlias = Infer | Withdraw | TaskEnded
 SessionMessage: TypeAlias = (
     OpenStream | LlmRestarted | StreamClosed | SendInfer | ReleaseTasks | SendWake
     | SubmitResult | CancelTask | TaskTimedOut | GraceExpired | Drain | DrainExpired
-    | Evict | AdoptTasks  # with a bus (tether.cluster)
+    | Evict | AdoptTasks  # with a bus (tether.cluster); Evict goes to the supervisor first
 )
 SweeperMessage: TypeAlias = Sweep

@@ -1,5 +1,6 @@
-"""SessionActor: one per publisher session. Owns the SSE outbox, the frame sequence, the task
-table and the frames kept for Last-Event-ID replay, and the grace timer after a drop."""
+"""SessionActor: one per publisher session. Owns the SSE outbox, the open tasks and the frames
+kept for Last-Event-ID replay (in an OpenTasks: tether/actors/open_tasks.py), and the grace
+timer after a drop."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ import functools
 import logging
 import queue
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any, assert_never
-
-import pykka
+from typing import Any, assert_never, cast
 
 from tether import errors
 from tether.actors import messages as m
+from tether.actors.open_tasks import OpenTask, OpenTasks, outcome_label, wake_error
+from tether.actors.outbox import Stream
 from tether.actors.task_ids import FrameIds
-from tether.common import sse
+from tether.common import sse, task_wire
 from tether.common.actor import Parent, TetherActor, tell
 from tether.common.runtime import Timer, call_later
 from tether.config import Settings
@@ -25,39 +25,9 @@ from tether.observability import metrics
 
 log = logging.getLogger("tether.session")
 
-# Frames of open tasks kept for replay; a session with more open tasks than this is already
-# far past any publisher's concurrency.
-MAX_REPLAY = 1024
 # An evicted session (its stream opened on another process) passes on what is still sent to
 # it this long: the LlmActors hear of the move by then (a bus hop or two).
 FORWARD_S = 5.0
-
-
-class _Task:
-    __slots__ = (
-        "task_id", "kind", "llm_name", "llm", "reply", "streaming", "endpoint", "frame_id",
-        "frame", "payload", "chunks_seen", "timer", "deadline_no", "started", "deadline",
-    )
-
-    def __init__(
-        self, task_id: str, kind: str, llm_name: str, llm: pykka.ActorRef,
-        reply: m.ReplyChannel | None, streaming: bool, endpoint: str,
-    ) -> None:
-        self.task_id = task_id
-        self.kind = kind
-        self.llm_name = llm_name
-        self.llm = llm
-        self.reply = reply
-        self.streaming = streaming
-        self.endpoint = endpoint
-        self.frame_id = 0
-        self.frame = ""
-        self.payload: dict[str, Any] = {}
-        self.chunks_seen = False
-        self.timer: Timer | None = None
-        self.deadline_no = 0
-        self.started = time.monotonic()
-        self.deadline = float("inf")  # when its timer fires (monotonic)
 
 
 class SessionActor(TetherActor):
@@ -69,20 +39,12 @@ class SessionActor(TetherActor):
         self._settings = settings
         self._session_id = session_id
         self._supervisor = supervisor if supervisor is not None else Parent()
-        self._outbox: queue.Queue | None = None
-        self._token = 0
-        # Frame ids come from one counter for the life of the hub process, so a restarted
-        # session actor never reuses an id a publisher already saw (Last-Event-ID).
-        self._frame_ids = frame_ids if frame_ids is not None else FrameIds()
-        self._seq = 0  # the latest id this actor sent
-        self._tasks: dict[str, _Task] = {}
+        self._stream = Stream(session_id)
+        self._tasks = OpenTasks(frame_ids if frame_ids is not None else FrameIds())
         self._grace: Timer | None = None
         self._offered: dict[str, set[str]] = {}  # llm name -> tasks offered after a loss
         self._draining = False
         self._drained: queue.Queue | None = None  # told once the drain is over
-        self._opened_at = 0.0
-        self._replaced: deque[float] = deque()  # when a stream replaced a live one
-        self._replaced_warned = float("-inf")
         self._forward: Callable[[Any], None] | None = None  # evicted: tasks go there
 
     def receive(self, message: m.SessionMessage) -> Any:
@@ -121,85 +83,56 @@ class SessionActor(TetherActor):
     # --- the stream ----------------------------------------------------------------------
 
     def _on_open_stream(self, msg: m.OpenStream) -> int:
-        if self._outbox is not None:
-            self._outbox.put(m.Close())  # a second stream replaces the first
-            self._note_replaced()
+        token = self._stream.open(msg.outbox)
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        self._token += 1
-        self._outbox = msg.outbox
-        self._opened_at = time.monotonic()
         tell(self._supervisor.ref, m.SessionStreamOpened(self._session_id))
-        hello = {
-            "providerSessionId": self._session_id,
-            "heartbeatIntervalS": self._settings.heartbeat_interval_s,
-        }
+        hello = task_wire.hello(self._session_id, self._settings.heartbeat_interval_s)
         msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
-        last = self._frame_ids.parse(msg.last_event_id)
-        open_tasks = sorted(self._tasks.values(), key=lambda t: t.frame_id)
-        # (first - 1: "nothing of this process yet", as 0 is when counting from 1)
-        if last is not None and self._frame_ids.first - 1 <= last <= self._seq:
-            # A resume: the publisher holds the tasks up to `last`; the rest go again.
-            for task in open_tasks:
-                if task.frame_id > last:
-                    msg.outbox.put(task.frame)
-        else:
-            # No Last-Event-ID (a restarted publisher remembers nothing) or an id this
-            # process never sent: the publisher holds none of the open tasks. Those that
-            # produced nothing go again as new frames; the others cannot be resumed.
-            for task in open_tasks:
-                if task.chunks_seen:
-                    self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
-                else:
-                    self._send(task, task.payload)
-        return self._token
-
-    def _note_replaced(self) -> None:
-        """Two live processes on one session id take the stream from each other forever:
-        say so (at most once a minute) when it is replaced more than 3 times in a minute."""
-        now = time.monotonic()
-        self._replaced.append(now)
-        while now - self._replaced[0] > 60:
-            self._replaced.popleft()
-        if len(self._replaced) > 3 and now - self._replaced_warned > 60:
-            self._replaced_warned = now
-            log.warning("the stream of session %s was replaced %d times in a minute: two "
-                        "publishers may share one session id (one session file)",
-                        self._session_id, len(self._replaced))
+        frames = self._tasks.replay(msg.last_event_id)
+        if frames is not None:  # a resume: the publisher holds the tasks up to its id
+            for frame in frames:
+                msg.outbox.put(frame)
+            return token
+        # The publisher holds none of the open tasks. Those that produced nothing go again
+        # as new frames; the others cannot be resumed.
+        for task in self._tasks.in_frame_order():
+            if task.chunks_seen:
+                self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
+            else:
+                self._send(task)
+        return token
 
     def _on_stream_closed(self, msg: m.StreamClosed) -> None:
-        if msg.token != self._token or self._outbox is None:
+        if not self._stream.is_current(msg.token):
             return  # an old stream that was already replaced
-        self._end_stream()
-        tell(self._supervisor.ref, m.SessionStreamLost(self._session_id, self._opened_at))
+        self._stream.close()
+        tell(self._supervisor.ref, m.SessionStreamLost(self._session_id,
+                                                       self._stream.opened_at))
         if not self._tasks:
             return
         self._offer_untouched()
         if self._settings.publisher_grace_s <= 0:
             # Only what cannot move fails now; offered tasks wait for their LlmActor's word.
             offered = set().union(*self._offered.values()) if self._offered else set()
-            for task in list(self._tasks.values()):
+            for task in self._tasks.all():
                 if task.task_id not in offered:
                     self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
         else:
-            self._grace = call_later(
-                self._settings.publisher_grace_s, tell, self.actor_ref, m.GraceExpired(self._token)
-            )
+            self._start_grace()
+
+    def _start_grace(self) -> None:
+        self._grace = call_later(self._settings.publisher_grace_s, tell, self.actor_ref,
+                                 m.GraceExpired(self._stream.token))
 
     def _on_grace_expired(self, msg: m.GraceExpired) -> None:
-        if msg.token == self._token and self._outbox is None:
+        if msg.token == self._stream.token and not self._stream.is_open:
             self._grace = None
             self._fail_all(lambda name: errors.PUBLISHER_DISCONNECTED(name=name))
 
-    def _send(self, task: _Task, payload: dict[str, Any]) -> None:
-        self._seq = next(self._frame_ids)
-        task.frame_id = self._seq
-        task.payload = payload
-        task.frame = sse.frame("task", sse.dumps(payload), self._frame_ids.render(self._seq))
-        self._tasks[task.task_id] = task
-        if self._outbox is not None:
-            self._outbox.put(task.frame)
+    def _send(self, task: OpenTask) -> None:
+        self._stream.put(self._tasks.send(task))
         # else: held for the stream, sent after `hello` when it comes back (see _hold)
 
     # --- tasks ---------------------------------------------------------------------------
@@ -207,25 +140,23 @@ class SessionActor(TetherActor):
     def _refuse(self, name: str) -> TetherError:
         if self._draining:
             return errors.SHUTTING_DOWN()
-        if len(self._tasks) >= MAX_REPLAY:
+        if self._tasks.full:
             return errors.QUEUE_FULL(why=f"the publisher of {name!r} has too many open tasks")
         return errors.PUBLISHER_OFFLINE(name=name)
 
     def _closed(self) -> bool:
-        return self._outbox is None or self._draining or len(self._tasks) >= MAX_REPLAY
+        return not self._stream.is_open or self._draining or self._tasks.full
 
     def _hold(self, msg: m.SendInfer) -> bool:
         """A task sent while the stream is down waits for the stream like the tasks already
         sent: up to publisher_grace_s, then publisher_disconnected. (The LlmActor sends only
         to members whose stream it knows open, and keeps waiters while a lost stream may
         come back: this is the case of a loss it has not heard of yet.)"""
-        if not (self._outbox is None and not self._draining
-                and len(self._tasks) < MAX_REPLAY and self._settings.publisher_grace_s > 0):
+        if not (not self._stream.is_open and not self._draining
+                and not self._tasks.full and self._settings.publisher_grace_s > 0):
             return False
         if self._grace is None:
-            self._grace = call_later(
-                self._settings.publisher_grace_s, tell, self.actor_ref, m.GraceExpired(self._token)
-            )
+            self._start_grace()
         return True
 
     def _on_send_infer(self, msg: m.SendInfer) -> None:
@@ -236,26 +167,16 @@ class SessionActor(TetherActor):
             msg.reply.put(m.Failed(self._refuse(msg.llm_name)))
             tell(msg.llm, m.TaskEnded(msg.task_id))
             return
-        self._send(*self._infer_task(msg))
+        self._send(self._infer_task(msg))
 
-    def _infer_task(self, msg: m.SendInfer) -> tuple[_Task, dict[str, Any]]:
-        """The task of `msg`, its timer armed and its client told it is dispatched; and the
-        payload of its frame."""
-        task = _Task(msg.task_id, "infer", msg.llm_name, msg.llm, msg.reply, msg.streaming,
-                     msg.endpoint)
-        payload: dict[str, Any] = {
-            "kind": "infer",
-            "taskId": msg.task_id,
-            "llmName": msg.llm_name,
-            "request": msg.request,
-            "streaming": msg.streaming,
-        }
-        if msg.endpoint != "chat/completions":
-            payload["endpoint"] = msg.endpoint
+    def _infer_task(self, msg: m.SendInfer) -> OpenTask:
+        """The task of `msg`, its timer armed and its client told it is dispatched."""
+        task = OpenTask(task_wire.infer_task(msg.task_id, msg.llm_name, msg.request,
+                                             msg.streaming, msg.endpoint), msg.llm, msg.reply)
         self._arm(task, msg.timeout_s if msg.timeout_s is not None
                   else self._settings.infer_timeout_s)
         msg.reply.put(m.Dispatched(msg.task_id))
-        return task, payload
+        return task
 
     def _on_send_wake(self, msg: m.SendWake) -> None:
         if self._forward is not None:
@@ -264,17 +185,16 @@ class SessionActor(TetherActor):
         if self._closed():
             tell(msg.llm, m.WakeFailed(msg.task_id, self._refuse(msg.llm_name)))
             return
-        task = _Task(msg.task_id, "wake", msg.llm_name, msg.llm, None, False, "")
         # The LlmActor owns the wake's timer; the session only relays.
-        self._send(task, {"kind": "wake", "taskId": msg.task_id, "llmName": msg.llm_name})
+        self._send(OpenTask(task_wire.wake_task(msg.task_id, msg.llm_name), msg.llm))
 
     def _offer_untouched(self) -> None:
         """Failover (docs/protocol.md, Pools): offer each LlmActor its tasks that produced
         nothing yet; in a pool it takes them to another member (ReleaseTasks)."""
         self._offered = {}
-        by_llm: dict[str, list[_Task]] = {}
-        for task in sorted(self._tasks.values(), key=lambda t: t.frame_id):
-            if task.kind == "infer" and not task.chunks_seen:
+        by_llm: dict[str, list[OpenTask]] = {}
+        for task in self._tasks.in_frame_order():
+            if task.untouched:
                 by_llm.setdefault(task.llm_name, []).append(task)
         for name, tasks in by_llm.items():
             ids = tuple(t.task_id for t in tasks)
@@ -286,24 +206,22 @@ class SessionActor(TetherActor):
         late result for them gets 404); the rest of the offer stays."""
         offered = self._offered.pop(msg.llm_name, set())
         wanted = set(msg.task_ids)
-        released = [t for t in sorted(self._tasks.values(), key=lambda t: t.frame_id)
-                    if t.task_id in wanted and t.kind == "infer" and not t.chunks_seen]
+        released = [t for t in self._tasks.in_frame_order()
+                    if t.task_id in wanted and t.untouched]
         for task in released:
-            self._tasks.pop(task.task_id, None)
-            if task.timer is not None:
-                task.timer.cancel()
+            self._tasks.remove(task)
         if released:
             tell(msg.llm, m.TasksReleased(self._session_id,
                                           tuple(t.task_id for t in released)))
-        if self._settings.publisher_grace_s <= 0 and self._outbox is None:
+        if self._settings.publisher_grace_s <= 0 and not self._stream.is_open:
             for task_id in offered - wanted:  # could not move: no grace to wait
                 left = self._tasks.get(task_id)
                 if left is not None:
                     self._finish(left, m.Failed(errors.PUBLISHER_DISCONNECTED(name=left.llm_name)))
         if self._draining and not self._tasks:
-            self._end_stream(retry_ms=1000)
+            self._stream.close(retry_ms=1000)
 
-    def _arm(self, task: _Task, delay: float) -> None:
+    def _arm(self, task: OpenTask, delay: float) -> None:
         if task.timer is not None:
             task.timer.cancel()
         task.deadline = time.monotonic() + delay
@@ -320,12 +238,12 @@ class SessionActor(TetherActor):
                 or not msg.caller_owns_session:
             raise errors.FORBIDDEN(
                 why=f"task {msg.task_id!r} belongs to another provider session")
-        result = msg.result
-        if "chunk" in result or "chunks" in result:
-            if not task.streaming:
-                raise errors.NOT_STREAMING(task_id=msg.task_id)
-            chunks = [result["chunk"]] if "chunk" in result else result["chunks"]
-            self._on_chunks(task, chunks)
+        # Checked against the result schema at the door (tether.http.schemas).
+        result = cast(task_wire.Result, msg.result)
+        if "chunk" in result:
+            self._on_chunks(task, [result["chunk"]])
+        elif "chunks" in result:
+            self._on_chunks(task, result["chunks"])
         elif "error" in result:
             error = result["error"]
             status = int(error.get("status") or 502)
@@ -338,7 +256,9 @@ class SessionActor(TetherActor):
             self._finish(task, m.Completed(int(result["status"]), result.get("body")))
         return True
 
-    def _on_chunks(self, task: _Task, chunks: list[dict[str, Any]]) -> None:
+    def _on_chunks(self, task: OpenTask, chunks: list[task_wire.Chunk]) -> None:
+        if not task.streaming:
+            raise errors.NOT_STREAMING(task_id=task.task_id)
         assert task.reply is not None
         data = tuple(c["data"] for c in chunks if c.get("data") is not None)
         if data:
@@ -349,18 +269,16 @@ class SessionActor(TetherActor):
         elif data:
             self._arm(task, self._settings.stream_idle_timeout_s)
 
-    def _finish(self, task: _Task, outcome: Any) -> None:
+    def _finish(self, task: OpenTask, outcome: Any) -> None:
         """The one exit of every task: answer its waiter exactly once, forget it."""
-        self._tasks.pop(task.task_id, None)
-        if task.timer is not None:
-            task.timer.cancel()
+        self._tasks.remove(task)
         if self._draining and not self._tasks:
             self._drain_over()
         if task.kind == "wake":
             if isinstance(outcome, m.Completed) and 200 <= outcome.status < 300:
                 tell(task.llm, m.WakeSucceeded(task.task_id))
             else:
-                tell(task.llm, m.WakeFailed(task.task_id, _wake_error(task, outcome)))
+                tell(task.llm, m.WakeFailed(task.task_id, wake_error(task, outcome)))
             return
         tell(task.llm, m.TaskEnded(task.task_id))
         if task.reply is not None and outcome is not None:
@@ -369,19 +287,17 @@ class SessionActor(TetherActor):
             return
         log.info(
             "task %s llm=%s endpoint=%s outcome=%s duration_ms=%d",
-            task.task_id, task.llm_name, task.endpoint, _outcome_label(outcome),
+            task.task_id, task.llm_name, task.endpoint, outcome_label(outcome),
             (time.monotonic() - task.started) * 1000,
             extra=metrics.task_fields(task.task_id, task.llm_name, self._session_id,
-                                      task.endpoint, _outcome_label(outcome), task.started),
+                                      task.endpoint, outcome_label(outcome), task.started),
         )
 
-    def _return(self, task: _Task, error: TetherError) -> None:
+    def _return(self, task: OpenTask, error: TetherError) -> None:
         """A task that never ran goes back to its LlmActor, which answers its client."""
-        self._tasks.pop(task.task_id, None)
-        if task.timer is not None:
-            task.timer.cancel()
+        self._tasks.remove(task)
         if self._draining and not self._tasks:
-            self._end_stream(retry_ms=1000)
+            self._stream.close(retry_ms=1000)
         tell(task.llm, m.TaskReturned(task.task_id, error))
 
     def _on_cancel(self, msg: m.CancelTask) -> None:
@@ -389,14 +305,11 @@ class SessionActor(TetherActor):
         if task is None:
             return
         metrics.task_cancelled(task.llm_name, msg.reason, task.reply)
-        if self._outbox is not None:
-            self._seq = next(self._frame_ids)
-            payload = {"kind": "cancel", "taskId": msg.task_id}
-            self._outbox.put(sse.frame("task", sse.dumps(payload),
-                                       self._frame_ids.render(self._seq)))
+        if self._stream.is_open:
+            self._stream.put(self._tasks.cancel_frame(msg.task_id))
         if task.kind == "wake":
             # The LlmActor asked for this cancel and already answered its waiters.
-            self._tasks.pop(task.task_id, None)
+            self._tasks.remove(task)
             return
         self._finish(task, None)  # the client is gone or was already answered
 
@@ -409,37 +322,23 @@ class SessionActor(TetherActor):
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        moving: list[m.SendInfer | m.SendWake] = []
-        now = time.monotonic()
-        for task in sorted(self._tasks.values(), key=lambda t: t.frame_id):
-            if task.kind == "wake":
-                moving.append(m.SendWake(task.task_id, task.llm_name, task.llm))
-            elif not task.chunks_seen and task.reply is not None:
-                moving.append(m.SendInfer(
-                    task.task_id, task.llm_name, task.payload["request"], task.streaming,
-                    task.endpoint, task.reply, task.llm,
-                    timeout_s=max(task.deadline - now, 0.0)))
-            else:
-                continue
-            self._tasks.pop(task.task_id, None)
-            if task.timer is not None:
-                task.timer.cancel()
+        moving = self._tasks.hand_over(time.monotonic())
         self._fail_all(lambda name: errors.PUBLISHER_DISCONNECTED(name=name))
-        self._end_stream()
+        self._stream.close()
         if msg.forward is None:
             self.stop()
         else:
             self._forward = msg.forward
             metrics.session_gone(self.actor_urn, self._session_id)  # it lives elsewhere now
             call_later(FORWARD_S, functools.partial(self.actor_ref.stop, block=False))
-        return tuple(moving)
+        return moving
 
     def _on_adopt_tasks(self, msg: m.AdoptTasks) -> None:
         """Tasks from the old home, under ids of this one: sent at once if the stream is
         open, else held and sent as new frames when it opens (a Last-Event-ID from another
         process replays nothing)."""
         for sent in msg.tasks:
-            if self._draining or len(self._tasks) >= MAX_REPLAY:
+            if self._draining or self._tasks.full:
                 error = self._refuse(sent.llm_name)
                 if isinstance(sent, m.SendWake):
                     tell(sent.llm, m.WakeFailed(sent.task_id, error))
@@ -447,19 +346,15 @@ class SessionActor(TetherActor):
                     sent.reply.put(m.Failed(error))
                     tell(sent.llm, m.TaskEnded(sent.task_id))
                 continue
-            if isinstance(sent, m.SendWake):
-                task = _Task(sent.task_id, "wake", sent.llm_name, sent.llm, None, False, "")
-                payload = {"kind": "wake", "taskId": sent.task_id, "llmName": sent.llm_name}
+            task = (OpenTask(task_wire.wake_task(sent.task_id, sent.llm_name), sent.llm)
+                    if isinstance(sent, m.SendWake) else self._infer_task(sent))
+            if self._stream.is_open:
+                self._send(task)
             else:
-                task, payload = self._infer_task(sent)
-            if self._outbox is not None:
-                self._send(task, payload)
-            else:
-                task.payload = payload
-                self._tasks[task.task_id] = task
+                self._tasks.hold(task)
 
     def _on_llm_restarted(self, msg: m.LlmRestarted) -> None:
-        mine = [t for t in self._tasks.values() if t.llm_name == msg.name and t.kind == "infer"]
+        mine = [t for t in self._tasks.all() if t.llm_name == msg.name and t.kind == "infer"]
         for task in mine:
             task.llm = msg.ref
         # Always answered, even with none: the new actor holds this member's free slots
@@ -482,7 +377,7 @@ class SessionActor(TetherActor):
         self._on_cancel(m.CancelTask(task.task_id, error.code))
 
     def _fail_all(self, make_error: Callable[[str], TetherError]) -> None:
-        for task in list(self._tasks.values()):
+        for task in self._tasks.all():
             self._finish(task, m.Failed(make_error(task.llm_name)))
 
     def _on_drain(self, msg: m.Drain) -> None:
@@ -499,22 +394,17 @@ class SessionActor(TetherActor):
 
     def _drain_over(self) -> None:
         """Every task ended (or was answered 503): the publisher reconnects after a restart."""
-        self._end_stream(retry_ms=1000)
+        self._stream.close(retry_ms=1000)
         if self._drained is not None:
             self._drained.put(self._session_id)
             self._drained = None
-
-    def _end_stream(self, retry_ms: int | None = None) -> None:
-        if self._outbox is not None:
-            self._outbox.put(m.Close(retry_ms=retry_ms))
-            self._outbox = None
 
     def on_stop(self) -> None:
         self._on_drain(m.Drain())
         metrics.session_gone(self.actor_urn, self._session_id)
 
     def on_crash(self) -> None:
-        self._end_stream()  # the publisher reconnects, to the restarted actor
+        self._stream.close()  # the publisher reconnects, to the restarted actor
         if self._grace is not None:
             self._grace.cancel()
         actor = f"session actor of {self._session_id!r}"
@@ -524,7 +414,6 @@ class SessionActor(TetherActor):
     def report_crash(self) -> None:
         tell(self._supervisor.ref, m.ChildFailed("session", self._session_id, self.actor_ref))
 
-
     # --- observability -------------------------------------------------------------------
 
     def on_start(self) -> None:
@@ -532,27 +421,5 @@ class SessionActor(TetherActor):
 
     def after_message(self, message: Any) -> None:
         if self._forward is None:
-            metrics.session_seen(self.actor_urn, self._session_id, self._outbox is not None,
+            metrics.session_seen(self.actor_urn, self._session_id, self._stream.is_open,
                                  len(self._tasks))
-
-
-def _wake_error(task: _Task, outcome: Any) -> TetherError:
-    if isinstance(outcome, m.Failed):
-        if outcome.error.code in ("publisher_disconnected", "shutting_down"):
-            return outcome.error
-        reason = outcome.error.message
-    elif isinstance(outcome, m.Completed):
-        reason = f"the wake answered status {outcome.status}"
-    else:
-        reason = "the wake ended without an answer"
-    return errors.WAKE_FAILED(name=task.llm_name, why=reason)
-
-
-def _outcome_label(outcome: Any) -> str:
-    if isinstance(outcome, m.Completed):
-        return str(outcome.status)
-    if isinstance(outcome, m.Failed):
-        return f"{outcome.error.status}:{outcome.error.code}"
-    if isinstance(outcome, m.StreamDone):
-        return "200:stream"
-    return "cancelled"

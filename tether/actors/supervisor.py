@@ -22,7 +22,9 @@ import pykka
 from tether import errors
 from tether.actors import messages as m
 from tether.actors.directory import Directory, Index, SessionEntry
-from tether.actors.llm import InFlightBoard, LlmActor
+from tether.actors.llm import LlmActor
+from tether.actors.pool import InFlightBoard
+from tether.actors.public_llm import PublicLlmActor
 from tether.actors.session import SessionActor
 from tether.actors.task_ids import FrameIds
 from tether.common.actor import Parent, TetherActor, tell
@@ -194,9 +196,12 @@ class Supervisor(TetherActor):
     def _start_llm(self, state: m.LlmState, infos: tuple[m.MemberInfo, ...],
                    proxies: m.ProxiesInFlight | None = None,
                    restarted: bool = False) -> pykka.ActorRef:
-        public = self._settings.public_llm(state.name) if state.kind == KIND_PUBLIC else None
-        return LlmActor.start(self._settings, state, infos, public, self._parent, proxies,
-                              self._board, restarted)
+        if state.kind == KIND_PUBLIC:
+            return PublicLlmActor.start(self._settings, state,
+                                        self._settings.public_llm(state.name), self._parent,
+                                        proxies)
+        return LlmActor.start(self._settings, state, infos, self._parent, self._board,
+                              restarted)
 
     def _publish_directory(self) -> None:
         self._publish(

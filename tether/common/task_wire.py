@@ -5,7 +5,7 @@ publisher reads frames and builds results. camelCase on the wire, as the protoco
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, final
 
 DEFAULT_ENDPOINT = "chat/completions"
 
@@ -72,6 +72,8 @@ def endpoint_of(task: InferTask) -> str:
 
 
 # --- results the publisher posts ---------------------------------------------------------
+# A result is exactly one of these, told apart by its key (`"chunk" in result`): final, so
+# that the type checker narrows the union on that test.
 
 
 class Chunk(TypedDict, total=False):
@@ -79,15 +81,18 @@ class Chunk(TypedDict, total=False):
     done: bool
 
 
+@final
 class FinalResult(TypedDict):
     status: int
     body: Any
 
 
+@final
 class ChunkResult(TypedDict):
     chunk: Chunk
 
 
+@final
 class ChunksResult(TypedDict):
     chunks: list[Chunk]
 
@@ -99,6 +104,7 @@ class ErrorDetail(TypedDict, total=False):
     retryable: bool
 
 
+@final
 class ErrorResult(TypedDict):
     error: ErrorDetail
 

@@ -1,0 +1,164 @@
+"""A session's open tasks, each with the frame that sent it last, kept for Last-Event-ID
+replay (docs/protocol.md, `GET /api/v1/llms/_provider-stream`): a plain class the
+SessionActor holds. Frames carry the task stream's shapes (tether.common.task_wire); their
+ids come from the process's one counter (FrameIds), so a restarted session actor never
+reuses an id a publisher saw.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pykka
+
+from tether import errors
+from tether.actors import messages as m
+from tether.actors.task_ids import FrameIds
+from tether.common import sse, task_wire
+from tether.common.runtime import Timer
+from tether.errors import TetherError
+
+# Frames of open tasks kept for replay; a session with more open tasks than this is already
+# far past any publisher's concurrency.
+MAX_REPLAY = 1024
+
+Payload = task_wire.InferTask | task_wire.WakeTask
+
+
+class OpenTask:
+    """An infer or a wake sent to the publisher (or held for its stream), not ended yet."""
+
+    __slots__ = (
+        "payload", "task_id", "kind", "llm_name", "llm", "reply", "streaming", "endpoint",
+        "frame_id", "frame", "chunks_seen", "timer", "deadline_no", "started", "deadline",
+    )
+
+    def __init__(self, payload: Payload, llm: pykka.ActorRef,
+                 reply: m.ReplyChannel | None = None) -> None:
+        self.payload = payload
+        self.task_id = payload["taskId"]
+        self.kind = payload["kind"]
+        self.llm_name = payload["llmName"]
+        self.llm = llm
+        self.reply = reply  # None for a wake: its LlmActor hears how it ended
+        if payload["kind"] == "infer":
+            self.streaming = payload["streaming"]
+            self.endpoint = task_wire.endpoint_of(payload)
+        else:
+            self.streaming, self.endpoint = False, ""
+        self.frame_id = 0
+        self.frame = ""
+        self.chunks_seen = False
+        self.timer: Timer | None = None
+        self.deadline_no = 0
+        self.started = time.monotonic()
+        self.deadline = float("inf")  # when its timer fires (monotonic)
+
+    @property
+    def untouched(self) -> bool:
+        """An infer that produced nothing yet: it may run elsewhere (or again)."""
+        return self.kind == "infer" and not self.chunks_seen
+
+
+class OpenTasks:
+    """The open tasks of one session by id; `seq` is the latest frame id it sent."""
+
+    def __init__(self, frame_ids: FrameIds) -> None:
+        self._frame_ids = frame_ids
+        self.seq = 0
+        self._tasks: dict[str, OpenTask] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def get(self, task_id: str) -> OpenTask | None:
+        return self._tasks.get(task_id)
+
+    @property
+    def full(self) -> bool:
+        return len(self._tasks) >= MAX_REPLAY
+
+    def all(self) -> list[OpenTask]:
+        """In the order they were first kept."""
+        return list(self._tasks.values())
+
+    def in_frame_order(self) -> list[OpenTask]:
+        return sorted(self._tasks.values(), key=lambda t: t.frame_id)
+
+    def send(self, task: OpenTask) -> str:
+        """Keep `task` and number a new frame for it: the frame to put on the stream."""
+        self.seq = next(self._frame_ids)
+        task.frame_id = self.seq
+        task.frame = sse.frame("task", sse.dumps(task.payload), self._frame_ids.render(self.seq))
+        self._tasks[task.task_id] = task
+        return task.frame
+
+    def hold(self, task: OpenTask) -> None:
+        """Keep `task` without a frame: `send` it when the stream opens."""
+        self._tasks[task.task_id] = task
+
+    def cancel_frame(self, task_id: str) -> str:
+        self.seq = next(self._frame_ids)
+        return sse.frame("task", sse.dumps(task_wire.cancel_task(task_id)),
+                         self._frame_ids.render(self.seq))
+
+    def remove(self, task: OpenTask) -> None:
+        """Forget the task; its timer stops."""
+        self._tasks.pop(task.task_id, None)
+        if task.timer is not None:
+            task.timer.cancel()
+
+    def replay(self, last_event_id: str | None) -> list[str] | None:
+        """A stream opens with `last_event_id`: if that is an id this process sent (a
+        resume), the frames the publisher has not seen, in order; else None (no id: a
+        restarted publisher remembers nothing; another process's id: it holds none of
+        these tasks)."""
+        last = self._frame_ids.parse(last_event_id)
+        # (first - 1: "nothing of this process yet", as 0 is when counting from 1)
+        if last is None or not self._frame_ids.first - 1 <= last <= self.seq:
+            return None
+        return [task.frame for task in self.in_frame_order() if task.frame_id > last]
+
+    def hand_over(self, now: float) -> tuple[m.SendInfer | m.SendWake, ...]:
+        """The session's stream opened on another process (a take-over): out with the tasks
+        that may go on there, in frame order, as the messages that send them (an infer
+        keeps what is left of its deadline). Those that produced output stay."""
+        moving: list[m.SendInfer | m.SendWake] = []
+        for task in self.in_frame_order():
+            payload = task.payload
+            if payload["kind"] == "wake":
+                moving.append(m.SendWake(task.task_id, task.llm_name, task.llm))
+            elif not task.chunks_seen and task.reply is not None:
+                moving.append(m.SendInfer(
+                    task.task_id, task.llm_name, payload["request"], task.streaming,
+                    task.endpoint, task.reply, task.llm,
+                    timeout_s=max(task.deadline - now, 0.0)))
+            else:
+                continue
+            self.remove(task)
+        return tuple(moving)
+
+
+def wake_error(task: OpenTask, outcome: Any) -> TetherError:
+    """Why a wake did not work, from how its task ended."""
+    if isinstance(outcome, m.Failed):
+        if outcome.error.code in ("publisher_disconnected", "shutting_down"):
+            return outcome.error
+        reason = outcome.error.message
+    elif isinstance(outcome, m.Completed):
+        reason = f"the wake answered status {outcome.status}"
+    else:
+        reason = "the wake ended without an answer"
+    return errors.WAKE_FAILED(name=task.llm_name, why=reason)
+
+
+def outcome_label(outcome: Any) -> str:
+    """A task's outcome in its log line: the status (and code) its client got."""
+    if isinstance(outcome, m.Completed):
+        return str(outcome.status)
+    if isinstance(outcome, m.Failed):
+        return f"{outcome.error.status}:{outcome.error.code}"
+    if isinstance(outcome, m.StreamDone):
+        return "200:stream"
+    return "cancelled"
