@@ -248,6 +248,8 @@ def test_no_answer_within_the_deadline_ends_the_stream_with_an_error_event() -> 
     assert [f.event for f in frames] == ["error"]
     assert frames[0].json()["error"]["code"] == "infer_timeout"
     assert ended == [False]
+    # what the client was told is what the task's cancel (and so the log line) says
+    assert stops.calls == [("cancel", "t-1", "no_answer")]
 
 
 class NdjsonRenderer:

@@ -95,6 +95,7 @@ def client_stream(
             if got is None:
                 idle += keepalive_s
                 if idle >= deadline_s:  # a safety net: actors' own timers fire long before
+                    attempt.stop("no_answer")
                     yield renderer.end(m.Failed(no_answer(deadline_s))).encode()
                     return
                 yield renderer.idle(attempt.state.waking).encode()
