@@ -50,18 +50,28 @@ def _nothing() -> None:
     return None
 
 
-def _hold(counts: dict[str, int], key: str) -> Callable[[], None]:
-    """Count one more for `key`; the returned function gives it back, once."""
-    counts[key] = counts.get(key, 0) + 1
+def once(release: Callable[[], None]) -> Callable[[], None]:
+    """`release`, run at its first call only: a hold is given back once, however many of
+    its request's paths end it (here and in tether.http.shared_limits)."""
     done = False
 
-    def release() -> None:
+    def first_time() -> None:
         nonlocal done
         if not done:
             done = True
-            counts[key] -= 1
+            release()
 
-    return release
+    return first_time
+
+
+def _hold(counts: dict[str, int], key: str) -> Callable[[], None]:
+    """Count one more for `key`; the returned function gives it back, once."""
+    counts[key] = counts.get(key, 0) + 1
+
+    def give_back() -> None:
+        counts[key] -= 1
+
+    return once(give_back)
 
 
 class StreamCounter:
