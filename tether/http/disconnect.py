@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from tether.common.runtime import _gevent_active
+from tether.common.runtime import gevent_active
 
 READ = 1  # libev's EV_READ, as gevent's loop.io() takes it
 
@@ -74,6 +74,6 @@ def watch(environ: dict[str, Any], on_gone: Callable[[], None]) -> Callable[[], 
     Outside gunicorn's gevent worker (falcon.testing, wsgiref) there is nothing to watch.
     """
     sock = environ.get("gunicorn.socket")
-    if sock is None or not _gevent_active():
+    if sock is None or not gevent_active():
         return _noop
     return _Watch(sock, on_gone).stop
