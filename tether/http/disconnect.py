@@ -20,8 +20,8 @@ from tether.common.runtime import gevent_active
 READ = 1  # libev's EV_READ, as gevent's loop.io() takes it
 
 
-def _noop() -> None:
-    return None
+def _not_watching() -> None:
+    """The stop of a watch that had nothing to watch (see `watch`)."""
 
 
 class _Watch:
@@ -75,5 +75,5 @@ def watch(environ: dict[str, Any], on_gone: Callable[[], None]) -> Callable[[], 
     """
     sock = environ.get("gunicorn.socket")
     if sock is None or not gevent_active():
-        return _noop
+        return _not_watching
     return _Watch(sock, on_gone).stop
