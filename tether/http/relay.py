@@ -3,6 +3,10 @@
 The status must be chosen before the first byte. A streaming request waits for its first
 event (or `keepalive_s`); failures before then are plain JSON with their status, after it
 they end the stream with `event: error`.
+
+The relay reads the reply channel only through an Attempt, whose InferState decides what
+each event means for the client (tether.actors.infer_state), and writes only through a
+Renderer (streams.Renderer), which decides how it looks.
 """
 
 from __future__ import annotations

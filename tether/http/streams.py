@@ -1,4 +1,5 @@
-"""SSE response bodies: the publisher's task stream and a client's streamed completion.
+"""Streamed response bodies: the publisher's task stream (SSE), and a client's streamed
+answer in its API's shape (a Renderer's: SSE for OpenAI clients).
 
 Generators here never touch the database; they drain a queue, batch what is ready into one
 write, and tell actors (never ask) when they end.
