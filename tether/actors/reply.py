@@ -1,9 +1,9 @@
 """MeteredReply: a request's reply channel that observes the events on their way to the
 HTTP handler (tether.observability.metrics counts them, the outcome gets one log line).
 
-It lives with the actors because it reads their reply events (messages.py); it only calls
-down into tether.observability.metrics and tether.common.logs. Observing never raises into
-the actor that puts.
+It lives with the actors because it reads their reply events (with an InferState, as the
+relay does); it only calls down into tether.observability.metrics and tether.common.logs.
+Observing never raises into the actor that puts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import queue
 import time
 from typing import Any
 
-from tether.actors import messages as m
+from tether.actors.infer_state import InferState, Step
 from tether.common import logs
 from tether.observability import metrics
 
@@ -31,9 +31,8 @@ class MeteredReply(queue.Queue):
         self.request_id = logs.request_id()  # of the request that creates this channel
         self.task_id: str | None = None
         self._started = time.monotonic()
-        self._dispatched = False
-        self._chunked = False
-        self._done = False
+        self._state = InferState()  # what its events said: the same reading as the relay's
+        self._done = False  # the outcome was logged
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         try:
@@ -45,26 +44,20 @@ class MeteredReply(queue.Queue):
     def _observe(self, item: Any) -> None:
         if self._done:
             return
+        state = self._state
+        was_dispatched, had_chunks = state.dispatched is not None, state.streamed
+        step = state.apply(item)
         elapsed = time.monotonic() - self._started
-        if isinstance(item, m.Dispatched):
-            if not self._dispatched:
-                self._dispatched = True
-                self.task_id = item.task_id
-                metrics.queue_waited(self.llm, elapsed)
-                if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the check
-                    log.debug("dispatched", extra=self._fields(duration_ms=_ms(elapsed)))
-        elif isinstance(item, m.Chunks):
-            if not self._chunked:
-                self._chunked = True
-                metrics.first_chunk(self.llm, elapsed)
-        elif isinstance(item, m.Completed):
-            self._finish(elapsed, item.status, None if item.status < 400 else "backend_error")
-        elif isinstance(item, m.StreamDone):
-            self._finish(elapsed, 200, None)
-        elif isinstance(item, m.Failed):
-            self._finish(elapsed, item.error.status, item.error.code)
-        elif type(item).__name__ == "ClientGone":  # tether.http.streams.ClientGone (above us)
-            self._finish(elapsed, 499, "client_gone")
+        if step is Step.END or step is Step.GONE:
+            assert state.outcome is not None
+            self._finish(elapsed, *state.outcome)
+        elif state.dispatched is not None and not was_dispatched:
+            self.task_id = state.dispatched.task_id
+            metrics.queue_waited(self.llm, elapsed)
+            if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the check
+                log.debug("dispatched", extra=self._fields(duration_ms=_ms(elapsed)))
+        elif step is Step.PART and not had_chunks:
+            metrics.first_chunk(self.llm, elapsed)
 
     def cancelled(self, reason: str) -> None:
         """The task was cancelled (client gone, or the relay gave up): that is its outcome,

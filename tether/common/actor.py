@@ -7,12 +7,13 @@ this module, which imports neither.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_args, get_type_hints
 
 import pykka
+
+from tether.common.runtime import gevent_active
 
 log = logging.getLogger("tether.actors")
 
@@ -40,15 +41,6 @@ def tell(ref: pykka.ActorRef | None, message: Any) -> bool:
     except pykka.ActorDeadError:
         return False
     return True
-
-
-@functools.cache
-def _green() -> bool:
-    """Whether threads are gevent's (the hub's and the publisher's processes; not the actor
-    tests, which use real threads). Asked at the first actor start, after any patching."""
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("threading"))
 
 
 class Parent:
@@ -97,7 +89,7 @@ class TetherActor(pykka.ThreadingActor):
         A daemon actor needs none of it (nothing joins it): it runs on a raw greenlet, which
         starts at the next switch, before any message (on_start comes first in its loop).
         """
-        if self.use_daemon_thread and _green():
+        if self.use_daemon_thread and gevent_active():
             import gevent
 
             gevent.spawn_raw(self._actor_loop)

@@ -7,6 +7,7 @@ elsewhere they are threading.Timer.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -16,12 +17,12 @@ class Timer(Protocol):
     def cancel(self) -> None: ...
 
 
-def _gevent_active() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return monkey.is_module_patched("threading")
+def gevent_active() -> bool:
+    """Whether threads are gevent's: in the hub's worker and the publisher, not in unit
+    tests or tools. Asked each time, as a process may patch after it imported this; nothing
+    is patched before gevent.monkey was imported."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
 class _LoopTimer:
@@ -40,7 +41,7 @@ class _LoopTimer:
 
 def call_later(delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
     """Run `fn(*args)` once after `delay` seconds. `fn` must not block: tell an actor."""
-    if _gevent_active():
+    if gevent_active():
         return _LoopTimer(delay, fn, args)
     timer = threading.Timer(delay, fn, args)
     timer.daemon = True
@@ -76,4 +77,4 @@ class _Thread:
 
 def spawn(fn: Callable[..., Any], *args: Any) -> Task:
     """Run blocking work (an upstream call) beside the actors, never inside one."""
-    return _Greenlet(fn, args) if _gevent_active() else _Thread(fn, args)
+    return _Greenlet(fn, args) if gevent_active() else _Thread(fn, args)

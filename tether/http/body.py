@@ -9,11 +9,6 @@ from typing import Any
 import falcon
 
 from tether import errors
-from tether.errors import TetherError
-
-
-def too_large(limit: int) -> TetherError:
-    return errors.BODY_TOO_LARGE(limit=limit)
 
 
 def _input(req: falcon.Request) -> Any:
@@ -32,7 +27,7 @@ def iter_ndjson(req: falcon.Request, limit: int) -> Iterator[Any]:
         if not line:
             return
         if len(line) > limit:
-            raise too_large(limit)
+            raise errors.BODY_TOO_LARGE(limit=limit)
         line = line.strip()
         if not line:
             continue  # blank (or padding) lines carry nothing
@@ -46,10 +41,11 @@ def iter_ndjson(req: falcon.Request, limit: int) -> Iterator[Any]:
 def read_json(req: falcon.Request, limit: int) -> Any:
     length = req.content_length
     if length is not None and length > limit:
-        raise too_large(limit)  # refused on the header alone: nothing of the body is read
+        # refused on the header alone: nothing of the body is read
+        raise errors.BODY_TOO_LARGE(limit=limit)
     raw = _input(req).read(limit + 1)
     if len(raw) > limit:
-        raise too_large(limit)
+        raise errors.BODY_TOO_LARGE(limit=limit)
     if not raw:
         raise errors.INVALID_REQUEST(why="body: a JSON body is required", param="body")
     try:

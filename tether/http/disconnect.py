@@ -15,13 +15,13 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from tether.common.runtime import _gevent_active
+from tether.common.runtime import gevent_active
 
 READ = 1  # libev's EV_READ, as gevent's loop.io() takes it
 
 
-def _noop() -> None:
-    return None
+def _not_watching() -> None:
+    """The stop of a watch that had nothing to watch (see `watch`)."""
 
 
 class _Watch:
@@ -74,6 +74,6 @@ def watch(environ: dict[str, Any], on_gone: Callable[[], None]) -> Callable[[], 
     Outside gunicorn's gevent worker (falcon.testing, wsgiref) there is nothing to watch.
     """
     sock = environ.get("gunicorn.socket")
-    if sock is None or not _gevent_active():
-        return _noop
+    if sock is None or not gevent_active():
+        return _not_watching
     return _Watch(sock, on_gone).stop

@@ -31,7 +31,7 @@ class Limiter:
     def admit(self, caller: Caller) -> Callable[[], None]:
         """Count one infer against `caller`; returns the function that ends it."""
         if not self.enabled or caller.role != "client":
-            return _nothing
+            return _not_counted
         now = time.monotonic()
         rate = self.per_min / 60.0
         tokens, last = self._buckets.get(caller.name, (float(self.per_min), now))
@@ -46,22 +46,32 @@ class Limiter:
         return _hold(self._inflight, caller.name)
 
 
-def _nothing() -> None:
-    return None
+def _not_counted() -> None:
+    """What admit and open hand a caller nothing is counted for: nothing to give back."""
+
+
+def once(release: Callable[[], None]) -> Callable[[], None]:
+    """`release`, run at its first call only: a hold is given back once, however many of
+    its request's paths end it (here and in tether.http.shared_limits)."""
+    done = False
+
+    def first_time() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            release()
+
+    return first_time
 
 
 def _hold(counts: dict[str, int], key: str) -> Callable[[], None]:
     """Count one more for `key`; the returned function gives it back, once."""
     counts[key] = counts.get(key, 0) + 1
-    done = False
 
-    def release() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            counts[key] -= 1
+    def give_back() -> None:
+        counts[key] -= 1
 
-    return release
+    return once(give_back)
 
 
 class StreamCounter:
@@ -74,7 +84,7 @@ class StreamCounter:
 
     def open(self, caller: Caller) -> Callable[[], None]:
         if not self.enabled or caller.role == "admin":
-            return _nothing
+            return _not_counted
         if self._open.get(caller.name, 0) >= self.limit:
             raise rate_limited(f"this key already holds {self.limit} open streams", 5)
         return _hold(self._open, caller.name)

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from tether.cluster import redis_client
+from tether.common.runtime import gevent_active
 from tether.config import Settings
 from tether.store import db
 
@@ -83,9 +84,7 @@ class Probes:
         self._running: dict[str, Any] = {}  # service -> its probe's greenlet
 
     def _bounded(self, service: str, probe: Callable[[str], str | None], url: str) -> str | None:
-        from gevent import monkey
-
-        if not monkey.is_module_patched("threading"):
+        if not gevent_active():
             return probe(url)  # tests and tools: the clients' own timeouts bound it
         import gevent
 

@@ -31,7 +31,7 @@ from limits.strategies import MovingWindowRateLimiter
 from tether.cluster import redis_client
 from tether.common.runtime import spawn
 from tether.config import Settings
-from tether.http.limits import Limiter, StreamCounter, rate_limited
+from tether.http.limits import Limiter, StreamCounter, once, rate_limited
 from tether.store.keys import Caller
 
 log = logging.getLogger("tether.limits")
@@ -102,13 +102,8 @@ class Holds:
                           args=[self.limit, int(HOLD_S * 1000), hold]):
             return None
         self._held.setdefault(key_name, set()).add(hold)
-        done = False
 
         def release() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
             held = self._held.get(key_name)
             if held is not None:
                 held.discard(hold)
@@ -118,7 +113,7 @@ class Holds:
             with contextlib.suppress(redis.RedisError):
                 self._redis.zrem(self._prefix + key_name, hold)
 
-        return release
+        return once(release)
 
     def renew(self) -> None:
         """Push every hold of this process forward (and back in, after a Redis restart)."""

@@ -1,4 +1,5 @@
-"""SSE response bodies: the publisher's task stream and a client's streamed completion.
+"""Streamed response bodies: the publisher's task stream (SSE), and a client's streamed
+answer in its API's shape (a Renderer's: SSE for OpenAI clients).
 
 Generators here never touch the database; they drain a queue, batch what is ready into one
 write, and tell actors (never ask) when they end.
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import falcon
 
 from tether import errors
 from tether.actors import messages as m
+from tether.actors.infer_state import End, Step
 from tether.common import sse
 from tether.errors import TetherError
+from tether.http.attempt import Attempt
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -54,121 +58,71 @@ def publisher_stream(
         on_end()
 
 
-class ClientGone:
-    """Put on a reply channel by the disconnect watcher."""
+class Renderer(Protocol):
+    """How an answer looks to one API's clients (openai_render.OpenAIRenderer). The text
+    methods return what to write; what the client gets, and when, is the Attempt's."""
 
+    def answer(self, resp: falcon.Response, end: m.Completed) -> None:
+        """The whole answer at once, before anything of a stream went out."""
 
-@dataclass
-class InferState:
-    """What the relay learned about one infer request from its reply channel so far."""
+    def begin(self, resp: falcon.Response) -> None:
+        """A stream begins: its status and headers."""
 
-    withdraw: Callable[[], None]  # until dispatched: leave the Llm's wait queue
-    dispatched: m.Dispatched | None = None  # from then on, cancel through it instead
-    waking: bool = False  # the backend is waking: keepalives say so
-    chunks: bool = False  # chunks went out: a final Completed body is not repeated
-    finished: bool = False  # the stream's last event was rendered
-    gone: bool = False  # the client disconnected
+    def idle(self, waking: bool) -> str:
+        """Nothing came for keepalive_s (the backend wakes, when `waking`)."""
 
+    def part(self, chunks: m.Chunks) -> str: ...
 
-def error_event(error: TetherError) -> str:
-    return sse.frame("error", sse.dumps(error.envelope()))
-
-
-def error_envelope(status: int, body: Any) -> dict[str, Any]:
-    """What `event: error` carries for a publisher's non-2xx answer once the stream began:
-    its body when that already is an OpenAI error envelope (SDKs read `error.message`),
-    else an envelope with code `publisher_error` that quotes what the backend said."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return body
-    said = body
-    if isinstance(body, dict):  # {"error": "…"} (Ollama), {"detail": "…"} (FastAPI), …
-        said = next((body[k] for k in ("error", "detail", "message")
-                     if isinstance(body.get(k), str)), None)
-    message = f"the backend answered {status}"
-    if isinstance(said, str) and said.strip():
-        message += f": {said.strip()[:500]}"
-    return errors.PUBLISHER_ERROR.at(status if 400 <= status <= 599 else 502,
-                                     why=message).envelope()
-
-
-def chunk_events(chunks: m.Chunks) -> str:
-    return "".join(f"data: {data}\n\n" for data in chunks.data)
-
-
-DONE = "data: [DONE]\n\n"
+    def end(self, end: End) -> str:
+        """The stream's last event."""
 
 
 def client_stream(
-    reply: queue.Queue,
+    attempt: Attempt,
+    renderer: Renderer,
     first: list[str],
-    state: InferState,
     keepalive_s: float,
     deadline_s: float,
     on_end: Callable[[bool], None],
 ) -> Iterator[bytes]:
-    """Relay reply events as SSE after the 200 went out. `on_end(finished)` runs last."""
+    """Relay an attempt's events after the 200 went out. `on_end(finished)` runs last."""
     finished = False
     idle = 0.0
     try:
         if first:
             yield "".join(first).encode()
         while True:
-            try:
-                event = reply.get(timeout=keepalive_s)
-            except queue.Empty:
+            got = attempt.next(keepalive_s)
+            if got is None:
                 idle += keepalive_s
                 if idle >= deadline_s:  # a safety net: actors' own timers fire long before
-                    yield error_event(no_answer(deadline_s)).encode()
+                    attempt.stop("no_answer")
+                    yield renderer.end(m.Failed(no_answer(deadline_s))).encode()
                     return
-                yield sse.comment("waking" if state.waking else "keepalive").encode()
+                yield renderer.idle(attempt.state.waking).encode()
                 continue
             idle = 0.0
             out: list[str] = []
-            while True:
-                done = render_event(event, state, out)
-                if done:
+            while got is not None:  # with all that is ready: one write
+                if render(renderer, *got, out):
                     finished = True
                     break
-                try:
-                    event = reply.get_nowait()
-                except queue.Empty:
-                    break
+                got = attempt.next(None)
             if out:
                 yield "".join(out).encode()
-            if finished or state.gone:
+            if finished or attempt.state.gone:
                 return
     finally:
         on_end(finished)
 
 
-def render_event(event: Any, state: InferState, out: list[str]) -> bool:
-    """Render one event into `out`; True when the stream is over."""
-    if isinstance(event, m.Chunks):
-        state.waking = False
-        state.chunks = True
-        out.append(chunk_events(event))
-    elif isinstance(event, m.StreamDone):
-        out.append(DONE)
+def render(renderer: Renderer, step: Step, shown: Any, out: list[str]) -> bool:
+    """Append what a step shows the client of a stream to `out`; True at the answer's end."""
+    if step is Step.PART:
+        out.append(renderer.part(shown))
+    elif step is Step.END:
+        out.append(renderer.end(shown))
         return True
-    elif isinstance(event, m.Completed):
-        if 200 <= event.status < 300:
-            if not state.chunks and event.body is not None:
-                out.append(f"data: {sse.dumps(event.body)}\n\n")
-            out.append(DONE)
-        else:
-            out.append(sse.frame("error", sse.dumps(error_envelope(event.status, event.body))))
-        return True
-    elif isinstance(event, m.Failed):
-        out.append(error_event(event.error))
-        return True
-    elif isinstance(event, m.Dispatched):
-        state.dispatched = event
-        state.waking = False
-    elif isinstance(event, m.WakePending):
-        state.waking = True
-    elif isinstance(event, ClientGone):
-        state.gone = True
     return False
 
 
