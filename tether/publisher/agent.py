@@ -5,29 +5,34 @@ next of the configured hub URLs (docs/protocol.md, Several hub processes)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import random
-import re
 import socket
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.event
 import pykka
 
-from tether.common import sse
+from tether.common import sse, task_wire
 from tether.common.actor import Crash, tell
 from tether.common.backend_client import BackendClient, Unreachable
+from tether.common.task_wire import error_result
 from tether.publisher import messages as m
 from tether.publisher import tasks
 from tether.publisher.backend import BackendActor, Crashed
 from tether.publisher.config import BackendConfig, PublisherConfig
 from tether.publisher.hub_client import HubClient, body_chunks, socket_of
+from tether.publisher.registration import (
+    Registrar,
+    Registration,
+    Status,
+    provider_spec,
+    report_status,
+)
+from tether.publisher.session_file import SessionFile
 
 log = logging.getLogger("tether.publisher")
 
@@ -39,70 +44,6 @@ MAX_RESTARTS = 5
 # At shutdown, how long the answers to abandoned tasks may take to reach the hub.
 RESULT_POST_WAIT_S = 10.0
 RESTART_WINDOW_S = 10.0
-
-
-class Registration(Exception):
-    """The hub refused to register us (e.g. a name owned by another publisher), or to open
-    the stream; `status` is its HTTP answer, if there was one."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-    @property
-    def hub_failing(self) -> bool:
-        """A 5xx (503 `shutting_down` above all): that hub cannot serve us now; another may.
-        A 4xx (a bad key, every name held elsewhere) would be the same answer anywhere."""
-        return self.status is not None and self.status >= 500
-
-
-class SessionFileBusy(Exception):
-    """Another running publisher holds the session file; `tether publish` exits 2."""
-
-
-class SessionFile:
-    """The file that keeps the session id, held under an exclusive lock for the life of the
-    process: two publishers presenting one session id would take the hub's stream from each
-    other forever (each reconnect replaces the other's stream)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise SessionFileBusy(
-                f"the session file {path} is in use by another running tether publish; "
-                "stop that one, or give this one its own file (session_file / "
-                "--session-file)") from None
-
-    def read(self) -> str | None:
-        data = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
-        return data or None
-
-    def write(self, session_id: str) -> None:
-        data = (session_id + "\n").encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)  # closing the last descriptor releases the lock
-
-
-def _held_name(status: int, body: Any, specs: list[dict[str, Any]]) -> str | None:
-    """The provider a 409 `llm_owned_by_other_session` names in `param`, if any."""
-    error = (body or {}).get("error") if isinstance(body, dict) else None
-    if status != 409 or not isinstance(error, dict) or \
-            error.get("code") != "llm_owned_by_other_session":
-        return None
-    match = re.fullmatch(r"providers\[(\d+)\]\.name", str(error.get("param")))
-    if match is None or int(match.group(1)) >= len(specs):
-        return None
-    return specs[int(match.group(1))]["name"]
 
 
 class Publisher:
@@ -119,7 +60,7 @@ class Publisher:
         self._pending: list[gevent.Greenlet] = []
         self._restarts: dict[str, deque[float]] = {}
         self.down: set[str] = set()  # backends whose actor crashed too often: left down
-        self.held: set[str] = set()  # names another session holds at the hub (409)
+        self.registrar = Registrar(self.hub, config.probe_interval_s)
         self._draining: gevent.Greenlet | None = None
         self._hurry = gevent.event.Event()
         self._answers: list[gevent.Greenlet] = []
@@ -185,17 +126,7 @@ class Publisher:
     def _report_down(self, name: str) -> None:
         """A backend left down hibernates at the hub: a request wakes it, the wake fails at
         once (see dispatch), and the client gets 503 `wake_failed` instead of a wait."""
-        if self.session_id is None:
-            return
-        try:
-            status, answer = self.hub.post("/api/v1/llms/_provider-status", {
-                "providerSessionId": self.session_id,
-                "llms": [{"name": name, "status": "hibernating"}]})
-        except Unreachable:
-            return  # the next register says hibernating
-        if status != 200:
-            log.warning("hub refused status hibernating for %s: %s", name,
-                        (answer or {}).get("error", {}).get("code"))
+        report_status(self.hub, self.session_id, name, "hibernating")
 
     def crash_backend(self) -> None:
         """Fault injection (TETHER_FAULT_INJECTION=1, SIGUSR1): the first backend's actor
@@ -313,6 +244,7 @@ class Publisher:
         specs = []
         for backend in self.config.backends:
             ref = self.actors.get(backend.name)
+            status: Status
             if backend.name in self.down:
                 status = "hibernating"
             elif ref is None:
@@ -322,50 +254,22 @@ class Publisher:
                     status = ref.ask(m.GetStatus(), block=True, timeout=ASK_TIMEOUT_S)
                 except pykka.ActorDeadError:  # crashed just now: its restart is under way
                     status = "hibernating"
-            specs.append({"name": backend.name, "type": backend.type, "model": backend.model,
-                          "tier": backend.tier, "description": backend.description,
-                          "initialStatus": status, "pool": backend.pool,
-                          # The hub sends no more than this at once (docs/protocol.md, Pools).
-                          "maxConcurrency": backend.max_concurrency})
+            specs.append(provider_spec(backend, status))
         return specs
 
     def register(self) -> None:
-        """Register every backend. A name the hub says another session holds (409 with
-        `param` naming it) is left out and retried every `probe_interval_s`, so one
-        conflict never keeps the other backends offline."""
-        specs = self.providers()
-        while True:
-            status, body = self.hub.post("/api/v1/llms/_provider-register",
-                                         {"providerSessionId": self.session_id,
-                                          "providers": specs})
-            held = _held_name(status, body, specs)
-            if held is None:
-                break
-            if held not in self.held:
-                self.held.add(held)
-                log.warning("%s is published by another session on the hub: registering the "
-                            "rest without it, and retrying it every %g s", held,
-                            self.config.probe_interval_s)
-            specs = [spec for spec in specs if spec["name"] != held]
-            if not specs:
-                raise Registration("every name is published by another session")
-        if status != 200:
-            message = (body or {}).get("error", {}).get("message", body)
-            raise Registration(f"register answered {status}: {message}", status)
-        taken = {row["name"] for row in body["llms"]}
-        for name in sorted(self.held & taken):
-            log.info("%s is registered again: the other session let it go", name)
-        self.held -= taken
-        if self.held and (self._retry_held is None or self._retry_held.dead):
+        """Register every backend; names another session holds are retried every
+        `probe_interval_s` (registration.Registrar)."""
+        session_id, taken = self.registrar.register(self.session_id, self.providers())
+        if self.registrar.held and (self._retry_held is None or self._retry_held.dead):
             self._retry_held = gevent.spawn(self._retry_held_names)
-        if body["providerSessionId"] != self.session_id:
-            self.session_id = body["providerSessionId"]
-            self._save_session(self.session_id)
-        log.info("registered %s as session %s",
-                 ", ".join(row["name"] for row in body["llms"]), self.session_id)
+        if session_id != self.session_id:
+            self.session_id = session_id
+            self._save_session(session_id)
+        log.info("registered %s as session %s", ", ".join(taken), self.session_id)
 
     def _retry_held_names(self) -> None:
-        while self.held and not self.stopping.wait(self.config.probe_interval_s):
+        while self.registrar.held and not self.stopping.wait(self.config.probe_interval_s):
             if self._stream is None:
                 continue  # the next connect registers everything anyway
             try:
@@ -407,36 +311,38 @@ class Publisher:
             log.warning("stream from the hub ended; reconnecting")
         return greeted
 
-    def dispatch(self, task: dict[str, Any]) -> None:
-        kind = task.get("kind")
-        if kind == "cancel":
+    def dispatch(self, task: task_wire.Task) -> None:
+        if task["kind"] == "cancel":
             for actor in list(self.actors.values()):
                 tell(actor, m.CancelTask(task["taskId"]))
             return
-        name = task.get("llmName", "")
+        if task["kind"] not in ("infer", "wake"):
+            log.warning("ignoring a task of unknown kind %r", task["kind"])
+            return
+        task_id, name = task["taskId"], task["llmName"]
         ref = self.actors.get(name)
-        if self._draining is not None and kind in ("infer", "wake"):
-            self._answer_later(task["taskId"], tasks.error_result(
-                "the publisher is shutting down; the task was not started", 503,
-                "publisher_disconnected", retryable=True))
+        if self._draining is not None:
+            refusal = error_result("the publisher is shutting down; the task was not started",
+                                   503, "publisher_disconnected", retryable=True)
         elif name in self.down:
-            self._answer_later(task["taskId"], tasks.error_result(
-                f"backend {name}'s actor is down on this publisher", 503, retryable=True))
+            refusal = error_result(f"backend {name}'s actor is down on this publisher", 503,
+                                   retryable=True)
         elif ref is None:
-            self._answer_later(task["taskId"], tasks.error_result(
-                f"no backend named {name!r} on this publisher", 404))
-        elif kind in ("infer", "wake"):
-            message = m.RunInfer(task) if kind == "infer" else m.RunWake(task["taskId"])
-            if not tell(ref, message):  # it crashed this instant; nothing ran
-                self._answer_later(task["taskId"], tasks.error_result(
-                    f"backend {name}'s actor is restarting", 503, retryable=True))
+            refusal = error_result(f"no backend named {name!r} on this publisher", 404)
+        else:
+            message = m.RunInfer(task) if task["kind"] == "infer" else m.RunWake(task_id)
+            if tell(ref, message):
+                return
+            # it crashed this instant; nothing ran
+            refusal = error_result(f"backend {name}'s actor is restarting", 503, retryable=True)
+        self._answer_later(task_id, refusal)
 
-    def _answer_later(self, task_id: str, result: dict[str, Any]) -> None:
+    def _answer_later(self, task_id: str, result: task_wire.Result) -> None:
         """Answer a task the agent itself refuses; kept so a shutdown waits for it."""
         self._answers = [g for g in self._answers if not g.dead]
         self._answers.append(gevent.spawn(self._answer, task_id, result))
 
-    def _answer(self, task_id: str, result: dict[str, Any]) -> None:
+    def _answer(self, task_id: str, result: task_wire.Result) -> None:
         with contextlib.suppress(tasks.TaskGone, Unreachable):
             tasks.post_result(self.hub, self.current_session, task_id, result)
 

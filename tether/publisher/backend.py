@@ -22,10 +22,12 @@ import pykka
 from tether.common.actor import TetherActor, tell
 from tether.common.backend_client import BackendClient, Unreachable
 from tether.common.runtime import Timer, call_later
+from tether.common.task_wire import InferTask, Result, error_result, final_result
 from tether.publisher import messages as m
 from tether.publisher import recipes, tasks
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
+from tether.publisher.registration import report_status
 
 log = logging.getLogger("tether.publisher.backend")
 
@@ -56,7 +58,7 @@ class BackendActor(TetherActor):
         self.session_id = session_id
         self.asleep = asleep
         self.running: dict[str, gevent.Greenlet] = {}
-        self.waiting: deque[dict[str, Any]] = deque()
+        self.waiting: deque[InferTask] = deque()
         self.wake_tasks: list[str] = []
         self.waking: gevent.Greenlet | None = None
         self.sleeping: gevent.Greenlet | None = None
@@ -113,11 +115,11 @@ class BackendActor(TetherActor):
                 greenlet.kill(block=False)
         crashed = "the publisher's actor for this backend crashed"
         for task_id in self.running:
-            self._post_later(task_id, tasks.error_result(crashed))
+            self._post_later(task_id, error_result(crashed))
         for task in self.waiting:  # never sent to the backend: safe to run elsewhere
-            self._post_later(task["taskId"], tasks.error_result(crashed, retryable=True))
+            self._post_later(task["taskId"], error_result(crashed, retryable=True))
         for task_id in self.wake_tasks:
-            self._post_later(task_id, tasks.error_result(f"wake failed: {crashed}", 503))
+            self._post_later(task_id, error_result(f"wake failed: {crashed}", 503))
         self.running, self.waiting, self.wake_tasks = {}, deque(), []
 
     def report_crash(self) -> None:
@@ -155,7 +157,7 @@ class BackendActor(TetherActor):
             task = self.waiting.popleft()
             self.running[task["taskId"]] = self._spawn_task(task)
 
-    def _spawn_task(self, task: dict[str, Any]) -> gevent.Greenlet:
+    def _spawn_task(self, task: InferTask) -> gevent.Greenlet:
         me = self.actor_ref
 
         def work() -> None:
@@ -188,7 +190,7 @@ class BackendActor(TetherActor):
         if not self._first_sight(msg.task_id):
             return
         if self.draining:
-            self._post_later(msg.task_id, tasks.error_result(
+            self._post_later(msg.task_id, error_result(
                 "wake failed: the publisher is shutting down", 503))
             return
         self._disarm_idle()
@@ -220,10 +222,10 @@ class BackendActor(TetherActor):
         if msg.error is None:
             self.asleep = False
             log.info("backend %s is awake", self.backend.name)
-            result: dict[str, Any] = {"status": 200, "body": {"awake": True}}
+            result: Result = final_result(200, {"awake": True})
         else:
             log.warning("backend %s did not wake: %s", self.backend.name, msg.error)
-            result = tasks.error_result(f"wake failed: {msg.error}", 503)
+            result = error_result(f"wake failed: {msg.error}", 503)
             failed, self.waiting = list(self.waiting), deque()
             for task in failed:
                 self._post_later(task["taskId"], result)
@@ -232,7 +234,7 @@ class BackendActor(TetherActor):
         self._fill_slots()
         self._arm_idle()
 
-    def _post_later(self, task_id: str, result: dict[str, Any]) -> None:
+    def _post_later(self, task_id: str, result: Result) -> None:
         def post() -> None:
             with contextlib.suppress(tasks.TaskGone, Unreachable):
                 tasks.post_result(self.hub, self.session_id, task_id, result)
@@ -259,7 +261,7 @@ class BackendActor(TetherActor):
         for task_id, greenlet in abandoned.items():
             greenlet.kill(block=False)  # closes the backend call: the backend sees it go
             log.warning("task %s abandoned: the publisher is shutting down", task_id)
-            self._post_later(task_id, tasks.error_result(
+            self._post_later(task_id, error_result(
                 "the publisher shut down before the backend answered", 503,
                 "publisher_disconnected"))
         return [g for g in self.posts if not g.dead]
@@ -315,18 +317,7 @@ class BackendActor(TetherActor):
         self.sleeping = gevent.spawn(sleep)
 
     def _report_hibernating(self) -> None:
-        sid = self.session_id()
-        if sid is None:
-            return
-        body = {"providerSessionId": sid,
-                "llms": [{"name": self.backend.name, "status": "hibernating"}]}
-        try:
-            status, answer = self.hub.post("/api/v1/llms/_provider-status", body)
-        except Unreachable:
-            return  # the next registration carries the status
-        if status != 200:
-            log.warning("hub refused status hibernating for %s: %s", self.backend.name,
-                        (answer or {}).get("error", {}).get("code"))
+        report_status(self.hub, self.session_id(), self.backend.name, "hibernating")
 
     def _on_sleep_finished(self, msg: m.SleepFinished) -> None:
         self.sleeping = None
@@ -339,10 +330,10 @@ class BackendActor(TetherActor):
         self._arm_idle()
 
 
-def _refused() -> dict[str, Any]:
+def _refused() -> Result:
     """For a task the backend never saw: safe to run elsewhere (PROTOCOL: retryable)."""
-    return tasks.error_result("the publisher is shutting down; the task was not started",
-                              503, "publisher_disconnected", retryable=True)
+    return error_result("the publisher is shutting down; the task was not started",
+                        503, "publisher_disconnected", retryable=True)
 
 
 def _wake(backend: BackendConfig, client: BackendClient) -> str | None:

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     monkey.patch_all()
     import gevent
 
-    from tether.publisher.agent import Publisher, SessionFileBusy
+    from tether.publisher.agent import Publisher
+    from tether.publisher.session_file import SessionFileBusy
 
     # The hub's formats (text or JSON); at `info` every task logs a line.
     logs.setup(config.log_level, config.log_format)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
+
+from tether.common.task_wire import InferTask
 
 
 @dataclass(frozen=True)
 class RunInfer:
-    task: dict[str, Any]
+    task: InferTask
 
 
 @dataclass(frozen=True)

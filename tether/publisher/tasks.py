@@ -17,6 +17,15 @@ import gevent
 import gevent.queue
 
 from tether.common.backend_client import BackendClient, BackendError, Unreachable
+from tether.common.task_wire import (
+    Chunk,
+    InferTask,
+    Result,
+    chunks_result,
+    endpoint_of,
+    error_result,
+    final_result,
+)
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
 
@@ -30,7 +39,7 @@ class TaskGone(Exception):
 
 
 def post_result(hub: HubClient, session_id: Callable[[], str | None], task_id: str,
-                body: dict[str, Any]) -> None:
+                body: Result) -> None:
     """POST a result; retried while the hub is unreachable (it may be restarting)."""
     path = f"/api/v1/llms/_provider-task/{task_id}/result"
     for delay in (*RESULT_RETRIES, None):
@@ -56,37 +65,26 @@ def _code(answer: Any) -> str:
     return "?"
 
 
-def error_result(message: str, status: int = 502, code: str | None = None,
-                 retryable: bool = False) -> dict[str, Any]:
-    """An error result. `retryable` says the backend never saw the task (PROTOCOL: the hub
-    may then run it elsewhere)."""
-    error: dict[str, Any] = {"message": message, "status": status}
-    if code is not None:
-        error["code"] = code
-    if retryable:
-        error["retryable"] = True
-    return {"error": error}
-
-
-def run_infer(task: dict[str, Any], backend: BackendConfig, client: BackendClient,
+def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
               hub: HubClient, session_id: Callable[[], str | None]) -> None:
     task_id = task["taskId"]
-    endpoint = task.get("endpoint", "chat/completions")
+    endpoint = endpoint_of(task)
     request = dict(task["request"])
     request["model"] = backend.model  # the hub forwards the Llm name; the backend wants its own
     started = time.monotonic()
     outcome = "?"
     try:
-        if task.get("streaming"):
+        if task["streaming"]:
             outcome = _stream(task_id, endpoint, request, backend, client, hub, session_id)
         else:
+            result: Result
             try:
                 status, body = client.call(endpoint, request)
             except Unreachable as exc:
                 status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}",
                                                    retryable=exc.before_any_byte)
             else:
-                result = {"status": status, "body": body}
+                result = final_result(status, body)
             post_result(hub, session_id, task_id, result)
             outcome = str(status)
     except TaskGone:
@@ -120,18 +118,18 @@ def run_infer(task: dict[str, Any], backend: BackendConfig, client: BackendClien
 NDJSON_FLUSH_BYTES = 1024
 
 
-def _lines(batch: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+def _lines(batch: list[tuple[str, Any]]) -> list[Result]:
     """The queued items as result lines: the chunks in one `chunks` line (one apply at the
     hub), then the ending, if the batch has one."""
-    chunks: list[dict[str, Any]] = [{"data": value} for kind, value in batch if kind == "data"]
+    chunks: list[Chunk] = [{"data": value} for kind, value in batch if kind == "data"]
     kind, value = batch[-1]
-    lines: list[dict[str, Any]] = []
+    lines: list[Result] = []
     if kind == "done":
         chunks.append({"done": True})
     if chunks:
-        lines.append({"chunks": chunks})
+        lines.append(chunks_result(chunks))
     if kind == "status":
-        lines.append({"status": value.status, "body": value.body})
+        lines.append(final_result(value.status, value.body))
     elif kind in ("error", "unreached"):
         lines.append(error_result(value, retryable=kind == "unreached"))
     return lines
