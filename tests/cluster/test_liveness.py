@@ -63,6 +63,7 @@ def test_kill_9_loses_only_its_own_streams_and_its_names_move(
     pb.result(task["taskId"], {"status": 200, "body": "b"})
     assert result_of(call).json() == "b"
     # The name a owned moves to b within a few seconds; its member (homed on b) serves.
+
     def served() -> bool:
         call = in_background(lambda: b.infer("owned-by-a", "moved"))
         try:

@@ -107,4 +107,3 @@ def test_a_forwarded_infer_that_waits_at_the_owner_is_not_given_up(
     assert publisher.result(task["taskId"], {"status": 200, "body": "waits"}).status_code == 200
     assert result_of(waiting).json() == "waits"
     publisher.close()
-

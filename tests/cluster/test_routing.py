@@ -203,5 +203,3 @@ def test_a_pool_across_processes_balances_and_fails_over(cluster: Cluster) -> No
     assert result_of(held_call).json() == {"by": busy}
     pa.close()
     pb.close()
-
-

@@ -51,6 +51,7 @@ def test_a_forwarder_whose_redis_goes_silent_answers_its_waiting_request(
         assert waited < NOTICED_S + SLACK_S, waited
 
         proxy.blackhole.clear()  # the network is back: b serves again
+
         def served() -> bool:
             call = in_background(lambda: b.infer("m1", "after", timeout=20))
             try:

@@ -293,4 +293,3 @@ class ClusterSupervisor(Supervisor):
         if ref is not None:
             self._router.addresses.forget_local(ref)
             self._router.leases.release(name)
-

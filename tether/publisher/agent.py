@@ -370,4 +370,3 @@ class Publisher:
                 log.warning("the hub forgot this session; registering again")
                 self._end_stream()  # the loop re-registers and re-opens
                 return
-

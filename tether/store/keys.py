@@ -83,4 +83,3 @@ def session_owner(session_id: str) -> str | None:
     with connection():
         row = SessionOwner.get_or_none(SessionOwner.session_id == session_id)
     return row.key_name if row is not None else None
-

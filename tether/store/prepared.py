@@ -107,4 +107,3 @@ class Prepared:
         if cursor.description:
             return cursor.fetchone()[0]
         return cursor.lastrowid
-
