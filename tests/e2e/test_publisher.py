@@ -68,7 +68,7 @@ def test_non_streaming_and_streaming_infers_through_a_real_backend(hub, llama):
     assert r.status_code == 200
     answer = r.json()
     assert answer["object"] == "chat.completion"
-    assert answer["model"] == "demo-model"  # the publisher put the backend's model in
+    assert answer["model"] == "llama"  # the Llm's name; the backend got its own model name
     assert len(answer["choices"][0]["message"]["content"].split()) == 8
 
     r = chat(hub, "llama", stream=True, demo_chunks=5)

@@ -16,7 +16,7 @@ from typing import Any
 import gevent
 import gevent.queue
 
-from tether.common.backend_client import BackendClient, BackendError, Unreachable
+from tether.common.backend_client import DONE, BackendClient, BackendError, Unreachable
 from tether.common.task_wire import (
     Chunk,
     InferTask,
@@ -26,6 +26,7 @@ from tether.common.task_wire import (
     error_result,
     final_result,
 )
+from tether.publisher import answers
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
 
@@ -84,7 +85,7 @@ def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
                 status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}",
                                                    retryable=exc.before_any_byte)
             else:
-                result = final_result(status, body)
+                result = final_result(status, _answer(status, body, backend.name))
             post_result(hub, session_id, task_id, result)
             outcome = str(status)
     except TaskGone:
@@ -110,6 +111,13 @@ def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
                      extra={"task_id": task_id, "llm": backend.name, "endpoint": endpoint,
                             "status": int(outcome) if outcome.isdigit() else outcome,
                             "duration_ms": ms})
+
+
+def _answer(status: int, body: Any, name: str) -> Any:
+    """A whole answer as the client may see it: the Llm's name as its model, an error in
+    the OpenAI envelope."""
+    return answers.relabel_body(body, name) if status < 400 else \
+        answers.openai_error(status, body)
 
 
 # gunicorn reads a chunked request body 1 KiB at a time: a shorter piece would wait for
@@ -141,53 +149,68 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
     """Relay the backend's chunks as one NDJSON upload: each line is applied by the hub as
     it arrives. What is queued when a piece goes out travels in that same piece."""
     items: gevent.queue.Queue = gevent.queue.Queue()
+    name = backend.name
 
     def read() -> None:
         try:
-            for data in client.stream(endpoint, request):
+            ended = False
+            for data in client.stream(endpoint, request, with_done=True):
+                if data == DONE:
+                    ended = True
+                    break
+                data, final = answers.relabel_chunk(data, name)
+                ended = ended or final
                 items.put(("data", data))
-            items.put(("done", None))
+            # A backend that broke its stream (llama-cpp-python on a context overflow: 200
+            # and no chunk) must not look like a short answer.
+            items.put(("done", None) if ended else (
+                "error", f"backend {name}'s stream ended early (no [DONE], no finish_reason)"))
         except BackendError as exc:
-            items.put(("status", exc))
+            items.put(("status", BackendError(exc.status, answers.openai_error(exc.status,
+                                                                               exc.body))))
         except Unreachable as exc:
             # Refused before any byte: the backend never ran it (a pool may run it elsewhere).
             kind = "unreached" if exc.before_any_byte else "error"
-            items.put((kind, f"backend {backend.name}: {exc}"))
+            items.put((kind, f"backend {name}: {exc}"))
         except Exception as exc:  # a bug here must still end the upload, never hang it
             log.exception("task %s: reading the backend stream failed", task_id)
-            items.put(("error", f"the publisher failed reading backend {backend.name}: "
+            items.put(("error", f"the publisher failed reading backend {name}: "
                                 f"{type(exc).__name__}"))
 
     outcome = ["?"]
-
-    def pieces() -> Iterator[bytes]:
-        while True:
-            batch = [items.get()]
-            while batch[-1][0] == "data":
-                try:
-                    batch.append(items.get_nowait())
-                except gevent.queue.Empty:
-                    break
-            piece = b"".join(json.dumps(line).encode() + b"\n" for line in _lines(batch))
-            if len(piece) < NDJSON_FLUSH_BYTES:
-                piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
-            yield piece
-            kind, value = batch[-1]
-            if kind != "data":
-                outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
-                              "error": "502", "unreached": "502"}[kind]
-                return
-
     reader = gevent.spawn(read)
-    sid = session_id()
     try:
-        status, _ = hub.post_ndjson(f"/api/v1/llms/_provider-task/{task_id}/result", pieces(),
-                                    {"X-Provider-Session-Id": sid} if sid else None)
-    except Unreachable as exc:
-        # The upload broke: whatever did not arrive cannot be replayed, so end the task with
-        # an error (retried like any result) rather than leave its client waiting.
-        post_result(hub, session_id, task_id, error_result(f"relaying the stream broke: {exc}"))
-        return "502"
+        first = items.get()
+
+        def pieces() -> Iterator[bytes]:
+            batch = [first]
+            while True:
+                while batch[-1][0] == "data":
+                    try:
+                        batch.append(items.get_nowait())
+                    except gevent.queue.Empty:
+                        break
+                piece = b"".join(json.dumps(line).encode() + b"\n" for line in _lines(batch))
+                if len(piece) < NDJSON_FLUSH_BYTES:
+                    piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
+                yield piece
+                kind, value = batch[-1]
+                if kind != "data":
+                    outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
+                                  "error": "502", "unreached": "502"}[kind]
+                    return
+                batch = [items.get()]
+
+        sid = session_id()
+        try:
+            status, _ = hub.post_ndjson(f"/api/v1/llms/_provider-task/{task_id}/result",
+                                        pieces(), {"X-Provider-Session-Id": sid} if sid else None)
+        except Unreachable as exc:
+            # The upload broke: whatever did not arrive cannot be replayed, so end the task
+            # with an error (retried like any result) rather than leave its client waiting.
+            post_result(hub, session_id, task_id,
+                        error_result(f"relaying the stream broke: {exc}"))
+            return "502"
     finally:
         reader.kill(block=False)
     if status == 404:
