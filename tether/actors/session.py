@@ -538,7 +538,8 @@ class SessionActor(TetherActor):
 
 def _wake_error(task: _Task, outcome: Any) -> TetherError:
     if isinstance(outcome, m.Failed):
-        if outcome.error.code in ("publisher_disconnected", "shutting_down"):
+        # The publisher's own wake timeout is the hub's 504, said in the hub's words.
+        if outcome.error.code in ("publisher_disconnected", "shutting_down", "wake_timeout"):
             return outcome.error
         reason = outcome.error.message
     elif isinstance(outcome, m.Completed):

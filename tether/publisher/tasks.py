@@ -66,8 +66,15 @@ def _code(answer: Any) -> str:
     return "?"
 
 
+class BackendDown(Exception):
+    """The backend refused the connection (or reset it) before answering anything: nothing
+    ran and nothing was posted; the backend actor decides (wake it, or answer the task)."""
+
+
 def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
               hub: HubClient, session_id: Callable[[], str | None]) -> None:
+    """Run one task on the backend and post its result. Raises BackendDown (having posted
+    nothing) when the backend could not be reached at all."""
     task_id = task["taskId"]
     endpoint = endpoint_of(task)
     request = dict(task["request"])
@@ -82,12 +89,16 @@ def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
             try:
                 status, body = client.call(endpoint, request)
             except Unreachable as exc:
-                status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}",
-                                                   retryable=exc.before_any_byte)
+                if exc.before_any_byte:
+                    raise BackendDown(f"backend {backend.name} unreachable: {exc}") from None
+                status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}")
             else:
                 result = final_result(status, _answer(status, body, backend.name))
             post_result(hub, session_id, task_id, result)
             outcome = str(status)
+    except BackendDown:
+        outcome = "unreached"
+        raise
     except TaskGone:
         outcome = "gone"
     except gevent.GreenletExit:
@@ -138,8 +149,8 @@ def _lines(batch: list[tuple[str, Any]]) -> list[Result]:
         lines.append(chunks_result(chunks))
     if kind == "status":
         lines.append(final_result(value.status, value.body))
-    elif kind in ("error", "unreached"):
-        lines.append(error_result(value, retryable=kind == "unreached"))
+    elif kind == "error":
+        lines.append(error_result(value))
     return lines
 
 
@@ -147,7 +158,8 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
             client: BackendClient, hub: HubClient,
             session_id: Callable[[], str | None]) -> str:
     """Relay the backend's chunks as one NDJSON upload: each line is applied by the hub as
-    it arrives. What is queued when a piece goes out travels in that same piece."""
+    it arrives. What is queued when a piece goes out travels in that same piece. The upload
+    begins with the backend's first answer: one that cannot be reached posts nothing."""
     items: gevent.queue.Queue = gevent.queue.Queue()
     name = backend.name
 
@@ -169,7 +181,7 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
             items.put(("status", BackendError(exc.status, answers.openai_error(exc.status,
                                                                                exc.body))))
         except Unreachable as exc:
-            # Refused before any byte: the backend never ran it (a pool may run it elsewhere).
+            # Refused before any byte: the backend never ran it (asleep, or gone).
             kind = "unreached" if exc.before_any_byte else "error"
             items.put((kind, f"backend {name}: {exc}"))
         except Exception as exc:  # a bug here must still end the upload, never hang it
@@ -181,6 +193,8 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
     reader = gevent.spawn(read)
     try:
         first = items.get()
+        if first[0] == "unreached":
+            raise BackendDown(first[1])
 
         def pieces() -> Iterator[bytes]:
             batch = [first]
@@ -197,7 +211,7 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
                 kind, value = batch[-1]
                 if kind != "data":
                     outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
-                                  "error": "502", "unreached": "502"}[kind]
+                                  "error": "502"}[kind]
                     return
                 batch = [items.get()]
 
