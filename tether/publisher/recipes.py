@@ -27,7 +27,7 @@ log = logging.getLogger("tether.publisher.recipe")
 # The log stays bounded whatever a command writes: a line is cut at this many characters,
 # and past LINES_PER_WINDOW lines in WINDOW_S the rest of that window are only counted.
 LINE_MAX = 1000
-LINES_PER_WINDOW = 200
+LINES_PER_WINDOW = 1000  # llama.cpp writes ~420 lines as it starts, ~8 per request
 WINDOW_S = 10.0
 
 
