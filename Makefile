@@ -14,8 +14,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# The test extra holds llama-cpp-python, which builds llama.cpp from source unless pip's
+# wheel cache has it: built for any x86-64 (no -march=native), so a cached wheel runs on
+# every machine of the kind.
 $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

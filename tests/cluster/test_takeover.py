@@ -86,7 +86,7 @@ def test_the_publisher_moves_to_the_next_process_and_is_served_through_every_one
         wait_until(lambda: f"connected to {to_a.url}\n" in publish.logs(), timeout=20)
         for hub in (a, b):
             wait_until(lambda h=hub: h.llm("llama")["status"] == "active", timeout=10)
-            assert chat(hub).json()["model"] == "demo-model"
+            assert chat(hub).json()["model"] == "llama"  # the publisher names it so
         session = a.llm("llama")["providerSessionId"]
         to_a.cut()  # the stream to a breaks: the publisher goes on to b
         wait_until(lambda: f"connected to {b.url}\n" in publish.logs(), timeout=20)
@@ -95,7 +95,7 @@ def test_the_publisher_moves_to_the_next_process_and_is_served_through_every_one
             wait_until(lambda h=hub: h.llm("llama")["status"] == "active", timeout=10)
             r = chat(hub)
             assert r.status_code == 200, r.text
-            assert r.json()["model"] == "demo-model"
+            assert r.json()["model"] == "llama"
             assert hub.llm("llama")["providerSessionId"] == session
         assert backend.stats()["completed"] == 4
     finally:

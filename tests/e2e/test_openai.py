@@ -58,13 +58,14 @@ def test_chat_both_ways(hub, published):
         model="llama", messages=[{"role": "user", "content": "Hello"}])
     assert answer.choices[0].message.role == "assistant"
     assert len(answer.choices[0].message.content.split()) == 8
-    assert answer.model == "demo-model"
+    assert answer.model == "llama"  # the Llm's name; the backend's id stays on the publisher
 
     stream = client.chat.completions.create(
         model="llama", messages=[{"role": "user", "content": "Hello"}], stream=True,
         max_tokens=5)
-    pieces = [chunk.choices[0].delta.content for chunk in stream]
-    assert len("".join(pieces).split()) == 5
+    chunks = list(stream)
+    assert {chunk.model for chunk in chunks} == {"llama"}
+    assert len("".join(chunk.choices[0].delta.content for chunk in chunks).split()) == 5
 
 
 def test_chat_wakes_a_hibernating_model(hub, published):
@@ -94,7 +95,7 @@ def test_responses_api_both_ways(hub, published):
     answer = client.responses.create(model="llama", input="Hello", max_output_tokens=6)
     assert answer.object == "response" and answer.status == "completed"
     assert len(answer.output_text.split()) == 6
-    assert answer.model == "demo-model"  # the publisher put its backend's model in
+    assert answer.model == "llama"  # the publisher put the Llm's name back in
 
     events = list(client.responses.create(model="llama", input=[
         {"role": "user", "content": "Hello"}], max_output_tokens=4, stream=True))
@@ -103,6 +104,7 @@ def test_responses_api_both_ways(hub, published):
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert len(text.split()) == 4
     assert events[-1].response.output_text == text
+    assert events[0].response.model == events[-1].response.model == "llama"
     assert published.stats()["streams"] == 1
     with pytest.raises(openai.BadRequestError) as bad:
         client.responses.create(model="llama", input=42)

@@ -43,7 +43,8 @@ def serves_through(hub, publish, session: str, connections: int = 1) -> None:
     wait_until(lambda: connected(publish, hub) >= connections, timeout=20)
     r = chat(hub)
     assert r.status_code == 200, r.text
-    assert r.json()["model"] == "demo-model"  # it went through the publisher
+    assert r.json()["object"] == "chat.completion"  # it went through the publisher
+    assert r.json()["model"] == "llama"  # under the Llm's name
 
 
 def test_the_publisher_moves_to_the_next_hub_on_a_loss_and_wraps_around(

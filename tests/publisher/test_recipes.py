@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import sys
 import threading
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from tests.support.hub import wait_until
 from tether.publisher import recipes
 from tether.publisher.config import Recipe
 
@@ -54,13 +56,56 @@ def test_http_recipe_calls_the_listener_with_its_method_and_body():
         recipes.run(Recipe(http={"method": "POST", "url": url}), 2)
 
 
-def test_command_recipe_reports_a_failure_with_its_stderr():
+def test_a_failed_command_says_how_it_exited_and_leaves_its_output_to_the_log(caplog):
     recipes.run(Recipe(command=(sys.executable, "-c", "pass")), 10)
-    with pytest.raises(recipes.RecipeFailed) as err:
-        recipes.run(Recipe(command=(sys.executable, "-c",
-                                    "import sys; sys.exit('no such unit')")), 10)
-    assert "exited 1" in str(err.value) and "no such unit" in str(err.value)
-    with pytest.raises(recipes.RecipeFailed, match="cannot run"):
-        recipes.run(Recipe(command=("/no/such/binary",)), 10)
+    with caplog.at_level(logging.INFO, "tether.publisher.recipe"), \
+            pytest.raises(recipes.RecipeFailed) as err:
+        recipes.run(Recipe(command=(sys.executable, "-c", "import sys; sys.exit('no such unit')")),
+                    10, "sleep recipe", "llama")
+    # What the hub's clients may read: how it ended, never its output (paths, tracebacks).
+    assert str(err.value) == "the sleep recipe exited 1"
+    wait_until(lambda: "sleep recipe of llama: no such unit" in caplog.text)
+    with pytest.raises(recipes.RecipeFailed, match="^the wake recipe could not be started$"):
+        recipes.run(Recipe(command=("/no/such/binary",)), 10, "wake recipe")
+    assert "/no/such/binary" in caplog.text  # the reason is in the log
     with pytest.raises(recipes.RecipeFailed, match="did not finish"):
         recipes.run(Recipe(command=(sys.executable, "-c", "import time; time.sleep(5)")), 0.3)
+
+
+# Writes far more than a pipe holds (64 KiB) on both streams, one line longer than the log
+# keeps, then says it got through and keeps running, like a backend in the foreground.
+CHATTY = """
+import sys, time, pathlib
+sys.stdout.write("x" * 5000 + "\\n")
+for i in range(3000):
+    print(f"stdout line {i} " + "-" * 80, flush=True)
+    print(f"stderr line {i} " + "-" * 80, file=sys.stderr, flush=True)
+pathlib.Path(sys.argv[1]).write_text("through")
+time.sleep(60)
+"""
+
+
+def test_a_command_that_keeps_running_is_never_blocked_by_its_output(tmp_path, caplog):
+    marker = tmp_path / "through"
+    with caplog.at_level(logging.INFO, "tether.publisher.recipe"):
+        proc = recipes.start(Recipe(command=(sys.executable, "-c", CHATTY, str(marker))), 10,
+                             "wake recipe", "llama")
+        assert proc is not None
+        try:
+            wait_until(marker.exists, timeout=20)  # it never blocked in write()
+        finally:
+            proc.kill()
+            proc.wait()
+        wait_until(lambda: "lines of output not logged" in caplog.text
+                   or len(_lines_of(caplog)) >= recipes.LINES_PER_WINDOW)
+    lines = _lines_of(caplog)
+    # Line by line, both streams, bounded: a long line is cut, a flood is counted, not logged.
+    assert lines[0] == "wake recipe of llama: " + "x" * recipes.LINE_MAX
+    assert any("stdout line 0 " in line for line in lines)
+    assert any("stderr line 0 " in line for line in lines)
+    assert len(lines) <= recipes.LINES_PER_WINDOW
+
+
+def _lines_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "tether.publisher.recipe" and r.levelno == logging.INFO]

@@ -4,6 +4,7 @@ foresaw (a bug): the task is answered at once, never left to `infer_timeout_s`."
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tether.common.backend_client import BackendClient
+from tether.common.backend_client import BackendClient, BackendError
 from tether.publisher import tasks
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
@@ -21,7 +22,8 @@ class BuggyBackend(BackendClient):
     def call(self, endpoint: str, request: dict[str, Any]) -> tuple[int, Any]:
         raise KeyError("a bug in the publisher")
 
-    def stream(self, endpoint: str, request: dict[str, Any]) -> Iterator[str]:
+    def stream(self, endpoint: str, request: dict[str, Any],
+               with_done: bool = False) -> Iterator[str]:
         yield '{"choices": []}'
         raise KeyError("a bug in the publisher")
 
@@ -49,3 +51,93 @@ def test_an_unexpected_exception_answers_the_task_at_once(hub, publisher, caplog
         assert r.status_code == 502 and r.json()["error"]["code"] == "publisher_error"
     assert any(task["taskId"] in rec.getMessage() and rec.levelno >= logging.ERROR
                for rec in caplog.records), caplog.text
+
+
+PATH = "/home/me/models/model.gguf"  # llama.cpp's model id: the file's path
+
+
+class ScriptedBackend(BackendClient):
+    """Answers with what the test gives: (status, body), or these stream payloads."""
+
+    def __init__(self, status: int = 200, body: Any = None, payloads: tuple[str, ...] = (),
+                 error: BackendError | None = None) -> None:
+        super().__init__("http://127.0.0.1:9/v1", None, 1)
+        self.status, self.body, self.payloads, self.error = status, body, payloads, error
+
+    def call(self, endpoint: str, request: dict[str, Any]) -> tuple[int, Any]:
+        return self.status, self.body
+
+    def stream(self, endpoint: str, request: dict[str, Any],
+               with_done: bool = False) -> Iterator[str]:
+        if self.error is not None:
+            raise self.error
+        for data in self.payloads:
+            if data == "[DONE]" and not with_done:
+                return
+            yield data
+
+
+def _relay(hub, publisher, backend: BackendClient, streaming: bool) -> requests.Response:
+    """One infer for llama through the hub, its task run by tasks.run_infer on `backend`."""
+    publisher.register("llama")
+    stream = publisher.open()
+    config = BackendConfig(name="llama", model=PATH, base_url="http://127.0.0.1:9/v1")
+    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": streaming}
+    with cf.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(requests.post, f"{hub.url}/api/v1/llms/llama/infer", json=body,
+                             timeout=20, headers={"Connection": "close"})
+        task = stream.next_task("infer")
+        hub_client = HubClient(hub.url, None)
+        tasks.run_infer(task, config, backend, hub_client, lambda: publisher.session_id)
+        hub_client.close()
+        return answer.result(timeout=10)
+
+
+def _chunk(content: str, finish: str | None = None) -> str:
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "model": PATH,
+                       "choices": [{"index": 0, "delta": {"content": content},
+                                    "finish_reason": finish}]})
+
+
+@pytest.mark.parametrize("payloads", [(), (_chunk("Hel"),)], ids=["empty", "cut"])
+def test_a_stream_that_ends_without_done_or_finish_reason_ends_in_an_error(
+        hub, publisher, payloads):
+    # llama-cpp-python on a context overflow: 200, then the stream ends with nothing.
+    r = _relay(hub, publisher, ScriptedBackend(payloads=payloads), streaming=True)
+    assert "data: [DONE]" not in r.text
+    # After chunks, an `event: error`; before any, the same error as a whole answer.
+    assert "publisher_error" in r.text and "stream ended early" in r.text, r.text
+    assert r.status_code == (200 if payloads else 502)
+
+
+@pytest.mark.parametrize("payloads", [
+    (_chunk("Hi"), _chunk("", "stop"), "[DONE]"),
+    (_chunk("Hi"), _chunk("", "stop")),  # a finish_reason: ended, even without [DONE]
+    (_chunk("Hi"), "[DONE]"),
+], ids=["both", "finish_reason", "done"])
+def test_a_stream_that_ended_is_relayed_with_the_llm_name(hub, publisher, payloads):
+    r = _relay(hub, publisher, ScriptedBackend(payloads=payloads), streaming=True)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
+    data = [line[6:] for line in r.text.splitlines()
+            if line.startswith("data: {")]
+    assert [json.loads(d)["model"] for d in data] == ["llama"] * (len(payloads) - (
+        payloads[-1] == "[DONE]"))
+    assert PATH not in r.text
+
+
+def test_a_whole_answer_carries_the_llm_name(hub, publisher):
+    body = {"id": "c", "object": "chat.completion", "model": PATH,
+            "choices": [{"message": {"role": "assistant", "content": "hi"}}]}
+    r = _relay(hub, publisher, ScriptedBackend(200, body), streaming=False)
+    assert r.status_code == 200 and r.json() == {**body, "model": "llama"}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_error_body_not_in_the_openai_envelope_is_wrapped_status_unchanged(
+        hub, publisher, streaming):
+    backend = ScriptedBackend(404, {"detail": "Not Found"},
+                              error=BackendError(404, {"detail": "Not Found"}))
+    r = _relay(hub, publisher, backend, streaming)
+    assert r.status_code == 404
+    assert r.json() == {"error": {"message": "Not Found", "type": "invalid_request_error",
+                                  "code": None, "param": None}}

@@ -143,7 +143,8 @@ class OpenTasks:
 def wake_error(task: OpenTask, outcome: Any) -> TetherError:
     """Why a wake did not work, from how its task ended."""
     if isinstance(outcome, m.Failed):
-        if outcome.error.code in ("publisher_disconnected", "shutting_down"):
+        # The publisher's own wake timeout is the hub's 504, said in the hub's words.
+        if outcome.error.code in ("publisher_disconnected", "shutting_down", "wake_timeout"):
             return outcome.error
         reason = outcome.error.message
     elif isinstance(outcome, m.Completed):

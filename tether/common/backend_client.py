@@ -14,6 +14,8 @@ from typing import Any
 
 from tether.common import sse, wire
 
+DONE = "[DONE]"  # the last `data:` of an OpenAI stream
+
 
 class Unreachable(Exception):
     """The other side did not answer (refused, reset, timed out). `before_any_byte`: it
@@ -72,8 +74,11 @@ class BackendClient:
         except wire.WireError as exc:
             raise Unreachable(str(exc), isinstance(exc, wire.Unreached)) from None
 
-    def stream(self, endpoint: str, request: dict[str, Any]) -> Iterator[str]:
-        """Yield each `data:` payload of the backend's SSE answer, up to `[DONE]`."""
+    def stream(self, endpoint: str, request: dict[str, Any],
+               with_done: bool = False) -> Iterator[str]:
+        """Yield each `data:` payload of the backend's SSE answer, up to `[DONE]`; with
+        `with_done`, `[DONE]` itself too (DONE), so the caller can tell a stream that ended
+        from one that was cut."""
         try:
             r = self._pool.request("POST", f"/{endpoint}", json.dumps(request).encode(),
                                    {**self._headers, "Accept": "text/event-stream"},
@@ -93,7 +98,9 @@ class BackendClient:
                 for item in sse.parse(sse.iter_lines(chunks)):
                     if isinstance(item, str):
                         continue
-                    if item.data == "[DONE]":
+                    if item.data == DONE:
+                        if with_done:
+                            yield DONE
                         break
                     yield item.data
                 for _ in chunks:  # the end of the response follows [DONE]: read it, keep the

@@ -19,11 +19,19 @@ def _input(req: falcon.Request) -> Any:
     return req.bounded_stream
 
 
+class UploadCut(Exception):
+    """A streamed body ended before its end: the sender closed its connection (a publisher
+    whose task was cancelled stops its upload so). Nobody is left to answer."""
+
+
 def iter_ndjson(req: falcon.Request, limit: int) -> Iterator[Any]:
     """Each JSON line of an NDJSON body, as it arrives (a line over `limit` is 413)."""
     stream = _input(req)
     while True:
-        line = stream.readline(limit + 1)
+        try:
+            line = stream.readline(limit + 1)
+        except OSError as exc:  # gunicorn's NoMoreData, a reset: the sender went away
+            raise UploadCut(str(exc) or type(exc).__name__) from None
         if not line:
             return
         if len(line) > limit:

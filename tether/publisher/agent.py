@@ -93,8 +93,9 @@ class Publisher:
                 self._pending.append(gevent.spawn(self._await_backend, backend))
 
     def _start_actor(self, backend: BackendConfig, asleep: bool) -> None:
-        self.actors[backend.name] = BackendActor.start(backend, self.hub, self.current_session,
-                                                       asleep, self._on_backend_crashed)
+        self.actors[backend.name] = BackendActor.start(
+            backend, self.hub, self.current_session, asleep, self._on_backend_crashed,
+            self.config.probe_interval_s)
 
     # --- supervision ---------------------------------------------------------------------
 

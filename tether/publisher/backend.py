@@ -3,14 +3,16 @@ the wake and sleep state, and the idle timer that scales the backend to zero.
 
 Work that blocks (backend calls, result POSTs, recipes) runs in spawned greenlets that report
 back with a message; the actor itself never waits on the network.
+
+The backend is probed (`GET /models`) only when it is not known to be up: at a wake, and
+never while tasks run on it. llama-cpp-python's server cancels the request it is running
+when another one arrives, so a probe beside a stream would cut it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import subprocess
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +29,11 @@ from tether.publisher import messages as m
 from tether.publisher import recipes, tasks
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
-from tether.publisher.registration import report_status
+from tether.publisher.registration import Status, report_status
+from tether.publisher.waking import wake
 
 log = logging.getLogger("tether.publisher.backend")
 
-PROBE_EVERY_S = 0.25
 # Task ids remembered so that a frame the hub replays after a reconnect (Last-Event-ID) is
 # not run a second time.
 REMEMBERED_TASKS = 4096
@@ -49,7 +51,8 @@ class Crashed:
 class BackendActor(TetherActor):
     def __init__(self, backend: BackendConfig, hub: HubClient,
                  session_id: Callable[[], str | None], asleep: bool,
-                 on_crash: Callable[[Crashed], None] | None = None) -> None:
+                 on_crash: Callable[[Crashed], None] | None = None,
+                 probe_interval_s: float = 5.0) -> None:
         super().__init__()
         self.on_crashed = on_crash
         self.backend = backend
@@ -57,17 +60,21 @@ class BackendActor(TetherActor):
         self.hub = hub
         self.session_id = session_id
         self.asleep = asleep
+        self.probe_interval_s = probe_interval_s  # a down backend without wake recipe
         self.running: dict[str, gevent.Greenlet] = {}
         self.waiting: deque[InferTask] = deque()
         self.wake_tasks: list[str] = []
         self.waking: gevent.Greenlet | None = None
+        self.wake_wanted = False  # a wake waits for the running tasks to end
         self.sleeping: gevent.Greenlet | None = None
         self.idle_generation = 0
         self.idle_timer: Timer | None = None
+        self.probe_timer: Timer | None = None
         self.seen: set[str] = set()
         self.seen_order: deque[str] = deque()
         self.draining = False
         self.posts: list[gevent.Greenlet] = []  # result POSTs made by the actor itself
+        self.reporting: gevent.Greenlet | None = None  # the last status report to the hub
 
     def receive(self, message: m.BackendMessage) -> Any:
         match message:
@@ -79,6 +86,10 @@ class BackendActor(TetherActor):
                 self._on_cancel(message)
             case m.TaskFinished():
                 self._on_task_finished(message)
+            case m.BackendDown():
+                self._on_backend_down(message)
+            case m.ProbeDue():
+                self._on_probe_due(message)
             case m.WakeFinished():
                 self._on_wake_finished(message)
             case m.SleepFinished():
@@ -98,18 +109,23 @@ class BackendActor(TetherActor):
 
     def on_start(self) -> None:
         self._arm_idle()
+        if self.asleep and self.backend.wake is None:
+            self._schedule_probe()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.idle_timer, self.probe_timer):
+            if timer is not None:
+                timer.cancel()
 
     def on_stop(self) -> None:
         for greenlet in list(self.running.values()):
             greenlet.kill(block=False)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        self._cancel_timers()
 
     def on_crash(self) -> None:
         """A bug killed this actor: answer every task it held (the hub would otherwise wait
         for them until `infer_timeout_s`) and stop its greenlets; the publisher restarts it."""
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        self._cancel_timers()
         for greenlet in (*self.running.values(), self.waking, self.sleeping):
             if greenlet is not None:
                 greenlet.kill(block=False)
@@ -119,7 +135,7 @@ class BackendActor(TetherActor):
         for task in self.waiting:  # never sent to the backend: safe to run elsewhere
             self._post_later(task["taskId"], error_result(crashed, retryable=True))
         for task_id in self.wake_tasks:
-            self._post_later(task_id, error_result(f"wake failed: {crashed}", 503))
+            self._post_later(task_id, error_result(crashed, 503))
         self.running, self.waiting, self.wake_tasks = {}, deque(), []
 
     def report_crash(self) -> None:
@@ -151,7 +167,7 @@ class BackendActor(TetherActor):
         self._fill_slots()
 
     def _fill_slots(self) -> None:
-        if self.waking is not None or self.sleeping is not None:
+        if self.waking is not None or self.sleeping is not None or self.wake_wanted:
             return
         while self.waiting and len(self.running) < self.backend.max_concurrency:
             task = self.waiting.popleft()
@@ -161,15 +177,46 @@ class BackendActor(TetherActor):
         me = self.actor_ref
 
         def work() -> None:
+            down: str | None = None
             try:
                 tasks.run_infer(task, self.backend, self.client, self.hub, self.session_id)
+            except tasks.BackendDown as exc:
+                down = str(exc)
             finally:
-                tell(me, m.TaskFinished(task["taskId"]))
+                tell(me, m.TaskFinished(task["taskId"]) if down is None else
+                     m.BackendDown(task, down))
 
         return gevent.spawn(work)
 
     def _on_task_finished(self, msg: m.TaskFinished) -> None:
         self.running.pop(msg.task_id, None)
+        if self.wake_wanted and not self.running:
+            self._start_wake()
+        self._fill_slots()
+        self._arm_idle()
+
+    def _on_backend_down(self, msg: m.BackendDown) -> None:
+        """A backend that cannot be reached is asleep (it crashed, or was stopped): with a
+        wake recipe, the request that found it down wakes it, and runs once it is up;
+        without one, the request is answered and the backend is offline until its probe
+        passes."""
+        task_id = msg.task["taskId"]
+        if self.running.pop(task_id, None) is None:
+            return  # abandoned meanwhile (shutdown): already answered
+        if self.backend.wake is None or self.draining:
+            self._post_later(task_id, error_result(msg.error, retryable=True))
+        else:
+            self.waiting.appendleft(msg.task)
+        if not self.asleep and not self.draining:
+            self.asleep = True
+            log.warning("backend %s cannot be reached (%s): hibernating, %s", self.backend.name,
+                        msg.error, "the next request wakes it" if self.backend.wake else
+                        f"probed every {self.probe_interval_s:g} s")
+            self._report("hibernating")
+            if self.backend.wake is None:
+                self._schedule_probe()
+        if self.waiting and self.asleep and self.backend.wake is not None:
+            self._start_wake()
         self._fill_slots()
         self._arm_idle()
 
@@ -190,8 +237,11 @@ class BackendActor(TetherActor):
         if not self._first_sight(msg.task_id):
             return
         if self.draining:
-            self._post_later(msg.task_id, error_result(
-                "wake failed: the publisher is shutting down", 503))
+            self._post_later(msg.task_id, error_result("the publisher is shutting down", 503))
+            return
+        if self.running and not self.asleep:
+            # It is serving tasks, so it is up: answer without a probe, which could cut them.
+            self._post_later(msg.task_id, final_result(200, {"awake": True}))
             return
         self._disarm_idle()
         self.wake_tasks.append(msg.task_id)
@@ -200,39 +250,81 @@ class BackendActor(TetherActor):
     def _start_wake(self) -> None:
         if self.waking is not None or self.sleeping is not None:
             return  # joins the wake in flight, or starts once the sleep recipe is done
+        if self.running:
+            self.wake_wanted = True  # its probe waits for the running tasks to end
+            return
+        self.wake_wanted = False
         me, backend, client = self.actor_ref, self.backend, self.client
 
-        def wake() -> None:
+        def waking() -> None:
             # Whatever happens, the actor hears the outcome: a wake that ended without a
             # word would leave `waking` set and the backend wedged for good.
-            error: str | None = "the wake was interrupted"
+            outcome = m.WakeFinished("the wake was interrupted")
             try:
-                error = _wake(backend, client)
+                outcome = wake(backend, client)
             except Exception as exc:  # noqa: BLE001 - e.g. OSError from send_wol
                 log.warning("wake of %s failed: %r", backend.name, exc)
-                error = f"{type(exc).__name__}: {exc}"
+                outcome = m.WakeFinished(f"the wake recipe failed ({type(exc).__name__})")
             finally:
-                tell(me, m.WakeFinished(error))
+                tell(me, outcome)
 
-        self.waking = gevent.spawn(wake)
+        self.waking = gevent.spawn(waking)
 
     def _on_wake_finished(self, msg: m.WakeFinished) -> None:
         self.waking = None
         answered, self.wake_tasks = self.wake_tasks, []
+        name = self.backend.name
         if msg.error is None:
             self.asleep = False
-            log.info("backend %s is awake", self.backend.name)
+            log.info("backend %s is awake", name)
             result: Result = final_result(200, {"awake": True})
+            if not answered:
+                self._report("active")  # woken for a task of ours: the hub still says asleep
         else:
-            log.warning("backend %s did not wake: %s", self.backend.name, msg.error)
-            result = error_result(f"wake failed: {msg.error}", 503)
+            probing = self.backend.wake is None and not answered and not self.waiting
+            log.log(logging.DEBUG if probing else logging.WARNING,
+                    "backend %s did not wake: %s", name, msg.error)
+            # The hub words a failed wake task itself ("could not wake NAME: …"); the
+            # infers waiting here get the same words and code.
+            if msg.timed_out:
+                result = error_result(msg.error, 504, "wake_timeout")
+                failure = result
+            else:
+                result = error_result(msg.error, 503)
+                failure = error_result(f"could not wake {name!r}: {msg.error}", 503,
+                                       "wake_failed")
             failed, self.waiting = list(self.waiting), deque()
             for task in failed:
-                self._post_later(task["taskId"], result)
+                self._post_later(task["taskId"], failure)
+            if self.asleep and self.backend.wake is None:
+                self._schedule_probe()
         for task_id in answered:
             self._post_later(task_id, result)
         self._fill_slots()
         self._arm_idle()
+
+    def _schedule_probe(self) -> None:
+        if self.probe_timer is not None:
+            self.probe_timer.cancel()
+        self.probe_timer = call_later(self.probe_interval_s, tell, self.actor_ref, m.ProbeDue())
+
+    def _on_probe_due(self, _msg: m.ProbeDue) -> None:
+        self.probe_timer = None
+        if self.asleep and self.backend.wake is None and not self.draining:
+            self._start_wake()  # without a recipe a wake is a probe; failing, it re-arms
+
+    def _report(self, status: Status) -> None:
+        """Tell the hub, in the order the changes happened (each report waits for the one
+        before it)."""
+        before, hub, name, session_id = self.reporting, self.hub, self.backend.name, \
+            self.session_id
+
+        def send() -> None:
+            if before is not None:
+                before.join()
+            report_status(hub, session_id(), name, status)
+
+        self.reporting = gevent.spawn(send)
 
     def _post_later(self, task_id: str, result: Result) -> None:
         def post() -> None:
@@ -291,24 +383,19 @@ class BackendActor(TetherActor):
         recipe = self.backend.sleep
         assert recipe is not None
         self.asleep = True  # from now on an infer waits for a wake
-        me, backend, report = self.actor_ref, self.backend, self._report_hibernating
+        me, backend = self.actor_ref, self.backend
 
         def sleep() -> None:
             # Always tell the outcome (see wake): `sleeping` must never stay set.
             error: str | None = "the sleep recipe was interrupted"
             try:
-                recipes.run(recipe, timeout=backend.wake_timeout_s)
+                recipes.run(recipe, backend.wake_timeout_s, "sleep recipe", backend.name)
+                error = None
             except recipes.RecipeFailed as exc:
                 error = str(exc)
             except Exception as exc:  # noqa: BLE001 - e.g. OSError from send_wol
                 log.warning("sleep recipe of %s failed: %r", backend.name, exc)
                 error = f"{type(exc).__name__}: {exc}"
-            else:
-                error = None
-                try:
-                    report()
-                except Exception:  # asleep all the same; the next register says so
-                    log.exception("reporting %s hibernating failed", backend.name)
             finally:
                 tell(me, m.SleepFinished(error))
 
@@ -316,14 +403,13 @@ class BackendActor(TetherActor):
                  backend.idle_sleep_s)
         self.sleeping = gevent.spawn(sleep)
 
-    def _report_hibernating(self) -> None:
-        report_status(self.hub, self.session_id(), self.backend.name, "hibernating")
-
     def _on_sleep_finished(self, msg: m.SleepFinished) -> None:
         self.sleeping = None
         if msg.error is not None:
             log.warning("sleep recipe of %s failed: %s", self.backend.name, msg.error)
             self.asleep = False
+        else:
+            self._report("hibernating")
         if self.wake_tasks or (self.waiting and self.asleep):
             self._start_wake()
         self._fill_slots()
@@ -334,25 +420,3 @@ def _refused() -> Result:
     """For a task the backend never saw: safe to run elsewhere (PROTOCOL: retryable)."""
     return error_result("the publisher is shutting down; the task was not started",
                         503, "publisher_disconnected", retryable=True)
-
-
-def _wake(backend: BackendConfig, client: BackendClient) -> str | None:
-    """Bring the backend up: the recipe, then the readiness probe. None on success."""
-    if client.probe():
-        return None
-    if backend.wake is None:
-        return "the backend is down and has no wake recipe"
-    deadline = time.monotonic() + backend.wake_timeout_s
-    try:
-        proc = recipes.start(backend.wake, backend.wake_timeout_s)
-    except recipes.RecipeFailed as exc:
-        return str(exc)
-    while time.monotonic() < deadline:
-        if client.probe(timeout=min(2.0, max(deadline - time.monotonic(), 0.1))):
-            return None
-        if isinstance(proc, subprocess.Popen):
-            reason = recipes.failed_exit(proc)
-            if reason:
-                return reason
-        gevent.sleep(PROBE_EVERY_S)
-    return f"not ready within {backend.wake_timeout_s:g} s ({backend.wake.describe()})"

@@ -29,8 +29,23 @@ class TaskFinished:
 
 
 @dataclass(frozen=True)
+class BackendDown:
+    """A task found the backend unreachable before any byte: nothing ran, nothing was
+    posted for it."""
+
+    task: InferTask
+    error: str
+
+
+@dataclass(frozen=True)
+class ProbeDue:
+    """Time to probe a backend without wake recipe that went down."""
+
+
+@dataclass(frozen=True)
 class WakeFinished:
-    error: str | None
+    error: str | None  # None: awake
+    timed_out: bool = False  # not ready within wake_timeout_s
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,6 @@ class Abandon:
 # Everything a BackendActor receives: it matches on this union exhaustively
 # (tether/common/actor.py).
 BackendMessage: TypeAlias = (
-    RunInfer | RunWake | CancelTask | TaskFinished | WakeFinished | SleepFinished | IdleExpired
-    | GetStatus | Drain | GetDrainState | Abandon
+    RunInfer | RunWake | CancelTask | TaskFinished | BackendDown | ProbeDue | WakeFinished
+    | SleepFinished | IdleExpired | GetStatus | Drain | GetDrainState | Abandon
 )

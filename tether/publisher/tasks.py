@@ -16,7 +16,7 @@ from typing import Any
 import gevent
 import gevent.queue
 
-from tether.common.backend_client import BackendClient, BackendError, Unreachable
+from tether.common.backend_client import DONE, BackendClient, BackendError, Unreachable
 from tether.common.task_wire import (
     Chunk,
     InferTask,
@@ -26,6 +26,7 @@ from tether.common.task_wire import (
     error_result,
     final_result,
 )
+from tether.publisher import answers
 from tether.publisher.config import BackendConfig
 from tether.publisher.hub_client import HubClient
 
@@ -65,8 +66,15 @@ def _code(answer: Any) -> str:
     return "?"
 
 
+class BackendDown(Exception):
+    """The backend refused the connection (or reset it) before answering anything: nothing
+    ran and nothing was posted; the backend actor decides (wake it, or answer the task)."""
+
+
 def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
               hub: HubClient, session_id: Callable[[], str | None]) -> None:
+    """Run one task on the backend and post its result. Raises BackendDown (having posted
+    nothing) when the backend could not be reached at all."""
     task_id = task["taskId"]
     endpoint = endpoint_of(task)
     request = dict(task["request"])
@@ -81,12 +89,16 @@ def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
             try:
                 status, body = client.call(endpoint, request)
             except Unreachable as exc:
-                status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}",
-                                                   retryable=exc.before_any_byte)
+                if exc.before_any_byte:
+                    raise BackendDown(f"backend {backend.name} unreachable: {exc}") from None
+                status, result = 502, error_result(f"backend {backend.name} unreachable: {exc}")
             else:
-                result = final_result(status, body)
+                result = final_result(status, _answer(status, body, backend.name))
             post_result(hub, session_id, task_id, result)
             outcome = str(status)
+    except BackendDown:
+        outcome = "unreached"
+        raise
     except TaskGone:
         outcome = "gone"
     except gevent.GreenletExit:
@@ -112,6 +124,13 @@ def run_infer(task: InferTask, backend: BackendConfig, client: BackendClient,
                             "duration_ms": ms})
 
 
+def _answer(status: int, body: Any, name: str) -> Any:
+    """A whole answer as the client may see it: the Llm's name as its model, an error in
+    the OpenAI envelope."""
+    return answers.relabel_body(body, name) if status < 400 else \
+        answers.openai_error(status, body)
+
+
 # gunicorn reads a chunked request body 1 KiB at a time: a shorter piece would wait for
 # the next ones before the hub sees it. Pieces are padded to this with a blank line, which
 # NDJSON readers skip.
@@ -130,8 +149,8 @@ def _lines(batch: list[tuple[str, Any]]) -> list[Result]:
         lines.append(chunks_result(chunks))
     if kind == "status":
         lines.append(final_result(value.status, value.body))
-    elif kind in ("error", "unreached"):
-        lines.append(error_result(value, retryable=kind == "unreached"))
+    elif kind == "error":
+        lines.append(error_result(value))
     return lines
 
 
@@ -139,55 +158,73 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
             client: BackendClient, hub: HubClient,
             session_id: Callable[[], str | None]) -> str:
     """Relay the backend's chunks as one NDJSON upload: each line is applied by the hub as
-    it arrives. What is queued when a piece goes out travels in that same piece."""
+    it arrives. What is queued when a piece goes out travels in that same piece. The upload
+    begins with the backend's first answer: one that cannot be reached posts nothing."""
     items: gevent.queue.Queue = gevent.queue.Queue()
+    name = backend.name
 
     def read() -> None:
         try:
-            for data in client.stream(endpoint, request):
+            ended = False
+            for data in client.stream(endpoint, request, with_done=True):
+                if data == DONE:
+                    ended = True
+                    break
+                data, final = answers.relabel_chunk(data, name)
+                ended = ended or final
                 items.put(("data", data))
-            items.put(("done", None))
+            # A backend that broke its stream (llama-cpp-python on a context overflow: 200
+            # and no chunk) must not look like a short answer.
+            items.put(("done", None) if ended else (
+                "error", f"backend {name}'s stream ended early (no [DONE], no finish_reason)"))
         except BackendError as exc:
-            items.put(("status", exc))
+            items.put(("status", BackendError(exc.status, answers.openai_error(exc.status,
+                                                                               exc.body))))
         except Unreachable as exc:
-            # Refused before any byte: the backend never ran it (a pool may run it elsewhere).
+            # Refused before any byte: the backend never ran it (asleep, or gone).
             kind = "unreached" if exc.before_any_byte else "error"
-            items.put((kind, f"backend {backend.name}: {exc}"))
+            items.put((kind, f"backend {name}: {exc}"))
         except Exception as exc:  # a bug here must still end the upload, never hang it
             log.exception("task %s: reading the backend stream failed", task_id)
-            items.put(("error", f"the publisher failed reading backend {backend.name}: "
+            items.put(("error", f"the publisher failed reading backend {name}: "
                                 f"{type(exc).__name__}"))
 
     outcome = ["?"]
-
-    def pieces() -> Iterator[bytes]:
-        while True:
-            batch = [items.get()]
-            while batch[-1][0] == "data":
-                try:
-                    batch.append(items.get_nowait())
-                except gevent.queue.Empty:
-                    break
-            piece = b"".join(json.dumps(line).encode() + b"\n" for line in _lines(batch))
-            if len(piece) < NDJSON_FLUSH_BYTES:
-                piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
-            yield piece
-            kind, value = batch[-1]
-            if kind != "data":
-                outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
-                              "error": "502", "unreached": "502"}[kind]
-                return
-
     reader = gevent.spawn(read)
-    sid = session_id()
     try:
-        status, _ = hub.post_ndjson(f"/api/v1/llms/_provider-task/{task_id}/result", pieces(),
-                                    {"X-Provider-Session-Id": sid} if sid else None)
-    except Unreachable as exc:
-        # The upload broke: whatever did not arrive cannot be replayed, so end the task with
-        # an error (retried like any result) rather than leave its client waiting.
-        post_result(hub, session_id, task_id, error_result(f"relaying the stream broke: {exc}"))
-        return "502"
+        first = items.get()
+        if first[0] == "unreached":
+            raise BackendDown(first[1])
+
+        def pieces() -> Iterator[bytes]:
+            batch = [first]
+            while True:
+                while batch[-1][0] == "data":
+                    try:
+                        batch.append(items.get_nowait())
+                    except gevent.queue.Empty:
+                        break
+                piece = b"".join(json.dumps(line).encode() + b"\n" for line in _lines(batch))
+                if len(piece) < NDJSON_FLUSH_BYTES:
+                    piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
+                yield piece
+                kind, value = batch[-1]
+                if kind != "data":
+                    outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
+                                  "error": "502"}[kind]
+                    return
+                batch = [items.get()]
+
+        sid = session_id()
+        try:
+            status, _ = hub.post_ndjson(f"/api/v1/llms/_provider-task/{task_id}/result",
+                                        pieces(), {"X-Provider-Session-Id": sid} if sid else None)
+        except Unreachable as exc:
+            # The upload broke: whatever did not arrive cannot be replayed, so end the task
+            # with an error (retried like any result) rather than leave its client waiting.
+            post_result(hub, session_id, task_id,
+                        error_result(f"relaying the stream broke: {exc}"))
+            return "502"
     finally:
         reader.kill(block=False)
     if status == 404:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import uuid
 
@@ -11,9 +12,11 @@ from tether import errors
 from tether.actors.system import ActorSystem
 from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
-from tether.http.body import iter_ndjson, read_json
+from tether.http.body import UploadCut, iter_ndjson, read_json
 from tether.http.limits import StreamCounter
 from tether.http.operation import SSE, Operation, json_body
+
+log = logging.getLogger("tether.http")
 
 SESSION_HEADER = "X-Provider-Session-Id"
 NDJSON = "application/x-ndjson"
@@ -135,8 +138,16 @@ class TaskResult(_Resource):
 
         if (req.content_type or "").startswith(NDJSON):
             # One request carries a whole stream: each line is applied as it arrives.
-            for line in iter_ndjson(req, self.limit):
-                apply(line)
+            try:
+                for line in iter_ndjson(req, self.limit):
+                    apply(line)
+            except UploadCut as exc:
+                # A publisher stops the upload of a task that was cancelled (its client
+                # left): routine, not a fault. What arrived was applied; the task ends by
+                # its cancel, or by the error result a publisher that lost us posts.
+                log.info("task %s: its result upload was cut (%s)", task_id, exc)
+                resp.status = 499  # nobody reads it
+                return
         else:
             apply(read_json(req, self.limit))
         resp.media = {"ok": True}
