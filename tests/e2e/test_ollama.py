@@ -5,14 +5,18 @@ the demo backend (an OpenAI-compatible server: the routes translate, whatever se
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import subprocess
+import sys
+import textwrap
 
 import ollama
 import pytest
 import requests
 
 from tests.e2e.test_security import make_key
-from tests.support.hub import Hub, wait_until
-from tests.support.procs import wait_status
+from tests.support.hub import Hub, free_port, wait_until
+from tests.support.procs import TETHER, demo_ready, wait_status
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -277,3 +281,22 @@ def test_a_public_llm(tmp_path, backend_factory):
         _serves(hub, "cloud")
     finally:
         hub.stop()
+
+
+def test_the_demo_prints_an_ollama_example_that_works():
+    port = free_port()
+    proc = subprocess.Popen([*TETHER, "demo", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        text = demo_ready(proc)
+        hub = f"http://127.0.0.1:{port}"
+        assert f"OLLAMA_HOST={hub}" in text and f"curl -s {hub}/api/chat" in text
+        start = text.index("  from ollama import Client")
+        snippet = textwrap.dedent(text[start:text.index("\n\n", start)])
+        ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                             timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert len(ran.stdout.split()) == 8  # the demo backend's eight words, streamed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
