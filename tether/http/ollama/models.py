@@ -1,5 +1,5 @@
 """Ollama's model routes: GET /api/tags, GET /api/ps, POST /api/show, GET /api/version, and
-the root (`GET /`, `HEAD /`), which Ollama's own CLI checks before any command.
+the root (`GET /`, `HEAD /`), which Ollama's own Go client probes to see a server is up.
 
 The models are the Llms `/v1/models` lists (resources/openai.listed). What Ollama knows of a
 model file and the hub does not (size, digest) is 0 or ""; its `details` come from the row's
@@ -106,7 +106,7 @@ class Version:
         resp.media = {"version": VERSION}
 
 
-RUNNING_TEXT = "Ollama is running"  # what Ollama answers here; its CLI checks the status
+RUNNING_TEXT = "Ollama is running"  # what Ollama answers here; its client reads the status
 
 
 class Root:
