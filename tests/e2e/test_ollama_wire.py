@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import socket
 import subprocess
 
 import ollama
@@ -212,3 +213,16 @@ def test_whole_answers_and_errors_before_the_first_line(hub, publisher):
             raise AssertionError("a 503 was not raised")
         except ollama.ResponseError as failed:
             assert failed.status_code == 503 and "backend down" in failed.error
+
+
+def test_a_client_that_leaves_a_silent_wait_has_its_task_cancelled(hub, publisher):
+    """Nothing is written while an NDJSON answer waits, so no failed write tells the hub the
+    client left: it sees the close from the read side, and cancels the task."""
+    publisher.register("hand")
+    stream = publisher.open()
+    body = json.dumps({"model": "hand", "messages": HELLO}).encode()
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        task = stream.next_task("infer")
+    assert stream.next_task("cancel")["taskId"] == task["taskId"]
