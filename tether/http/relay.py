@@ -119,10 +119,10 @@ class Relay:
                 attempt.stop("client_gone")
                 resp.status = 499
                 return False
-            if step is not Step.WAIT:  # Chunks or StreamDone: the stream begins
+            if step is not Step.WAIT:  # Chunks or StreamDone
                 finished = streams.render(renderer, step, shown, first)
                 if finished or any(first):
-                    break  # else chunks that show the client nothing yet: wait on
+                    break  # the stream begins (not on chunks that show nothing yet)
         renderer.begin(resp)
         if finished:
             end()
