@@ -177,6 +177,9 @@ def test_whole_chat_answer():
         "eval_count": 5}
     empty = _stamped(answers.whole("chat", "m", {"weird": True}, TIMING))
     assert empty["message"] == {"role": "assistant", "content": ""} and empty["done"]
+    for kind in ("chat", "generate", "raw"):  # malformed answers: empty, never a crash
+        for body in ({"choices": ["x"]}, {"choices": [{"message": "x", "text": 3}]}):
+            assert _stamped(answers.whole(kind, "m", body, TIMING))["done"] is True
 
 
 def test_whole_generate_raw_and_embeddings():

@@ -163,7 +163,7 @@ def whole(kind: str, model: str, body: Any, timing: Timing) -> dict[str, Any]:
     elif kind == KIND_RAW:
         piece = choice.get("text") if isinstance(choice.get("text"), str) else ""
     else:
-        piece = _text((choice.get("message") or {}).get("content"))
+        piece = message(choice.get("message"))["content"]
     return final(kind, model, choice.get("finish_reason"), _usage(body), timing, piece)
 
 
