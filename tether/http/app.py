@@ -13,6 +13,9 @@ from tether.config import Settings, load_settings
 from tether.http import errors, request_ids
 from tether.http.auth import Auth, AuthMiddleware
 from tether.http.limits import Limiter, StreamCounter
+from tether.http.ollama import models as ollama_models
+from tether.http.ollama import resources as ollama
+from tether.http.ollama import translate as ollama_translate
 from tether.http.openapi import OpenApi
 from tether.http.probes import Probes
 from tether.http.relay import Relay
@@ -69,6 +72,20 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
           for endpoint, operation in infer.V1.items()),
         ("/v1/models", openai.Models()),
         ("/v1/models/{name}", openai.Model()),
+        # Ollama's own API (tether/http/ollama); its other /api/* paths are 404s.
+        ("/", ollama_models.Root()),
+        ("/api/version", ollama_models.Version()),
+        ("/api/tags", ollama_models.Tags()),
+        ("/api/ps", ollama_models.Running()),
+        ("/api/show", ollama_models.Show(system)),
+        ("/api/chat", ollama.Generation(system, relay, limiter, ollama.CHAT,
+                                        ollama_translate.chat)),
+        ("/api/generate", ollama.Generation(system, relay, limiter, ollama.GENERATE,
+                                            ollama_translate.generate)),
+        ("/api/embed", ollama.Generation(system, relay, limiter, ollama.EMBED,
+                                         ollama_translate.embed)),
+        ("/api/embeddings", ollama.Generation(system, relay, limiter, ollama.EMBEDDINGS,
+                                              ollama_translate.embeddings)),
     ]
     if settings.fault_injection:
         routes.append(("/_faults/crash", faults.Crash(system)))

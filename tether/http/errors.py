@@ -1,4 +1,5 @@
-"""The one place that turns errors into the OpenAI error envelope of docs/protocol.md."""
+"""The one place that turns errors into the OpenAI error envelope of docs/protocol.md (or,
+on the Ollama routes, into Ollama's shape: tether/http/ollama/errors.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import redis
 
 from tether import errors
 from tether.errors import TetherError
+from tether.http.ollama import errors as ollama
 
 log = logging.getLogger("tether.http")
 
 
-def render(resp: falcon.Response, error: TetherError) -> None:
+def render(req: falcon.Request, resp: falcon.Response, error: TetherError) -> None:
     resp.status = error.status
-    resp.media = error.envelope()
+    resp.media = ollama.body(error) if ollama.is_ollama_path(req.path) else error.envelope()
     for name, value in error.headers.items():
         resp.set_header(name, value)
     if error.status == 413:
@@ -33,7 +35,7 @@ def _on_tether_error(req: falcon.Request, resp: falcon.Response, ex: TetherError
         detail = f"field {ex.param}" if ex.code == "invalid_request" else ex.message
         log.log(_level(ex.status), "%s %s -> %d %s: %s",
                 req.method, req.path, ex.status, ex.code, detail)
-    render(resp, ex)
+    render(req, resp, ex)
 
 
 def _level(status: int) -> int:
@@ -71,7 +73,7 @@ def _on_http_error(
     else:
         error = errors.INVALID_REQUEST.at(
             status, why=ex.description or ex.title or "request refused")
-    render(resp, error)
+    render(req, resp, error)
     headers = ex.headers or {}  # falcon allows a mapping or a list of pairs
     for name, value in headers.items() if isinstance(headers, Mapping) else headers:
         resp.set_header(name, value)
@@ -79,7 +81,7 @@ def _on_http_error(
 
 def _on_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, _p: Any) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
-    render(resp, errors.INTERNAL_ERROR())
+    render(req, resp, errors.INTERNAL_ERROR())
 
 
 def _on_bus_unreachable(req: falcon.Request, resp: falcon.Response, ex: Exception,
@@ -90,7 +92,7 @@ def _on_bus_unreachable(req: falcon.Request, resp: falcon.Response, ex: Exceptio
     error = errors.HUB_BUSY()
     log.warning("%s %s -> %d %s: Redis did not answer (%s: %s)", req.method, req.path,
                 error.status, error.code, type(ex).__name__, ex)
-    render(resp, error)
+    render(req, resp, error)
 
 
 def install(app: falcon.App) -> None:

@@ -41,14 +41,17 @@ def _operation(path: str, role: str | None, op: Operation) -> dict[str, Any]:
         content = {op.media: {"schema": {"type": "string"}}}
     else:
         content = {JSON: {"schema": op.ok}}
-        if op.relayed and op.request is not None \
+        streams = op.streams or (SSE if op.relayed else None)
+        if streams and op.request is not None \
                 and "stream" in op.request.get("properties", {}):
-            content[SSE] = {"schema": {"type": "string"}}
+            content[streams] = {"schema": {"type": "string"}}
     # Relayed routes pass a publisher's or upstream's status and body on unchanged.
-    error = {JSON: {"schema": {} if op.relayed else schemas.ERROR}}
+    error = {JSON: {"schema": op.errors if op.errors is not None
+                    else {} if op.relayed else schemas.ERROR}}
+    shape = "the OpenAI error envelope" if op.errors is None else "this route's own shape"
     doc["responses"] = {
         "200": {"description": "OK", "content": content},
-        "default": {"description": "An error (the OpenAI error envelope)", "content": error},
+        "default": {"description": f"An error ({shape})", "content": error},
     }
     if role is not None:
         doc["security"] = [{"bearer": []}]

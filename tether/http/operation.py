@@ -29,6 +29,9 @@ class Operation:
     # they are; the answer is SSE when the request asks to `stream`.
     relayed: bool = False
     params: tuple[dict[str, Any], ...] = ()  # header and query parameters
+    # The media type of the answer when the body asks to `stream` (SSE for relayed routes).
+    streams: str | None = None
+    errors: dict[str, Any] | None = None  # the error body's schema, when not OpenAI's envelope
 
 
 def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,

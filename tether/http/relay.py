@@ -1,8 +1,9 @@
 """Answering a client from its reply channel: a plain JSON response, or an SSE stream.
 
 The status must be chosen before the first byte. A streaming request waits for its first
-event (or `keepalive_s`); failures before then are plain JSON with their status, after it
-they end the stream with `event: error`.
+event that shows the client something (or `keepalive_s`, when its renderer has something to
+send meanwhile: SSE has comments, NDJSON nothing); failures before then are plain answers
+with their status, after it they end the stream (with `event: error`, in SSE).
 
 The relay reads the reply channel only through an Attempt, whose InferState decides what
 each event means for the client (tether.actors.infer_state), and writes only through a
@@ -42,8 +43,11 @@ class Relay:
         body: dict[str, Any],
         endpoint: str,
         release: Callable[[], None],
+        renderer: streams.Renderer | None = None,
     ) -> None:
-        """Answer `resp` from the Llm; `release()` runs once the answer is complete."""
+        """Answer `resp` from the Llm; `release()` runs once the answer is complete.
+        `renderer`: how the answer looks (another API's than OpenAI's, e.g. Ollama's)."""
+        renderer = renderer or self._renderer
         streaming = bool(body.get("stream")) and endpoint != "embeddings"
         try:
             reply = self._system.infer(name, body, streaming, endpoint,
@@ -62,10 +66,10 @@ class Relay:
 
         try:
             if streaming:
-                handed_over = self._start_stream(resp, attempt, self._renderer, finished)
+                handed_over = self._start_stream(resp, attempt, renderer, finished)
             else:
                 handed_over = False
-                self._wait(resp, attempt, self._renderer)
+                self._wait(resp, attempt, renderer)
         except BaseException:
             finished()
             attempt.stop("client_gone")
@@ -103,7 +107,10 @@ class Relay:
                 if waited >= self._deadline:
                     attempt.stop("no_answer")
                     raise streams.no_answer(self._deadline)
-                first.append(renderer.idle(attempt.state.waking))
+                idle = renderer.idle(attempt.state.waking)
+                if not idle:
+                    continue  # a format without comments (NDJSON): the headers wait on
+                first.append(idle)
                 break
             step, shown = got
             if step is Step.END and _whole(resp, renderer, shown):
@@ -112,9 +119,10 @@ class Relay:
                 attempt.stop("client_gone")
                 resp.status = 499
                 return False
-            if step is not Step.WAIT:  # Chunks or StreamDone: the stream begins
+            if step is not Step.WAIT:  # Chunks or StreamDone
                 finished = streams.render(renderer, step, shown, first)
-                break
+                if finished or any(first):
+                    break  # the stream begins (not on chunks that show nothing yet)
         renderer.begin(resp)
         if finished:
             end()

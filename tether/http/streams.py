@@ -59,8 +59,9 @@ def publisher_stream(
 
 
 class Renderer(Protocol):
-    """How an answer looks to one API's clients (openai_render.OpenAIRenderer). The text
-    methods return what to write; what the client gets, and when, is the Attempt's."""
+    """How an answer looks to one API's clients (openai_render.OpenAIRenderer,
+    ollama.render.OllamaRenderer). The text methods return what to write; what the client
+    gets, and when, is the Attempt's."""
 
     def answer(self, resp: falcon.Response, end: m.Completed) -> None:
         """The whole answer at once, before anything of a stream went out."""
@@ -69,9 +70,11 @@ class Renderer(Protocol):
         """A stream begins: its status and headers."""
 
     def idle(self, waking: bool) -> str:
-        """Nothing came for keepalive_s (the backend wakes, when `waking`)."""
+        """Nothing came for keepalive_s (the backend wakes, when `waking`); "" to send
+        nothing (a format without comments: the headers then wait for the first part)."""
 
-    def part(self, chunks: m.Chunks) -> str: ...
+    def part(self, chunks: m.Chunks) -> str:
+        """Chunks of the answer; "" when they show the client nothing yet."""
 
     def end(self, end: End) -> str:
         """The stream's last event."""
@@ -99,7 +102,9 @@ def client_stream(
                     attempt.stop("no_answer")
                     yield renderer.end(m.Failed(no_answer(deadline_s))).encode()
                     return
-                yield renderer.idle(attempt.state.waking).encode()
+                idle_text = renderer.idle(attempt.state.waking)
+                if idle_text:  # NDJSON has no comments: nothing goes out
+                    yield idle_text.encode()
                 continue
             idle = 0.0
             out: list[str] = []

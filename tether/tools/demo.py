@@ -146,6 +146,17 @@ Or from Python, with the official SDK (pip install openai):
           model="{model}", messages=[{{"role": "user", "content": "Hello"}}], stream=True):
       print(chunk.choices[0].delta.content or "", end="", flush=True)
 
+Apps that speak Ollama's API use the hub as their Ollama (OLLAMA_HOST={hub}):
+
+  curl -s {hub}/api/chat \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  from ollama import Client  # pip install ollama
+  client = Client(host="{hub}")
+  for part in client.chat(model="{model}", messages=[{{"role": "user", "content": "Hello"}}],
+                          stream=True):
+      print(part.message.content, end="", flush=True)
+
 Press Ctrl-C to stop. Logs: {logs}
 """
 

@@ -4,6 +4,8 @@ and the benchmarks. It is a stand-in for Ollama / llama.cpp / vLLM, not a model.
 Routes: GET /v1/models, POST /v1/chat/completions (streamed or not), POST /v1/completions,
 POST /v1/embeddings, POST /v1/responses (streamed or not), GET /_demo/stats (requests
 seen, streams the client aborted).
+A streamed answer ends with a usage chunk when the request asks for it
+(`stream_options.include_usage`), as OpenAI's does.
 Request knobs (in the body, ignored by real backends): `demo_chunks` (how many chunks),
 `demo_delay_s` (pause before each chunk), `demo_status` (answer this HTTP status),
 `demo_reply` (answer exactly this text).
@@ -127,15 +129,24 @@ class DemoBackend:
                 if delay:
                     time.sleep(delay)
                 piece = word if i == 0 else f" {word}"
+                finish = "stop" if i == len(words) - 1 else None
                 if chat:
                     chunk = {"id": "chatcmpl-demo", "object": "chat.completion.chunk",
                              "created": 0, "model": model,
                              "choices": [{"index": 0, "delta": {"content": piece},
-                                          "finish_reason": None}]}
+                                          "finish_reason": finish}]}
                 else:
                     chunk = {"id": "cmpl-demo", "object": "text_completion", "created": 0,
                              "model": model, "choices": [{"index": 0, "text": piece,
-                                                          "finish_reason": None}]}
+                                                          "finish_reason": finish}]}
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if (body.get("stream_options") or {}).get("include_usage"):
+                # As OpenAI does: one more chunk, with no choices, before [DONE].
+                usage = {"prompt_tokens": 1, "completion_tokens": len(words),
+                         "total_tokens": 1 + len(words)}
+                chunk = {"id": "demo", "object": "chat.completion.chunk" if chat
+                         else "text_completion", "created": 0, "model": model, "choices": [],
+                         "usage": usage}
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             yield b"data: [DONE]\n\n"
             finished = True

@@ -14,6 +14,19 @@ from tether.store import llms as store
 from tether.store.models import INACTIVE, Llm
 
 
+def listed() -> list[Llm]:
+    """The Llms the model lists show (here, and Ollama's /api/tags and /api/ps)."""
+    return [row for row in store.list_all() if row.status != INACTIVE]
+
+
+def find(name: str) -> Llm:
+    """One Llm of the lists, by name, or 404 (here, and Ollama's /api/show)."""
+    row = store.get(name)
+    if row is None or row.status == INACTIVE:
+        raise errors.LLM_NOT_FOUND(name=name)
+    return row
+
+
 def _model(row: Llm) -> dict:
     return {"id": row.name, "object": "model",
             "created": calendar.timegm(row.created_at.timetuple()), "owned_by": "tether"}
@@ -24,8 +37,7 @@ class Models:
     operations = {"GET": Operation("OpenAI model list", ok=schemas.MODEL_LIST)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        rows = [row for row in store.list_all() if row.status != INACTIVE]
-        resp.media = {"object": "list", "data": [_model(row) for row in rows]}
+        resp.media = {"object": "list", "data": [_model(row) for row in listed()]}
 
 
 class Model:
@@ -33,7 +45,4 @@ class Model:
     operations = {"GET": Operation("One model", ok=schemas.MODEL_OBJECT)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        row = store.get(name)
-        if row is None or row.status == INACTIVE:
-            raise errors.LLM_NOT_FOUND(name=name)
-        resp.media = _model(row)
+        resp.media = _model(find(name))
