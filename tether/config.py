@@ -88,6 +88,13 @@ class Settings:
     stream_idle_timeout_s: float = setting(120.0, _SECONDS)
     max_queue_per_llm: int = setting(256, _INT)
     max_body_bytes: int = setting(4 * 1024 * 1024, _INT)
+    # What a JSON body may be once parsed (tether/http/body.py), checked before it is: its
+    # nesting (the parser, schema check and store recurse), and its values (each a Python
+    # object: a 4 MiB body of `{}` would be ~100 MB). 400 `invalid_request` above either.
+    max_json_depth: int = setting(64, {"type": "integer", "minimum": 2, "maximum": 256,
+                                       "x-message": "must be a whole number from 2 to 256"})
+    max_json_values: int = setting(131072, {"type": "integer", "minimum": 16,
+                                            "x-message": "must be a whole number >= 16"})
     # How a pool picks a member (tether/actors/routing.py): "affinity" (a conversation's
     # turns to the member holding its prefix, else the least loaded) or "round_robin".
     pool_routing: str = setting("affinity", {
@@ -99,6 +106,12 @@ class Settings:
     rate_limit_per_min: int = setting(600, _INT)
     max_inflight_per_key: int = setting(64, _INT)
     max_streams_per_key: int = setting(256, _INT)
+    # What one publisher key may make every read of the Llm list carry (docs/protocol.md,
+    # Limits): the Llm names it holds, and each provider's extraConfig, serialized.
+    max_llms_per_key: int = setting(256, {"type": "integer", "minimum": 1,
+                                          "x-message": "must be a whole number >= 1"})
+    max_extra_config_bytes: int = setting(16384, {"type": "integer", "minimum": 2,
+                                                  "x-message": "must be a whole number >= 2"})
     # Several processes (docs/protocol.md, Several hub processes): gunicorn workers on this host,
     # and the Redis that carries what is live between processes. Unset bus_url: one process,
     # everything in memory. Either needs a PostgreSQL database_url (checked by `tether serve`).

@@ -93,6 +93,9 @@ METHOD_NOT_ALLOWED = Code(405, "method_not_allowed", "{method} is not allowed on
 PUBLIC_LLM_CONFLICT = Code(409, "public_llm_conflict", "{name!r} is a public Llm of this hub")
 LLM_OWNED_BY_OTHER_SESSION = Code(409, "llm_owned_by_other_session",
                                   "{name!r} is {state} under {owner}")
+TOO_MANY_LLMS = Code(409, "too_many_llms",
+                     "publisher key {key!r} would hold more than {limit} Llms; withdraw some "
+                     "or let inactive ones expire")
 NOT_STREAMING = Code(409, "not_streaming", "task {task_id!r} is not a streaming task")
 BODY_TOO_LARGE = Code(413, "body_too_large", "request body is larger than {limit} bytes")
 RATE_LIMITED = Code(429, "rate_limited", "{why}")

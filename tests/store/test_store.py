@@ -195,6 +195,25 @@ def test_inactive_members_never_block_and_go_when_they_cannot_share():
     assert store.get("p").provider_session_id == "s3"
 
 
+def test_a_publisher_key_holds_at_most_max_llms_names_all_or_nothing():
+    alice = store.Registrant("alice", max_llms=3)
+    store.register("s1", [spec("a"), spec("b")], alice)
+    store.register("s2", [spec("c")], alice)  # another session of the same key counts too
+    with pytest.raises(TetherError) as refused:
+        store.register("s1", [spec("d"), spec("e")], alice)
+    assert (refused.value.status, refused.value.code) == (409, "too_many_llms")
+    assert store.get("d") is None and store.get("e") is None  # rolled back, whole
+    store.set_status("c", "s2", "inactive")  # an inactive name still holds its row
+    with pytest.raises(TetherError):
+        store.register("s1", [spec("d")], alice)
+    store.register("s1", [spec("a"), spec("b"), spec("c")], alice)  # re-registering: same 3
+    # Another key, an admin key and auth off (no key) are not alice's names.
+    store.register("s3", [spec("x")], store.Registrant("bob", max_llms=3))
+    store.register("s4", [spec(f"r{i}") for i in range(5)],
+                   store.Registrant("root", admin=True, max_llms=3))
+    store.register("s5", [spec(f"n{i}") for i in range(5)], store.Registrant(max_llms=3))
+
+
 def test_pool_keys_one_publisher_key_per_pool_and_admin_fits_any():
     alice, bob = store.Registrant("alice"), store.Registrant("bob")
     store.register("s1", [spec("p", pool=True)], alice)

@@ -218,7 +218,8 @@ class Supervisor(TetherActor):
         session_id = msg.session_id or str(uuid.uuid4())
         # Raises on conflict, applying nothing.
         done = store.register(session_id, msg.providers,
-                              store.Registrant(msg.key_name, msg.admin))
+                              store.Registrant(msg.key_name, msg.admin,
+                                              self._settings.max_llms_per_key))
         for row in done.rows:
             self._adopt_row(row, done.members[row.name], registered=session_id)
         self._publish_directory()

@@ -116,7 +116,8 @@ class ClusterSupervisor(Supervisor):
         home = self._router.homes.live_home(session_id)
         elsewhere = home is not None and home.process != self._home
         done = store.register(session_id, msg.providers,
-                              store.Registrant(msg.key_name, msg.admin))
+                              store.Registrant(msg.key_name, msg.admin,
+                                              self._settings.max_llms_per_key))
         if elsewhere:
             assert home is not None
             self._router.supervise(home.process, "reload_session", session_id)

@@ -46,7 +46,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
 
         revocations.follow(settings.bus_url, auth.keys)
 
-    docs = OpenApi()
+    docs = OpenApi(auth.enabled)
     routes: list[tuple[str, Any]] = [  # every path of the hub, once
         ("/healthz", health.Health(system, Probes(settings))),
         ("/openapi.json", docs),

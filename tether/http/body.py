@@ -1,14 +1,46 @@
-"""Reading request bodies: size-limited before a byte is read, JSON or a 400."""
+"""Reading request bodies: size-limited before a byte is read, JSON or a 400.
+
+What a body may be is bounded before it is parsed, not only its bytes (issue 27): JSON
+nested deeper than `max_json_depth` (which would recurse out of the parser, the schema
+check or the store) and bodies of more than `max_json_values` values (a 4 MiB body of `{}`
+would parse into ~100 MB of small objects) are refused from a scan of the raw bytes, before
+any object is built. Then strict JSON only (no `NaN` or `Infinity`, which strict parsers
+downstream refuse), and text that is valid Unicode (a lone surrogate such as `"\\ud800"` is
+valid JSON but cannot be encoded: it would fail later, in a publisher's stream or the store).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
 
 from tether import errors
+
+# One JSON string, escapes included (the unrolled form: no backtracking per character).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+# Where a surrogate may hide: a \uD800-\uDFFF escape, or one encoded raw (json.loads decodes
+# bytes with "surrogatepass"). A match may be a valid pair: the walk below decides.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What one JSON body (or one NDJSON line) may be: bytes, nesting and values."""
+
+    bytes: int
+    depth: int = 64
+    values: int = 131072
+
+    @classmethod
+    def of(cls, settings: Any) -> BodyLimits:
+        return cls(settings.max_body_bytes, settings.max_json_depth, settings.max_json_values)
 
 
 def _input(req: falcon.Request) -> Any:
@@ -24,39 +56,114 @@ class UploadCut(Exception):
     whose task was cancelled stops its upload so). Nobody is left to answer."""
 
 
-def iter_ndjson(req: falcon.Request, limit: int) -> Iterator[Any]:
-    """Each JSON line of an NDJSON body, as it arrives (a line over `limit` is 413)."""
+def iter_ndjson(req: falcon.Request, limits: BodyLimits) -> Iterator[Any]:
+    """Each JSON line of an NDJSON body, as it arrives (a line over the limit is 413)."""
     stream = _input(req)
     while True:
         try:
-            line = stream.readline(limit + 1)
+            line = stream.readline(limits.bytes + 1)
         except OSError as exc:  # gunicorn's NoMoreData, a reset: the sender went away
             raise UploadCut(str(exc) or type(exc).__name__) from None
         if not line:
             return
-        if len(line) > limit:
-            raise errors.BODY_TOO_LARGE(limit=limit)
+        if len(line) > limits.bytes:
+            raise errors.BODY_TOO_LARGE(limit=limits.bytes)
         line = line.strip()
         if not line:
             continue  # blank (or padding) lines carry nothing
-        try:
-            yield json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise errors.INVALID_REQUEST(
-                why=f"body: a line is not valid JSON ({exc})", param="body") from None
+        yield parse(line, limits, "a line is ")
 
 
-def read_json(req: falcon.Request, limit: int) -> Any:
+def read_json(req: falcon.Request, limits: BodyLimits) -> Any:
     length = req.content_length
-    if length is not None and length > limit:
+    if length is not None and length > limits.bytes:
         # refused on the header alone: nothing of the body is read
-        raise errors.BODY_TOO_LARGE(limit=limit)
-    raw = _input(req).read(limit + 1)
-    if len(raw) > limit:
-        raise errors.BODY_TOO_LARGE(limit=limit)
+        raise errors.BODY_TOO_LARGE(limit=limits.bytes)
+    raw = _input(req).read(limits.bytes + 1)
+    if len(raw) > limits.bytes:
+        raise errors.BODY_TOO_LARGE(limit=limits.bytes)
     if not raw:
         raise errors.INVALID_REQUEST(why="body: a JSON body is required", param="body")
+    return parse(raw, limits)
+
+
+def parse(raw: bytes, limits: BodyLimits, what: str = "") -> Any:
+    """`raw` as JSON within `limits`, or a 400 `invalid_request` naming the field."""
+    shape = _shape(raw, limits)
+    if shape:
+        raise errors.INVALID_REQUEST(why=f"body: {what}{shape}", param="body")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.INVALID_REQUEST(why=f"body: not valid JSON ({exc})", param="body") from None
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise errors.INVALID_REQUEST(
+            why=f"body: {what}not valid JSON ({exc})", param="body") from None
+    if _SURROGATE.search(raw):
+        field = _unencodable(body, "")
+        if field is not None:
+            raise errors.INVALID_REQUEST(
+                why=f"{field or 'body'}: not valid Unicode text (a lone surrogate)",
+                param=field or "body")
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (strict JSON has no NaN or Infinity)")
+
+
+def _shape(raw: bytes, limits: BodyLimits) -> str | None:
+    """Why `raw` is too deep or has too many values to parse, or None. Every value but the
+    first follows a `,` or opens a container, so `,` + `[` + `{` + 1 bounds the values,
+    and the brackets bound the depth: most bodies stop at the first, cheap, count."""
+    opens = raw.count(b"[") + raw.count(b"{")
+    if opens + raw.count(b",") < limits.values and opens <= limits.depth:
+        return None
+    outside = _STRING.sub(b'""', raw)  # brackets and commas in text do not count
+    opens = outside.count(b"[") + outside.count(b"{")
+    if opens + outside.count(b",") + 1 > limits.values:
+        return f"more than {limits.values} values (setting max_json_values)"
+    if opens > limits.depth and not _shallow(outside.translate(None, _NOT_BRACKETS),
+                                             limits.depth):
+        return (f"nested deeper than {limits.depth} levels, or its brackets do not pair "
+                f"(setting max_json_depth)")
+    return None
+
+
+def _shallow(brackets: bytes, depth: int) -> bool:
+    """Whether `brackets` (only `[]{}`) pair up within `depth` levels: each round takes
+    the innermost pairs away."""
+    for _ in range(depth):
+        if not brackets:
+            return True
+        inner = _INNERMOST.sub(b"", brackets)  # one pass: pairs it uncovers wait a round
+        if len(inner) == len(brackets):
+            return False
+        brackets = inner
+    return not brackets
+
+
+def _unencodable(value: Any, path: str) -> str | None:
+    """The path of the first text in `value` that is not valid Unicode, or None."""
+    if isinstance(value, str):
+        return None if _encodes(value) else path
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unencodable(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            field = f"{path}.{key}" if path else key
+            if not _encodes(key):
+                return path or "body"  # the key itself cannot be named
+            found = _unencodable(item, field)
+            if found is not None:
+                return found
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

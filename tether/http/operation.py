@@ -17,6 +17,16 @@ from tether.http.body import read_json
 
 JSON = "application/json"
 SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+# Routes that relay to an Llm: a pool's member is picked by this key when it is given.
+AFFINITY = {"name": "X-Tether-Affinity", "in": "header", "required": False,
+            "description": "Routes a pool's requests with the same value to the same member "
+                           "(instead of the conversation's prefix)",
+            "schema": {"type": "string", "maxLength": 256}}
+# A relayed stream's events: each chunk as the backend sent it, then [DONE]; a failure
+# after the stream began is an `error` event with the error envelope.
+RELAYED_EVENTS: tuple[tuple[str, dict[str, Any] | None], ...] = (
+    ("message", None), ("error", schemas.ERROR))
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,11 @@ class Operation:
     # The media type of the answer when the body asks to `stream` (SSE for relayed routes).
     streams: str | None = None
     errors: dict[str, Any] | None = None  # the error body's schema, when not OpenAI's envelope
+    # The SSE answer's events: (event name, the JSON schema of its data, or None when the
+    # data is not the hub's JSON), as /openapi.json gives them (an x-itemSchema).
+    events: tuple[tuple[str, dict[str, Any] | None], ...] = ()
+    ndjson: bool = False  # the body may also be NDJSON, one `request` per line
+    limited: bool = False  # a per-key or per-Llm limit may refuse it: 429
 
 
 def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,

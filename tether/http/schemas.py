@@ -10,6 +10,8 @@ also matches before a final newline) its verdict stands, so what is accepted is 
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import jsonschema_rs
@@ -45,7 +47,10 @@ REGISTER = {
     "required": ["providers"],
     "properties": {
         "providerSessionId": {"anyOf": [SESSION_ID, {"type": "null"}]},
-        "providers": {"type": "array", "minItems": 1, "maxItems": 64, "items": PROVIDER_SPEC},
+        "providers": {"type": "array", "minItems": 1, "maxItems": 64, "items": PROVIDER_SPEC,
+                      "description": "Names differ within one request (400 naming the "
+                                     "second); each extraConfig is at most "
+                                     "max_extra_config_bytes (16 KiB) as compact JSON (400)."},
     },
 }
 
@@ -76,13 +81,19 @@ STATUS = {
 CHUNK = {
     "type": "object",
     "minProperties": 1,
-    "properties": {"data": {"type": "string"}, "done": {"type": "boolean"}},
+    # One SSE `data:` field for the client: a raw CR or LF would end it and let the rest of
+    # the data forge fields of its own (`event: error`, `data: …`). JSON escapes both.
+    "properties": {"data": {"type": "string", "not": {"pattern": "[\r\n]"}},
+                   "done": {"type": "boolean"}},
 }
 
+# A final status is a final HTTP answer: 1xx are interim (a client would wait on), and
+# 200-599 are the statuses that carry the body a client is given.
+FINAL_STATUS = {"type": "integer", "minimum": 200, "maximum": 599}
 RESULT_FINAL = {
     "type": "object",
     "required": ["status"],
-    "properties": {"status": {"type": "integer", "minimum": 100, "maximum": 599}, "body": {}},
+    "properties": {"status": FINAL_STATUS, "body": {}},
 }
 RESULT_CHUNK = {"type": "object", "required": ["chunk"], "properties": {"chunk": CHUNK}}
 RESULT_CHUNKS = {
@@ -105,13 +116,14 @@ RESULT_ERROR = {
         }
     },
 }
-# A result body is exactly one of these, picked by its distinguishing key.
-RESULT_KINDS = (
-    ("chunks", RESULT_CHUNKS),
-    ("chunk", RESULT_CHUNK),
-    ("error", RESULT_ERROR),
-    ("status", RESULT_FINAL),
-)
+# A result body is exactly one of these, picked by its distinguishing key: a body with two
+# of the keys is none of them (400), so the document's oneOf has one answer for any body.
+_KINDS = (("chunks", RESULT_CHUNKS), ("chunk", RESULT_CHUNK), ("error", RESULT_ERROR),
+          ("status", RESULT_FINAL))
+RESULT_KINDS = tuple(
+    (key, {**schema, "not": {"anyOf": [{"required": [other]} for other, _ in _KINDS
+                                       if other != key]}})
+    for key, schema in _KINDS)
 TASK_RESULT = {"oneOf": [schema for _, schema in RESULT_KINDS]}
 
 CHAT_REQUEST: dict[str, Any] = {
@@ -161,8 +173,62 @@ V1_RESPONSES = {  # the Responses API: `input` is one text or a list of input it
 
 # --- responses (for /openapi.json) -------------------------------------------------------
 
+# The task stream's frames (docs/protocol.md, Stream; tether/common/task_wire.py builds them).
+HELLO = {"type": "object", "required": ["providerSessionId", "heartbeatIntervalS"],
+         "properties": {"providerSessionId": {"type": "string"},
+                        "heartbeatIntervalS": {"type": "number"},
+                        "llms": {"type": "array", "items": {"type": "string"}}}}
+TASK = {"oneOf": [
+    {"type": "object", "required": ["kind", "taskId", "llmName", "request", "streaming"],
+     "properties": {"kind": {"const": "infer"}, "taskId": {"type": "string"},
+                    "llmName": {"type": "string"}, "request": {"type": "object"},
+                    "streaming": {"type": "boolean"},
+                    "endpoint": {"enum": ["chat/completions", "completions", "embeddings",
+                                          "responses"]}}},
+    {"type": "object", "required": ["kind", "taskId", "llmName"],
+     "properties": {"kind": {"const": "wake"}, "taskId": {"type": "string"},
+                    "llmName": {"type": "string"}}},
+    {"type": "object", "required": ["kind", "taskId"],
+     "properties": {"kind": {"const": "cancel"}, "taskId": {"type": "string"}}},
+]}
+_COUNT = {"type": "integer", "minimum": 0}
+# GET /status/state and each `state` frame of /status/events (tether/observability/board.py).
+STATE = {
+    "type": "object",
+    "required": ["at", "llms", "errors", "totals"],
+    "properties": {
+        "at": {"type": "number"},
+        "llms": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "kind", "status", "session", "streamOpen", "inFlight",
+                         "queued", "lastHeartbeatAt", "lastWakeAt", "lastWakeSeconds",
+                         "lastWakeOutcome"],
+            "properties": {
+                "name": {"type": "string"}, "kind": {"enum": ["virtual", "public"]},
+                "status": {"type": "string"}, "session": {"type": ["string", "null"]},
+                "streamOpen": {"type": "boolean"}, "inFlight": _COUNT, "queued": _COUNT,
+                "lastHeartbeatAt": {"type": ["number", "null"]},
+                "lastWakeAt": {"type": ["number", "null"]},
+                "lastWakeSeconds": {"type": ["number", "null"]},
+                "lastWakeOutcome": {"type": ["string", "null"]},
+            }}},
+        "errors": {"type": "array", "items": {
+            "type": "object", "required": ["at", "llm", "status", "code"],
+            "properties": {"at": {"type": "number"}, "llm": {"type": ["string", "null"]},
+                           "status": {"type": "integer"}, "code": {"type": "string"}}}},
+        "totals": {"type": "object",
+                   "required": ["llms", "byStatus", "sessions", "streamsOpen", "inFlight",
+                                "queued", "requests", "errors", "feeds"],
+                   "properties": {"byStatus": {"type": "object",
+                                               "additionalProperties": _COUNT},
+                                  **{k: _COUNT for k in ("llms", "sessions", "streamsOpen",
+                                                         "inFlight", "queued", "requests",
+                                                         "errors", "feeds")}}},
+    },
+}
+
 TIMESTAMP = {"type": ["string", "null"]}
-LLM_ROW = {
+LLM_ROW: dict[str, Any] = {
     "type": "object",
     "required": ["id", "name", "type", "model", "tier", "description", "extraConfig", "kind",
                  "providerSessionId", "status", "lastHeartbeatAt", "inactiveSince",
@@ -178,6 +244,19 @@ LLM_ROW = {
         "createdAt": {"type": "string"}, "updatedAt": {"type": "string"},
     },
 }
+MEMBER = {
+    "type": "object",
+    "required": ["providerSessionId", "model", "status", "lastHeartbeatAt", "inactiveSince",
+                 "maxConcurrency", "inFlight"],
+    "properties": {
+        "providerSessionId": {"type": "string"}, "model": {"type": "string"},
+        "status": {"enum": ["active", "hibernating", "inactive"]},
+        "lastHeartbeatAt": TIMESTAMP, "inactiveSince": TIMESTAMP,
+        "maxConcurrency": {"type": ["integer", "null"]}, "inFlight": {"type": "integer"},
+    },
+}
+# Every virtual row carries its members (docs/protocol.md, Llms); a public row has none.
+LLM_ROW["properties"]["members"] = {"type": "array", "items": MEMBER}
 LLM_LIST = {"type": "object", "required": ["llms"],
             "properties": {"llms": {"type": "array", "items": LLM_ROW}}}
 REGISTERED = {"type": "object", "required": ["providerSessionId", "llms"],
@@ -205,6 +284,8 @@ ERROR = {
                        "code": {"type": "string"}, "param": {"type": ["string", "null"]}},
     }},
 }
+
+_SESSION_ID = re.compile(SESSION_ID_PATTERN.replace("$", r"\Z"))
 
 _VALIDATORS: dict[int, tuple[Draft202012Validator, jsonschema_rs.Draft202012Validator]] = {}
 
@@ -246,6 +327,25 @@ def validate(schema: dict[str, Any], body: Any) -> dict[str, Any]:
         return body
     field = _field(error)
     raise errors.INVALID_REQUEST(why=f"{field}: {error.message}", param=field)
+
+
+def check_session_id(session_id: str, field: str) -> None:
+    """A session id outside a body (a header, the query) fits the same pattern: 400."""
+    if not _SESSION_ID.match(session_id):
+        raise errors.INVALID_REQUEST(
+            why=f"{field}: a provider session id matches {SESSION_ID_PATTERN}", param=field)
+
+
+def check_extra_config(spec: dict[str, Any], i: int, limit: int) -> None:
+    """A provider's extraConfig is served on every read of the list: at most `limit` bytes
+    as compact JSON (what the hub stores and serves), else a 400 naming it."""
+    size = len(json.dumps(spec.get("extraConfig", {}), separators=(",", ":"),
+                          ensure_ascii=False).encode())
+    if size > limit:
+        field = f"providers[{i}].extraConfig"
+        raise errors.INVALID_REQUEST(
+            why=f"{field}: {size} bytes as JSON, over {limit} (setting max_extra_config_bytes)",
+            param=field)
 
 
 def validate_result(body: Any) -> dict[str, Any]:

@@ -7,16 +7,24 @@
 - The Date header is formatted once a second, not once a response (email.utils).
 - The settings are read once: gunicorn reads a dozen of them on every request, each time
   through Config.__getattr__ and its settings table, and nothing changes them in a worker.
+
+And what gunicorn answers by itself, before or around the app (a request line over its
+limit: 414; bad request framing: 400; an app that fails before its headers went out: 500),
+is the hub's JSON error envelope, as /openapi.json documents every error, not its HTML page.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.util import http_date
 from gunicorn.workers.ggevent import GeventWorker
+
+from tether import errors
 
 # A body larger than this is sent after its headers rather than copied onto them.
 JOIN_LIMIT = 64 * 1024
@@ -112,6 +120,18 @@ class OneSendResponse(wsgi.Response):
         return super().sendfile(respiter)
 
 
+def write_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's util.write_error, in the error envelope of docs/protocol.md."""
+    if status >= 500:
+        error = errors.INTERNAL_ERROR()
+    else:
+        error = errors.INVALID_REQUEST.at(status, why=(message or reason)[:500])
+    body = json.dumps(error.envelope()).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 class SettledConfig:
     """A worker's gunicorn Config, each setting (or property) read once and then kept."""
 
@@ -134,4 +154,5 @@ class Worker(GeventWorker):
         # base_async builds every HTTP/1 response with gunicorn.http.wsgi.Response; this
         # process is the hub's worker alone, so the swap reaches exactly its responses.
         wsgi.Response = OneSendResponse
+        util.write_error = write_error  # gunicorn's own answers (base.Worker.handle_error)
         super().init_process()

@@ -75,6 +75,9 @@ class Registrant:
 
     key_name: str | None = None
     admin: bool = False
+    # How many Llm names a (non-admin) publisher key may hold, inactive ones included: each
+    # is a row every read of the list carries (setting max_llms_per_key).
+    max_llms: int | None = None
 
 
 def _compatible(member: LlmMember, who: Registrant) -> bool:
@@ -163,7 +166,17 @@ def register(session_id: str, providers: Sequence[dict[str, Any]],
                 assert derived is not None  # it has this session's member
                 row = derived
             rows.append(row)
+        _within_quota(who)  # raising rolls the whole registration back
     return Registered(rows, members)
+
+
+def _within_quota(who: Registrant) -> None:
+    if who.key_name is None or who.admin or who.max_llms is None:
+        return
+    held = (LlmMember.select(LlmMember.llm_name).distinct()
+            .where(LlmMember.key_name == who.key_name).count())
+    if held > who.max_llms:
+        raise errors.TOO_MANY_LLMS(key=who.key_name, limit=who.max_llms, param="providers")
 
 
 def _write_member(name: str, session_id: str, spec: dict[str, Any], pool: bool,

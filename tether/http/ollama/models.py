@@ -14,6 +14,7 @@ from typing import Any
 import falcon
 
 from tether.actors.system import ActorSystem
+from tether.http.body import BodyLimits
 from tether.http.ollama import schemas
 from tether.http.operation import Operation, json_body
 from tether.http.resources import openai
@@ -81,7 +82,7 @@ class Show:
                                     ok=schemas.SHOWN, errors=schemas.ERROR)}
 
     def __init__(self, system: ActorSystem) -> None:
-        self.limit = system.settings.max_body_bytes
+        self.limit = BodyLimits.of(system.settings)
 
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:

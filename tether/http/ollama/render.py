@@ -78,7 +78,7 @@ class OllamaRenderer:
         for data in chunks.data:
             try:
                 chunk = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # not an OpenAI chunk: nothing an Ollama client could read
             piece = self._fold.piece(chunk)
             if piece is not None:

@@ -13,10 +13,11 @@ from typing import Any
 import falcon
 
 from tether.actors.system import ActorSystem
+from tether.http.body import BodyLimits
 from tether.http.limits import Limiter
 from tether.http.ollama import answers, schemas, translate
 from tether.http.ollama.render import NDJSON, OllamaRenderer
-from tether.http.operation import Operation, json_body
+from tether.http.operation import AFFINITY, Operation, json_body
 from tether.http.relay import Relay
 from tether.http.resources import openai
 
@@ -26,7 +27,7 @@ Translate = Callable[[Mapping[str, Any]], "translate.Task | translate.Load"]
 def _operation(summary: str, request: dict[str, Any], ok: dict[str, Any],
                streamed: bool = True) -> Operation:
     return Operation(summary, request=request, ok=ok, streams=NDJSON if streamed else None,
-                     errors=schemas.ERROR)
+                     errors=schemas.ERROR, limited=True, params=(AFFINITY,))
 
 
 CHAT = _operation("Ollama chat (NDJSON unless `stream` is false)", schemas.CHAT,
@@ -44,7 +45,7 @@ class Generation:
 
     def __init__(self, system: ActorSystem, relay: Relay, limiter: Limiter,
                  operation: Operation, translate: Translate) -> None:
-        self.limit = system.settings.max_body_bytes
+        self.limit = BodyLimits.of(system.settings)
         self.relay = relay
         self.limiter = limiter
         self.translate = translate

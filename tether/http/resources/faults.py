@@ -6,6 +6,7 @@ from __future__ import annotations
 import falcon
 
 from tether.actors.system import ActorSystem
+from tether.http.body import BodyLimits
 from tether.http.operation import Operation, json_body
 
 CRASH = {
@@ -18,7 +19,7 @@ CRASH = {
 
 class Crash:
     role = "admin"
-    limit = 4096
+    limit = BodyLimits(4096)
     operations = {"POST": Operation("Crash an actor (fault injection)", request=CRASH,
                                     ok={"type": "object", "required": ["crashed"]})}
 

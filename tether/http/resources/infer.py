@@ -9,24 +9,26 @@ import falcon
 
 from tether.actors.system import ActorSystem
 from tether.http import schemas
+from tether.http.body import BodyLimits
 from tether.http.limits import Limiter
-from tether.http.operation import Operation, json_body
+from tether.http.operation import AFFINITY, RELAYED_EVENTS, Operation, json_body
 from tether.http.relay import Relay
 
 ANY: dict = {}  # a relayed answer is whatever the publisher's backend or upstream said
 
-NATIVE = Operation("Chat completion on an Llm", request=schemas.CHAT_REQUEST, ok=ANY,
-                   relayed=True)
+
+def _relayed(summary: str, request: dict) -> Operation:
+    return Operation(summary, request=request, ok=ANY, relayed=True, limited=True,
+                     params=(AFFINITY,), events=RELAYED_EVENTS)
+
+
+NATIVE = _relayed("Chat completion on an Llm", schemas.CHAT_REQUEST)
 # POST /v1/{endpoint}: the publisher calls that path of its backend.
 V1 = {
-    "chat/completions": Operation("OpenAI chat completions", request=schemas.V1_CHAT,
-                                  ok=ANY, relayed=True),
-    "completions": Operation("OpenAI completions", request=schemas.V1_COMPLETION, ok=ANY,
-                             relayed=True),
-    "embeddings": Operation("OpenAI embeddings", request=schemas.V1_EMBEDDING, ok=ANY,
-                            relayed=True),
-    "responses": Operation("OpenAI Responses API", request=schemas.V1_RESPONSES, ok=ANY,
-                           relayed=True),
+    "chat/completions": _relayed("OpenAI chat completions", schemas.V1_CHAT),
+    "completions": _relayed("OpenAI completions", schemas.V1_COMPLETION),
+    "embeddings": _relayed("OpenAI embeddings", schemas.V1_EMBEDDING),
+    "responses": _relayed("OpenAI Responses API", schemas.V1_RESPONSES),
 }
 
 
@@ -35,7 +37,7 @@ class Infer:
 
     def __init__(self, system: ActorSystem, relay: Relay, limiter: Limiter,
                  operation: Operation, endpoint: str = "chat/completions") -> None:
-        self.limit = system.settings.max_body_bytes
+        self.limit = BodyLimits.of(system.settings)
         self.relay = relay
         self.limiter = limiter
         self.endpoint = endpoint

@@ -12,7 +12,7 @@ from tether import errors
 from tether.actors.system import ActorSystem
 from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
-from tether.http.body import UploadCut, iter_ndjson, read_json
+from tether.http.body import BodyLimits, UploadCut, iter_ndjson, read_json
 from tether.http.limits import StreamCounter
 from tether.http.operation import SSE, Operation, json_body
 
@@ -21,10 +21,16 @@ log = logging.getLogger("tether.http")
 SESSION_HEADER = "X-Provider-Session-Id"
 NDJSON = "application/x-ndjson"
 STREAM_PARAMS = (
-    {"name": SESSION_HEADER, "in": "header", "required": False, "schema": schemas.SESSION_ID},
+    {"name": SESSION_HEADER, "in": "header", "required": False, "schema": schemas.SESSION_ID,
+     "description": "The session (or the query's providerSessionId): one of the two is "
+                    "required, else 400; an id that breaks the pattern is 400"},
     {"name": "providerSessionId", "in": "query", "required": False,
-     "schema": schemas.SESSION_ID},
+     "schema": schemas.SESSION_ID, "description": f"Instead of {SESSION_HEADER}"},
     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+)
+RESULT_PARAMS = (
+    {"name": SESSION_HEADER, "in": "header", "required": False, "schema": schemas.SESSION_ID,
+     "description": "When given, the task's session: else 403"},
 )
 
 
@@ -34,7 +40,7 @@ class _Resource:
     def __init__(self, system: ActorSystem, auth: Auth) -> None:
         self.system = system
         self.auth = auth
-        self.limit = system.settings.max_body_bytes
+        self.limit = BodyLimits.of(system.settings)
 
 
 class Register(_Resource):
@@ -51,6 +57,7 @@ class Register(_Resource):
                     param=f"providers[{i}].name",
                 )
             seen.add(spec["name"])
+            schemas.check_extra_config(spec, i, self.system.settings.max_extra_config_bytes)
         session_id = body.get("providerSessionId") or str(uuid.uuid4())
         self.auth.claim(session_id, req.context.caller)
         caller = req.context.caller
@@ -62,7 +69,10 @@ class Register(_Resource):
 
 
 class Stream(_Resource):
-    operations = {"GET": Operation("The task stream (SSE)", media=SSE, params=STREAM_PARAMS)}
+    operations = {"GET": Operation(
+        "The task stream (SSE); the session id in the header or the query, one of them",
+        media=SSE, params=STREAM_PARAMS, limited=True,
+        events=(("hello", schemas.HELLO), ("task", schemas.TASK)))}
 
     def __init__(self, system: ActorSystem, auth: Auth, streams_per_key: StreamCounter) -> None:
         super().__init__(system, auth)
@@ -74,6 +84,7 @@ class Stream(_Resource):
             raise errors.INVALID_REQUEST(
                 why=f"{SESSION_HEADER}: the provider session id is required", param=SESSION_HEADER
             )
+        schemas.check_session_id(session_id, SESSION_HEADER)
         self.auth.check_owner(session_id, req.context.caller)
         # Opaque to the resource: the session replays only after an id its process sent.
         last_event_id = req.get_header("Last-Event-ID") or None
@@ -126,7 +137,7 @@ class Status(_Resource):
 class TaskResult(_Resource):
     # One result as JSON, or a stream of them as NDJSON, each validated as it arrives.
     operations = {"POST": Operation("Post a task result", request=schemas.TASK_RESULT,
-                                    ok=schemas.OK)}
+                                    ok=schemas.OK, ndjson=True, params=RESULT_PARAMS)}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         caller = req.context.caller

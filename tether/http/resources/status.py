@@ -21,7 +21,7 @@ from pathlib import Path
 import falcon
 
 from tether.common import sse
-from tether.http import disconnect, streams
+from tether.http import disconnect, schemas, streams
 from tether.http.operation import SSE, Operation
 from tether.observability.board import BOARD, Watcher
 
@@ -47,7 +47,7 @@ class Page:
 
 class State:
     role = "client"
-    operations = {"GET": Operation("The hub's live state", ok={"type": "object"})}
+    operations = {"GET": Operation("The hub's live state", ok=schemas.STATE)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = BOARD.snapshot(whole_cluster=True)
@@ -55,7 +55,8 @@ class State:
 
 class Events:
     role = "client"
-    operations = {"GET": Operation("The live state as SSE", media=SSE)}
+    operations = {"GET": Operation("The live state as SSE", media=SSE,
+                                   events=(("state", schemas.STATE),))}
 
     def __init__(self, keepalive_s: float) -> None:
         self.keepalive_s = keepalive_s
