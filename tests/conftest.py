@@ -133,6 +133,18 @@ def publish_factory(tmp_path: Path, hub: Hub) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
+def publishing(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`tether publish` processes on any hub: `publishing(hub_url, backends, **top)`
+    (publish_factory starts a hub of its own first)."""
+    from tests.support.procs import Publish
+
+    def build(hub_url: str, backends: list[dict[str, Any]], **top: Any) -> Any:
+        return Publish(tmp_path, hub_url, backends, **top).start()
+
+    yield from factory(build, Publish.stop)
+
+
+@pytest.fixture
 def serve() -> Iterator[Callable[[Callable[[RawServer, Peer], None]], RawServer]]:
     """Raw-socket servers, each running `handler(server, peer)` per connection; closed
     after the test."""

@@ -1,4 +1,5 @@
-"""The `tether` command: serve | publish | demo | demo-backend | keys | llms | status."""
+"""The `tether` command: serve | publish | demo | demo-backend | keys | usage | llms |
+status."""
 
 from __future__ import annotations
 
@@ -100,36 +101,78 @@ def _llms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    _open_store(args)
+    from tether.store import usage
+    from tether.store.models import utcnow
+
+    try:
+        since = usage.parse_since(args.since, utcnow()) if args.since is not None else None
+    except ValueError as exc:
+        print(f"tether usage: --since: {exc}", file=sys.stderr)
+        return 2
+    print(usage_table(usage.totals(since)), end="")
+    return 0
+
+
+def usage_table(rows: list[dict]) -> str:
+    """GET /api/v1/usage's rows as a text table, one per key and Llm ("-": no key, auth
+    off; no alias)."""
+    head = ("KEY", "LLM", "ALIAS", "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS")
+    lines = [head, *((r["key"] or "-", r["llm"], r["alias"] or "-", str(r["requests"]),
+                      str(r["promptTokens"]), str(r["completionTokens"])) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "".join("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                             for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+                   .rstrip() + "\n" for line in lines)
+
+
 def _keys(args: argparse.Namespace) -> int:
     settings = _open_store(args)
     from tether.store import keys
 
-    if args.action == "create":
-        try:
-            key = keys.create(args.name, args.role)
-        except ValueError as exc:
-            print(f"tether keys: {exc}", file=sys.stderr)
-            return 2
-        print(f"Created the {args.role} key {args.name!r}. It is shown once; keep it safe:")
-        print(key)
-    elif args.action == "list":
+    try:
+        llms = _names(args.llms) if getattr(args, "llms", None) is not None else None
+        if args.action == "create":
+            key = keys.create(args.name, args.role, llms)
+            scope = f", limited to {', '.join(llms)}" if llms else ""
+            print(f"Created the {args.role} key {args.name!r}{scope}. It is shown once; "
+                  "keep it safe:")
+            print(key)
+            return 0
+        if args.action == "update":
+            if not keys.set_llms(args.name, None if args.all_llms else llms):
+                print(f"tether keys: no active key named {args.name!r}", file=sys.stderr)
+                return 2
+            print(f"Updated {args.name!r}; {_tell_hubs(settings, args.name, 'use its new scope')}")
+            return 0
+    except ValueError as exc:
+        print(f"tether keys: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "list":
         for row in keys.list_keys():
             state = f"revoked {row['revokedAt']}" if row["revokedAt"] else "active"
-            print(f"{row['name']}\t{row['role']}\t{state}")
+            scope = ",".join(row["llms"]) if row["llms"] is not None else "*"
+            print(f"{row['name']}\t{row['role']}\t{state}\tllms={scope}")
     elif not keys.revoke(args.name):
         print(f"tether keys: no active key named {args.name!r}", file=sys.stderr)
         return 2
     else:
-        print(f"Revoked {args.name!r}; {_tell_hubs(settings, args.name)}")
+        print(f"Revoked {args.name!r}; {_tell_hubs(settings, args.name, 'refuse it')}")
     return 0
 
 
-def _tell_hubs(settings: Settings, key_name: str) -> str:
-    """Announce a revocation on the bus (hubs on a bus trust a valid key longer, told of
-    revocations); what the operator can expect, as a sentence."""
+def _names(given: str) -> list[str]:
+    """`--llms a,b`: the names, spaces around each ignored (checked by keys.scope)."""
+    return [name.strip() for name in given.split(",") if name.strip()]
+
+
+def _tell_hubs(settings: Settings, key_name: str, effect: str) -> str:
+    """Announce a revoked or changed key on the bus (hubs on a bus trust a valid key longer,
+    told of changes); what the operator can expect, as a sentence ending in `effect`."""
     if settings.bus_url is None:
-        return ("hubs without a bus refuse it within a second (hubs on a bus: revoke with "
-                "their bus_url, or they refuse it within 30 s).")
+        return (f"hubs without a bus {effect} within a second (hubs on a bus: run this with "
+                f"their bus_url, or they {effect} within 30 s).")
     import redis
 
     from tether.http import revocations
@@ -137,9 +180,9 @@ def _tell_hubs(settings: Settings, key_name: str) -> str:
     try:
         heard = revocations.announce(settings.bus_url, key_name)
     except redis.RedisError as exc:
-        return (f"the bus did not answer ({exc}): hubs refuse it within 30 s, as they re-read "
+        return (f"the bus did not answer ({exc}): hubs {effect} within 30 s, as they re-read "
                 "it from the database.")
-    return f"told {heard} hub process(es) on the bus; every hub refuses it within a second."
+    return f"told {heard} hub process(es) on the bus; every hub will {effect} within a second."
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -172,16 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow auth off on a non-loopback address")
     serve.set_defaults(run=_serve)
 
-    keys = commands.add_parser("keys", help="create, list and revoke bearer keys")
+    keys = commands.add_parser("keys", help="create, list, update and revoke bearer keys")
     key_actions = keys.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="print a new key (shown once)")
     create.add_argument("--role", required=True, choices=["publisher", "client", "admin"])
     create.add_argument("--name", required=True)
-    key_actions.add_parser("list", help="list keys (never their secrets)")
+    create.add_argument("--llms", metavar="NAME[,NAME…]",
+                        help="limit a client key to these Llm or alias names")
+    key_actions.add_parser("list", help="list keys and their scopes (never their secrets)")
+    update = key_actions.add_parser("update", help="change the Llms a client key may use")
+    update.add_argument("name")
+    scope = update.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--llms", metavar="NAME[,NAME…]", help="limit it to these names")
+    scope.add_argument("--all-llms", action="store_true", help="let it use every Llm again")
     revoke = key_actions.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
-    revoke.add_argument("--bus-url", help="the hubs' bus (redis://…): they hear of it at once")
-    for sub in (create, key_actions.choices["list"], revoke):
+    for sub in (update, revoke):
+        sub.add_argument("--bus-url", help="the hubs' bus (redis://…): they hear of it at once")
+    for sub in (create, key_actions.choices["list"], update, revoke):
         sub.add_argument("--database-url")
         sub.add_argument("--config")
     keys.set_defaults(run=_keys)
@@ -204,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--api-key", default=None)
     backend.add_argument("--pidfile", default=None)
     backend.set_defaults(run=_demo_backend)
+
+    usage = commands.add_parser("usage", help="tokens and requests per client key and Llm")
+    usage.add_argument("--since", help="an ISO-8601 time or a number of hours ago (default: "
+                       "all); counted from the start of its hour")
+    usage.add_argument("--database-url")
+    usage.add_argument("--config")
+    usage.set_defaults(run=_usage)
 
     llms = commands.add_parser("llms", help="print the Llm rows of a hub's database")
     llms.add_argument("--database-url")

@@ -103,6 +103,11 @@ class Settings:
     auth: str | None = setting(None, {
         "enum": ["on", "off"], "x-aliases": {"true": "on", "1": "on", "false": "off", "0": "off"},
         "x-message": "must be on or off"})
+    # Usage counts (docs/protocol.md, Usage) are kept in memory and added to the database this
+    # often (and at shutdown): no write per request. At most 10 s, as the protocol promises.
+    usage_flush_s: float = setting(5.0, {
+        "type": "number", "exclusiveMinimum": 0, "maximum": 10,
+        "x-message": "must be a number of seconds > 0 and <= 10"})
     rate_limit_per_min: int = setting(600, _INT)
     max_inflight_per_key: int = setting(64, _INT)
     max_streams_per_key: int = setting(256, _INT)

@@ -84,6 +84,7 @@ class Code:
 INVALID_REQUEST = Code(400, "invalid_request", "{why}")
 UNAUTHORIZED = Code(401, "unauthorized", "{why}")
 FORBIDDEN = Code(403, "forbidden", "{why}")
+LLM_NOT_ALLOWED = Code(403, "llm_not_allowed", "this key may not use {name!r}")
 NOT_FOUND = Code(404, "not_found", "no route for {method} {path}")
 LLM_NOT_FOUND = Code(404, "llm_not_found", "no Llm named {name!r}")
 SESSION_NOT_FOUND = Code(404, "session_not_found",

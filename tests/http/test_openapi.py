@@ -178,7 +178,7 @@ def no_internal_error(response, case) -> None:
 
 LABELS = [
     "GET /healthz", "GET /metrics", "GET /status", "GET /status/status.js",
-    "GET /status/status.css", "GET /status/state", "GET /api/v1/llms",
+    "GET /status/status.css", "GET /status/state", "GET /api/v1/llms", "GET /api/v1/usage",
     "POST /api/v1/llms/_provider-register", "POST /api/v1/llms/_provider-heartbeat",
     "POST /api/v1/llms/_provider-status", "POST /api/v1/llms/_provider-task/{taskId}/result",
     "GET /api/v1/llms/{name}", "POST /api/v1/llms/{name}/infer", "POST /v1/chat/completions",

@@ -120,7 +120,52 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
 
     key = keys.create("k", "client")
     assert keys.verify(key).name == "k"
-    assert migrations.migrate() == migrations.CURRENT_VERSION == 3
+    assert keys.verify(key).llms is None  # version 4: a key from before is unscoped
+    assert migrations.migrate() == migrations.CURRENT_VERSION == 5
+
+
+def test_a_version_3_database_gains_key_scopes_and_usage(database):
+    """Version 4 adds api_key.llms to a database of version 3, on SQLite and PostgreSQL:
+    its keys stay unscoped, and scopes can be set; version 5 adds the usage buckets."""
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as apply
+
+    from tether.store import keys, usage
+    from tether.store.models import SchemaVersion, UsageBucket, utcnow
+
+    old = keys.create("old", "client")
+    with db.connection() as conn, conn.atomic():
+        apply(SchemaMigrator.from_database(db.database.obj).drop_column("api_key", "llms"))
+        conn.drop_tables([UsageBucket])
+        SchemaVersion.update(version=3).execute()
+    assert migrations.migrate() == 3
+    bucket = usage.Bucket(usage.hour_of(utcnow()), "old", "llama")
+    usage.add({bucket: usage.Counts(1, 2, 3)})
+    assert usage.totals()[0]["completionTokens"] == 3
+    assert keys.verify(old) == keys.Caller("old", "client", None)
+    assert keys.set_llms("old", ["b", "a"])
+    assert keys.verify(old) == keys.Caller("old", "client", frozenset({"a", "b"}))
+    assert migrations.migrate() == migrations.CURRENT_VERSION
+
+
+def test_key_scopes(database):
+    from tether.store import keys
+
+    friend = keys.create("friend", "client", ["llama3", "assistant", "llama3"])
+    assert keys.verify(friend).llms == frozenset({"llama3", "assistant"})
+    assert [(k["name"], k["llms"]) for k in keys.list_keys()] == [
+        ("friend", ["assistant", "llama3"])]
+    for bad in (["ok", "no/slash"], ["_reserved"], [""], []):
+        with pytest.raises(ValueError):
+            keys.create("bad", "client", bad)
+        with pytest.raises(ValueError):
+            keys.set_llms("friend", bad)
+    with pytest.raises(ValueError, match="client keys only"):
+        keys.create("pub", "publisher", ["llama3"])
+    assert keys.set_llms("friend", None) and keys.verify(friend).llms is None
+    assert not keys.set_llms("nobody", ["x"])
+    assert keys.revoke("friend") and not keys.set_llms("friend", ["x"])
+    assert [k["name"] for k in keys.list_keys()] == ["friend"]  # the refusals made nothing
 
 
 def test_keys_and_session_owners(database):

@@ -13,6 +13,9 @@ import queue
 import time
 from typing import Any
 
+from tether import errors
+from tether.actors import messages as m
+from tether.actors import usage
 from tether.actors.infer_state import InferState, Step
 from tether.common import logs
 from tether.observability import metrics
@@ -24,10 +27,17 @@ class MeteredReply(queue.Queue):
     """Dispatch (queue wait), first chunk, and the outcome: the first terminal event, or a
     cancel of the task (see `cancelled`)."""
 
-    def __init__(self, llm: str, endpoint: str) -> None:
+    def __init__(self, llm: str, endpoint: str, key: str | None = None,
+                 counter: usage.UsageCounter | None = None, alias: str | None = None) -> None:
         super().__init__()
         self.llm = llm  # an Llm that exists: unknown names are refused before this
         self.endpoint = endpoint
+        # Usage (tether.actors.usage): the client's key, the alias it named (if any), and
+        # the last chunk that mentions a usage, read only once the answer ended.
+        self.key = key
+        self.alias = alias
+        self._counter = counter
+        self._usage_chunk: str | None = None
         self.request_id = logs.request_id()  # of the request that creates this channel
         self.task_id: str | None = None
         self._started = time.monotonic()
@@ -48,9 +58,15 @@ class MeteredReply(queue.Queue):
         was_dispatched, had_chunks = state.dispatched is not None, state.streamed
         step = state.apply(item)
         elapsed = time.monotonic() - self._started
+        if step is Step.PART and self._counter is not None:
+            for data in item.data:
+                if '"usage"' in data:  # a key of the JSON: text in it would be escaped
+                    self._usage_chunk = data
         if step is Step.END or step is Step.GONE:
             assert state.outcome is not None
             self._finish(elapsed, *state.outcome)
+            if step is Step.END:
+                self._count_usage(item)
         elif state.dispatched is not None and not was_dispatched:
             self.task_id = state.dispatched.task_id
             metrics.queue_waited(self.llm, elapsed)
@@ -58,6 +74,18 @@ class MeteredReply(queue.Queue):
                 log.debug("dispatched", extra=self._fields(duration_ms=_ms(elapsed)))
         elif step is Step.PART and not had_chunks:
             metrics.first_chunk(self.llm, elapsed)
+
+    def _count_usage(self, end: Any) -> None:
+        """An answer from the Llm (any status) counts, with its usage; the hub's own errors
+        do not (a refusal, a timeout, a lost publisher), nor a request the client left."""
+        if self._counter is None:
+            return
+        if isinstance(end, m.Failed) and end.error.code in HUB_CODES:
+            return
+        found = usage.usage_of(end.body) if isinstance(end, m.Completed) else None
+        if found is None and self._usage_chunk is not None:
+            found = usage.usage_of_chunk(self._usage_chunk)
+        self._counter.count(self.key, self.llm, self.alias, found)
 
     def cancelled(self, reason: str) -> None:
         """The task was cancelled (client gone, or the relay gave up): that is its outcome,
@@ -77,6 +105,11 @@ class MeteredReply(queue.Queue):
         log.log(level, "request %s %s -> %d%s in %d ms", self.llm, self.endpoint, status,
                 f" {code}" if code else "", _ms(elapsed),
                 extra=self._fields(status=status, code=code, duration_ms=_ms(elapsed)))
+
+
+# The codes of errors the hub makes itself: a Failed with another code is an error result
+# of the publisher (errors.from_publisher), an answer of the Llm.
+HUB_CODES = frozenset(code.code for code in errors.CATALOGUE.values()) - {"publisher_error"}
 
 
 def _ms(seconds: float) -> int:

@@ -28,6 +28,7 @@ from tether.actors.reply import MeteredReply
 from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.actors.task_ids import FrameIds, slot_of
+from tether.actors.usage import UsageCounter, UsageFlusher
 from tether.common.actor import Crash, Parent, Ping, tell
 from tether.config import Settings
 from tether.observability import metrics
@@ -78,6 +79,8 @@ class ActorSystem:
         # Each LlmActor publishes its members' in-flight counts here (a snapshot it replaces
         # whole), so reads show live `inFlight` without a message hop.
         self._in_flight: dict[str, Mapping[str, int]] = {}
+        # Usage per key and Llm, counted in memory and flushed by a part of its own.
+        self.usage = UsageCounter()
         # How to stop each part that started, in the order they started (see start()).
         self._started: list[tuple[str, Callable[[], None]]] = []
 
@@ -99,6 +102,10 @@ class ActorSystem:
         # Recorded first: a database that failed half-way through readying is closed too.
         self._started.append(("database", db.close))
         open_store(self.settings.database_url, self.settings.llms, live_sessions)
+        # Before the actors, so it stops after them: the answers they end are counted, then
+        # written, and only then is the database closed.
+        flusher = UsageFlusher(self.usage, self.settings.usage_flush_s).start()
+        self._started.append(("usage flusher", flusher.stop))
         self._supervisor = self._start_supervisor(None)
         self._started.append(("supervisor", self._stop_supervisor))
         ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
@@ -328,10 +335,11 @@ class ActorSystem:
 
     def infer(
         self, name: str, request: dict[str, Any], streaming: bool, endpoint: str,
-        affinity: str | None = None,
+        affinity: str | None = None, key: str | None = None,
     ) -> MeteredReply:
-        """Start an infer; its events arrive on the returned channel (see messages.py)."""
-        reply = MeteredReply(name, endpoint)
+        """Start an infer; its events arrive on the returned channel (see messages.py).
+        `key`: the client key's name its usage counts for (None: auth off)."""
+        reply = MeteredReply(name, endpoint, key, self.usage)
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
             reply.put(m.Failed(errors.SHUTTING_DOWN()))
             return reply

@@ -28,6 +28,7 @@ from tether.http.resources import (
     openai,
     provider,
     status,
+    usage,
 )
 
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
                                            "The status page's style")),
         ("/status/state", status.State()),
         ("/status/events", status.Events(settings.keepalive_s)),
+        ("/api/v1/usage", usage.Usage()),
         ("/api/v1/llms", llms.LlmCollection(system)),
         ("/api/v1/llms/_provider-register", provider.Register(system, auth)),
         ("/api/v1/llms/_provider-stream",

@@ -63,7 +63,7 @@ class KeyCache:
         return caller
 
     def evict(self, name: str) -> None:
-        """Forget every key of the key named `name` (it was revoked)."""
+        """Forget every key of the key named `name` (it was revoked, or its scope changed)."""
         self._evictions += 1
         for digest, (caller, _) in list(self._entries.items()):
             if caller is not None and caller.name == name:
@@ -72,6 +72,27 @@ class KeyCache:
     def clear(self) -> None:
         self._evictions += 1
         self._entries.clear()
+
+
+def allow_llm(caller: Caller, name: str) -> bool:
+    """Whether `caller` may use `name` (docs/protocol.md, Conventions: key scopes). A key
+    limited to some names may use those alone, whether they exist or not. Alias code asks
+    this of the name the client sent: a target reached through an allowed alias is allowed,
+    so targets are never checked."""
+    return caller.llms is None or name in caller.llms
+
+
+def check_llm(caller: Caller, name: str) -> None:
+    """403 llm_not_allowed unless `caller` may use the Llm (or alias) `name`: every route
+    that names one asks this before anything else (before its 404, and before the rate
+    limits count the request)."""
+    if not allow_llm(caller, name):
+        raise errors.LLM_NOT_ALLOWED(name=name)
+
+
+def usage_key(caller: Caller) -> str | None:
+    """The key name usage counts for: None with auth off (docs/protocol.md, Usage)."""
+    return None if caller is ANONYMOUS else caller.name
 
 
 class Auth:

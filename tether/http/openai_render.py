@@ -8,6 +8,7 @@ A renderer only writes: what the client is to get, and when, is the InferState's
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import falcon
@@ -22,7 +23,38 @@ from tether.http.streams import SSE_HEADERS
 DONE = "data: [DONE]\n\n"
 
 
+def ask_for_usage(body: dict[str, Any], endpoint: str,
+                  streaming: bool) -> tuple[dict[str, Any], bool]:
+    """A streamed chat completion carries its usage only when asked (docs/protocol.md, Usage):
+    the hub always asks (`stream_options.include_usage`). Returns the body to send and
+    whether the client did not ask itself, so that its renderer holds the usage chunk back."""
+    if not streaming or endpoint != "chat/completions":
+        return body, False
+    options = body.get("stream_options")
+    options = options if isinstance(options, Mapping) else {}
+    if options.get("include_usage") is True:
+        return body, False
+    return {**body, "stream_options": {**options, "include_usage": True}}, True
+
+
+def is_usage_chunk(data: str) -> bool:
+    """A chat stream's usage chunk: no choices, only the usage (read only when it may be:
+    every chunk of a stream that asked for usage mentions it, as null)."""
+    if '"choices":[]' not in data and '"choices": []' not in data:
+        return False
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and \
+        chunk.get("usage") is not None
+
+
 class OpenAIRenderer:
+    def __init__(self, hide_usage: bool = False) -> None:
+        """`hide_usage`: the hub asked for the usage chunk, the client did not."""
+        self.hide_usage = hide_usage
+
     def answer(self, resp: falcon.Response, end: m.Completed) -> None:
         resp.status = end.status
         resp.content_type = falcon.MEDIA_JSON
@@ -37,7 +69,8 @@ class OpenAIRenderer:
         return sse.comment("waking" if waking else "keepalive")
 
     def part(self, chunks: m.Chunks) -> str:
-        return "".join(f"data: {data}\n\n" for data in chunks.data)
+        return "".join(f"data: {data}\n\n" for data in chunks.data
+                       if not (self.hide_usage and is_usage_chunk(data)))
 
     def end(self, end: End) -> str:
         match end:

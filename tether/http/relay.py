@@ -22,7 +22,8 @@ from tether.actors.infer_state import End, Step
 from tether.actors.system import ActorSystem
 from tether.http import disconnect, streams
 from tether.http.attempt import Attempt
-from tether.http.openai_render import OpenAIRenderer
+from tether.http.auth import usage_key
+from tether.http.openai_render import OpenAIRenderer, ask_for_usage
 
 
 class Relay:
@@ -33,7 +34,6 @@ class Relay:
         # Actors answer every request through their own timers; this bound only guards
         # against a lost actor, so it is generous.
         self._deadline = s.wake_timeout_s + s.infer_timeout_s + 30.0
-        self._renderer: streams.Renderer = OpenAIRenderer()
 
     def respond(
         self,
@@ -47,11 +47,13 @@ class Relay:
     ) -> None:
         """Answer `resp` from the Llm; `release()` runs once the answer is complete.
         `renderer`: how the answer looks (another API's than OpenAI's, e.g. Ollama's)."""
-        renderer = renderer or self._renderer
         streaming = bool(body.get("stream")) and endpoint != "embeddings"
+        body, hide_usage = ask_for_usage(body, endpoint, streaming)  # usage is counted
+        renderer = renderer or OpenAIRenderer(hide_usage)  # this request's own
         try:
             reply = self._system.infer(name, body, streaming, endpoint,
-                                       req.get_header("X-Tether-Affinity"))
+                                       req.get_header("X-Tether-Affinity"),
+                                       key=usage_key(req.context.caller))
         except BaseException:
             release()
             raise

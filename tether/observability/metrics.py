@@ -82,6 +82,9 @@ ACTOR_RESTARTS = Counter(
 SWEEP_ROWS = Counter(
     "tether_sweep_rows", "Rows the sweep changed: marked inactive, or deleted.", ["action"],
     registry=REGISTRY)
+TOKENS = Counter(
+    "tether_tokens", "Tokens in answers' usage, by Llm (the target that served) and kind "
+    "(prompt, completion). Per key: GET /api/v1/usage.", ["llm", "kind"], registry=REGISTRY)
 HTTP_RESPONSES = Counter(
     "tether_http_responses", "Every HTTP response by route template, method and status.",
     ["route", "method", "status"], registry=REGISTRY)
@@ -152,6 +155,7 @@ _first_chunk = _children(FIRST_CHUNK)
 _requests = _children(REQUESTS)
 _request_seconds = _children(REQUEST_SECONDS)
 _http_responses = _children(HTTP_RESPONSES)
+_tokens = _children(TOKENS)
 
 
 def _safe(fn: Callable[..., None]) -> Callable[..., None]:
@@ -189,6 +193,13 @@ def request_done(llm: str, endpoint: str, status: int, code: str | None,
     if code is not None and status != 499:
         ERRORS.labels(llm, code).inc()
     BOARD.request_done(llm, status, code)
+
+
+@_safe
+def tokens_used(llm: str, prompt: int, completion: int) -> None:
+    """An answer's usage (valid counts only: tether.observability.usage)."""
+    _tokens(llm, "prompt").inc(prompt)
+    _tokens(llm, "completion").inc(completion)
 
 
 def _ms(seconds: float) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import peewee
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as apply
 
 from tether.store.db import connection, database
 from tether.store.models import (
@@ -19,6 +21,7 @@ from tether.store.models import (
     LlmMember,
     SchemaVersion,
     SessionOwner,
+    UsageBucket,
 )
 
 
@@ -43,9 +46,25 @@ def _v3_pool_members(db: peewee.DatabaseProxy) -> None:
         )
 
 
+def _v4_key_scopes(db: peewee.DatabaseProxy) -> None:
+    """Version 4: a client key may be limited to some Llms (NULL: every Llm, as before).
+    A database from before version 2 got the column with its table (made from the model)."""
+    table = ApiKey._meta.table_name
+    if any(column.name == "llms" for column in db.get_columns(table)):
+        return
+    migrator = SchemaMigrator.from_database(database.obj)
+    apply(migrator.add_column(table, "llms", peewee.TextField(null=True)))
+
+
+def _v5_usage(db: peewee.DatabaseProxy) -> None:
+    """Version 5: hourly usage buckets per client key and Llm."""
+    db.create_tables([UsageBucket], safe=True)
+
+
 # MIGRATIONS[i] takes the schema from version i + 1 to version i + 2.
 MIGRATIONS: list[Callable[[peewee.DatabaseProxy], None]] = [
-    _v2_keys_and_session_owners, _v3_pool_members]
+    _v2_keys_and_session_owners, _v3_pool_members, _v4_key_scopes,
+    _v5_usage]
 CURRENT_VERSION = 1 + len(MIGRATIONS)
 
 

@@ -140,6 +140,9 @@ class ApiKey(BaseModel):
     digest = peewee.CharField(max_length=128)
     created_at = peewee.DateTimeField(default=utcnow)
     revoked_at = peewee.DateTimeField(null=True)
+    # A client key limited to some Llms (docs/protocol.md, Conventions): a JSON list of
+    # names; NULL for a key that may use every Llm.
+    llms = peewee.TextField(null=True)
 
     class Meta:
         table_name = "api_key"
@@ -156,6 +159,26 @@ class SessionOwner(BaseModel):
         table_name = "session_owner"
 
 
+class UsageBucket(BaseModel):
+    """Requests and tokens of one client key on one Llm in one hour (docs/protocol.md,
+    Usage): counts only, never text. Each hub process adds its increments (an upsert), so
+    a row is the sum over every process. "" stands for no key (auth off) and no alias, so
+    that the unique index holds (NULLs never collide in one)."""
+
+    id = peewee.AutoField()
+    hour = peewee.DateTimeField()  # naive UTC, the start of the hour
+    key_name = peewee.CharField(max_length=128)
+    llm = peewee.CharField(max_length=128)
+    alias_name = peewee.CharField(max_length=128, default="")  # (Model.alias is taken)
+    requests = peewee.BigIntegerField(default=0)
+    prompt_tokens = peewee.BigIntegerField(default=0)
+    completion_tokens = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "usage_bucket"
+        indexes = ((("hour", "key_name", "llm", "alias_name"), True),)
+
+
 class SchemaVersion(BaseModel):
     version = peewee.IntegerField()
 
@@ -163,4 +186,4 @@ class SchemaVersion(BaseModel):
         table_name = "schema_version"
 
 
-ALL_MODELS = (Llm, LlmMember, ApiKey, SessionOwner, SchemaVersion)
+ALL_MODELS = (Llm, LlmMember, ApiKey, SessionOwner, UsageBucket, SchemaVersion)

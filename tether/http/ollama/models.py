@@ -63,7 +63,7 @@ class Tags:
                                    ok=schemas.TAGS, errors=schemas.ERROR)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"models": [tag(row) for row in openai.listed()]}
+        resp.media = {"models": [tag(row) for row in openai.listed(req)]}
 
 
 class Running:
@@ -73,7 +73,7 @@ class Running:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"models": [{**tag(row), "expires_at": NEVER, "size_vram": 0}
-                                 for row in openai.listed() if row.status == ACTIVE]}
+                                 for row in openai.listed(req) if row.status == ACTIVE]}
 
 
 class Show:
@@ -86,7 +86,7 @@ class Show:
 
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
-        row = openai.find(body["model"])
+        row = openai.find(req, body["model"])
         said = _ollama(row)
         info = said.get("model_info")
         capabilities = said.get("capabilities")

@@ -13,6 +13,7 @@ from typing import Any
 import falcon
 
 from tether.actors.system import ActorSystem
+from tether.http import auth
 from tether.http.body import BodyLimits
 from tether.http.limits import Limiter
 from tether.http.ollama import answers, schemas, translate
@@ -54,9 +55,10 @@ class Generation:
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
         name = body["model"]
+        auth.check_llm(req.context.caller, name)
         task = self.translate(body)
         if isinstance(task, translate.Load):
-            openai.find(name)  # nothing to relay, but the name must be one the lists show
+            openai.find(req, name)  # nothing to relay, but the name must be one the lists show
             resp.media = answers.loaded(task.kind, name, task.unload)
             return
         release = self.limiter.admit(req.context.caller)

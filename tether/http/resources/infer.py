@@ -8,7 +8,7 @@ from __future__ import annotations
 import falcon
 
 from tether.actors.system import ActorSystem
-from tether.http import schemas
+from tether.http import auth, schemas
 from tether.http.body import BodyLimits
 from tether.http.limits import Limiter
 from tether.http.operation import AFFINITY, RELAYED_EVENTS, Operation, json_body
@@ -46,6 +46,7 @@ class Infer:
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict,
                 name: str | None = None) -> None:
+        name = body["model"] if name is None else name
+        auth.check_llm(req.context.caller, name)
         release = self.limiter.admit(req.context.caller)
-        self.relay.respond(req, resp, body["model"] if name is None else name, body,
-                           self.endpoint, release=release)
+        self.relay.respond(req, resp, name, body, self.endpoint, release=release)

@@ -7,7 +7,7 @@ import falcon
 
 from tether import errors
 from tether.actors.system import ActorSystem
-from tether.http import schemas
+from tether.http import auth, schemas
 from tether.http.operation import Operation
 from tether.store import llms as store
 
@@ -20,7 +20,9 @@ class LlmCollection:
         self.system = system
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"llms": self.system.read(store.list_all())}
+        caller = req.context.caller
+        resp.media = {"llms": self.system.read(
+            [row for row in store.list_all() if auth.allow_llm(caller, row.name)])}
 
 
 class LlmItem:
@@ -31,6 +33,7 @@ class LlmItem:
         self.system = system
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        auth.check_llm(req.context.caller, name)
         row = store.get(name)
         if row is None:
             raise errors.LLM_NOT_FOUND(name=name)

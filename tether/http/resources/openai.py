@@ -8,19 +8,24 @@ import calendar
 import falcon
 
 from tether import errors
-from tether.http import schemas
+from tether.http import auth, schemas
 from tether.http.operation import Operation
 from tether.store import llms as store
 from tether.store.models import INACTIVE, Llm
 
 
-def listed() -> list[Llm]:
-    """The Llms the model lists show (here, and Ollama's /api/tags and /api/ps)."""
-    return [row for row in store.list_all() if row.status != INACTIVE]
+def listed(req: falcon.Request) -> list[Llm]:
+    """The Llms the model lists show the caller (here, and Ollama's /api/tags and /api/ps):
+    those not inactive, of the names its key may use."""
+    caller = req.context.caller
+    return [row for row in store.list_all()
+            if row.status != INACTIVE and auth.allow_llm(caller, row.name)]
 
 
-def find(name: str) -> Llm:
-    """One Llm of the lists, by name, or 404 (here, and Ollama's /api/show)."""
+def find(req: falcon.Request, name: str) -> Llm:
+    """One Llm of the lists, by name: 403 when the caller's key may not use it, 404 when
+    the lists do not show it (here, and Ollama's /api/show)."""
+    auth.check_llm(req.context.caller, name)
     row = store.get(name)
     if row is None or row.status == INACTIVE:
         raise errors.LLM_NOT_FOUND(name=name)
@@ -37,7 +42,7 @@ class Models:
     operations = {"GET": Operation("OpenAI model list", ok=schemas.MODEL_LIST)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"object": "list", "data": [_model(row) for row in listed()]}
+        resp.media = {"object": "list", "data": [_model(row) for row in listed(req)]}
 
 
 class Model:
@@ -45,4 +50,4 @@ class Model:
     operations = {"GET": Operation("One model", ok=schemas.MODEL_OBJECT)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        resp.media = _model(find(name))
+        resp.media = _model(find(req, name))

@@ -17,13 +17,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import falcon
 
 from tether.common import sse
-from tether.http import disconnect, schemas, streams
+from tether.http import auth, disconnect, schemas, streams
 from tether.http.operation import SSE, Operation
 from tether.observability.board import BOARD, Watcher
+from tether.store.keys import Caller
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # Changes arrive in bursts (a wake touches an Llm several times within a millisecond): one
@@ -50,7 +52,17 @@ class State:
     operations = {"GET": Operation("The hub's live state", ok=schemas.STATE)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = BOARD.snapshot(whole_cluster=True)
+        resp.media = visible(BOARD.snapshot(whole_cluster=True), req.context.caller)
+
+
+def visible(snapshot: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """The state a key may see: a key limited to some Llms sees only those (their rows and
+    errors), as the lists show it only its names."""
+    if caller.llms is None:
+        return snapshot
+    return {**snapshot,
+            "llms": [r for r in snapshot["llms"] if auth.allow_llm(caller, r["name"])],
+            "errors": [e for e in snapshot["errors"] if auth.allow_llm(caller, e["llm"])]}
 
 
 class Events:
@@ -72,11 +84,12 @@ class Events:
         stop_watch = disconnect.watch(req.env, on_gone)
         resp.content_type = "text/event-stream"
         resp.set_headers(streams.SSE_HEADERS)
-        resp.stream = _feed(watcher, gone, self.keepalive_s, stop_watch)
+        resp.stream = _feed(watcher, gone, self.keepalive_s, stop_watch, req.context.caller)
 
 
 def _feed(
     watcher: Watcher, gone: list[bool], keepalive_s: float, stop_watch: Callable[[], None],
+    caller: Caller,
 ) -> Iterator[bytes]:
     """A `state` event with the whole snapshot first and after every change; a quiet change
     (a heartbeat) goes out by the next keepalive instead of a comment."""
@@ -93,7 +106,7 @@ def _feed(
                 return
             sent = BOARD.version
             snapshot = BOARD.snapshot(whole_cluster=True)
-            yield sse.frame("state", sse.dumps(snapshot)).encode()
+            yield sse.frame("state", sse.dumps(visible(snapshot, caller))).encode()
             # Cooperative under gevent; what changed meanwhile follows. A big hub's snapshot
             # costs more: fewer of them (10,000 Llms: one a second at most).
             time.sleep(MIN_GAP_S + len(snapshot["llms"]) * 1e-4)
