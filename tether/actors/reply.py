@@ -13,6 +13,7 @@ import queue
 import time
 from typing import Any
 
+from tether.actors import messages as m
 from tether.actors.infer_state import InferState, Step
 from tether.common import logs
 from tether.observability import metrics
@@ -26,7 +27,9 @@ class MeteredReply(queue.Queue):
 
     def __init__(self, llm: str, endpoint: str) -> None:
         super().__init__()
-        self.llm = llm  # an Llm that exists: unknown names are refused before this
+        self.llm = llm  # an Llm that exists (unknown names are refused before this), or an
+        # alias until its target took the request (Routed): metrics count that target
+        self.alias: str | None = None  # the alias the client named, if it named one
         self.endpoint = endpoint
         self.request_id = logs.request_id()  # of the request that creates this channel
         self.task_id: str | None = None
@@ -47,6 +50,8 @@ class MeteredReply(queue.Queue):
         state = self._state
         was_dispatched, had_chunks = state.dispatched is not None, state.streamed
         step = state.apply(item)
+        if isinstance(item, m.Routed):
+            self.llm = item.llm
         elapsed = time.monotonic() - self._started
         if step is Step.END or step is Step.GONE:
             assert state.outcome is not None
@@ -68,11 +73,14 @@ class MeteredReply(queue.Queue):
 
     def _fields(self, **more: Any) -> dict[str, Any]:
         return {"request_id": self.request_id, "llm": self.llm, "endpoint": self.endpoint,
-                **({"task_id": self.task_id} if self.task_id else {}), **more}
+                **({"task_id": self.task_id} if self.task_id else {}),
+                **({"alias": self.alias} if self.alias else {}), **more}
 
     def _finish(self, elapsed: float, status: int, code: str | None) -> None:
         self._done = True
         metrics.request_done(self.llm, self.endpoint, status, code, elapsed)
+        if self.alias is not None:
+            metrics.alias_request_done(self.alias, self.llm, status)
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "request %s %s -> %d%s in %d ms", self.llm, self.endpoint, status,
                 f" {code}" if code else "", _ms(elapsed),

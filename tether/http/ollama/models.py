@@ -14,6 +14,7 @@ from typing import Any
 import falcon
 
 from tether.actors.system import ActorSystem
+from tether.http.alias_rows import Aliases
 from tether.http.ollama import schemas
 from tether.http.operation import Operation, json_body
 from tether.http.resources import openai
@@ -61,8 +62,11 @@ class Tags:
     operations = {"GET": Operation("Ollama model list (the same names as /v1/models)",
                                    ok=schemas.TAGS, errors=schemas.ERROR)}
 
+    def __init__(self, aliases: Aliases | None = None) -> None:
+        self.aliases = aliases
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"models": [tag(row) for row in openai.listed()]}
+        resp.media = {"models": [tag(row) for row in openai.listed(self.aliases)]}
 
 
 class Running:
@@ -70,9 +74,13 @@ class Running:
     operations = {"GET": Operation("Ollama running models (the Llms awake now)", ok=schemas.PS,
                                    errors=schemas.ERROR)}
 
+    def __init__(self, aliases: Aliases | None = None) -> None:
+        self.aliases = aliases
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"models": [{**tag(row), "expires_at": NEVER, "size_vram": 0}
-                                 for row in openai.listed() if row.status == ACTIVE]}
+                                 for row in openai.listed(self.aliases)
+                                 if row.status == ACTIVE]}
 
 
 class Show:
@@ -82,10 +90,11 @@ class Show:
 
     def __init__(self, system: ActorSystem) -> None:
         self.limit = system.settings.max_body_bytes
+        self.aliases = system.settings.alias_targets()
 
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
-        row = openai.find(body["model"])
+        row = openai.find(body["model"], self.aliases)
         said = _ollama(row)
         info = said.get("model_info")
         capabilities = said.get("capabilities")

@@ -9,19 +9,27 @@ import falcon
 
 from tether import errors
 from tether.http import schemas
+from tether.http.alias_rows import Aliases, alias_row, with_aliases
 from tether.http.operation import Operation
 from tether.store import llms as store
 from tether.store.models import INACTIVE, Llm
 
 
-def listed() -> list[Llm]:
-    """The Llms the model lists show (here, and Ollama's /api/tags and /api/ps)."""
-    return [row for row in store.list_all() if row.status != INACTIVE]
+def listed(aliases: Aliases | None = None) -> list[Llm]:
+    """The Llms the model lists show (here, and Ollama's /api/tags and /api/ps), and the
+    aliases among them (the hub's `aliases`)."""
+    return with_aliases([row for row in store.list_all() if row.status != INACTIVE],
+                        aliases or {})
 
 
-def find(name: str) -> Llm:
-    """One Llm of the lists, by name, or 404 (here, and Ollama's /api/show)."""
-    row = store.get(name)
+def find(name: str, aliases: Aliases | None = None) -> Llm:
+    """One Llm (or alias) of the lists, by name, or 404 (here, and Ollama's /api/show)."""
+    targets = (aliases or {}).get(name)
+    if targets is not None:
+        rows = [store.get(target) for target in targets]
+        row = alias_row(name, targets, {x.name: x for x in rows if x is not None})
+    else:
+        row = store.get(name)
     if row is None or row.status == INACTIVE:
         raise errors.LLM_NOT_FOUND(name=name)
     return row
@@ -36,13 +44,19 @@ class Models:
     role = "client"
     operations = {"GET": Operation("OpenAI model list", ok=schemas.MODEL_LIST)}
 
+    def __init__(self, aliases: Aliases | None = None) -> None:
+        self.aliases = aliases
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"object": "list", "data": [_model(row) for row in listed()]}
+        resp.media = {"object": "list", "data": [_model(row) for row in listed(self.aliases)]}
 
 
 class Model:
     role = "client"
     operations = {"GET": Operation("One model", ok=schemas.MODEL_OBJECT)}
 
+    def __init__(self, aliases: Aliases | None = None) -> None:
+        self.aliases = aliases
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        resp.media = _model(find(name))
+        resp.media = _model(find(name, self.aliases))
