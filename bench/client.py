@@ -123,9 +123,10 @@ def stream_once(base: str, path: str, body: dict[str, Any]) -> tuple[float, floa
 
 
 def relay_n(base: str, n: int, concurrency: int,
-            headers: dict[str, str] | None = None) -> None:
-    """Exactly `n` non-streamed chat completions over `concurrency` keep-alive connections."""
-    body = json.dumps(CHAT).encode()
+            headers: dict[str, str] | None = None, model: str | None = None) -> None:
+    """Exactly `n` non-streamed chat completions over `concurrency` keep-alive connections
+    (to `model`, else CHAT's)."""
+    body = json.dumps(CHAT if model is None else {**CHAT, "model": model}).encode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
 
     def worker(count: int) -> None:

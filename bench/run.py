@@ -1,5 +1,5 @@
 """Tether benchmarks (not tests):
-`python -m bench.run [relay|stream|wake_storm|sessions|cpu|pools|pool_storm|cluster|
+`python -m bench.run [relay|stream|wake_storm|sessions|cpu|alias|pools|pool_storm|cluster|
 cluster_sessions|all]`, each bench in the module of its name (bench/relay.py, …).
 
 Every figure is measured in one run on this machine, beside its baseline: the demo backend
@@ -18,6 +18,7 @@ import sys
 from gevent import monkey
 
 from bench import (
+    alias,
     cluster,
     cluster_sessions,
     cpu,
@@ -31,8 +32,8 @@ from bench import (
 from bench.processes import raise_fd_limit
 
 # In the order `all` runs them.
-BENCHES = ("relay", "stream", "wake_storm", "sessions", "cpu", "pools", "pool_storm",
-           "cluster", "cluster_sessions")
+BENCHES = ("relay", "stream", "wake_storm", "sessions", "cpu", "alias", "pools",
+           "pool_storm", "cluster", "cluster_sessions")
 
 
 def arguments() -> argparse.Namespace:
@@ -95,6 +96,8 @@ def main() -> None:
         sessions.bench_sessions(tuple(int(n) for n in args.sessions.split(",")))
     if args.which == "cpu":
         cpu.bench_cpu()
+    if args.which == "alias":
+        alias.bench_alias()
     if args.which == "pools":
         pools.bench_pools(ms_per_message=args.ms_per_message,
                           prefill_slots=args.prefill_slots)

@@ -43,6 +43,15 @@ class PublicLlm:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """A name that stands for an ordered list of Llms ([[aliases]] in the hub's config:
+    docs/protocol.md, Aliases); the first that can serve now takes each request."""
+
+    name: str
+    targets: tuple[str, ...]
+
+
 _TEXT = {"type": "string", "minLength": 1, "x-message": "must be a non-empty string"}
 _URL = {"type": "string", "pattern": "^https?://", "x-message": "must be an http(s) URL"}
 _SECONDS = {"type": "number", "minimum": 0, "x-message": "must be a number >= 0"}
@@ -60,6 +69,22 @@ PUBLIC_LLM_SCHEMA: dict[str, Any] = {
         "extra_config": {"type": "object", "x-message": "must be a table"},
     },
     "required": ["name", "type", "model", "base_url"],
+    "additionalProperties": False,
+}
+
+
+_LLM_NAME = {"type": "string", "pattern": LLM_NAME_PATTERN,
+             "x-message": f"must be a valid Llm name ({LLM_NAME_PATTERN})"}
+
+ALIAS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": _LLM_NAME,
+        "targets": {"type": "array", "minItems": 1, "items": _LLM_NAME,
+                    "x-messages": {"minItems": "must name at least one Llm",
+                                   "type": "must be a list of Llm names"}},
+    },
+    "required": ["name", "targets"],
     "additionalProperties": False,
 }
 
@@ -147,6 +172,8 @@ class Settings:
                   "x-message": "must be * or scheme://host[:port]"}})
     llms: tuple[PublicLlm, ...] = setting((), {
         "type": "array", "items": PUBLIC_LLM_SCHEMA, "x-message": "must be [[llms]] tables"})
+    aliases: tuple[Alias, ...] = setting((), {
+        "type": "array", "items": ALIAS_SCHEMA, "x-message": "must be [[aliases]] tables"})
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -154,6 +181,10 @@ class Settings:
 
     def public_llm(self, name: str) -> PublicLlm | None:
         return next((llm for llm in self.llms if llm.name == name), None)
+
+    def alias_targets(self) -> dict[str, tuple[str, ...]]:
+        """Each alias's targets, by its name."""
+        return {alias.name: alias.targets for alias in self.aliases}
 
     @property
     def auth_enabled(self) -> bool:
@@ -163,7 +194,9 @@ class Settings:
 
 
 SCHEMA = object_schema(Settings)
-_SETTINGS = {name: schema for name, schema in settings_of(Settings).items() if name != "llms"}
+_TABLES = ("llms", "aliases")  # arrays of tables at the file's top level, not settings
+_SETTINGS = {name: schema for name, schema in settings_of(Settings).items()
+             if name not in _TABLES}
 
 
 def is_loopback(host: str) -> bool:
@@ -196,6 +229,32 @@ def _duplicate_llms(values: dict[str, Any], source: str) -> list[str]:
     return [f"{source}: two [[llms]] are named {name!r}" for name in twice]
 
 
+def _bad_aliases(values: dict[str, Any], source: str) -> list[str]:
+    """What the schema cannot see: an alias naming itself or another alias (aliases do not
+    nest), a name given twice, an alias over a public Llm's name."""
+    tables = [item for item in values.get("aliases", [])
+              if isinstance(item, dict) and isinstance(item.get("name"), str)]
+    names = [item["name"] for item in tables]
+    public = {item.get("name") for item in values.get("llms", []) if isinstance(item, dict)}
+    out = [f"{source}: two [[aliases]] are named {name!r}"
+           for name in sorted({n for n in names if names.count(n) > 1})]
+    for i, item in enumerate(tables):
+        name, targets = item["name"], item.get("targets")
+        where = f"{source}: aliases[{i}] ({name!r})"
+        if name in public:
+            out.append(f"{where}: is the name of a public Llm ([[llms]])")
+        if not isinstance(targets, list):
+            continue  # the schema's to report
+        for target in sorted({t for t in targets if isinstance(t, str)}):
+            if target == name:
+                out.append(f"{where}: targets: names the alias itself")
+            elif target in names:
+                out.append(f"{where}: targets: {target!r} is an alias (aliases do not nest)")
+            elif targets.count(target) > 1:
+                out.append(f"{where}: targets: names {target!r} twice")
+    return out
+
+
 def _public_llm(item: dict[str, Any]) -> PublicLlm:
     return PublicLlm(
         name=item["name"], type=item["type"], model=item["model"],
@@ -209,6 +268,8 @@ def _typed(name: str, value: Any) -> Any:
     """A validated value in the type Settings holds."""
     if name == "llms":
         return tuple(_public_llm(item) for item in value)
+    if name == "aliases":
+        return tuple(Alias(item["name"], tuple(item["targets"])) for item in value)
     if name == "cors_origins":
         return tuple(origin.rstrip("/") for origin in value)
     kind = _SETTINGS[name].get("type")
@@ -242,12 +303,14 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         hub = data.get("hub", data)
-        found = {key: value for key, value in hub.items() if key not in ("hub", "llms")}
-        if "llms" in data:
-            found["llms"] = data["llms"]
+        found = {key: value for key, value in hub.items() if key not in ("hub", *_TABLES)}
+        for table in _TABLES:
+            if table in data:
+                found[table] = data[table]
         found = {key: coerce(_SETTINGS[key], value) if key in _SETTINGS else value
                  for key, value in found.items()}
-        errors = _check(found, str(path)) + _duplicate_llms(found, str(path))
+        errors = (_check(found, str(path)) + _duplicate_llms(found, str(path))
+                  + _bad_aliases(found, str(path)))
         if errors:
             raise ConfigError("\n".join(errors))
         values.update(found)

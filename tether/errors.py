@@ -92,6 +92,7 @@ SESSION_NOT_FOUND = Code(404, "session_not_found",
 TASK_NOT_FOUND = Code(404, "task_not_found", "task {task_id!r} is unknown or already finished")
 METHOD_NOT_ALLOWED = Code(405, "method_not_allowed", "{method} is not allowed on {path}")
 PUBLIC_LLM_CONFLICT = Code(409, "public_llm_conflict", "{name!r} is a public Llm of this hub")
+ALIAS_CONFLICT = Code(409, "alias_conflict", "{name!r} is an alias of this hub")
 LLM_OWNED_BY_OTHER_SESSION = Code(409, "llm_owned_by_other_session",
                                   "{name!r} is {state} under {owner}")
 TOO_MANY_LLMS = Code(409, "too_many_llms",

@@ -130,8 +130,9 @@ class Stops:
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
 
-    def withdraw(self) -> None:
-        self.calls.append(("withdraw",))
+    def withdraw(self, served_by: str | None = None) -> None:
+        """`served_by`: an alias's target holding the request (docs/protocol.md, Aliases)."""
+        self.calls.append(("withdraw",) if served_by is None else ("withdraw", served_by))
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
         self.calls.append(("cancel", dispatched.task_id, reason))
@@ -315,3 +316,89 @@ def test_metered_backend_error_and_hub_error(caplog) -> None:
     refused = MeteredReply("alpha", "chat/completions")
     refused.put(m.Failed(errors.QUEUE_FULL(why="full")))
     assert outcomes(caplog) == [(502, "backend_error", None), (429, "queue_full", None)]
+
+
+# --- an alias's tries (docs/protocol.md, Aliases: failover) ---------------------------------
+
+
+class Tries:
+    """The relay's `again`: each new try gets a reply channel the test fills."""
+
+    def __init__(self, *replies: list[Any]) -> None:
+        self.replies = list(replies)
+        self.asked: list[frozenset[str]] = []
+        self.stops = Stops()
+
+    def again(self, tried: frozenset[str]) -> tuple[queue.Queue, Any] | None:
+        self.asked.append(tried)
+        if not self.replies:
+            return None
+        reply: queue.Queue = queue.Queue()
+        for event in self.replies.pop(0):
+            reply.put(event)
+        return reply, self.stops.withdraw
+
+
+def alias_attempt(tries: Tries, *events: Any) -> Attempt:
+    reply: queue.Queue = queue.Queue()
+    for event in events:
+        reply.put(event)
+    return Attempt(reply, tries.stops.withdraw, tries.stops.cancel, tries.again)
+
+
+def drain(attempt: Attempt) -> list[tuple[Step, Any]]:
+    out = []
+    while (got := attempt.next(1)) is not None:
+        out.append(got)
+        if got[0] is Step.END:
+            return out
+    raise AssertionError("no end")
+
+
+def test_a_failure_before_output_starts_the_next_try_without_that_target() -> None:
+    answer = m.Completed(200, {"ok": True})
+    tries = Tries([m.Routed("cloud"), m.Dispatched("p-1"), answer])
+    attempt = alias_attempt(tries, m.Routed("gpu"), m.Dispatched("t-1"),
+                            m.Failed(errors.PUBLISHER_DISCONNECTED(name="gpu")))
+    assert drain(attempt)[-1] == (Step.END, answer)
+    assert tries.asked == [frozenset({"gpu"})]
+    assert attempt.served_by == "cloud"
+
+
+@pytest.mark.parametrize("end", [
+    m.Completed(502, {"error": "bad gateway"}),
+    m.Failed(errors.QUEUE_FULL(why="full")),
+])
+def test_a_5xx_answer_and_the_hubs_queue_full_fail_over(end: Any) -> None:
+    tries = Tries([m.Routed("cloud"), m.Completed(200, {})])
+    attempt = alias_attempt(tries, m.Routed("gpu"), end)
+    assert drain(attempt)[-1] == (Step.END, m.Completed(200, {}))
+
+
+def test_a_4xx_and_anything_after_output_are_the_clients_answer() -> None:
+    refusal = m.Completed(400, {"error": "too long"})
+    tries = Tries([m.Routed("cloud"), m.Completed(200, {})])
+    assert drain(alias_attempt(tries, m.Routed("gpu"), refusal))[-1] == (Step.END, refusal)
+    failed = m.Failed(errors.PUBLISHER_DISCONNECTED(name="gpu"))
+    after = drain(alias_attempt(tries, m.Routed("gpu"), m.Chunks(("{}",)), failed))
+    assert after[-1] == (Step.END, failed)
+    assert tries.asked == []
+
+
+def test_with_no_target_left_the_client_gets_the_last_failure() -> None:
+    failed = m.Failed(errors.WAKE_FAILED(name="gpu", why="no power"))
+    tries = Tries([m.Failed(errors.PUBLISHER_OFFLINE(name="assistant"))])
+    attempt = alias_attempt(tries, m.Routed("gpu"), failed)
+    assert drain(attempt)[-1] == (Step.END, failed)
+    assert attempt.served_by == "gpu"
+
+
+def test_a_client_gone_during_the_switch_reaches_the_next_try() -> None:
+    tries = Tries([m.Routed("cloud")])
+    attempt = alias_attempt(tries, m.Routed("gpu"),
+                            m.Failed(errors.PUBLISHER_DISCONNECTED(name="gpu")))
+    attempt.client_gone()  # lands on the first try's channel, behind its end
+    steps = [attempt.next(1), attempt.next(1), attempt.next(1), attempt.next(1)]
+    assert steps[-1] == (Step.GONE, steps[-1][1])
+    attempt.stop("client_gone")
+    assert tries.stops.calls == [("withdraw", "cloud")]

@@ -24,6 +24,14 @@ class Dispatched:
 
 
 @dataclass(frozen=True)
+class Routed:
+    """An alias's infer was taken by its target `llm` (it waits or runs there): the answer
+    names it, and a client that leaves is withdrawn there."""
+
+    llm: str
+
+
+@dataclass(frozen=True)
 class WakePending:
     pass
 

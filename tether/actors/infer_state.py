@@ -1,8 +1,9 @@
 """What one infer's reply events mean, read in one place: `InferState.apply`.
 
-An infer's events (the reply events of messages.py) come on its reply channel: Dispatched
-and WakePending any number of times, Chunks when it streams, then one end: Completed,
-StreamDone or Failed. ClientGone is put there too, by the HTTP relay's disconnect watcher.
+An infer's events (the reply events of messages.py) come on its reply channel: for an
+alias, Routed once its target took it; Dispatched and WakePending any number of times,
+Chunks when it streams, then one end: Completed, StreamDone or Failed. ClientGone is put
+there too, by the HTTP relay's disconnect watcher.
 
 Both readers of a request's events fold them with an InferState: the relay that answers the
 client (tether.http.relay, through its Attempt) and the MeteredReply that meters them as they
@@ -48,6 +49,7 @@ class InferState:
     streamed: bool = False  # chunks went out: they are the answer's body
     end: End | None = None  # the answer's last event, as the client is to get it
     gone: bool = False  # the client left
+    served_by: str | None = None  # an alias's target that took the request (Routed)
     # The request's status and error code as logs and metrics count it, once known: its
     # end's, or 499 client_gone when the client left first.
     outcome: tuple[int, str | None] | None = None
@@ -62,6 +64,9 @@ class InferState:
                 return Step.WAIT
             case m.WakePending():
                 self.waking = True
+                return Step.WAIT
+            case m.Routed():
+                self.served_by = event.llm
                 return Step.WAIT
             case m.Chunks():
                 self.waking = False

@@ -1,9 +1,8 @@
-"""LlmActor: one per virtual Llm name (a public one has its PublicLlmActor). The single
-owner of everything about serving that name (docs/protocol.md, Pools): its members (records,
-not actors), their load and capacity, the waiting queue, the one wake in flight, and the
-routing policy's prefix memory. It holds them in plain objects it drives: the members and
-the requests in flight in a Pool (tether/actors/pool.py), the wake in a Wake
-(tether/actors/wake.py), the choice of member in a RoutingPolicy (tether/actors/routing.py).
+"""LlmActor: one per virtual Llm name (a public one has its PublicLlmActor), the single owner
+of everything about serving it (docs/protocol.md, Pools): its members (records, not
+actors), their load and capacity, the waiting queue, the one wake in flight, the routing
+policy's prefix memory, in plain objects it drives: a Pool (the members and the requests in
+flight: pool.py), a Wake (wake.py), a RoutingPolicy (routing.py). Aliases: aliases.py.
 
 Late binding: a request waits here, in arrival order, until a member that is `active`, has a
 live stream and a free slot takes it; the policy picks which. Wake dedup is plain actor
@@ -20,8 +19,8 @@ import time
 from typing import Any, assert_never
 
 from tether import errors
+from tether.actors import aliases, routing
 from tether.actors import messages as m
-from tether.actors import routing
 from tether.actors.pool import InFlightBoard, Member, Pool, Request
 from tether.actors.task_ids import new_task_id
 from tether.actors.waiting import Waiting
@@ -47,7 +46,7 @@ class LlmActor(TetherActor):
     def __init__(
         self, settings: Settings, state: m.LlmState, members: tuple[m.MemberInfo, ...] | None,
         supervisor: Parent | None = None, board: InFlightBoard | None = None,
-        restarted: bool = False,
+        restarted: bool = False, forward: aliases.Forward = aliases.nowhere,
     ) -> None:
         super().__init__()
         self._settings = settings
@@ -57,6 +56,7 @@ class LlmActor(TetherActor):
         self._policy = routing.RoutingPolicy(policy=settings.pool_routing)
         self._queue = Waiting(settings.infer_timeout_s, self._arm_queue_timer)
         self._wake = Wake(state.name, settings.wake_timeout_s, self._arm_wake_timer)
+        self._forward = forward  # an alias's infer this name cannot serve now goes on there
         # A restarted actor hears from each member's session which tasks its predecessor
         # left running there; a member takes no task until then (or until this timer).
         self._inventory_timer: Timer | None = None
@@ -106,8 +106,8 @@ class LlmActor(TetherActor):
                 self._on_queue_timed_out(message)
             case m.Withdraw():
                 self._on_withdraw(message)
-            case m.GraceEnded():
-                self._on_grace_ended(message)
+            case m.GraceEnded():  # a lost member's publisher_grace_s is over
+                self._pump()
             case m.Relinquish():
                 self._fail_waiters(errors.HUB_BUSY())
                 self.stop()  # on_stop finds no waiter left to tell "shutting down"
@@ -117,6 +117,10 @@ class LlmActor(TetherActor):
     # --- infer ---------------------------------------------------------------------------
 
     def _on_infer(self, msg: m.Infer) -> None:
+        if msg.alias is not None and not (msg.alias.wait or self._pool.awake()) and \
+                aliases.pass_on(msg, self._state.name, self._maybe_wake(True), self._forward):
+            return  # an alias's: this name's one wake starts (no waiter), it goes on meanwhile
+        msg = aliases.taken(msg, self._state.name)  # an alias's becomes a direct request
         name = self._state.name
         if not self._pool.serving():
             msg.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=name)))
@@ -199,9 +203,6 @@ class LlmActor(TetherActor):
             delay = min(lost) + grace - now
             call_later(delay, tell, self.actor_ref, m.GraceEnded())
 
-    def _on_grace_ended(self, _msg: m.GraceEnded) -> None:
-        self._pump()
-
     def _arm_queue_timer(self, delay: float, generation: int) -> Timer:
         return call_later(delay, tell, self.actor_ref, m.QueueTimedOut(generation))
 
@@ -280,15 +281,16 @@ class LlmActor(TetherActor):
 
     # --- wake ----------------------------------------------------------------------------
 
-    def _maybe_wake(self) -> None:
-        key = self._wake.next_member(self._pool.views())
+    def _maybe_wake(self, alias: bool = False) -> bool:  # True while a wake runs
+        key = self._wake.next_member(self._pool.views(), alias)
         member = self._pool.get(key)
         if key is None or member is None:
-            return
+            return self._wake.in_flight
         task_id = new_task_id(member.link.slot, member.link.home)
         self._wake.start(task_id, key)
         if not tell(member.link.ref, m.SendWake(task_id, self._state.name, self.actor_ref)):
             self._wake.failed(task_id, errors.PUBLISHER_OFFLINE(name=self._state.name))
+        return self._wake.in_flight
 
     def _arm_wake_timer(self, delay: float, task_id: str) -> Timer:
         return call_later(delay, tell, self.actor_ref, m.WakeTimedOut(task_id))

@@ -24,9 +24,11 @@ from tether.actors.events import Completed as Completed
 from tether.actors.events import Dispatched as Dispatched
 from tether.actors.events import Failed as Failed
 from tether.actors.events import Queued as Queued
+from tether.actors.events import Routed as Routed
 from tether.actors.events import StreamDone as StreamDone
 from tether.actors.events import WakePending as WakePending
 from tether.actors.outbox import Close as Close
+from tether.actors.records import AliasRoute as AliasRoute
 from tether.actors.records import LlmState as LlmState
 from tether.actors.records import MemberInfo as MemberInfo
 from tether.actors.records import ProxiesInFlight as ProxiesInFlight
@@ -74,6 +76,7 @@ class Infer:
     # Sent over the bus, whose messages may be lost: the sender waits for a first event
     # (Queued when the request only waits) and gives up without one (tether.cluster.router).
     ack: bool = False
+    alias: AliasRoute | None = None  # a request for an alias, at one of its targets
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,11 @@ class Pool:
         return any(x.status != INACTIVE and x.live and x.session_id not in tried
                    for x in self._members.values())
 
+    def awake(self) -> bool:
+        """Some member is `active` with its stream open: an alias's request is served here
+        now (waiting for a slot if need be), never passed on."""
+        return any(x.status == ACTIVE and x.live for x in self._members.values())
+
     def returning(self, now: float, grace: float) -> list[Member]:
         """Active members whose stream went less than `grace` seconds ago: it may be back."""
         return [x for x in self._members.values() if x.status == ACTIVE and not x.live

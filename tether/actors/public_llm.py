@@ -14,6 +14,7 @@ import uuid
 from typing import Any, assert_never
 
 from tether import errors, upstream
+from tether.actors import aliases
 from tether.actors import messages as m
 from tether.common.actor import Parent, TetherActor, tell
 from tether.common.runtime import Task, spawn
@@ -29,6 +30,7 @@ class PublicLlmActor(TetherActor):
     def __init__(
         self, settings: Settings, state: m.LlmState, public: PublicLlm | None,
         supervisor: Parent | None = None, proxies: m.ProxiesInFlight | None = None,
+        forward: aliases.Forward = aliases.nowhere,
     ) -> None:
         super().__init__()
         self._home = proxies.home if proxies is not None else Parent()
@@ -42,6 +44,7 @@ class PublicLlmActor(TetherActor):
         )
         # The upstream calls under way (a crashed predecessor's too).
         self._proxied: set[str] = set(proxies.task_ids if proxies is not None else ())
+        self._forward = forward  # where an alias's infer goes if this one cannot serve
 
     def receive(self, message: m.PublicLlmMessage) -> Any:
         match message:
@@ -55,6 +58,11 @@ class PublicLlmActor(TetherActor):
                 assert_never(message)
 
     def _on_infer(self, msg: m.Infer) -> None:
+        if msg.alias is not None:  # a public Llm can serve now, if it has an upstream
+            if self._upstream is None and aliases.pass_on(msg, self._state.name, False,
+                                                          self._forward):
+                return
+            msg = aliases.taken(msg, self._state.name)
         if len(self._proxied) >= self._settings.max_queue_per_llm:
             msg.reply.put(m.Failed(errors.QUEUE_FULL(
                 why=f"{self._state.name!r} already has "

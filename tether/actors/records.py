@@ -43,6 +43,23 @@ class MemberInfo:
 
 
 @dataclass(frozen=True)
+class AliasRoute:
+    """An infer for an alias (docs/protocol.md, Aliases), at one of its targets: the choice
+    and the dispatch are one step at each target's owner. A target that can serve now takes
+    it; one asleep starts its wake and passes it on; one that cannot serve passes it on.
+    `rest`: the targets still to ask, in order; `waiting`: the first target passed over
+    because it wakes, where the request waits when no target can serve now (`wait`: this
+    is that last stop, the request waits here as a direct one); `failover`: a second try
+    after a failure, which never waits for a wake."""
+
+    alias: str
+    rest: tuple[str, ...] = ()
+    waiting: str | None = None
+    wait: bool = False
+    failover: bool = False
+
+
+@dataclass(frozen=True)
 class ProxiesInFlight:
     """A public Llm's upstream calls still running when its actor crashed, and the link they
     report their end through: the restarted actor takes both over (ChildFailed)."""

@@ -30,12 +30,13 @@ class MeteredReply(queue.Queue):
     def __init__(self, llm: str, endpoint: str, key: str | None = None,
                  counter: usage.UsageCounter | None = None, alias: str | None = None) -> None:
         super().__init__()
-        self.llm = llm  # an Llm that exists: unknown names are refused before this
+        self.llm = llm  # an Llm that exists (unknown names are refused before this), or an
+        # alias until its target took the request (Routed): metrics count that target
+        self.alias = alias  # the alias the client named, if it named one
         self.endpoint = endpoint
-        # Usage (tether.actors.usage): the client's key, the alias it named (if any), and
-        # the last chunk that mentions a usage, read only once the answer ended.
+        # Usage (tether.actors.usage): the client's key, and the last chunk that mentions
+        # a usage, read only once the answer ended.
         self.key = key
-        self.alias = alias
         self._counter = counter
         self._usage_chunk: str | None = None
         self.request_id = logs.request_id()  # of the request that creates this channel
@@ -57,6 +58,8 @@ class MeteredReply(queue.Queue):
         state = self._state
         was_dispatched, had_chunks = state.dispatched is not None, state.streamed
         step = state.apply(item)
+        if isinstance(item, m.Routed):
+            self.llm = item.llm
         elapsed = time.monotonic() - self._started
         if step is Step.PART and self._counter is not None:
             for data in item.data:
@@ -96,11 +99,14 @@ class MeteredReply(queue.Queue):
 
     def _fields(self, **more: Any) -> dict[str, Any]:
         return {"request_id": self.request_id, "llm": self.llm, "endpoint": self.endpoint,
-                **({"task_id": self.task_id} if self.task_id else {}), **more}
+                **({"task_id": self.task_id} if self.task_id else {}),
+                **({"alias": self.alias} if self.alias else {}), **more}
 
     def _finish(self, elapsed: float, status: int, code: str | None) -> None:
         self._done = True
         metrics.request_done(self.llm, self.endpoint, status, code, elapsed)
+        if self.alias is not None:
+            metrics.alias_request_done(self.alias, self.llm, status)
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "request %s %s -> %d%s in %d ms", self.llm, self.endpoint, status,
                 f" {code}" if code else "", _ms(elapsed),

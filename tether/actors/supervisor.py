@@ -20,6 +20,7 @@ from typing import Any, assert_never
 import pykka
 
 from tether import errors
+from tether.actors import aliases
 from tether.actors import messages as m
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
@@ -48,7 +49,8 @@ class Supervisor(TetherActor):
                  frame_ids: FrameIds | None = None, parent: Parent | None = None,
                  report: Callable[[pykka.ActorRef], None] | None = None,
                  previous: Directory | None = None,
-                 board: InFlightBoard | None = None) -> None:
+                 board: InFlightBoard | None = None,
+                 forward: aliases.Forward = aliases.nowhere) -> None:
         super().__init__()
         self._frame_ids = frame_ids if frame_ids is not None else FrameIds()
         self._settings = settings
@@ -58,6 +60,7 @@ class Supervisor(TetherActor):
         self._report = report
         self._previous = previous
         self._board = board
+        self._forward = forward  # the children pass an alias's infer on through it
         # Published as snapshots after each change: persistent maps, never copied.
         self._llms: Index[str, pykka.ActorRef] = Index()
         self._members: dict[str, tuple[str, ...]] = {}  # llm name -> member session ids
@@ -199,9 +202,9 @@ class Supervisor(TetherActor):
         if state.kind == KIND_PUBLIC:
             return PublicLlmActor.start(self._settings, state,
                                         self._settings.public_llm(state.name), self._parent,
-                                        proxies)
+                                        proxies, self._forward)
         return LlmActor.start(self._settings, state, infos, self._parent, self._board,
-                              restarted)
+                              restarted, self._forward)
 
     def _publish_directory(self) -> None:
         self._publish(

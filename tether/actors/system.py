@@ -22,6 +22,7 @@ from typing import Any, Self
 import pykka
 
 from tether import errors
+from tether.actors import aliases
 from tether.actors import messages as m
 from tether.actors.directory import Directory, SessionEntry
 from tether.actors.reply import MeteredReply
@@ -83,6 +84,7 @@ class ActorSystem:
         self.usage = UsageCounter()
         # How to stop each part that started, in the order they started (see start()).
         self._started: list[tuple[str, Callable[[], None]]] = []
+        self._aliases = settings.alias_targets()  # alias name -> its targets, in order
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class ActorSystem:
 
     def _supervisor_args(self, previous: Directory | None) -> tuple[Any, ...]:
         return (self.settings, self._set_directory, self._frame_ids, self._parent,
-                self._root_failed, previous, self._set_in_flight)
+                self._root_failed, previous, self._set_in_flight, self._forward)
 
     def _start_supervisor(self, previous: Directory | None) -> pykka.ActorRef:
         return Supervisor.start(*self._supervisor_args(previous))
@@ -259,6 +261,9 @@ class ActorSystem:
     ) -> tuple[str, store.Registered]:
         if self._draining:  # a session taken now would be cut off at once: come back later
             raise errors.SHUTTING_DOWN()
+        for i, provider in enumerate(providers):
+            if provider.get("name") in self._aliases:
+                raise errors.ALIAS_CONFLICT(name=provider["name"], param=f"providers[{i}].name")
         return ask(self.supervisor, m.Register(session_id, tuple(providers), key_name, admin))
 
     def owned_names(self, session_id: str) -> frozenset[str]:
@@ -333,15 +338,30 @@ class ActorSystem:
 
     # --- client data plane ---------------------------------------------------------------
 
+    def alias_targets(self, name: str) -> tuple[str, ...] | None:
+        """The targets of alias `name`, in order; None when `name` is no alias."""
+        return self._aliases.get(name)
+
     def infer(
         self, name: str, request: dict[str, Any], streaming: bool, endpoint: str,
-        affinity: str | None = None, key: str | None = None,
+        affinity: str | None = None, tried: frozenset[str] | None = None,
+        key: str | None = None,
     ) -> MeteredReply:
         """Start an infer; its events arrive on the returned channel (see messages.py).
-        `key`: the client key's name its usage counts for (None: auth off)."""
+        For an alias, `tried`: its targets that failed this request already (a failover:
+        docs/protocol.md, Aliases). `key`: the client key's name its usage counts for (None:
+        auth off)."""
         reply = MeteredReply(name, endpoint, key, self.usage)
         if self._draining:  # an HTTP answer while the drain lasts, never a refused connection
             reply.put(m.Failed(errors.SHUTTING_DOWN()))
+            return reply
+        targets = self._aliases.get(name)
+        if targets is not None:
+            reply.alias = name
+            route = m.AliasRoute(name, tuple(t for t in targets if t not in (tried or ())),
+                                 failover=tried is not None)
+            aliases.pass_on(m.Infer(request, streaming, endpoint, reply, affinity, alias=route),
+                            None, False, self._forward)
             return reply
         ref = self._llm_ref(name)
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply, affinity)):
@@ -354,6 +374,15 @@ class ActorSystem:
         """The LlmActor of `name` to send a request to, or None when nobody serves it."""
         return self._directory.llm(name)
 
+    def _forward(self, name: str, infer: m.Infer) -> bool:
+        """An alias's infer, to its target `name` (aliases.Forward): False if no actor
+        serves that name. Called by actors too: it never waits on one."""
+        return tell(self._target_ref(name), infer)
+
+    def _target_ref(self, name: str) -> Any:
+        """The actor of an alias's target, found without waiting on any actor."""
+        return self._directory.llm(name)
+
     def inject_crash(self, kind: str, key: str) -> bool:
         """Fault injection (tests only; the route exists only with fault_injection on)."""
         directory = self._directory
@@ -363,7 +392,8 @@ class ActorSystem:
         return tell(ref, Crash())
 
     def withdraw(self, name: str, reply: m.ReplyChannel) -> None:
-        """The client of an infer that was not dispatched yet left: stop waiting for it."""
+        """The client of an infer that was not dispatched yet left: stop waiting for it
+        (`name`: the Llm it waits on, an alias's target)."""
         tell(self._directory.llm(name), m.Withdraw(reply))
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:

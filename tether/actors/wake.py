@@ -24,6 +24,10 @@ from tether.observability import metrics
 # Arms the wake's timer: after `delay` seconds it must report WakeTimedOut(task_id).
 Arm = Callable[[float, str], Timer]
 
+# After a failed wake, alias requests do not wake that name again for this long (direct
+# requests still do): a backstop answers meanwhile, without a failing wake per request.
+ALIAS_BACKOFF_S = 30.0
+
 
 class Flight:
     """The one wake in flight: its task, the member it runs at, and its timer."""
@@ -47,15 +51,19 @@ class Wake:
         self.flight: Flight | None = None
         self._failed: set[str] = set()  # members whose wake failed while requests wait
         self._error: TetherError | None = None
+        self._failed_at = float("-inf")  # when a wake last failed or timed out
 
     @property
     def in_flight(self) -> bool:
         return self.flight is not None
 
-    def next_member(self, members: Sequence[routing.MemberView]) -> str | None:
+    def next_member(self, members: Sequence[routing.MemberView],
+                    alias: bool = False) -> str | None:
         """Whom to wake now: nobody while a wake is in flight, else the next hibernating
-        member with a live stream whose wake has not failed in this round."""
-        if self.flight is not None:
+        member with a live stream whose wake has not failed in this round. For an alias's
+        request (`alias`), nobody either for ALIAS_BACKOFF_S after a failed wake."""
+        if self.flight is not None or (
+                alias and self._clock() - self._failed_at < ALIAS_BACKOFF_S):
             return None
         return routing.choose_wake(members, self._failed)
 
@@ -78,6 +86,7 @@ class Wake:
         if flight is not None:
             self._failed.add(flight.session_id)
             self._error = error
+            self._failed_at = self._clock()
         return flight
 
     def timed_out(self, task_id: str) -> Flight | None:

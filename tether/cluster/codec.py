@@ -34,13 +34,13 @@ Address = tuple[str, str, str]  # (kind, process, key)
 
 # Every message that may cross the bus. Anything else is refused on the way in and out.
 ALLOWED: dict[str, type] = {cls.__name__: cls for cls in (
-    m.LlmState, m.SessionLink, m.MemberInfo,
+    m.LlmState, m.SessionLink, m.MemberInfo, m.AliasRoute,
     m.Infer, m.Withdraw, m.RecordHeartbeat, m.SetStatus, m.StreamLost, m.StreamOpened,
     m.WakeSucceeded, m.WakeFailed, m.WakeTimedOut, m.TaskEnded, m.TasksInFlight,
     m.TaskReturned, m.TasksOffered, m.TasksReleased, m.TaskMoved,
     m.SendInfer, m.ReleaseTasks, m.SendWake, m.AdoptTasks, m.SubmitResult, m.CancelTask,
     m.LlmRestarted,
-    m.Dispatched, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
+    m.Dispatched, m.Routed, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
 )}
 
 # Fields that stay home: dropped on encode, their default on decode.

@@ -22,6 +22,7 @@ from tether.actors import messages as m
 from tether.actors.directory import Directory, SessionEntry
 from tether.actors.system import ActorSystem, ask, exit_worker
 from tether.actors.task_ids import home_of
+from tether.cluster.proxies import RemoteLlm
 from tether.cluster.router import BusRouter
 from tether.cluster.supervisor import ClusterSupervisor
 from tether.common.actor import tell
@@ -90,6 +91,18 @@ class ClusterSystem(ActorSystem):
     def _llm_ref(self, name: str) -> Any:
         """Local, or a proxy to the owner found (taken here if it had none)."""
         return self._router.llm_ref(name, take=True)
+
+    def _target_ref(self, name: str) -> Any:
+        """Local, a proxy to its owner, or None when nobody owns it (no stream of its
+        members is open anywhere: it cannot serve now). Never takes the name: an actor
+        passing an alias's infer on must not wait for a supervisor."""
+        ref = self._directory.llm(name)
+        if ref is not None:
+            return ref
+        owner, _ = self._router.owners.recent(name)
+        if owner is None or owner == self._router.process:
+            return None  # owned here yet without an actor: it is being started
+        return RemoteLlm(self._router, name, owner)
 
     def _home_of_session(self, session_id: str) -> str:
         """The live process, not this one, that holds the session."""

@@ -30,6 +30,7 @@ from tether.http.resources import (
     status,
     usage,
 )
+from tether.observability.board import BOARD
 
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
@@ -48,6 +49,8 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
         revocations.follow(settings.bus_url, auth.keys)
 
     docs = OpenApi(auth.enabled)
+    aliases = settings.alias_targets()  # listed as the Llms are (alias_rows)
+    BOARD.aliases = dict(aliases)  # the status page shows which target serves each
     routes: list[tuple[str, Any]] = [  # every path of the hub, once
         ("/healthz", health.Health(system, Probes(settings))),
         ("/openapi.json", docs),
@@ -72,13 +75,13 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
         ("/api/v1/llms/{name}/infer", infer.Infer(system, relay, limiter, infer.NATIVE)),
         *((f"/v1/{endpoint}", infer.Infer(system, relay, limiter, operation, endpoint))
           for endpoint, operation in infer.V1.items()),
-        ("/v1/models", openai.Models()),
-        ("/v1/models/{name}", openai.Model()),
+        ("/v1/models", openai.Models(aliases)),
+        ("/v1/models/{name}", openai.Model(aliases)),
         # Ollama's own API (tether/http/ollama); its other /api/* paths are 404s.
         ("/", ollama_models.Root()),
         ("/api/version", ollama_models.Version()),
-        ("/api/tags", ollama_models.Tags()),
-        ("/api/ps", ollama_models.Running()),
+        ("/api/tags", ollama_models.Tags(aliases)),
+        ("/api/ps", ollama_models.Running(aliases)),
         ("/api/show", ollama_models.Show(system)),
         ("/api/chat", ollama.Generation(system, relay, limiter, ollama.CHAT,
                                         ollama_translate.chat)),

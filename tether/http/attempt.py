@@ -1,10 +1,14 @@
-"""One try at answering a client from one Llm: its reply channel read through an InferState,
-and the one way to stop it.
+"""Answering a client from its Llm: its reply channel read through an InferState, and the one
+way to stop it.
 
 The relay reads a request's events only through its Attempt, so the state machine
 (tether.actors.infer_state) sees every event the client's answer is made of. An Attempt knows
-nothing of rendering (tether.http.openai_render): answering from another Llm after a failure
-would be a new Attempt under the same renderer.
+nothing of rendering (tether.http.openai_render).
+
+A request for an alias may take several tries (docs/protocol.md, Aliases: failover): when
+its target fails before any output (an answer >= 500, or the hub's own `queue_full`), the
+Attempt starts the next try on a new reply channel (`again`) and reads that one instead,
+under the same renderer; the relay sees one request. Each target is tried at most once.
 """
 
 from __future__ import annotations
@@ -14,23 +18,34 @@ from collections.abc import Callable
 from typing import Any
 
 from tether.actors import messages as m
-from tether.actors.infer_state import ClientGone, InferState, Step
+from tether.actors.infer_state import ClientGone, End, InferState, Step
+
+# A new try of an alias's request without the targets that failed it: its reply channel
+# and how to withdraw it; None when there is nothing left to try.
+Again = Callable[[frozenset[str]], "tuple[queue.Queue, Callable[[str | None], None]] | None"]
 
 
 class Attempt:
     def __init__(
         self,
         reply: queue.Queue,
-        withdraw: Callable[[], None],
+        withdraw: Callable[[str | None], None],
         cancel: Callable[[m.Dispatched, str], None],
+        again: Again | None = None,
     ) -> None:
-        """`withdraw()` takes the request out of its Llm's wait queue; `cancel(dispatched,
-        reason)` stops its task where it runs."""
+        """`withdraw(served_by)` takes the request out of its Llm's wait queue (an alias's
+        target's, once one took it); `cancel(dispatched, reason)` stops its task where it
+        runs; `again`, for an alias, starts the next try after a failure."""
         self.reply = reply
         self.state = InferState()
         self._withdraw = withdraw
         self._cancel = cancel
         self._stopped = False
+        self._again = again
+        self._tried: frozenset[str] = frozenset()
+        self._failed: End | None = None  # a failed try's end: the answer if none is left
+        self._failed_at: str | None = None  # the target of that try
+        self._gone = False
 
     def next(self, timeout: float | None) -> tuple[Step, Any] | None:
         """The next event, folded into the state: its step and what it shows the client (the
@@ -42,10 +57,44 @@ class Attempt:
         except queue.Empty:
             return None
         step = self.state.apply(event)
+        if step is Step.END and self._again is not None:
+            if self._failed is not None and self.state.served_by is None:
+                return step, self._failed  # no target left that can serve now
+            if self._fails_over() and self._next_try():
+                return Step.WAIT, None
         return step, self.state.end if step is Step.END else event
+
+    @property
+    def served_by(self) -> str | None:
+        """The alias's target whose answer the client gets (so far)."""
+        return self.state.served_by or self._failed_at
+
+    def _fails_over(self) -> bool:
+        """A target failed before any output: an answer >= 500 of any origin, or the hub's
+        own `queue_full` (any other answer, and anything after output, is the client's)."""
+        state, end = self.state, self.state.end
+        if state.streamed or state.served_by is None or self._stopped:
+            return False
+        if isinstance(end, m.Failed):
+            return end.error.status >= 500 or end.error.code == "queue_full"
+        return isinstance(end, m.Completed) and end.status >= 500
+
+    def _next_try(self) -> bool:
+        assert self._again is not None and self.state.served_by is not None
+        self._tried |= {self.state.served_by}
+        started = self._again(self._tried)
+        if started is None:
+            return False
+        self._failed, self._failed_at = self.state.end, self.state.served_by
+        self.reply, self._withdraw = started
+        self.state = InferState()
+        if self._gone:  # the watcher told the channel of the try that just ended
+            self.reply.put(ClientGone())
+        return True
 
     def client_gone(self) -> None:
         """The client disconnected (called by its watcher): the reader learns it in turn."""
+        self._gone = True
         self.reply.put(ClientGone())
 
     def stop(self, reason: str) -> None:
@@ -57,4 +106,4 @@ class Attempt:
         if self.state.dispatched is not None:
             self._cancel(self.state.dispatched, reason)
         else:
-            self._withdraw()
+            self._withdraw(self.state.served_by)

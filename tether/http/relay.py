@@ -25,6 +25,8 @@ from tether.http.attempt import Attempt
 from tether.http.auth import usage_key
 from tether.http.openai_render import OpenAIRenderer, ask_for_usage
 
+SERVED_BY = "X-Tether-Llm"  # every relayed answer names the Llm that served it
+
 
 class Relay:
     def __init__(self, system: ActorSystem) -> None:
@@ -50,28 +52,45 @@ class Relay:
         streaming = bool(body.get("stream")) and endpoint != "embeddings"
         body, hide_usage = ask_for_usage(body, endpoint, streaming)  # usage is counted
         renderer = renderer or OpenAIRenderer(hide_usage)  # this request's own
+        affinity = req.get_header("X-Tether-Affinity")
+        key = usage_key(req.context.caller)
+        system = self._system
+
+        def start(tried: frozenset[str] | None) -> tuple[Any, Callable[[str | None], None]]:
+            reply = system.infer(name, body, streaming, endpoint, affinity, tried, key=key)
+            return reply, lambda served_by: system.withdraw(served_by or name, reply)
+
         try:
-            reply = self._system.infer(name, body, streaming, endpoint,
-                                       req.get_header("X-Tether-Affinity"),
-                                       key=usage_key(req.context.caller))
+            reply, withdraw = start(None)
         except BaseException:
             release()
             raise
         req.context.outcome_logged = True  # from here the reply channel logs the outcome
-        attempt = Attempt(reply, lambda: self._system.withdraw(name, reply),
-                          self._system.cancel)
+        # For the usage meter: the alias the client named (None: an Llm) and, once the
+        # answer begins, the Llm that served it.
+        req.context.alias = name if system.alias_targets(name) is not None else None
+        req.context.served_by = None
+        again = start if req.context.alias is not None else None
+        attempt = Attempt(reply, withdraw, system.cancel, again)
         stop_watch = disconnect.watch(req.env, attempt.client_gone)
 
         def finished() -> None:
             stop_watch()
+            # a stream's headers may have gone out before a failover: the last try's
+            req.context.served_by = attempt.served_by or name
             release()
+
+        def served(resp: falcon.Response) -> None:
+            """The answer begins: it names the Llm that serves it (an alias's target)."""
+            req.context.served_by = attempt.served_by or name
+            resp.set_header(SERVED_BY, req.context.served_by)
 
         try:
             if streaming:
-                handed_over = self._start_stream(resp, attempt, renderer, finished)
+                handed_over = self._start_stream(resp, attempt, renderer, finished, served)
             else:
                 handed_over = False
-                self._wait(resp, attempt, renderer)
+                self._wait(resp, attempt, renderer, served)
         except BaseException:
             finished()
             attempt.stop("client_gone")
@@ -79,14 +98,15 @@ class Relay:
         if not handed_over:
             finished()
 
-    def _wait(self, resp: falcon.Response, attempt: Attempt, renderer: streams.Renderer) -> None:
+    def _wait(self, resp: falcon.Response, attempt: Attempt, renderer: streams.Renderer,
+              served: Callable[[falcon.Response], None]) -> None:
         while True:
             got = attempt.next(self._deadline)
             if got is None:
                 attempt.stop("no_answer")
                 raise streams.no_answer(self._deadline)
             step, shown = got
-            if step is Step.END and _whole(resp, renderer, shown):
+            if step is Step.END and _whole(resp, renderer, shown, served):
                 return
             if step is Step.GONE:
                 attempt.stop("client_gone")
@@ -95,7 +115,7 @@ class Relay:
 
     def _start_stream(
         self, resp: falcon.Response, attempt: Attempt, renderer: streams.Renderer,
-        end: Callable[[], None],
+        end: Callable[[], None], served: Callable[[falcon.Response], None],
     ) -> bool:
         """Wait for the first byte's worth; True once the stream body took over the reply
         (and with it the duty to call `end()` when the answer is over)."""
@@ -115,7 +135,7 @@ class Relay:
                 first.append(idle)
                 break
             step, shown = got
-            if step is Step.END and _whole(resp, renderer, shown):
+            if step is Step.END and _whole(resp, renderer, shown, served):
                 return False  # nothing streamed yet: the plain answer
             if step is Step.GONE:
                 attempt.stop("client_gone")
@@ -125,6 +145,7 @@ class Relay:
                 finished = streams.render(renderer, step, shown, first)
                 if finished or any(first):
                     break  # the stream begins (not on chunks that show nothing yet)
+        served(resp)
         renderer.begin(resp)
         if finished:
             end()
@@ -142,13 +163,15 @@ class Relay:
         return True
 
 
-def _whole(resp: falcon.Response, renderer: streams.Renderer, end: End) -> bool:
+def _whole(resp: falcon.Response, renderer: streams.Renderer, end: End,
+           served: Callable[[falcon.Response], None]) -> bool:
     """Answer with `end` alone, before anything of a stream went out: a publisher's answer
     with its own status (verbatim), a hub error as a plain error (raised). False for
     StreamDone, which only ends a stream."""
     if isinstance(end, m.Failed):
         raise end.error
     if isinstance(end, m.Completed):
+        served(resp)
         renderer.answer(resp, end)
         return True
     return False

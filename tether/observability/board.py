@@ -85,6 +85,9 @@ class Board:
         # (tether.cluster.shared_board), set while this process is part of a cluster.
         self.cluster: ClusterView | None = None
         self._dirty: set[tuple[str, str]] | None = None  # noted only in a cluster
+        # The hub's aliases (docs/protocol.md, Aliases), name -> targets: config, set once
+        # at startup; each is shown with the target that serves it now.
+        self.aliases: dict[str, tuple[str, ...]] = {}
 
     # --- writers (actors, reply channels) ------------------------------------------------
 
@@ -255,12 +258,16 @@ class Board:
                 "lastWakeSeconds": row["lastWakeSeconds"],
                 "lastWakeOutcome": row["lastWakeOutcome"],
             })
+        aliases = [{"name": name, "targets": list(targets),
+                    "serving": _serving(targets, {r["name"]: r for r in rows})}
+                   for name, targets in sorted(self.aliases.items())]
         by_status: dict[str, int] = {}
         for wire in rows:
             by_status[wire["status"]] = by_status.get(wire["status"], 0) + 1
         return {
             "at": time.time(),
             "llms": rows,
+            "aliases": aliases,
             "errors": errors,
             "totals": {
                 "llms": len(rows),
@@ -306,6 +313,17 @@ class Board:
         with self._lock:
             watchers = self._bump()
         _wake(watchers)
+
+
+def _serving(targets: tuple[str, ...], rows: dict[str, dict[str, Any]]) -> str | None:
+    """The alias's target that takes its requests now: the first `active` one, served by
+    an open stream (a public Llm needs none); None when the next request would wait."""
+    for name in targets:
+        row = rows.get(name)
+        if row is not None and row["status"] == "active" and (
+                row["kind"] == "public" or row["streamOpen"]):
+            return name
+    return None
 
 
 def _wake(watchers: list[Watcher]) -> None:

@@ -55,6 +55,10 @@ REQUESTS = Counter(
 REQUEST_SECONDS = Histogram(
     "tether_request_seconds", "Time from a request reaching its Llm to its last byte or error.",
     ["llm"], buckets=_LATENCY, registry=REGISTRY)
+ALIAS_REQUESTS = Counter(
+    "tether_alias_requests", "Requests for an alias, by the target that answered (`llm`: "
+    "the alias itself when no target took it) and outcome; each try of a failover counts.",
+    ["alias", "llm", "code"], registry=REGISTRY)
 QUEUE_WAIT = Histogram(
     "tether_queue_wait_seconds", "Time a request waited before its task was sent (queue and "
     "wake included).", ["llm"], buckets=_LATENCY, registry=REGISTRY)
@@ -156,6 +160,7 @@ _requests = _children(REQUESTS)
 _request_seconds = _children(REQUEST_SECONDS)
 _http_responses = _children(HTTP_RESPONSES)
 _tokens = _children(TOKENS)
+_alias_requests = _children(ALIAS_REQUESTS)
 
 
 def _safe(fn: Callable[..., None]) -> Callable[..., None]:
@@ -200,6 +205,12 @@ def tokens_used(llm: str, prompt: int, completion: int) -> None:
     """An answer's usage (valid counts only: tether.observability.usage)."""
     _tokens(llm, "prompt").inc(prompt)
     _tokens(llm, "completion").inc(completion)
+
+
+@_safe
+def alias_request_done(alias: str, llm: str, status: int) -> None:
+    """A request for `alias` answered by its target `llm` (also in tether_requests_total)."""
+    _alias_requests(alias, llm, str(status)).inc()
 
 
 def _ms(seconds: float) -> int:

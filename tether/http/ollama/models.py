@@ -14,6 +14,7 @@ from typing import Any
 import falcon
 
 from tether.actors.system import ActorSystem
+from tether.http.alias_rows import Aliases
 from tether.http.body import BodyLimits
 from tether.http.ollama import schemas
 from tether.http.operation import Operation, json_body
@@ -62,8 +63,11 @@ class Tags:
     operations = {"GET": Operation("Ollama model list (the same names as /v1/models)",
                                    ok=schemas.TAGS, errors=schemas.ERROR)}
 
+    def __init__(self, aliases: Aliases | None = None) -> None:
+        self.aliases = aliases
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"models": [tag(row) for row in openai.listed(req)]}
+        resp.media = {"models": [tag(row) for row in openai.listed(req, self.aliases)]}
 
 
 class Running:
@@ -71,9 +75,13 @@ class Running:
     operations = {"GET": Operation("Ollama running models (the Llms awake now)", ok=schemas.PS,
                                    errors=schemas.ERROR)}
 
+    def __init__(self, aliases: Aliases | None = None) -> None:
+        self.aliases = aliases
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"models": [{**tag(row), "expires_at": NEVER, "size_vram": 0}
-                                 for row in openai.listed(req) if row.status == ACTIVE]}
+                                 for row in openai.listed(req, self.aliases)
+                                 if row.status == ACTIVE]}
 
 
 class Show:
@@ -83,10 +91,11 @@ class Show:
 
     def __init__(self, system: ActorSystem) -> None:
         self.limit = BodyLimits.of(system.settings)
+        self.aliases = system.settings.alias_targets()
 
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
-        row = openai.find(req, body["model"])
+        row = openai.find(req, body["model"], self.aliases)
         said = _ollama(row)
         info = said.get("model_info")
         capabilities = said.get("capabilities")

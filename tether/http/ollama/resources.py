@@ -51,6 +51,7 @@ class Generation:
         self.limiter = limiter
         self.translate = translate
         self.operations = {"POST": operation}
+        self.aliases = system.settings.alias_targets()
 
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
@@ -58,7 +59,8 @@ class Generation:
         auth.check_llm(req.context.caller, name)
         task = self.translate(body)
         if isinstance(task, translate.Load):
-            openai.find(req, name)  # nothing to relay, but the name must be one the lists show
+            # nothing to relay, but the name must be one the lists show
+            openai.find(req, name, self.aliases)
             resp.media = answers.loaded(task.kind, name, task.unload)
             return
         release = self.limiter.admit(req.context.caller)

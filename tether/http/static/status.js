@@ -143,6 +143,21 @@ function renderLlms(llms) {
   $("nollms").hidden = llms.length > 0;
 }
 
+function renderAliases(aliases) {
+  // Config: the rows stay; only which target serves changes.
+  const body = $("aliases").tBodies[0];
+  body.replaceChildren(...aliases.map((a) => {
+    const tr = document.createElement("tr");
+    tr.dataset.alias = a.name;
+    cell(tr, 0, a.name);
+    cell(tr, 1, a.serving || "none now", "serving").dataset.serving =
+      a.serving || "";
+    cell(tr, 2, a.targets.join(" → "));
+    return tr;
+  }));
+  $("aliasesection").hidden = aliases.length === 0;
+}
+
 function renderErrors(errors) {
   const body = $("errors").tBodies[0];
   body.replaceChildren(...errors.map((e) => {
@@ -180,6 +195,7 @@ function renderTotals(t) {
 function render(state) {
   renderTotals(state.totals);
   renderLlms(state.llms);
+  renderAliases(state.aliases || []);
   renderErrors(state.errors);
 }
 
