@@ -108,8 +108,9 @@ class LlmActor(TetherActor):
                 self._on_withdraw(message)
             case m.GraceEnded():
                 self._on_grace_ended(message)
-            case m.Relinquish():
-                self._fail_waiters(errors.HUB_BUSY())
+            case m.Relinquish() | m.Retire():  # moved elsewhere, or gone (no member left)
+                self._fail_waiters(errors.HUB_BUSY() if isinstance(message, m.Relinquish)
+                                   else errors.PUBLISHER_OFFLINE(name=self._state.name))
                 self.stop()  # on_stop finds no waiter left to tell "shutting down"
             case _:
                 assert_never(message)
