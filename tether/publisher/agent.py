@@ -263,8 +263,7 @@ class Publisher:
                 ref.stop(block=False)
 
     def routes(self) -> dict[str, str]:
-        """Each name served here, and the key of the backend serving it (the first backend
-        that lists a name serves it)."""
+        """Each name served here → the key of its backend (the first that lists it)."""
         out: dict[str, str] = {}
         for backend in self.config.backends:
             if backend.key in self.actors or backend.key in self.down:
@@ -304,6 +303,8 @@ class Publisher:
             self.served[key] = served
             changed = {name for name, x in served.items() if before.get(name) != x}
             gone = set(before) - set(served)
+            # A name held elsewhere (409) was never ours: not retried, nor withdrawn.
+            gone, self.registrar.held = gone - self.registrar.held, self.registrar.held - gone
             if changed or gone:
                 log.info("%s now lists %d model(s): %d new or changed, %d gone", key,
                          len(served), len(changed), len(gone))
@@ -319,9 +320,8 @@ class Publisher:
                 withdraw(self.hub, self.session_id, sorted(gone))
 
     def _withdraw_stale(self, listed: list[str]) -> None:
-        """The `hello` frame lists what the hub thinks this session publishes: what nothing
-        here serves (removed while we were away) is withdrawn, or a heartbeat would keep
-        it alive."""
+        """What the `hello` frame lists and nothing here serves (removed while we were
+        away) is withdrawn, or a heartbeat would keep it alive."""
         with self._sync_lock:
             stale = set(listed) - set(self.routes())
             if stale and self.session_id is not None:
