@@ -81,7 +81,7 @@ def test_one_import_names_every_message_and_what_they_carry() -> None:
 
 
 def test_a_public_llm_takes_only_what_any_llm_actor_takes() -> None:
-    assert PublicLlmActor.accepts == {m.Infer, m.Withdraw, m.TaskEnded}
+    assert PublicLlmActor.accepts == {m.Infer, m.Withdraw, m.TaskEnded, m.Retire}
     assert PublicLlmActor.accepts < LlmActor.accepts
 
 

@@ -218,8 +218,8 @@ def test_bad_publisher_config_exits_2_naming_the_key(tmp_path):
                                 'max_concurency = 3\n')
     assert done.returncode == 2
     assert str(conf) in done.stderr and "max_concurency" in done.stderr
-    done = publish_once("--hub", "http://h")
-    assert done.returncode == 2 and "--name" in done.stderr
+    done = publish_once("--hub", "http://h", "--backend", "http://x/v1", "--name", "a")
+    assert done.returncode == 2 and "--name and --model together" in done.stderr
 
 
 def test_a_stream_after_the_hub_dropped_idle_connections_still_relays(

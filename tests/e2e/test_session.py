@@ -19,7 +19,9 @@ def test_stream_says_hello_and_keeps_alive(hub, publisher):
     assert stream.response.headers["Content-Type"].startswith("text/event-stream")
     hello = stream.next()
     assert hello.event == "hello"
-    assert hello.json() == {"providerSessionId": publisher.session_id, "heartbeatIntervalS": 30}
+    # It lists every name the session publishes (a publisher withdraws those it lost).
+    assert hello.json() == {"providerSessionId": publisher.session_id, "heartbeatIntervalS": 30,
+                            "llms": ["m1"]}
     wait_until(lambda: "keepalive" in stream.comments, timeout=5)  # keepalive_s = 1 in tests
     stream.close()
 

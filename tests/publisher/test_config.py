@@ -175,3 +175,29 @@ def test_each_bad_hub_in_the_list_is_reported_with_the_other_errors():
         "pub.toml: hub[1]: must be an http(s) URL (not 'a:2')",
         "pub.toml: hub[2]: must be an http(s) URL (not 'ftp://c')",
     ]
+
+
+def discovering(**backend) -> dict:
+    return {"hub": "http://h:1", "backends": [{"base_url": "http://b/v1", **backend}]}
+
+
+def test_a_backend_without_name_and_model_discovers_its_models():
+    config = parse(discovering(prefix="gpu-", max_concurrency=2), "t")
+    backend = config.backends[0]
+    assert backend.discovers and backend.prefix == "gpu-" and backend.max_concurrency == 2
+    assert backend.key == "gpu-*@http://b/v1"
+    assert not parse(base(), "t").backends[0].discovers
+
+
+@pytest.mark.parametrize("data, needle", [
+    (discovering(name="a"), "give name and model together, or neither"),
+    (discovering(model="m"), "give name and model together, or neither"),
+    (base(prefix="x-"), "prefix is for a backend without name and model"),
+    (discovering(prefix="-x"), "prefix: must be empty or start a valid Llm name"),
+    ({"hub": "http://h:1", "backends": [{"base_url": "http://b/v1"}] * 2},
+     "two backends list the same base_url with the same prefix"),
+])
+def test_discovery_config_errors_name_the_key(data, needle):
+    with pytest.raises(PublisherConfigError) as exc:
+        parse(data, "t")
+    assert needle in str(exc.value)

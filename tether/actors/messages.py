@@ -48,6 +48,7 @@ from tether.actors.supervisor_messages import RetireExpired as RetireExpired
 from tether.actors.supervisor_messages import SessionStreamLost as SessionStreamLost
 from tether.actors.supervisor_messages import SessionStreamOpened as SessionStreamOpened
 from tether.actors.supervisor_messages import SupervisorMessage as SupervisorMessage
+from tether.actors.supervisor_messages import WithdrawNames as WithdrawNames
 from tether.errors import TetherError
 
 
@@ -230,6 +231,12 @@ class Relinquish:
     is not shutting down), then stop."""
 
 
+@dataclass(frozen=True)
+class Retire:
+    """To the actor of a name that is gone (its last member withdrew or expired): answer
+    the requests waiting here 503 `publisher_offline`, then stop."""
+
+
 # --- SessionActor ------------------------------------------------------------------------
 
 
@@ -237,6 +244,7 @@ class Relinquish:
 class OpenStream:
     outbox: queue.Queue = field(compare=False)
     last_event_id: str | None = None  # as the publisher sent it: FrameIds.parse reads it
+    names: tuple[str, ...] = ()  # what the session publishes: the `hello` frame lists them
 
 
 @dataclass(frozen=True)
@@ -347,10 +355,10 @@ LlmMessage: TypeAlias = (
     Infer | Withdraw | Adopt | Relink | RecordHeartbeat | SetStatus | StreamLost | StreamOpened
     | ExpireHeartbeat | WakeSucceeded | WakeFailed | WakeTimedOut | TaskEnded | TasksInFlight
     | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut | TaskMoved
-    | InventoryTimedOut | Relinquish
+    | InventoryTimedOut | Relinquish | Retire
 )
 # A public Llm's actor takes only what may reach it: its infers, their ends, a withdrawal.
-PublicLlmMessage: TypeAlias = Infer | Withdraw | TaskEnded
+PublicLlmMessage: TypeAlias = Infer | Withdraw | TaskEnded | Retire
 SessionMessage: TypeAlias = (
     OpenStream | LlmRestarted | StreamClosed | SendInfer | ReleaseTasks | SendWake
     | SubmitResult | CancelTask | TaskTimedOut | GraceExpired | Drain | DrainExpired

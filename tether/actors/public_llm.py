@@ -54,6 +54,8 @@ class PublicLlmActor(TetherActor):
                 self._proxied.discard(message.task_id)
             case m.Withdraw():
                 pass  # its call started at once: the client's cancel goes by its Dispatched
+            case m.Retire():
+                self.stop()  # its calls under way end by themselves
             case _:
                 assert_never(message)
 

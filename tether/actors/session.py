@@ -88,7 +88,8 @@ class SessionActor(TetherActor):
             self._grace.cancel()
             self._grace = None
         tell(self._supervisor.ref, m.SessionStreamOpened(self._session_id))
-        hello = task_wire.hello(self._session_id, self._settings.heartbeat_interval_s)
+        hello = task_wire.hello(self._session_id, self._settings.heartbeat_interval_s,
+                                list(msg.names))
         msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
         frames = self._tasks.replay(msg.last_event_id)
         if frames is not None:  # a resume: the publisher holds the tasks up to its id

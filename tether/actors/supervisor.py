@@ -83,6 +83,8 @@ class Supervisor(TetherActor):
                 self._on_retire_expired(message)
             case m.ReportStatus():
                 return self._on_report_status(message)
+            case m.WithdrawNames():
+                self._on_withdraw(message)
             case m.ChildFailed():
                 self._on_child_failed(message)
             case _:
@@ -259,6 +261,30 @@ class Supervisor(TetherActor):
         return [self._llms[name].ask(m.SetStatus(msg.session_id, status), block=False)
                 for name, status in msg.updates]
 
+    def _on_withdraw(self, msg: m.WithdrawNames) -> None:
+        """The session's members leave (the store refuses, applying nothing, if one name is
+        another's); serialized with registrations, like every change of members."""
+        changed = store.withdraw(msg.session_id, msg.names)
+        members = store.members_of(changed)
+        for name in changed:
+            row = store.get(name)
+            if row is not None:
+                self._adopt_row(row, members[name])  # a pool goes on without this member
+            else:
+                self._gone(name)
+        self._names_changed(msg.session_id)
+        self._publish_directory()
+        if changed:
+            log.info("session %s withdrew %s", msg.session_id, ", ".join(changed))
+
+    def _gone(self, name: str) -> None:
+        """`name`'s last member left: its waiters get 503 publisher_offline."""
+        self._retire(name)
+
+    def _names_changed(self, session_id: str) -> None:
+        """The session's names changed in the store (here, _adopt_row and _retire keep
+        them)."""
+
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
         changed = store.delete_expired(msg.cutoff)
         members = store.members_of(changed)
@@ -279,7 +305,7 @@ class Supervisor(TetherActor):
     def _retire(self, name: str) -> None:
         ref = self._llms.pop(name, None)
         if ref is not None:
-            ref.stop(block=False)
+            tell(ref, m.Retire())
         for session_id in self._members.pop(name, ()):
             if session_id in self._sessions:
                 self._set_names(session_id, self._sessions[session_id].names - {name})

@@ -55,6 +55,15 @@ class ReportStatus:
 
 
 @dataclass(frozen=True)
+class WithdrawNames:
+    """A publisher no longer serves these names (docs/protocol.md, Withdraw): its member of
+    each leaves; a name left without members goes."""
+
+    session_id: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RetireExpired:
     cutoff: dt.datetime
 
@@ -128,7 +137,7 @@ class HomeSession:
 
 SupervisorMessage: TypeAlias = (
     Register | ChildFailed | SessionStreamLost | SessionStreamOpened | ReportStatus
-    | RetireExpired
+    | RetireExpired | WithdrawNames
 )
 # What a ClusterSupervisor takes besides the SupervisorMessages.
 ClusterSupervisorMessage: TypeAlias = (

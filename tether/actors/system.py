@@ -286,6 +286,10 @@ class ActorSystem:
         if not all(applied):  # cannot happen while the supervisor serializes owners
             raise errors.FORBIDDEN(why="provider session lost a name while reporting its status")
 
+    def withdraw_names(self, session_id: str, names: Sequence[str]) -> None:
+        """The publisher no longer serves `names` (docs/protocol.md, Withdraw)."""
+        ask(self.supervisor, m.WithdrawNames(session_id, tuple(names)))
+
     def _ask_all(self, names: Sequence[str] | frozenset[str], message: Any) -> list[Any]:
         futures = []
         for name in names:
@@ -305,7 +309,7 @@ class ActorSystem:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
         if self._draining:  # its drain already ended the stream with `retry:`
             raise errors.SHUTTING_DOWN()
-        token = ask(entry.ref, m.OpenStream(outbox, last_event_id))
+        token = ask(entry.ref, m.OpenStream(outbox, last_event_id, tuple(sorted(entry.names))))
         # The session told the supervisor before answering; once the supervisor answers this
         # too, the session's LlmActors have the news queued ahead of any later infer: a
         # member gets work as soon as its publisher sees `hello`, never a 503 before.

@@ -8,7 +8,9 @@ from typing import Any, Protocol
 
 import pykka
 
+from tether import errors
 from tether.cluster.codec import Address
+from tether.store import llms as store
 
 
 class Sender(Protocol):
@@ -132,3 +134,13 @@ def failed_future(error: BaseException) -> pykka.Future[Any]:
     future: pykka.Future[Any] = pykka.ThreadingFuture()
     future.set_exception((type(error), error, None))
     return future
+
+
+def unowned(name: str) -> errors.TetherError:
+    """Why an infer for `name` finds no owner: the name is gone (withdrawn, retired), or
+    nobody can serve it now."""
+    try:
+        gone = store.get(name) is None
+    except Exception:  # noqa: BLE001 - the database is away: it may exist
+        gone = False
+    return errors.LLM_NOT_FOUND(name=name) if gone else errors.PUBLISHER_OFFLINE(name=name)

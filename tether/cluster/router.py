@@ -39,7 +39,7 @@ from tether.cluster.bus import TICK_S, Bus
 from tether.cluster.leases import Homes, Leases
 from tether.cluster.owners import Owners
 from tether.cluster.pending import PendingRequests
-from tether.cluster.proxies import RemoteLlm, failed_future
+from tether.cluster.proxies import RemoteLlm, failed_future, unowned
 from tether.cluster.shared_board import SharedBoard
 from tether.common.actor import tell
 from tether.common.runtime import Timer, call_later, spawn
@@ -263,7 +263,7 @@ class BusRouter:
             owner = None
         if owner is None:
             if infer:
-                message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=name)))
+                message.reply.put(m.Failed(unowned(name)))
             return
         self.send_tell(owner, ("llm", owner, name), message)
 

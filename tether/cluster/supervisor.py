@@ -140,6 +140,23 @@ class ClusterSupervisor(Supervisor):
         return [self._llm(name).ask(m.SetStatus(msg.session_id, status), block=False)
                 for name, status in msg.updates]
 
+    def _gone(self, name: str) -> None:
+        """A name owned by another process is retired there (it finds the row gone)."""
+        if name in self._llms:
+            super()._gone(name)
+            return
+        owner = self._router.owners.owner(name)
+        if owner is not None:
+            self._router.supervise(owner, "reload_llm", name)
+
+    def _names_changed(self, session_id: str) -> None:
+        """The session's home re-reads its names (as after a register)."""
+        home = self._router.homes.live_home(session_id)
+        if home is not None and home.process != self._home:
+            self._router.supervise(home.process, "reload_session", session_id)
+        elif session_id in self._sessions:
+            self._set_names(session_id, frozenset(store.names_of_session(session_id)))
+
     # --- streams -------------------------------------------------------------------------
 
     def _on_stream_opened(self, msg: m.SessionStreamOpened) -> None:

@@ -70,6 +70,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
          provider.Stream(system, auth, streams_per_key)),
         ("/api/v1/llms/_provider-heartbeat", provider.Heartbeat(system, auth)),
         ("/api/v1/llms/_provider-status", provider.Status(system, auth)),
+        ("/api/v1/llms/_provider-withdraw", provider.Withdraw(system, auth)),
         ("/api/v1/llms/_provider-task/{task_id}/result", provider.TaskResult(system, auth)),
         ("/api/v1/llms/{name}", llms.LlmItem(system)),
         ("/api/v1/llms/{name}/infer", infer.Infer(system, relay, limiter, infer.NATIVE)),

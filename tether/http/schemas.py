@@ -78,6 +78,16 @@ STATUS = {
     },
 }
 
+# The names a publisher no longer serves (docs/protocol.md, Withdraw).
+WITHDRAW = {
+    "type": "object",
+    "required": ["providerSessionId", "names"],
+    "properties": {
+        "providerSessionId": SESSION_ID,
+        "names": {"type": "array", "minItems": 1, "maxItems": 64, "items": LLM_NAME},
+    },
+}
+
 CHUNK = {
     "type": "object",
     "minProperties": 1,

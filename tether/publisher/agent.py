@@ -1,6 +1,9 @@
 """The publisher's session with the hub: register, hold the task stream, heartbeat, and come
 back after any loss (stream ended, hub down, 404 on heartbeat) with backoff and jitter, at the
-next of the configured hub URLs (docs/protocol.md, Several hub processes)."""
+next of the configured hub URLs (docs/protocol.md, Several hub processes). One BackendActor
+per backend serves each of its names; a discovering backend's changes are registered and
+withdrawn as they come (docs/protocol.md, Discovery), and a name the `hello` frame lists that
+nothing here serves is withdrawn at once."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 import pykka
 
 from tether.common import sse, task_wire
@@ -24,6 +28,7 @@ from tether.publisher import messages as m
 from tether.publisher import tasks
 from tether.publisher.backend import BackendActor, Crashed
 from tether.publisher.config import BackendConfig, PublisherConfig
+from tether.publisher.discovery import Served
 from tether.publisher.hub_client import HubClient, body_chunks, socket_of
 from tether.publisher.registration import (
     Registrar,
@@ -31,6 +36,7 @@ from tether.publisher.registration import (
     Status,
     provider_spec,
     report_status,
+    withdraw,
 )
 from tether.publisher.session_file import SessionFile
 
@@ -52,7 +58,12 @@ class Publisher:
         self.hub = HubClient(config.hub, config.key)
         self.session_file = SessionFile(config.session_path)
         self.session_id: str | None = self.session_file.read()
-        self.actors: dict[str, pykka.ActorRef] = {}
+        self.actors: dict[str, pykka.ActorRef] = {}  # by backend key (BackendConfig.key)
+        # What each backend serves, by its key: its one name, or what it listed last.
+        self.served: dict[str, dict[str, Served]] = {
+            b.key: {} if b.discovers else {b.name: Served(b)} for b in config.backends}
+        self._sync_lock = gevent.lock.BoundedSemaphore()  # one register/withdraw at a time
+        self._idle_logged = False
         self.last_event_id: str | None = None
         self.stopping = gevent.event.Event()
         self._stream: Any = None
@@ -84,7 +95,11 @@ class Publisher:
         without one → published once its probe passes."""
         for backend in self.config.backends:
             up = BackendClient(backend.base_url, backend.api_key, 1).probe()
-            if up or backend.wake is not None:
+            if backend.discovers:  # its actor lists its models once it is up
+                self._start_actor(backend, asleep=not up)
+                log.info("publishing what %s lists (%s)", backend.key,
+                         "up" if up else "down for now")
+            elif up or backend.wake is not None:
                 self._start_actor(backend, asleep=not up)
                 log.info("publishing %s (%s)", backend.name, "active" if up else "hibernating")
             else:
@@ -93,9 +108,9 @@ class Publisher:
                 self._pending.append(gevent.spawn(self._await_backend, backend))
 
     def _start_actor(self, backend: BackendConfig, asleep: bool) -> None:
-        self.actors[backend.name] = BackendActor.start(
+        self.actors[backend.key] = BackendActor.start(
             backend, self.hub, self.current_session, asleep, self._on_backend_crashed,
-            self.config.probe_interval_s)
+            self.config.probe_interval_s, self.served[backend.key], self._on_served)
 
     # --- supervision ---------------------------------------------------------------------
 
@@ -112,7 +127,7 @@ class Publisher:
         while history and now - history[0] > RESTART_WINDOW_S:
             history.popleft()
         history.append(now)
-        backend = next(b for b in self.config.backends if b.name == crash.name)
+        backend = next(b for b in self.config.backends if b.key == crash.name)
         if len(history) > MAX_RESTARTS:
             log.error("the actor of backend %s crashed %d times in %g s: leaving it down "
                       "(its Llm hibernates and every wake fails; restart tether publish)",
@@ -124,15 +139,15 @@ class Publisher:
         self._start_actor(backend, asleep=crash.asleep)
         log.warning("restarted the actor of backend %s", crash.name)
 
-    def _report_down(self, name: str) -> None:
+    def _report_down(self, key: str) -> None:
         """A backend left down hibernates at the hub: a request wakes it, the wake fails at
         once (see dispatch), and the client gets 503 `wake_failed` instead of a wait."""
-        report_status(self.hub, self.session_id, name, "hibernating")
+        report_status(self.hub, self.session_id, list(self.served.get(key, {})), "hibernating")
 
     def crash_backend(self) -> None:
         """Fault injection (TETHER_FAULT_INJECTION=1, SIGUSR1): the first backend's actor
         raises, as a bug would."""
-        ref = self.actors.get(self.config.backends[0].name)
+        ref = self.actors.get(self.config.backends[0].key)
         if ref is not None:
             tell(ref, Crash())
 
@@ -158,12 +173,18 @@ class Publisher:
         while not self.stopping.is_set():
             lost = False  # this hub is gone or failing: the next attempt goes to the next one
             try:
-                if self.actors:
+                if set(self.routes()):
+                    self._idle_logged = False
                     if self.connect_once():
                         failures = 0
                     lost = True  # the stream ended
                 else:
-                    log.info("no backend is up yet; waiting")
+                    if not self._idle_logged:  # once, not each interval
+                        log.info("no backend is up yet; waiting (one that lists its models "
+                                 "is published once it lists one)")
+                    self._idle_logged = True
+                    self.stopping.wait(self.config.probe_interval_s)
+                    continue
             except Unreachable as exc:
                 log.warning("hub session lost: %s", exc)
                 lost = True
@@ -241,27 +262,77 @@ class Publisher:
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(block=False)
 
-    def providers(self) -> list[dict[str, Any]]:
+    def routes(self) -> dict[str, str]:
+        """Each name served here → the key of its backend (the first that lists it)."""
+        out: dict[str, str] = {}
+        for backend in self.config.backends:
+            if backend.key in self.actors or backend.key in self.down:
+                for name in self.served.get(backend.key, {}):
+                    out.setdefault(name, backend.key)
+        return out
+
+    def providers(self, only: set[str] | None = None) -> list[dict[str, Any]]:
+        """The register specs of the names served here (of `only`, if given)."""
+        routes = self.routes()
         specs = []
         for backend in self.config.backends:
-            ref = self.actors.get(backend.name)
-            status: Status
-            if backend.name in self.down:
-                status = "hibernating"
-            elif ref is None:
+            mine = [name for name, key in routes.items() if key == backend.key
+                    and (only is None or name in only)]
+            if not mine:
                 continue
-            else:
-                try:
+            status: Status = "hibernating"
+            ref = self.actors.get(backend.key)
+            if backend.key not in self.down and ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):  # its restart is under way
                     status = ref.ask(m.GetStatus(), block=True, timeout=ASK_TIMEOUT_S)
-                except pykka.ActorDeadError:  # crashed just now: its restart is under way
-                    status = "hibernating"
-            specs.append(provider_spec(backend, status))
+            served = self.served[backend.key]
+            specs += [provider_spec(served[name].config, status, served[name].extra_config)
+                      for name in mine]
         return specs
 
-    def register(self) -> None:
-        """Register every backend; names another session holds are retried every
-        `probe_interval_s` (registration.Registrar)."""
-        session_id, taken = self.registrar.register(self.session_id, self.providers())
+    def _on_served(self, key: str, served: dict[str, Served]) -> None:
+        """A discovering backend listed something new (called in its actor: never blocks)."""
+        gevent.spawn(self._sync, key, served)
+
+    def _sync(self, key: str, served: dict[str, Served]) -> None:
+        """Register what a backend lists anew (or lists with other details), withdraw what
+        it no longer lists. If the hub cannot be told now, the next connect registers
+        everything, and its `hello` says what to withdraw."""
+        with self._sync_lock:
+            before = self.served.get(key, {})
+            self.served[key] = served
+            changed = {name for name, x in served.items() if before.get(name) != x}
+            gone = set(before) - set(served)
+            # A name held elsewhere (409) was never ours: not retried, nor withdrawn.
+            gone, self.registrar.held = gone - self.registrar.held, self.registrar.held - gone
+            if changed or gone:
+                log.info("%s now lists %d model(s): %d new or changed, %d gone", key,
+                         len(served), len(changed), len(gone))
+            if self.session_id is None:
+                return  # not registered yet: the first connect registers everything
+            gone -= set(self.routes())  # another backend serves it still
+            try:
+                if changed:
+                    self.register(only=changed)
+            except (Registration, Unreachable) as exc:
+                log.warning("could not register %s: %s", ", ".join(sorted(changed)), exc)
+            if gone:
+                withdraw(self.hub, self.session_id, sorted(gone))
+
+    def _withdraw_stale(self, listed: list[str]) -> None:
+        """What the `hello` frame lists and nothing here serves (removed while we were
+        away) is withdrawn, or a heartbeat would keep it alive."""
+        with self._sync_lock:
+            stale = set(listed) - set(self.routes())
+            if stale and self.session_id is not None:
+                log.info("the hub still lists %s for this session: withdrawing",
+                         ", ".join(sorted(stale)))
+                withdraw(self.hub, self.session_id, sorted(stale))
+
+    def register(self, only: set[str] | None = None) -> None:
+        """Register every name served here (or those of `only`); names another session
+        holds are retried every `probe_interval_s` (registration.Registrar)."""
+        session_id, taken = self.registrar.register_all(self.session_id, self.providers(only))
         if self.registrar.held and (self._retry_held is None or self._retry_held.dead):
             self._retry_held = gevent.spawn(self._retry_held_names)
         if session_id != self.session_id:
@@ -280,7 +351,8 @@ class Publisher:
 
     def connect_once(self) -> bool:
         """One session: register, stream until it ends. True if the stream said hello."""
-        self.register()
+        with self._sync_lock:  # a discovery change meanwhile goes after it, not beside it
+            self.register()
         assert self.session_id is not None
         response = self.hub.open_stream(self.session_id, self.last_event_id, read_timeout=90)
         if response.status != 200:
@@ -296,8 +368,12 @@ class Publisher:
                     continue  # a keepalive comment
                 if item.event == "hello":
                     greeted = True
-                    interval = float(item.json().get("heartbeatIntervalS", 30))
+                    hello = item.json()
+                    interval = float(hello.get("heartbeatIntervalS", 30))
                     self._start_heartbeat(interval)
+                    listed = hello.get("llms")
+                    if isinstance(listed, list) and set(listed) - set(self.routes()):
+                        gevent.spawn(self._withdraw_stale, [str(x) for x in listed])
                     log.info("connected to %s", self.hub.url)
                 elif item.event == "task":
                     if item.id is not None:
@@ -321,11 +397,12 @@ class Publisher:
             log.warning("ignoring a task of unknown kind %r", task["kind"])
             return
         task_id, name = task["taskId"], task["llmName"]
-        ref = self.actors.get(name)
+        key = self.routes().get(name)
+        ref = self.actors.get(key) if key is not None else None
         if self._draining is not None:
             refusal = error_result("the publisher is shutting down; the task was not started",
                                    503, "publisher_disconnected", retryable=True)
-        elif name in self.down:
+        elif key in self.down:
             refusal = error_result(f"backend {name}'s actor is down on this publisher", 503,
                                    retryable=True)
         elif ref is None:

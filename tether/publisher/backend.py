@@ -1,5 +1,9 @@
-"""BackendActor: one per backend. Owns its concurrency slots and their ordered wait queue,
-the wake and sleep state, and the idle timer that scales the backend to zero.
+"""BackendActor: one per backend process, whatever number of Llm names it serves (a backend
+that discovers its models serves each it lists). Owns its concurrency slots and their
+ordered wait queue, the wake and sleep state, and the idle timer that scales the backend to
+zero: those belong to the backend process, so one model's idle sleep never stops the server
+under its siblings. A discovering backend's list is read here too (every probe_interval_s,
+never while tasks run), and each change is handed to the publisher (`on_served`).
 
 Work that blocks (backend calls, result POSTs, recipes) runs in spawned greenlets that report
 back with a message; the actor itself never waits on the network.
@@ -25,10 +29,12 @@ from tether.common.actor import TetherActor, tell
 from tether.common.backend_client import BackendClient, Unreachable
 from tether.common.runtime import Timer, call_later
 from tether.common.task_wire import InferTask, Result, error_result, final_result
+from tether.publisher import discovery, tasks
 from tether.publisher import messages as m
-from tether.publisher import recipes, tasks
 from tether.publisher.config import BackendConfig
+from tether.publisher.discovery import Served
 from tether.publisher.hub_client import HubClient
+from tether.publisher.idle_sleep import IdleSleep
 from tether.publisher.registration import Status, report_status
 from tether.publisher.waking import wake
 
@@ -43,19 +49,31 @@ REMEMBERED_TASKS = 4096
 class Crashed:
     """What a crashed BackendActor tells the publisher, from its on_failure."""
 
-    name: str
+    name: str  # the backend's key
     ref: pykka.ActorRef
     asleep: bool
 
 
-class BackendActor(TetherActor):
+OnServed = Callable[[str, dict[str, Served]], None]
+
+
+class BackendActor(TetherActor, IdleSleep):
     def __init__(self, backend: BackendConfig, hub: HubClient,
                  session_id: Callable[[], str | None], asleep: bool,
                  on_crash: Callable[[Crashed], None] | None = None,
-                 probe_interval_s: float = 5.0) -> None:
+                 probe_interval_s: float = 5.0, served: dict[str, Served] | None = None,
+                 on_served: OnServed | None = None) -> None:
         super().__init__()
         self.on_crashed = on_crash
         self.backend = backend
+        self.key = backend.key
+        # The Llms it serves, by name: its one name, or what its latest listing said.
+        if served is None:
+            served = {} if backend.discovers else {backend.name: Served(backend)}
+        self.catalogue = discovery.Catalogue(backend, served)
+        self.on_served = on_served
+        self.listing: gevent.Greenlet | None = None
+        self.list_timer: Timer | None = None
         self.client = BackendClient(backend.base_url, backend.api_key, backend.max_concurrency)
         self.hub = hub
         self.session_id = session_id
@@ -104,6 +122,10 @@ class BackendActor(TetherActor):
                 return self._on_get_drain_state(message)
             case m.Abandon():
                 return self._on_abandon(message)
+            case m.ListDue():
+                self._on_list_due()
+            case m.Listed():
+                self._on_listed(message)
             case _:
                 assert_never(message)
 
@@ -111,9 +133,18 @@ class BackendActor(TetherActor):
         self._arm_idle()
         if self.asleep and self.backend.wake is None:
             self._schedule_probe()
+        if self.backend.discovers:
+            if self.asleep and self.backend.wake is not None:
+                self._start_wake()  # woken once to read its list; it may sleep again
+            else:
+                self._on_list_due()
+
+    @property
+    def served(self) -> dict[str, Served]:
+        return self.catalogue.served
 
     def _cancel_timers(self) -> None:
-        for timer in (self.idle_timer, self.probe_timer):
+        for timer in (self.idle_timer, self.probe_timer, self.list_timer):
             if timer is not None:
                 timer.cancel()
 
@@ -140,7 +171,7 @@ class BackendActor(TetherActor):
 
     def report_crash(self) -> None:
         if self.on_crashed is not None:
-            self.on_crashed(Crashed(self.backend.name, self.actor_ref, self.asleep))
+            self.on_crashed(Crashed(self.key, self.actor_ref, self.asleep))
 
     # --- infer ---------------------------------------------------------------------------
 
@@ -171,6 +202,10 @@ class BackendActor(TetherActor):
             return
         while self.waiting and len(self.running) < self.backend.max_concurrency:
             task = self.waiting.popleft()
+            if task["llmName"] not in self.served:  # withdrawn since the hub sent it
+                self._post_later(task["taskId"], error_result(
+                    f"{task['llmName']!r} is no longer served by this publisher", 404))
+                continue
             self.running[task["taskId"]] = self._spawn_task(task)
 
     def _spawn_task(self, task: InferTask) -> gevent.Greenlet:
@@ -179,7 +214,8 @@ class BackendActor(TetherActor):
         def work() -> None:
             down: str | None = None
             try:
-                tasks.run_infer(task, self.backend, self.client, self.hub, self.session_id)
+                tasks.run_infer(task, self.served[task["llmName"]].config, self.client,
+                                self.hub, self.session_id)
             except tasks.BackendDown as exc:
                 down = str(exc)
             finally:
@@ -209,7 +245,7 @@ class BackendActor(TetherActor):
             self.waiting.appendleft(msg.task)
         if not self.asleep and not self.draining:
             self.asleep = True
-            log.warning("backend %s cannot be reached (%s): hibernating, %s", self.backend.name,
+            log.warning("backend %s cannot be reached (%s): hibernating, %s", self.key,
                         msg.error, "the next request wakes it" if self.backend.wake else
                         f"probed every {self.probe_interval_s:g} s")
             self._report("hibernating")
@@ -263,7 +299,7 @@ class BackendActor(TetherActor):
             try:
                 outcome = wake(backend, client)
             except Exception as exc:  # noqa: BLE001 - e.g. OSError from send_wol
-                log.warning("wake of %s failed: %r", backend.name, exc)
+                log.warning("wake of %s failed: %r", backend.key, exc)
                 outcome = m.WakeFinished(f"the wake recipe failed ({type(exc).__name__})")
             finally:
                 tell(me, outcome)
@@ -273,10 +309,12 @@ class BackendActor(TetherActor):
     def _on_wake_finished(self, msg: m.WakeFinished) -> None:
         self.waking = None
         answered, self.wake_tasks = self.wake_tasks, []
-        name = self.backend.name
+        name = self.key
         if msg.error is None:
             self.asleep = False
             log.info("backend %s is awake", name)
+            if self.backend.discovers:
+                self._on_list_due()
             result: Result = final_result(200, {"awake": True})
             if not answered:
                 self._report("active")  # woken for a task of ours: the hub still says asleep
@@ -313,16 +351,50 @@ class BackendActor(TetherActor):
         if self.asleep and self.backend.wake is None and not self.draining:
             self._start_wake()  # without a recipe a wake is a probe; failing, it re-arms
 
+    # --- discovery -----------------------------------------------------------------------
+
+    def _on_list_due(self) -> None:
+        """Read the list now if the backend is up and idle (a request beside a stream would
+        cut it on llama-cpp-python's server: see the module doc), and again in an interval."""
+        if self.list_timer is not None:
+            self.list_timer.cancel()
+        self.list_timer = call_later(self.probe_interval_s, tell, self.actor_ref, m.ListDue())
+        if self.listing is not None or self.asleep or self.draining or self._busy():
+            return
+        me, backend = self.actor_ref, self.backend
+
+        def listing() -> None:
+            outcome = m.Listed(error="the listing was interrupted")
+            try:
+                ids = discovery.list_ids(backend.base_url, backend.api_key)
+                details = discovery.ollama_details(backend.base_url, backend.api_key)
+                outcome = m.Listed(tuple(ids), details)
+            except discovery.ListingFailed as exc:
+                outcome = m.Listed(error=str(exc))
+            finally:
+                tell(me, outcome)
+
+        self.listing = gevent.spawn(listing)
+
+    def _on_listed(self, msg: m.Listed) -> None:
+        self.listing = None
+        if msg.error is not None:
+            self.catalogue.failed(msg.error)
+            return
+        changed = self.catalogue.read(msg.ids, msg.details or {})
+        if changed is not None and self.on_served is not None:
+            self.on_served(self.key, changed)
+
     def _report(self, status: Status) -> None:
         """Tell the hub, in the order the changes happened (each report waits for the one
         before it)."""
-        before, hub, name, session_id = self.reporting, self.hub, self.backend.name, \
+        before, hub, names, session_id = self.reporting, self.hub, list(self.served), \
             self.session_id
 
         def send() -> None:
             if before is not None:
                 before.join()
-            report_status(hub, session_id(), name, status)
+            report_status(hub, session_id(), names, status)
 
         self.reporting = gevent.spawn(send)
 
@@ -357,63 +429,6 @@ class BackendActor(TetherActor):
                 "the publisher shut down before the backend answered", 503,
                 "publisher_disconnected"))
         return [g for g in self.posts if not g.dead]
-
-    # --- idle sleep ----------------------------------------------------------------------
-
-    def _busy(self) -> bool:
-        return bool(self.running or self.waiting or self.waking or self.sleeping)
-
-    def _disarm_idle(self) -> None:
-        self.idle_generation += 1
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-
-    def _arm_idle(self) -> None:
-        self._disarm_idle()
-        idle = self.backend.idle_sleep_s
-        if idle is None or self.asleep or self._busy() or self.draining:
-            return
-        self.idle_timer = call_later(idle, tell, self.actor_ref,
-                                     m.IdleExpired(self.idle_generation))
-
-    def _on_idle_expired(self, msg: m.IdleExpired) -> None:
-        if msg.generation != self.idle_generation or self.asleep or self._busy():
-            return
-        recipe = self.backend.sleep
-        assert recipe is not None
-        self.asleep = True  # from now on an infer waits for a wake
-        me, backend = self.actor_ref, self.backend
-
-        def sleep() -> None:
-            # Always tell the outcome (see wake): `sleeping` must never stay set.
-            error: str | None = "the sleep recipe was interrupted"
-            try:
-                recipes.run(recipe, backend.wake_timeout_s, "sleep recipe", backend.name)
-                error = None
-            except recipes.RecipeFailed as exc:
-                error = str(exc)
-            except Exception as exc:  # noqa: BLE001 - e.g. OSError from send_wol
-                log.warning("sleep recipe of %s failed: %r", backend.name, exc)
-                error = f"{type(exc).__name__}: {exc}"
-            finally:
-                tell(me, m.SleepFinished(error))
-
-        log.info("backend %s idle for %gs: running its sleep recipe", backend.name,
-                 backend.idle_sleep_s)
-        self.sleeping = gevent.spawn(sleep)
-
-    def _on_sleep_finished(self, msg: m.SleepFinished) -> None:
-        self.sleeping = None
-        if msg.error is not None:
-            log.warning("sleep recipe of %s failed: %s", self.backend.name, msg.error)
-            self.asleep = False
-        else:
-            self._report("hibernating")
-        if self.wake_tasks or (self.waiting and self.asleep):
-            self._start_wake()
-        self._fill_slots()
-        self._arm_idle()
 
 
 def _refused() -> Result:

@@ -80,12 +80,21 @@ RECIPE_SCHEMA: dict[str, Any] = {
 }
 
 
+# A name prefix: what precedes a discovered model's id must itself start like a name.
+PREFIX_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,63})?$"
+
+
 @dataclass(frozen=True)
 class BackendConfig:
-    name: str = setting(REQUIRED, {"type": "string", "pattern": LLM_NAME_PATTERN,
-                               "x-message": f"must be a valid Llm name ({LLM_NAME_PATTERN})"})
-    model: str = setting(REQUIRED, _TEXT)
     base_url: str = setting(REQUIRED, _URL)
+    # Neither name nor model: the backend publishes every model it lists (Discovery).
+    name: str = setting("", {"type": "string", "pattern": LLM_NAME_PATTERN,
+                             "x-message": f"must be a valid Llm name ({LLM_NAME_PATTERN})"})
+    model: str = setting("", _TEXT)
+    # Put before each discovered model's id: two machines with one model stay apart.
+    prefix: str = setting("", {"type": "string", "pattern": PREFIX_PATTERN,
+                               "x-message": "must be empty or start a valid Llm name "
+                                            "(letters, digits, . _ : -)"})
     type: str = setting("openai", _TEXT)
     api_key_env: str | None = setting(None, _TEXT)
     tier: str = setting("fast", _TEXT)
@@ -104,6 +113,17 @@ class BackendConfig:
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
+    @property
+    def discovers(self) -> bool:
+        """Given without a model: it publishes what it lists (docs/protocol.md, Discovery)."""
+        return not self.name
+
+    @property
+    def key(self) -> str:
+        """What names the backend in logs and in the publisher: its Llm name, or for one
+        that discovers, its prefix and URL."""
+        return self.name or f"{self.prefix}*@{self.base_url}"
+
 
 @dataclass(frozen=True)
 class PublisherConfig:
@@ -111,7 +131,7 @@ class PublisherConfig:
     hub: tuple[str, ...] = setting(REQUIRED, _HUBS)
     backends: tuple[BackendConfig, ...] = setting(REQUIRED, {
         "type": "array", "minItems": 1, "items": object_schema(
-            BackendConfig, required=("name", "model", "base_url"),
+            BackendConfig, required=("base_url",),
             extra_keywords={"type": "object", "x-message": "must be a table",
                             "dependentRequired": {"idle_sleep_s": ["sleep"]},
                             "x-messages": {"dependentRequired":
@@ -135,7 +155,7 @@ class PublisherConfig:
         if self.session_file is not None:
             return Path(os.path.expanduser(self.session_file))
         # One hub hashes as it did when `hub` could only be one URL: its file is kept.
-        published = "\n".join([*self.hub, *sorted(b.name for b in self.backends)])
+        published = "\n".join([*self.hub, *sorted(b.key for b in self.backends)])
         digest = hashlib.sha256(published.encode()).hexdigest()[:16]
         return Path(os.path.expanduser(SESSION_DIR)) / f"publisher-{digest}.session"
 
@@ -160,9 +180,10 @@ def _recipe(data: dict[str, Any] | None) -> Recipe | None:
 def _backend(data: dict[str, Any]) -> BackendConfig:
     idle = data.get("idle_sleep_s")
     return BackendConfig(
-        name=data["name"],
-        model=data["model"],
+        name=data.get("name", ""),
+        model=data.get("model", ""),
         base_url=data["base_url"].rstrip("/"),
+        prefix=data.get("prefix", ""),
         type=data.get("type", "openai"),
         api_key_env=data.get("api_key_env"),
         tier=data.get("tier", "fast"),
@@ -182,10 +203,21 @@ def parse(data: dict[str, Any], source: str) -> PublisherConfig:
     errors = check(SCHEMA, data, lambda where, what: (
         f"{source}: {where}: {what}" if where else f"{source}: {what}"))
     backends = data.get("backends")
-    names = [b.get("name") for b in backends if isinstance(b, dict)] if isinstance(
-        backends, list) else []
+    tables = [b for b in backends if isinstance(b, dict)] if isinstance(backends, list) else []
+    names = [b.get("name") for b in tables if b.get("name")]
     if len(set(names)) != len(names):
         errors.append(f"{source}: two backends share one name")
+    for i, b in enumerate(tables):
+        if bool(b.get("name")) != bool(b.get("model")):
+            errors.append(f"{source}: backends[{i}]: give name and model together, or neither "
+                          "(to publish every model the backend lists)")
+        elif b.get("name") and b.get("prefix"):
+            errors.append(f"{source}: backends[{i}]: prefix is for a backend without name "
+                          "and model (it names the models the backend lists)")
+    discovering = [(b.get("base_url"), b.get("prefix", "")) for b in tables
+                   if not b.get("name")]
+    if len(set(discovering)) != len(discovering):
+        errors.append(f"{source}: two backends list the same base_url with the same prefix")
     if errors:
         raise PublisherConfigError("\n".join(errors))
     return PublisherConfig(

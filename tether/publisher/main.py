@@ -7,9 +7,11 @@ import os
 import shlex
 import signal
 import sys
+import urllib.parse
 
 from tether.common import logs
 from tether.publisher.config import PublisherConfig, PublisherConfigError, load, parse
+from tether.publisher.discovery import LOCAL_SERVERS, find_local
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub", action="append",
                         help="hub URL, e.g. http://127.0.0.1:8080; repeat it for several hub "
                              "processes (tried in order; a loss moves to the next)")
-    parser.add_argument("--name", help="the Llm name on the hub")
+    parser.add_argument("--name", help="the Llm name on the hub (with --model; without "
+                        "both, every model the backend lists is published)")
     parser.add_argument("--model", help="the model name the backend expects")
-    parser.add_argument("--backend", help="backend base URL, e.g. http://127.0.0.1:11434/v1")
+    parser.add_argument("--backend", help="backend base URL, e.g. http://127.0.0.1:11434/v1 "
+                        "(without any: the usual local ports are probed)")
+    parser.add_argument("--prefix", help="put before each listed model's name, e.g. laptop-")
     parser.add_argument("--type", help="backend type (default openai)")
     parser.add_argument("--api-key-env", help="env var holding the backend's API key")
     parser.add_argument("--key-env", help="env var holding this publisher's hub key")
@@ -33,11 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-file", help="where the session id is kept")
     parser.add_argument("--log-level", help="debug, info (default: a line per task), warning…")
     parser.add_argument("--log-format", help="text (default) or json")
+    parser.add_argument("--install-service", action="store_true",
+                        help="run this publisher (these arguments) as a user service that "
+                             "starts at boot: systemd (Linux) or launchd (macOS)")
+    parser.add_argument("--uninstall-service", action="store_true",
+                        help="stop and remove the service --install-service made")
 
 
 # Flags that describe the one backend of a flags-only publisher; a config file lists its own.
 BACKEND_FLAGS = ("name", "model", "backend", "type", "api_key_env", "max_concurrency", "pool",
-                 "wake_command", "sleep_command", "idle_sleep_s", "wake_timeout_s")
+                 "wake_command", "sleep_command", "idle_sleep_s", "wake_timeout_s", "prefix")
 
 # Flags for the publisher as a whole: with --config, they override the file.
 GENERAL_FLAGS = ("hub", "key_env", "session_file", "log_level", "log_format")
@@ -55,14 +65,17 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
                 "(the file lists its backends)")
         overrides = {k: getattr(args, k) for k in GENERAL_FLAGS if getattr(args, k)}
         return load(args.config, overrides)
-    missing = [f"--{k}" for k in ("hub", "name", "model", "backend") if not getattr(args, k)]
-    if missing:
-        raise PublisherConfigError(
-            f"command line: give --config FILE, or all of --hub --name --model --backend "
-            f"(missing {' '.join(missing)})")
-    backend: dict = {"name": args.name, "model": args.model, "base_url": args.backend,
-                     "pool": args.pool}
-    for flag in ("type", "api_key_env", "max_concurrency", "wake_timeout_s"):
+    if not args.hub:
+        raise PublisherConfigError("command line: give --config FILE, or --hub URL (and "
+                                   "--backend URL, or none to find local servers)")
+    if bool(args.name) != bool(args.model):
+        raise PublisherConfigError("command line: give --name and --model together, or "
+                                   "neither (to publish every model the backend lists)")
+    if not args.backend and args.name:
+        raise PublisherConfigError("command line: --name and --model need --backend")
+    backend: dict = {"pool": args.pool}
+    for flag in ("name", "model", "prefix", "type", "api_key_env", "max_concurrency",
+                 "wake_timeout_s"):
         if getattr(args, flag) is not None:  # else the config's own default
             backend[flag] = getattr(args, flag)
     if args.wake_command:
@@ -71,17 +84,69 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
         backend["sleep"] = {"command": shlex.split(args.sleep_command)}
     if args.idle_sleep_s is not None:
         backend["idle_sleep_s"] = args.idle_sleep_s
-    data: dict = {"backends": [backend]}
+    urls = [args.backend] if args.backend else found_locally(args.hub)
+    data: dict = {"backends": [{**backend, "base_url": url} for url in urls]}
     data.update((k, getattr(args, k)) for k in GENERAL_FLAGS if getattr(args, k))
     return parse(data, "command line")
 
 
+def local_ports() -> list[tuple[int, str]]:
+    """The ports probed for local servers. TETHER_LOCAL_PORTS (`port,port…`) is for the
+    tests only: they cannot count on the usual ports being free on their machine."""
+    given = os.environ.get("TETHER_LOCAL_PORTS")
+    if not given:
+        return list(LOCAL_SERVERS)
+    known = dict(LOCAL_SERVERS)
+    return [(int(p), known.get(int(p), "a server")) for p in given.split(",") if p.strip()]
+
+
+def found_locally(hubs: list[str]) -> list[str]:
+    """The base URLs of the servers found on the loopback address (printed), never the
+    hub's own; none is an error naming the ports tried."""
+    ports = local_ports()
+    avoid = set()
+    for hub in hubs:
+        parts = urllib.parse.urlsplit(hub)
+        if parts.hostname and parts.port:
+            avoid.add((parts.hostname, parts.port))
+    found = find_local([port for port, _ in ports], avoid)
+    tried = ", ".join(f"{port} ({what})" for port, what in ports)
+    if not found:
+        raise PublisherConfigError(f"command line: no backend given and no local server "
+                                   f"answers GET /v1/models on 127.0.0.1 ports {tried}")
+    for url in found:
+        print(f"tether publish: found {url}; publishing every model it lists", flush=True)
+    return found
+
+
+def as_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that give `args` again (what an installed service runs)."""
+    out: list[str] = []
+    for key in ("config", *GENERAL_FLAGS, *BACKEND_FLAGS):
+        value = getattr(args, key)
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            out += [flag] if value else []
+        elif isinstance(value, list):
+            for item in value:
+                out += [flag, str(item)]
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    from tether.publisher import service_install
+
+    if args.uninstall_service:
+        return service_install.uninstall()
     try:
         config = config_from_args(args)
     except PublisherConfigError as exc:
         print(f"tether publish: {exc}", file=sys.stderr)
         return 2
+    if args.install_service:  # the arguments made a valid config: the service runs them
+        return service_install.install(as_flags(args))
     from gevent import monkey
 
     monkey.patch_all()

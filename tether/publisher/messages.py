@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from tether.common.task_wire import InferTask
 
@@ -40,6 +40,20 @@ class BackendDown:
 @dataclass(frozen=True)
 class ProbeDue:
     """Time to probe a backend without wake recipe that went down."""
+
+
+@dataclass(frozen=True)
+class ListDue:
+    """Time to read the list of a backend that discovers its models."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A listing's outcome: the ids and Ollama's details of each, or why it failed."""
+
+    ids: tuple[str, ...] = ()
+    details: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,5 +97,6 @@ class Abandon:
 # (tether/common/actor.py).
 BackendMessage: TypeAlias = (
     RunInfer | RunWake | CancelTask | TaskFinished | BackendDown | ProbeDue | WakeFinished
-    | SleepFinished | IdleExpired | GetStatus | Drain | GetDrainState | Abandon
+    | SleepFinished | IdleExpired | GetStatus | Drain | GetDrainState | Abandon | ListDue
+    | Listed
 )

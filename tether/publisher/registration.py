@@ -1,11 +1,13 @@
 """Telling the hub what this publisher serves: the register call (with names another session
-holds left out and kept for a retry) and status reports (docs/protocol.md, Register, Status).
+holds left out and kept for a retry; at most 64 names a call), status reports and withdrawals
+(docs/protocol.md, Register, Status, Withdraw).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from tether.common.backend_client import Unreachable
@@ -15,6 +17,8 @@ from tether.publisher.hub_client import HubClient
 log = logging.getLogger("tether.publisher")
 
 Status = Literal["active", "hibernating"]
+# The hub takes at most this many names in one register, status report or withdraw.
+MAX_NAMES = 64
 
 
 class Registration(Exception):
@@ -32,12 +36,21 @@ class Registration(Exception):
         return self.status is not None and self.status >= 500
 
 
-def provider_spec(backend: BackendConfig, status: Status) -> dict[str, Any]:
-    return {"name": backend.name, "type": backend.type, "model": backend.model,
+def provider_spec(backend: BackendConfig, status: Status,
+                  extra_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    spec = {"name": backend.name, "type": backend.type, "model": backend.model,
             "tier": backend.tier, "description": backend.description,
             "initialStatus": status, "pool": backend.pool,
             # The hub sends no more than this at once (docs/protocol.md, Pools).
             "maxConcurrency": backend.max_concurrency}
+    if extra_config:
+        spec["extraConfig"] = dict(extra_config)
+    return spec
+
+
+def batches(items: Sequence[Any]) -> list[Sequence[Any]]:
+    """`items` in calls of at most MAX_NAMES."""
+    return [items[i:i + MAX_NAMES] for i in range(0, len(items), MAX_NAMES)]
 
 
 def held_name(status: int, body: Any, specs: list[dict[str, Any]]) -> str | None:
@@ -61,6 +74,23 @@ class Registrar:
         self.hub = hub
         self.probe_interval_s = probe_interval_s
         self.held: set[str] = set()
+
+    def register_all(self, session_id: str | None, specs: list[dict[str, Any]]) -> \
+            tuple[str, list[str]]:
+        """Register `specs`, MAX_NAMES a call (the first gives the session id the others
+        use): (the session id, the names the hub took)."""
+        taken: list[str] = []
+        for batch in batches(specs):
+            try:
+                session_id, names = self.register(session_id, list(batch))
+            except Registration as exc:
+                if session_id is None or exc.status is not None:
+                    raise
+                continue  # every name of this batch is held elsewhere: retried later
+            taken += names
+        if session_id is None:
+            raise Registration("nothing to register")
+        return session_id, taken
 
     def register(self, session_id: str | None, specs: list[dict[str, Any]]) -> \
             tuple[str, list[str]]:
@@ -90,16 +120,40 @@ class Registrar:
         return body["providerSessionId"], taken
 
 
-def report_status(hub: HubClient, session_id: str | None, name: str, status: Status) -> None:
-    """Tell the hub a backend fell asleep or woke by itself. Unreachable hub: nothing to do,
-    the next register carries the status."""
+def report_status(hub: HubClient, session_id: str | None, names: Sequence[str],
+                  status: Status) -> None:
+    """Tell the hub a backend (serving `names`) fell asleep or woke by itself. Unreachable
+    hub: nothing to do, the next register carries the status."""
     if session_id is None:
         return
-    try:
-        code, answer = hub.post("/api/v1/llms/_provider-status", {
-            "providerSessionId": session_id, "llms": [{"name": name, "status": status}]})
-    except Unreachable:
-        return
-    if code != 200:
-        log.warning("hub refused status %s for %s: %s", status, name,
-                    (answer or {}).get("error", {}).get("code"))
+    for batch in batches(list(names)):
+        try:
+            code, answer = hub.post("/api/v1/llms/_provider-status", {
+                "providerSessionId": session_id,
+                "llms": [{"name": name, "status": status} for name in batch]})
+        except Unreachable:
+            return
+        if code != 200:
+            log.warning("hub refused status %s for %s: %s", status, ", ".join(batch),
+                        (answer or {}).get("error", {}).get("code"))
+
+
+def withdraw(hub: HubClient, session_id: str, names: Sequence[str]) -> bool:
+    """Tell the hub this publisher no longer serves `names`; False if the hub could not be
+    told (the next hello lists them again, and they are withdrawn then)."""
+    done = True
+    for batch in batches(sorted(names)):
+        try:
+            code, answer = hub.post("/api/v1/llms/_provider-withdraw",
+                                    {"providerSessionId": session_id, "names": list(batch)})
+        except Unreachable as exc:
+            log.warning("could not withdraw %s: %s", ", ".join(batch), exc)
+            done = False
+            continue
+        if code == 200:
+            log.info("withdrew %s", ", ".join(batch))
+        else:  # 403: one is no longer ours (a retry after a pool member left): nothing to do
+            log.warning("hub refused to withdraw %s: %s", ", ".join(batch),
+                        (answer or {}).get("error", {}).get("message"))
+            done = code < 500
+    return done

@@ -27,7 +27,7 @@ def wake(backend: BackendConfig, client: BackendClient) -> WakeFinished:
         return WakeFinished("the backend is down and has no wake recipe")
     deadline = time.monotonic() + backend.wake_timeout_s
     try:
-        proc = recipes.start(backend.wake, backend.wake_timeout_s, "wake recipe", backend.name)
+        proc = recipes.start(backend.wake, backend.wake_timeout_s, "wake recipe", backend.key)
     except recipes.RecipeFailed as exc:
         return WakeFinished(str(exc))
     while time.monotonic() < deadline:
@@ -39,7 +39,7 @@ def wake(backend: BackendConfig, client: BackendClient) -> WakeFinished:
                 return WakeFinished(reason)
         gevent.sleep(PROBE_EVERY_S)
     log.warning("backend %s did not answer its probe within %g s of its wake recipe (%s)",
-                backend.name, backend.wake_timeout_s, backend.wake.describe())
+                backend.key, backend.wake_timeout_s, backend.wake.describe())
     # The hub's own words for it (wake_timeout), so a client reads the same either way.
-    return WakeFinished(f"{backend.name!r} did not wake within {backend.wake_timeout_s:g} s",
+    return WakeFinished(f"{backend.key!r} did not wake within {backend.wake_timeout_s:g} s",
                         timed_out=True)

@@ -312,6 +312,29 @@ def delete_expired(cutoff: dt.datetime) -> list[str]:
         return sorted(names)
 
 
+def withdraw(session_id: str, names: Sequence[str]) -> list[str]:
+    """The session's member of each of `names` leaves (docs/protocol.md, Withdraw); a
+    virtual row left without members is deleted. A name another session publishes (or a
+    public one) is refused with nothing applied; a name that does not exist is ignored.
+    Returns the names whose members changed."""
+    now = utcnow()
+    with connection() as db, db.atomic():
+        rows = {row.name: row for row in _LLMS_NAMED.select(Llm, {"names": list(names)},
+                                                             len(names))}
+        members = members_of(list(rows))
+        mine = {name: [x for x in members[name] if x.session_id == session_id]
+                for name in rows}
+        foreign = [name for name in rows if rows[name].kind == KIND_PUBLIC or not mine[name]]
+        if foreign:
+            raise errors.FORBIDDEN(
+                why=f"provider session does not publish {', '.join(sorted(foreign))}")
+        doomed = [x.id for xs in mine.values() for x in xs]
+        if doomed:
+            LlmMember.delete().where(LlmMember.id.in_(doomed)).execute()
+        _derive_all(set(rows), now)
+        return sorted(rows)
+
+
 def deactivate_all_virtual() -> int:
     """At startup no stream can be live yet: every member is inactive until re-taken."""
     now = utcnow()

@@ -1,4 +1,4 @@
-"""The publisher control plane: register, stream, heartbeat, status, task result."""
+"""The publisher control plane: register, stream, heartbeat, status, withdraw, task result."""
 
 from __future__ import annotations
 
@@ -131,6 +131,17 @@ class Status(_Resource):
         self.auth.check_owner(body["providerSessionId"], req.context.caller)
         updates = [(item["name"], item["status"]) for item in body["llms"]]
         self.system.set_status(body["providerSessionId"], updates)
+        resp.media = {"ok": True}
+
+
+class Withdraw(_Resource):
+    operations = {"POST": Operation("Withdraw names the publisher no longer serves",
+                                    request=schemas.WITHDRAW, ok=schemas.OK)}
+
+    @falcon.before(json_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+        self.auth.check_owner(body["providerSessionId"], req.context.caller)
+        self.system.withdraw_names(body["providerSessionId"], body["names"])
         resp.media = {"ok": True}
 
 
