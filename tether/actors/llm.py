@@ -106,8 +106,8 @@ class LlmActor(TetherActor):
                 self._on_queue_timed_out(message)
             case m.Withdraw():
                 self._on_withdraw(message)
-            case m.GraceEnded():
-                self._on_grace_ended(message)
+            case m.GraceEnded():  # a lost member's publisher_grace_s is over
+                self._pump()
             case m.Relinquish() | m.Retire():  # moved elsewhere, or gone (no member left)
                 self._fail_waiters(errors.HUB_BUSY() if isinstance(message, m.Relinquish)
                                    else errors.PUBLISHER_OFFLINE(name=self._state.name))
@@ -203,9 +203,6 @@ class LlmActor(TetherActor):
             lost = [x.lost_at for x in returning if x.lost_at is not None]  # all of them
             delay = min(lost) + grace - now
             call_later(delay, tell, self.actor_ref, m.GraceEnded())
-
-    def _on_grace_ended(self, _msg: m.GraceEnded) -> None:
-        self._pump()
 
     def _arm_queue_timer(self, delay: float, generation: int) -> Timer:
         return call_later(delay, tell, self.actor_ref, m.QueueTimedOut(generation))
