@@ -35,6 +35,8 @@ def test_auth_defaults_off_only_on_loopback():
         ("[hub]\npool_routing = 'random'\n", {}, "pool_routing"),
         ("[hub]\nhttp_keepalive_s = 1.5\n", {}, "http_keepalive_s"),  # gunicorn: whole s
         ("", {"TETHER_HTTP_KEEPALIVE_S": "-1"}, "TETHER_HTTP_KEEPALIVE_S"),
+        ("[hub]\nusage_flush_s = 0\n", {}, "usage_flush_s"),  # > 0
+        ("", {"TETHER_USAGE_FLUSH_S": "11"}, "TETHER_USAGE_FLUSH_S"),  # at most 10 s
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, text, env, needle):
