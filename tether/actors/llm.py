@@ -1,8 +1,7 @@
 """LlmActor: one per virtual Llm name (a public one has its PublicLlmActor), the single owner
-of everything about serving it (docs/protocol.md, Pools): its members (records, not
-actors), their load and capacity, the waiting queue, the one wake in flight, the routing
-policy's prefix memory, in plain objects it drives: a Pool (the members and the requests in
-flight: pool.py), a Wake (wake.py), a RoutingPolicy (routing.py). Aliases: aliases.py.
+of everything about serving it (docs/protocol.md, Pools), in plain objects it drives: a Pool
+(members, their load and capacity, requests in flight: pool.py), the waiting queue, a Wake
+(the one wake in flight: wake.py), a RoutingPolicy (routing.py); aliases.py for aliases.
 
 Late binding: a request waits here, in arrival order, until a member that is `active`, has a
 live stream and a free slot takes it; the policy picks which. Wake dedup is plain actor
