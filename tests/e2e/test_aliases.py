@@ -90,8 +90,14 @@ def test_a_sleeping_first_target_wakes_while_the_backstop_answers(alias_hub, bac
     assert publisher.sent(stream) == []  # still the one wake, and no infer reached gpu
     assert hub.llm("gpu")["status"] == "hibernating"
 
+    def serving() -> str | None:
+        state = hub.get("/status/state").json()
+        return next(a["serving"] for a in state["aliases"] if a["name"] == "assistant")
+
+    assert serving() == "cloud"  # /status: which target takes the alias's requests now
     publisher.result(wake["taskId"], {"status": 200, "body": {"ok": True}})
     wait_until(lambda: hub.llm("gpu")["status"] == "active")
+    wait_until(lambda: serving() == "gpu")
     with cf.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_chat, hub, "assistant", "three")
         task = stream.next_task("infer")
