@@ -327,6 +327,24 @@ def test_registering_over_an_alias_is_409_alias_conflict(alias_hub):
     assert hub.get("/api/v1/llms/fine").status_code == 404  # all or nothing
 
 
+def test_a_virtual_row_under_an_aliass_name_is_deleted_at_startup(tmp_path, backend):
+    """Aliases are config: a row a publisher registered under the name before the alias was
+    declared goes when the hub starts with it (a warning says so)."""
+    hub = Hub(tmp_path).start()
+    try:
+        TestPublisher(hub.url).register("assistant", "kept")
+    finally:
+        hub.stop()
+    conf = _config(tmp_path, backend.base_url, {"assistant": ["kept", "cloud"]})
+    hub = Hub(tmp_path, config=str(conf)).start()
+    try:
+        assert hub.get("/api/v1/llms/assistant").status_code == 404
+        assert hub.get("/api/v1/llms/kept").status_code == 200
+        assert "deleted the virtual Llm 'assistant'" in hub.logs()
+    finally:
+        hub.stop()
+
+
 @pytest.mark.parametrize(("table", "says"), [
     ('name = "a"\ntargets = ["a", "x"]', "names the alias itself"),
     ('name = "a"\ntargets = []', "must name at least one Llm"),

@@ -100,7 +100,8 @@ class ActorSystem:
         """`live_sessions` (several processes): see open_store."""
         # Recorded first: a database that failed half-way through readying is closed too.
         self._started.append(("database", db.close))
-        open_store(self.settings.database_url, self.settings.llms, live_sessions)
+        open_store(self.settings.database_url, self.settings.llms, live_sessions,
+                   tuple(self._aliases))
         self._supervisor = self._start_supervisor(None)
         self._started.append(("supervisor", self._stop_supervisor))
         ask(self._supervisor, Ping(), timeout=60)  # its on_start loaded every row
