@@ -306,6 +306,11 @@ def test_aliases_are_listed_and_work_on_every_route(alias_hub):
     assert hub.get("/v1/models/sleeper").status_code == 404
     tags = {m["name"] for m in hub.get("/api/tags").json()["models"]}
     assert "assistant" in tags and "sleeper" not in tags
+    rows = {row["name"]: row for row in hub.get("/api/v1/llms").json()["llms"]}
+    assert rows["assistant"]["kind"] == "alias" and rows["assistant"]["targets"] == ["cloud"]
+    assert rows["assistant"]["status"] == "active"
+    assert rows["sleeper"]["status"] == "inactive"  # listed here, with what it stands for
+    assert hub.llm("assistant") == rows["assistant"]
 
     native = hub.infer("assistant")
     assert native.status_code == 200 and native.headers[SERVED_BY] == "cloud"
@@ -338,7 +343,9 @@ def test_a_virtual_row_under_an_aliass_name_is_deleted_at_startup(tmp_path, back
     conf = _config(tmp_path, backend.base_url, {"assistant": ["kept", "cloud"]})
     hub = Hub(tmp_path, config=str(conf)).start()
     try:
-        assert hub.get("/api/v1/llms/assistant").status_code == 404
+        assert hub.llm("assistant")["kind"] == "alias"  # no virtual row of that name left
+        rows = [row["name"] for row in hub.get("/api/v1/llms").json()["llms"]]
+        assert rows.count("assistant") == 1
         assert hub.get("/api/v1/llms/kept").status_code == 200
         assert "deleted the virtual Llm 'assistant'" in hub.logs()
     finally:
