@@ -53,9 +53,11 @@ def alias_hub(tmp_path: Path, backend: Any) -> Any:
         hub.stop()
 
 
-def _chat(hub: Hub, name: str, content: str = "hi", **kw: Any) -> requests.Response:
-    return hub.post("/v1/chat/completions",
-                    {"model": name, "messages": [{"role": "user", "content": content}], **kw})
+def _chat(hub: Hub, name: str, content: str = "hi", timeout: float = 30,
+          **body: Any) -> requests.Response:
+    return hub.post("/v1/chat/completions", {
+        "model": name, "messages": [{"role": "user", "content": content}], **body},
+        timeout=timeout)
 
 
 def _answer(publisher: TestPublisher, task: dict, content: str, status: int = 200) -> None:
@@ -156,6 +158,25 @@ def test_with_no_target_that_can_serve_now_it_waits_for_the_first_wake(alias_hub
         _answer(publisher, task, "after the wake")
         r = pending.result()
     assert r.status_code == 200 and r.headers[SERVED_BY] == "gpu"
+
+
+def test_a_client_that_leaves_while_it_waits_on_a_target_is_withdrawn_there(alias_hub):
+    """The relay withdraws an alias's request where it waits: at the target that took it,
+    which its answer would have named."""
+    hub = alias_hub({"assistant": ["gpu", "not-published"]})
+    publisher = TestPublisher(hub.url)
+    publisher.register({"name": "gpu", "type": "openai", "model": "m",
+                        "initialStatus": "hibernating"}, canary=True)
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(1) as pool:
+        leaving = pool.submit(_chat, hub, "assistant", timeout=3)
+        wake = stream.next_task("wake")
+        wait_until(lambda: hub.waiting("gpu") == 1)  # it waits on gpu's wake
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            leaving.result()  # the client gives up while the wake runs
+    wait_until(lambda: hub.waiting("gpu") == 0)
+    publisher.result(wake["taskId"], {"status": 200, "body": {}})
+    assert publisher.sent(stream) == []  # nobody waited any more: no task went out
 
 
 def test_none_can_serve_or_wake_is_publisher_offline(alias_hub):

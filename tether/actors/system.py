@@ -385,7 +385,13 @@ class ActorSystem:
 
     def withdraw(self, name: str, reply: m.ReplyChannel) -> None:
         """The client of an infer that was not dispatched yet left: stop waiting for it
-        (`name`: the Llm it waits on, an alias's target)."""
+        (`name`: the Llm it waits on, an alias's target). Named by its alias, it had not
+        reached a target that took it yet: each target is told (those without it ignore
+        it)."""
+        for target in self._aliases.get(name, (name,)):
+            self._withdraw_at(target, reply)
+
+    def _withdraw_at(self, name: str, reply: m.ReplyChannel) -> None:
         tell(self._directory.llm(name), m.Withdraw(reply))
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:
