@@ -53,9 +53,11 @@ def alias_hub(tmp_path: Path, backend: Any) -> Any:
         hub.stop()
 
 
-def _chat(hub: Hub, name: str, content: str = "hi", **kw: Any) -> requests.Response:
-    return hub.post("/v1/chat/completions",
-                    {"model": name, "messages": [{"role": "user", "content": content}], **kw})
+def _chat(hub: Hub, name: str, content: str = "hi", timeout: float = 30,
+          **body: Any) -> requests.Response:
+    return hub.post("/v1/chat/completions", {
+        "model": name, "messages": [{"role": "user", "content": content}], **body},
+        timeout=timeout)
 
 
 def _answer(publisher: TestPublisher, task: dict, content: str, status: int = 200) -> None:
@@ -90,8 +92,14 @@ def test_a_sleeping_first_target_wakes_while_the_backstop_answers(alias_hub, bac
     assert publisher.sent(stream) == []  # still the one wake, and no infer reached gpu
     assert hub.llm("gpu")["status"] == "hibernating"
 
+    def serving() -> str | None:
+        state = hub.get("/status/state").json()
+        return next(a["serving"] for a in state["aliases"] if a["name"] == "assistant")
+
+    assert serving() == "cloud"  # /status: which target takes the alias's requests now
     publisher.result(wake["taskId"], {"status": 200, "body": {"ok": True}})
     wait_until(lambda: hub.llm("gpu")["status"] == "active")
+    wait_until(lambda: serving() == "gpu")
     with cf.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_chat, hub, "assistant", "three")
         task = stream.next_task("infer")
@@ -150,6 +158,25 @@ def test_with_no_target_that_can_serve_now_it_waits_for_the_first_wake(alias_hub
         _answer(publisher, task, "after the wake")
         r = pending.result()
     assert r.status_code == 200 and r.headers[SERVED_BY] == "gpu"
+
+
+def test_a_client_that_leaves_while_it_waits_on_a_target_is_withdrawn_there(alias_hub):
+    """The relay withdraws an alias's request where it waits: at the target that took it,
+    which its answer would have named."""
+    hub = alias_hub({"assistant": ["gpu", "not-published"]})
+    publisher = TestPublisher(hub.url)
+    publisher.register({"name": "gpu", "type": "openai", "model": "m",
+                        "initialStatus": "hibernating"}, canary=True)
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(1) as pool:
+        leaving = pool.submit(_chat, hub, "assistant", timeout=3)
+        wake = stream.next_task("wake")
+        wait_until(lambda: hub.waiting("gpu") == 1)  # it waits on gpu's wake
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            leaving.result()  # the client gives up while the wake runs
+    wait_until(lambda: hub.waiting("gpu") == 0)
+    publisher.result(wake["taskId"], {"status": 200, "body": {}})
+    assert publisher.sent(stream) == []  # nobody waited any more: no task went out
 
 
 def test_none_can_serve_or_wake_is_publisher_offline(alias_hub):
@@ -300,6 +327,11 @@ def test_aliases_are_listed_and_work_on_every_route(alias_hub):
     assert hub.get("/v1/models/sleeper").status_code == 404
     tags = {m["name"] for m in hub.get("/api/tags").json()["models"]}
     assert "assistant" in tags and "sleeper" not in tags
+    rows = {row["name"]: row for row in hub.get("/api/v1/llms").json()["llms"]}
+    assert rows["assistant"]["kind"] == "alias" and rows["assistant"]["targets"] == ["cloud"]
+    assert rows["assistant"]["status"] == "active"
+    assert rows["sleeper"]["status"] == "inactive"  # listed here, with what it stands for
+    assert hub.llm("assistant") == rows["assistant"]
 
     native = hub.infer("assistant")
     assert native.status_code == 200 and native.headers[SERVED_BY] == "cloud"
@@ -319,6 +351,26 @@ def test_registering_over_an_alias_is_409_alias_conflict(alias_hub):
     assert body["error"]["code"] == "alias_conflict"
     assert body["error"]["param"] == "providers[1].name"
     assert hub.get("/api/v1/llms/fine").status_code == 404  # all or nothing
+
+
+def test_a_virtual_row_under_an_aliass_name_is_deleted_at_startup(tmp_path, backend):
+    """Aliases are config: a row a publisher registered under the name before the alias was
+    declared goes when the hub starts with it (a warning says so)."""
+    hub = Hub(tmp_path).start()
+    try:
+        TestPublisher(hub.url).register("assistant", "kept")
+    finally:
+        hub.stop()
+    conf = _config(tmp_path, backend.base_url, {"assistant": ["kept", "cloud"]})
+    hub = Hub(tmp_path, config=str(conf)).start()
+    try:
+        assert hub.llm("assistant")["kind"] == "alias"  # no virtual row of that name left
+        rows = [row["name"] for row in hub.get("/api/v1/llms").json()["llms"]]
+        assert rows.count("assistant") == 1
+        assert hub.get("/api/v1/llms/kept").status_code == 200
+        assert "deleted the virtual Llm 'assistant'" in hub.logs()
+    finally:
+        hub.stop()
 
 
 @pytest.mark.parametrize(("table", "says"), [

@@ -120,6 +120,7 @@ def test_cors_headers_are_on_every_answer_errors_included(cors_client):
               client.simulate_get("/nowhere", headers={"Origin": APP})):
         assert r.headers["Access-Control-Allow-Origin"] == APP, r.status_code
         assert "Retry-After" in r.headers["Access-Control-Expose-Headers"]
+        assert "X-Tether-Llm" in r.headers["Access-Control-Expose-Headers"]
     assert client.simulate_get("/v1/models", headers={"Origin": APP}).status_code == 401
     # Another origin, or no Origin at all (not a browser): no CORS headers.
     for headers in ({"Origin": "https://evil.example"}, {}):

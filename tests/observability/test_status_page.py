@@ -137,3 +137,30 @@ def test_with_auth_on_the_page_asks_for_a_key_and_keeps_it_in_the_tab(hub_factor
     assert browser.execute_script("return localStorage.length") == 0
     assert not browser.find_element(By.ID, "keyform").is_displayed()
     wait_until(lambda: hub.get("/status/state").status_code == 401)  # the reads need the key
+
+
+@pytest.mark.timeout(90)
+def test_an_alias_shows_its_targets_and_which_one_serves_now(hub_factory, tmp_path, browser):
+    """docs/protocol.md, Aliases: the page lists each alias with its targets and the one
+    that takes its requests now, live: the sleeping first target once it is awake."""
+    conf = tmp_path / "alias.toml"
+    conf.write_text('[[aliases]]\nname = "assistant"\ntargets = ["sleepy", "alpha"]\n')
+    hub = hub_factory(config=str(conf))
+    from tests.support.publisher import TestPublisher
+
+    publisher = TestPublisher(hub.url)
+    publisher.register("alpha")
+    publisher.register({"name": "sleepy", "type": "openai", "model": "m",
+                        "initialStatus": "hibernating"})
+    publisher.open()
+    browser.get(hub.url + "/status")
+
+    def serving(d) -> str | None:
+        cells = d.find_elements(By.CSS_SELECTOR, 'tr[data-alias="assistant"] .serving')
+        return cells[0].get_attribute("data-serving") if cells else None
+
+    until(browser, lambda d: serving(d) == "alpha")
+    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-alias="assistant"]').text
+    assert "sleepy → alpha" in row
+    assert publisher.status(sleepy="active").status_code == 200
+    until(browser, lambda d: serving(d) == "sleepy")

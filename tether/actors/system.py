@@ -103,7 +103,8 @@ class ActorSystem:
         """`live_sessions` (several processes): see open_store."""
         # Recorded first: a database that failed half-way through readying is closed too.
         self._started.append(("database", db.close))
-        open_store(self.settings.database_url, self.settings.llms, live_sessions)
+        open_store(self.settings.database_url, self.settings.llms, live_sessions,
+                   tuple(self._aliases))
         # Before the actors, so it stops after them: the answers they end are counted, then
         # written, and only then is the database closed.
         flusher = UsageFlusher(self.usage, self.settings.usage_flush_s).start()
@@ -397,7 +398,13 @@ class ActorSystem:
 
     def withdraw(self, name: str, reply: m.ReplyChannel) -> None:
         """The client of an infer that was not dispatched yet left: stop waiting for it
-        (`name`: the Llm it waits on, an alias's target)."""
+        (`name`: the Llm it waits on, an alias's target). Named by its alias, it had not
+        reached a target that took it yet: each target is told (those without it ignore
+        it)."""
+        for target in self._aliases.get(name, (name,)):
+            self._withdraw_at(target, reply)
+
+    def _withdraw_at(self, name: str, reply: m.ReplyChannel) -> None:
         tell(self._directory.llm(name), m.Withdraw(reply))
 
     def cancel(self, dispatched: m.Dispatched, reason: str) -> None:

@@ -170,10 +170,10 @@ class ClusterSystem(ActorSystem):
         allowed = may_act(session_id) if may_act is not None else True
         self._router.call(home, "submit_result", task_id, claimed_session, result, allowed)
 
-    def withdraw(self, name: str, reply: m.ReplyChannel) -> None:
+    def _withdraw_at(self, name: str, reply: m.ReplyChannel) -> None:
         """With the name owned elsewhere: at the owner, which finds it by its request id."""
         if self._directory.llm(name) is not None:
-            super().withdraw(name, reply)
+            super()._withdraw_at(name, reply)
             return
         self._router.tell_llm(name, m.Withdraw(reply))
         self._router.pending.forget(reply)

@@ -116,7 +116,8 @@ class Cors(falcon.CORSMiddleware):
 
     def __init__(self, origins: tuple[str, ...]) -> None:
         super().__init__(allow_origins="*" if "*" in origins else origins,
-                         expose_headers=["Retry-After", "X-Request-Id"])
+                         # X-Tether-Llm: who answered (an alias's target)
+                         expose_headers=["Retry-After", "X-Request-Id", "X-Tether-Llm"])
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          req_succeeded: bool) -> None:

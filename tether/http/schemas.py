@@ -247,7 +247,8 @@ LLM_ROW: dict[str, Any] = {
         "id": {"type": "string"}, "name": LLM_NAME, "type": {"type": "string"},
         "model": {"type": "string"}, "tier": {"type": "string"},
         "description": {"type": "string"}, "extraConfig": {"type": "object"},
-        "kind": {"enum": ["virtual", "public"]},
+        "kind": {"enum": ["virtual", "public", "alias"]},
+        "targets": {"type": "array", "items": LLM_NAME},  # an alias's, first choice first
         "providerSessionId": {"type": ["string", "null"]},
         "status": {"enum": ["active", "hibernating", "inactive"]},
         "lastHeartbeatAt": TIMESTAMP, "inactiveSince": TIMESTAMP,

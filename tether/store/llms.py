@@ -370,6 +370,20 @@ def names_of_session(session_id: str) -> list[str]:
                       .where(LlmMember.session_id == session_id))
 
 
+def delete_virtual(names: Sequence[str]) -> list[str]:
+    """Delete the virtual rows (and their members) of these names: the names an alias of the
+    hub's config took (docs/protocol.md, Aliases). Answers the names deleted."""
+    if not names:
+        return []
+    with connection() as db, db.atomic():
+        found = [row.name for row in Llm.select(Llm.name).where(
+            Llm.name.in_(list(names)), Llm.kind == KIND_VIRTUAL)]
+        if found:
+            LlmMember.delete().where(LlmMember.llm_name.in_(found)).execute()
+            Llm.delete().where(Llm.name.in_(found)).execute()
+    return found
+
+
 def sync_public(llms: Sequence[Any]) -> tuple[int, int]:
     """Make the public rows match the hub's config: create, update, and delete the ones
     no longer declared. A declared name takes over a virtual row of the same name."""
