@@ -18,6 +18,7 @@ from tests.chaos.stack import LIVENESS_TTL_S, MAX_CONCURRENCY
 
 if TYPE_CHECKING:
     from tests.chaos.stack import Stack
+    from tests.chaos.watch import Excess
 
 SLACK_S = LIVENESS_TTL_S + 2  # the invariants' allowance after a fault
 # 503s that name a fault the client can act on (retry elsewhere, later): answers, not bugs.
@@ -35,10 +36,18 @@ RIGHT = "no answer wrong (content = the backend's for that request; errors are f
 NO_500 = "no 500"
 SLOTS = "no slot leaks: in-flight counts = tasks running, within liveness_ttl_s + 2 s of " \
         "the last fault; maxConcurrency never exceeded"
+DRAIN = "a graceful stop moves names, never takes them down (no shutting_down from a " \
+        "process that is not draining)"
+PG_RELAY = "a PostgreSQL outage: requests to connected publishers are still relayed"
+RECOVER = "served again: every request begun liveness_ttl_s + 2 s after a fault's end " \
+          "(10 s for PostgreSQL's) and before the next is answered right"
 ALIVE = "every hub process alive (but those the schedule stopped) and serving at the end"
 TRACEBACK = "no traceback logged for an engine's outage (Redis, PostgreSQL)"
 OTHER_TRACEBACK = "no traceback logged for any other fault"
-ORDER = (ANSWERED, TIMER, RIGHT, NO_500, SLOTS, ALIVE, TRACEBACK, OTHER_TRACEBACK)
+ORDER = (ANSWERED, TIMER, RIGHT, NO_500, DRAIN, PG_RELAY, RECOVER, SLOTS, ALIVE, TRACEBACK,
+         OTHER_TRACEBACK)
+POSTGRES_KINDS = {"postgres_down", "postgres_blackhole"}
+POSTGRES_RECOVERY_S = 10.0  # "everything recovers within 10 s" of the database's return
 
 
 @dataclass
@@ -54,8 +63,12 @@ class Violation:
 
 def near(faults: Iterable[Fault], start: float, end: float) -> list[Fault]:
     """The faults whose effect may reach [start, end]: begun before its end, undone less
-    than SLACK_S before its start."""
-    return [f for f in faults if f.start <= end and (f.end or f.start) + SLACK_S >= start]
+    than their allowance (SLACK_S; 10 s for PostgreSQL's) before its start."""
+    return [f for f in faults if f.start <= end and (f.end or f.start) + _allowance(f) >= start]
+
+
+def _allowance(fault: Fault) -> float:
+    return POSTGRES_RECOVERY_S if fault.kind in POSTGRES_KINDS else SLACK_S
 
 
 def check_requests(outcomes: list[Outcome], faults: list[Fault],
@@ -78,6 +91,15 @@ def check_requests(outcomes: list[Outcome], faults: list[Fault],
                     and o.start <= f.start <= end]
             if not lost:  # not the death of the process it was on: an unanswered request
                 found.append(Violation(ANSWERED, f"{o.describe()}: no HTTP answer", after))
+        ok = o.finished and o.text == o.expected and o.code is None and o.error is None
+        if o.code == "shutting_down" and not any(
+                f.kind == "hub_term" and f.target == o.hub for f in after):
+            found.append(Violation(DRAIN, o.describe(), after))
+        if not ok and after and all(f.kind in POSTGRES_KINDS for f in after) and any(
+                f.start <= o.start <= f.end for f in after):
+            found.append(Violation(PG_RELAY, o.describe(), after))
+        if not ok and not after and o.start > T0[0]:
+            found.append(Violation(RECOVER, o.describe(), near_before(faults, o.start)))
         if o.text and not o.expected.startswith(o.text):
             found.append(Violation(RIGHT, f"{o.describe()}: got {o.text[:60]!r}, the backend "
                                           f"said {o.expected!r}", after))
@@ -86,6 +108,11 @@ def check_requests(outcomes: list[Outcome], faults: list[Fault],
             found.append(Violation(RIGHT, f"{o.describe()}: ended as if complete after "
                                           f"{o.text!r}", after))
     return found
+
+
+def near_before(faults: list[Fault], at: float) -> list[Fault]:
+    """The last fault begun before `at`."""
+    return [f for f in faults if f.start <= at][-1:]
 
 
 @dataclass
@@ -122,7 +149,8 @@ def read_slots(stack: Stack) -> tuple[list[SlotReading], list[str]]:
     return readings, queued
 
 
-def check_slots(stack: Stack, faults: list[Fault], quiet_since: float) -> list[Violation]:
+def check_slots(stack: Stack, faults: list[Fault], quiet_since: float,
+                excesses: dict[str, Excess]) -> list[Violation]:
     """With load stopped: within SLACK_S of `quiet_since` (the later of the last fault's end
     and the last request's), every hub's in-flight count for every member equals what its
     backend runs (0), and nothing is queued. Polled; the last reading is reported."""
@@ -141,8 +169,13 @@ def check_slots(stack: Stack, faults: list[Fault], quiet_since: float) -> list[V
     for member in stack.members:
         most = member.backend.stats()["max_inflight"]
         if most > MAX_CONCURRENCY:
-            found.append(Violation(SLOTS, f"{member.label}'s backend ran {most} at once "
-                                          f"(maxConcurrency {MAX_CONCURRENCY})", []))
+            seen = excesses.get(member.label)
+            when = (f", first seen at +{seen.at - T0[0]:.1f} s" if seen else "")
+            found.append(Violation(
+                SLOTS, f"{member.label}'s backend ran {most} at once (maxConcurrency "
+                       f"{MAX_CONCURRENCY}){when}",
+                near(faults, seen.at - 1, seen.at) or near_before(faults, seen.at)
+                if seen else []))
     return found
 
 
@@ -240,6 +273,31 @@ def check_tracebacks(logs: dict[str, str], faults: list[Fault]) -> list[Violatio
     return found
 
 
+def kind_of(o: Outcome) -> str:
+    if o.code:
+        return o.code
+    if o.error:
+        return o.error.split(":")[0]
+    if o.end is None:
+        return "unanswered"
+    return "ok" if o.finished and o.text == o.expected else "wrong"
+
+
+def timeline(outcomes: list[Outcome], faults: list[Fault]) -> list[str]:
+    starts = [T0[0]] + [f.start for f in faults] + [float("inf")]
+    lines = []
+    for i, fault in enumerate([None, *faults]):
+        mine = [o for o in outcomes if starts[i] <= o.start < starts[i + 1]]
+        counts = {name: Counter(kind_of(o) for o in mine if o.name == name)
+                  for name in ("pool", "solo")}
+        what = (f"+{fault.start - T0[0]:.1f} s {fault.kind} {fault.target} (held "
+                f"{fault.end - fault.start:.1f} s{', ' + fault.note if fault.note else ''})"
+                if fault else "+0.0 s no fault (baseline)")
+        lines.append(f"    {what}: " + "; ".join(
+            f"{name} {dict(c.most_common())}" for name, c in counts.items()))
+    return lines
+
+
 def report(title: str, outcomes: list[Outcome], faults: list[Fault],
            violations: list[Violation], detail: int = 12) -> str:
     """The run in a few lines, then each invariant: held, or its violations by the kinds
@@ -247,7 +305,8 @@ def report(title: str, outcomes: list[Outcome], faults: list[Fault],
     answers = Counter(o.code or ("ok" if o.finished else o.error and o.error.split(":")[0]
                                  or "unanswered") for o in outcomes)
     lines = [title, f"requests: {len(outcomes)}; outcomes: {dict(answers.most_common())}",
-             "faults: " + "; ".join(f.describe() for f in faults)]
+             "outcomes by the fault before them (begun from that fault's start to the "
+             "next's):", *timeline(outcomes, faults)]
     for invariant in ORDER:
         mine = [v for v in violations if v.invariant == invariant]
         if not mine:

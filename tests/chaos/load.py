@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import openai
 
 from tether.tools.demo_backend import DemoBackend
@@ -112,7 +111,7 @@ class Load:
             if client is None:
                 client = clients[hub.url] = openai.OpenAI(
                     base_url=f"{hub.url}/v1", api_key="unused", max_retries=0,
-                    timeout=httpx.Timeout(self.bound_s, connect=5.0))
+                    timeout=openai.Timeout(self.bound_s, connect=5.0))
             rid = f"chaos-{self.tag}-{i}-{n}"
             messages = [{"role": "user", "content": f"{rid}: say something"}]
             outcome = Outcome(rid, hub.label, name, stream=n % 2 == 1,

@@ -8,6 +8,8 @@ report prints the seed)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 import time
@@ -25,7 +27,8 @@ from tests.chaos.invariants import (
     report,
 )
 from tests.chaos.load import Load
-from tests.chaos.stack import DEADLINES, Stack
+from tests.chaos.stack import DEADLINES, MAX_CONCURRENCY, Stack
+from tests.chaos.watch import BackendWatch
 
 DURATION_S = float(os.environ.get("TETHER_CHAOS_S", "75"))
 SEED = int(os.environ.get("TETHER_CHAOS_SEED") or random.randrange(10**6))
@@ -43,6 +46,7 @@ def test_the_hub_keeps_its_promises_under_faults(variant, tmp_path):
     stack = Stack(tmp_path, workers_2=variant == "workers_2")
     try:
         stack.start()
+        watch = BackendWatch(stack, MAX_CONCURRENCY).start()
         load = Load(stack, BOUND_S, tag=f"{variant[0]}{SEED}").start()
         started = time.time()
         faults = Schedule(stack, DURATION_S, SEED).run(started)
@@ -50,13 +54,16 @@ def test_the_hub_keeps_its_promises_under_faults(variant, tmp_path):
         if remaining > 0:
             time.sleep(remaining)  # the run's length: load after the last fault too
         outcomes = load.stop()
+        excesses = watch.stop()
+        with open(tmp_path / "chaos-requests.jsonl", "w") as out:  # for a closer look
+            out.writelines(json.dumps(dataclasses.asdict(o)) + "\n" for o in outcomes)
         # The load ran: requests were answered before the first fault (a baseline).
         assert load.served(started) and sum(
             1 for o in outcomes if o.finished and o.end and o.end < faults[0].start) >= 8, \
             f"the load did not run: {len(outcomes)} requests"
         quiet = max([faults[-1].end] + [o.end or time.time() for o in outcomes])
         violations = check_requests(outcomes, faults, BOUND_S)
-        violations += check_slots(stack, faults, quiet)
+        violations += check_slots(stack, faults, quiet, excesses)
         violations += check_processes(stack, faults)
         violations += check_serving(stack, BOUND_S)
         violations += check_tracebacks(stack.hub_logs(), faults)
