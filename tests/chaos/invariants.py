@@ -261,6 +261,21 @@ def tracebacks(logs: dict[str, str]) -> list[Traceback]:
     return found
 
 
+UNHANDLED = "unhandled error on "  # tether/http/errors.py logs each 500 it renders so
+
+
+def check_logged_500s(logs: dict[str, str], faults: list[Fault]) -> list[Violation]:
+    """A 500 to any caller (a publisher's heartbeat or result too), as the hub logs it."""
+    found: list[Violation] = []
+    for hub, text in logs.items():
+        for line in text.splitlines():
+            if UNHANDLED in line and (at := _stamp(line)) is not None:
+                route = line.split(UNHANDLED, 1)[1][:120]
+                found.append(Violation(NO_500, f"{hub} +{at - T0[0]:.0f} s: 500 on {route}",
+                                       near(faults, at - 1, at + 1)))
+    return found
+
+
 def check_tracebacks(logs: dict[str, str], faults: list[Fault]) -> list[Violation]:
     found: list[Violation] = []
     for tb in tracebacks(logs):
@@ -294,8 +309,19 @@ def timeline(outcomes: list[Outcome], faults: list[Fault]) -> list[str]:
                 f"{fault.end - fault.start:.1f} s{', ' + fault.note if fault.note else ''})"
                 if fault else "+0.0 s no fault (baseline)")
         lines.append(f"    {what}: " + "; ".join(
-            f"{name} {dict(c.most_common())}" for name, c in counts.items()))
+            f"{name} {dict(c.most_common())}{_unavailable(mine, name)}"
+            for name, c in counts.items()))
     return lines
+
+
+def _unavailable(outcomes: list[Outcome], name: str) -> str:
+    """How long requests for `name` failed: from the first failed one's start to the last
+    failed one's end (served ones may lie between)."""
+    failed = [o for o in outcomes if o.name == name and kind_of(o) != "ok"]
+    if not failed:
+        return ""
+    span = max(o.end or o.start for o in failed) - min(o.start for o in failed)
+    return f" (failing over {span:.1f} s)"
 
 
 def report(title: str, outcomes: list[Outcome], faults: list[Fault],

@@ -19,6 +19,7 @@ import pytest
 from tests.chaos.faults import WARMUP_S, Schedule
 from tests.chaos.invariants import (
     SLACK_S,
+    check_logged_500s,
     check_processes,
     check_requests,
     check_serving,
@@ -50,9 +51,11 @@ def test_the_hub_keeps_its_promises_under_faults(variant, tmp_path):
         load = Load(stack, BOUND_S, tag=f"{variant[0]}{SEED}").start()
         started = time.time()
         faults = Schedule(stack, DURATION_S, SEED).run(started)
-        remaining = started + DURATION_S - time.time()
-        if remaining > 0:
-            time.sleep(remaining)  # the run's length: load after the last fault too
+        # The run's length, and load after the last fault for as long as its effects may
+        # last (then longer than any request), so every fault is judged by requests.
+        until = max(started + DURATION_S, faults[-1].end + SLACK_S + 5)
+        if until > time.time():
+            time.sleep(until - time.time())
         outcomes = load.stop()
         excesses = watch.stop()
         with open(tmp_path / "chaos-requests.jsonl", "w") as out:  # for a closer look
@@ -66,6 +69,7 @@ def test_the_hub_keeps_its_promises_under_faults(variant, tmp_path):
         violations += check_slots(stack, faults, quiet, excesses)
         violations += check_processes(stack, faults)
         violations += check_serving(stack, BOUND_S)
+        violations += check_logged_500s(stack.hub_logs(), faults)
         violations += check_tracebacks(stack.hub_logs(), faults)
         text = report(f"chaos {variant}: {DURATION_S:.0f} s, seed {SEED} "
                       f"(TETHER_CHAOS_SEED={SEED} replays the targets); warm-up "
