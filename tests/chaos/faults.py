@@ -39,6 +39,10 @@ ORDER = ("publisher_kill", "redis_restart", "publisher_stop", "postgres_down", "
 ENGINE_KINDS = {"redis_restart", "postgres_down", "postgres_blackhole"}
 WARMUP_S = 5.0  # load alone before the first fault: a baseline
 MIN_GAP_S = 3.0  # between one fault's end and the next one's start
+# On long runs, a fault every 15 s: each leaves a few seconds past its allowance
+# (liveness_ttl_s + 2 s) in which the cluster must serve again. A short run has every kind
+# once, closer together.
+LONG_SLOT_S = 15.0
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Schedule:
         """Inject the faults from `started` (time.time()) until the run's duration is over;
         returns when the last one is undone."""
         T0[0] = started
-        count = max(len(self.kinds), int((self.duration_s - WARMUP_S) // 9))
+        count = max(len(self.kinds), int((self.duration_s - WARMUP_S) // LONG_SLOT_S))
         slot = (self.duration_s - WARMUP_S) / count
         for i in range(count):
             at = max(started + WARMUP_S + i * slot,
