@@ -10,6 +10,7 @@ order of kinds (cycled on longer runs), targets drawn from a seeded random gener
 | postgres_blackhole | the proxy drops every byte both ways and closes nothing | 4 s |
 | hub_kill | `kill -9` of a hub process (master and workers), started again | 1 s |
 | hub_term | SIGTERM to a hub process (it drains), started again once it exited | - |
+| pool_join | two new `tether publish` register a new pool name at once, one per hub | ≤ 10 s |
 | worker_kill | (`--workers 2` variant) `kill -9` of one worker; gunicorn starts another | - |
 
 A black-holed connection lost bytes that TCP would have retransmitted: when the hole ends the
@@ -29,13 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tests.support.chaos import ChaosProxy
+from tests.support.hub import wait_until
 from tests.support.kill import kill_hub
+from tests.support.procs import Publish
 
 if TYPE_CHECKING:
     from tests.chaos.stack import HubProc, Member, Stack
 
 ORDER = ("publisher_kill", "redis_restart", "publisher_stop", "postgres_down", "hub_kill",
-         "postgres_blackhole", "hub_term")
+         "postgres_blackhole", "hub_term", "pool_join")
 ENGINE_KINDS = {"redis_restart", "postgres_down", "postgres_blackhole"}
 WARMUP_S = 5.0  # load alone before the first fault: a baseline
 MIN_GAP_S = 3.0  # between one fault's end and the next one's start
@@ -69,6 +72,7 @@ class Schedule:
         self.kinds = list(ORDER) + (["worker_kill"] if stack.workers_2 else [])
         self.faults: list[Fault] = []
         self._hub_turn = 0
+        self._joins = 0
 
     def run(self, started: float) -> list[Fault]:
         """Inject the faults from `started` (time.time()) until the run's duration is over;
@@ -168,6 +172,28 @@ class Schedule:
         except subprocess.TimeoutExpired:
             fault.note = "still draining 60 s after SIGTERM: killed"
         self._restart(proc, fault)
+        return fault
+
+    def _pool_join(self) -> Fault:
+        self._joins += 1
+        name = f"join{self._joins}"
+        fault = Fault("pool_join", name, time.time())
+        urls = [h.url for h in self.stack.hubs]
+        spec = {"name": name, "model": "demo-model", "base_url": self.stack.spare.base_url,
+                "pool": True}
+        joiners = [Publish(self.stack.tmp, urls[i:] + urls[:i], [spec]) for i in range(2)]
+        self.stack.extra += joiners  # stopped by the stack if the run ends meanwhile
+        for joiner in joiners:  # as close together as two processes start
+            joiner.start()
+        try:
+            wait_until(lambda: all("registered" in j.logs() for j in joiners), timeout=10)
+        except AssertionError:
+            fault.note = "not both registered within 10 s: " + " | ".join(
+                j.logs().strip().splitlines()[-1][:150] if j.logs().strip() else "(no log)"
+                for j in joiners)
+        for joiner in joiners:
+            joiner.stop()
+        fault.end = time.time()
         return fault
 
     def _worker_kill(self) -> Fault:

@@ -75,39 +75,49 @@ def check_requests(outcomes: list[Outcome], faults: list[Fault],
                    bound_s: float) -> list[Violation]:
     found: list[Violation] = []
     for o in outcomes:
-        end = o.end if o.end is not None else time.time()
-        after = near(faults, o.start, end)
-        if o.end is None or o.elapsed > bound_s or (o.error or "").startswith("timeout"):
-            found.append(Violation(ANSWERED, o.describe(), after))
-            continue
-        if o.code in TIMER_CODES:
-            found.append(Violation(TIMER, o.describe(), after))
-        elif o.status == 500 or o.code == "internal_error":
-            found.append(Violation(NO_500, o.describe(), after))
-        elif o.code is not None and o.code not in FAULT_CODES:
-            found.append(Violation(RIGHT, f"{o.describe()}: not a fault's code", after))
-        elif o.error is not None:
-            lost = [f for f in after if f.kind in KILLS and f.target.startswith(o.hub)
-                    and o.start <= f.start <= end]
-            if not lost:  # not the death of the process it was on: an unanswered request
-                found.append(Violation(ANSWERED, f"{o.describe()}: no HTTP answer", after))
-        ok = o.finished and o.text == o.expected and o.code is None and o.error is None
-        if o.code == "shutting_down" and not any(
-                f.kind == "hub_term" and f.target == o.hub for f in after):
-            found.append(Violation(DRAIN, o.describe(), after))
-        if not ok and after and all(f.kind in POSTGRES_KINDS for f in after) and any(
-                f.start <= o.start <= f.end for f in after):
-            found.append(Violation(PG_RELAY, o.describe(), after))
-        if not ok and not after and o.start > T0[0]:
+        already = len(found)
+        _check_request(o, faults, bound_s, found)
+        # Served again: failed with no fault near it, and nothing above says why.
+        if not _ok(o) and len(found) == already and o.start >= T0[0] and not near(
+                faults, o.start, o.end if o.end is not None else time.time()):
             found.append(Violation(RECOVER, o.describe(), near_before(faults, o.start)))
-        if o.text and not o.expected.startswith(o.text):
-            found.append(Violation(RIGHT, f"{o.describe()}: got {o.text[:60]!r}, the backend "
-                                          f"said {o.expected!r}", after))
-        elif o.status == 200 and o.code is None and o.error is None and (
-                not o.finished or o.text != o.expected):
-            found.append(Violation(RIGHT, f"{o.describe()}: ended as if complete after "
-                                          f"{o.text!r}", after))
     return found
+
+
+def _ok(o: Outcome) -> bool:
+    return o.finished and o.text == o.expected and o.code is None and o.error is None
+
+
+def _check_request(o: Outcome, faults: list[Fault], bound_s: float,
+                   found: list[Violation]) -> None:
+    end = o.end if o.end is not None else time.time()
+    after = near(faults, o.start, end)
+    if o.end is None or o.elapsed > bound_s or (o.error or "").startswith("timeout"):
+        found.append(Violation(ANSWERED, o.describe(), after))
+        return
+    if o.code in TIMER_CODES:
+        found.append(Violation(TIMER, o.describe(), after))
+    elif o.status == 500 or o.code == "internal_error":
+        found.append(Violation(NO_500, o.describe(), after))
+    elif o.code is not None and o.code not in FAULT_CODES:
+        found.append(Violation(RIGHT, f"{o.describe()}: not a fault's code", after))
+    elif o.error is not None:
+        lost = [f for f in after if f.kind in KILLS and f.target.startswith(o.hub)
+                and o.start <= f.start <= end]
+        if not lost:  # not the death of the process it was on: an unanswered request
+            found.append(Violation(ANSWERED, f"{o.describe()}: no HTTP answer", after))
+    if o.code == "shutting_down" and not any(
+            f.kind == "hub_term" and f.target == o.hub for f in after):
+        found.append(Violation(DRAIN, o.describe(), after))
+    if not _ok(o) and after and all(f.kind in POSTGRES_KINDS for f in after) and any(
+            f.start <= o.start <= f.end for f in after):
+        found.append(Violation(PG_RELAY, o.describe(), after))
+    if o.text and not o.expected.startswith(o.text):
+        found.append(Violation(RIGHT, f"{o.describe()}: got {o.text[:60]!r}, the backend "
+                                      f"said {o.expected!r}", after))
+    elif o.status == 200 and o.code is None and o.error is None and not _ok(o):
+        found.append(Violation(RIGHT, f"{o.describe()}: ended as if complete after "
+                                      f"{o.text!r}", after))
 
 
 def near_before(faults: list[Fault], at: float) -> list[Fault]:

@@ -93,6 +93,8 @@ class Stack:
         self.redis = redisdb.Server(tmp)
         self.hubs: list[HubProc] = []
         self.members: list[Member] = []
+        self.extra: list[Publish] = []  # publishers the schedule started (pool_join)
+        self.spare = DemoBackend(tmp)  # behind the publishers the schedule adds (pool_join)
 
     # --- bring-up ------------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class Stack:
             publish = Publish(self.tmp, urls[i % 2:] + urls[:i % 2], [spec])
             self.members.append(Member(name, backend, publish.start(),
                                        f"{name}-{i}" if name == POOL else name))
+        self.spare.start()
         self.wait_serving(timeout=60)
         return self
 
@@ -167,15 +170,17 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
             member.publish.stop()
+        for publish in self.extra:
+            publish.stop()
         for proc in self.hubs:
             if proc.alive():
                 with contextlib.suppress(Exception):
                     kill_hub(proc.hub)
             Hub.live.discard(proc.hub)
-        for member in self.members:
+        for backend in [m.backend for m in self.members] + [self.spare]:
             with contextlib.suppress(Exception):
-                if member.backend.up():
-                    member.backend.kill(signal.SIGKILL)
+                if backend.up():
+                    backend.kill(signal.SIGKILL)
         self.redis.stop()
         if self.proxy is not None:
             self.proxy.close()
