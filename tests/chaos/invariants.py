@@ -291,7 +291,9 @@ def check_tracebacks(logs: dict[str, str], faults: list[Fault]) -> list[Violatio
     for tb in tracebacks(logs):
         # Log stamps have whole seconds: a second of slack either side.
         after = near(faults, tb.at - 1, tb.at + 1)
-        engine = any(f.kind in ENGINE_KINDS for f in after)
+        # An engine's outage explains a traceback up to liveness_ttl_s + 2 s after it (a
+        # drain or a restart in the 10 s PostgreSQL gets to recover does not).
+        engine = any(f.kind in ENGINE_KINDS and f.end + SLACK_S >= tb.at - 1 for f in after)
         found.append(Violation(TRACEBACK if engine else OTHER_TRACEBACK,
                                f"{tb.hub} +{tb.at - T0[0]:.0f} s: {tb.exception} "
                                f"(logged by: {tb.logged})", after))
