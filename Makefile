@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test chaos lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check tether tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -n 4
+
+# The chaos test (tests/chaos/README.md): a real cluster on the machine's PostgreSQL and a
+# redis-server of its own, under a fault schedule of TETHER_CHAOS_S seconds per variant
+# (two runs). Not part of `make test`; `pytest tests/chaos -m chaos` runs the short one.
+TETHER_CHAOS_S ?= 300
+chaos: $(VENV)/.installed-test
+	TETHER_CHAOS_S=$(TETHER_CHAOS_S) $(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider -s
 
 $(VENV)/.installed-bench: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -129,7 +129,7 @@ def toml_value(value: Any) -> str:
     return repr(value)
 
 
-def publisher_toml(hub: str, session_file: Path, backends: list[dict[str, Any]],
+def publisher_toml(hub: str | list[str], session_file: Path, backends: list[dict[str, Any]],
                    **top: Any) -> str:
     lines = [f"hub = {toml_value(hub)}", f"session_file = {toml_value(str(session_file))}"]
     lines += [f"{key} = {toml_value(value)}" for key, value in top.items()] + [""]
@@ -150,7 +150,7 @@ def publisher_toml(hub: str, session_file: Path, backends: list[dict[str, Any]],
 class Publish:
     """A real `tether publish --config FILE` process."""
 
-    def __init__(self, tmp: Path, hub_url: str, backends: list[dict[str, Any]],
+    def __init__(self, tmp: Path, hub_url: str | list[str], backends: list[dict[str, Any]],
                  **top: Any) -> None:
         self.config = tmp / f"publisher-{free_port()}.toml"
         self.session_file = tmp / f"{self.config.stem}.session"
