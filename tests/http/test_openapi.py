@@ -206,3 +206,86 @@ def test_the_api_keeps_to_its_openapi_document(api, label):
         no_internal_error(response, case)
 
     run()
+
+
+# --- issue 27: the document tells the truth ---------------------------------------------
+
+
+def test_with_auth_off_the_document_asks_for_no_key_and_with_it_names_the_roles(tmp_path):
+    for auth in ("off", "on"):
+        hub, system = _app(tmp_path / f"{auth}.db", auth=auth)
+        try:
+            doc = document(hub)
+            for path, method, op in operations(doc):
+                role = op["x-tether-role"]
+                secured = auth == "on" and role != "none"
+                assert ("security" in op) == secured, (auth, method, path)
+                assert ({"401", "403"} <= set(op["responses"])) == secured, (method, path)
+                if secured:
+                    roles = [r for req in op["security"] for r in req["bearer"]]
+                    assert roles == ([role] if role == "admin" else [role, "admin"])
+            assert ("components" in doc) == (auth == "on")
+        finally:
+            system.stop()
+
+
+def test_options_and_405_say_the_same_allow(app):
+    client = testing.TestClient(app)
+    for path, _, _ in operations(document(app)):
+        allowed = client.simulate_options(concrete(path))
+        refused = client.simulate_request("PATCH", concrete(path))
+        assert allowed.status_code == 200 and refused.status_code == 405, path
+        assert allowed.headers["Allow"] == refused.headers["Allow"], path
+        assert "OPTIONS" in allowed.headers["Allow"].split(", "), path
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+def test_the_stream_session_id_is_required_and_must_fit_its_pattern(app, how):
+    client = testing.TestClient(app)
+    r = client.simulate_get("/api/v1/llms/_provider-stream")
+    assert r.status_code == 400 and r.json["error"]["param"] == "X-Provider-Session-Id"
+    for bad in ("-leading-dash", "a" * 129, "has space", "slash/in"):
+        kw = ({"headers": {"X-Provider-Session-Id": bad}} if how == "header"
+              else {"params": {"providerSessionId": bad}})
+        r = client.simulate_get("/api/v1/llms/_provider-stream", **kw)
+        assert r.status_code == 400, (bad, r.text)  # not 404: the id cannot exist
+        assert r.json["error"]["code"] == "invalid_request"
+
+
+def test_a_task_result_matches_exactly_one_branch_of_the_documents_oneof(app):
+    doc = document(app)
+    path = "/api/v1/llms/_provider-task/{taskId}/result"
+    schema = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    client = testing.TestClient(app)
+    for body in ({"status": 200, "chunk": {"data": "x"}}, {"chunks": [{"data": "x"}],
+                                                           "error": {}}):
+        assert not jsonschema.Draft202012Validator(schema).is_valid(body)
+        r = client.simulate_post(concrete(path), json=body)
+        assert r.status_code == 400, r.text  # two kinds at once are none of them
+    for body in ({"status": 200}, {"chunk": {"data": "x"}}, {"chunks": [{"data": "x"}]},
+                 {"error": {"message": "m"}}):
+        branches = [b for b in schema["oneOf"]
+                    if jsonschema.Draft202012Validator(b).is_valid(body)]
+        assert len(branches) == 1, body
+    assert "application/x-ndjson" in doc["paths"][path]["post"]["requestBody"]["content"]
+
+
+def test_the_documented_shapes_of_rows_and_state_are_what_the_hub_serves(app):
+    client = testing.TestClient(app)
+    r = client.simulate_post("/api/v1/llms/_provider-register", json={
+        "providers": [{"name": "m1", "type": "t", "model": "m"}]})
+    assert r.status_code == 200, r.text
+    doc = document(app)
+
+    def answer(path: str) -> dict:
+        return doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"][
+            "schema"]
+
+    rows = client.simulate_get("/api/v1/llms").json
+    assert rows["llms"][0]["members"]  # documented, and there
+    jsonschema.validate(rows, answer("/api/v1/llms"))
+    assert "members" in answer("/api/v1/llms")["properties"]["llms"]["items"]["properties"]
+    state = client.simulate_get("/status/state").json
+    assert state["llms"]
+    jsonschema.validate(state, answer("/status/state"))
+    assert answer("/status/state")["required"] == ["at", "llms", "errors", "totals"]

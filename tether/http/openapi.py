@@ -158,7 +158,10 @@ def document(routes: Sequence[tuple[str, Any]], auth: bool = True) -> dict[str, 
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Tether hub", "version": __version__,
-                 "description": "One OpenAI-compatible endpoint for self-hosted LLMs."},
+                 "description": "One OpenAI-compatible endpoint for self-hosted LLMs. Every "
+                                "path also answers OPTIONS, without a key: 200 with `Allow` "
+                                "(its methods and OPTIONS, as a 405 lists them), or a CORS "
+                                "preflight's answer where cors_origins allows the origin."},
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
     }
