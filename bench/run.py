@@ -1,6 +1,6 @@
 """Tether benchmarks (not tests):
 `python -m bench.run [relay|stream|wake_storm|sessions|cpu|alias|pools|pool_storm|cluster|
-cluster_sessions|all]`, each bench in the module of its name (bench/relay.py, …).
+cluster_sessions|bodies|all]`, each bench in the module of its name (bench/relay.py, …).
 
 Every figure is measured in one run on this machine, beside its baseline: the demo backend
 called directly, and LiteLLM's proxy in front of the same backend when it is installed.
@@ -19,6 +19,7 @@ from gevent import monkey
 
 from bench import (
     alias,
+    bodies,
     cluster,
     cluster_sessions,
     cpu,
@@ -33,7 +34,7 @@ from bench.processes import raise_fd_limit
 
 # In the order `all` runs them.
 BENCHES = ("relay", "stream", "wake_storm", "sessions", "cpu", "alias", "pools",
-           "pool_storm", "cluster", "cluster_sessions")
+           "pool_storm", "cluster", "cluster_sessions", "bodies")
 
 
 def arguments() -> argparse.Namespace:
@@ -103,6 +104,8 @@ def main() -> None:
                           prefill_slots=args.prefill_slots)
     if args.which == "pool_storm":
         pool_storm.bench_pool_storm()
+    if args.which == "bodies":
+        bodies.bench_bodies()
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class Settings:
     # object: a 4 MiB body of `{}` would be ~100 MB). 400 `invalid_request` above either.
     max_json_depth: int = setting(64, {"type": "integer", "minimum": 2, "maximum": 256,
                                        "x-message": "must be a whole number from 2 to 256"})
-    max_json_values: int = setting(131072, {"type": "integer", "minimum": 16,
+    max_json_values: int = setting(65536, {"type": "integer", "minimum": 16,
                                             "x-message": "must be a whole number >= 16"})
     # How a pool picks a member (tether/actors/routing.py): "affinity" (a conversation's
     # turns to the member holding its prefix, else the least loaded) or "round_robin".

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import socket
 
+import jsonschema
+import pytest
 import requests
 
 from tests.support.hub import wait_until
+from tests.support.publisher import Stream
 from tether.common import sse
 
 CLOSE = {"Connection": "close"}
@@ -105,3 +109,58 @@ def test_an_oversized_extra_config_is_refused_and_reads_stay_small(hub, publishe
     wait_until(lambda: hub.llm("edge")["extraConfig"] == fits)
     over = {"b": "x" * (16385 - len('{"b":""}'))}
     publisher.register("edge", extraConfig=over, expect=400)
+
+
+def _items(doc: dict, path: str) -> dict:
+    op = doc["paths"][path]["get"]
+    return op["responses"]["200"]["content"]["text/event-stream"]["x-itemSchema"]
+
+
+def _check_frame(items: dict, event: sse.Event) -> None:
+    """An SSE event against the document's x-itemSchema: its shape, then its JSON data
+    against the contentSchema of the one item it matches."""
+    item = {"event": event.event, "data": event.data}
+    if event.id is not None:
+        item["id"] = event.id
+    matching = [b for b in items["oneOf"]
+                if jsonschema.Draft202012Validator(b).is_valid(item)]
+    assert len(matching) == 1, item
+    data_schema = matching[0]["properties"]["data"]
+    if "contentSchema" in data_schema:
+        jsonschema.validate(json.loads(event.data), data_schema["contentSchema"])
+
+
+def test_the_task_streams_frames_are_the_documents(hub, publisher):
+    doc = hub.get("/openapi.json").json()
+    items = _items(doc, "/api/v1/llms/_provider-stream")
+    publisher.register("m1")
+    stream = Stream(hub.url, publisher.session_id)
+    try:
+        _check_frame(items, stream.next())  # hello
+        with cf.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(hub.infer, "m1")
+            task = stream.next()
+            _check_frame(items, task)
+            assert task.event == "task" and task.id is not None
+            publisher.result(task.json()["taskId"], {"status": 200, "body": {}})
+            assert answer.result().status_code == 200
+    finally:
+        stream.close()
+    # A frame of another shape would not pass: the check can fail.
+    with pytest.raises(jsonschema.ValidationError):
+        _check_frame(items, sse.Event("task", json.dumps({"kind": "dance"})))
+
+
+def test_gunicorns_own_refusals_are_the_error_envelope(hub):
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as conn:
+        # Over gunicorn's 4094-byte request line, and small enough to be read whole (a
+        # close with unread bytes would be a reset, which may discard the answer).
+        conn.sendall(b"GET /" + b"a" * 5_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414 "), head
+    assert b"Content-Type: application/json" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_request" and error["type"] == "invalid_request_error"

@@ -11,6 +11,7 @@ from tether.actors.system import ActorSystem
 from tether.common import logs
 from tether.config import Settings, load_settings
 from tether.http import errors, request_ids
+from tether.http.allow import AllowMiddleware
 from tether.http.auth import Auth, AuthMiddleware
 from tether.http.limits import Limiter, StreamCounter
 from tether.http.ollama import models as ollama_models
@@ -35,7 +36,8 @@ from tether.observability.board import BOARD
 
 def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     auth = Auth(settings)
-    middleware: list[Any] = [request_ids.RequestIdMiddleware(), AuthMiddleware(auth)]
+    middleware: list[Any] = [request_ids.RequestIdMiddleware(), AuthMiddleware(auth),
+                             AllowMiddleware()]
     if settings.cors_origins:
         middleware.insert(0, Cors(settings.cors_origins))  # first: it sees every response
     app = falcon.App(cors_enable=False, middleware=middleware)

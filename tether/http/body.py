@@ -36,7 +36,7 @@ class BodyLimits:
 
     bytes: int
     depth: int = 64
-    values: int = 131072
+    values: int = 65536
 
     @classmethod
     def of(cls, settings: Any) -> BodyLimits:
@@ -112,14 +112,18 @@ def _no_constant(name: str) -> Any:
 
 def _shape(raw: bytes, limits: BodyLimits) -> str | None:
     """Why `raw` is too deep or has too many values to parse, or None. Every value but the
-    first follows a `,` or opens a container, so `,` + `[` + `{` + 1 bounds the values,
-    and the brackets bound the depth: most bodies stop at the first, cheap, count."""
+    root is the first of a non-empty container or follows a `,` (a key and its value count
+    as one), so `,` + `[` + `{` + 1 bounds the values, and the brackets bound the depth:
+    most bodies stop at this first, cheap, count. Beyond it, the same count outside text
+    less the empty containers is exact."""
     opens = raw.count(b"[") + raw.count(b"{")
     if opens + raw.count(b",") < limits.values and opens <= limits.depth:
         return None
-    outside = _STRING.sub(b'""', raw)  # brackets and commas in text do not count
+    # Brackets and commas in text do not count, nor does whitespace (for `[ ]`).
+    outside = _STRING.sub(b'""', raw).translate(None, b" \t\r\n")
     opens = outside.count(b"[") + outside.count(b"{")
-    if opens + outside.count(b",") + 1 > limits.values:
+    empty = outside.count(b"[]") + outside.count(b"{}")
+    if 1 + outside.count(b",") + opens - empty > limits.values:
         return f"more than {limits.values} values (setting max_json_values)"
     if opens > limits.depth and not _shallow(outside.translate(None, _NOT_BRACKETS),
                                              limits.depth):

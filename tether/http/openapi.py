@@ -47,12 +47,11 @@ REQUEST_ID_PARAM = {"name": "X-Request-Id", "in": "header", "required": False,
 # stateful phases): its session for the session's routes, its first Llm for the Llm's.
 _SESSION = "$response.body#/providerSessionId"
 _FIRST_LLM = "$response.body#/llms/0/name"
-REGISTER_LINKS = {
-    "Heartbeat": {"operationId": "post_api_v1_llms__provider_heartbeat",
-                  "requestBody": {"providerSessionId": _SESSION}},
-    "ReadLlm": {"operationId": "get_api_v1_llms_name", "parameters": {"name": _FIRST_LLM}},
-    "Infer": {"operationId": "post_api_v1_llms_name_infer",
-              "parameters": {"name": _FIRST_LLM}},
+REGISTER_LINKS = {  # name: (method, path as app.py mounts it, what it takes)
+    "Heartbeat": ("POST", "/api/v1/llms/_provider-heartbeat",
+                  {"requestBody": {"providerSessionId": _SESSION}}),
+    "ReadLlm": ("GET", "/api/v1/llms/{name}", {"parameters": {"name": _FIRST_LLM}}),
+    "Infer": ("POST", "/api/v1/llms/{name}/infer", {"parameters": {"name": _FIRST_LLM}}),
 }
 
 
@@ -154,11 +153,17 @@ def document(routes: Sequence[tuple[str, Any]], auth: bool = True) -> dict[str, 
                 path, method, resource.role, op, auth)
     register = paths.get("/api/v1/llms/_provider-register", {}).get("post")
     if register is not None:
-        register["responses"]["200"]["links"] = REGISTER_LINKS
+        register["responses"]["200"]["links"] = {
+            name: {"operationId": operation_id(method, path), **takes}
+            for name, (method, path, takes) in REGISTER_LINKS.items()
+            if method.lower() in paths.get(_path(path), {})}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Tether hub", "version": __version__,
-                 "description": "One OpenAI-compatible endpoint for self-hosted LLMs."},
+                 "description": "One OpenAI-compatible endpoint for self-hosted LLMs. Every "
+                                "path also answers OPTIONS, without a key: 200 with `Allow` "
+                                "(its methods and OPTIONS, as a 405 lists them), or a CORS "
+                                "preflight's answer where cors_origins allows the origin."},
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
     }

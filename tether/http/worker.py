@@ -15,6 +15,8 @@ is the hub's JSON error envelope, as /openapi.json documents every error, not it
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import time
 from typing import Any
@@ -132,6 +134,19 @@ def write_error(sock: Any, status: int, reason: str, message: str) -> None:
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept fixed
+
+
+def keep_large_blocks_mapped() -> None:
+    """glibc raises its mmap threshold to the size of each mapped block freed (up to 32
+    MiB): after the first 4 MiB body, later ones come from the heap, which it seldom gives
+    back (a worker kept ~33 MiB after eight left, issue 27). A fixed threshold keeps every
+    large block (a body, its task frame) a mapping of its own, unmapped when freed."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own rules hold
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 class SettledConfig:
     """A worker's gunicorn Config, each setting (or property) read once and then kept."""
 
@@ -155,4 +170,5 @@ class Worker(GeventWorker):
         # process is the hub's worker alone, so the swap reaches exactly its responses.
         wsgi.Response = OneSendResponse
         util.write_error = write_error  # gunicorn's own answers (base.Worker.handle_error)
+        keep_large_blocks_mapped()
         super().init_process()
