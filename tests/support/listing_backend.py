@@ -3,8 +3,9 @@ pulled, one removed, the listing failing), for discovery (docs/protocol.md, Disc
 
 It serves on a real socket, in a thread of the test process: `GET /v1/models` (the current
 list, or 500 while `failing`), `GET /api/tags` when `ollama` (each model's details, as
-Ollama words them), and `POST /v1/chat/completions` (answers naming the model it was asked
-for; `hold` keeps answers back, to count how many the publisher runs at once).
+Ollama words them), `POST /v1/chat/completions` (answers naming the model it was asked
+for; `hold` keeps answers back, to count how many the publisher runs at once) and `POST
+/_wake` (what a wake recipe calls: the listing stops failing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class ListingBackend:
         self.models = list(models)
         self.ollama = ollama
         self.failing = False
+        self.wakes = 0  # POST /_wake calls (a wake recipe)
         self.listings = 0  # GET /v1/models answered (or failed) so far
         self.asked: list[str] = []  # the `model` of each completion request
         self.inflight = 0
@@ -85,6 +87,11 @@ class ListingBackend:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path == "/_wake":  # a wake recipe's call: the listing works again
+                    backend.wakes += 1
+                    backend.failing = False
+                    self._send(200, {"awake": True})
+                    return
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
