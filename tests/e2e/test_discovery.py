@@ -124,6 +124,24 @@ def test_a_sleeping_backend_with_a_wake_recipe_is_woken_once_to_read_its_list(
     assert backend.wakes == 1
 
 
+def test_one_wake_wakes_every_model_of_the_backend(hub, fake, publish_factory):
+    backend = fake("a", "b")
+    recipe = f"http://127.0.0.1:{backend.port}"
+    publish_factory([{"base_url": backend.base_url, "idle_sleep_s": 2,
+                      "wake": {"http": {"url": f"{recipe}/_wake"}},
+                      "sleep": {"http": {"url": f"{recipe}/_sleep"}}}],
+                    probe_interval_s=INTERVAL)
+    # Idle: the backend process sleeps once, and both its names hibernate.
+    for name in ("a", "b"):
+        wait_status(hub, name, "hibernating", timeout=20)
+    assert backend.sleeps == 1
+    assert chat(hub, "a").status_code == 200  # wakes the backend
+    # The other model lives in that same process: awake too, without a wake of its own
+    # (nobody asked for b: only the publisher's report can make it active).
+    wait_status(hub, "b", "active")
+    assert backend.wakes == 1
+
+
 def test_more_than_64_models_are_registered_in_several_calls(hub, fake, publish_factory):
     many = [f"model-{i:03d}" for i in range(150)]
     backend = fake(*many)

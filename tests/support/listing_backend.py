@@ -5,7 +5,8 @@ It serves on a real socket, in a thread of the test process: `GET /v1/models` (t
 list, or 500 while `failing`), `GET /api/tags` when `ollama` (each model's details, as
 Ollama words them), `POST /v1/chat/completions` (answers naming the model it was asked
 for; `hold` keeps answers back, to count how many the publisher runs at once) and `POST
-/_wake` (what a wake recipe calls: the listing stops failing).
+/_wake` and `POST /_sleep` (what its recipes call: the listing works, or fails, from then
+on).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class ListingBackend:
         self.ollama = ollama
         self.failing = False
         self.wakes = 0  # POST /_wake calls (a wake recipe)
+        self.sleeps = 0  # POST /_sleep calls (a sleep recipe)
         self.listings = 0  # GET /v1/models answered (or failed) so far
         self.asked: list[str] = []  # the `model` of each completion request
         self.inflight = 0
@@ -87,10 +89,12 @@ class ListingBackend:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path == "/_wake":  # a wake recipe's call: the listing works again
-                    backend.wakes += 1
-                    backend.failing = False
-                    self._send(200, {"awake": True})
+                if self.path in ("/_wake", "/_sleep"):  # a recipe's call
+                    waking = self.path == "/_wake"
+                    backend.wakes += waking
+                    backend.sleeps += not waking
+                    backend.failing = not waking  # asleep: its list cannot be read
+                    self._send(200, {"awake": waking})
                     return
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
