@@ -158,7 +158,11 @@ def withdraw(hub: HubClient, session_id: str, names: Sequence[str]) -> bool:
                 break
         if code == 200:
             log.info("withdrew %s", ", ".join(batch))
-        else:  # 403: one is no longer ours (a retry after a pool member left): nothing to do
+        elif code == 403 and len(batch) > 1:
+            # One name is no longer ours (we left its pool already): the hub applied
+            # nothing, so each goes alone, and only that one is refused.
+            done = all([withdraw(hub, session_id, [name]) for name in batch]) and done
+        else:
             log.warning("hub refused to withdraw %s: %s", ", ".join(batch),
                         (answer or {}).get("error", {}).get("message"))
             done = done and 0 < code < 500
