@@ -12,7 +12,7 @@ import requests
 
 from tests.support.hub import wait_until
 from tests.support.listing_backend import ListingBackend
-from tests.support.procs import Publish, wait_status
+from tests.support.procs import TETHER, Publish, _spawn, stop, wait_status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,6 +112,36 @@ def test_a_backend_down_at_start_is_published_once_it_lists(hub, fake, publish_f
     assert len(publish.logs().splitlines()) < 10, publish.logs()
 
 
+def test_a_sleeping_backend_with_a_wake_recipe_is_woken_once_to_read_its_list(
+        hub, fake, publish_factory):
+    backend = fake("woken")
+    backend.failing = True  # asleep: its list cannot be read
+    publish_factory([{"base_url": backend.base_url,
+                      "wake": {"http": {"url": f"http://127.0.0.1:{backend.port}/_wake"}}}],
+                    probe_interval_s=INTERVAL)
+    wait_until(lambda: names(hub) == ["woken"], timeout=20)
+    wait_status(hub, "woken", "active")
+    assert backend.wakes == 1
+
+
+def test_one_wake_wakes_every_model_of_the_backend(hub, fake, publish_factory):
+    backend = fake("a", "b")
+    recipe = f"http://127.0.0.1:{backend.port}"
+    publish_factory([{"base_url": backend.base_url, "idle_sleep_s": 2,
+                      "wake": {"http": {"url": f"{recipe}/_wake"}},
+                      "sleep": {"http": {"url": f"{recipe}/_sleep"}}}],
+                    probe_interval_s=INTERVAL)
+    # Idle: the backend process sleeps once, and both its names hibernate.
+    for name in ("a", "b"):
+        wait_status(hub, name, "hibernating", timeout=20)
+    assert backend.sleeps == 1
+    assert chat(hub, "a").status_code == 200  # wakes the backend
+    # The other model lives in that same process: awake too, without a wake of its own
+    # (nobody asked for b: only the publisher's report can make it active).
+    wait_status(hub, "b", "active")
+    assert backend.wakes == 1
+
+
 def test_more_than_64_models_are_registered_in_several_calls(hub, fake, publish_factory):
     many = [f"model-{i:03d}" for i in range(150)]
     backend = fake(*many)
@@ -186,3 +216,18 @@ def test_an_ollama_backend_describes_its_models_on_the_hubs_api_tags(
     tags = hub.get("/api/tags").json()["models"]
     assert tags[0]["name"] == "llama3.1:8b"
     assert tags[0]["details"] == backend.details("llama3.1:8b")
+
+
+def test_flags_alone_publish_every_model_a_backend_lists(hub, fake, tmp_path):
+    backend = fake("llama3.1:8b", "qwen2.5:7b")
+    log = tmp_path / "flags.log"
+    proc = _spawn([*TETHER, "publish", "--hub", hub.url, "--backend", backend.base_url,
+                   "--prefix", "laptop-", "--session-file", str(tmp_path / "f.session")], log)
+    try:
+        wait_until(lambda: names(hub) == ["laptop-llama3.1:8b", "laptop-qwen2.5:7b"],
+                   timeout=20)
+        wait_status(hub, "laptop-llama3.1:8b", "active")
+        assert chat(hub, "laptop-llama3.1:8b").json()["model"] == "laptop-llama3.1:8b"
+        assert backend.asked == ["llama3.1:8b"]
+    finally:
+        stop(proc)

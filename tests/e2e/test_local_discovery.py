@@ -55,10 +55,13 @@ def test_a_local_server_is_found_and_its_models_published(hub, ollama, tmp_path)
         stop(proc)
 
 
-def test_none_found_exits_2_naming_the_ports_tried(hub):
+@pytest.mark.parametrize("via", ["its own URL", "another address"])
+def test_none_found_exits_2_naming_the_ports_tried(hub, via):
     closed = free_port()
-    # The hub's own port answers /v1/models, but is never taken for a backend.
-    done = subprocess.run([*TETHER, "publish", "--hub", hub.url], capture_output=True,
+    # The hub answers /v1/models too, but is never taken for a backend: not at the
+    # address --hub names, nor when --hub spells it another way (its /healthz says).
+    url = hub.url if via == "its own URL" else f"http://192.0.2.1:{hub.port}"
+    done = subprocess.run([*TETHER, "publish", "--hub", url], capture_output=True,
                           text=True, timeout=30,
                           env={**os.environ,
                                "TETHER_LOCAL_PORTS": f"{hub.port},{closed}"})

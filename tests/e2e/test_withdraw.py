@@ -7,6 +7,7 @@ import concurrent.futures as cf
 
 import requests
 
+from tests.e2e.test_security import KeyedPublisher, call, make_key
 from tests.support.hub import wait_until
 from tests.support.publisher import Stream
 
@@ -107,3 +108,19 @@ def test_requests_waiting_for_a_withdrawn_name_get_publisher_offline(hub, publis
         r = waiting.result()
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "publisher_offline"
+
+
+def test_with_auth_only_the_sessions_key_withdraws(hub_factory):
+    hub = hub_factory(auth="on")
+    keys = {name: make_key(hub, role, name) for name, role in (
+        ("pub-a", "publisher"), ("pub-b", "publisher"), ("client", "client"),
+        ("root", "admin"))}
+    owner = KeyedPublisher(hub.url, keys["pub-a"], "session-a")
+    owner.register("model-a")
+    body = {"providerSessionId": "session-a", "names": ["model-a"]}
+    for key in (keys["pub-b"], keys["client"]):  # another publisher's key; a client's
+        r = call(hub, "POST", "/api/v1/llms/_provider-withdraw", key, json=body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert call(hub, "GET", "/api/v1/llms/model-a", keys["root"]).status_code == 200
+    assert owner.post("/api/v1/llms/_provider-withdraw", body).status_code == 200
+    assert call(hub, "GET", "/api/v1/llms/model-a", keys["root"]).status_code == 404

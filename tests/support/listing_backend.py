@@ -3,8 +3,10 @@ pulled, one removed, the listing failing), for discovery (docs/protocol.md, Disc
 
 It serves on a real socket, in a thread of the test process: `GET /v1/models` (the current
 list, or 500 while `failing`), `GET /api/tags` when `ollama` (each model's details, as
-Ollama words them), and `POST /v1/chat/completions` (answers naming the model it was asked
-for; `hold` keeps answers back, to count how many the publisher runs at once).
+Ollama words them), `POST /v1/chat/completions` (answers naming the model it was asked
+for; `hold` keeps answers back, to count how many the publisher runs at once) and `POST
+/_wake` and `POST /_sleep` (what its recipes call: the listing works, or fails, from then
+on).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class ListingBackend:
         self.models = list(models)
         self.ollama = ollama
         self.failing = False
+        self.wakes = 0  # POST /_wake calls (a wake recipe)
+        self.sleeps = 0  # POST /_sleep calls (a sleep recipe)
         self.listings = 0  # GET /v1/models answered (or failed) so far
         self.asked: list[str] = []  # the `model` of each completion request
         self.inflight = 0
@@ -85,6 +89,13 @@ class ListingBackend:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path in ("/_wake", "/_sleep"):  # a recipe's call
+                    waking = self.path == "/_wake"
+                    backend.wakes += waking
+                    backend.sleeps += not waking
+                    backend.failing = not waking  # asleep: its list cannot be read
+                    self._send(200, {"awake": waking})
+                    return
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return

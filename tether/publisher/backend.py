@@ -316,8 +316,10 @@ class BackendActor(TetherActor, IdleSleep):
             if self.backend.discovers:
                 self._on_list_due()
             result: Result = final_result(200, {"awake": True})
-            if not answered:
-                self._report("active")  # woken for a task of ours: the hub still says asleep
+            # Woken for a task of ours, or for one name of several: the hub still says
+            # the others sleep (it would send each a wake of its own).
+            if not answered or len(self.served) > 1:
+                self._report("active")
         else:
             probing = self.backend.wake is None and not answered and not self.waiting
             log.log(logging.DEBUG if probing else logging.WARNING,

@@ -132,8 +132,21 @@ def find_local(ports: Sequence[int], avoid: set[tuple[str, int]],
             list_ids(base_url, None, timeout)
         except ListingFailed:
             continue
-        found.append(base_url)
+        if not _is_tether_hub(port, timeout):
+            found.append(base_url)
     return found
+
+
+def _is_tether_hub(port: int, timeout: float) -> bool:
+    """A Tether hub lists models too (its /v1/models): its /healthz says what it is. The
+    hub's own address may be spelt in a way we cannot match (a LAN address of this
+    machine), and publishing one hub's models to another is never what a bare `tether
+    publish --hub URL` means."""
+    try:
+        body = _get_json(f"http://127.0.0.1:{port}/healthz", None, timeout)
+    except ListingFailed:
+        return False
+    return isinstance(body, dict) and {"database", "bus"} <= set(body)
 
 
 class Catalogue:

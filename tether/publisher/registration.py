@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ log = logging.getLogger("tether.publisher")
 Status = Literal["active", "hibernating"]
 # The hub takes at most this many names in one register, status report or withdraw.
 MAX_NAMES = 64
+# A withdraw the hub cannot take now is tried again after these pauses.
+WITHDRAW_RETRIES_S = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 class Registration(Exception):
@@ -139,21 +142,28 @@ def report_status(hub: HubClient, session_id: str | None, names: Sequence[str],
 
 
 def withdraw(hub: HubClient, session_id: str, names: Sequence[str]) -> bool:
-    """Tell the hub this publisher no longer serves `names`; False if the hub could not be
-    told (the next hello lists them again, and they are withdrawn then)."""
+    """Tell the hub this publisher no longer serves `names`, retrying a hub that cannot
+    answer now (unreachable, 5xx) for a few seconds; False if it could not be told (the
+    next hello lists them again, and they are withdrawn then)."""
     done = True
     for batch in batches(sorted(names)):
-        try:
-            code, answer = hub.post("/api/v1/llms/_provider-withdraw",
-                                    {"providerSessionId": session_id, "names": list(batch)})
-        except Unreachable as exc:
-            log.warning("could not withdraw %s: %s", ", ".join(batch), exc)
-            done = False
-            continue
+        body = {"providerSessionId": session_id, "names": list(batch)}
+        for delay in WITHDRAW_RETRIES_S:
+            time.sleep(delay)  # cooperative: the publisher runs under gevent
+            try:
+                code, answer = hub.post("/api/v1/llms/_provider-withdraw", body)
+            except Unreachable as exc:
+                code, answer = 0, {"error": {"message": str(exc)}}
+            if 0 < code < 500:
+                break
         if code == 200:
             log.info("withdrew %s", ", ".join(batch))
-        else:  # 403: one is no longer ours (a retry after a pool member left): nothing to do
+        elif code == 403 and len(batch) > 1:
+            # One name is no longer ours (we left its pool already): the hub applied
+            # nothing, so each goes alone, and only that one is refused.
+            done = all([withdraw(hub, session_id, [name]) for name in batch]) and done
+        else:
             log.warning("hub refused to withdraw %s: %s", ", ".join(batch),
                         (answer or {}).get("error", {}).get("message"))
-            done = code < 500
+            done = done and 0 < code < 500
     return done

@@ -1,4 +1,4 @@
-"""The publisher control plane: register, stream, heartbeat, status, withdraw, task result."""
+"""The publisher control plane: register, stream, heartbeat, status, task result."""
 
 from __future__ import annotations
 
@@ -135,6 +135,8 @@ class Status(_Resource):
 
 
 class Withdraw(_Resource):
+    """Names the publisher no longer serves (docs/protocol.md, _provider-withdraw)."""
+
     operations = {"POST": Operation("Withdraw names the publisher no longer serves",
                                     request=schemas.WITHDRAW, ok=schemas.OK)}
 
