@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -32,10 +33,11 @@ import pykka
 from tether import errors
 from tether.actors import messages as m
 from tether.actors.directory import Directory
-from tether.actors.task_ids import new_task_id
 from tether.cluster import codec
 from tether.cluster.addresses import Addresses
 from tether.cluster.bus import TICK_S, Bus
+from tether.cluster.faults import Drops
+from tether.cluster.handover import Handover
 from tether.cluster.leases import Homes, Leases
 from tether.cluster.owners import Owners
 from tether.cluster.pending import PendingRequests
@@ -103,6 +105,10 @@ class BusRouter:
         self._asks: dict[str, pykka.Future[Any]] = {}
         self._cleaning: set[str] = set()
         self._recovering = 0  # ticks left of re-asserting what Redis lost
+        self._reconcile_s = s.reconcile_interval_s
+        self._reconciled_at = time.monotonic()
+        self._drops = Drops()  # fault injection (tests, with fault_injection on)
+        self.handover = Handover(self)
 
     def start(self) -> BusRouter:
         self.bus.start()
@@ -124,6 +130,7 @@ class BusRouter:
         # still away.
         self.bus.every_tick(self.pending.expire_unacknowledged,
                             "forwarded infers' acknowledgements")
+        self.bus.every_tick(self._reconcile, "the owners' reconciliation")
 
     def stop(self) -> None:
         self.board.stop()
@@ -135,6 +142,10 @@ class BusRouter:
 
     def _send(self, process: str, payload: dict[str, Any]) -> bool:
         return self.bus.send(process, {**payload, "from": self.process})
+
+    def drop(self, kind: str, count: int, heard: bool) -> None:
+        """Fault injection: lose the next `count` messages of `kind` (see faults.Drops)."""
+        self._drops.add(kind, count, heard)
 
     def send_tell(self, process: str, address: codec.Address, message: Any,
                   answer_loss: bool = True) -> bool:
@@ -149,7 +160,9 @@ class BusRouter:
                 waiting = request_id
                 self.pending.sending(request_id, process, address[2])
         body = codec.encode(message, self._hooks)
-        sent = self._send(process, {"k": "tell", "to": list(address), "m": body})
+        dropped = self._drops.take(type(message).__name__) if self._drops else None
+        sent = (self._send(process, {"k": "tell", "to": list(address), "m": body})
+                if dropped is None else dropped)
         if not sent and waiting is not None:
             self.pending.not_sent(waiting)
         if not sent and answer_loss and isinstance(message, m.Infer):
@@ -196,6 +209,8 @@ class BusRouter:
         self._send(process, {"k": "call", "fn": fn, "a": codec.encode(list(args), self._hooks)})
 
     def send_reply(self, process: str, request_id: str, item: Any) -> None:
+        if self._drops and self._drops.take(f"reply:{type(item).__name__}") is not None:
+            return
         self._send(process, {"k": "reply", "id": request_id,
                              "m": codec.encode(item, self._hooks)})
 
@@ -206,7 +221,7 @@ class BusRouter:
         """Ask `process`'s supervisor to reload a name or a session."""
         if process == self.process:
             self._supervisor_op(op, key, registered)
-        else:
+        elif not self._drops or self._drops.take(op) is None:
             self._send(process, {"k": "sup", "op": op, "key": key, "reg": registered})
 
     def relink(self, names: frozenset[str]) -> None:
@@ -329,7 +344,7 @@ class BusRouter:
             return
         ref = self.addresses.ref(("session", self.process, key)) if kind == "session" else None
         if ref is None or not tell(ref, message):
-            self._undeliverable(message, key)
+            self.handover.undeliverable(message, key)
 
     def _answer(self, payload: dict[str, Any]) -> None:
         reply: dict[str, Any] = {"k": "ans", "id": payload.get("id")}
@@ -354,54 +369,15 @@ class BusRouter:
             log.exception("bus: answering %s failed", payload.get("k"))
             reply["err"] = codec.encode(errors.INTERNAL_ERROR(), self._hooks)
         if payload.get("id"):
-            self._send(payload["from"], reply)
+            kind = f"ans:{payload.get('fn') or payload['k']}"
+            if not self._drops or self._drops.take(kind) is None:
+                self._send(payload["from"], reply)
 
     def _supervisor_op(self, op: str, key: str, registered: str | None = None) -> None:
         message = (m.ReloadLlm(key, registered) if op == "reload_llm"
                    else m.ReloadSession(key) if op == "reload_session" else None)
         if message is not None:
             tell(self._system.supervisor, message)
-
-    # --- take-overs ----------------------------------------------------------------------
-
-    def renamed(self, tasks: Sequence[m.SendInfer | m.SendWake], slot: int,
-                home: str) -> tuple[m.SendInfer | m.SendWake, ...]:
-        """Tasks of a session that moved to `home` (its `slot` there), under ids of that
-        home; their LlmActors are told (TaskMoved), so they count them under those ids."""
-        out = []
-        for sent in tasks:
-            moved = dataclasses.replace(sent, task_id=new_task_id(slot, home))
-            tell(sent.llm, m.TaskMoved(sent.task_id, moved.task_id))
-            out.append(moved)
-        return tuple(out)
-
-    def forward_to_home(self, session_id: str, message: m.SendInfer | m.SendWake) -> bool:
-        """A task for a session no longer here (its stream opened on another process) goes
-        to its home now, as a task taken over; False if it has no live home elsewhere."""
-        try:
-            home = self.homes.live_home(session_id)
-        except Exception:  # noqa: BLE001 - Redis down: nowhere to send it
-            home = None
-        if home is None or home.process == self.process:
-            return False
-        adopt = m.AdoptTasks(self.renamed((message,), home.slot, home.process))
-        log.info("task %s of session %s goes to its new home %s", message.task_id,
-                 session_id, home.process)
-        self.send_tell(home.process, ("session", home.process, session_id), adopt)
-        return True
-
-    def _undeliverable(self, message: Any, session_id: str = "") -> None:
-        """A session that is not here (any more): its new home takes the task, or whoever
-        waits on it is answered."""
-        if isinstance(message, (m.SendInfer, m.SendWake)) \
-                and self.forward_to_home(session_id, message):
-            return
-        if isinstance(message, m.SendInfer):
-            message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=message.llm_name)))
-            tell(message.llm, m.TaskEnded(message.task_id))
-        elif isinstance(message, m.SendWake):
-            tell(message.llm, m.WakeFailed(message.task_id,
-                                           errors.PUBLISHER_OFFLINE(name=message.llm_name)))
 
     # --- liveness ------------------------------------------------------------------------
 
@@ -426,6 +402,18 @@ class BusRouter:
         self.pending.check(alive)
         tell(self._system.supervisor, m.EnsureOwners(reassert))
         self._recovering -= reassert
+
+    def _reconcile(self) -> None:
+        """Every reconcile_interval_s: each LlmActor of a name owned here compares what it
+        counts in flight with what its members' sessions hold (docs/protocol.md, Lost
+        messages). Local only: it runs while Redis is away too."""
+        now = time.monotonic()
+        if now - self._reconciled_at < self._reconcile_s:
+            return
+        self._reconciled_at = now
+        directory = self._system.directory
+        for name in list(self.leases.owned):
+            tell(directory.llm(name), m.Reconcile())
 
     def _bury(self, process: str) -> None:
         """`process` is dead. Whichever survivor removes it from the set first marks the rows
