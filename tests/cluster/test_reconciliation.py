@@ -151,3 +151,24 @@ def test_a_lost_stream_opened_is_found(pair: tuple[Hub, Hub]) -> None:
     wait_until(served, timeout=BOUND_S)
     assert time.monotonic() - opened < BOUND_S
     pub.close()
+
+
+def test_tasks_handed_over_in_an_eviction_answer_nobody_read_are_served(
+        pair: tuple[Hub, Hub]) -> None:
+    """The publisher's stream moves from b to a (a take-over): b gives the session up and
+    answers with its task that produced nothing, and that answer is lost (as one that
+    comes after the asker's 5 s deadline is). The task is not lost with it: a's
+    reconciliation finds it held nowhere and sends it again, to the session's new home."""
+    a, b = pair
+    pub, stream = split(a, b)
+    serve(pub, stream, in_background(lambda: a.infer("m1", "warm")), "warm")
+    call = in_background(lambda: a.infer("m1", "moving", timeout=CLIENT_TIMEOUT_S))
+    assert content(stream.next_task("infer", timeout=10)) == "moving"
+    drop(b, "ans:evict")
+    moved = time.monotonic()
+    pub.url = a.url  # it reconnects to the other process
+    again = pub.open()
+    serve(pub, again, call, "moving", timeout=BOUND_S + 6)  # + the evict's 5 s wait
+    assert time.monotonic() - moved < BOUND_S + 6
+    wait_until(lambda: member_in_flight(a, "m1") == 0, timeout=5)
+    pub.close()
