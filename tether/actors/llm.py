@@ -107,6 +107,9 @@ class LlmActor(TetherActor):
             case m.GraceEnded():
                 self._on_grace_ended(message)
             case m.Relinquish():
+                if message.pass_on is not None:
+                    for req in self._queue.clear():
+                        message.pass_on(req.infer)
                 self._fail_waiters(errors.HUB_BUSY())
                 self.stop()  # on_stop finds no waiter left to tell "shutting down"
             case _:

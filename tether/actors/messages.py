@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -236,7 +237,10 @@ class QueueTimedOut:
 class Relinquish:
     """To an LlmActor whose name moved to another process (its lease was taken over):
     answer the requests waiting here 503 `hub_busy` (a retry reaches the new owner; the hub
-    is not shutting down), then stop."""
+    is not shutting down), then stop. With `pass_on` (this process drains and hands its
+    names over), each waiting request goes to it instead."""
+
+    pass_on: Callable[[Infer], None] | None = field(default=None, compare=False)
 
 
 # --- SessionActor ------------------------------------------------------------------------

@@ -1,21 +1,26 @@
-"""Tasks of a session that moved to another process (a take-over, docs/protocol.md, Several
-hub processes: Homes): renamed under ids of their new home, passed on to it, or answered
-where nobody can take them."""
+"""What one process hands another (docs/protocol.md, Several hub processes): the tasks of a
+session that moved (a take-over: renamed under ids of their new home, passed on to it, or
+answered where nobody can take them), and a draining process's names."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import pykka
+
 from tether import errors
 from tether.actors import messages as m
 from tether.actors.task_ids import new_task_id
+from tether.cluster.bus import Bus
 from tether.cluster.codec import Address
-from tether.cluster.leases import Homes
+from tether.cluster.leases import Homes, Leases
 from tether.cluster.owners import Owners
+from tether.cluster.proxies import RemoteReply
 from tether.common.actor import tell
 
 log = logging.getLogger("tether.router")
@@ -25,8 +30,11 @@ class Router(Protocol):
     """What a hand-over needs of the router (tether.cluster.router.BusRouter)."""
 
     process: str
+    bus: Bus
     homes: Homes
+    leases: Leases
     owners: Owners
+    draining: bool
 
     def send_tell(self, process: str, address: Address, message: Any,
                   answer_loss: bool = True) -> bool: ...
@@ -84,3 +92,37 @@ class Handover:
                 owner = self._router.owners.owner(message.name)
                 if owner is not None:
                     self._router.supervise(owner, "reload_llm", message.name)
+
+    def names(self, supervisor: pykka.ActorRef) -> None:
+        """This process drains (SIGTERM): before it stops answering, the names it owns go
+        to live processes (docs/protocol.md, Shutdown): their leases are released, and the
+        requests waiting here for them on behalf of other processes go to an heir, which
+        takes the name on that infer (and counts the tasks still running, as any new
+        owner). This process takes no name any more, so nothing comes back."""
+        self._router.draining = True
+        try:
+            bus, me = self._router.bus, self._router.process
+            procs = sorted(str(p) for p in bus.redis.smembers(bus.key("procs")))
+            heirs = sorted(bus.alive([p for p in procs if p != me]))
+        except Exception:  # noqa: BLE001 - Redis down: the leases expire with this process
+            log.warning("drain: Redis does not answer; names go when their leases expire")
+            return
+        if not heirs:
+            return
+        names = sorted(self._router.leases.owned)
+        for i, name in enumerate(names):
+            heir = heirs[i % len(heirs)]
+            with contextlib.suppress(Exception):
+                self._router.leases.release(name)
+            tell(supervisor, m.NamesLost(
+                (name,), functools.partial(self._pass_on, name, heir)))
+        if names:
+            log.info("drain: handed %d name(s) over to %s", len(names), ", ".join(heirs))
+
+    def _pass_on(self, name: str, heir: str, infer: m.Infer) -> None:
+        """A request that waited here for a name handed over: a client of another process
+        is served by the heir; one of this process (which is going) is answered as before."""
+        if isinstance(infer.reply, RemoteReply):
+            self._router.send_tell(heir, ("llm", heir, name), infer)
+        else:
+            infer.reply.put(m.Failed(errors.SHUTTING_DOWN()))

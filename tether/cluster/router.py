@@ -109,6 +109,7 @@ class BusRouter:
         self._reconciled_at = time.monotonic()
         self._drops = Drops()  # fault injection (tests, with fault_injection on)
         self.handover = Handover(self)
+        self.draining = False  # SIGTERM: its names handed over, none taken any more
 
     def start(self) -> BusRouter:
         self.bus.start()
@@ -262,7 +263,7 @@ class BusRouter:
         if local is not None:
             tell(local, message)
             return
-        infer = isinstance(message, m.Infer)
+        infer = isinstance(message, m.Infer) and not self.draining  # takes the name
         known = owner is not None
         if owner is None:
             owner, known = self.owners.recent(name, take=infer)
@@ -400,7 +401,8 @@ class BusRouter:
                 self._cleaning.add(process)
                 spawn(self._bury, process)
         self.pending.check(alive)
-        tell(self._system.supervisor, m.EnsureOwners(reassert))
+        if not self.draining:  # its names were handed over: none is taken back
+            tell(self._system.supervisor, m.EnsureOwners(reassert))
         self._recovering -= reassert
 
     def _reconcile(self) -> None:

@@ -259,7 +259,7 @@ class ClusterSupervisor(Supervisor):
             self._members.pop(name, None)
             if ref is not None:
                 self._router.addresses.forget_local(ref)
-                tell(ref, m.Relinquish())  # its waiters: 503 hub_busy, then it stops
+                tell(ref, m.Relinquish(msg.pass_on))  # its waiters: 503 hub_busy, or passed on
         self._publish_directory()
 
     def _on_ensure_owners(self, msg: m.EnsureOwners) -> None:

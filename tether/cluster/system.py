@@ -158,6 +158,12 @@ class ClusterSystem(ActorSystem):
         allowed = may_act(session_id) if may_act is not None else True
         self._router.call(home, "submit_result", task_id, claimed_session, result, allowed)
 
+    def drain(self, deadline_s: float = 0.0) -> None:
+        """As one process's drain; first, its names go to live processes (a graceful stop
+        moves names, it never takes them down)."""
+        self._router.handover.names(self.supervisor)
+        super().drain(deadline_s)
+
     def inject_drop(self, kind: str, count: int, heard: bool) -> bool:
         self._router.drop(kind, count, heard)
         return True
