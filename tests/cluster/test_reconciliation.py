@@ -172,3 +172,23 @@ def test_tasks_handed_over_in_an_eviction_answer_nobody_read_are_served(
     assert time.monotonic() - moved < BOUND_S + 6
     wait_until(lambda: member_in_flight(a, "m1") == 0, timeout=5)
     pub.close()
+
+
+def test_a_result_posted_to_another_process_during_a_bus_hiccup_gets_retry_after(
+        pair: tuple[Hub, Hub]) -> None:
+    """A result POST on a process that is not the task's home is asked of the home; when
+    that call gets no answer it is answered 503 `hub_busy` with Retry-After, and the same
+    result posted again reaches the home (the publisher's retry)."""
+    a, b = pair
+    pub, stream = split(a, b)  # tasks run on b's session
+    call = in_background(lambda: a.infer("m1", "result", timeout=CLIENT_TIMEOUT_S))
+    task = stream.next_task("infer", timeout=10)
+    drop(a, "call:submit_result", heard=False)
+    pub.url = a.url  # posted to the process that is not its home
+    refused = pub.result(task["taskId"], {"status": 200, "body": "result"})
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "hub_busy"
+    assert refused.headers["Retry-After"] == "1"
+    assert pub.result(task["taskId"], {"status": 200, "body": "result"}).status_code == 200
+    assert result_of(call).json() == "result"
+    pub.close()

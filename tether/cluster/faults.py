@@ -11,7 +11,7 @@ log = logging.getLogger("tether.router")
 
 class Drops:
     """Message kind (a message class such as "TaskEnded", a supervisor op such as
-    "reload_llm", "reply:<event class>" or "ans:<call>") -> how many more to lose, and
+    "reload_llm", "reply:<event class>", "call:<fn>" or "ans:<fn>") -> how many more to lose, and
     whether their sender is told they were heard (lost in flight) or not (nobody listens)."""
 
     def __init__(self) -> None:

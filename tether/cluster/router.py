@@ -55,6 +55,14 @@ BUS_ASK_S = 5.0  # a cross-process ask unanswered by then is answered 503
 RECOVER_TICKS = 5  # after Redis lost our keys: re-assert homes and owners this many ticks
 
 
+def busy() -> TetherError:
+    """503 `hub_busy` for a cross-process call that got no answer (a bus hiccup): the caller
+    (a publisher posting a result, say) retries after a second, and may then get through."""
+    error = errors.HUB_BUSY()
+    error.headers = {"Retry-After": "1"}
+    return error
+
+
 class LocalSystem(Protocol):
     """What the router needs of this process's actor system (tether.cluster.system)."""
 
@@ -182,7 +190,7 @@ class BusRouter:
         try:
             return future.get(timeout=BUS_ASK_S + 1)
         except pykka.Timeout:
-            raise errors.HUB_BUSY() from None
+            raise busy() from None
         finally:
             timer.cancel()
             self._asks.pop(request_id, None)
@@ -195,14 +203,17 @@ class BusRouter:
         future: pykka.Future[Any] = pykka.ThreadingFuture()
         self._asks[request_id] = future
         timer = call_later(BUS_ASK_S, self._ask_expired, request_id)
-        if not self._send(process, {**payload, "id": request_id}):
+        kind = f"{payload['k']}:{payload.get('fn', '')}"
+        dropped = self._drops.take(kind) if self._drops else None
+        if not (self._send(process, {**payload, "id": request_id}) if dropped is None
+                else dropped):
             self._ask_expired(request_id)
         return request_id, future, timer
 
     def _ask_expired(self, request_id: str) -> None:
         future = self._asks.pop(request_id, None)
         if future is not None:
-            error = errors.HUB_BUSY()
+            error = busy()
             future.set_exception((type(error), error, None))
 
     def cast(self, process: str, fn: str, *args: Any) -> None:
