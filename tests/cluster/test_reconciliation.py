@@ -21,7 +21,7 @@ import pytest
 from tests.cluster.test_reads import member_in_flight
 from tests.cluster.test_routing import in_background, result_of
 from tests.support.hub import Hub, wait_until
-from tests.support.publisher import Stream, TestPublisher
+from tests.support.publisher import Stream, TestPublisher, next_task_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -192,3 +192,39 @@ def test_a_result_posted_to_another_process_during_a_bus_hiccup_gets_retry_after
     assert pub.result(task["taskId"], {"status": 200, "body": "result"}).status_code == 200
     assert result_of(call).json() == "result"
     pub.close()
+
+
+def test_a_lost_release_of_a_failed_over_task_is_served_again(
+        pair: tuple[Hub, Hub]) -> None:
+    """A pool member on b loses its stream with a task that produced nothing: b's session
+    releases it to the owner (a) for another member, and that TasksReleased is lost."""
+    a, b = pair
+    spec = {"name": "p", "type": "openai", "pool": True, "model": "m", "maxConcurrency": 1}
+    pa, pb = TestPublisher(a.url), TestPublisher(b.url)
+    pa.register(spec)
+    sa = pa.open()  # a owns p
+    pb.register(spec)
+    sb = pb.open()
+    wait_until(lambda: len(a.llm("p")["members"]) == 2, timeout=10)
+    # Occupy a's member: a request that lands on b's is answered, and another sent.
+    busy = None
+    while busy is None:
+        call = in_background(lambda: a.infer("p", "busy", timeout=CLIENT_TIMEOUT_S))
+        member, task = next_task_of({"a": sa, "b": sb}, "infer", timeout=10)
+        if member == "a":
+            busy = (call, task)
+        else:
+            pb.result(task["taskId"], {"status": 200, "body": "busy"})
+            assert result_of(call).json() == "busy"
+    held = in_background(lambda: a.infer("p", "held", timeout=CLIENT_TIMEOUT_S))
+    assert content(sb.next_task("infer", timeout=10)) == "held"  # the only free slot
+    drop(b, "TasksReleased")
+    sb.close()  # failover: b releases "held"; the owner never hears of it
+    lost = time.monotonic()
+    call, task = busy
+    assert pa.result(task["taskId"], {"status": 200, "body": "busy"}).status_code == 200
+    assert result_of(call).json() == "busy"
+    serve(pa, sa, held, "held", timeout=BOUND_S)  # on a's member, once found lost
+    assert time.monotonic() - lost < BOUND_S
+    pa.close()
+    pb.close()
