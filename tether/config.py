@@ -154,6 +154,11 @@ class Settings:
     liveness_ttl_s: float = setting(5.0, {
         "type": "number", "minimum": 2,
         "x-message": "must be a number >= 2 (liveness keys are renewed every second)"})
+    # With a bus: how often each name's owner compares the tasks it counts in flight with
+    # those its members' sessions hold, and corrects any difference (docs/protocol.md, Lost
+    # messages). A message lost on the bus is corrected within two periods.
+    reconcile_interval_s: float = setting(2.0, {
+        "type": "number", "minimum": 0.5, "x-message": "must be a number >= 0.5"})
     # CPython's cyclic collector in a hub worker (tether/http/python_gc.py): "freeze" keeps full
     # collections from rescanning what survived the last one; "default" is CPython's own.
     python_gc: str = setting("freeze", {

@@ -21,6 +21,7 @@ from tether import errors
 from tether.actors import aliases, routing
 from tether.actors import messages as m
 from tether.actors.pool import InFlightBoard, Member, Pool, Request
+from tether.actors.reconcile import Reconciliation
 from tether.actors.task_ids import new_task_id
 from tether.actors.waiting import Waiting
 from tether.actors.wake import Flight, Wake
@@ -33,10 +34,6 @@ from tether.store import llms as store
 from tether.store.models import ACTIVE, INACTIVE, derived_status
 
 log = logging.getLogger("tether.llm")
-
-# How long a restarted LlmActor waits for its members' sessions to report the tasks its
-# predecessor left running (they answer at once; this covers a message lost on the bus).
-INVENTORY_TIMEOUT_S = 5.0
 
 
 class LlmActor(TetherActor):
@@ -56,12 +53,9 @@ class LlmActor(TetherActor):
         self._queue = Waiting(settings.infer_timeout_s, self._arm_queue_timer)
         self._wake = Wake(state.name, settings.wake_timeout_s, self._arm_wake_timer)
         self._forward = forward  # an alias's infer this name cannot serve now goes on there
-        # A restarted actor hears from each member's session which tasks its predecessor
-        # left running there; a member takes no task until then (or until this timer).
-        self._inventory_timer: Timer | None = None
-        if restarted and self._pool:
-            self._inventory_timer = call_later(INVENTORY_TIMEOUT_S, tell, self.actor_ref,
-                                               m.InventoryTimedOut())
+        # The tasks its members' sessions hold: after a restart, and with a bus.
+        self._counts = Reconciliation(state.name, self._pool, restarted, lambda delay: call_later(
+            delay, tell, self.actor_ref, m.InventoryTimedOut()))
 
     def receive(self, message: m.LlmMessage) -> Any:
         match message:
@@ -91,8 +85,12 @@ class LlmActor(TetherActor):
                 self._on_task_ended(message)
             case m.TasksInFlight():
                 self._on_tasks_in_flight(message)
+            case m.Reconcile():
+                for member, asked in self._counts.to_ask():
+                    tell(member.link.ref, m.CountTasks(self._state.name, self.actor_ref, asked))
             case m.InventoryTimedOut():
-                self._on_inventory_timed_out()
+                self._counts.timed_out()
+                self._pump()
             case m.TaskReturned():
                 self._on_task_returned(message)
             case m.TasksOffered():
@@ -107,9 +105,14 @@ class LlmActor(TetherActor):
                 self._on_withdraw(message)
             case m.GraceEnded():  # a lost member's publisher_grace_s is over
                 self._pump()
-            case m.Relinquish() | m.Retire():  # moved elsewhere, or gone (no member left)
-                self._fail_waiters(errors.HUB_BUSY() if isinstance(message, m.Relinquish)
-                                   else errors.PUBLISHER_OFFLINE(name=self._state.name))
+            case m.Relinquish():
+                if message.pass_on is not None:
+                    for req in self._queue.clear():
+                        message.pass_on(req.infer)
+                self._fail_waiters(errors.HUB_BUSY())
+                self.stop()  # on_stop finds no waiter left to tell "shutting down"
+            case m.Retire():  # gone (no member left)
+                self._fail_waiters(errors.PUBLISHER_OFFLINE(name=self._state.name))
                 self.stop()  # on_stop finds no waiter left to tell "shutting down"
             case _:
                 assert_never(message)
@@ -216,6 +219,7 @@ class LlmActor(TetherActor):
         found = self._pool.dispatched_for(msg.reply)
         if found is not None:
             task_id, member = found
+            self._pool.tasks[task_id].withdrawn = True  # never served again (reconciliation)
             tell(member.link.ref, m.CancelTask(task_id, "client_gone"))
 
     def _on_queue_timed_out(self, msg: m.QueueTimedOut) -> None:
@@ -232,17 +236,13 @@ class LlmActor(TetherActor):
         self._pump()
 
     def _on_tasks_in_flight(self, msg: m.TasksInFlight) -> None:
-        """From a session, after a restart: a crashed predecessor's tasks still run there
-        and hold their slots (no member goes above its maxConcurrency)."""
-        if self._pool.counted(msg.session_id, msg.task_ids) \
-                and self._inventory_timer is not None:
-            self._inventory_timer.cancel()
-            self._inventory_timer = None
-        self._pump()
-
-    def _on_inventory_timed_out(self) -> None:
-        self._inventory_timer = None
-        self._pool.count_all()
+        """From a session: the tasks of this Llm it holds, after a restart or to a
+        reconciliation (reconcile.py); they hold their slots (no member goes above its
+        maxConcurrency), and lost ones are corrected."""
+        opened, again = self._counts.answered(msg)
+        if opened:
+            self._on_stream_opened(m.StreamOpened(msg.session_id))
+        self._queue.put_back(again)
         self._pump()
 
     def _on_task_returned(self, msg: m.TaskReturned) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -170,10 +171,22 @@ class TaskMoved:
 @dataclass(frozen=True)
 class TasksInFlight:
     """From a session, to a restarted LlmActor: its tasks of that Llm still open there
-    (possibly none). The LlmActor gives that member no task before this arrives."""
+    (possibly none). The LlmActor gives that member no task before this arrives.
+
+    Also the answer to CountTasks (a reconciliation, `asked` set): which of the asked tasks
+    the session already answered, and whether its stream is open."""
 
     session_id: str
     task_ids: tuple[str, ...]
+    asked: tuple[str, ...] | None = None
+    answered: tuple[str, ...] = ()
+    stream_open: bool | None = None
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """The LlmActor's periodic check (with a bus: docs/protocol.md, Lost messages): ask the
+    sessions of its busy members which of its tasks they hold (CountTasks)."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +241,10 @@ class QueueTimedOut:
 class Relinquish:
     """To an LlmActor whose name moved to another process (its lease was taken over):
     answer the requests waiting here 503 `hub_busy` (a retry reaches the new owner; the hub
-    is not shutting down), then stop."""
+    is not shutting down), then stop. With `pass_on` (this process drains and hands its
+    names over), each waiting request goes to it instead."""
+
+    pass_on: Callable[[Infer], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -253,6 +269,17 @@ class LlmRestarted:
 
     name: str
     ref: pykka.ActorRef = field(compare=False)
+
+
+@dataclass(frozen=True)
+class CountTasks:
+    """An LlmActor's reconciliation: which tasks of Llm `name` does this session hold, and
+    which of `asked` (those it counts in flight here) did it answer? Answered with a
+    TasksInFlight to `ref`."""
+
+    name: str
+    ref: pykka.ActorRef = field(compare=False)
+    asked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -355,12 +382,12 @@ LlmMessage: TypeAlias = (
     Infer | Withdraw | Adopt | Relink | RecordHeartbeat | SetStatus | StreamLost | StreamOpened
     | ExpireHeartbeat | WakeSucceeded | WakeFailed | WakeTimedOut | TaskEnded | TasksInFlight
     | TaskReturned | TasksOffered | TasksReleased | GraceEnded | QueueTimedOut | TaskMoved
-    | InventoryTimedOut | Relinquish | Retire
+    | InventoryTimedOut | Relinquish | Retire | Reconcile
 )
 # A public Llm's actor takes only what may reach it: its infers, their ends, a withdrawal.
 PublicLlmMessage: TypeAlias = Infer | Withdraw | TaskEnded | Retire
 SessionMessage: TypeAlias = (
-    OpenStream | LlmRestarted | StreamClosed | SendInfer | ReleaseTasks | SendWake
+    OpenStream | LlmRestarted | CountTasks | StreamClosed | SendInfer | ReleaseTasks | SendWake
     | SubmitResult | CancelTask | TaskTimedOut | GraceExpired | Drain | DrainExpired
     | Evict | AdoptTasks  # with a bus (tether.cluster); Evict goes to the supervisor first
 )

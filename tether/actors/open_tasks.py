@@ -8,6 +8,7 @@ reuses an id a publisher saw.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 
 import pykka
@@ -22,6 +23,9 @@ from tether.errors import TetherError
 # Frames of open tasks kept for replay; a session with more open tasks than this is already
 # far past any publisher's concurrency.
 MAX_REPLAY = 1024
+# Answered infers remembered for reconciliations: far more than a session ends in one
+# reconcile_interval_s.
+ANSWERED_KEPT = 4096
 
 Payload = task_wire.InferTask | task_wire.WakeTask
 
@@ -68,9 +72,21 @@ class OpenTasks:
         self._frame_ids = frame_ids
         self.seq = 0
         self._tasks: dict[str, OpenTask] = {}
+        # The infers answered lately (their TaskEnded may be lost on a bus): a
+        # reconciliation frees their slots rather than serving them again (CountTasks).
+        self._answered: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def answered(self, task_id: str) -> None:
+        """An infer was answered, and its LlmActor told (TaskEnded)."""
+        self._answered[task_id] = None
+        if len(self._answered) > ANSWERED_KEPT:
+            self._answered.popitem(last=False)
+
+    def were_answered(self, task_ids: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(t for t in task_ids if t in self._answered)
 
     def get(self, task_id: str) -> OpenTask | None:
         return self._tasks.get(task_id)

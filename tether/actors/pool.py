@@ -81,7 +81,7 @@ class Request:
     """A client request: waiting in the queue, or in flight as `task_id` on `member`."""
 
     __slots__ = ("infer", "arrived", "_affinity", "tried", "task_id", "member", "told_waking",
-                 "why")
+                 "why", "withdrawn")
 
     def __init__(self, infer: m.Infer, arrived: float) -> None:
         self.infer = infer
@@ -92,6 +92,7 @@ class Request:
         self.member: str | None = None
         self.told_waking = False
         self.why: str | None = None  # "failover" or "retry" when it came back to the queue
+        self.withdrawn = False  # its client left after dispatch (its task is cancelled)
 
     @property
     def affinity(self) -> routing.Affinity:

@@ -73,6 +73,8 @@ class SessionActor(TetherActor):
                 self._on_drain_expired(message)
             case m.LlmRestarted():
                 self._on_llm_restarted(message)
+            case m.CountTasks():
+                self._on_count_tasks(message)
             case m.Evict():
                 return self._on_evict(message)
             case m.AdoptTasks():
@@ -167,6 +169,7 @@ class SessionActor(TetherActor):
         if self._closed() and not self._hold(msg):
             msg.reply.put(m.Failed(self._refuse(msg.llm_name)))
             tell(msg.llm, m.TaskEnded(msg.task_id))
+            self._tasks.answered(msg.task_id)
             return
         self._send(self._infer_task(msg))
 
@@ -282,6 +285,7 @@ class SessionActor(TetherActor):
                 tell(task.llm, m.WakeFailed(task.task_id, wake_error(task, outcome)))
             return
         tell(task.llm, m.TaskEnded(task.task_id))
+        self._tasks.answered(task.task_id)
         if task.reply is not None and outcome is not None:
             task.reply.put(outcome)
         if not log.isEnabledFor(logging.INFO):  # its fields cost more than the check
@@ -346,6 +350,7 @@ class SessionActor(TetherActor):
                 else:
                     sent.reply.put(m.Failed(error))
                     tell(sent.llm, m.TaskEnded(sent.task_id))
+                    self._tasks.answered(sent.task_id)
                 continue
             task = (OpenTask(task_wire.wake_task(sent.task_id, sent.llm_name), sent.llm)
                     if isinstance(sent, m.SendWake) else self._infer_task(sent))
@@ -361,6 +366,15 @@ class SessionActor(TetherActor):
         # Always answered, even with none: the new actor holds this member's free slots
         # until it knows how many of them these tasks still take.
         tell(msg.ref, m.TasksInFlight(self._session_id, tuple(t.task_id for t in mine)))
+
+    def _on_count_tasks(self, msg: m.CountTasks) -> None:
+        """A reconciliation (docs/protocol.md, Lost messages): the tasks of that Llm held
+        here, which of the asked ones were answered, and whether the stream is open."""
+        held = tuple(t.task_id for t in self._tasks.all()
+                     if t.llm_name == msg.name and t.kind == "infer")
+        answered = self._tasks.were_answered(msg.asked)
+        tell(msg.ref, m.TasksInFlight(self._session_id, held, msg.asked, answered,
+                                      self._stream.is_open))
 
     def _on_timed_out(self, msg: m.TaskTimedOut) -> None:
         task = self._tasks.get(msg.task_id)

@@ -110,9 +110,11 @@ class Evict:
 
 @dataclass(frozen=True)
 class NamesLost:
-    """Leases this process no longer holds (taken over): stop their LlmActors."""
+    """Leases this process no longer holds (taken over, or handed over by a drain): stop
+    their LlmActors; with `pass_on`, their waiting requests go to it (see Relinquish)."""
 
     names: tuple[str, ...]
+    pass_on: Callable[[Any], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -396,6 +396,11 @@ class ActorSystem:
             else getattr(directory.session(key), "ref", None)
         return tell(ref, Crash())
 
+    def inject_drop(self, kind: str, count: int, heard: bool) -> bool:
+        """Fault injection: lose messages of `kind` between processes. One process has no
+        bus, so nothing to lose (False)."""
+        return False
+
     def withdraw(self, name: str, reply: m.ReplyChannel) -> None:
         """The client of an infer that was not dispatched yet left: stop waiting for it
         (`name`: the Llm it waits on, an alias's target). Named by its alias, it had not

@@ -39,7 +39,7 @@ ALLOWED: dict[str, type] = {cls.__name__: cls for cls in (
     m.WakeSucceeded, m.WakeFailed, m.WakeTimedOut, m.TaskEnded, m.TasksInFlight,
     m.TaskReturned, m.TasksOffered, m.TasksReleased, m.TaskMoved,
     m.SendInfer, m.ReleaseTasks, m.SendWake, m.AdoptTasks, m.SubmitResult, m.CancelTask,
-    m.LlmRestarted,
+    m.LlmRestarted, m.CountTasks,
     m.Dispatched, m.Routed, m.WakePending, m.Queued, m.Completed, m.Chunks, m.StreamDone, m.Failed,
 )}
 

@@ -167,10 +167,9 @@ class PendingRequests:
         pending = self._pending.get(request_id)
         if pending is None:
             return True
-        if pending.sent_at is not None:
-            pending.sent_at = None
-            if sender and not pending.dispatched:  # the owner now, if the name moved
-                pending.target = sender
+        pending.sent_at = None
+        if sender and not pending.dispatched:  # the owner now, if the name moved (or was
+            pending.target = sender  # handed over by a drain: its heir answers)
         if isinstance(event, m.Dispatched):
             pending.dispatched, pending.dispatch = True, event
             pending.target = home_of(event.task_id) or sender

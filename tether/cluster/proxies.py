@@ -51,7 +51,11 @@ class RemoteSession:
         return ("session", self.process, self.session_id)
 
     def tell(self, message: Any) -> None:
-        self._sender.send_tell(self.process, self.address, message)
+        """Nobody heard it (its home is gone, or Redis is down): as for a dead local actor,
+        the caller (common.actor.tell) is told so and answers for it, rather than waiting
+        on a task nobody got."""
+        if not self._sender.send_tell(self.process, self.address, message):
+            raise pykka.ActorDeadError(f"{self.actor_urn}: nobody heard it")
 
     def ask(self, message: Any, block: bool = True, timeout: float | None = None) -> Any:
         future = self._sender.send_ask(self.process, self.address, message)

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -32,10 +33,11 @@ import pykka
 from tether import errors
 from tether.actors import messages as m
 from tether.actors.directory import Directory
-from tether.actors.task_ids import new_task_id
 from tether.cluster import codec
 from tether.cluster.addresses import Addresses
 from tether.cluster.bus import TICK_S, Bus
+from tether.cluster.faults import Drops
+from tether.cluster.handover import Handover
 from tether.cluster.leases import Homes, Leases
 from tether.cluster.owners import Owners
 from tether.cluster.pending import PendingRequests
@@ -51,6 +53,14 @@ log = logging.getLogger("tether.router")
 
 BUS_ASK_S = 5.0  # a cross-process ask unanswered by then is answered 503
 RECOVER_TICKS = 5  # after Redis lost our keys: re-assert homes and owners this many ticks
+
+
+def busy() -> TetherError:
+    """503 `hub_busy` for a cross-process call that got no answer (a bus hiccup): the caller
+    (a publisher posting a result, say) retries after a second, and may then get through."""
+    error = errors.HUB_BUSY()
+    error.headers = {"Retry-After": "1"}
+    return error
 
 
 class LocalSystem(Protocol):
@@ -103,6 +113,11 @@ class BusRouter:
         self._asks: dict[str, pykka.Future[Any]] = {}
         self._cleaning: set[str] = set()
         self._recovering = 0  # ticks left of re-asserting what Redis lost
+        self._reconcile_s = s.reconcile_interval_s
+        self._reconciled_at = time.monotonic()
+        self._drops = Drops()  # fault injection (tests, with fault_injection on)
+        self.handover = Handover(self)
+        self.draining = False  # SIGTERM: its names handed over, none taken any more
 
     def start(self) -> BusRouter:
         self.bus.start()
@@ -124,6 +139,7 @@ class BusRouter:
         # still away.
         self.bus.every_tick(self.pending.expire_unacknowledged,
                             "forwarded infers' acknowledgements")
+        self.bus.every_tick(self._reconcile, "the owners' reconciliation")
 
     def stop(self) -> None:
         self.board.stop()
@@ -135,6 +151,10 @@ class BusRouter:
 
     def _send(self, process: str, payload: dict[str, Any]) -> bool:
         return self.bus.send(process, {**payload, "from": self.process})
+
+    def drop(self, kind: str, count: int, heard: bool) -> None:
+        """Fault injection: lose the next `count` messages of `kind` (see faults.Drops)."""
+        self._drops.add(kind, count, heard)
 
     def send_tell(self, process: str, address: codec.Address, message: Any,
                   answer_loss: bool = True) -> bool:
@@ -149,7 +169,9 @@ class BusRouter:
                 waiting = request_id
                 self.pending.sending(request_id, process, address[2])
         body = codec.encode(message, self._hooks)
-        sent = self._send(process, {"k": "tell", "to": list(address), "m": body})
+        dropped = self._drops.take(type(message).__name__) if self._drops else None
+        sent = (self._send(process, {"k": "tell", "to": list(address), "m": body})
+                if dropped is None else dropped)
         if not sent and waiting is not None:
             self.pending.not_sent(waiting)
         if not sent and answer_loss and isinstance(message, m.Infer):
@@ -168,7 +190,7 @@ class BusRouter:
         try:
             return future.get(timeout=BUS_ASK_S + 1)
         except pykka.Timeout:
-            raise errors.HUB_BUSY() from None
+            raise busy() from None
         finally:
             timer.cancel()
             self._asks.pop(request_id, None)
@@ -181,14 +203,17 @@ class BusRouter:
         future: pykka.Future[Any] = pykka.ThreadingFuture()
         self._asks[request_id] = future
         timer = call_later(BUS_ASK_S, self._ask_expired, request_id)
-        if not self._send(process, {**payload, "id": request_id}):
+        kind = f"{payload['k']}:{payload.get('fn', '')}"
+        dropped = self._drops.take(kind) if self._drops else None
+        if not (self._send(process, {**payload, "id": request_id}) if dropped is None
+                else dropped):
             self._ask_expired(request_id)
         return request_id, future, timer
 
     def _ask_expired(self, request_id: str) -> None:
         future = self._asks.pop(request_id, None)
         if future is not None:
-            error = errors.HUB_BUSY()
+            error = busy()
             future.set_exception((type(error), error, None))
 
     def cast(self, process: str, fn: str, *args: Any) -> None:
@@ -196,6 +221,8 @@ class BusRouter:
         self._send(process, {"k": "call", "fn": fn, "a": codec.encode(list(args), self._hooks)})
 
     def send_reply(self, process: str, request_id: str, item: Any) -> None:
+        if self._drops and self._drops.take(f"reply:{type(item).__name__}") is not None:
+            return
         self._send(process, {"k": "reply", "id": request_id,
                              "m": codec.encode(item, self._hooks)})
 
@@ -206,7 +233,7 @@ class BusRouter:
         """Ask `process`'s supervisor to reload a name or a session."""
         if process == self.process:
             self._supervisor_op(op, key, registered)
-        else:
+        elif not self._drops or self._drops.take(op) is None:
             self._send(process, {"k": "sup", "op": op, "key": key, "reg": registered})
 
     def relink(self, names: frozenset[str]) -> None:
@@ -247,7 +274,7 @@ class BusRouter:
         if local is not None:
             tell(local, message)
             return
-        infer = isinstance(message, m.Infer)
+        infer = isinstance(message, m.Infer) and not self.draining  # takes the name
         known = owner is not None
         if owner is None:
             owner, known = self.owners.recent(name, take=infer)
@@ -329,7 +356,7 @@ class BusRouter:
             return
         ref = self.addresses.ref(("session", self.process, key)) if kind == "session" else None
         if ref is None or not tell(ref, message):
-            self._undeliverable(message, key)
+            self.handover.undeliverable(message, key)
 
     def _answer(self, payload: dict[str, Any]) -> None:
         reply: dict[str, Any] = {"k": "ans", "id": payload.get("id")}
@@ -354,54 +381,15 @@ class BusRouter:
             log.exception("bus: answering %s failed", payload.get("k"))
             reply["err"] = codec.encode(errors.INTERNAL_ERROR(), self._hooks)
         if payload.get("id"):
-            self._send(payload["from"], reply)
+            kind = f"ans:{payload.get('fn') or payload['k']}"
+            if not self._drops or self._drops.take(kind) is None:
+                self._send(payload["from"], reply)
 
     def _supervisor_op(self, op: str, key: str, registered: str | None = None) -> None:
         message = (m.ReloadLlm(key, registered) if op == "reload_llm"
                    else m.ReloadSession(key) if op == "reload_session" else None)
         if message is not None:
             tell(self._system.supervisor, message)
-
-    # --- take-overs ----------------------------------------------------------------------
-
-    def renamed(self, tasks: Sequence[m.SendInfer | m.SendWake], slot: int,
-                home: str) -> tuple[m.SendInfer | m.SendWake, ...]:
-        """Tasks of a session that moved to `home` (its `slot` there), under ids of that
-        home; their LlmActors are told (TaskMoved), so they count them under those ids."""
-        out = []
-        for sent in tasks:
-            moved = dataclasses.replace(sent, task_id=new_task_id(slot, home))
-            tell(sent.llm, m.TaskMoved(sent.task_id, moved.task_id))
-            out.append(moved)
-        return tuple(out)
-
-    def forward_to_home(self, session_id: str, message: m.SendInfer | m.SendWake) -> bool:
-        """A task for a session no longer here (its stream opened on another process) goes
-        to its home now, as a task taken over; False if it has no live home elsewhere."""
-        try:
-            home = self.homes.live_home(session_id)
-        except Exception:  # noqa: BLE001 - Redis down: nowhere to send it
-            home = None
-        if home is None or home.process == self.process:
-            return False
-        adopt = m.AdoptTasks(self.renamed((message,), home.slot, home.process))
-        log.info("task %s of session %s goes to its new home %s", message.task_id,
-                 session_id, home.process)
-        self.send_tell(home.process, ("session", home.process, session_id), adopt)
-        return True
-
-    def _undeliverable(self, message: Any, session_id: str = "") -> None:
-        """A session that is not here (any more): its new home takes the task, or whoever
-        waits on it is answered."""
-        if isinstance(message, (m.SendInfer, m.SendWake)) \
-                and self.forward_to_home(session_id, message):
-            return
-        if isinstance(message, m.SendInfer):
-            message.reply.put(m.Failed(errors.PUBLISHER_OFFLINE(name=message.llm_name)))
-            tell(message.llm, m.TaskEnded(message.task_id))
-        elif isinstance(message, m.SendWake):
-            tell(message.llm, m.WakeFailed(message.task_id,
-                                           errors.PUBLISHER_OFFLINE(name=message.llm_name)))
 
     # --- liveness ------------------------------------------------------------------------
 
@@ -424,8 +412,21 @@ class BusRouter:
                 self._cleaning.add(process)
                 spawn(self._bury, process)
         self.pending.check(alive)
-        tell(self._system.supervisor, m.EnsureOwners(reassert))
+        if not self.draining:  # its names were handed over: none is taken back
+            tell(self._system.supervisor, m.EnsureOwners(reassert))
         self._recovering -= reassert
+
+    def _reconcile(self) -> None:
+        """Every reconcile_interval_s: each LlmActor of a name owned here compares what it
+        counts in flight with what its members' sessions hold (docs/protocol.md, Lost
+        messages). Local only: it runs while Redis is away too."""
+        now = time.monotonic()
+        if now - self._reconciled_at < self._reconcile_s:
+            return
+        self._reconciled_at = now
+        directory = self._system.directory
+        for name in list(self.leases.owned):
+            tell(directory.llm(name), m.Reconcile())
 
     def _bury(self, process: str) -> None:
         """`process` is dead. Whichever survivor removes it from the set first marks the rows

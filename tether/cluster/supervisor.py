@@ -40,6 +40,7 @@ class ClusterSupervisor(Supervisor):
         super().__init__(*args, **kwargs)
         self._router = router
         self._home = router.process
+        self._taking = False  # starting the LlmActor of a lease just taken (_own)
 
     def receive(self, message: m.SupervisorMessage | m.ClusterSupervisorMessage) -> Any:
         match message:
@@ -76,8 +77,17 @@ class ClusterSupervisor(Supervisor):
     def _start_llm(self, state: m.LlmState, infos: tuple[m.MemberInfo, ...],
                    proxies: m.ProxiesInFlight | None = None,
                    restarted: bool = False) -> pykka.ActorRef:
-        ref = super()._start_llm(state, infos, proxies, restarted)
+        # A name whose lease this process just took (_own): its tasks still run at the
+        # members' sessions, unknown to this new owner (the old one died, or Redis lost
+        # the lease). Started as after a restart: each member takes no task until its
+        # session has said which it holds, so maxConcurrency is never exceeded.
+        taking = self._taking and not restarted and state.kind != KIND_PUBLIC and bool(infos)
+        ref = super()._start_llm(state, infos, proxies, restarted or taking)
         self._router.addresses.name_local(ref, "llm", state.name)
+        if taking:
+            for info in infos:
+                if not tell(info.session.ref, m.LlmRestarted(state.name, ref)):
+                    tell(ref, m.TasksInFlight(info.session.session_id, ()))
         return ref
 
     def _member_infos(self, members: list[LlmMember]) -> tuple[m.MemberInfo, ...]:
@@ -226,7 +236,11 @@ class ClusterSupervisor(Supervisor):
         if row is None or row.kind == KIND_PUBLIC:
             self._router.leases.release(name)
             return None
-        Supervisor._adopt_row(self, row, store.members_of([name])[name])
+        self._taking = True
+        try:
+            Supervisor._adopt_row(self, row, store.members_of([name])[name])
+        finally:
+            self._taking = False
         self._publish_directory()
         return self._llms.get(name)
 
@@ -263,7 +277,7 @@ class ClusterSupervisor(Supervisor):
             self._members.pop(name, None)
             if ref is not None:
                 self._router.addresses.forget_local(ref)
-                tell(ref, m.Relinquish())  # its waiters: 503 hub_busy, then it stops
+                tell(ref, m.Relinquish(msg.pass_on))  # its waiters: 503 hub_busy, or passed on
         self._publish_directory()
 
     def _on_ensure_owners(self, msg: m.EnsureOwners) -> None:

@@ -152,7 +152,8 @@ class ClusterSystem(ActorSystem):
         if moving:
             log.info("session %s: %d task(s) taken over from process %s", session_id,
                      len(moving), old_home)
-            tell(ref, m.AdoptTasks(self._router.renamed(moving, slot, self._router.process)))
+            moved = self._router.handover.renamed(moving, slot, self._router.process)
+            tell(ref, m.AdoptTasks(moved))
 
     def _elsewhere(self, task_id: str) -> str | None:
         """The process holding the task, if another one (its id names it)."""
@@ -169,6 +170,16 @@ class ClusterSystem(ActorSystem):
         session_id = claimed_session or self._router.call(home, "session_of_task", task_id)
         allowed = may_act(session_id) if may_act is not None else True
         self._router.call(home, "submit_result", task_id, claimed_session, result, allowed)
+
+    def drain(self, deadline_s: float = 0.0) -> None:
+        """As one process's drain; first, its names go to live processes (a graceful stop
+        moves names, it never takes them down)."""
+        self._router.handover.names(self.supervisor)
+        super().drain(deadline_s)
+
+    def inject_drop(self, kind: str, count: int, heard: bool) -> bool:
+        self._router.drop(kind, count, heard)
+        return True
 
     def _withdraw_at(self, name: str, reply: m.ReplyChannel) -> None:
         """With the name owned elsewhere: at the owner, which finds it by its request id."""
@@ -220,7 +231,9 @@ class ClusterSystem(ActorSystem):
             return ()
 
         def forward(task: m.SendInfer | m.SendWake) -> None:
-            self._router.forward_to_home(session_id, task)
+            # To the new home; with none to be found (Redis down), answered here, never
+            # dropped (its client and its LlmActor hear of it).
+            self._router.handover.undeliverable(task, session_id)
 
         try:
             # Well within the asker's deadline (BUS_ASK_S): tasks handed over to an asker

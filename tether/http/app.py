@@ -97,6 +97,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
     ]
     if settings.fault_injection:
         routes.append(("/_faults/crash", faults.Crash(system)))
+        routes.append(("/_faults/drop", faults.Drop(system)))
     for path, resource in routes:
         app.add_route(path, resource)
     docs.describe(routes)

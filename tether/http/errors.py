@@ -90,6 +90,7 @@ def _on_bus_unreachable(req: falcon.Request, resp: falcon.Response, ex: Exceptio
     # well be served on a retry, and the outage itself is logged once by whoever uses Redis
     # (tether.cluster.redis_client.Outage). A Redis *answer* that is an error is a fault: 500 above.
     error = errors.HUB_BUSY()
+    error.headers = {"Retry-After": "1"}  # a publisher's result, say, is posted again
     log.warning("%s %s -> %d %s: Redis did not answer (%s: %s)", req.method, req.path,
                 error.status, error.code, type(ex).__name__, ex)
     render(req, resp, error)
