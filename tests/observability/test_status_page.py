@@ -12,6 +12,7 @@ import pytest
 
 from tests.e2e.test_security import KeyedPublisher, make_key
 from tests.support.hub import wait_until
+from tests.support.publisher import TestPublisher
 
 CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
@@ -23,6 +24,7 @@ if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):  # pragma: no cover
                 "`make test` installs them with apt-get", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -61,7 +63,10 @@ def status_of(driver, name: str) -> str | None:
 
 
 def until(driver, predicate, timeout: float = 10):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: predicate(d))
+    # The page re-renders rows on each change: an element found a moment ago may be gone.
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: predicate(d))
 
 
 @pytest.mark.timeout(90)
@@ -146,8 +151,6 @@ def test_an_alias_shows_its_targets_and_which_one_serves_now(hub_factory, tmp_pa
     conf = tmp_path / "alias.toml"
     conf.write_text('[[aliases]]\nname = "assistant"\ntargets = ["sleepy", "alpha"]\n')
     hub = hub_factory(config=str(conf))
-    from tests.support.publisher import TestPublisher
-
     publisher = TestPublisher(hub.url)
     publisher.register("alpha")
     publisher.register({"name": "sleepy", "type": "openai", "model": "m",
@@ -160,7 +163,7 @@ def test_an_alias_shows_its_targets_and_which_one_serves_now(hub_factory, tmp_pa
         return cells[0].get_attribute("data-serving") if cells else None
 
     until(browser, lambda d: serving(d) == "alpha")
-    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-alias="assistant"]').text
-    assert "sleepy → alpha" in row
+    until(browser, lambda d: "sleepy → alpha" in d.find_element(
+        By.CSS_SELECTOR, 'tr[data-alias="assistant"]').text)
     assert publisher.status(sleepy="active").status_code == 200
     until(browser, lambda d: serving(d) == "sleepy")

@@ -47,7 +47,7 @@ class Drop:
     sender believes they went (lost in flight), else it is told nobody listened."""
 
     role = "admin"
-    limit = 4096
+    limit = BodyLimits(4096)
     operations = {"POST": Operation("Lose bus messages (fault injection)", request=DROP,
                                     ok={"type": "object", "required": ["dropping"]})}
 
