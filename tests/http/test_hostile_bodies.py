@@ -167,3 +167,10 @@ def test_the_byte_scan_counts_what_the_parser_builds(value, ascii_only, depth, v
     real_depth, real_values = depth_and_values(value)
     verdict = body_module._shape(raw, body_module.BodyLimits(len(raw), depth, values))
     assert (verdict is None) == (real_depth <= depth and real_values <= values), verdict
+
+
+def test_a_refusal_does_not_send_a_huge_value_back(client):
+    huge = {"model": "m", "prompt": ["x" * 1000] * 3000}  # over maxItems: quoted by the error
+    r = post(client, "/v1/completions", json.dumps(huge).encode())
+    assert r.status_code == 400 and r.json["error"]["param"] == "prompt"
+    assert len(r.text) < 1000, len(r.text)
