@@ -138,3 +138,24 @@ def test_cors_wildcard_and_default_off(cors_client):
     closed = cors_client((), auth="off")
     r = closed.simulate_get("/v1/models", headers={"Origin": APP})
     assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_a_publisher_key_over_max_llms_per_key_is_409_and_nothing_is_applied(system_factory):
+    from tether.store import keys
+
+    system = system_factory(auth="on", max_llms_per_key=2)
+    client = testing.TestClient(create_app(system.settings, system))
+
+    def register(key: str, *names: str):
+        return client.simulate_post(
+            "/api/v1/llms/_provider-register", headers={"Authorization": f"Bearer {key}"},
+            json={"providers": [{"name": n, "type": "t", "model": "m"} for n in names]})
+
+    alice, admin = keys.create("alice", "publisher"), keys.create("root", "admin")
+    assert register(alice, "a", "b").status_code == 200
+    r = register(alice, "c")
+    assert r.status_code == 409 and r.json["error"]["code"] == "too_many_llms", r.text
+    assert r.json["error"]["param"] == "providers"
+    assert client.simulate_get("/api/v1/llms/c", headers={
+        "Authorization": f"Bearer {admin}"}).status_code == 404
+    assert register(admin, "c", "d", "e").status_code == 200  # admin keys are not counted

@@ -8,6 +8,8 @@ import json
 
 import pytest
 from falcon import testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.http import body as body_module
 from tether.http.app import create_app
@@ -136,3 +138,39 @@ def test_the_bounds_are_settings(system_factory):
     wide = {"messages": [{"role": "user", "x": list(range(40))}]}
     refused(post(client, "/api/v1/llms/m1/infer", json.dumps(wide).encode()), "body",
             "more than 40 values")
+
+
+JSON_TEXT = st.text(alphabet=st.sampled_from('\\"[]{},: aé\n'), max_size=8)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(JSON_TEXT, inner, max_size=4),
+    max_leaves=40)
+
+
+def depth_and_values(value) -> tuple[int, int]:
+    if isinstance(value, list):
+        inner = [depth_and_values(v) for v in value]
+    elif isinstance(value, dict):
+        inner = [depth_and_values(v) for v in value.values()]
+    else:
+        return 0, 1
+    return 1 + max((d for d, _ in inner), default=0), 1 + sum(n for _, n in inner)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=JSON_VALUES, ascii_only=st.booleans(), depth=st.integers(2, 6),
+       values=st.integers(16, 60))
+def test_the_byte_scan_counts_what_the_parser_builds(value, ascii_only, depth, values):
+    """The bounds judged from the bytes are the parsed value's own depth and value count,
+    whatever the strings hold (quotes, backslashes, brackets, commas)."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    real_depth, real_values = depth_and_values(value)
+    verdict = body_module._shape(raw, body_module.BodyLimits(len(raw), depth, values))
+    assert (verdict is None) == (real_depth <= depth and real_values <= values), verdict
+
+
+def test_a_refusal_does_not_send_a_huge_value_back(client):
+    huge = {"model": "m", "prompt": ["x" * 1000] * 3000}  # over maxItems: quoted by the error
+    r = post(client, "/v1/completions", json.dumps(huge).encode())
+    assert r.status_code == 400 and r.json["error"]["param"] == "prompt"
+    assert len(r.text) < 1000, len(r.text)

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import schemathesis
 from falcon import testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.stateful import run_state_machine_as_test
 from schemathesis.config import SchemathesisConfig
 
@@ -255,9 +255,12 @@ def test_the_api_keeps_to_its_openapi_document_through_its_links(fuzzed_app):
     register's session into its heartbeat, its Llm into a read and an infer)."""
     app, headers = fuzzed_app
     machine = loaded(app, headers).as_state_machine()
+    # Generation only: the app's state carries over from one sequence to the next, so a
+    # sequence replayed (to shrink it) may find other rules open, which hypothesis takes
+    # for a flaky strategy; a failure is reported as it was found.
     run_state_machine_as_test(machine, settings=settings(
         max_examples=12, stateful_step_count=6, deadline=None, database=None,
-        suppress_health_check=list(HealthCheck)))
+        phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
 
 
 # --- issue 27: the document tells the truth ---------------------------------------------

@@ -47,3 +47,11 @@ def test_error_bodies_come_in_the_openai_envelope():
     assert json.loads(odd["error"]["message"]) == {"detail": [{"loc": ["body", "messages"]}]}
     assert answers.openai_error(503, None)["error"]["message"] == \
         "the backend answered 503 without a body"
+
+
+def test_a_chunk_over_several_lines_is_sent_on_one():
+    pretty = json.dumps({"choices": [{"delta": {"content": "a\nb"}}]}, indent=2)
+    assert "\n" in pretty
+    data, _ = answers.relabel_chunk(pretty, "llama")
+    assert "\n" not in data and "\r" not in data
+    assert json.loads(data) == json.loads(pretty)  # the text's own newline, escaped

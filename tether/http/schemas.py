@@ -296,6 +296,7 @@ ERROR = {
     }},
 }
 
+MESSAGE_CHARS = 500  # of a schema error's message, which quotes the offending value
 _SESSION_ID = re.compile(SESSION_ID_PATTERN.replace("$", r"\Z"))
 
 _VALIDATORS: dict[int, tuple[Draft202012Validator, jsonschema_rs.Draft202012Validator]] = {}
@@ -337,7 +338,10 @@ def validate(schema: dict[str, Any], body: Any) -> dict[str, Any]:
     if error is None:
         return body
     field = _field(error)
-    raise errors.INVALID_REQUEST(why=f"{field}: {error.message}", param=field)
+    message = error.message
+    if len(message) > MESSAGE_CHARS:  # it quotes the value: a 4 MiB one is not sent back
+        message = message[:MESSAGE_CHARS] + "…"
+    raise errors.INVALID_REQUEST(why=f"{field}: {message}", param=field)
 
 
 def check_session_id(session_id: str, field: str) -> None:

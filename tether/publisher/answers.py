@@ -46,7 +46,9 @@ def relabel_chunk(data: str, name: str) -> tuple[str, bool]:
     final = chunk.get("type") in RESPONSE_ENDS or any(
         isinstance(choice, dict) and choice.get("finish_reason")
         for choice in chunk.get("choices") or ())
-    if _rename(chunk, name):
+    # A chunk sent over several SSE `data:` lines holds newlines, which the hub refuses
+    # in a chunk (each reaches its client as one `data:` field): JSON says it in one line.
+    if _rename(chunk, name) or "\n" in data or "\r" in data:
         data = json.dumps(chunk, ensure_ascii=False)
     return data, final
 
