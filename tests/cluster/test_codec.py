@@ -70,6 +70,14 @@ def test_an_infer_crosses_with_its_reply_channel_as_an_address() -> None:
     assert got.reply == Reply(("reply", "p1", "r0"))
 
 
+def test_a_returned_task_crosses_with_its_clients_channel() -> None:
+    got = roundtrip(m.TaskReturned("1-t", TetherError(503, "publisher_disconnected", "gone"),
+                                   queue.Queue()))
+    assert isinstance(got, m.TaskReturned) and got.task_id == "1-t"
+    assert got.reply == Reply(("reply", "p1", "r0"))  # an actor that never knew it answers
+    assert (got.error.status, got.error.code) == (503, "publisher_disconnected")
+
+
 def test_refs_links_and_tuples_keep_their_shape() -> None:
     link = m.SessionLink("s1", 7, Ref(("session", "p2", "s1")), "p2")
     info = m.MemberInfo(link, "active", 3, True)

@@ -9,7 +9,7 @@ import requests
 
 from tests.e2e.test_security import KeyedPublisher, call, make_key
 from tests.support.hub import wait_until
-from tests.support.publisher import Stream
+from tests.support.publisher import Stream, next_task_of
 
 POOL = {"type": "openai", "model": "m", "pool": True}
 
@@ -124,3 +124,45 @@ def test_with_auth_only_the_sessions_key_withdraws(hub_factory):
     assert call(hub, "GET", "/api/v1/llms/model-a", keys["root"]).status_code == 200
     assert owner.post("/api/v1/llms/_provider-withdraw", body).status_code == 200
     assert call(hub, "GET", "/api/v1/llms/model-a", keys["root"]).status_code == 404
+
+
+def test_a_member_that_withdraws_mid_wake_has_its_wake_cancelled_and_another_is_woken(
+        hub, publisher_factory):
+    sleepy = {**POOL, "initialStatus": "hibernating"}
+    members = {}
+    for key in ("a", "b"):
+        pub = publisher_factory()
+        pub.register({"name": "p", **sleepy})
+        members[key] = (pub, pub.open())
+    streams = {key: stream for key, (_, stream) in members.items()}
+    with cf.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(hub.infer, "p", "wake up", timeout=20)
+        woken, wake = next_task_of(streams, "wake")
+        other = "b" if woken == "a" else "a"
+        pub, stream = members[woken]
+        assert withdraw(hub, pub.session_id, "p").status_code == 200
+        # The wake ends where it ran (nobody waits for it), and the other member is woken.
+        assert stream.next_task("cancel")["taskId"] == wake["taskId"]
+        second = streams[other].next_task("wake")
+        other_pub = members[other][0]
+        other_pub.result(second["taskId"], {"status": 200, "body": {"awake": True}})
+        task = streams[other].next_task("infer")
+        other_pub.result(task["taskId"], {"status": 200, "body": {"by": other}})
+        assert waiting.result().json() == {"by": other}
+
+
+def test_a_task_returned_after_its_name_was_withdrawn_is_answered(hub, publisher):
+    publisher.register("solo")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(hub.infer, "solo", "hi", timeout=20)
+        task = stream.next_task("infer")
+        assert withdraw(hub, publisher.session_id, "solo").status_code == 200
+        # The backend never ran it: with the name gone nobody else may, so its client
+        # gets that error now (not a wait until infer_timeout_s).
+        r = publisher.result(task["taskId"], {"error": {
+            "message": "the publisher is shutting down", "status": 503,
+            "code": "publisher_disconnected", "retryable": True}})
+        assert r.status_code == 200
+        got = answer.result()
+    assert got.status_code == 503 and got.json()["error"]["code"] == "publisher_disconnected"

@@ -248,9 +248,10 @@ class LlmActor(TetherActor):
     def _on_task_returned(self, msg: m.TaskReturned) -> None:
         """A retryable error before any output: try a member not yet tried, else answer."""
         req = self._pool.returned(msg.task_id)
-        if req is None:
-            return
-        if self._pool.serving(req.tried):
+        if req is None:  # a predecessor's task (a restart; a withdraw, then a register)
+            self._pool.ended(msg.task_id)  # its slot frees; nobody else can answer it
+            msg.reply.put(m.Failed(msg.error))
+        elif self._pool.serving(req.tried):
             self._wake.note_error(msg.error)
             req.why = "retry"
             self._queue.put_back([req])
@@ -329,14 +330,16 @@ class LlmActor(TetherActor):
 
     def _on_adopt(self, msg: m.Adopt) -> None:
         self._state = msg.state
+        wake = self._wake.flight
+        waker = self._pool.get(wake.session_id) if wake is not None else None
         for gone in self._pool.adopt(msg.members, msg.adopted_at, msg.registered):
             self._policy.forget(gone)
             self._wake.forget(gone)
-        wake = self._wake.flight
-        if wake is not None:
+        if wake is not None and waker is not None:
             member = self._pool.get(wake.session_id)
-            if member is None:  # its member left: ask the next one
-                self._cancel_wake(self._wake.abandon(), "owner_changed")
+            if member is None:  # its member left (withdrew): cancel it there, ask the next
+                self._wake.abandon()
+                tell(waker.link.ref, m.CancelTask(wake.task_id, "owner_changed"))
             elif member.status == ACTIVE:  # re-registered as awake: the wake worked
                 self._cancel_wake(self._wake.superseded(wake.session_id), "superseded")
         self._pump()

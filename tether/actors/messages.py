@@ -202,6 +202,9 @@ class TaskReturned:
 
     task_id: str
     error: TetherError
+    # Its client's channel: an actor that does not know the task (started again after
+    # a crash, or after its name was withdrawn and registered anew) answers it there.
+    reply: ReplyChannel = field(compare=False)
 
 
 @dataclass(frozen=True)

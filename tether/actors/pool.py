@@ -162,6 +162,10 @@ class Pool:
             member = self._members.get(info.session.session_id)
             if member is None:
                 member = Member(info, adopted_at)
+                # Back after it left (a withdraw, then a register): the tasks it still runs
+                # hold their slots.
+                member.in_flight.update((task_id, None) for task_id, req in self.tasks.items()
+                                        if req.member == member.session_id)
             else:  # its own stream events reached us since it joined: keep its `live`
                 member.link = info.session
                 member.status = info.status

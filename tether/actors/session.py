@@ -303,7 +303,9 @@ class SessionActor(TetherActor):
         self._tasks.remove(task)
         if self._draining and not self._tasks:
             self._stream.close(retry_ms=1000)
-        tell(task.llm, m.TaskReturned(task.task_id, error))
+        assert task.reply is not None  # an infer's (only those are returned)
+        if not tell(task.llm, m.TaskReturned(task.task_id, error, task.reply)):
+            task.reply.put(m.Failed(error))  # its Llm is gone (withdrawn): nobody may retry
 
     def _on_cancel(self, msg: m.CancelTask) -> None:
         task = self._tasks.get(msg.task_id)

@@ -70,6 +70,9 @@ class Supervisor(TetherActor):
         self._next_slot = 1
         self._restarts: dict[tuple[str, str], deque[float]] = {}
         self._home: str | None = None  # with a bus: this process's id, put in task ids
+        # Names whose last member withdrew: registered again, their new actor first hears
+        # of the tasks still running at the sessions (as after a restart).
+        self._withdrawn: set[str] = set()
 
     def receive(self, message: m.SupervisorMessage) -> Any:
         match message:
@@ -193,7 +196,11 @@ class Supervisor(TetherActor):
                 self._set_names(session_id, self._sessions[session_id].names | {row.name})
         self._members[row.name] = now
         ref = self._llms.get(row.name)
-        if ref is None:
+        if ref is None and row.name in self._withdrawn:
+            self._withdrawn.discard(row.name)
+            self._llms[row.name] = self._start_llm(state, infos, restarted=True)
+            self._inventory(row.name, self._llms[row.name], infos)
+        elif ref is None:
             self._llms[row.name] = self._start_llm(state, infos)
         else:
             tell(ref, m.Adopt(state, infos, time.monotonic(), registered))
@@ -280,6 +287,7 @@ class Supervisor(TetherActor):
     def _gone(self, name: str) -> None:
         """`name`'s last member left: its waiters get 503 publisher_offline."""
         self._retire(name)
+        self._withdrawn.add(name)
 
     def _names_changed(self, session_id: str) -> None:
         """The session's names changed in the store (here, _adopt_row and _retire keep
@@ -342,13 +350,17 @@ class Supervisor(TetherActor):
         infos = self._member_infos(store.members_of([name])[name])
         ref = self._start_llm(state, infos, proxies, restarted=True)
         self._llms[name] = ref
+        self._inventory(name, ref, infos)
+        log.warning("restarted the actor of Llm %r", name)
+
+    def _inventory(self, name: str, ref: pykka.ActorRef,
+                   infos: tuple[m.MemberInfo, ...]) -> None:
+        """The tasks of `name` still running at its members' sessions report to its new
+        actor, which counts them in flight again (no member goes above its
+        maxConcurrency). A session that is gone has none to report."""
         for info in infos:
-            # Its tasks still run at the sessions: they report to the new actor, which
-            # counts them in flight again (no member goes above its maxConcurrency). A
-            # session that is gone has none to report.
             if not tell(info.session.ref, m.LlmRestarted(name, ref)):
                 tell(ref, m.TasksInFlight(info.session.session_id, ()))
-        log.warning("restarted the actor of Llm %r", name)
 
     def _restart_session(self, session_id: str) -> None:
         self._live.discard(session_id)
