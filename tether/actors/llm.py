@@ -32,7 +32,9 @@ from tether.config import Settings
 from tether.errors import TetherError
 from tether.observability import metrics
 from tether.store import llms as store
+from tether.store.db import is_outage
 from tether.store.models import ACTIVE, INACTIVE, derived_status
+from tether.store.write_behind import WRITES
 
 log = logging.getLogger("tether.llm")
 
@@ -346,8 +348,9 @@ class LlmActor(TetherActor):
             member.uncounted = False  # a restarted session has no task left to count
 
     def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
-        """The member's heartbeat is written here, by the name's owner, in turn with the
-        sweep's staleness check and every status write (never from an HTTP greenlet)."""
+        """The member's heartbeat is decided here, by the name's owner, in turn with the
+        sweep's staleness check and every status write (never from an HTTP greenlet); its
+        write goes behind (tether/store/write_behind.py), so it never holds up an infer."""
         member = self._pool.get(msg.session_id)
         if member is None:
             return False
@@ -355,7 +358,10 @@ class LlmActor(TetherActor):
             self._write_status(member, ACTIVE)  # stamps the heartbeat too
             self._pump()
             return True
-        return store.bump_heartbeat(self._state.name, msg.session_id)
+        name, session_id = self._state.name, msg.session_id
+        WRITES.write((name, session_id, "heartbeat"),
+                     lambda: store.bump_heartbeat(name, session_id), now=False)
+        return True
 
     def _on_set_status(self, msg: m.SetStatus) -> bool:
         member = self._pool.get(msg.session_id)
@@ -401,7 +407,16 @@ class LlmActor(TetherActor):
         for member in list(self._pool):
             if member.status == INACTIVE:
                 continue
-            if store.mark_inactive_if_stale(self._state.name, member.session_id, msg.cutoff):
+            if WRITES.waiting((self._state.name, member.session_id, "heartbeat")):
+                continue  # a heartbeat newer than the row's waits to be written
+            try:
+                stale = store.mark_inactive_if_stale(self._state.name, member.session_id,
+                                                     msg.cutoff)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                break  # the database does not answer: the next sweep checks again
+            if stale:
                 metrics.swept("inactive")
                 member.status = INACTIVE
                 self._cancel_wake(self._wake.expired(member.session_id), "heartbeat_expired")
@@ -422,13 +437,24 @@ class LlmActor(TetherActor):
     def report_crash(self) -> None:
         tell(self._supervisor.ref, m.ChildFailed("llm", self._state.name, self.actor_ref))
 
+    def on_orphan(self, message: Any) -> None:
+        # An infer that was still in the mailbox: its client is answered as the waiters
+        # were (a retry reaches the restarted actor).
+        if isinstance(message, m.Infer):
+            message.reply.put(m.Failed(errors.ACTOR_RESTARTED(
+                actor=f"actor of {self._state.name!r}", why="failed and is being restarted")))
+
     # --- state ---------------------------------------------------------------------------
 
     def _write_status(self, member: Member, status: str) -> None:
         if status == member.status:
             return
-        # Guarded by membership: a write racing a newer registration changes nothing.
-        store.set_status(self._state.name, member.session_id, status)
+        # Guarded by membership: a write racing a newer registration changes nothing. Kept
+        # and written later if the database does not answer: the member's status here is
+        # what routes, the row reports it.
+        name, session_id = self._state.name, member.session_id
+        WRITES.write((name, session_id, "status"),
+                     lambda: store.set_status(name, session_id, status))
         member.status = status
 
     # --- observability -------------------------------------------------------------------

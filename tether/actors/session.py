@@ -414,6 +414,23 @@ class SessionActor(TetherActor):
     def report_crash(self) -> None:
         tell(self._supervisor.ref, m.ChildFailed("session", self._session_id, self.actor_ref))
 
+    def on_orphan(self, message: Any) -> None:
+        """A task sent here that the crash left unsent: its client is answered and its
+        Llm frees the slot; a wake fails (the Llm moves on); a drain counts this session
+        as drained (the stream closed with the crash)."""
+        actor = f"session actor of {self._session_id!r}"
+        error = errors.ACTOR_RESTARTED(actor=actor, why="failed and is being restarted")
+        match message:
+            case m.SendInfer():
+                message.reply.put(m.Failed(error))
+                tell(message.llm, m.TaskEnded(message.task_id))
+            case m.SendWake():
+                tell(message.llm, m.WakeFailed(message.task_id, error))
+            case m.Drain() if message.drained is not None:
+                message.drained.put(self._session_id)
+            case _:
+                pass
+
     # --- observability -------------------------------------------------------------------
 
     def on_start(self) -> None:
