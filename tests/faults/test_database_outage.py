@@ -5,6 +5,9 @@ reset, new ones refused) or goes silent (a black hole: bytes dropped, nothing re
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import pathlib
+import signal
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -109,3 +112,28 @@ def test_a_postgres_outage_leaves_the_hub_serving_and_every_write_converges(
 def _status(hub, name: str) -> str | None:
     r = hub.get(f"/api/v1/llms/{name}")
     return r.json()["status"] if r.status_code == 200 else None
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_replaced_during_an_outage_waits_for_the_database(proxied, hub_factory):
+    """A worker that fails to boot makes gunicorn's master exit with it: a replacement that
+    cannot open its database must wait for it instead, and then serve."""
+    hub = hub_factory(database_url=proxied.url)
+    TestPublisher(hub.url).register("kept")
+    [worker] = wait_until(lambda: _children(hub.proc.pid), timeout=10)
+    proxied.fail(CUT)
+    try:
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: "trying again" in hub.logs(), timeout=20)
+        assert hub.proc.poll() is None  # the master lives on
+    finally:
+        proxied.recover(CUT)
+    wait_until(lambda: _status(hub, "kept") == "inactive", timeout=20)  # a new worker's start
+    assert hub.proc.poll() is None
+    TestPublisher(hub.url).register("kept")
+    assert "Traceback" not in hub.logs(), hub.logs()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(x) for x in
+            pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
