@@ -7,6 +7,8 @@ import concurrent.futures as cf
 import http.server
 import json
 import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -153,10 +155,19 @@ class _DoorHub:
     def __init__(self, refusals: int) -> None:
         self.refusals = refusals
         self.posts: list[dict] = []
+        self.uploads = 0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                if self.headers.get("Content-Type") == "application/x-ndjson":
+                    # A hub process killed mid-upload: the connection resets.
+                    self.rfile.readline()
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    outer.uploads += 1
+                    return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.posts.append(body)
                 refused = len(outer.posts) <= outer.refusals
@@ -206,3 +217,20 @@ def test_a_result_refused_until_its_deadline_is_given_up(door_hub):
                       deadline=time.monotonic() + 1.0)
     client.close()
     assert 2 <= len(hub.posts) < 10  # backoff, and an end
+
+
+def test_an_upload_broken_by_a_dying_hub_process_ends_as_publisher_disconnected(door_hub):
+    """A worker killed mid-stream used to end its streams as publisher_error ("Broken
+    pipe"): to the client, the publisher went away before answering."""
+    hub = door_hub(0)
+    client = HubClient(hub.url, None)
+    config = BackendConfig(name="llama", model=PATH, base_url="http://127.0.0.1:9/v1")
+    backend = ScriptedBackend(payloads=tuple(_chunk("x" * 200) for _ in range(50)))
+    task = {"kind": "infer", "taskId": "t1", "llmName": "llama", "streaming": True,
+            "request": {"messages": []}}
+    tasks.run_infer(task, config, backend, client, lambda: "s1")
+    client.close()
+    assert hub.uploads == 1
+    [posted] = hub.posts
+    assert posted["error"]["code"] == "publisher_disconnected"
+    assert posted["error"]["status"] == 503

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import falcon
+from gunicorn.http.errors import ParseException
 
 from tether import errors
 
@@ -17,6 +18,11 @@ def _input(req: falcon.Request) -> Any:
         # bounded_stream would see a body without Content-Length as empty.
         return req.stream
     return req.bounded_stream
+
+
+# What gunicorn raises when the sender's connection ends inside the body: NoMoreData (an
+# OSError, as a reset is) or a chunk left unfinished (a ParseException).
+_CUT = (OSError, ParseException)
 
 
 class UploadCut(Exception):
@@ -30,7 +36,7 @@ def iter_ndjson(req: falcon.Request, limit: int) -> Iterator[Any]:
     while True:
         try:
             line = stream.readline(limit + 1)
-        except OSError as exc:  # gunicorn's NoMoreData, a reset: the sender went away
+        except _CUT as exc:  # gunicorn's NoMoreData, a reset: the sender went away
             raise UploadCut(str(exc) or type(exc).__name__) from None
         if not line:
             return
@@ -51,7 +57,12 @@ def read_json(req: falcon.Request, limit: int) -> Any:
     if length is not None and length > limit:
         # refused on the header alone: nothing of the body is read
         raise errors.BODY_TOO_LARGE(limit=limit)
-    raw = _input(req).read(limit + 1)
+    try:
+        raw = _input(req).read(limit + 1)
+    except _CUT as exc:  # a chunked body cut mid-chunk: the sender went away
+        raise UploadCut(str(exc) or type(exc).__name__) from None
+    if length is not None and len(raw) < length:
+        raise UploadCut(f"{len(raw)} of {length} bytes arrived")
     if len(raw) > limit:
         raise errors.BODY_TOO_LARGE(limit=limit)
     if not raw:

@@ -12,6 +12,7 @@ import redis
 
 from tether import errors
 from tether.errors import TetherError
+from tether.http.body import UploadCut
 from tether.http.ollama import errors as ollama
 from tether.store import db
 
@@ -107,6 +108,13 @@ def _on_database_outage(req: falcon.Request, resp: falcon.Response, ex: Exceptio
     render(req, resp, error)
 
 
+def _on_upload_cut(req: falcon.Request, resp: falcon.Response, ex: Exception,
+                   _p: Any) -> None:
+    # The sender went away part-way through its body: nobody reads an answer; one line.
+    log.info("%s %s: the request body was cut (%s)", req.method, req.path, ex)
+    resp.status = 499
+
+
 def install(app: falcon.App) -> None:
     if not any(isinstance(f, AnswersAreNotFaults) for f in logging.getLogger("pykka").filters):
         logging.getLogger("pykka").addFilter(AnswersAreNotFaults())
@@ -118,3 +126,4 @@ def install(app: falcon.App) -> None:
         app.add_error_handler(unreachable, _on_bus_unreachable)
     for outage in db.OUTAGE:
         app.add_error_handler(outage, _on_database_outage)
+    app.add_error_handler(UploadCut, _on_upload_cut)

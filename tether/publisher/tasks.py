@@ -241,9 +241,12 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
         except Unreachable as exc:
             # The upload broke: whatever did not arrive cannot be replayed, so end the task
             # with an error (retried like any result) rather than leave its client waiting.
+            # To the client the publisher went away before answering (a hub process
+            # killed mid-stream does this): publisher_disconnected, as on a lost stream.
             post_result(hub, session_id, task_id,
-                        error_result(f"relaying the stream broke: {exc}"))
-            return "502"
+                        error_result(f"relaying the stream broke: {exc}", 503,
+                                     "publisher_disconnected"))
+            return "503"
         if status == 503:
             # Refused part-way (a bus or database outage, a drain): the lines after the one
             # refused were not applied and cannot be replayed; end the task with an error

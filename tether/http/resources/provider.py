@@ -136,18 +136,18 @@ class TaskResult(_Resource):
             self.system.submit_result(task_id, claimed, schemas.validate_result(body),
                                       lambda session_id: self.auth.owns(session_id, caller))
 
-        if (req.content_type or "").startswith(NDJSON):
-            # One request carries a whole stream: each line is applied as it arrives.
-            try:
+        try:
+            if (req.content_type or "").startswith(NDJSON):
+                # One request carries a whole stream: each line is applied as it arrives.
                 for line in iter_ndjson(req, self.limit):
                     apply(line)
-            except UploadCut as exc:
-                # A publisher stops the upload of a task that was cancelled (its client
-                # left): routine, not a fault. What arrived was applied; the task ends by
-                # its cancel, or by the error result a publisher that lost us posts.
-                log.info("task %s: its result upload was cut (%s)", task_id, exc)
-                resp.status = 499  # nobody reads it
-                return
-        else:
-            apply(read_json(req, self.limit))
+            else:
+                apply(read_json(req, self.limit))
+        except UploadCut as exc:
+            # A publisher stops the upload of a task that was cancelled (its client left),
+            # or died part-way: routine, not a fault. What arrived was applied; the task
+            # ends by its cancel, or by the result a publisher that lost us posts again.
+            log.info("task %s: its result upload was cut (%s)", task_id, exc)
+            resp.status = 499  # nobody reads it
+            return
         resp.media = {"ok": True}
