@@ -40,3 +40,20 @@ def test_a_stream_lost_while_redis_is_down_is_applied_without_a_crash(
     pub.register("llama")
     pub.open()
     wait_status(hub, "llama", "active")
+
+
+def test_a_read_while_redis_is_down_shows_what_this_process_knows(cluster, redis_server):
+    """The in-flight counts of names owned elsewhere come from Redis: while it does not
+    answer, a read shows the rows without them (logged once), not an error."""
+    owner = cluster(bus_url=redis_server.url)
+    other = cluster(bus_url=redis_server.url)
+    pub = TestPublisher(owner.url)
+    pub.register("llama")
+    pub.open()
+    wait_status(owner, "llama", "active")
+    redis_server.stop()
+    wait_until(lambda: other.get("/healthz", timeout=5).status_code == 503, timeout=10)
+    r = other.get("/api/v1/llms", timeout=10)
+    assert r.status_code == 200, r.text
+    assert [x["name"] for x in r.json()["llms"]] == ["llama"]
+    assert "Traceback" not in other.logs(), other.logs()
