@@ -97,6 +97,10 @@ class Settings:
         "enum": ["on", "off"], "x-aliases": {"true": "on", "1": "on", "false": "off", "0": "off"},
         "x-message": "must be on or off"})
     rate_limit_per_min: int = setting(600, _INT)
+    # Registrations per publisher key (per client address with auth off) a minute; 0: no
+    # limit. Each register without a session id makes a session the hub keeps (for
+    # inactive_retention_s), so a caller must not make them without bound.
+    register_rate_per_min: int = setting(60, _INT)
     max_inflight_per_key: int = setting(64, _INT)
     max_streams_per_key: int = setting(256, _INT)
     # Several processes (docs/protocol.md, Several hub processes): gunicorn workers on this host,

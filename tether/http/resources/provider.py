@@ -13,7 +13,7 @@ from tether.actors.system import ActorSystem
 from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
 from tether.http.body import UploadCut, iter_ndjson, read_json
-from tether.http.limits import StreamCounter
+from tether.http.limits import RegisterRate, StreamCounter
 from tether.http.operation import SSE, Operation, json_body
 
 log = logging.getLogger("tether.http")
@@ -41,8 +41,13 @@ class Register(_Resource):
     operations = {"POST": Operation("Register providers", request=schemas.REGISTER,
                                     ok=schemas.REGISTERED)}
 
+    def __init__(self, system: ActorSystem, auth: Auth) -> None:
+        super().__init__(system, auth)
+        self.rate = RegisterRate(system.settings)
+
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+        self.rate.admit(req.context.caller, req.remote_addr or "")
         seen: set[str] = set()
         for i, spec in enumerate(body["providers"]):
             if spec["name"] in seen:
