@@ -75,6 +75,9 @@ class Supervisor(TetherActor):
         self._next_slot = 1
         self._restarts: dict[tuple[str, str], deque[float]] = {}
         self._home: str | None = None  # with a bus: this process's id, put in task ids
+        # Sessions seen with no row and no stream, since when (time.monotonic()): forgotten
+        # after inactive_retention_s (each register without an id makes one).
+        self._idle: dict[str, float] = {}
 
     def receive(self, message: m.SupervisorMessage) -> Any:
         match message:
@@ -299,6 +302,35 @@ class Supervisor(TetherActor):
                 for name, status in msg.updates]
 
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
+        if self._forget_idle_sessions():  # first: it needs no database
+            self._publish_directory()
+        self._retire_expired(msg)
+
+    def _forget_idle_sessions(self) -> bool:
+        """Forget the sessions that have owned no row and had no stream for
+        inactive_retention_s: their actor, directory entry and slot (and, with a bus, their
+        home in Redis). A session comes back by registering again."""
+        now = time.monotonic()
+        doomed = []
+        for session_id, entry in self._sessions.items():
+            if entry.names or session_id in self._live:
+                self._idle.pop(session_id, None)
+            elif now - self._idle.setdefault(session_id, now) >= \
+                    self._settings.inactive_retention_s:
+                doomed.append(session_id)
+        for session_id in doomed:
+            self._forget_session(session_id)
+        return bool(doomed)
+
+    def _forget_session(self, session_id: str) -> None:
+        entry = self._sessions.pop(session_id)
+        self._slots.pop(entry.slot, None)
+        self._idle.pop(session_id, None)
+        entry.ref.stop(block=False)  # its board entry goes with it (on_stop)
+        log.info("forgot session %s: no row and no stream for %g s", session_id,
+                 self._settings.inactive_retention_s)
+
+    def _retire_expired(self, msg: m.RetireExpired) -> None:
         changed = store.delete_expired(msg.cutoff)
         members = store.members_of(changed)
         gone = []

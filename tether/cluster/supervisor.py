@@ -210,6 +210,13 @@ class ClusterSupervisor(Supervisor):
         # the names' owners link to this home (ClusterSystem._home_session).
         return old.process if old is not None and old.process != self._home else None
 
+    def _forget_session(self, session_id: str) -> None:
+        ref = self._sessions[session_id].ref
+        super()._forget_session(session_id)
+        self._router.addresses.forget_local(ref)
+        with contextlib.suppress(*_UNREACHABLE):  # Redis down: its field stays, harmless
+            self._router.homes.forget(session_id, self._router.process)
+
     def _on_evict(self, msg: m.Evict) -> pykka.ActorRef | None:
         """Forget a session whose stream opened on another process; the caller ends it."""
         entry = self._sessions.pop(msg.session_id, None)
