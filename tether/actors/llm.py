@@ -20,8 +20,8 @@ import time
 from typing import Any, assert_never
 
 from tether import errors
+from tether.actors import member_rows, routing
 from tether.actors import messages as m
-from tether.actors import routing
 from tether.actors.pool import InFlightBoard, Member, Pool, Request
 from tether.actors.task_ids import new_task_id
 from tether.actors.waiting import Waiting
@@ -31,10 +31,7 @@ from tether.common.runtime import Timer, call_later
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.observability import metrics
-from tether.store import llms as store
-from tether.store.db import is_outage
 from tether.store.models import ACTIVE, INACTIVE, derived_status
-from tether.store.write_behind import WRITES
 
 log = logging.getLogger("tether.llm")
 
@@ -349,8 +346,7 @@ class LlmActor(TetherActor):
 
     def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
         """The member's heartbeat is decided here, by the name's owner, in turn with the
-        sweep's staleness check and every status write (never from an HTTP greenlet); its
-        write goes behind (tether/store/write_behind.py), so it never holds up an infer."""
+        sweep's staleness check and every status write (never from an HTTP greenlet)."""
         member = self._pool.get(msg.session_id)
         if member is None:
             return False
@@ -358,10 +354,7 @@ class LlmActor(TetherActor):
             self._write_status(member, ACTIVE)  # stamps the heartbeat too
             self._pump()
             return True
-        name, session_id = self._state.name, msg.session_id
-        WRITES.write((name, session_id, "heartbeat"),
-                     lambda: store.bump_heartbeat(name, session_id), now=False)
-        return True
+        return member_rows.beat(self._state.name, msg.session_id)
 
     def _on_set_status(self, msg: m.SetStatus) -> bool:
         member = self._pool.get(msg.session_id)
@@ -407,16 +400,7 @@ class LlmActor(TetherActor):
         for member in list(self._pool):
             if member.status == INACTIVE:
                 continue
-            if WRITES.waiting((self._state.name, member.session_id, "heartbeat")):
-                continue  # a heartbeat newer than the row's waits to be written
-            try:
-                stale = store.mark_inactive_if_stale(self._state.name, member.session_id,
-                                                     msg.cutoff)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                break  # the database does not answer: the next sweep checks again
-            if stale:
+            if member_rows.expire_if_stale(self._state.name, member.session_id, msg.cutoff):
                 metrics.swept("inactive")
                 member.status = INACTIVE
                 self._cancel_wake(self._wake.expired(member.session_id), "heartbeat_expired")
@@ -438,24 +422,16 @@ class LlmActor(TetherActor):
         tell(self._supervisor.ref, m.ChildFailed("llm", self._state.name, self.actor_ref))
 
     def on_orphan(self, message: Any) -> None:
-        # An infer that was still in the mailbox: its client is answered as the waiters
-        # were (a retry reaches the restarted actor).
-        if isinstance(message, m.Infer):
+        if isinstance(message, m.Infer):  # still in the mailbox: answered as the waiters were
             message.reply.put(m.Failed(errors.ACTOR_RESTARTED(
                 actor=f"actor of {self._state.name!r}", why="failed and is being restarted")))
 
     # --- state ---------------------------------------------------------------------------
 
     def _write_status(self, member: Member, status: str) -> None:
-        if status == member.status:
-            return
-        # Guarded by membership: a write racing a newer registration changes nothing. Kept
-        # and written later if the database does not answer: the member's status here is
-        # what routes, the row reports it.
-        name, session_id = self._state.name, member.session_id
-        WRITES.write((name, session_id, "status"),
-                     lambda: store.set_status(name, session_id, status))
-        member.status = status
+        if status != member.status:
+            member_rows.set_status(self._state.name, member.session_id, status)  # never fails
+            member.status = status
 
     # --- observability -------------------------------------------------------------------
 

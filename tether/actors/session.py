@@ -28,8 +28,6 @@ log = logging.getLogger("tether.session")
 # An evicted session (its stream opened on another process) passes on what is still sent to
 # it this long: the LlmActors hear of the move by then (a bus hop or two).
 FORWARD_S = 5.0
-# Cancels kept for a stream that is down (the oldest go first past this many).
-MAX_UNSENT_CANCELS = 1024
 
 
 class SessionActor(TetherActor):
@@ -45,10 +43,6 @@ class SessionActor(TetherActor):
         self._tasks = OpenTasks(frame_ids if frame_ids is not None else FrameIds())
         self._grace: Timer | None = None
         self._offered: dict[str, set[str]] = {}  # llm name -> tasks offered after a loss
-        # Tasks that ended here while the stream was down, after the publisher may have got
-        # them: their cancel goes out when the stream is back, or a stalled backend would
-        # hold a publisher slot until its own read timeout (insertion-ordered, bounded).
-        self._unsent_cancels: dict[str, None] = {}
         self._draining = False
         self._drained: queue.Queue | None = None  # told once the drain is over
         self._forward: Callable[[Any], None] | None = None  # evicted: tasks go there
@@ -96,9 +90,8 @@ class SessionActor(TetherActor):
         tell(self._supervisor.ref, m.SessionStreamOpened(self._session_id))
         hello = task_wire.hello(self._session_id, self._settings.heartbeat_interval_s)
         msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
-        for task_id in self._unsent_cancels:  # a task the publisher may not know: ignored
-            msg.outbox.put(self._tasks.cancel_frame(task_id))
-        self._unsent_cancels.clear()
+        for frame in self._tasks.unsent_cancels():  # cancels made while it was down
+            msg.outbox.put(frame)
         frames = self._tasks.replay(msg.last_event_id)
         if frames is not None:  # a resume: the publisher holds the tasks up to its id
             for frame in frames:
@@ -139,16 +132,8 @@ class SessionActor(TetherActor):
         if msg.token == self._stream.token and not self._stream.is_open:
             self._grace = None
             for task in self._tasks.all():
-                self._cancel_later(task)
+                self._tasks.cancel_later(task)
             self._fail_all(lambda name: errors.PUBLISHER_DISCONNECTED(name=name))
-
-    def _cancel_later(self, task: OpenTask) -> None:
-        """`task` ends while the stream is down: cancel it at the publisher once it is back
-        (if it ever had a frame: one never sent is unknown there)."""
-        if task.frame_id:
-            self._unsent_cancels[task.task_id] = None
-            while len(self._unsent_cancels) > MAX_UNSENT_CANCELS:
-                del self._unsent_cancels[next(iter(self._unsent_cancels))]
 
     def _send(self, task: OpenTask) -> None:
         self._stream.put(self._tasks.send(task))
@@ -327,7 +312,7 @@ class SessionActor(TetherActor):
         if self._stream.is_open:
             self._stream.put(self._tasks.cancel_frame(msg.task_id))
         else:
-            self._cancel_later(task)
+            self._tasks.cancel_later(task)
         if task.kind == "wake":
             # The LlmActor asked for this cancel and already answered its waiters.
             self._tasks.remove(task)

@@ -8,9 +8,10 @@ a greenlet under gevent) writes what waits, in order, and while the database doe
 answer it keeps everything and retries with backoff, up to BACKOFF_MAX_S apart, so the
 rows say what is true within that long of the database answering again.
 
-A status write is made at once, in the actor's turn, while nothing waits and the last
-write worked (readers then see it as soon as the actor moved on); once a write failed for
-an outage, every write waits behind until the writer has written them all. Heartbeats
+A status write is made at once, in the actor's turn, while the database answers and no
+older write of that row waits (readers then see it as soon as the actor moved on); once a
+write failed for an outage, every write waits behind until the writer has written them
+all. Heartbeats
 always go behind: a name's infers never wait on its heartbeat's write.
 """
 
@@ -40,10 +41,11 @@ class WriteBehind:
         self._generation = 0  # bumped by clear(): a writer of an older one stops
 
     def write(self, key: Hashable, fn: Callable[[], Any], now: bool = True) -> None:
-        """Make the write `fn()` of the row `key`: at once when `now` and nothing waits
-        (an outage then keeps it), else behind. Never raises for an outage."""
+        """Make the write `fn()` of the row `key`: at once when `now`, the database
+        answers and no older write of `key` waits (an outage then keeps it), else behind.
+        Never raises for an outage."""
         with self._lock:
-            inline = now and not self._failing and not self._pending
+            inline = now and not self._failing and key not in self._pending
         if inline:
             try:
                 fn()
