@@ -69,6 +69,10 @@ def connect(url: str) -> peewee.Database:
                              "sqlite:////absolute/path.db")
         kwargs["pragmas"] = _SQLITE_PRAGMAS
         kwargs["check_same_thread"] = False
+        # Every transaction of the store writes: take SQLite's write lock at BEGIN, waiting
+        # for it (`timeout`), rather than fail at once ("database is locked") when a read
+        # turns into a write after another writer committed (the write-behind's, say).
+        kwargs["lock_type"] = "IMMEDIATE"
     elif scheme.startswith("postgres"):
         kwargs["connect_timeout"] = 10  # an unreachable server fails, not hangs
         _make_psycopg_green()

@@ -29,6 +29,8 @@ log = logging.getLogger("tether.store")
 
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 2.0
+# How long clear() waits for a write under way (a silent database gives one up in 2 × 3 s).
+CLEAR_WAIT_S = 8.0
 
 
 class WriteBehind:
@@ -71,13 +73,16 @@ class WriteBehind:
             self._pending.pop(key, None)
 
     def clear(self) -> None:
-        """Forget everything (the store closes: at shutdown, between tests)."""
+        """Forget everything (the store closes: at shutdown, between tests), once a write
+        under way has ended: the store may not close a connection the writer still uses."""
         with self._lock:
             self._pending.clear()
             self._failing = False
             self._generation += 1
-            self._writer = None
+            writer, self._writer = self._writer, None
         self._wake.set()
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(CLEAR_WAIT_S)
 
     def __len__(self) -> int:
         return len(self._pending)
