@@ -29,6 +29,11 @@ _SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys
 # one): 2 × SILENCE_S stays under the actors' ask timeout (10 s), so a request that needs
 # the database is answered 503 database_unavailable rather than hub_busy.
 SILENCE_S = 3.0
+# Once a connection was given up for its silence, and until one answers again, the next
+# are given up sooner: peewee's pool opens connections one at a time (under its lock), so
+# requests that need the database would otherwise queue behind each other's SILENCE_S.
+SILENT_AGAIN_S = 1.0
+_silent = False
 
 
 class DatabaseUnavailable(Exception):
@@ -110,10 +115,12 @@ def _gevent_wait(conn: Any, timeout: float | None = None) -> None:
     from gevent.socket import wait_read, wait_write
     from psycopg2 import extensions
 
-    limit = SILENCE_S if timeout is None else timeout
+    global _silent
+    limit = (SILENCE_S if not _silent else SILENT_AGAIN_S) if timeout is None else timeout
     while True:
         state = conn.poll()
         if state == extensions.POLL_OK:
+            _silent = False
             return
         try:
             if state == extensions.POLL_READ:
@@ -123,6 +130,7 @@ def _gevent_wait(conn: Any, timeout: float | None = None) -> None:
             else:
                 raise psycopg2.OperationalError(f"unexpected state from poll(): {state}")
         except TimeoutError:
+            _silent = True
             _sever(conn.fileno())
             _forget_idle()
             raise psycopg2.OperationalError(
