@@ -140,7 +140,9 @@ class ClusterStack(Processes):
         self.backend = f"http://127.0.0.1:{self.backend_port}"
         self.with_publisher = publisher
         self.max_concurrency = max_concurrency
-        self.hub_env = {"TETHER_LOG_LEVEL": "warning", **(hub_env or {})}
+        # Benches open sessions by the thousand: no register rate (a limit under test elsewhere).
+        self.hub_env = {"TETHER_LOG_LEVEL": "warning", "TETHER_REGISTER_RATE_PER_MIN": "0",
+                        **(hub_env or {})}
         self.hub_procs: list[subprocess.Popen] = []
         self.services = Services()
         self._marks: dict[str, int] = {}

@@ -26,7 +26,9 @@ class Stack(Processes):
         self.backend_port, self.hub_port = free_port(), free_port()
         self.backend = f"http://127.0.0.1:{self.backend_port}"
         self.hub = f"http://127.0.0.1:{self.hub_port}"
-        self.hub_env = {"TETHER_LOG_LEVEL": "warning", **(hub_env or {})}
+        # Benches open sessions by the thousand: no register rate (a limit under test elsewhere).
+        self.hub_env = {"TETHER_LOG_LEVEL": "warning", "TETHER_REGISTER_RATE_PER_MIN": "0",
+                        **(hub_env or {})}
         self.with_publisher = publisher
         self.max_concurrency = max_concurrency
         # auth on: the publisher and the clients present keys (clients: `client_headers`),

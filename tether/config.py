@@ -134,6 +134,10 @@ class Settings:
         "type": "number", "exclusiveMinimum": 0, "maximum": 10,
         "x-message": "must be a number of seconds > 0 and <= 10"})
     rate_limit_per_min: int = setting(600, _INT)
+    # Registrations per publisher key (per client address with auth off) a minute; 0: no
+    # limit. Each register without a session id makes a session the hub keeps (for
+    # inactive_retention_s), so a caller must not make them without bound.
+    register_rate_per_min: int = setting(60, _INT)
     max_inflight_per_key: int = setting(64, _INT)
     max_streams_per_key: int = setting(256, _INT)
     # What one publisher key may make every read of the Llm list carry (docs/protocol.md,

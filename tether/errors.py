@@ -115,6 +115,8 @@ WAKE_FAILED = Code(503, "wake_failed", "could not wake {name!r}: {why}")
 SHUTTING_DOWN = Code(503, "shutting_down", "the hub is shutting down; retry shortly")
 UNHEALTHY = Code(503, "unhealthy", "{why}")
 HUB_BUSY = Code(503, "hub_busy", "the hub did not answer in time; retry")
+DATABASE_UNAVAILABLE = Code(503, "database_unavailable",
+                            "the hub's database does not answer; retry shortly")
 ACTOR_RESTARTED = Code(503, "actor_restarted", "the {actor} {why}; retry")
 WAKE_TIMEOUT = Code(504, "wake_timeout", "{name!r} did not wake within {seconds:g} s")
 INFER_TIMEOUT = Code(504, "infer_timeout", "no result from {source} within {seconds:g} s")

@@ -144,16 +144,18 @@ def test_frame_ids_keep_increasing_across_a_session_actor_restart(system):
 
 
 class _FailOnce:
-    """Stands in for a store function: the first call raises a database error."""
+    """Stands in for a store function: the first call raises `error` (by default one the
+    database answered with, as a bug of ours would make; not an outage)."""
 
-    def __init__(self, real):
+    def __init__(self, real, error=None):
         self.real = real
+        self.error = error or peewee.IntegrityError("NOT NULL constraint failed")
         self.calls = 0
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
         if self.calls == 1:
-            raise peewee.OperationalError("database is locked")
+            raise self.error
         return self.real(*args, **kwargs)
 
 
@@ -176,6 +178,21 @@ def test_a_database_error_in_the_supervisor_restarts_it_with_its_children(system
     child = system.directory.llm("a")
     assert system.inject_crash("llm", "a")
     wait_until(lambda: system.directory.llm("a") not in (None, child))
+
+
+def test_an_outage_in_the_supervisor_or_the_sweeper_is_no_crash(system_factory, monkeypatch):
+    """An engine that does not answer is waited out: a restart would read the store and
+    crash again, and past the restart intensity the worker would exit for it."""
+    system = system_factory(gc_interval_s=0.05)
+    outage = peewee.OperationalError("could not connect to server: Connection refused")
+    supervisor, sweeper = system.supervisor, system._sweeper
+    retire = _FailOnce(store.delete_expired, outage)
+    stale = _FailOnce(store.stale_names, outage)
+    monkeypatch.setattr(store, "delete_expired", retire)
+    monkeypatch.setattr(store, "stale_names", stale)
+    wait_until(lambda: retire.calls > 2 and stale.calls > 2)  # the sweeps go on
+    assert (system.supervisor, system._sweeper) == (supervisor, sweeper)
+    assert system.healthy()
 
 
 def test_a_database_error_in_the_sweeper_restarts_it(system_factory, monkeypatch):

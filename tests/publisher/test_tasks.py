@@ -4,8 +4,13 @@ foresaw (a bug): the task is answered at once, never left to `infer_timeout_s`."
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.server
 import json
 import logging
+import socket
+import struct
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,3 +146,91 @@ def test_an_error_body_not_in_the_openai_envelope_is_wrapped_status_unchanged(
     assert r.status_code == 404
     assert r.json() == {"error": {"message": "Not Found", "type": "invalid_request_error",
                                   "code": None, "param": None}}
+
+
+class _DoorHub:
+    """A stand-in hub whose result route answers 503 (hub_busy) `refusals` times, then 200;
+    it records each POST."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.posts: list[dict] = []
+        self.uploads = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                if self.headers.get("Content-Type") == "application/x-ndjson":
+                    # A hub process killed mid-upload: the connection resets.
+                    self.rfile.readline()
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    outer.uploads += 1
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.posts.append(body)
+                refused = len(outer.posts) <= outer.refusals
+                answer = ({"error": {"code": "hub_busy"}} if refused else {"ok": True})
+                data = json.dumps(answer).encode()
+                self.send_response(503 if refused else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def door_hub() -> Iterator[Any]:
+    made: list[_DoorHub] = []
+    yield lambda refusals: made.append(_DoorHub(refusals)) or made[-1]
+    for hub in made:
+        hub.close()
+
+
+def test_a_result_refused_503_is_posted_again_until_taken(door_hub):
+    """A result landing on a process that could not reach the task's home (503 hub_busy)
+    used to be dropped: its client waited until infer_timeout_s."""
+    hub = door_hub(2)
+    client = HubClient(hub.url, None)
+    body = {"status": 200, "body": {"ok": 1}}
+    tasks.post_result(client, lambda: "s1", "t1", body)
+    client.close()
+    assert hub.posts == [body] * 3
+
+
+def test_a_result_refused_until_its_deadline_is_given_up(door_hub):
+    hub = door_hub(1000)
+    client = HubClient(hub.url, None)
+    tasks.post_result(client, lambda: "s1", "t1", {"status": 200, "body": {}},
+                      deadline=time.monotonic() + 1.0)
+    client.close()
+    assert 2 <= len(hub.posts) < 10  # backoff, and an end
+
+
+def test_an_upload_broken_by_a_dying_hub_process_ends_as_publisher_disconnected(door_hub):
+    """A worker killed mid-stream used to end its streams as publisher_error ("Broken
+    pipe"): to the client, the publisher went away before answering."""
+    hub = door_hub(0)
+    client = HubClient(hub.url, None)
+    config = BackendConfig(name="llama", model=PATH, base_url="http://127.0.0.1:9/v1")
+    backend = ScriptedBackend(payloads=tuple(_chunk("x" * 200) for _ in range(50)))
+    task = {"kind": "infer", "taskId": "t1", "llmName": "llama", "streaming": True,
+            "request": {"messages": []}}
+    tasks.run_infer(task, config, backend, client, lambda: "s1")
+    client.close()
+    assert hub.uploads == 1
+    [posted] = hub.posts
+    assert posted["error"]["code"] == "publisher_disconnected"
+    assert posted["error"]["status"] == 503

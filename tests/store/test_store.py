@@ -3,7 +3,10 @@ and on PostgreSQL (the `database_url` fixture runs each test on both)."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import datetime as dt
+import threading
 
 import pytest
 
@@ -286,3 +289,29 @@ def test_the_name_goes_with_its_last_member():
     store.set_status("p", "s2", "inactive")
     assert store.delete_expired(utcnow() + dt.timedelta(seconds=1)) == ["p"]
     assert store.get("p") is None and store.members_of(["p"]) == {"p": []}
+
+
+postgres_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@postgres_only
+def test_two_members_registering_a_new_pool_name_at_once_both_join(monkeypatch):
+    """Both read "no such name" and both insert it: the second used to fail with a
+    UniqueViolation (500 to its publisher); it now registers again, and joins the pool."""
+    both_read = threading.Barrier(2, timeout=10)
+    real = store.members_of
+
+    def members_of(names):
+        found = real(names)
+        if not all(found.values()):  # a first attempt: the name is not there yet
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_read.wait()
+        return found
+
+    monkeypatch.setattr(store, "members_of", members_of)
+    with cf.ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda s: store.register(s, [spec("shared", pool=True)]),
+                             ["s1", "s2"]))
+    assert both_read.n_waiting == 0 and not both_read.broken
+    assert {x.session_id for x in store.members_of(["shared"])["shared"]} == {"s1", "s2"}
+    assert all(d.rows[0].name == "shared" for d in done)

@@ -18,7 +18,7 @@ import time
 from typing import Any, assert_never
 
 from tether import errors
-from tether.actors import aliases, routing
+from tether.actors import aliases, member_rows, routing
 from tether.actors import messages as m
 from tether.actors.pool import InFlightBoard, Member, Pool, Request
 from tether.actors.reconcile import Reconciliation
@@ -30,7 +30,6 @@ from tether.common.runtime import Timer, call_later
 from tether.config import Settings
 from tether.errors import TetherError
 from tether.observability import metrics
-from tether.store import llms as store
 from tether.store.models import ACTIVE, INACTIVE, derived_status
 
 log = logging.getLogger("tether.llm")
@@ -351,7 +350,7 @@ class LlmActor(TetherActor):
             member.uncounted = False  # a restarted session has no task left to count
 
     def _on_heartbeat(self, msg: m.RecordHeartbeat) -> bool:
-        """The member's heartbeat is written here, by the name's owner, in turn with the
+        """The member's heartbeat is decided here, by the name's owner, in turn with the
         sweep's staleness check and every status write (never from an HTTP greenlet)."""
         member = self._pool.get(msg.session_id)
         if member is None:
@@ -360,7 +359,7 @@ class LlmActor(TetherActor):
             self._write_status(member, ACTIVE)  # stamps the heartbeat too
             self._pump()
             return True
-        return store.bump_heartbeat(self._state.name, msg.session_id)
+        return member_rows.beat(self._state.name, msg.session_id)
 
     def _on_set_status(self, msg: m.SetStatus) -> bool:
         member = self._pool.get(msg.session_id)
@@ -406,7 +405,7 @@ class LlmActor(TetherActor):
         for member in list(self._pool):
             if member.status == INACTIVE:
                 continue
-            if store.mark_inactive_if_stale(self._state.name, member.session_id, msg.cutoff):
+            if member_rows.expire_if_stale(self._state.name, member.session_id, msg.cutoff):
                 metrics.swept("inactive")
                 member.status = INACTIVE
                 self._cancel_wake(self._wake.expired(member.session_id), "heartbeat_expired")
@@ -427,14 +426,17 @@ class LlmActor(TetherActor):
     def report_crash(self) -> None:
         tell(self._supervisor.ref, m.ChildFailed("llm", self._state.name, self.actor_ref))
 
+    def on_orphan(self, message: Any) -> None:
+        if isinstance(message, m.Infer):  # still in the mailbox: answered as the waiters were
+            message.reply.put(m.Failed(errors.ACTOR_RESTARTED(
+                actor=f"actor of {self._state.name!r}", why="failed and is being restarted")))
+
     # --- state ---------------------------------------------------------------------------
 
     def _write_status(self, member: Member, status: str) -> None:
-        if status == member.status:
-            return
-        # Guarded by membership: a write racing a newer registration changes nothing.
-        store.set_status(self._state.name, member.session_id, status)
-        member.status = status
+        if status != member.status:
+            member_rows.set_status(self._state.name, member.session_id, status)  # never fails
+            member.status = status
 
     # --- observability -------------------------------------------------------------------
 

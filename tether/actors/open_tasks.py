@@ -30,6 +30,10 @@ ANSWERED_KEPT = 4096
 Payload = task_wire.InferTask | task_wire.WakeTask
 
 
+# Cancels kept for a stream that is down, at most (the oldest go first past this many).
+MAX_UNSENT_CANCELS = 1024
+
+
 class OpenTask:
     """An infer or a wake sent to the publisher (or held for its stream), not ended yet."""
 
@@ -75,6 +79,7 @@ class OpenTasks:
         # The infers answered lately (their TaskEnded may be lost on a bus): a
         # reconciliation frees their slots rather than serving them again (CountTasks).
         self._answered: OrderedDict[str, None] = OrderedDict()
+        self._unsent: dict[str, None] = {}  # task ids to cancel when the stream is back
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -113,6 +118,22 @@ class OpenTasks:
     def hold(self, task: OpenTask) -> None:
         """Keep `task` without a frame: `send` it when the stream opens."""
         self._tasks[task.task_id] = task
+
+    def cancel_later(self, task: OpenTask) -> None:
+        """`task` ends while the stream is down, after the publisher may have got it: its
+        cancel goes out when the stream is back (unsent_cancels), or a stalled backend would
+        hold a publisher slot until its own read timeout. Only a task that had a frame."""
+        if task.frame_id:
+            self._unsent[task.task_id] = None
+            while len(self._unsent) > MAX_UNSENT_CANCELS:  # the oldest go first
+                del self._unsent[next(iter(self._unsent))]
+
+    def unsent_cancels(self) -> list[str]:
+        """The cancel frames kept by cancel_later, once (a publisher ignores one for a task
+        it does not hold)."""
+        frames = [self.cancel_frame(task_id) for task_id in self._unsent]
+        self._unsent.clear()
+        return frames
 
     def cancel_frame(self, task_id: str) -> str:
         self.seq = next(self._frame_ids)

@@ -93,6 +93,8 @@ class SessionActor(TetherActor):
         hello = task_wire.hello(self._session_id, self._settings.heartbeat_interval_s,
                                 list(msg.names))
         msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
+        for frame in self._tasks.unsent_cancels():  # cancels made while it was down
+            msg.outbox.put(frame)
         frames = self._tasks.replay(msg.last_event_id)
         if frames is not None:  # a resume: the publisher holds the tasks up to its id
             for frame in frames:
@@ -132,6 +134,8 @@ class SessionActor(TetherActor):
     def _on_grace_expired(self, msg: m.GraceExpired) -> None:
         if msg.token == self._stream.token and not self._stream.is_open:
             self._grace = None
+            for task in self._tasks.all():
+                self._tasks.cancel_later(task)
             self._fail_all(lambda name: errors.PUBLISHER_DISCONNECTED(name=name))
 
     def _send(self, task: OpenTask) -> None:
@@ -314,6 +318,8 @@ class SessionActor(TetherActor):
         metrics.task_cancelled(task.llm_name, msg.reason, task.reply)
         if self._stream.is_open:
             self._stream.put(self._tasks.cancel_frame(msg.task_id))
+        else:
+            self._tasks.cancel_later(task)
         if task.kind == "wake":
             # The LlmActor asked for this cancel and already answered its waiters.
             self._tasks.remove(task)
@@ -430,6 +436,23 @@ class SessionActor(TetherActor):
 
     def report_crash(self) -> None:
         tell(self._supervisor.ref, m.ChildFailed("session", self._session_id, self.actor_ref))
+
+    def on_orphan(self, message: Any) -> None:
+        """A task sent here that the crash left unsent: its client is answered and its
+        Llm frees the slot; a wake fails (the Llm moves on); a drain counts this session
+        as drained (the stream closed with the crash)."""
+        actor = f"session actor of {self._session_id!r}"
+        error = errors.ACTOR_RESTARTED(actor=actor, why="failed and is being restarted")
+        match message:
+            case m.SendInfer():
+                message.reply.put(m.Failed(error))
+                tell(message.llm, m.TaskEnded(message.task_id))
+            case m.SendWake():
+                tell(message.llm, m.WakeFailed(message.task_id, error))
+            case m.Drain() if message.drained is not None:
+                message.drained.put(self._session_id)
+            case _:
+                pass
 
     # --- observability -------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactiv
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -29,15 +31,21 @@ from tether.actors.public_llm import PublicLlmActor
 from tether.actors.session import SessionActor
 from tether.actors.task_ids import FrameIds
 from tether.common.actor import Parent, TetherActor, tell
+from tether.common.runtime import call_later
 from tether.config import Settings
 from tether.observability import metrics
 from tether.store import llms as store
+from tether.store.db import is_outage
 from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
+from tether.store.write_behind import WRITES
 
 log = logging.getLogger("tether.supervisor")
 
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 10.0
+# A child that cannot be rebuilt because the database does not answer is tried again this
+# often: an outage is waited out, it never counts toward MAX_RESTARTS.
+OUTAGE_RETRY_S = 1.0
 
 
 class Supervisor(TetherActor):
@@ -73,6 +81,9 @@ class Supervisor(TetherActor):
         # Names whose last member withdrew: registered again, their new actor first hears
         # of the tasks still running at the sessions (as after a restart).
         self._withdrawn: set[str] = set()
+        # Sessions seen with no row and no stream, since when (time.monotonic()): forgotten
+        # after inactive_retention_s (each register without an id makes one).
+        self._idle: dict[str, float] = {}
 
     def receive(self, message: m.SupervisorMessage) -> Any:
         match message:
@@ -93,13 +104,46 @@ class Supervisor(TetherActor):
             case _:
                 assert_never(message)
 
+    # The messages whose sender waits for the answer (an ask): an outage is their answer.
+    asked: tuple[type, ...] = (m.Register, m.ReportStatus)
+
+    def on_receive(self, message: Any) -> Any:
+        """An engine's outage is not this actor's fault: an ask is answered with it (503),
+        a tell is given up in one log line (what it would have changed is read again from
+        the store, or corrected by the next tick), and the supervisor goes on: a crash would
+        restart it, and a restart during an outage would read the store and crash again."""
+        try:
+            return super().on_receive(message)
+        except Exception as exc:
+            error = self._outage_error(exc)
+            if error is None:
+                raise
+            if isinstance(message, self.asked):
+                raise error from None
+            log.warning("the supervisor skipped %s: %s (%s)", type(message).__name__,
+                        error.message, " ".join(str(exc).split()) or type(exc).__name__)
+            return None
+
+    def _outage_error(self, exc: BaseException) -> errors.TetherError | None:
+        """What a caller is answered for `exc` if it is an engine's outage, else None."""
+        return errors.DATABASE_UNAVAILABLE() if is_outage(exc) else None
+
     def on_start(self) -> None:
         try:
+            took_over = self._previous is not None
             if self._previous is not None:
                 self._take_over(self._previous)
                 self._previous = None
-            rows = store.list_all()
-            self._reconcile(rows, store.members_of([row.name for row in rows]))
+            try:
+                rows = store.list_all()
+                self._reconcile(rows, store.members_of([row.name for row in rows]))
+            except Exception as exc:
+                # A restart during an outage: the crashed supervisor's children go on as
+                # they were; the next registration or sweep brings the rest up to date.
+                if not (took_over and is_outage(exc)):
+                    raise
+                log.warning("the supervisor restarted without reading the store (%s)",
+                            " ".join(str(exc).split()))
             self._publish_directory()
         except Exception:
             # pykka calls no on_failure for on_start: report, or nobody would restart us.
@@ -233,6 +277,8 @@ class Supervisor(TetherActor):
                               store.Registrant(msg.key_name, msg.admin,
                                               self._settings.max_llms_per_key))
         for row in done.rows:
+            # A status kept from before (an outage) is older than this registration.
+            WRITES.discard((row.name, session_id, "status"))
             self._adopt_row(row, done.members[row.name], registered=session_id)
         self._publish_directory()
         return session_id, done
@@ -294,6 +340,35 @@ class Supervisor(TetherActor):
         them)."""
 
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
+        if self._forget_idle_sessions():  # first: it needs no database
+            self._publish_directory()
+        self._retire_expired(msg)
+
+    def _forget_idle_sessions(self) -> bool:
+        """Forget the sessions that have owned no row and had no stream for
+        inactive_retention_s: their actor, directory entry and slot (and, with a bus, their
+        home in Redis). A session comes back by registering again."""
+        now = time.monotonic()
+        doomed = []
+        for session_id, entry in self._sessions.items():
+            if entry.names or session_id in self._live:
+                self._idle.pop(session_id, None)
+            elif now - self._idle.setdefault(session_id, now) >= \
+                    self._settings.inactive_retention_s:
+                doomed.append(session_id)
+        for session_id in doomed:
+            self._forget_session(session_id)
+        return bool(doomed)
+
+    def _forget_session(self, session_id: str) -> None:
+        entry = self._sessions.pop(session_id)
+        self._slots.pop(entry.slot, None)
+        self._idle.pop(session_id, None)
+        entry.ref.stop(block=False)  # its board entry goes with it (on_stop)
+        log.info("forgot session %s: no row and no stream for %g s", session_id,
+                 self._settings.inactive_retention_s)
+
+    def _retire_expired(self, msg: m.RetireExpired) -> None:
         changed = store.delete_expired(msg.cutoff)
         members = store.members_of(changed)
         gone = []
@@ -329,14 +404,26 @@ class Supervisor(TetherActor):
         history = self._restarts.setdefault((msg.kind, msg.key), deque())
         while history and now - history[0] > RESTART_WINDOW_S:
             history.popleft()
-        history.append(now)
-        metrics.actor_restarted(msg.kind, gave_up=len(history) > MAX_RESTARTS)
+        if not msg.retry:
+            history.append(now)
+            metrics.actor_restarted(msg.kind, gave_up=len(history) > MAX_RESTARTS)
         if len(history) > MAX_RESTARTS:
             log.error("%s %r crashed %d times in %g s: leaving it down", msg.kind, msg.key,
                       len(history), RESTART_WINDOW_S)
             self._give_up(msg.kind, msg.key)
         elif msg.kind == "llm":
-            self._restart_llm(msg.key, msg.proxies)
+            try:
+                self._restart_llm(msg.key, msg.proxies)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                # Rebuilt from the store once it answers; a request meanwhile is answered
+                # 503 database_unavailable (its actor is down, its row unreadable).
+                if not msg.retry:
+                    log.warning("the actor of Llm %r waits for the database to restart (%s)",
+                                msg.key, " ".join(str(exc).split()))
+                call_later(OUTAGE_RETRY_S, tell, self.actor_ref,
+                           dataclasses.replace(msg, retry=True))
         else:
             self._restart_session(msg.key)
         self._publish_directory()
@@ -381,12 +468,19 @@ class Supervisor(TetherActor):
         if self._report is not None:
             self._report(self.actor_ref)
 
+    def on_orphan(self, message: Any) -> None:
+        # report_crash started the successor (the ActorSystem does it at once) and pointed
+        # the children's Parent at it: what this one never read goes there, in order.
+        if self._parent.ref is not None and self._parent.ref is not self.actor_ref:
+            tell(self._parent.ref, message)
+
     def _give_up(self, kind: str, key: str) -> None:
         metrics.actor_down(kind, key)
         if kind == "llm":
             self._llms.pop(key, None)
             for session_id in self._members.get(key, ()):
-                store.set_status(key, session_id, INACTIVE)
+                WRITES.write((key, session_id, "status"),
+                             functools.partial(store.set_status, key, session_id, INACTIVE))
             return
         entry = self._sessions.pop(key)
         self._slots.pop(entry.slot, None)

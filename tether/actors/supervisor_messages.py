@@ -33,6 +33,9 @@ class ChildFailed:
     # A public Llm's upstream calls still running, and the link they report their end
     # through: the restarted actor takes both over and keeps counting them.
     proxies: ProxiesInFlight | None = None
+    # Sent again by the supervisor itself: its rebuild waits for the database (an outage
+    # is no crash, and does not count toward the restart intensity).
+    retry: bool = False
 
 
 @dataclass(frozen=True)

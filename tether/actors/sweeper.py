@@ -7,6 +7,7 @@ in-memory state and the store never disagree.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 
 import pykka
@@ -17,7 +18,10 @@ from tether.common.actor import Parent, TetherActor, tell
 from tether.common.runtime import Timer, call_later
 from tether.config import Settings
 from tether.store import llms as store
+from tether.store.db import is_outage
 from tether.store.models import utcnow
+
+log = logging.getLogger("tether.sweeper")
 
 
 class Sweeper(TetherActor):
@@ -57,7 +61,17 @@ class Sweeper(TetherActor):
             now = utcnow()
             cutoff = now - dt.timedelta(seconds=self._settings.heartbeat_timeout_s)
             directory = self._directory()
-            for name in store.stale_names(cutoff):
+            try:
+                stale = store.stale_names(cutoff)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                # The database does not answer: this sweep is skipped, not crashed on (the
+                # supervisor's restarts would give up and take the worker down for it).
+                log.warning("the sweep waits for the database (%s)",
+                            " ".join(str(exc).split()) or type(exc).__name__)
+                stale = []
+            for name in stale:
                 tell(directory.llm(name), m.ExpireHeartbeat(cutoff))
             retention = now - dt.timedelta(seconds=self._settings.inactive_retention_s)
             tell(self._supervisor.ref, m.RetireExpired(retention))

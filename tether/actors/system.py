@@ -37,6 +37,7 @@ from tether.store import db
 from tether.store import llms as store
 from tether.store.bootstrap import open_store
 from tether.store.models import KIND_PUBLIC, Llm, LlmMember
+from tether.store.write_behind import WRITES
 
 log = logging.getLogger("tether.system")
 
@@ -50,6 +51,11 @@ def ask(ref: pykka.ActorRef, message: Any, timeout: float = ASK_TIMEOUT_S) -> An
         raise errors.HUB_BUSY() from None
     except pykka.ActorDeadError:
         raise errors.SHUTTING_DOWN() from None
+
+
+def _close_store() -> None:
+    WRITES.clear()  # kept writes belong to this database (a test's, say), not the next
+    db.close()
 
 
 def exit_worker() -> None:
@@ -102,7 +108,7 @@ class ActorSystem:
     def _start_parts(self, live_sessions: Callable[[], set[str]] | None = None) -> None:
         """`live_sessions` (several processes): see open_store."""
         # Recorded first: a database that failed half-way through readying is closed too.
-        self._started.append(("database", db.close))
+        self._started.append(("database", _close_store))
         open_store(self.settings.database_url, self.settings.llms, live_sessions,
                    tuple(self._aliases))
         # Before the actors, so it stops after them: the answers they end are counted, then
@@ -372,7 +378,7 @@ class ActorSystem:
         if ref is None or not tell(ref, m.Infer(request, streaming, endpoint, reply, affinity)):
             if store.get(name) is not None:  # its actor is down (gave up restarting)
                 raise errors.PUBLISHER_OFFLINE(name=name)
-            raise errors.LLM_NOT_FOUND(name=name)
+            raise errors.LLM_NOT_FOUND(name=name)  # (an outage: 503 database_unavailable)
         return reply
 
     def _llm_ref(self, name: str) -> Any:

@@ -264,12 +264,20 @@ class SharedBoard:
         wrote them; a name nobody wrote is left out."""
         if not names:
             return {}
-        if len(names) <= ONE_BY_ONE:
-            entries = self._fields(names)
-        else:
-            entries = {}
-            for part in sorted(self._refresh().values(), key=lambda part: part.at):
-                entries.update({n: part.llms[n] for n in names if n in part.llms})
+        try:
+            if len(names) <= ONE_BY_ONE:
+                entries = self._fields(names)
+            else:
+                entries = {}
+                for part in sorted(self._refresh().values(), key=lambda part: part.at):
+                    entries.update({n: part.llms[n] for n in names if n in part.llms})
+        except redis.RedisError as exc:
+            # Redis does not answer (or restarted without our scripts): a read shows what
+            # this process knows, and the outage is logged once (self._reading), without a
+            # traceback, rather than failing the read.
+            self._reading.failed(exc)
+            return {}
+        self._reading.answered()
         return {name: entry.get("members") or {} for name, entry in entries.items()}
 
     def _fields(self, names: list[str]) -> Entries:

@@ -17,15 +17,18 @@ What differs from the single process's Supervisor:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import Any
 
 import pykka
+import redis
 
 from tether import errors
 from tether.actors import messages as m
 from tether.actors.supervisor import Supervisor
+from tether.cluster import redis_client
 from tether.cluster.proxies import RemoteLlm, RemoteSession
 from tether.cluster.router import BusRouter
 from tether.common.actor import tell
@@ -34,13 +37,23 @@ from tether.store.models import KIND_PUBLIC, Llm, LlmMember
 
 log = logging.getLogger("tether.cluster")
 
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
 
 class ClusterSupervisor(Supervisor):
+    asked = (*Supervisor.asked, m.OwnName, m.Evict, m.HomeSession)
+
     def __init__(self, *args: Any, router: BusRouter, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._router = router
         self._home = router.process
         self._taking = False  # starting the LlmActor of a lease just taken (_own)
+
+    def _outage_error(self, exc: BaseException) -> errors.TetherError | None:
+        # Redis not answering is an outage too (the bus's own loop logs it once).
+        if redis_client.unreachable(exc):
+            return errors.HUB_BUSY()
+        return super()._outage_error(exc)
 
     def receive(self, message: m.SupervisorMessage | m.ClusterSupervisorMessage) -> Any:
         match message:
@@ -174,22 +187,39 @@ class ClusterSupervisor(Supervisor):
         entry = self._sessions.get(msg.session_id)
         if entry is None:
             return
-        # Live in Redis first: an owner that re-reads the members now sees it live.
-        self._router.homes.set(msg.session_id, entry.slot, True)
+        # Live in Redis first: an owner that re-reads the members now sees it live. Redis
+        # down: the home is written again when it is back (_reassert_homes), and the names
+        # without an owner here are taken by the next EnsureOwners tick.
+        redis_up = True
+        try:
+            self._router.homes.set(msg.session_id, entry.slot, True)
+        except _UNREACHABLE:
+            redis_up = False
         for name in entry.names:
             ref = self._llms.get(name)
-            if ref is None and self._router.owners.owner(name, take=True) == self._home:
-                ref = self._own(name)
+            if ref is None and redis_up:
+                try:
+                    if self._router.owners.owner(name, take=True) == self._home:
+                        ref = self._own(name)
+                except _UNREACHABLE:
+                    redis_up = False
             tell(ref or self._llm(name), m.StreamOpened(msg.session_id))
 
     def _on_stream_lost(self, msg: m.SessionStreamLost) -> None:
-        home = self._router.homes.get(msg.session_id)
+        try:
+            home = self._router.homes.get(msg.session_id)
+        except Exception as exc:
+            if not redis_client.unreachable(exc):
+                raise
+            home = None  # Redis is down: nobody took it over that we could know of
         if home is not None and home.process != self._home:
             self._live.discard(msg.session_id)  # taken over: the new home speaks for it
             return
         entry = self._sessions.get(msg.session_id)
         if entry is not None:
-            self._router.homes.set(msg.session_id, entry.slot, False)
+            # Redis down: the home is written again when it is back (_reassert_homes).
+            with contextlib.suppress(*_UNREACHABLE):
+                self._router.homes.set(msg.session_id, entry.slot, False)
         super()._on_stream_lost(msg)
 
     def _on_home_session(self, msg: m.HomeSession) -> str | None:
@@ -207,6 +237,13 @@ class ClusterSupervisor(Supervisor):
         # The caller has the old home give the session up and takes its tasks, then has
         # the names' owners link to this home (ClusterSystem._home_session).
         return old.process if old is not None and old.process != self._home else None
+
+    def _forget_session(self, session_id: str) -> None:
+        ref = self._sessions[session_id].ref
+        super()._forget_session(session_id)
+        self._router.addresses.forget_local(ref)
+        with contextlib.suppress(*_UNREACHABLE):  # Redis down: its field stays, harmless
+            self._router.homes.forget(session_id, self._router.process)
 
     def _on_evict(self, msg: m.Evict) -> pykka.ActorRef | None:
         """Forget a session whose stream opened on another process; the caller ends it."""

@@ -8,6 +8,7 @@ this module, which imports neither.
 from __future__ import annotations
 
 import logging
+import queue
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_args, get_type_hints
 
@@ -112,10 +113,35 @@ class TetherActor(pykka.ThreadingActor):
         # pykka stops an actor whose tell raised: say so loudly, answer everyone who waits on
         # this actor (they would hang otherwise), and let the supervisor rebuild it.
         log.error("%s crashed: %r", self, exception_value, exc_info=exception_value)
+        orphans = self._take_tells()
         try:
             self.on_crash()
         finally:
-            self.report_crash()
+            try:
+                self.report_crash()
+            finally:
+                for message in orphans:
+                    try:
+                        self.on_orphan(message)
+                    except Exception:  # noqa: BLE001 - one failing must not drop the rest
+                        log.exception("%s could not answer %r", self, type(message).__name__)
+
+    def _take_tells(self) -> list[Any]:
+        """The tells still in the mailbox of this crashed actor, which pykka would drop
+        (it answers asks with ActorDeadError): they are answered by on_orphan. pykka marked
+        the actor stopped before on_failure, so nothing more arrives meanwhile."""
+        tells: list[Any] = []
+        asks: list[Any] = []
+        inbox: Any = self.actor_inbox  # a queue.Queue for ThreadingActor
+        while True:
+            try:
+                envelope = inbox.get_nowait()
+            except queue.Empty:
+                break
+            (asks if envelope.reply_to is not None else tells).append(envelope)
+        for envelope in asks:  # pykka's teardown answers them
+            inbox.put(envelope)
+        return [envelope.message for envelope in tells]
 
     def after_message(self, message: Any) -> None:
         """Report state for the status page and gauges (tether.observability.metrics); must not
@@ -126,3 +152,8 @@ class TetherActor(pykka.ThreadingActor):
 
     def report_crash(self) -> None:
         """Tell the supervisor (actors that have one)."""
+
+    def on_orphan(self, message: Any) -> None:
+        """A tell that was still in this crashed actor's mailbox: answer whoever waits on
+        it, or pass it on to the actor's successor (report_crash has started it by now).
+        Messages nobody waits on are dropped."""

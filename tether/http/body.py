@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import falcon
+from gunicorn.http.errors import ParseException
 
 from tether import errors
 
@@ -52,6 +53,11 @@ def _input(req: falcon.Request) -> Any:
     return req.bounded_stream
 
 
+# What gunicorn raises when the sender's connection ends inside the body: NoMoreData (an
+# OSError, as a reset is) or a chunk left unfinished (a ParseException).
+_CUT = (OSError, ParseException)
+
+
 class UploadCut(Exception):
     """A streamed body ended before its end: the sender closed its connection (a publisher
     whose task was cancelled stops its upload so). Nobody is left to answer."""
@@ -63,7 +69,7 @@ def iter_ndjson(req: falcon.Request, limits: BodyLimits) -> Iterator[Any]:
     while True:
         try:
             line = stream.readline(limits.bytes + 1)
-        except OSError as exc:  # gunicorn's NoMoreData, a reset: the sender went away
+        except _CUT as exc:  # gunicorn's NoMoreData, a reset: the sender went away
             raise UploadCut(str(exc) or type(exc).__name__) from None
         if not line:
             return
@@ -80,7 +86,12 @@ def read_json(req: falcon.Request, limits: BodyLimits) -> Any:
     if length is not None and length > limits.bytes:
         # refused on the header alone: nothing of the body is read
         raise errors.BODY_TOO_LARGE(limit=limits.bytes)
-    raw = _input(req).read(limits.bytes + 1)
+    try:
+        raw = _input(req).read(limits.bytes + 1)
+    except _CUT as exc:  # a chunked body cut mid-chunk: the sender went away
+        raise UploadCut(str(exc) or type(exc).__name__) from None
+    if length is not None and len(raw) < length:
+        raise UploadCut(f"{len(raw)} of {length} bytes arrived")
     if len(raw) > limits.bytes:
         raise errors.BODY_TOO_LARGE(limit=limits.bytes)
     if not raw:

@@ -12,7 +12,9 @@ import redis
 
 from tether import errors
 from tether.errors import TetherError
+from tether.http.body import UploadCut
 from tether.http.ollama import errors as ollama
+from tether.store import db
 
 log = logging.getLogger("tether.http")
 
@@ -57,7 +59,8 @@ class AnswersAreNotFaults(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, TetherError)
+        # An engine's outage answered to the caller is logged once by the HTTP layer too.
+        return not (isinstance(exc, TetherError) or (exc is not None and db.is_outage(exc)))
 
 
 def _on_http_error(
@@ -96,6 +99,23 @@ def _on_bus_unreachable(req: falcon.Request, resp: falcon.Response, ex: Exceptio
     render(req, resp, error)
 
 
+def _on_database_outage(req: falcon.Request, resp: falcon.Response, ex: Exception,
+                        _p: Any) -> None:
+    # The database down, restarting or cut off: a request that needs it now is answered
+    # 503 and may be retried; the outage is no fault of the hub's (one line, no traceback).
+    error = errors.DATABASE_UNAVAILABLE()
+    log.warning("%s %s -> %d %s: %s: %s", req.method, req.path, error.status, error.code,
+                type(ex).__name__, " ".join(str(ex).split()))
+    render(req, resp, error)
+
+
+def _on_upload_cut(req: falcon.Request, resp: falcon.Response, ex: Exception,
+                   _p: Any) -> None:
+    # The sender went away part-way through its body: nobody reads an answer; one line.
+    log.info("%s %s: the request body was cut (%s)", req.method, req.path, ex)
+    resp.status = 499
+
+
 def install(app: falcon.App) -> None:
     if not any(isinstance(f, AnswersAreNotFaults) for f in logging.getLogger("pykka").filters):
         logging.getLogger("pykka").addFilter(AnswersAreNotFaults())
@@ -105,3 +125,6 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(TetherError, _on_tether_error)
     for unreachable in (redis.ConnectionError, redis.TimeoutError):
         app.add_error_handler(unreachable, _on_bus_unreachable)
+    for outage in db.OUTAGE:
+        app.add_error_handler(outage, _on_database_outage)
+    app.add_error_handler(UploadCut, _on_upload_cut)

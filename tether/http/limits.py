@@ -8,6 +8,9 @@ import math
 import time
 from collections.abc import Callable
 
+import limits
+from limits import storage, strategies
+
 from tether import errors
 from tether.config import Settings
 from tether.errors import TetherError
@@ -88,3 +91,25 @@ class StreamCounter:
         if self._open.get(caller.name, 0) >= self.limit:
             raise rate_limited(f"this key already holds {self.limit} open streams", 5)
         return _hold(self._open, caller.name)
+
+
+class RegisterRate:
+    """`register_rate_per_min` registrations per publisher key, per client address with
+    auth off (a moving window, in this process); admin keys are not counted."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.per_min = settings.register_rate_per_min
+        self.by_key = settings.auth_enabled
+        self._item = limits.RateLimitItemPerMinute(self.per_min) if self.per_min > 0 else None
+        self._window = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+
+    def admit(self, caller: Caller, address: str) -> None:
+        if self._item is None or (self.by_key and caller.role == "admin"):
+            return
+        who = f"key:{caller.name}" if self.by_key else f"addr:{address}"
+        if self._window.hit(self._item, "register", who):
+            return
+        reset = self._window.get_window_stats(self._item, "register", who).reset_time
+        whose = "this key" if self.by_key else "this address"
+        raise rate_limited(f"more than {self.per_min} registrations a minute for {whose}",
+                           reset - time.time())

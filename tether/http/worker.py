@@ -159,8 +159,34 @@ class SettledConfig:
         return value
 
 
+# A worker that cannot open its database waits for it, this long at most between tries.
+BOOT_RETRY_MAX_S = 5.0
+
+
 class Worker(GeventWorker):
     """`worker_class` for `tether serve` (and for running gunicorn on tether.http.app)."""
+
+    def load_wsgi(self) -> None:
+        """Build the app; while the database does not answer, try again with backoff.
+        gunicorn's master takes a worker that fails to boot for a broken install and exits
+        with all of them: a replacement worker started during a database outage must wait
+        it out instead (and tell the master it is alive meanwhile)."""
+        from tether.store import db
+
+        delay = 0.25
+        while True:
+            try:
+                super().load_wsgi()
+                return
+            except Exception as exc:
+                if not (isinstance(exc, db.DatabaseUnavailable) or db.is_outage(exc)) \
+                        or not self.alive:
+                    raise
+                self.log.warning("the database does not answer (%s): trying again in %g s",
+                                 " ".join(str(exc).split()) or type(exc).__name__, delay)
+            self.notify()
+            time.sleep(delay)
+            delay = min(delay * 2, BOOT_RETRY_MAX_S)
 
     cfg: Any  # gunicorn's Config (untyped), then its SettledConfig
 

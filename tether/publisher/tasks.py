@@ -32,7 +32,13 @@ from tether.publisher.hub_client import HubClient
 
 log = logging.getLogger("tether.publisher.tasks")
 
-RESULT_RETRIES = (0.5, 1.0, 2.0, 4.0)
+# A result that meets a closed door (no connection, or 503: hub_busy, shutting_down,
+# database_unavailable) is posted again with this backoff until the task's deadline: the
+# hub's `infer_timeout_s` (600 s by default), past which it has answered the client and a
+# result is refused 404 anyway.
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 5.0
+RESULT_DEADLINE_S = 600.0
 
 
 class TaskGone(Exception):
@@ -40,24 +46,37 @@ class TaskGone(Exception):
 
 
 def post_result(hub: HubClient, session_id: Callable[[], str | None], task_id: str,
-                body: Result) -> None:
-    """POST a result; retried while the hub is unreachable (it may be restarting)."""
+                body: Result, deadline: float | None = None) -> None:
+    """POST a result; retried with backoff while the hub is unreachable or answers 503
+    (restarting, draining, a bus or database outage), until `deadline` (time.monotonic();
+    by default RESULT_DEADLINE_S from now). The hub takes a result once: a copy it already
+    has is answered 404 (TaskGone)."""
     path = f"/api/v1/llms/_provider-task/{task_id}/result"
-    for delay in (*RESULT_RETRIES, None):
+    if deadline is None:
+        deadline = time.monotonic() + RESULT_DEADLINE_S
+    delay = RETRY_FIRST_S
+    while True:
         sid = session_id()
         try:
             status, answer = hub.post(path, body, {"X-Provider-Session-Id": sid} if sid else None)
         except Unreachable:
-            if delay is None:
+            if time.monotonic() + delay > deadline:
                 raise
-            gevent.sleep(delay)
-            continue
-        if status == 404:
-            raise TaskGone(task_id)
-        if status >= 400:
-            # Only the code: a refusal may quote the body, i.e. completion text.
-            log.warning("hub refused the result of %s: %s %s", task_id, status, _code(answer))
-        return
+        else:
+            if status == 404:
+                raise TaskGone(task_id)
+            if status != 503:
+                if status >= 400:
+                    # Only the code: a refusal may quote the body, i.e. completion text.
+                    log.warning("hub refused the result of %s: %s %s", task_id, status,
+                                _code(answer))
+                return
+            if time.monotonic() + delay > deadline:
+                log.warning("hub refused the result of %s until its deadline: %s %s",
+                            task_id, status, _code(answer))
+                return
+        gevent.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_S)
 
 
 def _code(answer: Any) -> str:
@@ -222,8 +241,18 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
         except Unreachable as exc:
             # The upload broke: whatever did not arrive cannot be replayed, so end the task
             # with an error (retried like any result) rather than leave its client waiting.
+            # To the client the publisher went away before answering (a hub process
+            # killed mid-stream does this): publisher_disconnected, as on a lost stream.
             post_result(hub, session_id, task_id,
-                        error_result(f"relaying the stream broke: {exc}"))
+                        error_result(f"relaying the stream broke: {exc}", 503,
+                                     "publisher_disconnected"))
+            return "503"
+        if status == 503:
+            # Refused part-way (a bus or database outage, a drain): the lines after the one
+            # refused were not applied and cannot be replayed; end the task with an error
+            # (retried like any result) rather than leave its client waiting.
+            post_result(hub, session_id, task_id,
+                        error_result(f"the hub refused the stream's upload ({status})"))
             return "502"
     finally:
         reader.kill(block=False)

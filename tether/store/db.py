@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +20,40 @@ database = peewee.DatabaseProxy()
 _SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1}
 
 
+# How long a PostgreSQL socket may stay silent while the hub waits on it (connecting, or
+# for a statement's answer) before the connection is given up. Under gevent libpq's own
+# connect_timeout is not applied (the connect is driven by the wait callback below), and
+# a network that drops packets without a reset would hold a query until the kernel's TCP
+# timeout (many minutes): the write, the actor making it and that name's infers with it.
+# A checkout may wait twice (peewee's pool checks a pooled connection, then opens a new
+# one): 2 × SILENCE_S stays under the actors' ask timeout (10 s), so a request that needs
+# the database is answered 503 database_unavailable rather than hub_busy.
+SILENCE_S = 3.0
+# Once a connection was given up for its silence, and until one answers again, the next
+# are given up sooner: peewee's pool opens connections one at a time (under its lock), so
+# requests that need the database would otherwise queue behind each other's SILENCE_S.
+SILENT_AGAIN_S = 1.0
+_silent = False
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be opened; the message is one line naming it (no password)."""
+
+
+# What an engine that is down, restarting or cut off raises (peewee wraps the driver's
+# errors in these): an outage to wait out, not a bug. IntegrityError and friends are not.
+OUTAGE: tuple[type[Exception], ...] = (peewee.OperationalError, peewee.InterfaceError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or did not answer."""
+    if isinstance(exc, OUTAGE):
+        return True
+    try:
+        import psycopg2
+    except ImportError:  # SQLite only
+        return False
+    return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
 
 
 def connect(url: str) -> peewee.Database:
@@ -39,6 +74,10 @@ def connect(url: str) -> peewee.Database:
                              "sqlite:////absolute/path.db")
         kwargs["pragmas"] = _SQLITE_PRAGMAS
         kwargs["check_same_thread"] = False
+        # Every transaction of the store writes: take SQLite's write lock at BEGIN, waiting
+        # for it (`timeout`), rather than fail at once ("database is locked") when a read
+        # turns into a write after another writer committed (the write-behind's, say).
+        kwargs["lock_type"] = "IMMEDIATE"
     elif scheme.startswith("postgres"):
         kwargs["connect_timeout"] = 10  # an unreachable server fails, not hangs
         _make_psycopg_green()
@@ -76,16 +115,47 @@ def _gevent_wait(conn: Any, timeout: float | None = None) -> None:
     from gevent.socket import wait_read, wait_write
     from psycopg2 import extensions
 
+    global _silent
+    limit = (SILENCE_S if not _silent else SILENT_AGAIN_S) if timeout is None else timeout
     while True:
         state = conn.poll()
         if state == extensions.POLL_OK:
+            _silent = False
             return
-        if state == extensions.POLL_READ:
-            wait_read(conn.fileno(), timeout=timeout)
-        elif state == extensions.POLL_WRITE:
-            wait_write(conn.fileno(), timeout=timeout)
-        else:
-            raise psycopg2.OperationalError(f"unexpected state from poll(): {state}")
+        try:
+            if state == extensions.POLL_READ:
+                wait_read(conn.fileno(), timeout=limit)
+            elif state == extensions.POLL_WRITE:
+                wait_write(conn.fileno(), timeout=limit)
+            else:
+                raise psycopg2.OperationalError(f"unexpected state from poll(): {state}")
+        except TimeoutError:
+            _silent = True
+            _sever(conn.fileno())
+            _forget_idle()
+            raise psycopg2.OperationalError(
+                f"the database did not answer for {limit:g} s") from None
+
+
+def _forget_idle() -> None:
+    """Close the pool's idle connections: they go through the same silent network, and the
+    pool would check each in turn (SILENCE_S apiece) before opening a new one."""
+    pool = database.obj
+    if pool is not None and hasattr(pool, "close_idle"):
+        with contextlib.suppress(Exception):
+            pool.close_idle()
+
+
+def _sever(fd: int) -> None:
+    """Shut the silent connection's socket down: psycopg2 closes a connection whose wait
+    callback raised, and anything libpq still sends or reads on it fails at once instead
+    of blocking the process on a network that says nothing."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
 
 
 def _make_psycopg_green() -> None:

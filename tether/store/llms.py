@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import peewee
+
 from tether import errors
 from tether.store.db import connection
 from tether.store.models import (
@@ -95,10 +97,32 @@ class Registered:
     members: dict[str, list[LlmMember]]
 
 
+# How often a registration is tried again when another process inserted one of its names
+# (or members) between its read and its write.
+REGISTER_TRIES = 3
+
+
 def register(session_id: str, providers: Sequence[dict[str, Any]],
              who: Registrant = Registrant()) -> Registered:
     """Apply a registration atomically: every provider is accepted or none (docs/protocol.md,
     Register and Pools).
+
+    Two pool members registering a new name at once (two hub processes) both read "no such
+    name" and both insert it: the second insert fails on the name's uniqueness, its
+    transaction rolls back, and it is tried again, when it finds the row and joins.
+    """
+    for attempt in range(REGISTER_TRIES):
+        try:
+            return _register(session_id, providers, who)
+        except peewee.IntegrityError:
+            if attempt == REGISTER_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _register(session_id: str, providers: Sequence[dict[str, Any]],
+              who: Registrant) -> Registered:
+    """One attempt of `register`, in one transaction.
 
     One SELECT of the rows and one of the members for all names, then one write per row and
     one per member: a name this session holds alone (every name but a pool's) has its Llm

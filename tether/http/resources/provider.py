@@ -13,7 +13,7 @@ from tether.actors.system import ActorSystem
 from tether.http import disconnect, schemas, streams
 from tether.http.auth import Auth
 from tether.http.body import BodyLimits, UploadCut, iter_ndjson, read_json
-from tether.http.limits import StreamCounter
+from tether.http.limits import RegisterRate, StreamCounter
 from tether.http.operation import SSE, Operation, json_body
 
 log = logging.getLogger("tether.http")
@@ -47,8 +47,13 @@ class Register(_Resource):
     operations = {"POST": Operation("Register providers", request=schemas.REGISTER,
                                     ok=schemas.REGISTERED)}
 
+    def __init__(self, system: ActorSystem, auth: Auth) -> None:
+        super().__init__(system, auth)
+        self.rate = RegisterRate(system.settings)
+
     @falcon.before(json_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+        self.rate.admit(req.context.caller, req.remote_addr or "")
         seen: set[str] = set()
         for i, spec in enumerate(body["providers"]):
             if spec["name"] in seen:
@@ -160,18 +165,18 @@ class TaskResult(_Resource):
             self.system.submit_result(task_id, claimed, schemas.validate_result(body),
                                       lambda session_id: self.auth.owns(session_id, caller))
 
-        if (req.content_type or "").startswith(NDJSON):
-            # One request carries a whole stream: each line is applied as it arrives.
-            try:
+        try:
+            if (req.content_type or "").startswith(NDJSON):
+                # One request carries a whole stream: each line is applied as it arrives.
                 for line in iter_ndjson(req, self.limit):
                     apply(line)
-            except UploadCut as exc:
-                # A publisher stops the upload of a task that was cancelled (its client
-                # left): routine, not a fault. What arrived was applied; the task ends by
-                # its cancel, or by the error result a publisher that lost us posts.
-                log.info("task %s: its result upload was cut (%s)", task_id, exc)
-                resp.status = 499  # nobody reads it
-                return
-        else:
-            apply(read_json(req, self.limit))
+            else:
+                apply(read_json(req, self.limit))
+        except UploadCut as exc:
+            # A publisher stops the upload of a task that was cancelled (its client left),
+            # or died part-way: routine, not a fault. What arrived was applied; the task
+            # ends by its cancel, or by the result a publisher that lost us posts again.
+            log.info("task %s: its result upload was cut (%s)", task_id, exc)
+            resp.status = 499  # nobody reads it
+            return
         resp.media = {"ok": True}

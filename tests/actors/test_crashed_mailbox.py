@@ -1,0 +1,113 @@
+"""A crashed actor's mailbox is answered, not dropped (PROTOCOL.md, Faults the hub survives):
+pykka drops the tells still queued for an actor that crashed, so the requests among them
+would wait until their client gave up."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import peewee
+
+from tests.support.actors import Outbox, events, provider, settle
+from tests.support.hub import wait_until
+from tether.actors import messages as m
+from tether.common.actor import Ping, tell
+from tether.store import llms as store
+from tether.store.models import utcnow
+
+REQ = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+class _Blocked:
+    """Stands in for a store write: it blocks until released, then fails as a bug would."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.entered.set()
+        self.release.wait(10)
+        raise peewee.IntegrityError("CHECK constraint failed")
+
+
+def test_infers_sent_while_an_llm_actor_was_blocked_in_a_failing_write_are_answered(
+        system, monkeypatch):
+    system.register("s1", [provider("a")])
+    outbox = Outbox(system)
+    token = system.open_stream("s1", outbox.queue, None)
+    outbox.frames()
+    old = system.directory.llm("a")
+    blocked = _Blocked()
+    monkeypatch.setattr(store, "set_status", blocked)
+    system.close_stream("s1", token)  # the Llm's actor writes `inactive`: it blocks there
+    assert blocked.entered.wait(5)
+    waiting = [system.infer("a", REQ, False, "chat/completions") for _ in range(3)]
+    blocked.release.set()  # the write fails: the actor crashes with three infers queued
+    for reply in waiting:
+        failed = events(reply, m.Failed)[-1]
+        assert (failed.error.status, failed.error.code) == (503, "actor_restarted")
+    monkeypatch.undo()
+    wait_until(lambda: system.directory.llm("a") not in (None, old))
+
+
+class _FailingStream(queue.Queue):
+    """The SSE writer's queue; once armed, its next write blocks until released, then fails
+    as a bug would (the session actor crashes while writing a task)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def put(self, item, block=True, timeout=None):
+        if self.armed:
+            self.armed = False  # once
+            self.entered.set()
+            self.release.wait(10)
+            raise RuntimeError("the stream writer failed")
+        super().put(item, block, timeout)
+
+
+def test_tasks_sent_to_a_session_actor_that_crashed_before_reading_them_are_answered(system):
+    system.register("s1", [provider("a")])
+    stream = _FailingStream()
+    system.open_stream("s1", stream, None)
+    settle(system)
+    session = system.directory.session("s1").ref
+    stream.armed = True
+    replies = [system.infer("a", REQ, False, "chat/completions")]
+    assert stream.entered.wait(5)  # the session blocks writing the first task
+    replies += [system.infer("a", REQ, False, "chat/completions") for _ in range(2)]
+    # The Llm's actor sent both: they wait in the blocked session's mailbox.
+    wait_until(lambda: sum(system.in_flight("a").values()) == 3)
+    stream.release.set()
+    for reply in replies:
+        failed = events(reply, m.Failed)[-1]
+        assert (failed.error.status, failed.error.code) == (503, "actor_restarted")
+    wait_until(lambda: system.directory.session("s1").ref is not session)
+    settle(system)
+    assert sum(system.in_flight("a").values()) == 0  # no slot left counted
+
+
+def test_a_stream_loss_queued_behind_a_supervisor_crash_reaches_the_new_supervisor(
+        system, monkeypatch):
+    system.register("s1", [provider("a")])
+    outbox = Outbox(system)
+    token = system.open_stream("s1", outbox.queue, None)
+    outbox.frames()
+    old = system.supervisor
+    blocked = _Blocked()
+    monkeypatch.setattr(store, "delete_expired", blocked)
+    tell(old, m.RetireExpired(utcnow()))  # what the sweeper sends: it blocks there
+    assert blocked.entered.wait(5)
+    system.close_stream("s1", token)  # the session tells the blocked supervisor
+    # Once the session answers a Ping, it has told the supervisor (its mailbox holds it).
+    system.directory.session("s1").ref.ask(Ping(), timeout=5)
+    blocked.release.set()  # the supervisor crashes with the stream's loss still queued
+    wait_until(lambda: system.supervisor is not old)
+    monkeypatch.undo()
+    # The restarted supervisor had the loss: the Llm's actor marks its member inactive.
+    wait_until(lambda: store.get("a").status == "inactive")
