@@ -1,7 +1,8 @@
 """LlmActor: one per virtual Llm name (a public one has its PublicLlmActor), the single owner
 of everything about serving it (docs/protocol.md, Pools), in plain objects it drives: a Pool
 (members, their load and capacity, requests in flight: pool.py), the waiting queue, a Wake
-(the one wake in flight: wake.py), a RoutingPolicy (routing.py); aliases.py for aliases.
+(the one wake in flight: wake.py), a RoutingPolicy (routing.py); aliases.py for aliases,
+failover.py for a lost member's tasks.
 
 Late binding: a request waits here, in arrival order, until a member that is `active`, has a
 live stream and a free slot takes it; the policy picks which. Wake dedup is plain actor
@@ -18,7 +19,7 @@ import time
 from typing import Any, assert_never
 
 from tether import errors
-from tether.actors import aliases, member_rows, routing
+from tether.actors import aliases, failover, member_rows, routing
 from tether.actors import messages as m
 from tether.actors.pool import InFlightBoard, Member, Pool, Request
 from tether.actors.reconcile import Reconciliation
@@ -261,12 +262,7 @@ class LlmActor(TetherActor):
     def _on_tasks_released(self, msg: m.TasksReleased) -> None:
         """Failover: a lost member's untouched tasks go back to the head of the queue, in
         their order, and from there to members that can take them."""
-        moved = []
-        for task_id in msg.task_ids:
-            req = self._pool.take(task_id)
-            if req is not None:
-                req.why = "failover"
-                moved.append(req)
+        moved = failover.released(self._pool, msg.task_ids)
         self._queue.put_back(moved)
         if moved:
             log.info("llm=%s failover of %d task(s) from session %s", self._state.name,
@@ -385,12 +381,7 @@ class LlmActor(TetherActor):
         """A member lost its stream and offers its tasks that produced nothing yet: with
         another member to go to (not inactive, stream open), they all move at once
         (docs/protocol.md, Pools: Failover); else they stay, as for a single publisher."""
-        member = self._pool.get(msg.session_id)
-        if member is not None:  # the offer outran the StreamLost the supervisor forwards
-            member.lose_stream(time.monotonic())
-        movable: tuple[str, ...] = ()
-        if self._pool.serving(tried={msg.session_id}):
-            movable = tuple(t for t in msg.task_ids if t in self._pool.tasks)
+        movable = failover.movable(self._pool, msg.session_id, msg.task_ids, time.monotonic())
         tell(msg.session, m.ReleaseTasks(self._state.name, movable, self.actor_ref))
 
     def _on_stream_opened(self, msg: m.StreamOpened) -> None:
