@@ -1,6 +1,6 @@
 """SessionActor: one per publisher session. Owns the SSE outbox, the open tasks and the frames
 kept for Last-Event-ID replay (in an OpenTasks: tether/actors/open_tasks.py), and the grace
-timer after a drop."""
+timer after a drop; what it offered its LlmActors after a drop is in an Offers (offers.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, assert_never, cast
 
 from tether import errors
 from tether.actors import messages as m
+from tether.actors.offers import Offers
 from tether.actors.open_tasks import OpenTask, OpenTasks, outcome_label, wake_error
 from tether.actors.outbox import Stream
 from tether.actors.task_ids import FrameIds
@@ -42,7 +43,7 @@ class SessionActor(TetherActor):
         self._stream = Stream(session_id)
         self._tasks = OpenTasks(frame_ids if frame_ids is not None else FrameIds())
         self._grace: Timer | None = None
-        self._offered: dict[str, set[str]] = {}  # llm name -> tasks offered after a loss
+        self._offers = Offers()  # failover: tasks offered to their LlmActors after a loss
         self._draining = False
         self._drained: queue.Queue | None = None  # told once the drain is over
         self._forward: Callable[[Any], None] | None = None  # evicted: tasks go there
@@ -117,10 +118,10 @@ class SessionActor(TetherActor):
                                                        self._stream.opened_at))
         if not self._tasks:
             return
-        self._offer_untouched()
+        self._offers.offer(self._tasks, self._session_id, self.actor_ref)
         if self._settings.publisher_grace_s <= 0:
             # Only what cannot move fails now; offered tasks wait for their LlmActor's word.
-            offered = set().union(*self._offered.values()) if self._offered else set()
+            offered = self._offers.pending()
             for task in self._tasks.all():
                 if task.task_id not in offered:
                     self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
@@ -196,33 +197,15 @@ class SessionActor(TetherActor):
         # The LlmActor owns the wake's timer; the session only relays.
         self._send(OpenTask(task_wire.wake_task(msg.task_id, msg.llm_name), msg.llm))
 
-    def _offer_untouched(self) -> None:
-        """Failover (docs/protocol.md, Pools): offer each LlmActor its tasks that produced
-        nothing yet; in a pool it takes them to another member (ReleaseTasks)."""
-        self._offered = {}
-        by_llm: dict[str, list[OpenTask]] = {}
-        for task in self._tasks.in_frame_order():
-            if task.untouched:
-                by_llm.setdefault(task.llm_name, []).append(task)
-        for name, tasks in by_llm.items():
-            ids = tuple(t.task_id for t in tasks)
-            if tell(tasks[0].llm, m.TasksOffered(self._session_id, ids, self.actor_ref)):
-                self._offered[name] = set(ids)
-
     def _on_release_tasks(self, msg: m.ReleaseTasks) -> None:
         """Tasks that still produced nothing leave this session and its replay at once (a
         late result for them gets 404); the rest of the offer stays."""
-        offered = self._offered.pop(msg.llm_name, set())
-        wanted = set(msg.task_ids)
-        released = [t for t in self._tasks.in_frame_order()
-                    if t.task_id in wanted and t.untouched]
-        for task in released:
-            self._tasks.remove(task)
+        released, stay = self._offers.answered(self._tasks, msg.llm_name, msg.task_ids)
         if released:
             tell(msg.llm, m.TasksReleased(self._session_id,
                                           tuple(t.task_id for t in released)))
         if self._settings.publisher_grace_s <= 0 and not self._stream.is_open:
-            for task_id in offered - wanted:  # could not move: no grace to wait
+            for task_id in stay:  # could not move: no grace to wait
                 left = self._tasks.get(task_id)
                 if left is not None:
                     self._finish(left, m.Failed(errors.PUBLISHER_DISCONNECTED(name=left.llm_name)))
