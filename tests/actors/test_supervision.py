@@ -15,7 +15,7 @@ from tests.support.actors import Outbox, events, provider, settle, take
 from tests.support.hub import wait_until
 from tether.actors import messages as m
 from tether.actors.llm import LlmActor
-from tether.actors.supervisor import MAX_RESTARTS
+from tether.actors.restarts import MAX_RESTARTS
 from tether.actors.system import ActorSystem
 from tether.common.actor import Ping, tell
 from tether.config import PublicLlm, Settings

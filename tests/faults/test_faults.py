@@ -17,7 +17,7 @@ import requests
 from tests.support.chaos import ChaosProxy
 from tests.support.hub import Hub, wait_until
 from tests.support.procs import stop, wait_status
-from tether.actors.supervisor import MAX_RESTARTS
+from tether.actors.restarts import MAX_RESTARTS
 from tether.common import sse
 
 ALLOWED_FAILURES = {"publisher_disconnected", "publisher_offline", "infer_timeout",

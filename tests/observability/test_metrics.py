@@ -10,7 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.hub import wait_until
-from tether.actors.supervisor import MAX_RESTARTS
+from tether.actors.restarts import MAX_RESTARTS
 from tether.common import sse
 
 INFER = "/api/v1/llms/{name}/infer"

@@ -4,7 +4,7 @@ Registration runs here so that registrations and retirements are serialized agai
 other: a row cannot be deleted by the sweep while it is being re-taken.
 
 A child that crashes answers its own waiters (on_failure) and reports here; it is rebuilt
-from the store. Like an Erlang supervisor, restarts are bounded: more than
+from the store. Like an Erlang supervisor, restarts are bounded (restarts.py): more than
 MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactive`.
 """
 
@@ -15,7 +15,6 @@ import functools
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from typing import Any, assert_never
 
@@ -28,6 +27,7 @@ from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
 from tether.actors.pool import InFlightBoard
 from tether.actors.public_llm import PublicLlmActor
+from tether.actors.restarts import MAX_RESTARTS, OUTAGE_RETRY_S, RESTART_WINDOW_S, RestartHistory
 from tether.actors.session import SessionActor
 from tether.actors.task_ids import FrameIds
 from tether.common.actor import Parent, TetherActor, tell
@@ -40,12 +40,6 @@ from tether.store.models import INACTIVE, KIND_PUBLIC, Llm, LlmMember
 from tether.store.write_behind import WRITES
 
 log = logging.getLogger("tether.supervisor")
-
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 10.0
-# A child that cannot be rebuilt because the database does not answer is tried again this
-# often: an outage is waited out, it never counts toward MAX_RESTARTS.
-OUTAGE_RETRY_S = 1.0
 
 
 class Supervisor(TetherActor):
@@ -76,7 +70,7 @@ class Supervisor(TetherActor):
         self._sessions: Index[str, SessionEntry] = Index()
         self._slots: Index[int, str] = Index()
         self._next_slot = 1
-        self._restarts: dict[tuple[str, str], deque[float]] = {}
+        self._restarts: RestartHistory[tuple[str, str]] = RestartHistory()
         self._home: str | None = None  # with a bus: this process's id, put in task ids
         # Names whose last member withdrew: registered again, their new actor first hears
         # of the tasks still running at the sessions (as after a restart).
@@ -400,16 +394,11 @@ class Supervisor(TetherActor):
                    else getattr(self._sessions.get(msg.key), "ref", None))
         if current is None or current.actor_urn != msg.ref.actor_urn:
             return  # already replaced or retired
-        now = time.monotonic()
-        history = self._restarts.setdefault((msg.kind, msg.key), deque())
-        while history and now - history[0] > RESTART_WINDOW_S:
-            history.popleft()
-        if not msg.retry:
-            history.append(now)
-            metrics.actor_restarted(msg.kind, gave_up=len(history) > MAX_RESTARTS)
-        if len(history) > MAX_RESTARTS:
+        crashes = self._restarts.crashed((msg.kind, msg.key), msg.kind, time.monotonic(),
+                                         counted=not msg.retry)
+        if crashes > MAX_RESTARTS:
             log.error("%s %r crashed %d times in %g s: leaving it down", msg.kind, msg.key,
-                      len(history), RESTART_WINDOW_S)
+                      crashes, RESTART_WINDOW_S)
             self._give_up(msg.kind, msg.key)
         elif msg.kind == "llm":
             try:

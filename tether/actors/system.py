@@ -14,7 +14,6 @@ import os
 import queue
 import signal
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Self
@@ -26,7 +25,8 @@ from tether.actors import aliases
 from tether.actors import messages as m
 from tether.actors.directory import Directory, SessionEntry
 from tether.actors.reply import MeteredReply
-from tether.actors.supervisor import MAX_RESTARTS, RESTART_WINDOW_S, Supervisor
+from tether.actors.restarts import MAX_RESTARTS, RESTART_WINDOW_S, RestartHistory
+from tether.actors.supervisor import Supervisor
 from tether.actors.sweeper import Sweeper
 from tether.actors.task_ids import FrameIds, slot_of
 from tether.actors.usage import UsageCounter, UsageFlusher
@@ -81,7 +81,7 @@ class ActorSystem:
         self._frame_ids = FrameIds(time.time_ns() // 1000)
         self._parent = Parent()  # children reach the live supervisor through it
         self._on_fatal = on_fatal
-        self._root_restarts: dict[str, deque[float]] = {}
+        self._root_restarts: RestartHistory[str] = RestartHistory()
         self._running = False  # root crashes are restarted only between start() and stop()
         # Each LlmActor publishes its members' in-flight counts here (a snapshot it replaces
         # whole), so reads show live `inFlight` without a message hop.
@@ -144,15 +144,10 @@ class ActorSystem:
                 else None)
         if kind is None:
             return  # already replaced
-        now = time.monotonic()
-        history = self._root_restarts.setdefault(kind, deque())
-        while history and now - history[0] > RESTART_WINDOW_S:
-            history.popleft()
-        history.append(now)
-        metrics.actor_restarted(kind, gave_up=len(history) > MAX_RESTARTS)
-        if len(history) > MAX_RESTARTS:
+        crashes = self._root_restarts.crashed(kind, kind, time.monotonic())
+        if crashes > MAX_RESTARTS:
             log.critical("the %s crashed %d times in %g s: the worker exits", kind,
-                         len(history), RESTART_WINDOW_S)
+                         crashes, RESTART_WINDOW_S)
             self._on_fatal()
             return
         if kind == "supervisor":
