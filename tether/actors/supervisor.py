@@ -5,7 +5,8 @@ other: a row cannot be deleted by the sweep while it is being re-taken.
 
 A child that crashes answers its own waiters (on_failure) and reports here; it is rebuilt
 from the store. Like an Erlang supervisor, restarts are bounded (restarts.py): more than
-MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactive`.
+MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactive`. What the
+sweep retires, idle sessions and expired members, is decided in retention.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tether.actors.llm import LlmActor
 from tether.actors.pool import InFlightBoard
 from tether.actors.public_llm import PublicLlmActor
 from tether.actors.restarts import MAX_RESTARTS, OUTAGE_RETRY_S, RESTART_WINDOW_S, RestartHistory
+from tether.actors.retention import IdleSessions, retire_expired, settle
 from tether.actors.session import SessionActor
 from tether.actors.task_ids import FrameIds
 from tether.common.actor import Parent, TetherActor, tell
@@ -75,9 +77,7 @@ class Supervisor(TetherActor):
         # Names whose last member withdrew: registered again, their new actor first hears
         # of the tasks still running at the sessions (as after a restart).
         self._withdrawn: set[str] = set()
-        # Sessions seen with no row and no stream, since when (time.monotonic()): forgotten
-        # after inactive_retention_s (each register without an id makes one).
-        self._idle: dict[str, float] = {}
+        self._idle = IdleSessions(settings.inactive_retention_s)  # no row, no stream: since
 
     def receive(self, message: m.SupervisorMessage) -> Any:
         match message:
@@ -312,13 +312,7 @@ class Supervisor(TetherActor):
         """The session's members leave (the store refuses, applying nothing, if one name is
         another's); serialized with registrations, like every change of members."""
         changed = store.withdraw(msg.session_id, msg.names)
-        members = store.members_of(changed)
-        for name in changed:
-            row = store.get(name)
-            if row is not None:
-                self._adopt_row(row, members[name])  # a pool goes on without this member
-            else:
-                self._gone(name)
+        settle(changed, self._adopt_row, self._gone)  # a pool goes on without this member
         self._names_changed(msg.session_id)
         self._publish_directory()
         if changed:
@@ -336,20 +330,13 @@ class Supervisor(TetherActor):
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
         if self._forget_idle_sessions():  # first: it needs no database
             self._publish_directory()
-        self._retire_expired(msg)
+        if retire_expired(msg.cutoff, self._adopt_row, self._retire):
+            self._publish_directory()
 
     def _forget_idle_sessions(self) -> bool:
-        """Forget the sessions that have owned no row and had no stream for
-        inactive_retention_s: their actor, directory entry and slot (and, with a bus, their
-        home in Redis). A session comes back by registering again."""
-        now = time.monotonic()
-        doomed = []
-        for session_id, entry in self._sessions.items():
-            if entry.names or session_id in self._live:
-                self._idle.pop(session_id, None)
-            elif now - self._idle.setdefault(session_id, now) >= \
-                    self._settings.inactive_retention_s:
-                doomed.append(session_id)
+        """Forget the sessions idle for inactive_retention_s (retention.py): their actor,
+        directory entry and slot (and, with a bus, their home in Redis)."""
+        doomed = self._idle.expired(self._sessions, self._live, time.monotonic())
         for session_id in doomed:
             self._forget_session(session_id)
         return bool(doomed)
@@ -357,27 +344,10 @@ class Supervisor(TetherActor):
     def _forget_session(self, session_id: str) -> None:
         entry = self._sessions.pop(session_id)
         self._slots.pop(entry.slot, None)
-        self._idle.pop(session_id, None)
+        self._idle.forget(session_id)
         entry.ref.stop(block=False)  # its board entry goes with it (on_stop)
         log.info("forgot session %s: no row and no stream for %g s", session_id,
                  self._settings.inactive_retention_s)
-
-    def _retire_expired(self, msg: m.RetireExpired) -> None:
-        changed = store.delete_expired(msg.cutoff)
-        members = store.members_of(changed)
-        gone = []
-        for name in changed:
-            row = store.get(name)
-            if row is not None:
-                self._adopt_row(row, members[name])  # a pool lost a member
-            else:
-                gone.append(name)  # its last member went: so does the name
-                self._retire(name)
-        metrics.swept("deleted", len(gone))
-        if gone:
-            log.info("retired %d inactive Llm(s): %s", len(gone), gone)
-        if changed:
-            self._publish_directory()
 
     def _retire(self, name: str) -> None:
         ref = self._llms.pop(name, None)
