@@ -48,6 +48,14 @@ class ChaosProxy:
                 sock.settimeout(None)
             with self._lock:
                 self._conns.update((client, upstream))
+            if self._stopped.is_set():
+                # close() ran while this one was being connected: its cut() may have missed
+                # it, and a live connection through a closed proxy would outlast the outage.
+                for sock in (client, upstream):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                return
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
 
