@@ -82,6 +82,12 @@ class Reconciliation:
         self._pool.count_all()
 
     def _lost(self, member: Member, answer: m.TasksInFlight) -> list[str]:
+        if member.live and not answer.stream_open:
+            # Counted live here, no stream there: the session is moving to another process
+            # (a take-over's new home holds nothing until the old one hands over, up to 5 s),
+            # and a request put back now would go to the session it is leaving. Counting
+            # resumes once the answer comes with the stream open (or the loss is heard).
+            return []
         held = set(answer.task_ids)
         out = []
         for task_id in answer.asked or ():
