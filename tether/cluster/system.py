@@ -167,9 +167,19 @@ class ClusterSystem(ActorSystem):
             super().submit_result(task_id, claimed_session, result, may_act)
             return
         # The task is held by another process: it checks the task, we check the key.
-        session_id = claimed_session or self._router.call(home, "session_of_task", task_id)
-        allowed = may_act(session_id) if may_act is not None else True
-        self._router.call(home, "submit_result", task_id, claimed_session, result, allowed)
+        try:
+            session_id = claimed_session or self._router.call(home, "session_of_task",
+                                                              task_id)
+            allowed = may_act(session_id) if may_act is not None else True
+            self._router.call(home, "submit_result", task_id, claimed_session, result,
+                              allowed)
+        except errors.TetherError as error:
+            if error.code == errors.HUB_BUSY.code and self._router.gone(home):
+                # Its home died, and the task with it (its client was answered): nobody
+                # will ever take this result. 503 would have the publisher post it again
+                # until the task's deadline, its slot held all along (issue 22).
+                raise errors.TASK_NOT_FOUND(task_id=task_id) from None
+            raise
 
     def drain(self, deadline_s: float = 0.0) -> None:
         """As one process's drain; first, its names go to live processes (a graceful stop
