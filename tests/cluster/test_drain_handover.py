@@ -21,6 +21,7 @@ from tests.cluster.test_reconciliation import (
 )
 from tests.cluster.test_routing import in_background, result_of
 from tests.support.hub import Hub, wait_until
+from tests.support.publisher import TestPublisher
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,3 +90,29 @@ def test_a_live_owner_keeps_a_request_its_member_refused_for_draining(
     pub.url = b.url
     serve(pub, pub.open(), second, "second")
     pub.close()
+
+
+def test_a_request_forwarded_to_a_draining_former_owner_goes_to_its_heir(
+        cluster: Callable[..., Hub]) -> None:
+    """b looked m1's owner up a moment ago (a) and sends it there after a handed m1 over:
+    a, which no longer owns it, passes it on to its heir (here b, which takes the name),
+    never drops it (b's client would wait for an acknowledgement, then get 503)."""
+    a = cluster(env={"TETHER_GRACEFUL_TIMEOUT_S": "10"})
+    b = cluster()
+    pub, stream = split(a, b)  # a owns m1; its member's session is homed on b
+    other = TestPublisher(a.url)  # a session on a with a task under way: a drains a while
+    other.register({**ONE_SLOT, "name": "m2"})
+    other_stream = other.open()
+    busy = in_background(lambda: a.infer("m2", "busy", timeout=CLIENT_TIMEOUT_S))
+    running = other_stream.next_task("infer", timeout=10)
+    serve(pub, stream, in_background(lambda: b.infer("m1", "warm")), "warm")  # b: a owns m1
+
+    a.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: refuses_registers(a), timeout=10)  # a handed its names over
+    late = in_background(lambda: b.infer("m1", "late", timeout=CLIENT_TIMEOUT_S))
+    serve(pub, stream, late, "late")
+    assert other.result(running["taskId"], {"status": 200, "body": "busy"}).status_code == 200
+    assert result_of(busy).json() == "busy"
+    assert a.proc.wait(20) == 0
+    pub.close()
+    other.close()
