@@ -233,6 +233,17 @@ class Pool:
             req.tried.add(req.member)
         return self.take(task_id)
 
+    def draining_home(self, task_id: str, now: float) -> Request | None:
+        """Its member's home process drains and sent nothing: out of flight, not tried (the
+        publisher reconnects to a live process, where the member serves again); meanwhile
+        its stream counts as lost (a waiter waits publisher_grace_s for it, as for any
+        stream that may come back)."""
+        req = self.tasks.get(task_id)
+        member = self.get(req.member) if req is not None and req.member else None
+        if member is not None:
+            member.lose_stream(now)
+        return self.take(task_id)
+
     def moved(self, task_id: str, new_task_id: str) -> bool:
         """The task goes on under a new id (its session's take-over): it keeps its slot."""
         req = self.tasks.pop(task_id, None)

@@ -172,9 +172,14 @@ class SessionActor(TetherActor):
             self._forward(msg)
             return
         if self._closed() and not self._hold(msg):
-            msg.reply.put(m.Failed(self._refuse(msg.llm_name)))
-            tell(msg.llm, m.TaskEnded(msg.task_id))
             self._tasks.answered(msg.task_id)
+            error = self._refuse(msg.llm_name)
+            # Draining: the LlmActor (maybe of a live process) keeps the request for the
+            # publisher's next stream, never answers it shutting_down for this process.
+            if not (self._draining and tell(msg.llm, m.TaskReturned(msg.task_id, error,
+                                                                    msg.reply))):
+                msg.reply.put(m.Failed(error))
+                tell(msg.llm, m.TaskEnded(msg.task_id))
             return
         self._send(self._infer_task(msg))
 

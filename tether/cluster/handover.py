@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -46,6 +47,7 @@ class Router(Protocol):
 class Handover:
     def __init__(self, router: Router) -> None:
         self._router = router
+        self._heirs: list[str] = []  # draining: the live processes its names went to
 
     def renamed(self, tasks: Sequence[m.SendInfer | m.SendWake], slot: int,
                 home: str) -> tuple[m.SendInfer | m.SendWake, ...]:
@@ -109,15 +111,30 @@ class Handover:
             return
         if not heirs:
             return
+        self._heirs = heirs
         names = sorted(self._router.leases.owned)
-        for i, name in enumerate(names):
-            heir = heirs[i % len(heirs)]
+        for name in names:
+            heir = self._heir(name)
             with contextlib.suppress(Exception):
                 self._router.leases.release(name)
             tell(supervisor, m.NamesLost(
                 (name,), functools.partial(self._pass_on, name, heir)))
         if names:
             log.info("drain: handed %d name(s) over to %s", len(names), ", ".join(heirs))
+
+    def _heir(self, name: str) -> str:
+        return self._heirs[zlib.crc32(name.encode()) % len(self._heirs)]
+
+    def to_heir(self, name: str, infer: m.Infer) -> bool:
+        """An infer another process forwarded here, for a name this draining process no
+        longer owns (the sender's owner cache predates the hand-over; nobody may have taken
+        the name yet): on to its heir, which takes it (a live process never waits here for
+        an acknowledgement that does not come, nor is answered shutting_down). False with
+        no heir (Redis was down at the drain)."""
+        if not self._heirs:
+            return False
+        self._pass_on(name, self._heir(name), infer)
+        return True
 
     def _pass_on(self, name: str, heir: str, infer: m.Infer) -> None:
         """A request that waited here for a name handed over: a client of another process

@@ -291,6 +291,9 @@ class BusRouter:
                 return
             owner = None
         if owner is None:
+            if isinstance(message, m.Infer) and self.draining \
+                    and self.handover.to_heir(name, message):
+                return  # a request forwarded here for a name this process handed over
             if infer:
                 message.reply.put(m.Failed(unowned(name)))
             return
