@@ -246,16 +246,11 @@ class LlmActor(TetherActor):
         self._pump()
 
     def _on_task_returned(self, msg: m.TaskReturned) -> None:
-        """A retryable error before any output: try a member not yet tried, else answer.
-        `shutting_down` is no answer for a client of a live process: the member's home
-        drains, so the member is lost for now and the request waits for it or another."""
-        if msg.error.code == errors.SHUTTING_DOWN.code:
-            req = self._pool.draining_home(msg.task_id, time.monotonic())
-            if req is not None:
-                req.why = "retry"
-                self._queue.put_back([req])
-                self._pump()
-                return
+        """A retryable error before any output: try a member not yet tried, else answer
+        (a member whose home drains: failover.waits_for_draining_home)."""
+        if failover.waits_for_draining_home(self._pool, self._queue, msg):
+            self._pump()
+            return
         req = self._pool.returned(msg.task_id)
         if req is None:  # a predecessor's task (a restart; a withdraw, then a register)
             self._pool.ended(msg.task_id)  # its slot frees; nobody else can answer it

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from tether.actors import messages as m
+from tether.actors.open_tasks import OpenTasks
 from tether.actors.pool import Member, Pool, Request
 from tether.common.runtime import Timer
 
@@ -99,3 +100,12 @@ class Reconciliation:
                 del self._missing[task_id]
                 out.append(task_id)
         return out
+
+
+def inventory(session_id: str, tasks: OpenTasks, stream_open: bool,
+              msg: m.CountTasks) -> m.TasksInFlight:
+    """A session's answer to a reconciliation: the tasks of that Llm it holds, which of the
+    asked ones it answered, and whether its stream is open."""
+    held = tuple(t.task_id for t in tasks.all() if t.llm_name == msg.name and t.kind == "infer")
+    return m.TasksInFlight(session_id, held, msg.asked, tasks.were_answered(msg.asked),
+                           stream_open)

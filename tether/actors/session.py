@@ -16,6 +16,7 @@ from tether.actors import messages as m
 from tether.actors.offers import Offers
 from tether.actors.open_tasks import OpenTask, OpenTasks, outcome_label, wake_error
 from tether.actors.outbox import Stream
+from tether.actors.reconcile import inventory
 from tether.actors.task_ids import FrameIds
 from tether.common import sse, task_wire
 from tether.common.actor import Parent, TetherActor, tell
@@ -364,13 +365,7 @@ class SessionActor(TetherActor):
         tell(msg.ref, m.TasksInFlight(self._session_id, tuple(t.task_id for t in mine)))
 
     def _on_count_tasks(self, msg: m.CountTasks) -> None:
-        """A reconciliation (docs/protocol.md, Lost messages): the tasks of that Llm held
-        here, which of the asked ones were answered, and whether the stream is open."""
-        held = tuple(t.task_id for t in self._tasks.all()
-                     if t.llm_name == msg.name and t.kind == "infer")
-        answered = self._tasks.were_answered(msg.asked)
-        tell(msg.ref, m.TasksInFlight(self._session_id, held, msg.asked, answered,
-                                      self._stream.is_open))
+        tell(msg.ref, inventory(self._session_id, self._tasks, self._stream.is_open, msg))
 
     def _on_timed_out(self, msg: m.TaskTimedOut) -> None:
         task = self._tasks.get(msg.task_id)

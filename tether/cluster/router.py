@@ -36,6 +36,7 @@ from tether.actors.directory import Directory
 from tether.cluster import codec
 from tether.cluster.addresses import Addresses
 from tether.cluster.bus import TICK_S, Bus
+from tether.cluster.dead_homes import DeadHomes
 from tether.cluster.faults import Drops
 from tether.cluster.handover import Handover
 from tether.cluster.leases import Homes, Leases
@@ -53,7 +54,6 @@ log = logging.getLogger("tether.router")
 
 BUS_ASK_S = 5.0  # a cross-process ask unanswered by then is answered 503
 RECOVER_TICKS = 5  # after Redis lost our keys: re-assert homes and owners this many ticks
-MISSING_MAX = 256  # processes `gone` remembers missing at once
 
 
 def busy() -> TetherError:
@@ -119,7 +119,7 @@ class BusRouter:
         self._drops = Drops()  # fault injection (tests, with fault_injection on)
         self.handover = Handover(self)
         self.draining = False  # SIGTERM: its names handed over, none taken any more
-        self._missing: dict[str, float] = {}  # process -> when its liveness key was first missed
+        self.dead = DeadHomes(self.bus)  # other processes known dead
 
     def start(self) -> BusRouter:
         self.bus.start()
@@ -397,22 +397,6 @@ class BusRouter:
             tell(self._system.supervisor, message)
 
     # --- liveness ------------------------------------------------------------------------
-
-    def gone(self, process: str) -> bool:
-        """Whether `process` is known dead: its liveness key missed at looks at least two
-        ticks apart (one look may fall in the gap after Redis restarted empty, before each
-        live process wrote its key again). Redis unreachable: not known (False)."""
-        try:
-            alive = bool(self.bus.alive([process]))
-        except Exception:  # noqa: BLE001 - Redis away: nothing is known dead
-            return False
-        if alive:
-            self._missing.pop(process, None)
-            return False
-        if len(self._missing) > MISSING_MAX:  # ids come from publishers: keep it bounded
-            self._missing.clear()
-        first = self._missing.setdefault(process, time.monotonic())
-        return time.monotonic() - first >= 2 * TICK_S
 
     def _tick(self) -> None:
         if self.bus.take_keys_lost():

@@ -174,7 +174,7 @@ class ClusterSystem(ActorSystem):
             self._router.call(home, "submit_result", task_id, claimed_session, result,
                               allowed)
         except errors.TetherError as error:
-            if error.code == errors.HUB_BUSY.code and self._router.gone(home):
+            if error.code == errors.HUB_BUSY.code and self._router.dead.gone(home):
                 # Its home died, and the task with it (its client was answered): nobody
                 # will ever take this result. 503 would have the publisher post it again
                 # until the task's deadline, its slot held all along (issue 22).
