@@ -59,7 +59,10 @@ def parse_since(text: str, now: dt.datetime) -> dt.datetime:
         raise ValueError(f"{text!r} is neither an ISO-8601 time nor a number of hours") \
             from None
     if at.tzinfo is not None:
-        at = at.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            at = at.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:  # before year 1 or after 9999 once in UTC: everything, nothing
+            at = dt.datetime.min if at.year == 1 else dt.datetime.max
     return at
 
 
