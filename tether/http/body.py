@@ -22,8 +22,10 @@ from gunicorn.http.errors import ParseException
 
 from tether import errors
 
-# What JSON's structure is made of (the rest is text, numbers, literals, whitespace).
-_NOT_STRUCTURE = bytes(range(256)).translate(None, b'[]{},"')
+# What JSON's structure is made of; every other byte but whitespace is part of a scalar
+# (text, a number, a literal) and becomes an `x`, so an empty container reads `[]` or `{}`.
+_SCALAR = bytes(b if b in b'[]{},"' else ord("x") for b in range(256))
+_SPACE = b" \t\r\n"
 _NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 _INNERMOST = re.compile(rb"\[\]|\{\}")
 # Where a surrogate may hide: a \uD800-\uDFFF escape (a literal prefix: a fast scan), or
@@ -144,11 +146,13 @@ def _shape(raw: bytes, limits: BodyLimits) -> str | None:
 
 
 def _structure(raw: bytes) -> bytes:
-    """The `[]{},` of `raw` outside its strings, in order, at C speed: escaped backslashes
-    and then escaped quotes go first (left to right, as a parser reads them), so every `"`
-    left opens or closes a string; what lies between a pair is text."""
+    """The `[]{},` of `raw` outside its strings, in order, with `x` for the scalars (a
+    string is one `x`), without whitespace, at C speed: escaped backslashes and then escaped
+    quotes go first (left to right, as a parser reads them), so every `"` left opens or
+    closes a string; what lies between a pair is text. `["{"]` and `[1]` read `[x]`: only
+    an empty container reads `[]`."""
     unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    return b"".join(unescaped.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
+    return b"x".join(unescaped.translate(_SCALAR, _SPACE).split(b'"')[::2])
 
 
 def _shallow(brackets: bytes, depth: int) -> bool:
