@@ -152,8 +152,9 @@ class _DoorHub:
     """A stand-in hub whose result route answers 503 (hub_busy) `refusals` times, then 200;
     it records each POST."""
 
-    def __init__(self, refusals: int) -> None:
+    def __init__(self, refusals: int, upload_refused: str | None = None) -> None:
         self.refusals = refusals
+        self.upload_refused = upload_refused  # a code: the upload is answered 503 with it
         self.posts: list[dict] = []
         self.uploads = 0
         outer = self
@@ -161,12 +162,24 @@ class _DoorHub:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 if self.headers.get("Content-Type") == "application/x-ndjson":
-                    # A hub process killed mid-upload: the connection resets.
                     self.rfile.readline()
+                    outer.uploads += 1
+                    if outer.upload_refused is not None:
+                        # A hub that cannot apply a line (the task's home unreachable
+                        # over the bus, a drain) answers 503 part-way.
+                        data = json.dumps({"error": {"code": outer.upload_refused}}).encode()
+                        self.send_response(503)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        self.send_header("Connection", "close")
+                        self.end_headers()
+                        self.wfile.write(data)
+                        self.close_connection = True
+                        return
+                    # A hub process killed mid-upload: the connection resets.
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                struct.pack("ii", 1, 0))
                     self.connection.close()
-                    outer.uploads += 1
                     return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.posts.append(body)
@@ -194,7 +207,8 @@ class _DoorHub:
 @pytest.fixture
 def door_hub() -> Iterator[Any]:
     made: list[_DoorHub] = []
-    yield lambda refusals: made.append(_DoorHub(refusals)) or made[-1]
+    yield lambda refusals, upload_refused=None: made.append(
+        _DoorHub(refusals, upload_refused)) or made[-1]
     for hub in made:
         hub.close()
 
@@ -233,4 +247,23 @@ def test_an_upload_broken_by_a_dying_hub_process_ends_as_publisher_disconnected(
     assert hub.uploads == 1
     [posted] = hub.posts
     assert posted["error"]["code"] == "publisher_disconnected"
+    assert posted["error"]["status"] == 503
+
+
+@pytest.mark.parametrize("code", ["hub_busy", "database_unavailable", "shutting_down"])
+def test_an_upload_refused_part_way_ends_with_the_hubs_own_fault_code(door_hub, code):
+    """A stream whose upload a hub refused part-way (a Redis restart while the task's home
+    was on another process: 503 hub_busy) used to end as publisher_error, which blames the
+    Llm; the client now sees the hub's fault, as it would for a request refused whole."""
+    hub = door_hub(0, upload_refused=code)
+    client = HubClient(hub.url, None)
+    config = BackendConfig(name="llama", model=PATH, base_url="http://127.0.0.1:9/v1")
+    backend = ScriptedBackend(payloads=tuple(_chunk("x" * 200) for _ in range(50)))
+    task = {"kind": "infer", "taskId": "t1", "llmName": "llama", "streaming": True,
+            "request": {"messages": []}}
+    tasks.run_infer(task, config, backend, client, lambda: "s1")
+    client.close()
+    assert hub.uploads == 1
+    [posted] = hub.posts
+    assert posted["error"]["code"] == code
     assert posted["error"]["status"] == 503

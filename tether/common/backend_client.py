@@ -15,6 +15,11 @@ from typing import Any
 from tether.common import sse, wire
 
 DONE = "[DONE]"  # the last `data:` of an OpenAI stream
+# A cancelled call keeps its caller's concurrency slot until the backend closes the
+# connection (it saw us leave and stopped, or finished anyway), at most this long: freed at
+# the cancel, the slot's next task would run beside the one still running, and the backend
+# would run more than its `maxConcurrency` (the chaos test saw 3 of 2).
+CANCEL_SETTLE_S = 30.0
 
 
 class Unreachable(Exception):
@@ -52,7 +57,7 @@ class BackendClient:
                  read_timeout: float = 3600.0) -> None:
         self.base_url = base_url
         self.read_timeout = read_timeout
-        self._pool = wire.Pool(base_url, maxsize=concurrency + 2)
+        self._pool = wire.Pool(base_url, maxsize=concurrency + 2, settle_s=CANCEL_SETTLE_S)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"

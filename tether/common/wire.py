@@ -17,6 +17,8 @@ import ssl
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import gevent
+
 
 class WireError(Exception):
     """The peer could not be reached or broke the exchange. Every low-level error (OSError,
@@ -137,6 +139,31 @@ class _Conn:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def settle(self, grace: float) -> None:
+        """Abandon a request whose caller was cancelled, and return once the peer is done
+        with it: our side of the connection is shut (an engine sees its client leave and
+        stops: llama.cpp's server, uvicorn's, vLLM's), what the peer still sends is
+        discarded, and its close says its work ended. A server that goes on regardless
+        (a non-streamed call is often finished anyway) ends it its own way. Bounded by
+        `grace`: a peer that never closes is closed on."""
+        try:
+            with contextlib.suppress(OSError), gevent.Timeout(grace, False):
+                self.sock.shutdown(socket.SHUT_WR)
+                self.sock.settimeout(grace)
+                while self.sock.recv(65536):
+                    pass
+        finally:
+            self.close()
+
+
+def _abandon(conn: _Conn, exc: BaseException, settle_s: float) -> None:
+    """A request given up part-way: a cancel (the greenlet killed) waits for the peer to
+    finish with it (`_Conn.settle`) when the pool says so; anything else closes at once."""
+    if settle_s > 0 and isinstance(exc, gevent.GreenletExit):
+        conn.settle(settle_s)
+    else:
+        conn.close()
+
 
 class Response:
     """A response whose body is read as it arrives (`chunks()`) or whole (`read()`)."""
@@ -163,6 +190,10 @@ class Response:
         except _LOW_LEVEL as exc:
             self.close()
             raise WireError(str(exc) or type(exc).__name__) from None
+        except gevent.GreenletExit as exc:  # cancelled while reading the answer
+            self._conn = None
+            _abandon(conn, exc, self._pool.settle_s)
+            raise
         self._conn = None
         if self._keep:
             self._pool.release(conn)
@@ -182,7 +213,8 @@ class Response:
 class Pool:
     """Keep-alive connections to one origin (scheme://host:port)."""
 
-    def __init__(self, base_url: str, maxsize: int = 32, connect_timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, maxsize: int = 32, connect_timeout: float = 5.0,
+                 settle_s: float = 0.0) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -193,6 +225,10 @@ class Pool:
         self.tls = ssl.create_default_context() if url.scheme == "https" else None
         self.maxsize = maxsize
         self.connect_timeout = connect_timeout
+        # > 0: a request cancelled part-way (its greenlet killed) returns only once the peer
+        # closed the connection, at most this long (_Conn.settle): its caller's slot on
+        # the peer stays taken until the peer's work has really ended.
+        self.settle_s = settle_s
         self._idle: list[_Conn] = []
         self._retired = False
 
@@ -277,7 +313,7 @@ class Pool:
                 if isinstance(exc, ConnectionError) and not conn.received:
                     raise Unreached(str(exc)) from None  # refused or reset: nothing ran
                 raise WireError(str(exc) or type(exc).__name__) from None
-            except BaseException:  # the body's producer failed, or the greenlet was killed
-                conn.close()
+            except BaseException as exc:  # the body's producer failed, or a cancel
+                _abandon(conn, exc, self.settle_s)
                 raise
             return Response(self, conn, status, response_headers, version, method)

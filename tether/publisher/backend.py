@@ -80,6 +80,7 @@ class BackendActor(TetherActor, IdleSleep):
         self.asleep = asleep
         self.probe_interval_s = probe_interval_s  # a down backend without wake recipe
         self.running: dict[str, gevent.Greenlet] = {}
+        self.cancelled: set[str] = set()  # running tasks cancelled, their backend call settling
         self.waiting: deque[InferTask] = deque()
         self.wake_tasks: list[str] = []
         self.waking: gevent.Greenlet | None = None
@@ -226,6 +227,7 @@ class BackendActor(TetherActor, IdleSleep):
 
     def _on_task_finished(self, msg: m.TaskFinished) -> None:
         self.running.pop(msg.task_id, None)
+        self.cancelled.discard(msg.task_id)
         if self.wake_wanted and not self.running:
             self._start_wake()
         self._fill_slots()
@@ -237,6 +239,7 @@ class BackendActor(TetherActor, IdleSleep):
         without one, the request is answered and the backend is offline until its probe
         passes."""
         task_id = msg.task["taskId"]
+        self.cancelled.discard(task_id)
         if self.running.pop(task_id, None) is None:
             return  # abandoned meanwhile (shutdown): already answered
         if self.backend.wake is None or self.draining:
@@ -259,7 +262,12 @@ class BackendActor(TetherActor, IdleSleep):
     def _on_cancel(self, msg: m.CancelTask) -> None:
         greenlet = self.running.get(msg.task_id)
         if greenlet is not None:
-            greenlet.kill(block=False)  # closes the backend connection; TaskFinished follows
+            # Shuts the backend call; TaskFinished follows once the backend is done with
+            # it (wire's settle), so its slot is not handed on while it still runs. Once:
+            # a cancel sent again (after a reconnect) must not cut that wait short.
+            if msg.task_id not in self.cancelled:
+                self.cancelled.add(msg.task_id)
+                greenlet.kill(block=False)
             return
         for task in self.waiting:
             if task["taskId"] == msg.task_id:

@@ -1,7 +1,8 @@
 """Running one task against the backend and posting its result to the hub.
 
-Each task runs in its own greenlet; a cancel kills that greenlet, which closes the backend
-connection (the backend sees the client go away).
+Each task runs in its own greenlet; a cancel kills that greenlet, which shuts its side of the
+backend connection (the backend sees the client go away) and returns once the backend closed
+it (tether.common.wire, settle): the task's slot is free only when the backend's work ended.
 """
 
 from __future__ import annotations
@@ -236,8 +237,9 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
 
         sid = session_id()
         try:
-            status, _ = hub.post_ndjson(f"/api/v1/llms/_provider-task/{task_id}/result",
-                                        pieces(), {"X-Provider-Session-Id": sid} if sid else None)
+            status, answer = hub.post_ndjson(
+                f"/api/v1/llms/_provider-task/{task_id}/result", pieces(),
+                {"X-Provider-Session-Id": sid} if sid else None)
         except Unreachable as exc:
             # The upload broke: whatever did not arrive cannot be replayed, so end the task
             # with an error (retried like any result) rather than leave its client waiting.
@@ -250,12 +252,31 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
         if status == 503:
             # Refused part-way (a bus or database outage, a drain): the lines after the one
             # refused were not applied and cannot be replayed; end the task with an error
-            # (retried like any result) rather than leave its client waiting.
-            post_result(hub, session_id, task_id,
-                        error_result(f"the hub refused the stream's upload ({status})"))
-            return "502"
+            # (retried like any result) rather than leave its client waiting. The client
+            # sees the hub's own fault code (hub_busy, database_unavailable, shutting_down):
+            # the outage is the hub's, not the Llm's (publisher_error would blame the Llm).
+            code = _code(answer)
+            code = code if code != "?" else "hub_busy"
+            post_result(hub, session_id, task_id, error_result(
+                f"the hub refused the stream's upload part-way ({code})", 503, code))
+            return "503"
     finally:
-        reader.kill(block=False)
+        _stop_reading(reader)
     if status == 404:
         raise TaskGone(task_id)
     return outcome[0]
+
+
+def _stop_reading(reader: gevent.Greenlet) -> None:
+    """Stop the backend read and wait until the backend is done with the call (wire's
+    settle, inside the reader): the task's slot stays taken until then. A cancel arriving
+    meanwhile does not cut the wait short (the upload's 404 and the cancel of a client that
+    left come together); it is raised once the reader is gone."""
+    cancelled: BaseException | None = None
+    while not reader.dead:
+        try:
+            reader.kill(block=True)
+        except gevent.GreenletExit as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
