@@ -146,12 +146,18 @@ class _Conn:
         discarded, and its close says its work ended. A server that goes on regardless
         (a non-streamed call is often finished anyway) ends it its own way. Bounded by
         `grace`: a peer that never closes is closed on."""
+        timer = gevent.Timeout(grace)
         try:
-            with contextlib.suppress(OSError), gevent.Timeout(grace, False):
+            with timer:
                 self.sock.shutdown(socket.SHUT_WR)
                 self.sock.settimeout(grace)
                 while self.sock.recv(65536):
                     pass
+        except OSError:
+            pass  # reset, or timed out: the peer is done with it either way
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
         finally:
             self.close()
 
