@@ -169,6 +169,31 @@ def test_a_request_is_stopped_once() -> None:
     assert stops.calls == [("cancel", "t-1", "no_answer")]
 
 
+def test_a_request_sent_again_after_its_output_began_ends_and_its_new_task_is_cancelled(
+) -> None:
+    """The chaos test: a stream's home process died after its first chunks; the request was
+    sent again as a new task, and the client got the answer's start twice ("relays your
+    local modelrelays your local model through one"). A new task once chunks went out ends
+    the answer where it is, with a fault code, and that task is cancelled."""
+    attempt, stops = attempt_of(m.Dispatched("t-1"), CHUNKS, m.Dispatched("t-2"), CHUNKS,
+                                m.StreamDone())
+    assert attempt.next(1)[0] is Step.WAIT
+    assert attempt.next(1) == (Step.PART, CHUNKS)
+    step, end = attempt.next(1)
+    assert step is Step.END
+    assert isinstance(end, m.Failed) and end.error.code == "publisher_disconnected"
+    assert stops.calls == [("cancel", "t-2", "its answer began on a task that was lost")]
+    assert attempt.next(1)[0] is Step.WAIT  # the new task's chunks are not the client's
+
+
+def test_a_task_that_moved_before_its_output_is_no_restart() -> None:
+    attempt, stops = attempt_of(m.Dispatched("t-1"), m.Dispatched("t-2"), CHUNKS,
+                                m.StreamDone())
+    steps = [attempt.next(1)[0] for _ in range(4)]
+    assert steps == [Step.WAIT, Step.WAIT, Step.PART, Step.END]
+    assert attempt.state.end == m.StreamDone() and stops.calls == []
+
+
 def test_next_shows_the_chunks_of_a_part_and_the_end_as_the_client_gets_it() -> None:
     attempt, _ = attempt_of(CHUNKS, m.Completed(200, {"whole": "answer"}))
     assert attempt.next(1) == (Step.PART, CHUNKS)

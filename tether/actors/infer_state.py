@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from tether.actors import messages as m
+from tether.errors import TetherError
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,27 @@ class InferState:
     # The request's status and error code as logs and metrics count it, once known: its
     # end's, or 499 client_gone when the client left first.
     outcome: tuple[int, str | None] | None = None
+    # Its answer began on a task that was lost (its home process died), and the request was
+    # sent again as a new task, which would start the answer over: the reader cancels that
+    # task, and the client's answer ends where it was (see `apply`).
+    rerun: bool = False
 
     def apply(self, event: object) -> Step:
         if self.end is not None:
             return Step.WAIT  # the answer is over: what still comes changes nothing
         match event:
             case m.Dispatched():
+                restarts = (self.streamed and self.dispatched is not None
+                            and event.task_id != self.dispatched.task_id)
                 self.dispatched = event
                 self.waking = False
+                if restarts:
+                    # Only the hub's bookkeeping saw the first task lost; the client saw its
+                    # chunks. A second run's chunks would follow them (the chaos test saw
+                    # "relays your local modelrelays your local model through one").
+                    self.rerun = True
+                    return self._ended(m.Failed(_lost_mid_answer()), 503,
+                                       "publisher_disconnected")
                 return Step.WAIT
             case m.WakePending():
                 self.waking = True
@@ -92,3 +106,8 @@ class InferState:
         self.end = event
         self.outcome = (status, code)
         return Step.END
+
+
+def _lost_mid_answer() -> TetherError:
+    return TetherError(503, "publisher_disconnected", "the task relaying this answer was "
+                       "lost part-way (a hub process died); retry")

@@ -57,6 +57,8 @@ class Attempt:
         except queue.Empty:
             return None
         step = self.state.apply(event)
+        if step is Step.END and self.state.rerun:
+            self.stop("its answer began on a task that was lost")  # the rerun's task
         if step is Step.END and self._again is not None:
             if self._failed is not None and self.state.served_by is None:
                 return step, self._failed  # no target left that can serve now
