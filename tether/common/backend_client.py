@@ -54,10 +54,13 @@ class BackendClient:
     """An OpenAI-compatible server at `base_url` (e.g. http://127.0.0.1:11434/v1)."""
 
     def __init__(self, base_url: str, api_key: str | None, concurrency: int,
-                 read_timeout: float = 3600.0) -> None:
+                 read_timeout: float = 3600.0, settle_s: float = 0.0) -> None:
+        """`settle_s` > 0: a cancelled call returns once the backend is done with it (at
+        most that long; wire's settle): the publisher's slots, which stand for the backend's
+        own (CANCEL_SETTLE_S)."""
         self.base_url = base_url
         self.read_timeout = read_timeout
-        self._pool = wire.Pool(base_url, maxsize=concurrency + 2, settle_s=CANCEL_SETTLE_S)
+        self._pool = wire.Pool(base_url, maxsize=concurrency + 2, settle_s=settle_s)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"

@@ -26,7 +26,7 @@ import gevent
 import pykka
 
 from tether.common.actor import TetherActor, tell
-from tether.common.backend_client import BackendClient, Unreachable
+from tether.common.backend_client import CANCEL_SETTLE_S, BackendClient, Unreachable
 from tether.common.runtime import Timer, call_later
 from tether.common.task_wire import InferTask, Result, error_result, final_result
 from tether.publisher import discovery, tasks
@@ -74,7 +74,8 @@ class BackendActor(TetherActor, IdleSleep):
         self.on_served = on_served
         self.listing: gevent.Greenlet | None = None
         self.list_timer: Timer | None = None
-        self.client = BackendClient(backend.base_url, backend.api_key, backend.max_concurrency)
+        self.client = BackendClient(backend.base_url, backend.api_key, backend.max_concurrency,
+                                    settle_s=CANCEL_SETTLE_S)
         self.hub = hub
         self.session_id = session_id
         self.asleep = asleep

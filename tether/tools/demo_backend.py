@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -66,7 +67,8 @@ class DemoBackend:
         self.stats.models = [*self.stats.models[-9:], body.get("model")]
         self._enter()
         if body.get("stream") and path != "/v1/embeddings" and "demo_status" not in body:
-            return self._answer(start_response, path, body)  # the stream leaves by itself
+            # the stream leaves by itself
+            return self._answer(start_response, path, body, environ.get(CLIENT_SOCKET))
         try:
             return self._answer(start_response, path, body)
         finally:
@@ -76,7 +78,8 @@ class DemoBackend:
         self.stats.inflight += 1
         self.stats.max_inflight = max(self.stats.max_inflight, self.stats.inflight)
 
-    def _answer(self, start_response: Any, path: str, body: dict[str, Any]) -> Any:
+    def _answer(self, start_response: Any, path: str, body: dict[str, Any],
+                client: Any = None) -> Any:
         if "demo_status" in body:
             status = int(body["demo_status"])
             return _json(start_response, status, _error(f"demo status {status}", "demo"))
@@ -89,7 +92,7 @@ class DemoBackend:
             self.stats.streams += 1
             start_response("200 OK", [("Content-Type", "text/event-stream"),
                                       ("Cache-Control", "no-cache")])
-            return self._stream(body, chat)
+            return self._stream(body, chat, client)
         self.stats.completed += 1
         return _json(start_response, 200, self._completion(body, chat))
 
@@ -119,7 +122,7 @@ class DemoBackend:
                 "model": body.get("model", self.model), "usage": usage,
                 "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
 
-    def _stream(self, body: dict[str, Any], chat: bool) -> Iterator[bytes]:
+    def _stream(self, body: dict[str, Any], chat: bool, client: Any) -> Iterator[bytes]:
         delay = float(body.get("demo_delay_s", 0))
         model = body.get("model", self.model)
         finished = False
@@ -128,6 +131,8 @@ class DemoBackend:
             for i, word in enumerate(words):
                 if delay:
                     time.sleep(delay)
+                if _client_left(client):
+                    return
                 piece = word if i == 0 else f" {word}"
                 finish = "stop" if i == len(words) - 1 else None
                 if chat:
@@ -224,9 +229,7 @@ def serve(host: str, port: int, model: str, api_key: str | None = None,
     from gevent import monkey
 
     monkey.patch_all()
-    import socket
-
-    from gevent.pywsgi import WSGIServer
+    from gevent.pywsgi import WSGIHandler, WSGIServer
 
     # pywsgi writes headers and body as two segments: without TCP_NODELAY the second waits
     # ~40 ms on Nagle + delayed ACK. Accepted sockets inherit the option from the listener.
@@ -238,8 +241,33 @@ def serve(host: str, port: int, model: str, api_key: str | None = None,
     if pidfile:
         with open(pidfile, "w") as f:
             f.write(str(os.getpid()))
-    server = WSGIServer(listener, DemoBackend(model, api_key), log=None)
+
+    class Handler(WSGIHandler):
+        def get_environ(self) -> dict[str, Any]:
+            environ = super().get_environ()
+            environ[CLIENT_SOCKET] = self.socket  # to see a client leave (_client_left)
+            return environ
+
+    server = WSGIServer(listener, DemoBackend(model, api_key), log=None, handler_class=Handler)
     server.serve_forever()
+
+
+CLIENT_SOCKET = "demo.client_socket"
+
+
+def _client_left(client: Any) -> bool:
+    """Whether the client closed its side (EOF, or a reset): checked before each chunk, as
+    llama.cpp's server and uvicorn's do, so a client that shut its side (a publisher's
+    cancel) stops the stream, not only one whose next write fails."""
+    raw = getattr(client, "_sock", client)  # gevent's socket wraps the OS-level one
+    if raw is None:
+        return False
+    try:
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # nothing to read: still there
+    except OSError:
+        return True
 
 
 def main(argv: list[str] | None = None) -> None:
