@@ -201,3 +201,29 @@ def test_a_retired_pool_closes_each_connection_once_its_answer_ends(serve):
         answer_slow.set()
         assert slow.result(timeout=10) == b"hello"  # the one in use finishes its answer...
     wait_until(lambda: sorted(ended) == [0, 1], interval=0.01)  # ...then is closed, not kept
+
+
+def test_an_upload_answered_and_closed_part_way_still_gets_its_answer(serve):
+    """A hub that refuses an upload part-way answers 503 and closes without reading the
+    rest, so the next write fails (a broken pipe, or a reset). The answer was sent first:
+    the client reads it instead of reporting a break (the publisher ends the task with the
+    hub's code, not publisher_disconnected)."""
+    closed = threading.Event()
+    refusal = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n"
+               b"Connection: close\r\n\r\nno")
+
+    def handler(server: RawServer, peer: Peer) -> None:
+        server.next_request(peer)  # the head (and what came with it): the rest is unread
+        peer.send(refusal)
+        peer.sock.close()  # unread bytes in its buffer: the kernel resets
+        closed.set()
+
+    def pieces():
+        yield b"first line\n"
+        assert closed.wait(10)
+        for _ in range(200):  # until a write meets the reset
+            yield b"x" * 4096
+
+    server = serve(handler)
+    r = wire.Pool(server.url).request("POST", "/upload", pieces())
+    assert r.status == 503 and r.read() == b"no"

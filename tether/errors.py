@@ -110,7 +110,8 @@ UPSTREAM_ERROR = Code(502, "upstream_error",
                       "relaying to the upstream of {name!r} failed (task {task_id})")
 PUBLISHER_OFFLINE = Code(503, "publisher_offline", "the publisher of {name!r} is offline")
 PUBLISHER_DISCONNECTED = Code(503, "publisher_disconnected",
-                              "the publisher of {name!r} disconnected before answering")
+                              "the task of {name!r} was lost before its answer was complete "
+                              "(its publisher or its hub process went away); retry")
 WAKE_FAILED = Code(503, "wake_failed", "could not wake {name!r}: {why}")
 SHUTTING_DOWN = Code(503, "shutting_down", "the hub is shutting down; retry shortly")
 UNHEALTHY = Code(503, "unhealthy", "{why}")

@@ -18,8 +18,8 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from tether import errors
 from tether.actors import messages as m
-from tether.errors import TetherError
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class InferState:
     # sent again as a new task, which would start the answer over: the reader cancels that
     # task, and the client's answer ends where it was (see `apply`).
     rerun: bool = False
+    llm: str = "?"  # the name the client asked for, for an error's message
 
     def apply(self, event: object) -> Step:
         if self.end is not None:
@@ -73,8 +74,8 @@ class InferState:
                     # chunks. A second run's chunks would follow them (the chaos test saw
                     # "relays your local modelrelays your local model through one").
                     self.rerun = True
-                    return self._ended(m.Failed(_lost_mid_answer()), 503,
-                                       "publisher_disconnected")
+                    lost = errors.PUBLISHER_DISCONNECTED(name=self.served_by or self.llm)
+                    return self._ended(m.Failed(lost), lost.status, lost.code)
                 return Step.WAIT
             case m.WakePending():
                 self.waking = True
@@ -106,8 +107,3 @@ class InferState:
         self.end = event
         self.outcome = (status, code)
         return Step.END
-
-
-def _lost_mid_answer() -> TetherError:
-    return TetherError(503, "publisher_disconnected", "the task relaying this answer was "
-                       "lost part-way (a hub process died); retry")

@@ -42,7 +42,7 @@ class MeteredReply(queue.Queue):
         self.request_id = logs.request_id()  # of the request that creates this channel
         self.task_id: str | None = None
         self._started = time.monotonic()
-        self._state = InferState()  # what its events said: the same reading as the relay's
+        self._state = InferState(llm=llm)  # what its events said: the same reading as the relay's
         self._done = False  # the outcome was logged
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:

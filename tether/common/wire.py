@@ -44,6 +44,20 @@ class Unreached(WireError):
     reset before any byte of an answer (a pool may run the request elsewhere)."""
 
 
+def _send_pieces(conn: _Conn, pieces: Iterator[bytes]) -> None:
+    """Send a chunked body. A peer may answer before it has read the whole body (a hub that
+    refuses an upload part-way answers 503 and closes): the write then fails with a broken
+    pipe or a reset, but the answer is already in our receive buffer. Stop sending and let
+    the caller read it; when there is none, the read fails and reports the break."""
+    try:
+        for piece in pieces:
+            if piece:
+                conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        conn.sock.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def _send(sock: socket.socket, data: bytes) -> None:
     # One send() is the common case; gevent's sendall() first asks the kernel for the
     # socket's buffer size (a getsockopt syscall per call).
@@ -305,10 +319,7 @@ class Pool:
                 conn.sock.settimeout(timeout)
                 _send(conn.sock, data)
                 if pieces is not None:
-                    for piece in pieces:
-                        if piece:
-                            conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    conn.sock.sendall(b"0\r\n\r\n")
+                    _send_pieces(conn, pieces)
                 status, version, response_headers = conn.read_head()
                 while 100 <= status < 200:  # an interim answer (100 Continue): the next
                     status, version, response_headers = conn.read_head()

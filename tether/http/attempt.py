@@ -37,7 +37,7 @@ class Attempt:
         target's, once one took it); `cancel(dispatched, reason)` stops its task where it
         runs; `again`, for an alias, starts the next try after a failure."""
         self.reply = reply
-        self.state = InferState()
+        self.state = InferState(llm=getattr(reply, "llm", "?"))
         self._withdraw = withdraw
         self._cancel = cancel
         self._stopped = False
@@ -89,7 +89,7 @@ class Attempt:
             return False
         self._failed, self._failed_at = self.state.end, self.state.served_by
         self.reply, self._withdraw = started
-        self.state = InferState()
+        self.state = InferState(llm=self.state.llm)
         if self._gone:  # the watcher told the channel of the try that just ended
             self.reply.put(ClientGone())
         return True
