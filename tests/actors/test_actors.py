@@ -148,6 +148,43 @@ def test_an_unknown_llm_and_an_unknown_task(system):
         assert unknown.value.code == "task_not_found"
 
 
+def test_a_result_is_told_and_one_that_comes_after_its_task_ended_is_dropped(system):
+    """The result route checks a result against the task board and tells it: the session
+    actor takes results in the order told, and drops one that lost the race with the task's
+    end (a timeout, a cancel, another result), as a late result always was."""
+    outbox = _online(system, provider("a"))
+    reply = system.infer("a", REQ, False, "chat/completions")
+    [task] = outbox.tasks()
+    session = system.directory.session("s1").ref
+    system.submit_result(task["taskId"], "s1", {"status": 200, "body": {"ok": 1}})
+    session.tell(m.SubmitResult(task["taskId"], {"status": 500, "body": None}))  # too late
+    assert events(reply, m.Completed) == [m.Completed(200, {"ok": 1})]
+    settle(system)
+    assert reply.qsize() == 0
+    assert system.directory.session("s1").ref is session  # dropped, not crashed on
+    with pytest.raises(TetherError) as late:  # whoever saw the end finds the task gone
+        system.submit_result(task["taskId"], "s1", {"status": 200, "body": {}})
+    assert late.value.code == "task_not_found"
+
+
+def test_a_result_is_checked_task_then_owner_then_kind(system):
+    outbox = _online(system, provider("a"))
+    reply = system.infer("a", REQ, False, "chat/completions")
+    [task] = outbox.tasks()
+    chunk = {"chunk": {"data": "{}"}}
+    with pytest.raises(TetherError) as other:
+        system.submit_result(task["taskId"], "s2", chunk)
+    assert other.value.code == "forbidden"
+    with pytest.raises(TetherError) as not_mine:
+        system.submit_result(task["taskId"], None, chunk, lambda session_id: False)
+    assert not_mine.value.code == "forbidden"
+    with pytest.raises(TetherError) as kind:
+        system.submit_result(task["taskId"], "s1", chunk)
+    assert kind.value.code == "not_streaming"
+    system.submit_result(task["taskId"], "s1", {"status": 200, "body": {"still": "fine"}})
+    assert events(reply, m.Completed)[-1] == m.Completed(200, {"still": "fine"})
+
+
 def test_reply_channel_is_not_left_waiting_when_offline(system):
     system.register("s1", [provider("a")])
     reply: queue.Queue = system.infer("a", REQ, False, "chat/completions")
