@@ -53,14 +53,11 @@ class Supervisor(TetherActor):
     def __init__(self, settings: Settings, publish: Callable[[Directory], None],
                  frame_ids: FrameIds | None = None, parent: Parent | None = None,
                  report: Callable[[pykka.ActorRef], None] | None = None,
-                 previous: Directory | None = None,
-                 board: InFlightBoard | None = None,
+                 previous: Directory | None = None, board: InFlightBoard | None = None,
                  forward: aliases.Forward = aliases.nowhere,
                  tasks: TaskBoard | None = None) -> None:
         super().__init__()
-        # Every session's open tasks, for the result route (open_tasks.TaskBoard): one for
-        # the process, so a restarted supervisor's sessions keep writing the same.
-        self._tasks = tasks if tasks is not None else TaskBoard()
+        self._tasks = tasks if tasks is not None else TaskBoard()  # the result route reads it
         self._frame_ids = frame_ids if frame_ids is not None else FrameIds()
         self._settings = settings
         self._publish = publish
