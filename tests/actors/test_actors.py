@@ -6,7 +6,7 @@ import queue
 
 import pytest
 
-from tests.support.actors import Outbox, events, provider, settle
+from tests.support.actors import Outbox, dispatched, events, provider, settle
 from tether.actors import messages as m
 from tether.errors import TetherError
 from tether.store import llms as store
@@ -52,7 +52,7 @@ def test_stream_loss_fails_open_tasks_and_marks_active_rows_inactive(system):
     outbox = Outbox(system)
     token = system.open_stream("s1", outbox.queue, None)
     reply = system.infer("a", REQ, False, "chat/completions")
-    assert isinstance(reply.get(timeout=2), m.Dispatched)
+    assert isinstance(dispatched(reply), m.Dispatched)
     system.close_stream("s1", token)
     failed = reply.get(timeout=2)
     assert isinstance(failed, m.Failed) and failed.error.code == "publisher_disconnected"
@@ -104,7 +104,7 @@ def test_stream_idle_timeout_after_chunks(system_factory):
     task = outbox.tasks()[0]
     system.submit_result(task["taskId"], None, {"chunk": {"data": "{}"}})
     seen = events(reply, m.Failed)
-    assert isinstance(seen[1], m.Chunks)
+    assert isinstance(seen[0], m.Chunks)  # (its Dispatched is on the channel, not queued)
     assert seen[-1].error.code == "stream_idle_timeout"
     assert outbox.tasks() == [{"kind": "cancel", "taskId": task["taskId"]}]
     with pytest.raises(TetherError) as late:
@@ -146,6 +146,43 @@ def test_an_unknown_llm_and_an_unknown_task(system):
         with pytest.raises(TetherError) as unknown:
             system.submit_result(task_id, None, {"status": 200})
         assert unknown.value.code == "task_not_found"
+
+
+def test_a_result_is_told_and_one_that_comes_after_its_task_ended_is_dropped(system):
+    """The result route checks a result against the task board and tells it: the session
+    actor takes results in the order told, and drops one that lost the race with the task's
+    end (a timeout, a cancel, another result), as a late result always was."""
+    outbox = _online(system, provider("a"))
+    reply = system.infer("a", REQ, False, "chat/completions")
+    [task] = outbox.tasks()
+    session = system.directory.session("s1").ref
+    system.submit_result(task["taskId"], "s1", {"status": 200, "body": {"ok": 1}})
+    session.tell(m.SubmitResult(task["taskId"], {"status": 500, "body": None}))  # too late
+    assert events(reply, m.Completed) == [m.Completed(200, {"ok": 1})]
+    settle(system)
+    assert reply.qsize() == 0
+    assert system.directory.session("s1").ref is session  # dropped, not crashed on
+    with pytest.raises(TetherError) as late:  # whoever saw the end finds the task gone
+        system.submit_result(task["taskId"], "s1", {"status": 200, "body": {}})
+    assert late.value.code == "task_not_found"
+
+
+def test_a_result_is_checked_task_then_owner_then_kind(system):
+    outbox = _online(system, provider("a"))
+    reply = system.infer("a", REQ, False, "chat/completions")
+    [task] = outbox.tasks()
+    chunk = {"chunk": {"data": "{}"}}
+    with pytest.raises(TetherError) as other:
+        system.submit_result(task["taskId"], "s2", chunk)
+    assert other.value.code == "forbidden"
+    with pytest.raises(TetherError) as not_mine:
+        system.submit_result(task["taskId"], None, chunk, lambda session_id: False)
+    assert not_mine.value.code == "forbidden"
+    with pytest.raises(TetherError) as kind:
+        system.submit_result(task["taskId"], "s1", chunk)
+    assert kind.value.code == "not_streaming"
+    system.submit_result(task["taskId"], "s1", {"status": 200, "body": {"still": "fine"}})
+    assert events(reply, m.Completed)[-1] == m.Completed(200, {"still": "fine"})
 
 
 def test_reply_channel_is_not_left_waiting_when_offline(system):

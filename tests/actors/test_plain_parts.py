@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.actors import messages as m
-from tether.actors.open_tasks import OpenTask, OpenTasks
+from tether.actors.open_tasks import OpenTask, OpenTasks, TaskBoard
 from tether.actors.pool import Pool, Request
 from tether.actors.task_ids import FrameIds
 from tether.actors.waiting import Waiting
@@ -77,6 +77,30 @@ def test_a_hand_over_moves_what_produced_nothing_in_frame_order() -> None:
         "t2", {"q": 2}, "completions", True, 30.0)
     assert timer.cancelled
     assert [t.task_id for t in tasks.all()] == ["t1"]  # it streamed already: it stays
+
+
+def test_the_task_board_shows_each_session_its_open_tasks_until_they_end() -> None:
+    """What the result route reads (TaskBoard): a task is there from the moment its session
+    keeps it until its end is about to show (`closing`) or it is forgotten, and a session
+    only ever takes its own entry off."""
+    board = TaskBoard()
+    mine, theirs = OpenTasks(FrameIds(), "s1", board), OpenTasks(FrameIds(), "s2", board)
+    sent, held, waking, other = infer("t1"), infer("t2"), wake("t3"), infer("t4")
+    mine.send(sent)
+    mine.hold(held)
+    mine.send(waking)
+    theirs.send(other)
+    assert board.get("t1") == ("s1", sent) and board.get("t4") == ("s2", other)
+    assert len(board) == 4
+    mine.closing(sent)  # its end shows next: results are 404 from now
+    assert board.get("t1") is None and mine.get("t1") is sent  # the session still holds it
+    mine.remove(sent)
+    mine.remove(held)
+    assert board.get("t2") is None
+    moved = mine.hand_over(now=0.0)  # a take-over: what moves leaves the board too
+    assert [x.task_id for x in moved] == ["t3"] and board.get("t3") is None
+    mine.remove(infer("t4"))  # another task object of that id is not its entry
+    assert board.get("t4") == ("s2", other)
 
 
 def request(arrived: float, tried: set[str] | None = None) -> Request:

@@ -11,7 +11,7 @@ import pykka
 import pytest
 from falcon import testing
 
-from tests.support.actors import Outbox, events, provider, settle, take
+from tests.support.actors import Outbox, dispatched, events, provider, settle, take
 from tests.support.hub import wait_until
 from tether.actors import messages as m
 from tether.actors.llm import LlmActor
@@ -370,7 +370,7 @@ def test_a_restarted_public_llm_actor_counts_the_upstream_calls_still_running(sy
     system = system_factory(max_queue_per_llm=1, llms=(cloud,))
     try:
         running = system.infer("cloud", REQ, False, "chat/completions")
-        assert isinstance(running.get(timeout=3), m.Dispatched)
+        assert isinstance(dispatched(running), m.Dispatched)
         wait_until(lambda: upstream.conns)
         old = system.directory.llm("cloud")
         assert system.inject_crash("llm", "cloud")
@@ -382,7 +382,7 @@ def test_a_restarted_public_llm_actor_counts_the_upstream_calls_still_running(sy
 
         def accepted() -> bool:
             reply = system.infer("cloud", REQ, False, "chat/completions")
-            return isinstance(reply.get(timeout=3), m.Dispatched)
+            return isinstance(dispatched(reply), m.Dispatched)
 
         wait_until(accepted)
     finally:

@@ -4,7 +4,7 @@ its slot until the backend's own read timeout."""
 
 from __future__ import annotations
 
-from tests.support.actors import Outbox, events, provider, task_payloads
+from tests.support.actors import Outbox, dispatched, events, provider, task_payloads
 from tether.actors import messages as m
 
 REQ = {"messages": [{"role": "user", "content": "hi"}]}
@@ -21,10 +21,11 @@ def test_a_cancel_made_while_the_stream_was_down_is_sent_when_it_is_back(system_
     token = system.open_stream("s1", outbox.queue, None)
     outbox.frames()
     reply = system.infer("a", REQ, False, "chat/completions")
-    dispatched = events(reply, m.Dispatched)[-1]
+    started = dispatched(reply)
+    assert started is not None
     [sent] = outbox.tasks()
     system.close_stream("s1", token)  # the task waits out the grace
-    system.cancel(dispatched, "client_gone")  # its client left meanwhile
+    system.cancel(started, "client_gone")  # its client left meanwhile
     back = Outbox(system)
     system.open_stream("s1", back.queue, None)  # a publisher that restarted: no replay
     assert _cancels(back.frames()) == [sent["taskId"]]

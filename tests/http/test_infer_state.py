@@ -322,7 +322,71 @@ def test_metered_outcome_is_the_first_end_with_the_first_task(caplog) -> None:
                   m.Completed(201, {"whole": "answer"}), m.Failed(errors.HUB_BUSY())):
         reply.put(event)
     assert outcomes(caplog) == [(201, None, "t-1")]
-    assert reply.qsize() == 5  # metering never keeps an event from the reader
+    # Metering never keeps an event from the reader: the Dispatched events before any chunk
+    # are on the channel, not in its queue (the next test).
+    assert reply.qsize() == 3 and reply.dispatched == m.Dispatched("t-2")
+
+
+# --- a Dispatched is recorded on the channel: the reader is not woken for it ---------------
+
+
+def metered_attempt(*events: Any) -> tuple[MeteredReply, Attempt, Stops]:
+    reply = MeteredReply("alpha", "chat/completions")
+    for event in events:
+        reply.put(event)
+    stops = Stops()
+    return reply, Attempt(reply, stops.withdraw, stops.cancel), stops
+
+
+def test_a_dispatched_is_recorded_not_queued_and_a_stop_cancels_it_unread() -> None:
+    reply, attempt, stops = metered_attempt(m.Dispatched("t-1"), m.Dispatched("t-2"))
+    assert reply.qsize() == 0  # nothing woke the reader
+    attempt.stop("client_gone")  # before it read anything: the task runs, so it is cancelled
+    assert stops.calls == [("cancel", "t-2", "client_gone")]
+
+
+def test_the_reader_folds_a_recorded_dispatched_in_at_its_place() -> None:
+    # After a queued event: the backend woke, then the task went out.
+    reply, attempt, _ = metered_attempt(m.WakePending(), m.Dispatched("t-1"))
+    assert reply.qsize() == 1
+    assert attempt.next(1) == (Step.WAIT, m.WakePending())
+    assert attempt.state.dispatched == m.Dispatched("t-1") and not attempt.state.waking
+    # Before one: dispatched, then (sent back, say) waiting on a wake again.
+    reply, attempt, _ = metered_attempt(m.Dispatched("t-1"), m.WakePending())
+    assert attempt.next(1) == (Step.WAIT, m.WakePending())
+    assert attempt.state.dispatched == m.Dispatched("t-1") and attempt.state.waking
+    # Alone: the reader finds it when it wakes for nothing (an idle comment is due).
+    reply, attempt, _ = metered_attempt(m.Dispatched("t-1"))
+    assert attempt.next(None) is None
+    assert attempt.state.dispatched == m.Dispatched("t-1")
+
+
+def test_a_dispatched_after_chunks_is_queued_and_ends_the_answer() -> None:
+    """A task sent again after output began (its home died) must reach the reader in line,
+    after the chunks it follows: it ends the answer (see the chaos test above)."""
+    reply, attempt, stops = metered_attempt(m.Dispatched("t-1"), CHUNKS, m.Dispatched("t-2"),
+                                            CHUNKS, m.StreamDone())
+    assert reply.qsize() == 4
+    assert attempt.next(1) == (Step.PART, CHUNKS)
+    step, end = attempt.next(1)
+    assert step is Step.END
+    assert isinstance(end, m.Failed) and end.error.code == "publisher_disconnected"
+    assert stops.calls == [("cancel", "t-2", "its answer began on a task that was lost")]
+
+
+def test_idle_comments_stop_saying_waking_once_dispatched_without_a_wake() -> None:
+    reply = MeteredReply("alpha", "chat/completions")
+    stops = Stops()
+    attempt = Attempt(reply, stops.withdraw, stops.cancel)
+    reply.put(m.WakePending())
+    stream = streams.client_stream(attempt, OpenAIRenderer(), [], 0.01, 5.0,
+                                   lambda finished: None)
+    assert next(stream) == b": waking\n\n"
+    reply.put(m.Dispatched("t-1"))
+    assert reply.qsize() == 0
+    assert next(stream) == b": keepalive\n\n"
+    reply.put(m.StreamDone())
+    assert list(stream) == [DONE.encode()]
 
 
 def test_metered_client_gone_is_499_and_later_events_are_not_counted(caplog) -> None:

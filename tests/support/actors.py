@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from tests.support.hub import wait_until
 from tether.actors import messages as m
 from tether.actors.system import ActorSystem
 from tether.common import sse
@@ -81,6 +82,18 @@ class Outbox:
 
 def provider(name: str, status: str = "active") -> dict:
     return {"name": name, "type": "openai", "model": "m", "initialStatus": status}
+
+
+def dispatched(reply: Any, timeout: float = 3.0) -> m.Dispatched | None:
+    """The Dispatched a request's channel recorded (a MeteredReply keeps it instead of
+    queueing it: tether.actors.reply), once it is there; None when an event was queued
+    first (a refusal). Fails if neither comes."""
+    def seen() -> tuple[m.Dispatched | None] | None:
+        if reply.dispatched is not None:
+            return (reply.dispatched,)
+        return (None,) if reply.qsize() else None
+
+    return wait_until(seen, timeout, interval=0.005)[0]
 
 
 def events(reply: queue.Queue, until: type, timeout: float = 3.0) -> list[Any]:

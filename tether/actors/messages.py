@@ -322,10 +322,11 @@ class SendWake:
 
 @dataclass(frozen=True)
 class SubmitResult:
+    """A result line for an open task, told by the result route once it checked the task,
+    its owner and its kind on the TaskBoard (ActorSystem.submit_result): nobody waits."""
+
     task_id: str
-    claimed_session: str | None
     result: dict[str, Any]
-    caller_owns_session: bool = True  # with auth on: the caller's key owns this session
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@ replay (docs/protocol.md, `GET /api/v1/llms/_provider-stream`): a plain class th
 SessionActor holds. Frames carry the task stream's shapes (tether.common.task_wire); their
 ids come from the process's one counter (FrameIds), so a restarted session actor never
 reuses an id a publisher saw.
+
+Each OpenTasks also keeps its tasks on the process's TaskBoard, which the result route reads
+to answer a result POST (404, 403, 409) without asking the session actor: the result is then
+told, and the route waits on nobody.
 """
 
 from __future__ import annotations
@@ -69,11 +73,46 @@ class OpenTask:
         return self.kind == "infer" and not self.chunks_seen
 
 
+class TaskBoard:
+    """The tasks every session of one process holds open, by id, with their session: what
+    the result route checks a result against (ActorSystem.submit_result) without a message
+    hop. Only the OpenTasks of a task's own SessionActor writes its entry (a task id is
+    unique), so no two actors ever change one; the route only reads. A task leaves the board
+    before anything shows its end (its client's answer, its cancel frame), so whoever saw
+    the end finds the task gone (404): the session actor takes results in the order the
+    route told them, and drops those that come after the task ended (a result that lost the
+    race with a timeout or a cancel, as a late result always was)."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, tuple[str, OpenTask]] = {}
+
+    def get(self, task_id: str) -> tuple[str, OpenTask] | None:
+        """The session id and the task of `task_id`, if a session of this process holds it
+        open (the task's `kind` and `streaming` never change: safe to read here)."""
+        return self._tasks.get(task_id)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def put(self, session_id: str, task: OpenTask) -> None:
+        self._tasks[task.task_id] = (session_id, task)
+
+    def drop(self, task: OpenTask) -> None:
+        found = self._tasks.get(task.task_id)
+        if found is not None and found[1] is task:  # only its own entry
+            del self._tasks[task.task_id]
+
+
 class OpenTasks:
     """The open tasks of one session by id; `seq` is the latest frame id it sent."""
 
-    def __init__(self, frame_ids: FrameIds) -> None:
+    def __init__(self, frame_ids: FrameIds, session_id: str = "",
+                 board: TaskBoard | None = None) -> None:
         self._frame_ids = frame_ids
+        self._session_id = session_id
+        self._board = board if board is not None else TaskBoard()
         self.seq = 0
         self._tasks: dict[str, OpenTask] = {}
         # The infers answered lately (their TaskEnded may be lost on a bus): a
@@ -112,12 +151,21 @@ class OpenTasks:
         self.seq = next(self._frame_ids)
         task.frame_id = self.seq
         task.frame = sse.frame("task", sse.dumps(task.payload), self._frame_ids.render(self.seq))
-        self._tasks[task.task_id] = task
+        self._keep(task)
         return task.frame
 
     def hold(self, task: OpenTask) -> None:
         """Keep `task` without a frame: `send` it when the stream opens."""
+        self._keep(task)
+
+    def _keep(self, task: OpenTask) -> None:
         self._tasks[task.task_id] = task
+        self._board.put(self._session_id, task)
+
+    def closing(self, task: OpenTask) -> None:
+        """`task` is about to end (its end is shown before `remove`): no result is taken for
+        it from now on (the result route answers 404; see TaskBoard)."""
+        self._board.drop(task)
 
     def cancel_later(self, task: OpenTask) -> None:
         """`task` ends while the stream is down, after the publisher may have got it: its
@@ -143,6 +191,7 @@ class OpenTasks:
     def remove(self, task: OpenTask) -> None:
         """Forget the task; its timer stops."""
         self._tasks.pop(task.task_id, None)
+        self._board.drop(task)
         if task.timer is not None:
             task.timer.cancel()
 

@@ -4,6 +4,12 @@ HTTP handler (tether.observability.metrics counts them, the outcome gets one log
 It lives with the actors because it reads their reply events (with an InferState, as the
 relay does); it only calls down into tether.observability.metrics and tether.common.logs.
 Observing never raises into the actor that puts.
+
+A Dispatched is recorded on the channel, not queued (`dispatched`, `unread_dispatch`): it
+shows the client nothing, so waking the relay greenlet for it was a hop of every request
+spent on bookkeeping. The relay's Attempt reads it from here when it next wakes (or stops
+the request). Only a Dispatched after chunks is queued as well: in order, it ends the
+answer (a task sent again after its output began: infer_state.InferState.rerun).
 """
 
 from __future__ import annotations
@@ -44,12 +50,24 @@ class MeteredReply(queue.Queue):
         self._started = time.monotonic()
         self._state = InferState(llm=llm)  # what its events said: the same reading as the relay's
         self._done = False  # the outcome was logged
+        # The latest Dispatched put (where the request's task runs now: a stop cancels it
+        # there), and the latest not queued with how many events were queued before it, so
+        # the reader folds it in at its place among them (tether.http.attempt).
+        self.dispatched: m.Dispatched | None = None
+        self.unread_dispatch: tuple[m.Dispatched, int] | None = None
+        self._queued = 0
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         try:
             self._observe(item)
         except Exception:  # noqa: BLE001 - observing must never break what it observes
             log.exception("metrics: observing a reply event failed")
+        if isinstance(item, m.Dispatched):
+            self.dispatched = item
+            if not self._state.streamed:  # nothing went out yet: not the reader's to see now
+                self.unread_dispatch = (item, self._queued)
+                return
+        self._queued += 1
         super().put(item, block, timeout)
 
     def _observe(self, item: Any) -> None:

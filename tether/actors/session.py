@@ -14,7 +14,7 @@ from typing import Any, assert_never, cast
 from tether import errors
 from tether.actors import messages as m
 from tether.actors.offers import Offers
-from tether.actors.open_tasks import OpenTask, OpenTasks, outcome_label, wake_error
+from tether.actors.open_tasks import OpenTask, OpenTasks, TaskBoard, outcome_label, wake_error
 from tether.actors.outbox import Stream
 from tether.actors.reconcile import inventory
 from tether.actors.task_ids import FrameIds
@@ -36,13 +36,14 @@ class SessionActor(TetherActor):
     use_daemon_thread = True  # thousands of them: see TetherActor
 
     def __init__(self, settings: Settings, session_id: str, supervisor: Parent | None,
-                 frame_ids: FrameIds | None = None) -> None:
+                 frame_ids: FrameIds | None = None, board: TaskBoard | None = None) -> None:
         super().__init__()
         self._settings = settings
         self._session_id = session_id
         self._supervisor = supervisor if supervisor is not None else Parent()
         self._stream = Stream(session_id)
-        self._tasks = OpenTasks(frame_ids if frame_ids is not None else FrameIds())
+        self._tasks = OpenTasks(frame_ids if frame_ids is not None else FrameIds(), session_id,
+                                board)
         self._grace: Timer | None = None
         self._offers = Offers()  # failover: tasks offered to their LlmActors after a loss
         self._draining = False
@@ -64,7 +65,7 @@ class SessionActor(TetherActor):
             case m.ReleaseTasks():
                 self._on_release_tasks(message)
             case m.SubmitResult():
-                return self._on_submit_result(message)
+                self._on_submit_result(message)
             case m.CancelTask():
                 self._on_cancel(message)
             case m.TaskTimedOut():
@@ -227,14 +228,13 @@ class SessionActor(TetherActor):
             delay, tell, self.actor_ref, m.TaskTimedOut(task.task_id, task.deadline_no)
         )
 
-    def _on_submit_result(self, msg: m.SubmitResult) -> bool:
+    def _on_submit_result(self, msg: m.SubmitResult) -> None:
+        """Told, not asked: the result route checked the task, its owner and its kind on the
+        TaskBoard before. One for a task that ended since (a timeout, a cancel) is late:
+        dropped, as a late result always was."""
         task = self._tasks.get(msg.task_id)
         if task is None:
-            raise errors.TASK_NOT_FOUND(task_id=msg.task_id)
-        if (msg.claimed_session is not None and msg.claimed_session != self._session_id) \
-                or not msg.caller_owns_session:
-            raise errors.FORBIDDEN(
-                why=f"task {msg.task_id!r} belongs to another provider session")
+            return
         # Checked against the result schema at the door (tether.http.schemas).
         result = cast(task_wire.Result, msg.result)
         if "chunk" in result:
@@ -251,12 +251,10 @@ class SessionActor(TetherActor):
                 self._finish(task, m.Failed(failure))
         else:
             self._finish(task, m.Completed(int(result["status"]), result.get("body")))
-        return True
 
     def _on_chunks(self, task: OpenTask, chunks: list[task_wire.Chunk]) -> None:
-        if not task.streaming:
-            raise errors.NOT_STREAMING(task_id=task.task_id)
-        assert task.reply is not None
+        if not task.streaming or task.reply is None:
+            return  # refused 409 at the door (a task's kind never changes)
         data = tuple(c["data"] for c in chunks if c.get("data") is not None)
         if data:
             task.reply.put(m.Chunks(data))
@@ -305,6 +303,7 @@ class SessionActor(TetherActor):
         if task is None:
             return
         metrics.task_cancelled(task.llm_name, msg.reason, task.reply)
+        self._tasks.closing(task)  # a result posted once the cancel went out is 404
         if self._stream.is_open:
             self._stream.put(self._tasks.cancel_frame(msg.task_id))
         else:
@@ -379,6 +378,7 @@ class SessionActor(TetherActor):
                 source=repr(task.llm_name), seconds=self._settings.infer_timeout_s)
         assert task.reply is not None
         metrics.task_timed_out(task.llm_name, error.code)
+        self._tasks.closing(task)  # its client, once answered, finds its result 404
         task.reply.put(m.Failed(error))
         self._on_cancel(m.CancelTask(task.task_id, error.code))
 

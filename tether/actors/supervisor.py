@@ -26,6 +26,7 @@ from tether.actors import aliases
 from tether.actors import messages as m
 from tether.actors.directory import Directory, Index, SessionEntry
 from tether.actors.llm import LlmActor
+from tether.actors.open_tasks import TaskBoard
 from tether.actors.pool import InFlightBoard
 from tether.actors.public_llm import PublicLlmActor
 from tether.actors.restarts import MAX_RESTARTS, OUTAGE_RETRY_S, RESTART_WINDOW_S, RestartHistory
@@ -52,10 +53,11 @@ class Supervisor(TetherActor):
     def __init__(self, settings: Settings, publish: Callable[[Directory], None],
                  frame_ids: FrameIds | None = None, parent: Parent | None = None,
                  report: Callable[[pykka.ActorRef], None] | None = None,
-                 previous: Directory | None = None,
-                 board: InFlightBoard | None = None,
-                 forward: aliases.Forward = aliases.nowhere) -> None:
+                 previous: Directory | None = None, board: InFlightBoard | None = None,
+                 forward: aliases.Forward = aliases.nowhere,
+                 tasks: TaskBoard | None = None) -> None:
         super().__init__()
+        self._tasks = tasks if tasks is not None else TaskBoard()  # the result route reads it
         self._frame_ids = frame_ids if frame_ids is not None else FrameIds()
         self._settings = settings
         self._publish = publish
@@ -205,7 +207,8 @@ class Supervisor(TetherActor):
         return entry
 
     def _start_session(self, session_id: str) -> pykka.ActorRef:
-        return SessionActor.start(self._settings, session_id, self._parent, self._frame_ids)
+        return SessionActor.start(self._settings, session_id, self._parent, self._frame_ids,
+                                  self._tasks)
 
     def _set_names(self, session_id: str, names: frozenset[str]) -> None:
         entry = self._sessions[session_id]

@@ -24,6 +24,7 @@ from tether import errors
 from tether.actors import aliases
 from tether.actors import messages as m
 from tether.actors.directory import Directory, SessionEntry
+from tether.actors.open_tasks import TaskBoard
 from tether.actors.reply import MeteredReply
 from tether.actors.restarts import MAX_RESTARTS, RESTART_WINDOW_S, RestartHistory
 from tether.actors.supervisor import Supervisor
@@ -79,6 +80,9 @@ class ActorSystem:
         # microseconds: below 2**53, safe in any JSON reader) so that an id a publisher kept
         # from an earlier hub process is never taken for one this process sent.
         self._frame_ids = FrameIds(time.time_ns() // 1000)
+        # The open tasks of every session here, written by their session actors: a result
+        # POST is checked against it and then told, never asked (submit_result).
+        self._tasks = TaskBoard()
         self._parent = Parent()  # children reach the live supervisor through it
         self._on_fatal = on_fatal
         self._root_restarts: RestartHistory[str] = RestartHistory()
@@ -124,7 +128,7 @@ class ActorSystem:
 
     def _supervisor_args(self, previous: Directory | None) -> tuple[Any, ...]:
         return (self.settings, self._set_directory, self._frame_ids, self._parent,
-                self._root_failed, previous, self._set_in_flight, self._forward)
+                self._root_failed, previous, self._set_in_flight, self._forward, self._tasks)
 
     def _start_supervisor(self, previous: Directory | None) -> pykka.ActorRef:
         return Supervisor.start(*self._supervisor_args(previous))
@@ -330,10 +334,27 @@ class ActorSystem:
 
     def submit_result(self, task_id: str, claimed_session: str | None, result: dict,
                       may_act: Callable[[str], bool] | None = None) -> None:
-        """`may_act(session_id)` says whether the caller's key owns the task's session."""
-        entry = self._entry_of_task(task_id)
-        allowed = may_act(entry.session_id) if may_act is not None else True
-        ask(entry.ref, m.SubmitResult(task_id, claimed_session, result, allowed))
+        """`may_act(session_id)` says whether the caller's key owns the task's session.
+
+        Checked in the order docs/protocol.md gives (task 404, owner 403, kind 409; the body
+        was checked at the door) against the TaskBoard the session actors keep, then told to
+        the task's session actor: the route waits on no actor, and the session applies each
+        result in the order told (one that comes after its task ended is dropped there)."""
+        found = self._tasks.get(task_id)
+        if found is None:
+            raise errors.TASK_NOT_FOUND(task_id=task_id)
+        session_id, task = found
+        if (claimed_session is not None and claimed_session != session_id) or \
+                (may_act is not None and not may_act(session_id)):
+            raise errors.FORBIDDEN(why=f"task {task_id!r} belongs to another provider session")
+        if not task.streaming and ("chunk" in result or "chunks" in result):
+            raise errors.NOT_STREAMING(task_id=task_id)
+        entry = self._directory.session(session_id)
+        if entry is None:  # its session left this process as the result came
+            raise errors.TASK_NOT_FOUND(task_id=task_id)
+        if not tell(entry.ref, m.SubmitResult(task_id, result)):
+            # Its actor stopped (the hub shuts down): 503, which the publisher posts again.
+            raise errors.SHUTTING_DOWN()
 
     def _entry_of_task(self, task_id: str) -> SessionEntry:
         slot = slot_of(task_id)

@@ -5,6 +5,10 @@ The relay reads a request's events only through its Attempt, so the state machin
 (tether.actors.infer_state) sees every event the client's answer is made of. An Attempt knows
 nothing of rendering (tether.http.openai_render).
 
+A MeteredReply records a Dispatched instead of queueing it (tether.actors.reply): the Attempt
+folds it into the state when it next reads the channel, at its place among the events (it
+changes only `dispatched` and `waking`), and a stop finds the latest there at once.
+
 A request for an alias may take several tries (docs/protocol.md, Aliases: failover): when
 its target fails before any output (an answer >= 500, or the hub's own `queue_full`), the
 Attempt starts the next try on a new reply channel (`again`) and reads that one instead,
@@ -46,6 +50,8 @@ class Attempt:
         self._failed: End | None = None  # a failed try's end: the answer if none is left
         self._failed_at: str | None = None  # the target of that try
         self._gone = False
+        self._read = 0  # events taken from this try's channel
+        self._folded: m.Dispatched | None = None  # the channel's recorded Dispatched, applied
 
     def next(self, timeout: float | None) -> tuple[Step, Any] | None:
         """The next event, folded into the state: its step and what it shows the client (the
@@ -55,8 +61,12 @@ class Attempt:
             event = self.reply.get_nowait() if timeout is None else self.reply.get(
                 timeout=timeout)
         except queue.Empty:
+            self._fold()
             return None
+        self._fold()  # one recorded before this event was put comes first
         step = self.state.apply(event)
+        self._read += 1
+        self._fold()
         if step is Step.END and self.state.rerun:
             self.stop("its answer began on a task that was lost")  # the rerun's task
         if step is Step.END and self._again is not None:
@@ -65,6 +75,15 @@ class Attempt:
             if self._fails_over() and self._next_try():
                 return Step.WAIT, None
         return step, self.state.end if step is Step.END else event
+
+    def _fold(self) -> None:
+        """Apply the channel's recorded Dispatched once every event queued before it was
+        read (a plain queue records none: its Dispatched events come in line)."""
+        recorded = getattr(self.reply, "unread_dispatch", None)
+        if recorded is not None and recorded[0] is not self._folded \
+                and recorded[1] <= self._read:
+            self._folded = recorded[0]
+            self.state.apply(recorded[0])  # WAIT: a Dispatched before any chunk
 
     @property
     def served_by(self) -> str | None:
@@ -90,6 +109,7 @@ class Attempt:
         self._failed, self._failed_at = self.state.end, self.state.served_by
         self.reply, self._withdraw = started
         self.state = InferState(llm=self.state.llm)
+        self._read, self._folded = 0, None
         if self._gone:  # the watcher told the channel of the try that just ended
             self.reply.put(ClientGone())
         return True
@@ -105,7 +125,9 @@ class Attempt:
         if self._stopped:
             return
         self._stopped = True
-        if self.state.dispatched is not None:
-            self._cancel(self.state.dispatched, reason)
+        # Where its task runs now: the channel's latest, which the state may not have read.
+        dispatched = getattr(self.reply, "dispatched", None) or self.state.dispatched
+        if dispatched is not None:
+            self._cancel(dispatched, reason)
         else:
             self._withdraw(self.state.served_by)
