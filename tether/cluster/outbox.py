@@ -71,6 +71,7 @@ class Outbox:
         self._running = False  # until stop(): the drainer waits for more
         self._draining = False  # while the drainer takes what is queued
         self._stopped = threading.Event()
+        self.in_flight = 0  # messages of the batch on the wire
 
     def start(self) -> None:
         self._running = self._draining = True
@@ -85,6 +86,11 @@ class Outbox:
         self._running = False
         self._wake.set()
         self._stopped.wait(STOP_WAIT_S)
+
+    @property
+    def backlog(self) -> int:
+        """Messages queued that the drainer has not taken yet."""
+        return len(self._queue)
 
     # --- sending -------------------------------------------------------------------------
 
@@ -159,6 +165,7 @@ class Outbox:
             return [self._queue.popleft() for _ in range(min(most, len(self._queue)))]
 
     def _send_batch(self, batch: list[tuple[str, str, _Waiter | None]]) -> None:
+        self.in_flight = len(batch)
         try:
             pipe = self._redis.pipeline(transaction=False)
             for channel, data, _ in batch:
@@ -167,10 +174,11 @@ class Outbox:
         # Anything: the drainer must outlive it, and every waiter must learn its fate.
         except Exception as exc:  # noqa: BLE001 - see above
             self._sending.failed(exc)
-            # Redis did not take it, its client's retries included (seconds, in an outage).
-            # What was queued meanwhile is not heard either, as its own PUBLISH, sent beside
-            # this one, would not have been: one batch after another trying for seconds
-            # each would make the last sender wait many times as long as before.
+            # Redis did not take it: refused, or silent for the client's socket_timeout (the
+            # bus's client does not retry). What was queued meanwhile is not heard either,
+            # as its own PUBLISH, sent beside this one, would not have been: batch after
+            # batch waiting out the same silence would make the last sender wait many
+            # times as long as before.
             while (more := self._take(len(self._queue))):
                 batch += more
             self._settle(batch, [False] * len(batch))
@@ -182,8 +190,8 @@ class Outbox:
             self._sending.failed(failed)
         self._settle(batch, [not isinstance(h, Exception) and bool(h) for h in heard])
 
-    @staticmethod
-    def _settle(batch: list[tuple[str, str, _Waiter | None]], heard: list[bool]) -> None:
+    def _settle(self, batch: list[tuple[str, str, _Waiter | None]], heard: list[bool]) -> None:
+        self.in_flight = 0
         for (_, _, waiter), fate in zip(batch, heard, strict=True):
             if waiter is not None:
                 waiter.heard = fate
