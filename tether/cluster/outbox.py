@@ -10,14 +10,22 @@ BATCH) and PUBLISHes it in one pipeline, one round trip for the lot.
 - **Order.** One queue, one drainer, each batch sent before the next is taken, and a
   pipeline's commands run in order on one connection: what this process sends reaches Redis
   in the order it was queued, so every destination hears it in that order (a request's
-  chunks, then its end).
+  `Dispatched`, its chunks, its end).
 - **Failure semantics unchanged.** A message is heard or not, as a PUBLISH said before: a
-  batch that Redis does not take (down, cut off, a timeout) is not heard, each of its
-  messages as if its own PUBLISH had failed, logged once per outage. `post` is for messages
-  whose sender did nothing when a send failed (a reply to a waiting request, an answer, a
-  cancel): the receiver's deadlines answer for a lost one, as they did. `send` waits for its
-  message's fate and returns it, for callers that act on it (an infer answered 503, an ask
-  answered at once, a session told dead): their answer is the same as before.
+  batch that Redis does not take (refused, cut off, silent past the socket timeout: the
+  bus's client does not retry) is not heard, each of its messages as if its own PUBLISH had
+  failed, logged once per outage. `post` is for messages whose sender did nothing when a
+  send failed (an event for a waiting request, an answer, a cancel): the receiver's
+  deadlines answer for a lost one, as they did. `send` waits for its message's fate and
+  returns it, for callers that act on it (an infer answered 503, an ask answered at once, a
+  session told dead): their answer is the same as before.
+- **A stalled batch stalls no `send`.** A batch on a connection gone silent waits out the
+  socket timeout (5 s), and what is queued behind it waits too; the posts then go out in
+  order, on a new connection (not failed with it: sent after the network came back, they
+  would have been heard). A `send` still queued after STALL_S takes its message back and
+  publishes it on a connection of its own, as every send did before: it does not wait on
+  another message's silence, nor does an infer sent once the network is back. Only then may
+  it overtake posts queued before it (messages the bus may lose anyway).
 - **Bounded.** Past MAX_QUEUED waiting messages (Redis too slow for what this process
   sends), a new one is not queued: it is not heard, like a send to a Redis that does not
   answer.
@@ -41,16 +49,21 @@ from tether.common.runtime import spawn
 BATCH = 256  # messages per pipeline: one turn's JSON and socket write stay short
 MAX_QUEUED = 20_000  # beyond this, Redis does not keep up: refuse rather than hold memory
 STOP_WAIT_S = 2.0  # at stop, how long what is still queued may take to go out
+# How long a `send` waits in the queue before it publishes by itself: far above a turn's
+# round trip on a busy loop (milliseconds), far below the socket timeout (5 s).
+STALL_S = 0.5
 
 
 class _Waiter:
-    """A `send` waiting for its message's fate."""
+    """A `send` waiting for its message's fate. `taken`: in a batch on the wire (its fate is
+    that batch's); `withdrawn`: taken back by its sender (the drainer skips it)."""
 
-    __slots__ = ("done", "heard")
+    __slots__ = ("done", "heard", "taken", "withdrawn")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.heard = False
+        self.taken = self.withdrawn = False
 
 
 class Outbox:
@@ -102,31 +115,38 @@ class Outbox:
         """Queue `payload` for `process` and wait for its fate: False if Redis did not take
         it or nobody listens there."""
         waiter = _Waiter()
-        if not self._put(process, payload, waiter):
+        entry = self._put(process, payload, waiter)
+        if entry is None:
             return waiter.heard
-        waiter.done.wait()  # set by the drainer, whatever becomes of the batch
+        if waiter.done.wait(STALL_S):
+            return waiter.heard
+        with self._lock:  # the drainer is stuck on a batch ahead: publish it ourselves
+            waiter.withdrawn = not waiter.taken
+        if waiter.withdrawn:
+            return self._publish_now(entry[0], entry[1])
+        waiter.done.wait()  # on the wire: set by the drainer, whatever becomes of its batch
         return waiter.heard
 
-    def _put(self, process: str, payload: dict[str, Any], waiter: _Waiter | None) -> bool:
-        """Queued (True), or already settled (False): sent at once, or refused."""
-        data = json.dumps(payload, separators=(",", ":"))
-        channel = self._channel(process)
+    def _put(self, process: str, payload: dict[str, Any],
+             waiter: _Waiter | None) -> tuple[str, str, _Waiter | None] | None:
+        """The entry queued, or None when it is settled already: sent at once, or refused."""
+        entry = (self._channel(process), json.dumps(payload, separators=(",", ":")), waiter)
         with self._lock:
             queued = self._draining and len(self._queue) < MAX_QUEUED
             if queued:
-                self._queue.append((channel, data, waiter))
+                self._queue.append(entry)
         if queued:
             self._wake.set()
-            return True
+            return entry
         if self._draining:  # the queue is full
             self._sending.failed(redis.ConnectionError(
                 f"{MAX_QUEUED} messages wait to be published: Redis does not keep up"))
             heard = False
         else:
-            heard = self._publish_now(channel, data)
+            heard = self._publish_now(entry[0], entry[1])
         if waiter is not None:
             waiter.heard = heard
-        return False
+        return None
 
     def _publish_now(self, channel: str, data: str) -> bool:
         try:
@@ -161,26 +181,33 @@ class Outbox:
             self._stopped.set()
 
     def _take(self, most: int) -> list[tuple[str, str, _Waiter | None]]:
+        """Up to `most` messages, oldest first, but those their senders took back."""
+        batch: list[tuple[str, str, _Waiter | None]] = []
         with self._lock:
-            return [self._queue.popleft() for _ in range(min(most, len(self._queue)))]
+            while self._queue and len(batch) < most:
+                entry = self._queue.popleft()
+                waiter = entry[2]
+                if waiter is not None:
+                    if waiter.withdrawn:
+                        continue
+                    waiter.taken = True
+                batch.append(entry)
+        return batch
 
     def _send_batch(self, batch: list[tuple[str, str, _Waiter | None]]) -> None:
         self.in_flight = len(batch)
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for channel, data, _ in batch:
-                pipe.publish(channel, data)
-            heard: list[Any] = pipe.execute(raise_on_error=False)
+            heard: list[Any]
+            if len(batch) == 1:  # a quiet turn: a pipeline of one costs more than its PUBLISH
+                heard = [self._redis.publish(batch[0][0], batch[0][1])]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for channel, data, _ in batch:
+                    pipe.publish(channel, data)
+                heard = pipe.execute(raise_on_error=False)
         # Anything: the drainer must outlive it, and every waiter must learn its fate.
         except Exception as exc:  # noqa: BLE001 - see above
             self._sending.failed(exc)
-            # Redis did not take it: refused, or silent for the client's socket_timeout (the
-            # bus's client does not retry). What was queued meanwhile is not heard either,
-            # as its own PUBLISH, sent beside this one, would not have been: batch after
-            # batch waiting out the same silence would make the last sender wait many
-            # times as long as before.
-            while (more := self._take(len(self._queue))):
-                batch += more
             self._settle(batch, [False] * len(batch))
             return
         failed = next((h for h in heard if isinstance(h, Exception)), None)
