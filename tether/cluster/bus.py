@@ -12,6 +12,9 @@ what is published to a subscriber only while its connection is broken (cut off, 
 restarted), and nobody can tell what was lost: the reader says so (`on_loss`) when it finds
 its subscription broken, and again once it has resubscribed (what was sent in between is
 lost too), naming the instant since which nothing was lost.
+
+What this process sends goes out through its outbox (outbox.py): senders queue, one greenlet
+publishes, a pipeline per turn, in the order queued.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tether.cluster.outbox import Outbox
 from tether.cluster.redis_client import Outage, pooled, prefix_of
 from tether.common.runtime import spawn
 
@@ -72,6 +76,7 @@ class Bus:
         self.every_tick(self._renew, "the liveness renewal")
         self.keys_lost = False  # set by a beat that finds our liveness key gone
         self._sending = self.outage("sends", "dropping what is sent until it does")
+        self.outbox = Outbox(self.redis, self.channel_of, self._sending)
 
     # --- names ---------------------------------------------------------------------------
 
@@ -94,6 +99,7 @@ class Bus:
         self._beat()
         self.keys_lost = False  # a new process: nothing of ours was there to lose
         self.redis.sadd(self.key("procs"), self.process)
+        self.outbox.start()
         spawn(self._read)
         spawn(self._tick_loop)
         log.info("bus: process %s on %s (%s)", self.process, self.prefix, self.url)
@@ -109,6 +115,7 @@ class Bus:
         return Outage(log, "bus", self.url, task, retry)
 
     def stop(self) -> None:
+        self.outbox.stop()  # what is queued goes out first (an answer, a handed-over infer)
         self._running = False
         with contextlib.suppress(redis.RedisError):
             self.redis.srem(self.key("procs"), self.process)
@@ -122,16 +129,14 @@ class Bus:
 
     # --- sending -------------------------------------------------------------------------
 
-    def send(self, process: str, payload: dict[str, Any]) -> bool:
-        """Publish to `process`; False if Redis is unreachable or nobody listens there."""
-        try:
-            heard = self.redis.publish(self.channel_of(process),
-                                       json.dumps(payload, separators=(",", ":")))
-        except redis.RedisError as exc:
-            self._sending.failed(exc)  # once per outage: under load, sends fail by thousands
-            return False
-        self._sending.answered()
-        return bool(heard)
+    def send(self, process: str, payload: dict[str, Any], wait: bool = True) -> bool:
+        """Publish to `process`, after what this process sent before; False if Redis is
+        unreachable or nobody listens there. With `wait` off, for a sender that does not act
+        on that: queued, and True at once (the sender waits on nothing, Redis included)."""
+        if not wait:
+            self.outbox.post(process, payload)
+            return True
+        return self.outbox.send(process, payload)
 
     def alive(self, processes: list[str]) -> set[str]:
         """Those of `processes` whose liveness key is there now."""

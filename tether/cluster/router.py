@@ -151,8 +151,8 @@ class BusRouter:
 
     # --- sending -------------------------------------------------------------------------
 
-    def _send(self, process: str, payload: dict[str, Any]) -> bool:
-        return self.bus.send(process, {**payload, "from": self.process})
+    def _send(self, process: str, payload: dict[str, Any], wait: bool = True) -> bool:
+        return self.bus.send(process, {**payload, "from": self.process}, wait)
 
     def drop(self, kind: str, count: int, heard: bool) -> None:
         """Fault injection: lose the next `count` messages of `kind` (see faults.Drops)."""
@@ -219,24 +219,24 @@ class BusRouter:
             future.set_exception((type(error), error, None))
 
     def cast(self, process: str, fn: str, *args: Any) -> None:
-        """Like `call`, with no answer (a cancel)."""
-        self._send(process, {"k": "call", "fn": fn, "a": codec.encode(list(args), self._hooks)})
+        """Like `call`, with no answer (a cancel); the caller does not wait for Redis."""
+        self._send(process, {"k": "call", "fn": fn, "a": codec.encode([*args], self._hooks)}, False)
 
     def send_reply(self, process: str, request_id: str, item: Any) -> None:
         if self._drops and self._drops.take(f"reply:{type(item).__name__}") is not None:
             return
-        self._send(process, {"k": "reply", "id": request_id,
-                             "m": codec.encode(item, self._hooks)})
+        self._send(process, {"k": "reply", "id": request_id,  # an actor's: never waits
+                             "m": codec.encode(item, self._hooks)}, wait=False)
 
     def send_cancelled(self, process: str, request_id: str, reason: str) -> None:
-        self._send(process, {"k": "cancelled", "id": request_id, "why": reason})
+        self._send(process, {"k": "cancelled", "id": request_id, "why": reason}, wait=False)
 
     def supervise(self, process: str, op: str, key: str, registered: str | None = None) -> None:
         """Ask `process`'s supervisor to reload a name or a session."""
         if process == self.process:
             self._supervisor_op(op, key, registered)
         elif not self._drops or self._drops.take(op) is None:
-            self._send(process, {"k": "sup", "op": op, "key": key, "reg": registered})
+            self._send(process, {"k": "sup", "op": op, "key": key, "reg": registered}, False)
 
     def relink(self, names: frozenset[str]) -> None:
         """A session of these names moved here: their owners re-read its home."""
@@ -388,7 +388,7 @@ class BusRouter:
         if payload.get("id"):
             kind = f"ans:{payload.get('fn') or payload['k']}"
             if not self._drops or self._drops.take(kind) is None:
-                self._send(payload["from"], reply)
+                self._send(payload["from"], reply, wait=False)
 
     def _supervisor_op(self, op: str, key: str, registered: str | None = None) -> None:
         message = (m.ReloadLlm(key, registered) if op == "reload_llm"
