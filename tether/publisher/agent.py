@@ -27,6 +27,7 @@ from tether.common.task_wire import error_result
 from tether.publisher import messages as m
 from tether.publisher import tasks
 from tether.publisher.backend import BackendActor, Crashed
+from tether.publisher.channel import ResultChannel
 from tether.publisher.config import BackendConfig, PublisherConfig
 from tether.publisher.discovery import Served
 from tether.publisher.hub_client import HubClient, body_chunks, socket_of
@@ -56,6 +57,12 @@ class Publisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.hub = HubClient(config.hub, config.key)
+        self.results: ResultChannel | None = None
+        if config.result_channel:
+            # Every result of every task goes there first (tasks.post_result); what the hub
+            # cannot take on it goes by its own POST.
+            self.results = ResultChannel(self.hub, self.current_session, self._post_one)
+            self.hub.results = self.results
         self.session_file = SessionFile(config.session_path)
         self.session_id: str | None = self.session_file.read()
         self.actors: dict[str, pykka.ActorRef] = {}  # by backend key (BackendConfig.key)
@@ -87,6 +94,9 @@ class Publisher:
 
     def current_session(self) -> str | None:
         return self.session_id
+
+    def _post_one(self, task_id: str, result: task_wire.Result, deadline: float) -> None:
+        tasks.post_result_now(self.hub, self.current_session, task_id, result, deadline)
 
     # --- start ---------------------------------------------------------------------------
 
@@ -250,11 +260,18 @@ class Publisher:
                     posts += ref.ask(m.Abandon(), block=True, timeout=ASK_TIMEOUT_S)
         # The answers must reach the hub before the process ends (they retry a few seconds
         # while the hub is unreachable).
+        until = time.monotonic() + RESULT_POST_WAIT_S
         gevent.joinall(posts + self._answers, timeout=RESULT_POST_WAIT_S)
+        # The posts above may have queued their results on the channel: wait for them too.
+        if self.results is not None and \
+                not self.results.flush(max(0.0, until - time.monotonic())):
+            log.warning("stopping: some results were not confirmed by the hub")
         self.stop()
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.results is not None:
+            self.results.stop()
         self._end_stream()
         for greenlet in self._pending:
             greenlet.kill(block=False)
