@@ -51,6 +51,15 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
         out["stream_seconds"] = round(time.perf_counter() - started, 2)
         out["chunks"] = received
         out["per_chunk_us"] = {k: round(v / received * 1e6, 2) for k, v in used.items()}
+    # The same relay with each result on its own POST (issue 26, part 1: the result
+    # channel's A/B), in this same run; the arm above is the channel (the default).
+    with Stack(publisher_flags=("--no-result-channel",)) as stack:
+        pids = {"backend": stack.backend_proc.pid, "publisher": stack.publisher_proc.pid,
+                "hub": stack.hub_worker_pid()}
+        relay_n(stack.hub, 200, concurrency)
+        used, _ = cpu_of(pids, lambda: relay_n(stack.hub, requests_n, concurrency))
+    out["no_channel_per_request_us"] = {k: round(v / requests_n * 1e6, 1)
+                                        for k, v in used.items()}
     # The same relay with auth on (a key checked on every request), in this same run: the
     # hub's CPU per request should stay within 10 % of auth off (issues 11 and 13).
     with Stack(auth=True) as stack:
@@ -71,6 +80,11 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
           [[name, out["per_request_us"][name],
             out["per_request_ratio"].get(name, 1.0), out["per_chunk_us"][name],
             out["per_chunk_ratio"].get(name, 1.0)] for name in ("backend", "publisher", "hub")])
+    table("CPU per relayed request, results on the channel and one POST each (same run), µs",
+          ["process", "channel", "POST each", "channel ÷ POST each"],
+          [[name, out["per_request_us"][name], out["no_channel_per_request_us"][name],
+            round(out["per_request_us"][name] / out["no_channel_per_request_us"][name], 3)]
+           for name in ("backend", "publisher", "hub")])
     table("hub CPU per relayed request, auth off and on (same run), µs",
           ["auth off", "auth on", "on ÷ off"],
           [[out["per_request_us"]["hub"], out["auth_on_hub_per_request_us"],

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import http.server
 import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
 
 from tests.support.hub import wait_until
 from tests.support.procs import wait_status
+from tether.publisher.channel import ResultChannel
+from tether.publisher.hub_client import HubClient
 
 CHANNEL = "/api/v1/llms/_provider-results"
 PER_TASK = "/api/v1/llms/_provider-task/{task_id}/result"
@@ -219,3 +224,99 @@ def test_an_upload_whose_answer_is_lost_is_sent_again_and_applied_once(hub, back
     # And the channel goes on.
     assert [r.status_code for r in chats(hub, 3)] == [200] * 3
     assert served(hub, PER_TASK) == 0
+
+
+class ChannelDoor:
+    """A stand-in hub whose channel answers 503 hub_busy `refusals` times, confirming the
+    first `confirm` lines of each refused upload (a line after them could not reach its
+    home), then 200 confirming them all; it records each upload's lines."""
+
+    def __init__(self, refusals: int, confirm: int = 0) -> None:
+        self.refusals, self.confirm = refusals, confirm
+        self.uploads: list[list[dict]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()  # the empty trailer line
+                lines = [json.loads(x) for x in body.splitlines() if x.strip()]
+                outer.uploads.append(lines)
+                refused = len(outer.uploads) <= outer.refusals
+                seqs = [x["seq"] for x in lines]
+                if refused:
+                    applied = seqs[outer.confirm - 1] if outer.confirm else seqs[0] - 1
+                    answer: dict = {"error": {"code": "hub_busy"}, "applied": applied}
+                else:
+                    answer = {"ok": True, "applied": seqs[-1], "duplicates": 0, "refused": []}
+                data = json.dumps(answer).encode()
+                self.send_response(503 if refused else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def door() -> Iterator[Callable[..., ChannelDoor]]:
+    made: list[ChannelDoor] = []
+
+    def make(refusals: int, confirm: int = 0) -> ChannelDoor:
+        made.append(ChannelDoor(refusals, confirm))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def channel_to(url: str) -> tuple[ResultChannel, HubClient, list[str]]:
+    hub = HubClient(url, None)
+    posted: list[str] = []  # task ids that went by their own POST
+    channel = ResultChannel(hub, lambda: "s1", lambda task_id, _r, _d: posted.append(task_id))
+    hub.results = channel
+    return channel, hub, posted
+
+
+def test_lines_refused_503_are_sent_again_until_taken_and_only_those(door):
+    hub = door(2, confirm=1)
+    channel, client, posted = channel_to(hub.url)
+    deadline = time.monotonic() + 60
+    for n in (1, 2, 3):  # queued before the channel's first upload goes out
+        assert channel.post(f"t{n}", {"status": 200, "body": n}, deadline)
+    assert channel.flush(30)
+    channel.stop()
+    client.close()
+    # Each 503 confirms the first line of its upload (the next could not reach its home):
+    # what it left unconfirmed, and only that, goes again until a 200 takes it.
+    assert [[x["seq"] for x in lines] for lines in hub.uploads] == [[1, 2, 3], [2, 3], [3]]
+    assert [[x["taskId"] for x in lines] for lines in hub.uploads][0] == ["t1", "t2", "t3"]
+    assert hub.uploads[0][0] == {"seq": 1, "taskId": "t1", "status": 200, "body": 1}
+    assert posted == []
+
+
+def test_lines_refused_until_their_deadline_are_dropped(door):
+    hub = door(1000)
+    channel, client, posted = channel_to(hub.url)
+    assert channel.post("t1", {"status": 200, "body": {}}, time.monotonic() + 1.0)
+    assert channel.flush(10)  # nothing left: dropped at its deadline
+    channel.stop()
+    client.close()
+    assert 2 <= len(hub.uploads) < 10  # backoff, and an end
+    assert posted == []
