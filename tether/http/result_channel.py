@@ -61,6 +61,8 @@ def split_line(line: Any) -> tuple[int, str, Any]:
     if not isinstance(line, dict):
         raise errors.INVALID_REQUEST(why="body: a line is a JSON object", param="seq")
     seq, task_id = line.get("seq"), line.get("taskId")
+    if type(seq) is float and seq.is_integer():  # JSON Schema's integer: 3.0 is one
+        seq = int(seq)
     if type(seq) is not int or seq < 1:  # bool is an int: `type` rules it out
         raise errors.INVALID_REQUEST(why="seq: an integer >= 1 numbers each line",
                                      param="seq")

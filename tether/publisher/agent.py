@@ -24,10 +24,9 @@ from tether.common import sse, task_wire
 from tether.common.actor import Crash, tell
 from tether.common.backend_client import BackendClient, Unreachable
 from tether.common.task_wire import error_result
+from tether.publisher import channel, tasks
 from tether.publisher import messages as m
-from tether.publisher import tasks
 from tether.publisher.backend import BackendActor, Crashed
-from tether.publisher.channel import ResultChannel
 from tether.publisher.config import BackendConfig, PublisherConfig
 from tether.publisher.discovery import Served
 from tether.publisher.hub_client import HubClient, body_chunks, socket_of
@@ -35,6 +34,7 @@ from tether.publisher.registration import (
     Registrar,
     Registration,
     Status,
+    heartbeat,
     provider_spec,
     report_status,
     withdraw,
@@ -57,12 +57,8 @@ class Publisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.hub = HubClient(config.hub, config.key)
-        self.results: ResultChannel | None = None
-        if config.result_channel:
-            # Every result of every task goes there first (tasks.post_result); what the hub
-            # cannot take on it goes by its own POST.
-            self.results = ResultChannel(self.hub, self.current_session, self._post_one)
-            self.hub.results = self.results
+        # Results go on the session's result channel first (tasks.post_result), if on.
+        self.results = channel.attach(self.hub, self.current_session, config.result_channel)
         self.session_file = SessionFile(config.session_path)
         self.session_id: str | None = self.session_file.read()
         self.actors: dict[str, pykka.ActorRef] = {}  # by backend key (BackendConfig.key)
@@ -94,9 +90,6 @@ class Publisher:
 
     def current_session(self) -> str | None:
         return self.session_id
-
-    def _post_one(self, task_id: str, result: task_wire.Result, deadline: float) -> None:
-        tasks.post_result_now(self.hub, self.current_session, task_id, result, deadline)
 
     # --- start ---------------------------------------------------------------------------
 
@@ -262,16 +255,11 @@ class Publisher:
         # while the hub is unreachable).
         until = time.monotonic() + RESULT_POST_WAIT_S
         gevent.joinall(posts + self._answers, timeout=RESULT_POST_WAIT_S)
-        # The posts above may have queued their results on the channel: wait for them too.
-        if self.results is not None and \
-                not self.results.flush(max(0.0, until - time.monotonic())):
-            log.warning("stopping: some results were not confirmed by the hub")
+        channel.flush(self.results, until)  # and what they queued on the result channel
         self.stop()
 
     def stop(self) -> None:
         self.stopping.set()
-        if self.results is not None:
-            self.results.stop()
         self._end_stream()
         for greenlet in self._pending:
             greenlet.kill(block=False)
@@ -445,23 +433,11 @@ class Publisher:
 
     def _start_heartbeat(self, interval: float) -> None:
         self._stop_heartbeat()
-        self._heartbeat = gevent.spawn(self._beat, interval)
+        # A 404 ends the stream: the loop re-registers and re-opens.
+        self._heartbeat = gevent.spawn(heartbeat, self.hub, self.current_session, interval,
+                                       self._end_stream)
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.kill(block=False)
             self._heartbeat = None
-
-    def _beat(self, interval: float) -> None:
-        while True:
-            gevent.sleep(interval)
-            try:
-                status, _ = self.hub.post("/api/v1/llms/_provider-heartbeat",
-                                          {"providerSessionId": self.session_id}, timeout=10)
-            except Unreachable as exc:
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            if status == 404:
-                log.warning("the hub forgot this session; registering again")
-                self._end_stream()  # the loop re-registers and re-opens
-                return

@@ -27,6 +27,7 @@ import gevent.event
 
 from tether.common.backend_client import Unreachable
 from tether.common.task_wire import Result
+from tether.publisher import tasks
 from tether.publisher.hub_client import HubClient
 
 log = logging.getLogger("tether.publisher.channel")
@@ -236,3 +237,24 @@ def _log_refused(answer: Any) -> None:
         level = logging.DEBUG if item.get("code") == "task_not_found" else logging.WARNING
         log.log(level, "hub refused the result of %s: %s", item.get("taskId"),
                 item.get("code"))
+
+
+def attach(hub: HubClient, session_id: Callable[[], str | None], on: bool) -> \
+        ResultChannel | None:
+    """The session's result channel, made the first stop of every result posted through
+    `hub` (tasks.post_result); what the hub cannot take there goes by its own POST. None
+    when the setting `result_channel` is off."""
+    if not on:
+        return None
+
+    def post_one(task_id: str, result: Result, deadline: float) -> None:
+        tasks.post_result_now(hub, session_id, task_id, result, deadline)
+
+    made = hub.results = ResultChannel(hub, session_id, post_one)
+    return made
+
+
+def flush(channel: ResultChannel | None, until: float) -> None:
+    """At shutdown: wait until `until` (time.monotonic()) for the channel's lines."""
+    if channel is not None and not channel.flush(max(0.0, until - time.monotonic())):
+        log.warning("stopping: some results were not confirmed by the hub")

@@ -32,7 +32,8 @@ LINE = {
     "description": "One result of the per-task route (final or error) with `seq` (an "
                    "integer >= 1, increasing per channel) and `taskId`",
     "required": ["seq", "taskId"],
-    "properties": {"seq": {"type": "integer", "minimum": 1}, "taskId": {"type": "string"}},
+    "properties": {"seq": {"type": "integer", "minimum": 1},
+                   "taskId": {"type": "string", "minLength": 1, "maxLength": 256}},
 }
 ANSWER = {
     "type": "object",
