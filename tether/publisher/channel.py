@@ -35,6 +35,11 @@ log = logging.getLogger("tether.publisher.channel")
 PATH = "/api/v1/llms/_provider-results"
 CHANNEL_HEADER = "X-Result-Channel"
 WINDOW_S = 1.0  # the longest an upload stays open, i.e. a line stays unconfirmed
+# An upload with nothing to send for this long ends (its answer confirms what it carried):
+# under load results follow each other closer than this and one upload a second carries
+# them all; between bursts, each burst is confirmed at once, which leaves a cut connection
+# little to send again.
+IDLE_S = 0.05
 UPLOAD_TIMEOUT_S = 30.0  # a hub that stops reading (SIGSTOP) breaks the upload after this
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 5.0
@@ -73,6 +78,7 @@ class ResultChannel:
         self._fallbacks: list[gevent.Greenlet] = []
         self._offered: set[str] = set()  # hub URLs whose channel answered 200
         self._unoffered: str | None = None  # the hub URL that has no channel
+        self._sent_any = False  # the upload under way sent a piece: the hub was reached
 
     # --- what tasks call -----------------------------------------------------------------
 
@@ -126,10 +132,15 @@ class ResultChannel:
             # A hub not known to offer the channel gets one piece and the upload's end at
             # once: an older hub answers 404/405 now, not after the window.
             probe = url not in self._offered
+            self._sent_any = False
             try:
                 status, answer = self.hub.post_ndjson(PATH, self._pieces(probe), headers,
                                                       timeout=UPLOAD_TIMEOUT_S)
             except Unreachable as exc:
+                if self._sent_any:
+                    # A working upload cut (a network blip, a hub process gone): the next
+                    # one goes soon; only failures to reach the hub at all back off further.
+                    delay = RETRY_FIRST_S
                 log.warning("result channel broke (%s): sending %d unconfirmed line(s) again "
                             "in %.2g s", exc, len(self._lines), delay)
                 gevent.sleep(delay)
@@ -176,6 +187,7 @@ class ResultChannel:
                 sent = len(self._lines)
                 if len(piece) < FLUSH_BYTES:
                     piece += b" " * (FLUSH_BYTES - len(piece) - 1) + b"\n"
+                self._sent_any = True
                 yield piece
                 if probe:
                     return
@@ -184,8 +196,8 @@ class ResultChannel:
             if left <= 0 or self._hurry:
                 return
             self._added.clear()
-            if sent >= len(self._lines):
-                self._added.wait(left)
+            if sent >= len(self._lines) and not self._added.wait(min(left, IDLE_S)):
+                return  # idle: end it, and have what it carried confirmed
 
     def _confirm(self, applied: int) -> None:
         while self._lines and self._lines[0].seq <= applied:
@@ -232,9 +244,9 @@ def _log_refused(answer: Any) -> None:
     for item in refused:
         if not isinstance(item, dict):
             continue
-        # A late copy, a cancelled or timed-out task: routine. Others are worth a look
-        # (only the code: a refusal may quote the body, i.e. completion text).
-        level = logging.DEBUG if item.get("code") == "task_not_found" else logging.WARNING
+        # A late copy, a cancelled or timed-out task: routine (a line, as the task's own
+        # is). Others are worth a look (only the code: a refusal may quote the body).
+        level = logging.INFO if item.get("code") == "task_not_found" else logging.WARNING
         log.log(level, "hub refused the result of %s: %s", item.get("taskId"),
                 item.get("code"))
 
