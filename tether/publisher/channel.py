@@ -6,9 +6,10 @@ One greenlet (the sender) owns the uploads. A result is queued (`post`), numbere
 until an upload's answer confirms it (`applied`); each upload lasts at most WINDOW_S, so what
 is unconfirmed stays small and a refusal is seen within that time. An upload that breaks is
 followed by another carrying every unconfirmed line again, with backoff, until each line's
-task deadline; the hub skips the lines it handled already. A hub that has no such route
-(404 `not_found`, 405: an older hub) gets each result by its own POST instead, until the
-publisher moves to another hub URL.
+task deadline; the hub skips the lines it handled already. A line the hub refuses 503 goes
+by its own POST (the per-task route's retries), so it holds up no other. A hub that has no
+such route (404 `not_found`, 405: an older hub) gets each result by its own POST instead,
+until the publisher moves to another hub URL.
 """
 
 from __future__ import annotations
@@ -163,12 +164,17 @@ class ResultChannel:
                          "result", url, status, code)
                 self._post_each("the hub offers no result channel")
                 continue
-            if status == 503:  # hub_busy, shutting_down, database_unavailable: again
-                log.warning("result channel refused part-way (%s): sending from seq %d "
-                            "again in %.2g s", code, self._lines[0].seq if self._lines else 0,
-                            delay)
-                gevent.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+            if status == 503:  # hub_busy, shutting_down, database_unavailable
+                # The line the hub could not take now (its task's home out of reach over
+                # the bus, a drain) goes by its own POST, with that route's retries until
+                # its deadline; the lines behind it, often for tasks homed elsewhere, go on
+                # the channel again at once instead of waiting for it.
+                if self._lines:
+                    stuck = self._lines.popleft()
+                    log.warning("result channel refused the result of %s (%s): posting it "
+                                "on its own", stuck.task_id, code)
+                    self._fallbacks = [g for g in self._fallbacks if not g.dead]
+                    self._fallbacks.append(gevent.spawn(self._post_one, stuck))
                 continue
             # Anything else (400, 401, 403, 413, 500) would refuse these lines again: each
             # goes by its own POST, with that route's retries and logs.
