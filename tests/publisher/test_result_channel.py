@@ -21,6 +21,7 @@ import requests
 from tests.support.hub import wait_until
 from tests.support.procs import wait_status
 from tether.publisher.channel import ResultChannel
+from tether.publisher.config import PublisherConfigError
 from tether.publisher.hub_client import HubClient
 
 CHANNEL = "/api/v1/llms/_provider-results"
@@ -324,3 +325,37 @@ def test_lines_unconfirmed_until_their_deadline_are_dropped():
         channel.stop()
         client.close()
     assert posted == []
+
+
+def publish_args(*argv: str) -> Any:
+    import argparse
+
+    from tether.publisher import main
+
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_channel_is_on_by_default_and_off_by_flag_or_setting(tmp_path):
+    from tether.publisher import main
+
+    flags = ["--hub", "http://127.0.0.1:9", "--backend", "http://127.0.0.1:9/v1",
+             "--name", "llama", "--model", "m"]
+    assert main.config_from_args(publish_args(*flags)).result_channel is True
+    off = publish_args(*flags, "--no-result-channel")
+    assert main.config_from_args(off).result_channel is False
+    assert "--no-result-channel" in main.as_flags(off)  # an installed service keeps it
+    toml = tmp_path / "publisher.toml"
+    toml.write_text('hub = "http://127.0.0.1:9"\nresult_channel = false\n\n[[backends]]\n'
+                    'base_url = "http://127.0.0.1:9/v1"\nname = "llama"\nmodel = "m"\n')
+    assert main.config_from_args(publish_args("--config", str(toml))).result_channel is False
+    toml.write_text(toml.read_text().replace("result_channel = false\n", ""))
+    on = main.config_from_args(publish_args("--config", str(toml)))
+    assert on.result_channel is True
+    assert main.config_from_args(publish_args("--config", str(toml), "--no-result-channel")) \
+        .result_channel is False
+    toml.write_text(toml.read_text().replace('hub = "http://127.0.0.1:9"\n',
+                                             'hub = "http://127.0.0.1:9"\nresult_channel = 1\n'))
+    with pytest.raises(PublisherConfigError, match="result_channel"):
+        main.config_from_args(publish_args("--config", str(toml)))
