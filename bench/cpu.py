@@ -22,6 +22,27 @@ def cpu_of(pids: dict[str, int], run: Any) -> tuple[dict[str, float], Any]:
     return {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}, value
 
 
+CHANNEL_ARMS = {"channel": (), "no_channel": ("--no-result-channel",)}
+
+
+def channel_ab(requests_n: int, concurrency: int, rounds: int = 2) -> dict[str, Any]:
+    """CPU µs per relayed request of each process, per arm of CHANNEL_ARMS, the arms taking
+    turns `rounds` times (each turn a fresh stack, warmed up first)."""
+    totals = {arm: {"backend": 0.0, "publisher": 0.0, "hub": 0.0} for arm in CHANNEL_ARMS}
+    for _ in range(rounds):
+        for arm, flags in CHANNEL_ARMS.items():
+            with Stack(publisher_flags=flags) as stack:
+                pids = {"backend": stack.backend_proc.pid,
+                        "publisher": stack.publisher_proc.pid, "hub": stack.hub_worker_pid()}
+                relay_n(stack.hub, 200, concurrency)
+                used, _ = cpu_of(pids, lambda s=stack: relay_n(s.hub, requests_n, concurrency))
+            for name, seconds in used.items():
+                totals[arm][name] += seconds
+    return {f"{arm}_per_request_us": {k: round(v / (requests_n * rounds) * 1e6, 1)
+                                      for k, v in figures.items()}
+            for arm, figures in totals.items()}
+
+
 def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
               chunks: int = 200) -> dict[str, Any]:
     """CPU time per relayed request and per streamed chunk, per process, beside the backend's
@@ -51,6 +72,10 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
         out["stream_seconds"] = round(time.perf_counter() - started, 2)
         out["chunks"] = received
         out["per_chunk_us"] = {k: round(v / received * 1e6, 2) for k, v in used.items()}
+    # The same relay with results on the channel (the default) and with each result on its
+    # own POST (issue 26, part 1: the channel's A/B), in this same run: the arms alternate,
+    # two stacks each, so that a drift of the machine's speed meanwhile falls on both.
+    out.update(channel_ab(requests_n, concurrency))
     # The same relay with auth on (a key checked on every request), in this same run: the
     # hub's CPU per request should stay within 10 % of auth off (issues 11 and 13).
     with Stack(auth=True) as stack:
@@ -71,6 +96,15 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
           [[name, out["per_request_us"][name],
             out["per_request_ratio"].get(name, 1.0), out["per_chunk_us"][name],
             out["per_chunk_ratio"].get(name, 1.0)] for name in ("backend", "publisher", "hub")])
+    channel, each = out["channel_per_request_us"], out["no_channel_per_request_us"]
+    table("CPU per relayed request, results on the channel and one POST each (same run, "
+          "arms alternating), µs",
+          ["process", "channel", "POST each", "channel ÷ POST each", "÷ backend, channel",
+           "÷ backend, POST each"],
+          [[name, channel[name], each[name], round(channel[name] / each[name], 3),
+            round(channel[name] / channel["backend"], 2),
+            round(each[name] / each["backend"], 2)]
+           for name in ("backend", "publisher", "hub")])
     table("hub CPU per relayed request, auth off and on (same run), µs",
           ["auth off", "auth on", "on ÷ off"],
           [[out["per_request_us"]["hub"], out["auth_on_hub_per_request_us"],

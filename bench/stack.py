@@ -21,7 +21,8 @@ class Stack(Processes):
     """Backend + hub + publisher, each its own process, torn down in reverse."""
 
     def __init__(self, hub_env: dict[str, str] | None = None, publisher: bool = True,
-                 max_concurrency: int = 64, auth: bool = False) -> None:
+                 max_concurrency: int = 64, auth: bool = False,
+                 publisher_flags: tuple[str, ...] = ()) -> None:
         super().__init__("tether-bench-")
         self.backend_port, self.hub_port = free_port(), free_port()
         self.backend = f"http://127.0.0.1:{self.backend_port}"
@@ -31,6 +32,7 @@ class Stack(Processes):
                         **(hub_env or {})}
         self.with_publisher = publisher
         self.max_concurrency = max_concurrency
+        self.publisher_flags = publisher_flags  # an arm's own (--no-result-channel)
         # auth on: the publisher and the clients present keys (clients: `client_headers`),
         # so the hub checks a key on every request, as it does off loopback.
         self.auth = auth
@@ -60,7 +62,7 @@ class Stack(Processes):
                  "--model", "demo-model", "--backend", f"{self.backend}/v1",
                  "--max-concurrency", str(self.max_concurrency),
                  "--session-file", str(self.tmp / "session"), "--log-level", "warning",
-                 *key_flags], "publisher",
+                 *key_flags, *self.publisher_flags], "publisher",
                 publisher_env)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

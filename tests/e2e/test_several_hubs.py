@@ -59,9 +59,10 @@ def test_the_publisher_moves_to_the_next_hub_on_a_loss_and_wraps_around(
     assert connected(publish, b) == 0  # the first URL answered: B was never used
     assert b.get("/api/v1/llms/llama").status_code == 404
 
-    # A dies with a task under way at the backend. Its result, ready after the move, is
-    # posted to B (the hub client's pool was swapped): B never handed it out and says 404,
-    # so the task ends as `gone` (posted to dead A, it would end `hub-unreachable`).
+    # A dies with a task under way at the backend. Its result, ready after the move, goes
+    # to B (the hub client's pool was swapped): B never handed it out and refuses it, 404
+    # `task_not_found` in its result channel's answer (sent to dead A, it would never be
+    # answered).
     with cf.ThreadPoolExecutor(1) as run:
         cut = run.submit(chat, a, demo_delay_s=3)
         wait_until(lambda: backend.stats()["inflight"] == 1, timeout=10)
@@ -69,7 +70,7 @@ def test_the_publisher_moves_to_the_next_hub_on_a_loss_and_wraps_around(
         assert isinstance(cut.exception(timeout=30), requests.ConnectionError)
     serves_through(b, publish, session)
     assert f"moving to the next hub: {b.url}" in publish.logs()
-    wait_until(lambda: "status=gone" in publish.logs(), timeout=20)
+    wait_until(lambda: "task_not_found" in publish.logs(), timeout=20)
     assert "status=hub-unreachable" not in publish.logs()
 
     a.start()  # A is back (same port, same database); then B dies: past the last, the first

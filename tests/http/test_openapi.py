@@ -230,7 +230,7 @@ LABELS = [
     "GET /status/status.css", "GET /status/state", "GET /api/v1/llms", "GET /api/v1/usage",
     "POST /api/v1/llms/_provider-register", "POST /api/v1/llms/_provider-heartbeat",
     "POST /api/v1/llms/_provider-status", "POST /api/v1/llms/_provider-withdraw",
-    "POST /api/v1/llms/_provider-task/{taskId}/result",
+    "POST /api/v1/llms/_provider-task/{taskId}/result", "POST /api/v1/llms/_provider-results",
     "GET /api/v1/llms/{name}", "POST /api/v1/llms/{name}/infer", "POST /v1/chat/completions",
     "POST /v1/completions", "POST /v1/embeddings", "POST /v1/responses", "GET /v1/models",
     "GET /v1/models/{name}",

@@ -28,6 +28,7 @@ from tether.http.resources import (
     metrics,
     openai,
     provider,
+    results,
     status,
     usage,
 )
@@ -74,6 +75,7 @@ def create_app(settings: Settings, system: ActorSystem) -> falcon.App:
         ("/api/v1/llms/_provider-status", provider.Status(system, auth)),
         ("/api/v1/llms/_provider-withdraw", provider.Withdraw(system, auth)),
         ("/api/v1/llms/_provider-task/{task_id}/result", provider.TaskResult(system, auth)),
+        ("/api/v1/llms/_provider-results", results.ResultChannel(system, auth)),
         ("/api/v1/llms/{name}", llms.LlmItem(system)),
         ("/api/v1/llms/{name}/infer", infer.Infer(system, relay, limiter, infer.NATIVE)),
         *((f"/v1/{endpoint}", infer.Infer(system, relay, limiter, operation, endpoint))

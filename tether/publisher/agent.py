@@ -24,8 +24,8 @@ from tether.common import sse, task_wire
 from tether.common.actor import Crash, tell
 from tether.common.backend_client import BackendClient, Unreachable
 from tether.common.task_wire import error_result
+from tether.publisher import channel, tasks
 from tether.publisher import messages as m
-from tether.publisher import tasks
 from tether.publisher.backend import BackendActor, Crashed
 from tether.publisher.config import BackendConfig, PublisherConfig
 from tether.publisher.discovery import Served
@@ -34,6 +34,7 @@ from tether.publisher.registration import (
     Registrar,
     Registration,
     Status,
+    heartbeat,
     provider_spec,
     report_status,
     withdraw,
@@ -56,6 +57,8 @@ class Publisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.hub = HubClient(config.hub, config.key)
+        # Results go on the session's result channel first (tasks.post_result), if on.
+        self.results = channel.attach(self.hub, self.current_session, config.result_channel)
         self.session_file = SessionFile(config.session_path)
         self.session_id: str | None = self.session_file.read()
         self.actors: dict[str, pykka.ActorRef] = {}  # by backend key (BackendConfig.key)
@@ -250,7 +253,9 @@ class Publisher:
                     posts += ref.ask(m.Abandon(), block=True, timeout=ASK_TIMEOUT_S)
         # The answers must reach the hub before the process ends (they retry a few seconds
         # while the hub is unreachable).
+        until = time.monotonic() + RESULT_POST_WAIT_S
         gevent.joinall(posts + self._answers, timeout=RESULT_POST_WAIT_S)
+        channel.flush(self.results, until)  # and what they queued on the result channel
         self.stop()
 
     def stop(self) -> None:
@@ -428,23 +433,11 @@ class Publisher:
 
     def _start_heartbeat(self, interval: float) -> None:
         self._stop_heartbeat()
-        self._heartbeat = gevent.spawn(self._beat, interval)
+        # A 404 ends the stream: the loop re-registers and re-opens.
+        self._heartbeat = gevent.spawn(heartbeat, self.hub, self.current_session, interval,
+                                       self._end_stream)
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.kill(block=False)
             self._heartbeat = None
-
-    def _beat(self, interval: float) -> None:
-        while True:
-            gevent.sleep(interval)
-            try:
-                status, _ = self.hub.post("/api/v1/llms/_provider-heartbeat",
-                                          {"providerSessionId": self.session_id}, timeout=10)
-            except Unreachable as exc:
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            if status == 404:
-                log.warning("the hub forgot this session; registering again")
-                self._end_stream()  # the loop re-registers and re-opens
-                return

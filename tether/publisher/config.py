@@ -145,6 +145,10 @@ class PublisherConfig:
     drain_timeout_s: float = setting(30.0, _SECONDS)
     log_level: str = setting("info", LOG_LEVEL_SCHEMA)  # info: a line per task
     log_format: str = setting("text", LOG_FORMAT_SCHEMA)  # json: one object per line
+    # Results on one NDJSON upload per session (docs/protocol.md, `_provider-results`);
+    # false: one POST per result, as against a hub without the channel (A/B measurement).
+    result_channel: bool = setting(True, {"type": "boolean",
+                                          "x-message": "must be true or false"})
 
     @property
     def key(self) -> str | None:
@@ -228,6 +232,7 @@ def parse(data: dict[str, Any], source: str) -> PublisherConfig:
         session_file=data.get("session_file"),
         probe_interval_s=float(data.get("probe_interval_s", 5.0)),
         drain_timeout_s=float(data.get("drain_timeout_s", 30.0)),
+        result_channel=bool(data.get("result_channel", True)),
         **{k: data[k] for k in ("log_level", "log_format") if k in data},
     )
 

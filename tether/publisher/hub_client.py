@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
 from urllib3.connection import HTTPConnection
@@ -24,6 +24,10 @@ from tether.common.backend_client import Unreachable, decode
 
 SOCKET_OPTIONS = [*HTTPConnection.default_socket_options,
                   (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+class ResultSink(Protocol):
+    def post(self, task_id: str, result: Any, deadline: float) -> bool: ...
 
 
 def body_chunks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
@@ -46,6 +50,9 @@ class HubClient:
                                          socket_options=SOCKET_OPTIONS)
         self._posts = wire.Pool(self.url, maxsize=64)  # results and heartbeats: the hot path
         self._headers = {"Content-Type": "application/json"}
+        # The session's result channel (tether.publisher.channel), when the publisher keeps
+        # one: every result of every task goes there first (tasks.post_result).
+        self.results: ResultSink | None = None
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
 

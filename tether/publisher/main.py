@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-file", help="where the session id is kept")
     parser.add_argument("--log-level", help="debug, info (default: a line per task), warning…")
     parser.add_argument("--log-format", help="text (default) or json")
+    parser.add_argument("--no-result-channel", action="store_true",
+                        help="post each result on its own instead of on the session's "
+                             "result channel (setting result_channel = false)")
     parser.add_argument("--install-service", action="store_true",
                         help="run this publisher (these arguments) as a user service that "
                              "starts at boot: systemd (Linux) or launchd (macOS)")
@@ -64,6 +67,8 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
                 f"command line: {' '.join(ignored)} cannot be combined with --config "
                 "(the file lists its backends)")
         overrides = {k: getattr(args, k) for k in GENERAL_FLAGS if getattr(args, k)}
+        if args.no_result_channel:
+            overrides["result_channel"] = False
         return load(args.config, overrides)
     if not args.hub:
         raise PublisherConfigError("command line: give --config FILE, or --hub URL (and "
@@ -87,6 +92,8 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
     urls = [args.backend] if args.backend else found_locally(args.hub)
     data: dict = {"backends": [{**backend, "base_url": url} for url in urls]}
     data.update((k, getattr(args, k)) for k in GENERAL_FLAGS if getattr(args, k))
+    if args.no_result_channel:
+        data["result_channel"] = False
     return parse(data, "command line")
 
 
@@ -122,7 +129,7 @@ def found_locally(hubs: list[str]) -> list[str]:
 def as_flags(args: argparse.Namespace) -> list[str]:
     """The flags that give `args` again (what an installed service runs)."""
     out: list[str] = []
-    for key in ("config", *GENERAL_FLAGS, *BACKEND_FLAGS):
+    for key in ("config", *GENERAL_FLAGS, "no_result_channel", *BACKEND_FLAGS):
         value = getattr(args, key)
         flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
+
+import gevent
 
 from tether.common.backend_client import Unreachable
 from tether.publisher.config import BackendConfig
@@ -167,3 +169,21 @@ def withdraw(hub: HubClient, session_id: str, names: Sequence[str]) -> bool:
                         (answer or {}).get("error", {}).get("message"))
             done = done and 0 < code < 500
     return done
+
+
+def heartbeat(hub: HubClient, session_id: Callable[[], str | None], interval: float,
+              forgotten: Callable[[], None]) -> None:
+    """Heartbeat every `interval` until the hub answers 404 (it forgot the session): then
+    `forgotten()`, once."""
+    while True:
+        gevent.sleep(interval)
+        try:
+            status, _ = hub.post("/api/v1/llms/_provider-heartbeat",
+                                 {"providerSessionId": session_id()}, timeout=10)
+        except Unreachable as exc:
+            log.warning("heartbeat failed: %s", exc)
+            continue
+        if status == 404:
+            log.warning("the hub forgot this session; registering again")
+            forgotten()
+            return

@@ -48,6 +48,18 @@ class TaskGone(Exception):
 
 def post_result(hub: HubClient, session_id: Callable[[], str | None], task_id: str,
                 body: Result, deadline: float | None = None) -> None:
+    """Send a result: on the session's result channel when the publisher keeps one and the
+    hub offers it (queued there, confirmed and re-sent by the channel: docs/protocol.md,
+    `_provider-results`), else by its own POST (`post_result_now`)."""
+    if deadline is None:
+        deadline = time.monotonic() + RESULT_DEADLINE_S
+    if hub.results is not None and hub.results.post(task_id, body, deadline):
+        return
+    post_result_now(hub, session_id, task_id, body, deadline)
+
+
+def post_result_now(hub: HubClient, session_id: Callable[[], str | None], task_id: str,
+                    body: Result, deadline: float | None = None) -> None:
     """POST a result; retried with backoff while the hub is unreachable or answers 503
     (restarting, draining, a bus or database outage), until `deadline` (time.monotonic();
     by default RESULT_DEADLINE_S from now). The hub takes a result once: a copy it already
