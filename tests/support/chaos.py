@@ -24,6 +24,9 @@ class ChaosProxy:
         # Set: bytes are read and dropped, both ways, and no connection is closed: a
         # network that went silent without a reset (a cut cable, a dropped route).
         self.blackhole = threading.Event()
+        # Bytes the blackhole dropped: a test waits for its write to be dropped, not for
+        # time (the proxy's thread may read the bytes only after the blackhole is lifted).
+        self.dropped = 0
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -66,6 +69,8 @@ class ChaosProxy:
                 if not data:
                     break
                 if self.blackhole.is_set():
+                    with self._lock:
+                        self.dropped += len(data)
                     continue
                 low, high = self.latency_s
                 if high:
