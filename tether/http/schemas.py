@@ -344,11 +344,16 @@ def validate(schema: dict[str, Any], body: Any) -> dict[str, Any]:
     raise errors.INVALID_REQUEST(why=f"{field}: {message}", param=field)
 
 
-def check_session_id(session_id: str, field: str) -> None:
-    """A session id outside a body (a header, the query) fits the same pattern: 400."""
-    if not _SESSION_ID.match(session_id):
-        raise errors.INVALID_REQUEST(
-            why=f"{field}: a provider session id matches {SESSION_ID_PATTERN}", param=field)
+def check_session_id(value: str | None, field: str,
+                     what: str = "a provider session id") -> str:
+    """An id outside a body (a header, the query: a session's, a result channel's) is
+    required and fits the session id's pattern, else 400 naming `field`."""
+    if not value:
+        raise errors.INVALID_REQUEST(why=f"{field}: {what} is required", param=field)
+    if not _SESSION_ID.match(value):
+        raise errors.INVALID_REQUEST(why=f"{field}: {what} matches {SESSION_ID_PATTERN}",
+                                     param=field)
+    return value
 
 
 def check_extra_config(spec: dict[str, Any], i: int, limit: int) -> None:

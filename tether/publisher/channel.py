@@ -157,7 +157,7 @@ class ResultChannel:
                     log.info("results travel on the result channel of %s", url)
                 _log_refused(answer)
                 continue
-            code = _code(answer)
+            code = tasks.error_code(answer)
             if NO_ROUTE.get(status) == code:
                 self._unoffered = url
                 log.info("the hub at %s offers no result channel (%d %s): posting each "
@@ -240,12 +240,6 @@ class ResultChannel:
             self.post_one(line.task_id, line.result, line.deadline)
         except Exception as exc:  # noqa: BLE001 - TaskGone, Unreachable: that task is over
             log.debug("result of task %s not taken: %s", line.task_id, exc)
-
-
-def _code(answer: Any) -> str:
-    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-        return str(answer["error"].get("code"))
-    return "?"
 
 
 def _log_refused(answer: Any) -> None:

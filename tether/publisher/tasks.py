@@ -82,17 +82,18 @@ def post_result_now(hub: HubClient, session_id: Callable[[], str | None], task_i
                 if status >= 400:
                     # Only the code: a refusal may quote the body, i.e. completion text.
                     log.warning("hub refused the result of %s: %s %s", task_id, status,
-                                _code(answer))
+                                error_code(answer))
                 return
             if time.monotonic() + delay > deadline:
                 log.warning("hub refused the result of %s until its deadline: %s %s",
-                            task_id, status, _code(answer))
+                            task_id, status, error_code(answer))
                 return
         gevent.sleep(delay)
         delay = min(delay * 2, RETRY_MAX_S)
 
 
-def _code(answer: Any) -> str:
+def error_code(answer: Any) -> str:
+    """The `error.code` of a hub's answer; "?" when it has none."""
     if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
         return str(answer["error"].get("code"))
     return "?"
@@ -267,7 +268,7 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
             # (retried like any result) rather than leave its client waiting. The client
             # sees the hub's own fault code (hub_busy, database_unavailable, shutting_down):
             # the outage is the hub's, not the Llm's (publisher_error would blame the Llm).
-            code = _code(answer)
+            code = error_code(answer)
             code = code if code != "?" else "hub_busy"
             post_result(hub, session_id, task_id, error_result(
                 f"the hub refused the stream's upload part-way ({code})", 503, code))

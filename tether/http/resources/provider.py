@@ -84,12 +84,8 @@ class Stream(_Resource):
         self.streams_per_key = streams_per_key
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        session_id = req.get_header(SESSION_HEADER) or req.get_param("providerSessionId")
-        if not session_id:
-            raise errors.INVALID_REQUEST(
-                why=f"{SESSION_HEADER}: the provider session id is required", param=SESSION_HEADER
-            )
-        schemas.check_session_id(session_id, SESSION_HEADER)
+        session_id = schemas.check_session_id(
+            req.get_header(SESSION_HEADER) or req.get_param("providerSessionId"), SESSION_HEADER)
         self.auth.check_owner(session_id, req.context.caller)
         # Opaque to the resource: the session replays only after an id its process sent.
         last_event_id = req.get_header("Last-Event-ID") or None

@@ -8,12 +8,10 @@ and tether.http.result_channel keeps each line applied once."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 
 import falcon
 
-from tether import errors
 from tether.actors.system import ActorSystem
 from tether.http import schemas
 from tether.http.auth import Auth
@@ -25,7 +23,6 @@ from tether.http.result_channel import Channels, Stopped
 log = logging.getLogger("tether.http")
 
 CHANNEL_HEADER = "X-Result-Channel"
-_CHANNEL_ID = re.compile(schemas.SESSION_ID_PATTERN.replace("$", r"\Z"))
 
 LINE = {
     "type": "object",
@@ -69,16 +66,9 @@ class ResultChannel:
         self.channels = Channels(system.settings.infer_timeout_s)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        session_id = req.get_header(SESSION_HEADER)
-        channel_id = req.get_header(CHANNEL_HEADER)
-        if not session_id:
-            raise errors.INVALID_REQUEST(why=f"{SESSION_HEADER}: the session is required",
-                                         param=SESSION_HEADER)
-        schemas.check_session_id(session_id, SESSION_HEADER)
-        if not channel_id or not _CHANNEL_ID.match(channel_id):
-            raise errors.INVALID_REQUEST(
-                why=f"{CHANNEL_HEADER}: a channel id matches {schemas.SESSION_ID_PATTERN}",
-                param=CHANNEL_HEADER)
+        session_id = schemas.check_session_id(req.get_header(SESSION_HEADER), SESSION_HEADER)
+        channel_id = schemas.check_session_id(req.get_header(CHANNEL_HEADER), CHANNEL_HEADER,
+                                              "a result channel id")
         caller = req.context.caller
         self.auth.check_owner(session_id, caller)
         channel = self.channels.get(session_id, channel_id)
@@ -87,7 +77,7 @@ class ResultChannel:
         def apply(task_id: str, result: dict) -> None:
             # The session is the channel's: a task of another session is 403, as with
             # X-Provider-Session-Id on the per-task route.
-            system.submit_result(task_id, session_id, result, lambda _session: True)
+            system.submit_result(task_id, session_id, result)
 
         def one_line() -> Iterator[object]:  # a plain JSON body: one line (curl)
             yield read_json(req, self.limit)
