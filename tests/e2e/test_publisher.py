@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.chaos import LateStream
 from tests.support.hub import free_port, wait_until
 from tests.support.procfs import tcp_states
 from tests.support.procs import Publish, port_closed, publish_config, publish_once
@@ -365,6 +366,35 @@ def test_sigterm_lets_running_tasks_finish_and_answers_the_rest(
         assert time.monotonic() - started < 6
     assert publish.proc.wait(15) == 0
     wait_until(lambda: backend.stats()["aborted"] == 1, timeout=8)  # the call was closed
+
+
+def test_sigterm_answers_a_task_the_hub_sent_as_the_last_answer_freed_its_slot(
+        hub_factory, backend_factory, publish_factory):
+    """The hub sends a request waiting for the slot the moment the answer before it frees
+    that slot: on a slow link, or from a busy hub, the frame reaches a draining publisher
+    after that last answer was confirmed. The publisher closed its stream at that
+    confirmation, and the task waited publisher_grace_s (30 s here) for 503 (CI saw it under
+    load). Now the stream stays open until quiet, and the task is refused at once."""
+    hub = hub_factory(publisher_grace_s=30)
+    backend = backend_factory()
+    link = LateStream(hub.port, b"GET /api/v1/llms/_provider-stream", delay_s=0.3)
+    try:
+        publish = publish_factory([backend_spec(backend, max_concurrency=1)],
+                                  hub_url=link.url, drain_timeout_s=10)
+        wait_status(hub, "llama", "active")
+        with cf.ThreadPoolExecutor(2) as pool:
+            short = pool.submit(chat, hub, "llama", demo_delay_s=1.5)
+            wait_until(lambda: backend.stats()["inflight"] == 1)
+            queued = pool.submit(chat, hub, "llama")
+            wait_until(lambda: hub.waiting("llama") == 2)
+            publish.proc.send_signal(signal.SIGTERM)
+            assert short.result(timeout=10).status_code == 200
+            r = queued.result(timeout=10)
+            assert r.status_code == 503 and "not started" in r.json()["error"]["message"]
+        assert publish.proc.wait(15) == 0
+        assert backend.stats()["requests"] == 1  # the queued one never reached the backend
+    finally:
+        link.close()
 
 
 def test_a_sleep_recipe_that_raises_does_not_wedge_the_backend(

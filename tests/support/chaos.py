@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import random
 import socket
 import threading
@@ -103,3 +104,75 @@ class ChaosProxy:
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.cut()
+
+
+class LateStream:
+    """A TCP proxy that hands back what answers a request starting with `prefix` (the task
+    stream) `delay_s` late, in order, and passes everything else at once: a slow link, or a
+    hub too busy to write a frame promptly, for the stream alone."""
+
+    def __init__(self, target_port: int, prefix: bytes, delay_s: float) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.prefix = prefix
+        self.delay_s = delay_s
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._socks.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        with contextlib.suppress(OSError):
+            first = client.recv(65536)
+            upstream = socket.create_connection(self.target)
+            self._socks.append(upstream)
+            upstream.sendall(first)
+            late = first.startswith(self.prefix)
+            threading.Thread(target=self._back, args=(upstream, client, late),
+                             daemon=True).start()
+            while data := client.recv(65536):
+                upstream.sendall(data)
+        for sock in (client, upstream):  # the publisher went: so does its side at the hub
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _back(self, upstream: socket.socket, client: socket.socket, late: bool) -> None:
+        due: queue.Queue[tuple[float, bytes]] = queue.Queue()
+
+        def send() -> None:
+            while True:
+                at, data = due.get()
+                if not data:
+                    break
+                time.sleep(max(0.0, at - time.monotonic()))
+                with contextlib.suppress(OSError):
+                    client.sendall(data)
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=send, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                due.put((time.monotonic() + (self.delay_s if late else 0.0), data))
+        due.put((0.0, b""))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -50,6 +50,11 @@ ASK_TIMEOUT_S = 5.0
 MAX_RESTARTS = 5
 # At shutdown, how long the answers to abandoned tasks may take to reach the hub.
 RESULT_POST_WAIT_S = 10.0
+# At shutdown, how quiet the stream must stay after the last answer is confirmed before it
+# is closed: a request waiting at the hub takes the slot that answer freed and is sent at
+# once; refused here it is answered now, where after the close it would wait the hub's
+# publisher_grace_s.
+SETTLE_S = 1.0
 RESTART_WINDOW_S = 10.0
 
 
@@ -78,6 +83,7 @@ class Publisher:
         self._draining: gevent.Greenlet | None = None
         self._hurry = gevent.event.Event()
         self._answers: list[gevent.Greenlet] = []
+        self._task_came = gevent.event.Event()  # a task frame was read (the drain's settle)
         self._retry_held: gevent.Greenlet | None = None
 
     # --- session id ----------------------------------------------------------------------
@@ -252,10 +258,19 @@ class Publisher:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     posts += ref.ask(m.Abandon(), block=True, timeout=ASK_TIMEOUT_S)
         # The answers must reach the hub before the process ends (they retry a few seconds
-        # while the hub is unreachable).
+        # while the hub is unreachable), and the stream stays open until it has been quiet
+        # for SETTLE_S after them: what the hub sends meanwhile is refused, then answered.
         until = time.monotonic() + RESULT_POST_WAIT_S
-        gevent.joinall(posts + self._answers, timeout=RESULT_POST_WAIT_S)
-        channel.flush(self.results, until)  # and what they queued on the result channel
+        while True:
+            self._task_came.clear()
+            gevent.joinall(posts + self._answers, timeout=max(0.0, until - time.monotonic()))
+            channel.flush(self.results, until)  # and what they queued on the result channel
+            posts = []
+            if self._hurry.is_set() or time.monotonic() >= until:
+                break
+            gevent.wait([self._task_came, self._hurry], timeout=SETTLE_S, count=1)
+            if not self._task_came.is_set():
+                break
         self.stop()
 
     def stop(self) -> None:
@@ -394,6 +409,7 @@ class Publisher:
         return greeted
 
     def dispatch(self, task: task_wire.Task) -> None:
+        self._task_came.set()
         if task["kind"] == "cancel":
             for actor in list(self.actors.values()):
                 tell(actor, m.CancelTask(task["taskId"]))
