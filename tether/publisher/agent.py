@@ -29,6 +29,7 @@ from tether.publisher import messages as m
 from tether.publisher.backend import BackendActor, Crashed
 from tether.publisher.config import BackendConfig, PublisherConfig
 from tether.publisher.discovery import Served
+from tether.publisher.drain import ASK_TIMEOUT_S, Drain
 from tether.publisher.hub_client import HubClient, body_chunks, socket_of
 from tether.publisher.registration import (
     Registrar,
@@ -45,16 +46,8 @@ log = logging.getLogger("tether.publisher")
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
-ASK_TIMEOUT_S = 5.0
 # Like the hub's supervisor: a backend actor that crashes more often than this is left down.
 MAX_RESTARTS = 5
-# At shutdown, how long the answers to abandoned tasks may take to reach the hub.
-RESULT_POST_WAIT_S = 10.0
-# At shutdown, how quiet the stream must stay after the last answer is confirmed before it
-# is closed: a request waiting at the hub takes the slot that answer freed and is sent at
-# once; refused here it is answered now, where after the close it would wait the hub's
-# publisher_grace_s.
-SETTLE_S = 1.0
 RESTART_WINDOW_S = 10.0
 
 
@@ -80,10 +73,8 @@ class Publisher:
         self._restarts: dict[str, deque[float]] = {}
         self.down: set[str] = set()  # backends whose actor crashed too often: left down
         self.registrar = Registrar(self.hub, config.probe_interval_s)
-        self._draining: gevent.Greenlet | None = None
-        self._hurry = gevent.event.Event()
+        self.drain = Drain(config.drain_timeout_s)
         self._answers: list[gevent.Greenlet] = []
-        self._task_came = gevent.event.Event()  # a task frame was read (the drain's settle)
         self._retry_held: gevent.Greenlet | None = None
 
     # --- session id ----------------------------------------------------------------------
@@ -225,53 +216,8 @@ class Publisher:
     def shutdown(self) -> None:
         """SIGTERM / SIGINT: stop taking tasks, let the running ones finish for up to
         `drain_timeout_s`, answer the rest, then stop. A second signal cuts the wait."""
-        if self._draining is not None:
-            self._hurry.set()
-            return
-        self._draining = gevent.spawn(self._drain_then_stop)
-
-    def _drain_then_stop(self) -> None:
-        refs = list(self.actors.values())
-        for ref in refs:
-            tell(ref, m.Drain())
-        deadline = time.monotonic() + self.config.drain_timeout_s
-        posts: list[gevent.Greenlet] = []
-        announced = False
-        while True:
-            running, posts = 0, []
-            for ref in refs:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    count, pending = ref.ask(m.GetDrainState(), block=True,
-                                             timeout=ASK_TIMEOUT_S)
-                    running += count
-                    posts += pending
-            if not running or time.monotonic() >= deadline or self._hurry.is_set():
-                break
-            if not announced:
-                announced = True
-                log.info("stopping: taking no new tasks; waiting up to %g s for %d running",
-                         self.config.drain_timeout_s, running)
-            self._hurry.wait(0.1)
-        if running:
-            log.warning("stopping: abandoning %d running task(s)", running)
-            for ref in refs:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    posts += ref.ask(m.Abandon(), block=True, timeout=ASK_TIMEOUT_S)
-        # The answers must reach the hub before the process ends (they retry a few seconds
-        # while the hub is unreachable), and the stream stays open until it has been quiet
-        # for SETTLE_S after them: what the hub sends meanwhile is refused, then answered.
-        until = time.monotonic() + RESULT_POST_WAIT_S
-        while True:
-            self._task_came.clear()
-            gevent.joinall(posts + self._answers, timeout=max(0.0, until - time.monotonic()))
-            channel.flush(self.results, until)  # and what they queued on the result channel
-            posts = []
-            if self._hurry.is_set() or time.monotonic() >= until:
-                break
-            gevent.wait([self._task_came, self._hurry], timeout=SETTLE_S, count=1)
-            if not self._task_came.is_set():
-                break
-        self.stop()
+        self.drain.start(list(self.actors.values()), lambda: self._answers,
+                         lambda until: channel.flush(self.results, until), self.stop)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -409,7 +355,7 @@ class Publisher:
         return greeted
 
     def dispatch(self, task: task_wire.Task) -> None:
-        self._task_came.set()
+        self.drain.task_came.set()
         if task["kind"] == "cancel":
             for actor in list(self.actors.values()):
                 tell(actor, m.CancelTask(task["taskId"]))
@@ -420,7 +366,7 @@ class Publisher:
         task_id, name = task["taskId"], task["llmName"]
         key = self.routes().get(name)
         ref = self.actors.get(key) if key is not None else None
-        if self._draining is not None:
+        if self.drain.started:
             refusal = error_result("the publisher is shutting down; the task was not started",
                                    503, "publisher_disconnected", retryable=True)
         elif key in self.down:
