@@ -35,6 +35,7 @@ from tether.actors import messages as m
 from tether.actors.directory import Directory
 from tether.cluster import codec
 from tether.cluster.addresses import Addresses
+from tether.cluster.burial import Burial, Mourner
 from tether.cluster.bus import TICK_S, Bus
 from tether.cluster.dead_homes import DeadHomes
 from tether.cluster.faults import Drops
@@ -64,7 +65,7 @@ def busy() -> TetherError:
     return error
 
 
-class LocalSystem(Protocol):
+class LocalSystem(Mourner, Protocol):
     """What the router needs of this process's actor system (tether.cluster.system)."""
 
     @property
@@ -84,9 +85,6 @@ class LocalSystem(Protocol):
 
     def handle_call(self, fn: str, args: Sequence[Any]) -> Any:
         """Answer a call another process made of this one (`call`, `cast`)."""
-
-    def home_died(self, session_id: str) -> int:
-        """The process that was the session's home died: its rows go inactive."""
 
 
 class BusRouter:
@@ -112,7 +110,6 @@ class BusRouter:
         self.addresses = Addresses(self.process, self, self.pending, lambda: system.directory)
         self._hooks = self.addresses.hooks
         self._asks: dict[str, pykka.Future[Any]] = {}
-        self._cleaning: set[str] = set()
         self._recovering = 0  # ticks left of re-asserting what Redis lost
         self._reconcile_s = s.reconcile_interval_s
         self._reconciled_at = time.monotonic()
@@ -120,6 +117,7 @@ class BusRouter:
         self.handover = Handover(self)
         self.draining = False  # SIGTERM: its names handed over, none taken any more
         self.dead = DeadHomes(self.bus)  # other processes known dead
+        self.burial = Burial(self.bus, self.homes, self.board.key_of, system)
 
     def start(self) -> BusRouter:
         self.bus.start()
@@ -412,10 +410,7 @@ class BusRouter:
         watched = sorted(set(procs) | self.pending.targets())
         alive = self.bus.alive(watched) | {self.process}
         self.owners.prune(alive)
-        for process in procs:
-            if process not in alive and process not in self._cleaning:
-                self._cleaning.add(process)
-                spawn(self._bury, process)
+        self.burial.bury_dead(procs, alive)
         self.pending.check(alive)
         if not self.draining:  # its names were handed over: none is taken back
             tell(self._system.supervisor, m.EnsureOwners(reassert))
@@ -432,19 +427,3 @@ class BusRouter:
         directory = self._system.directory
         for name in list(self.leases.owned):
             tell(directory.llm(name), m.Reconcile())
-
-    def _bury(self, process: str) -> None:
-        """`process` is dead. Whichever survivor removes it from the set first marks the rows
-        of the sessions homed there `inactive` and tells their names' owners."""
-        try:
-            if not self.bus.redis.srem(self.bus.key("procs"), process):
-                return  # another survivor does it
-            log.warning("bus: process %s is gone; its sessions' rows go inactive", process)
-            self.bus.redis.delete(self.board.key_of(process))
-            for session_id, home in self.homes.all().items():
-                if home.process == process and self.homes.forget(session_id, process):
-                    self._system.home_died(session_id)
-        except Exception:  # noqa: BLE001 - its rows stay as they are; the sweep's heartbeat
-            log.exception("bus: cleaning up after process %s failed", process)
-        finally:
-            self._cleaning.discard(process)

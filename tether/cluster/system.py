@@ -18,6 +18,7 @@ from typing import Any
 import pykka
 
 from tether import errors
+from tether.actors import member_rows
 from tether.actors import messages as m
 from tether.actors.directory import Directory, SessionEntry
 from tether.actors.system import ActorSystem, ask, exit_worker
@@ -252,11 +253,13 @@ class ClusterSystem(ActorSystem):
         except (pykka.ActorDeadError, pykka.Timeout):
             return ()  # it stopped or is stuck: its tasks fail there
 
-    def home_died(self, session_id: str) -> int:
+    def names_of_session(self, session_id: str) -> list[str]:
+        return store.names_of_session(session_id)
+
+    def home_died(self, session_id: str, names: Sequence[str]) -> None:
         """The session's home process died: its rows go inactive (this process noticed
-        first), and the owners of its names learn that its tasks are gone."""
-        names = store.names_of_session(session_id)
+        first; through the write-behind, so an outage that begins now keeps the write), and
+        the owners of its names learn that its tasks are gone."""
         for name in names:
-            store.set_status(name, session_id, INACTIVE)
+            member_rows.set_status(name, session_id, INACTIVE)
             self._router.tell_llm(name, m.StreamLost(session_id, float("-inf"), home_died=True))
-        return len(names)
