@@ -3,8 +3,9 @@
 In a process whose command line holds TETHER_CPUPROF_MATCH, ITIMER_PROF raises SIGPROF after
 every few ms of the process's CPU time (user + system; not wall time) and the handler counts
 the Python stack it interrupted. Every 2 s a plain thread writes the counts, as collapsed
-stacks, to TETHER_CPUPROF_OUT. For `serve` it arms in the forked gunicorn worker (timers
-do not survive a fork), not in the master.
+stacks, to TETHER_CPUPROF_OUT (`{pid}` in it is replaced by the process id: one file per hub
+process of a cluster). For `serve` it arms in the forked gunicorn worker (timers do not
+survive a fork), not in the master.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ def _install(out: str, fork: bool) -> None:
         counts[";".join(reversed(stack))] += 1
 
     def dump_forever() -> None:
+        path = out.replace("{pid}", str(os.getpid()))  # one file per process, if asked
         while True:
             real_sleep(2)
             snapshot = dict(counts)
-            with open(out + ".tmp", "w") as f:
+            with open(path + ".tmp", "w") as f:
                 f.writelines(f"{stack} {n}\n" for stack, n in snapshot.items())
-            os.replace(out + ".tmp", out)
+            os.replace(path + ".tmp", path)
 
     def arm() -> None:
         counts.clear()
