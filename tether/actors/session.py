@@ -176,10 +176,11 @@ class SessionActor(TetherActor):
         if self._closed() and not self._hold(msg):
             self._tasks.answered(msg.task_id)
             error = self._refuse(msg.llm_name)
-            # Draining: the LlmActor (maybe of a live process) keeps the request for the
-            # publisher's next stream, never answers it shutting_down for this process.
-            if not (self._draining and tell(msg.llm, m.TaskReturned(msg.task_id, error,
-                                                                    msg.reply))):
+            # Nothing ran: the LlmActor tries another member (its pool's, or, draining, the
+            # publisher's next stream, maybe on a live process) and answers `error` only
+            # when none is left. A stream that closed while this was on its way (the
+            # LlmActor had not heard yet) no longer fails a request another member can run.
+            if not tell(msg.llm, m.TaskReturned(msg.task_id, error, msg.reply)):
                 msg.reply.put(m.Failed(error))
                 tell(msg.llm, m.TaskEnded(msg.task_id))
             return

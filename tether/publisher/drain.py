@@ -26,6 +26,9 @@ RESULT_POST_WAIT_S = 10.0
 # request waiting at the hub takes the slot that answer freed and is sent at once; refused
 # here it is answered now, where after the close it would wait the hub's publisher_grace_s.
 SETTLE_S = 1.0
+# ... and at most this long in all: a hub that keeps sending (a pool under load routes to a
+# member with free slots) gets each task refused, then moved; the process still ends.
+SETTLE_MAX_S = 3.0
 
 
 class Drain:
@@ -58,12 +61,14 @@ class Drain:
         # while the hub is unreachable), and the stream stays open until it has been quiet
         # for SETTLE_S after them: what the hub sends meanwhile is refused, then answered.
         until = time.monotonic() + RESULT_POST_WAIT_S
+        settled_by: float | None = None
         while True:
             self.task_came.clear()
             gevent.joinall(posts + answers(), timeout=max(0.0, until - time.monotonic()))
             flush(until)  # and what they queued on the result channel
             posts = []
-            if self.hurry.is_set() or time.monotonic() >= until:
+            settled_by = settled_by or time.monotonic() + SETTLE_MAX_S
+            if self.hurry.is_set() or time.monotonic() >= min(until, settled_by):
                 break
             gevent.wait([self.task_came, self.hurry], timeout=SETTLE_S, count=1)
             if not self.task_came.is_set():
