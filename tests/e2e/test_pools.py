@@ -390,23 +390,28 @@ def test_two_real_publishers_lose_no_request_when_one_backend_dies(
                                                             if r.status_code != 200]
 
 
+@pytest.mark.parametrize("grace_s", [0, 10])
 def test_a_member_stopping_under_steady_load_ends_and_loses_no_request(
-        hub, backend_factory, publish_factory):
+        hub_factory, backend_factory, publishing, grace_s):
     """SIGTERM to one member while requests keep coming: the hub keeps sending it tasks
     (it has free slots), each refused `retryable` and run by the other member, and the
     stopping publisher still ends soon after its drain (its wait for a quiet stream is
     bounded), every request answered 200. A task the hub sent to the member as its stream
     closed (its LlmActor had not heard yet) was answered 503 `publisher_offline` while the
-    other member was free (1 run in about 20 under load): it now goes to the other member."""
+    other member was free (1 run in about 20 under load, publisher_grace_s 0): it now goes
+    to the other member. With a grace the stopping member's lost stream is waited for, and
+    no request may wait on it."""
+    hub = hub_factory(publisher_grace_s=grace_s)
     backends = [backend_factory(), backend_factory()]
-    publishes = [publish_factory([{"name": "p", "model": "demo", "base_url": b.base_url,
-                                   "max_concurrency": 2, "pool": True}], drain_timeout_s=1)
+    publishes = [publishing(hub.url, [{"name": "p", "model": "demo", "base_url": b.base_url,
+                                       "max_concurrency": 2, "pool": True}],
+                            drain_timeout_s=1)
                  for b in backends]
     wait_until(lambda: [x["status"] for x in
                         hub.get("/api/v1/llms/p").json().get("members", [])]
                == ["active", "active"], timeout=20)
     # A row is active from its register on, before its stream is open: a request in that
-    # gap is rightly 503 (publisher_grace_s is 0 here).
+    # gap is rightly 503 with publisher_grace_s 0.
     wait_until(lambda: all("connected to " in p.logs() for p in publishes), timeout=20)
     body = {"model": "p", "messages": [{"role": "user", "content": "hi"}],
             "demo_delay_s": 0.05}
