@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.chaos import Listener
 from tests.support.hub import wait_until
 from tests.support.procs import wait_status
 from tether.publisher.channel import ResultChannel
@@ -29,7 +30,7 @@ PER_TASK = "/api/v1/llms/_provider-task/{task_id}/result"
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-class Tap:
+class Tap(Listener):
     """A TCP proxy in front of the hub that sees each channel upload whole. `mode`:
     "refuse" answers it as a hub without the route would (404 not_found); "swallow" lets the
     hub read it but drops the hub's answer and closes the connection, once (a break after
@@ -42,21 +43,7 @@ class Tap:
         self.answers: list[dict] = []
         self.swallowed = 0
         self.refused = 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self._socks.append(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, client: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -129,12 +116,6 @@ class Tap:
             client.shutdown(socket.SHUT_RDWR)  # wakes the forwarding thread too
             return
         client.sendall(answer)
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self._socks:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 def _length(answer: bytes) -> int:

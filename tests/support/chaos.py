@@ -106,15 +106,12 @@ class ChaosProxy:
         self.cut()
 
 
-class LateStream:
-    """A TCP proxy that hands back what answers a request starting with `prefix` (the task
-    stream) `delay_s` late, in order, and passes everything else at once: a slow link, or a
-    hub too busy to write a frame promptly, for the stream alone."""
+class Listener:
+    """A local TCP listener whose every connection is served (`_serve`) in a thread of its
+    own; the sockets kept in `_socks` are shut with it. A subclass sets its own fields
+    before calling this __init__, which starts accepting."""
 
-    def __init__(self, target_port: int, prefix: bytes, delay_s: float) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.prefix = prefix
-        self.delay_s = delay_s
+    def __init__(self) -> None:
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
@@ -130,6 +127,30 @@ class LateStream:
                 return
             self._socks.append(client)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+class LateStream(Listener):
+    """A TCP proxy that hands back what answers a request starting with `prefix` (the task
+    stream) `delay_s` late, in order, and passes everything else at once: a slow link, or a
+    hub too busy to write a frame promptly, for the stream alone."""
+
+    def __init__(self, target_port: int, prefix: bytes, delay_s: float) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.prefix = prefix
+        self.delay_s = delay_s
+        super().__init__()
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
@@ -167,12 +188,3 @@ class LateStream:
             while data := upstream.recv(65536):
                 due.put((time.monotonic() + (self.delay_s if late else 0.0), data))
         due.put((0.0, b""))
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for sock in self._socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
