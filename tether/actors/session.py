@@ -159,7 +159,8 @@ class SessionActor(TetherActor):
 
     def _hold(self, msg: m.SendInfer) -> bool:
         """A task sent while the stream is down waits for the stream like the tasks already
-        sent: up to publisher_grace_s, then publisher_disconnected. (The LlmActor sends only
+        sent (and is offered to its LlmActor like them, for a pool's other members): up to
+        publisher_grace_s, then publisher_disconnected. (The LlmActor sends only
         to members whose stream it knows open, and keeps waiters while a lost stream may
         come back: this is the case of a loss it has not heard of yet.)"""
         if not (not self._stream.is_open and not self._draining
@@ -173,7 +174,8 @@ class SessionActor(TetherActor):
         if self._forward is not None:
             self._forward(msg)
             return
-        if self._closed() and not self._hold(msg):
+        held = self._closed() and self._hold(msg)
+        if self._closed() and not held:
             self._tasks.answered(msg.task_id)
             error = self._refuse(msg.llm_name)
             # Nothing ran: the LlmActor tries another member (its pool's, or, draining, the
@@ -185,6 +187,8 @@ class SessionActor(TetherActor):
                 tell(msg.llm, m.TaskEnded(msg.task_id))
             return
         self._send(self._infer_task(msg))
+        if held:  # offered like the tasks the loss found: in a pool another member runs it
+            self._offers.offer(self._tasks, self._session_id, self.actor_ref)
 
     def _infer_task(self, msg: m.SendInfer) -> OpenTask:
         """The task of `msg`, its timer armed and its client told it is dispatched."""
