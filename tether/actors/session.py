@@ -159,10 +159,9 @@ class SessionActor(TetherActor):
 
     def _hold(self, msg: m.SendInfer) -> bool:
         """A task sent while the stream is down waits for the stream like the tasks already
-        sent (and is offered to its LlmActor like them, for a pool's other members): up to
-        publisher_grace_s, then publisher_disconnected. (The LlmActor sends only
-        to members whose stream it knows open, and keeps waiters while a lost stream may
-        come back: this is the case of a loss it has not heard of yet.)"""
+        sent (and is offered like them): up to publisher_grace_s, then publisher_disconnected.
+        (The LlmActor sends only to members whose stream it knows open, and keeps waiters
+        while a lost stream may come back: this is the case of a loss it has not heard of.)"""
         if not (not self._stream.is_open and not self._draining
                 and not self._tasks.full and self._settings.publisher_grace_s > 0):
             return False
@@ -178,10 +177,8 @@ class SessionActor(TetherActor):
         if self._closed() and not held:
             self._tasks.answered(msg.task_id)
             error = self._refuse(msg.llm_name)
-            # Nothing ran: the LlmActor tries another member (its pool's, or, draining, the
-            # publisher's next stream, maybe on a live process) and answers `error` only
-            # when none is left. A stream that closed while this was on its way (the
-            # LlmActor had not heard yet) no longer fails a request another member can run.
+            # Nothing ran: the LlmActor tries another member (its pool's, or the publisher's
+            # next stream when draining) and answers `error` only when none is left.
             if not tell(msg.llm, m.TaskReturned(msg.task_id, error, msg.reply)):
                 msg.reply.put(m.Failed(error))
                 tell(msg.llm, m.TaskEnded(msg.task_id))
