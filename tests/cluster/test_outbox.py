@@ -8,6 +8,7 @@ failure."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -81,13 +82,25 @@ def outbox_to(url: str) -> tuple[Outbox, Any]:
     return Outbox(client, channel, sending), channel
 
 
-def test_every_destination_hears_what_it_was_sent_in_order(
-        redis_db: Database, proxy: ChaosProxy) -> None:
-    outbox, channel = outbox_to(via(proxy, redis_db.url))
-    listener = Listener(redis_db.url, ["a", "b"], channel)
-    proxy.latency_s = (0.001, 0.005)  # each turn's round trip is slow: the queue fills
+@contextlib.contextmanager
+def running(url: str, listen_url: str,
+            processes: list[str]) -> Iterator[tuple[Outbox, Listener]]:
+    """An outbox on `url` draining, and a Listener on `listen_url` to `processes`' channels;
+    both stopped after."""
+    outbox, channel = outbox_to(url)
+    listener = Listener(listen_url, processes, channel)
     outbox.start()
     try:
+        yield outbox, listener
+    finally:
+        outbox.stop()
+        listener.close()
+
+
+def test_every_destination_hears_what_it_was_sent_in_order(
+        redis_db: Database, proxy: ChaosProxy) -> None:
+    proxy.latency_s = (0.001, 0.005)  # each turn's round trip is slow: the queue fills
+    with running(via(proxy, redis_db.url), redis_db.url, ["a", "b"]) as (outbox, listener):
         sent: dict[str, list[int]] = {"a": [], "b": []}
         heard = []
         for n in range(3 * BATCH):  # more than a pipeline holds: several turns
@@ -99,17 +112,11 @@ def test_every_destination_hears_what_it_was_sent_in_order(
                 outbox.post(process, {"n": n})
         assert heard == [True] * len(heard)
         wait_until(lambda: listener.heard == sent, timeout=30)
-    finally:
-        outbox.stop()
-        listener.close()
 
 
 def test_nothing_waits_behind_a_batch_redis_left_unanswered(
         redis_db: Database, proxy: ChaosProxy) -> None:
-    outbox, channel = outbox_to(via(proxy, redis_db.url))
-    listener = Listener(redis_db.url, ["a"], channel)
-    outbox.start()
-    try:
+    with running(via(proxy, redis_db.url), redis_db.url, ["a"]) as (outbox, listener):
         assert outbox.send("a", {"n": 1}) is True  # connected through the proxy: heard
         assert outbox.send("nobody", {"n": 0}) is False  # published, nobody listens there
 
@@ -137,43 +144,31 @@ def test_nothing_waits_behind_a_batch_redis_left_unanswered(
         outbox.post("a", {"n": 5})
         assert outbox.send("a", {"n": 6}) is True
         wait_until(lambda: listener.heard["a"] == [1, 4, 3, 5, 6], timeout=30)
-    finally:
-        outbox.stop()
-        listener.close()
 
 
 def test_a_redis_that_refuses_is_not_heard_and_the_outbox_recovers(
         redis_db: Database, proxy: ChaosProxy) -> None:
-    outbox, channel = outbox_to(via(proxy, redis_db.url))
-    listener = Listener(redis_db.url, ["a"], channel)
-    outbox.start()
     port = proxy.port
     again = None
     try:
-        assert outbox.send("a", {"n": 1}) is True
-        proxy.close()  # connections reset, and new ones refused
-        outbox.post("a", {"n": 2})  # lost, as a PUBLISH to a Redis that refuses is
-        assert outbox.send("a", {"n": 3}) is False
-        again = ChaosProxy(proxy.target[1], port=port)  # Redis is back
-        assert outbox.send("a", {"n": 4}) is True
-        wait_until(lambda: listener.heard["a"][-1:] == [4], timeout=30)
-        assert 3 not in listener.heard["a"]
+        with running(via(proxy, redis_db.url), redis_db.url, ["a"]) as (outbox, listener):
+            assert outbox.send("a", {"n": 1}) is True
+            proxy.close()  # connections reset, and new ones refused
+            outbox.post("a", {"n": 2})  # lost, as a PUBLISH to a Redis that refuses is
+            assert outbox.send("a", {"n": 3}) is False
+            again = ChaosProxy(proxy.target[1], port=port)  # Redis is back
+            assert outbox.send("a", {"n": 4}) is True
+            wait_until(lambda: listener.heard["a"][-1:] == [4], timeout=30)
+            assert 3 not in listener.heard["a"]
     finally:
-        outbox.stop()
-        listener.close()
         if again is not None:
             again.close()
 
 
 def test_once_stopped_a_sender_publishes_itself(redis_db: Database) -> None:
-    outbox, channel = outbox_to(redis_db.url)
-    listener = Listener(redis_db.url, ["a"], channel)
-    outbox.start()
-    try:
+    with running(redis_db.url, redis_db.url, ["a"]) as (outbox, listener):
         outbox.post("a", {"n": 1})
         outbox.stop()  # what was queued goes out first
         assert outbox.send("a", {"n": 2}) is True
         outbox.post("a", {"n": 3})
         wait_until(lambda: listener.heard["a"] == [1, 2, 3], timeout=30)
-    finally:
-        listener.close()
