@@ -173,8 +173,8 @@ class SessionActor(TetherActor):
         if self._forward is not None:
             self._forward(msg)
             return
-        held = self._closed() and self._hold(msg)
-        if self._closed() and not held:
+        closed = self._closed()
+        if closed and not self._hold(msg):
             self._tasks.answered(msg.task_id)
             error = self._refuse(msg.llm_name)
             # Nothing ran: the LlmActor tries another member (its pool's, or the publisher's
@@ -184,7 +184,7 @@ class SessionActor(TetherActor):
                 tell(msg.llm, m.TaskEnded(msg.task_id))
             return
         self._send(self._infer_task(msg))
-        if held:  # offered like the tasks the loss found: in a pool another member runs it
+        if closed:  # held (_hold), and offered like the tasks the loss found (pools)
             self._offers.offer(self._tasks, self._session_id, self.actor_ref)
 
     def _infer_task(self, msg: m.SendInfer) -> OpenTask:
