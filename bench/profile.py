@@ -1,11 +1,12 @@
 """Where a process of the relay spends its CPU (issue 13):
-`python -m bench.profile [hub|publisher|backend] [--requests N] [--stream]`.
+`python -m bench.profile [hub|publisher|backend] [--requests N] [--stream] [--sessions N]`.
 
 py-spy samples the threads that are running or runnable: on this loaded 2-core machine it
 charged the hub's socket sends with the time the worker, preempted there, waited for a CPU.
 This profile counts CPU time only: bench/cpuprof/sitecustomize.py samples the Python stack
 after every few ms of the process's user + system time. It relays N non-streamed requests
-(or 64-stream rounds of 200 chunks) through a fresh stack and prints the top functions by
+(or 64-stream rounds of 200 chunks, or opens N idle publisher sessions as bench/sessions.py
+does) through a fresh stack and prints the top functions by
 self and by total share; the collapsed stacks (flamegraph.pl or speedscope input) are in
 bench/results/profile-<process>.txt.
 """
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("process", nargs="?", default="hub", choices=sorted(PROCESS_ARGV))
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--stream", action="store_true", help="64 streams x 200 chunks, 6 times")
+    parser.add_argument("--sessions", type=int, default=0,
+                        help="open this many idle publisher sessions instead (hub only)")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
     out = HERE / "results" / f"profile-{args.process}.txt"
@@ -69,13 +72,19 @@ def main() -> None:
     import gevent
 
     from bench.client import CHAT, relay_n, stream_once
+    from bench.sessions import open_sessions
     from bench.stack import Stack
 
-    with Stack() as stack:
-        relay_n(stack.hub, 400, 16)  # warm up
+    with Stack(publisher=not args.sessions) as stack:
+        if not args.sessions:
+            relay_n(stack.hub, 400, 16)  # warm up
         time.sleep(2.5)  # the sampler's next write holds the warm-up: subtracted below
         before = read(out)
-        if args.stream:
+        if args.sessions:
+            streams, *_ = open_sessions(stack.hub, stack.hub_worker_pid(), args.sessions)
+            for conn in streams:
+                conn.close()
+        elif args.stream:
             body = {**CHAT, "stream": True, "max_tokens": 200}
             for _ in range(6):
                 jobs = [gevent.spawn(stream_once, stack.hub, "/v1/chat/completions", body)
