@@ -315,3 +315,27 @@ def test_two_members_registering_a_new_pool_name_at_once_both_join(monkeypatch):
     assert both_read.n_waiting == 0 and not both_read.broken
     assert {x.session_id for x in store.members_of(["shared"])["shared"]} == {"s1", "s2"}
     assert all(d.rows[0].name == "shared" for d in done)
+
+
+def test_registrations_written_together_refuse_only_their_own(monkeypatch):
+    """Group commit (issue 26, part 4): one transaction for the group, one commit, a
+    savepoint each. A refused registration rolls back its own writes only; a later one sees
+    an earlier one's writes, as if they had run one after the other."""
+    store.register("s0", [spec("taken")])
+    real_commit, commits = db.database.obj.commit, []
+    monkeypatch.setattr(db.database.obj, "commit", lambda: commits.append(1) or real_commit())
+    who = store.Registrant()
+    outcomes = store.register_many([
+        ("s1", [spec("a")], who),
+        ("s2", [spec("b"), spec("taken")], who),  # refused: its "b" must not stay
+        ("s3", [spec("c")], who),
+        ("s4", [spec("a")], who),  # s1's, written just before in the same transaction
+    ])
+    assert len(commits) == 1
+    assert [type(x).__name__ for x in outcomes] == [
+        "Registered", "TetherError", "Registered", "TetherError"]
+    assert outcomes[1].code == outcomes[3].code == "llm_owned_by_other_session"
+    assert [outcomes[0].rows[0].name, outcomes[2].rows[0].name] == ["a", "c"]
+    assert store.get("b") is None
+    assert store.get("a").provider_session_id == "s1"
+    assert [x.session_id for x in store.members_of(["c"])["c"]] == ["s3"]

@@ -1,12 +1,10 @@
 """Supervisor: starts, finds, restarts and retires the children; owns the directory.
 
-Registration runs here so that registrations and retirements are serialized against each
-other: a row cannot be deleted by the sweep while it is being re-taken.
-
-A child that crashes answers its own waiters (on_failure) and reports here; it is rebuilt
-from the store. Like an Erlang supervisor, restarts are bounded (restarts.py): more than
-MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its rows `inactive`. What the
-sweep retires, idle sessions and expired members, is decided in retention.py.
+Registration runs here, serialized with retirements: the sweep cannot delete a row while it
+is being re-taken. A child that crashes answers its own waiters (on_failure) and reports
+here; it is rebuilt from the store. Like an Erlang supervisor, restarts are bounded
+(restarts.py): more than MAX_RESTARTS within RESTART_WINDOW_S and the child stays down, its
+rows `inactive`. What the sweep retires (idle sessions, expired members): retention.py.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from tether import errors
 from tether.actors import aliases
 from tether.actors import messages as m
 from tether.actors.directory import Directory, Index, SessionEntry
+from tether.actors.group_commit import Group
 from tether.actors.llm import LlmActor
 from tether.actors.open_tasks import TaskBoard
 from tether.actors.pool import InFlightBoard
@@ -104,10 +103,9 @@ class Supervisor(TetherActor):
     asked: tuple[type, ...] = (m.Register, m.ReportStatus)
 
     def on_receive(self, message: Any) -> Any:
-        """An engine's outage is not this actor's fault: an ask is answered with it (503),
-        a tell is given up in one log line (what it would have changed is read again from
-        the store, or corrected by the next tick), and the supervisor goes on: a crash would
-        restart it, and a restart during an outage would read the store and crash again."""
+        """An engine's outage is not this actor's fault: an ask is answered with it (503), a
+        tell is given up in one log line (the store or the next tick corrects it), and the
+        supervisor goes on: a restart during an outage would read the store and crash."""
         try:
             return super().on_receive(message)
         except Exception as exc:
@@ -157,9 +155,8 @@ class Supervisor(TetherActor):
         for entry in self._sessions.values():
             for name in entry.names:
                 self._members[name] = (*self._members.get(name, ()), entry.session_id)
-        # Which streams are open died with the old supervisor. The LlmActors still know for
-        # their members; for a member joining later, "live" errs on the side of trying (a
-        # session without a stream refuses the task) rather than of never serving it.
+        # Which streams are open died with it. The LlmActors still know; for a member joining
+        # later, "live" errs on trying (a streamless session refuses the task).
         self._live = set(self._sessions)
         # A child whose crash report went to the dead supervisor is rebuilt now.
         for session_id, entry in list(self._sessions.items()):
@@ -268,16 +265,22 @@ class Supervisor(TetherActor):
     # --- messages ------------------------------------------------------------------------
 
     def _on_register(self, msg: m.Register) -> tuple[str, store.Registered]:
-        session_id = msg.session_id or str(uuid.uuid4())
-        # Raises on conflict, applying nothing.
-        done = store.register(session_id, msg.providers,
-                              store.Registrant(msg.key_name, msg.admin,
-                                              self._settings.max_llms_per_key))
+        """With the registrations queued behind it, in one transaction: group_commit.py."""
+        group = Group(self.actor_inbox, msg, self._outage_error)
+        ids = [x.session_id or str(uuid.uuid4()) for x in group.messages]
+        limit = self._settings.max_llms_per_key
+        written = group.run(store.register_many, [
+            (i, x.providers, store.Registrant(x.key_name, x.admin, limit))
+            for i, x in zip(ids, group.messages, strict=True)])
+        outcomes = group.each(self._registered, zip(ids, written, strict=True))
+        self._publish_directory()
+        return group.answer(outcomes)
+
+    def _registered(self, session_id: str, done: store.Registered) -> tuple[str, Any]:
         for row in done.rows:
             # A status kept from before (an outage) is older than this registration.
             WRITES.discard((row.name, session_id, "status"))
             self._adopt_row(row, done.members[row.name], registered=session_id)
-        self._publish_directory()
         return session_id, done
 
     def _on_stream_lost(self, msg: m.SessionStreamLost) -> None:
@@ -379,8 +382,7 @@ class Supervisor(TetherActor):
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                # Rebuilt from the store once it answers; a request meanwhile is answered
-                # 503 database_unavailable (its actor is down, its row unreadable).
+                # Rebuilt once the store answers; meanwhile 503 database_unavailable.
                 if not msg.retry:
                     log.warning("the actor of Llm %r waits for the database to restart (%s)",
                                 msg.key, " ".join(str(exc).split()))
@@ -404,9 +406,8 @@ class Supervisor(TetherActor):
 
     def _inventory(self, name: str, ref: pykka.ActorRef,
                    infos: tuple[m.MemberInfo, ...]) -> None:
-        """The tasks of `name` still running at its members' sessions report to its new
-        actor, which counts them in flight again (no member goes above its
-        maxConcurrency). A session that is gone has none to report."""
+        """The tasks of `name` still running at its members' sessions report to its new actor,
+        which counts them in flight again (no member goes above its maxConcurrency)."""
         for info in infos:
             if not tell(info.session.ref, m.LlmRestarted(name, ref)):
                 tell(ref, m.TasksInFlight(info.session.session_id, ()))
@@ -420,9 +421,8 @@ class Supervisor(TetherActor):
         for name in old.names:
             llm = self._llm(name)
             tell(llm, m.Relink(link))
-            # The new actor has no stream: the rows go inactive as on a stream loss, and
-            # the publisher's reconnect takes them back (its register, or its new stream:
-            # a loss from before the registration never sticks).
+            # The new actor has no stream: the rows go inactive as on a stream loss, and the
+            # publisher's register or new stream takes them back (an older loss never sticks).
             tell(llm, m.StreamLost(session_id, float("-inf")))
         log.warning("restarted the actor of session %r", session_id)
 

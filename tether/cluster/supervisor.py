@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from typing import Any
 
 import pykka
@@ -134,15 +133,9 @@ class ClusterSupervisor(Supervisor):
         if owner is not None:
             self._router.supervise(owner, "reload_llm", row.name, registered)
 
-    def _on_register(self, msg: m.Register) -> tuple[str, store.Registered]:
-        session_id = msg.session_id or str(uuid.uuid4())
+    def _registered(self, session_id: str, done: store.Registered) -> tuple[str, Any]:
         home = self._router.homes.live_home(session_id)
-        elsewhere = home is not None and home.process != self._home
-        done = store.register(session_id, msg.providers,
-                              store.Registrant(msg.key_name, msg.admin,
-                                              self._settings.max_llms_per_key))
-        if elsewhere:
-            assert home is not None
+        if home is not None and home.process != self._home:
             self._router.supervise(home.process, "reload_session", session_id)
         else:
             entry = self._session_entry(session_id)
@@ -150,7 +143,6 @@ class ClusterSupervisor(Supervisor):
             self._router.homes.set(session_id, entry.slot, session_id in self._live)
         for row in done.rows:
             self._adopt_row(row, done.members[row.name], registered=session_id)
-        self._publish_directory()
         return session_id, done
 
     def _on_report_status(self, msg: m.ReportStatus) -> list[pykka.Future]:

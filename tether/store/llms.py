@@ -105,12 +105,10 @@ REGISTER_TRIES = 3
 def register(session_id: str, providers: Sequence[dict[str, Any]],
              who: Registrant = Registrant()) -> Registered:
     """Apply a registration atomically: every provider is accepted or none (docs/protocol.md,
-    Register and Pools).
-
-    Two pool members registering a new name at once (two hub processes) both read "no such
-    name" and both insert it: the second insert fails on the name's uniqueness, its
-    transaction rolls back, and it is tried again, when it finds the row and joins.
-    """
+    Register and Pools). Two pool members registering a new name at once (two hub
+    processes) both read "no such name" and both insert it: the second insert fails on the
+    name's uniqueness, its transaction (or savepoint) rolls back, and it is tried again,
+    when it finds the row and joins."""
     for attempt in range(REGISTER_TRIES):
         try:
             return _register(session_id, providers, who)
@@ -118,6 +116,27 @@ def register(session_id: str, providers: Sequence[dict[str, Any]],
             if attempt == REGISTER_TRIES - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def register_many(
+    group: Sequence[tuple[str, Sequence[dict[str, Any]], Registrant]],
+) -> list[Registered | Exception]:
+    """Registrations in order, in one transaction (tether/actors/group_commit.py), each in a
+    savepoint: one refused rolls back only its own writes and its error is its outcome. A
+    failure of the transaction itself (an outage) raises."""
+    if len(group) == 1:  # no savepoint needed
+        try:
+            return [register(*group[0])]
+        except (errors.TetherError, peewee.IntegrityError) as exc:
+            return [exc]
+    outcomes: list[Registered | Exception] = []
+    with connection() as db, db.atomic():
+        for session_id, providers, who in group:
+            try:
+                outcomes.append(register(session_id, providers, who))  # nested: a savepoint
+            except (errors.TetherError, peewee.IntegrityError) as exc:
+                outcomes.append(exc)
+    return outcomes
 
 
 def _register(session_id: str, providers: Sequence[dict[str, Any]],
