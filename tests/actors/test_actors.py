@@ -51,6 +51,7 @@ def test_stream_loss_fails_open_tasks_and_marks_active_rows_inactive(system):
     system.register("s1", [provider("a"), provider("b", "hibernating")])
     outbox = Outbox(system)
     token = system.open_stream("s1", outbox.queue, None)
+    assert outbox.frames()[0].event == "hello"  # what the publisher waits for
     reply = system.infer("a", REQ, False, "chat/completions")
     assert isinstance(dispatched(reply), m.Dispatched)
     system.close_stream("s1", token)

@@ -264,6 +264,16 @@ class OpenStream:
     outbox: queue.Queue = field(compare=False)
     last_event_id: str | None = None  # as the publisher sent it: FrameIds.parse reads it
     names: tuple[str, ...] = ()  # what the session publishes: the `hello` frame lists them
+    token: int = 0  # handed back in its StreamClosed: which stream ended
+    opened_at: float = 0.0  # time.monotonic() at the request: before any later registration
+
+
+@dataclass(frozen=True)
+class StreamAnnounced:
+    """From the supervisor: the LlmActors heard that stream `token` opened (its `hello` may
+    go out: a member gets work as soon as its publisher sees `hello`, never a 503 before)."""
+
+    token: int
 
 
 @dataclass(frozen=True)
@@ -391,7 +401,8 @@ LlmMessage: TypeAlias = (
 # A public Llm's actor takes only what may reach it: its infers, their ends, a withdrawal.
 PublicLlmMessage: TypeAlias = Infer | Withdraw | TaskEnded | Retire
 SessionMessage: TypeAlias = (
-    OpenStream | LlmRestarted | CountTasks | StreamClosed | SendInfer | ReleaseTasks | SendWake
+    OpenStream | StreamAnnounced | LlmRestarted | CountTasks | StreamClosed | SendInfer
+    | ReleaseTasks | SendWake
     | SubmitResult | CancelTask | TaskTimedOut | GraceExpired | Drain | DrainExpired
     | Evict | AdoptTasks  # with a bus (tether.cluster); Evict goes to the supervisor first
 )

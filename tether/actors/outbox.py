@@ -22,13 +22,14 @@ class Close:
 
 
 class Stream:
-    """The stream of one session open now, if any. Each stream opened gets a new `token`
-    (the writer hands it back when the stream ends: an older stream's end is no loss);
+    """The stream of one session open now, if any. Each stream opened comes with a new
+    `token` (its writer hands it back when it ends: an older stream's end is no loss);
     `opened_at` (monotonic) tells whether a loss predates a registration."""
 
     def __init__(self, session_id: str) -> None:
         self._session_id = session_id
         self.outbox: queue.Queue | None = None
+        self.announced = False  # its `hello` went out: it carries tasks
         self.token = 0
         self.opened_at = 0.0
         self._replaced: deque[float] = deque()  # when a stream replaced a live one
@@ -36,29 +37,44 @@ class Stream:
 
     @property
     def is_open(self) -> bool:
-        return self.outbox is not None
+        """Open and announced: tasks go out on it."""
+        return self.outbox is not None and self.announced
+
+    @property
+    def pending(self) -> bool:
+        """Opened, its `hello` not yet out: tasks sent now wait for it (they go after)."""
+        return self.outbox is not None and not self.announced
+
+    def announce(self, token: int) -> bool:
+        """Stream `token` may carry tasks now; False if it ended or was replaced since."""
+        if not self.is_current(token) or self.announced:
+            return False
+        self.announced = True
+        return True
 
     def is_current(self, token: int) -> bool:
         return token == self.token and self.outbox is not None
 
-    def open(self, outbox: queue.Queue) -> int:
+    def open(self, outbox: queue.Queue, token: int, opened_at: float) -> None:
         if self.outbox is not None:
             self.outbox.put(Close())  # a second stream replaces the first
             self._note_replaced()
-        self.token += 1
+        self.token = token
         self.outbox = outbox
-        self.opened_at = time.monotonic()
-        return self.token
+        self.announced = False
+        self.opened_at = opened_at
 
     def put(self, frame: str) -> None:
         """A frame for the publisher, if a stream is open (else the caller holds it)."""
-        if self.outbox is not None:
+        if self.is_open:
+            assert self.outbox is not None
             self.outbox.put(frame)
 
     def close(self, retry_ms: int | None = None) -> None:
         if self.outbox is not None:
             self.outbox.put(Close(retry_ms=retry_ms))
             self.outbox = None
+            self.announced = False
 
     def _note_replaced(self) -> None:
         """Two live processes on one session id take the stream from each other forever:

@@ -1,6 +1,6 @@
-"""SessionActor: one per publisher session. Owns the SSE outbox, the open tasks and the frames
-kept for Last-Event-ID replay (in an OpenTasks: tether/actors/open_tasks.py), and the grace
-timer after a drop; what it offered its LlmActors after a drop is in an Offers (offers.py)."""
+"""SessionActor: one per publisher session. Owns the SSE outbox, the open tasks and frames kept
+for Last-Event-ID replay (OpenTasks: open_tasks.py), the grace timer after a drop, and what
+it offered its LlmActors after one (Offers: offers.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from typing import Any, assert_never, cast
 
 from tether import errors
 from tether.actors import messages as m
+from tether.actors.greeting import greet
 from tether.actors.offers import Offers
 from tether.actors.open_tasks import OpenTask, OpenTasks, TaskBoard, outcome_label, wake_error
-from tether.actors.outbox import Stream
+from tether.actors.outbox import Close, Stream
 from tether.actors.reconcile import inventory
 from tether.actors.task_ids import FrameIds
-from tether.common import sse, task_wire
+from tether.common import task_wire
 from tether.common.actor import Parent, TetherActor, tell
 from tether.common.runtime import Timer, call_later
 from tether.config import Settings
@@ -27,8 +28,8 @@ from tether.observability import metrics
 
 log = logging.getLogger("tether.session")
 
-# An evicted session (its stream opened on another process) passes on what is still sent to
-# it this long: the LlmActors hear of the move by then (a bus hop or two).
+# An evicted session (its stream opened elsewhere) passes on what is sent to it this long:
+# its LlmActors hear of the move by then.
 FORWARD_S = 5.0
 
 
@@ -49,11 +50,14 @@ class SessionActor(TetherActor):
         self._draining = False
         self._drained: queue.Queue | None = None  # told once the drain is over
         self._forward: Callable[[Any], None] | None = None  # evicted: tasks go there
+        self._opening: m.OpenStream | None = None  # its `hello` waits for StreamAnnounced
 
     def receive(self, message: m.SessionMessage) -> Any:
         match message:
             case m.OpenStream():
-                return self._on_open_stream(message)
+                self._on_open_stream(message)
+            case m.StreamAnnounced():
+                self._on_stream_announced(message)
             case m.StreamClosed():
                 self._on_stream_closed(message)
             case m.GraceExpired():
@@ -87,30 +91,27 @@ class SessionActor(TetherActor):
 
     # --- the stream ----------------------------------------------------------------------
 
-    def _on_open_stream(self, msg: m.OpenStream) -> int:
-        token = self._stream.open(msg.outbox)
+    def _on_open_stream(self, msg: m.OpenStream) -> None:
+        self._stream.open(msg.outbox, msg.token, msg.opened_at)  # replaces an older one
+        self._opening = msg
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        tell(self._supervisor.ref, m.SessionStreamOpened(self._session_id))
-        hello = task_wire.hello(self._session_id, self._settings.heartbeat_interval_s,
-                                list(msg.names))
-        msg.outbox.put(sse.frame("hello", sse.dumps(hello)))
-        for frame in self._tasks.unsent_cancels():  # cancels made while it was down
-            msg.outbox.put(frame)
-        frames = self._tasks.replay(msg.last_event_id)
-        if frames is not None:  # a resume: the publisher holds the tasks up to its id
-            for frame in frames:
-                msg.outbox.put(frame)
-            return token
-        # The publisher holds none of the open tasks. Those that produced nothing go again
-        # as new frames; the others cannot be resumed.
-        for task in self._tasks.in_frame_order():
+        # `hello` waits for the supervisor to tell the LlmActors first (StreamAnnounced).
+        tell(self._supervisor.ref, m.SessionStreamOpened(self._session_id, msg.token,
+                                                         self.actor_ref))
+
+    def _on_stream_announced(self, msg: m.StreamAnnounced) -> None:
+        if not self._stream.announce(msg.token) or self._opening is None:
+            return  # it ended or was replaced meanwhile
+        opening, self._opening = self._opening, None  # the current stream's (its token's)
+        # A publisher holding none of the tasks gets those that produced nothing again.
+        for task in greet(opening, self._session_id, self._settings.heartbeat_interval_s,
+                          self._tasks):
             if task.chunks_seen:
                 self._finish(task, m.Failed(errors.PUBLISHER_DISCONNECTED(name=task.llm_name)))
             else:
                 self._send(task)
-        return token
 
     def _on_stream_closed(self, msg: m.StreamClosed) -> None:
         if not self._stream.is_current(msg.token):
@@ -155,13 +156,13 @@ class SessionActor(TetherActor):
         return errors.PUBLISHER_OFFLINE(name=name)
 
     def _closed(self) -> bool:
-        return not self._stream.is_open or self._draining or self._tasks.full
+        """A stream about to say `hello` is open: what is sent now goes out after it."""
+        return not (self._stream.is_open or self._stream.pending) or self._draining \
+            or self._tasks.full
 
     def _hold(self, msg: m.SendInfer) -> bool:
-        """A task sent while the stream is down waits for the stream like the tasks already
-        sent (and is offered like them): up to publisher_grace_s, then publisher_disconnected.
-        (The LlmActor sends only to members whose stream it knows open, and keeps waiters
-        while a lost stream may come back: this is the case of a loss it has not heard of.)"""
+        """A task sent while the stream is down (a loss its LlmActor has not heard of) waits
+        for it like those already sent, and is offered like them: up to publisher_grace_s."""
         if not (not self._stream.is_open and not self._draining
                 and not self._tasks.full and self._settings.publisher_grace_s > 0):
             return False
@@ -317,11 +318,9 @@ class SessionActor(TetherActor):
         self._finish(task, None)  # the client is gone or was already answered
 
     def _on_evict(self, msg: m.Evict) -> tuple[m.SendInfer | m.SendWake, ...]:
-        """Its stream opened on another process (a take-over). The publisher holds none of
-        the tasks here (an id this process sent replays nothing there): those that produced
-        nothing move to the new home, which sends them again as new frames (answered here,
-        in frame order); the others fail. The stream ends without a stream loss (the rows
-        stay as they are)."""
+        """Its stream opened on another process (a take-over), where the publisher holds none
+        of the tasks here: those that produced nothing move to the new home, which sends them
+        again (answered here, in frame order); the others fail. No stream loss is told."""
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -423,9 +422,8 @@ class SessionActor(TetherActor):
         tell(self._supervisor.ref, m.ChildFailed("session", self._session_id, self.actor_ref))
 
     def on_orphan(self, message: Any) -> None:
-        """A task sent here that the crash left unsent: its client is answered and its
-        Llm frees the slot; a wake fails (the Llm moves on); a drain counts this session
-        as drained (the stream closed with the crash)."""
+        """What the crash left here: a task's client is answered and its Llm frees the
+        slot; a wake fails (the Llm moves on); a drain counts this session as drained."""
         actor = f"session actor of {self._session_id!r}"
         error = errors.ACTOR_RESTARTED(actor=actor, why="failed and is being restarted")
         match message:
@@ -436,6 +434,8 @@ class SessionActor(TetherActor):
                 tell(message.llm, m.WakeFailed(message.task_id, error))
             case m.Drain() if message.drained is not None:
                 message.drained.put(self._session_id)
+            case m.OpenStream():  # ended: its publisher opens one at the restarted actor
+                message.outbox.put(Close())
             case _:
                 pass
 

@@ -87,7 +87,10 @@ class Supervisor(TetherActor):
             case m.SessionStreamLost():
                 self._on_stream_lost(message)
             case m.SessionStreamOpened():
-                self._on_stream_opened(message)
+                try:
+                    self._on_stream_opened(message)
+                finally:  # its `hello` waits for this, whatever happened here
+                    tell(message.session, m.StreamAnnounced(message.token))
             case m.RetireExpired():
                 self._on_retire_expired(message)
             case m.ReportStatus():
@@ -221,8 +224,7 @@ class Supervisor(TetherActor):
 
     def _adopt_row(self, row: Llm, members: list[LlmMember],
                    registered: str | None = None) -> None:
-        """Start or update the LlmActor of `row` with its members (docs/protocol.md, Pools),
-        filed under their sessions."""
+        """Start or update the LlmActor of `row` with its members (protocol.md, Pools)."""
         state = m.LlmState(row.name, row.kind, row.provider_session_id, row.status)
         infos = self._member_infos(members)
         now = tuple(i.session.session_id for i in infos)
@@ -315,8 +317,7 @@ class Supervisor(TetherActor):
                 for name, status in msg.updates]
 
     def _on_withdraw(self, msg: m.WithdrawNames) -> None:
-        """The session's members leave (the store refuses, applying nothing, if one name is
-        another's); serialized with registrations, like every change of members."""
+        """The session's members leave (the store refuses all if one name is another's)."""
         changed = store.withdraw(msg.session_id, msg.names)
         settle(changed, self._adopt_row, self._gone)  # a pool goes on without this member
         self._names_changed(msg.session_id)
@@ -330,8 +331,7 @@ class Supervisor(TetherActor):
         self._withdrawn.add(name)
 
     def _names_changed(self, session_id: str) -> None:
-        """The session's names changed in the store (here, _adopt_row and _retire keep
-        them)."""
+        """The session's names changed in the store (_adopt_row and _retire keep them here)."""
 
     def _on_retire_expired(self, msg: m.RetireExpired) -> None:
         if self._forget_idle_sessions():  # first: it needs no database
@@ -340,8 +340,8 @@ class Supervisor(TetherActor):
             self._publish_directory()
 
     def _forget_idle_sessions(self) -> bool:
-        """Forget the sessions idle for inactive_retention_s (retention.py): their actor,
-        directory entry and slot (and, with a bus, their home in Redis)."""
+        """Forget the sessions idle for inactive_retention_s (retention.py): actor, entry,
+        slot (and, with a bus, home in Redis)."""
         doomed = self._idle.expired(self._sessions, self._live, time.monotonic())
         for session_id in doomed:
             self._forget_session(session_id)

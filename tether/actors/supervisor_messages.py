@@ -46,7 +46,12 @@ class SessionStreamLost:
 
 @dataclass(frozen=True)
 class SessionStreamOpened:
+    """The session's stream `token` opened: once its LlmActors are told, the session is told
+    (StreamAnnounced) and writes `hello`."""
+
     session_id: str
+    token: int = 0
+    session: Any = field(default=None, compare=False)  # the SessionActor's ref
 
 
 @dataclass(frozen=True)

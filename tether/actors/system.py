@@ -9,6 +9,7 @@ lives, the supervisor it starts) and answers what the other processes ask of thi
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -80,6 +81,7 @@ class ActorSystem:
         # microseconds: below 2**53, safe in any JSON reader) so that an id a publisher kept
         # from an earlier hub process is never taken for one this process sent.
         self._frame_ids = FrameIds(time.time_ns() // 1000)
+        self._stream_tokens = itertools.count(1)  # which stream of a session ended
         # The open tasks of every session here, written by their session actors: a result
         # POST is checked against it and then told, never asked (submit_result).
         self._tasks = TaskBoard()
@@ -138,8 +140,7 @@ class ActorSystem:
                              self._root_failed)
 
     def _root_failed(self, ref: pykka.ActorRef) -> None:
-        """A root actor crashed (called from its own on_failure): restart it, with the
-        children's bounded intensity; past it, `on_fatal`."""
+        """A root actor crashed (from its on_failure): restart it, bounded; past it, on_fatal."""
         if not self._running:
             return
         urn = ref.actor_urn
@@ -195,8 +196,7 @@ class ActorSystem:
         return True
 
     def stop(self) -> None:
-        """Stop the parts that started, the last first; one failing to stop does not keep
-        the others running."""
+        """Stop the parts that started, the last first, each even if one fails to stop."""
         self._running = False  # from now on a root actor's end is no crash to restart
         while self._started:
             part, stop = self._started.pop()
@@ -231,8 +231,8 @@ class ActorSystem:
 
     def read(self, rows: Sequence[Llm],
              members: Mapping[str, Sequence[LlmMember]] | None = None) -> list[dict[str, Any]]:
-        """Rows on the wire: every virtual Llm with its members and their live inFlight
-        (`members`: each virtual row's, when the caller has them already)."""
+        """Rows on the wire, virtual ones with their members (`members`, if the caller has
+        them) and their live inFlight."""
         if members is None:
             members = store.members_of([row.name for row in rows if row.kind != KIND_PUBLIC])
         counts = self._member_counts(sorted(members))
@@ -315,16 +315,15 @@ class ActorSystem:
             raise errors.SESSION_NOT_FOUND(session_id=session_id)
         if self._draining:  # its drain already ended the stream with `retry:`
             raise errors.SHUTTING_DOWN()
-        token = ask(entry.ref, m.OpenStream(outbox, last_event_id, tuple(sorted(entry.names))))
-        # The session told the supervisor before answering; once the supervisor answers this
-        # too, the session's LlmActors have the news queued ahead of any later infer: a
-        # member gets work as soon as its publisher sees `hello`, never a 503 before.
-        ask(self.supervisor, Ping())
+        # Told, not asked (its `hello` waits for the LlmActors to hear: StreamAnnounced).
+        token = next(self._stream_tokens)
+        if not tell(entry.ref, m.OpenStream(outbox, last_event_id, tuple(sorted(entry.names)),
+                                            token, time.monotonic())):
+            raise errors.SHUTTING_DOWN()
         return token
 
     def _home_session(self, session_id: str) -> SessionEntry | None:
-        """A stream opens for a session that has no actor here. One process holds every
-        session it knows: this one is unknown (or gone)."""
+        """A stream opens for a session with no actor here: one process knows them all."""
         return None
 
     def close_stream(self, session_id: str, token: int) -> None:
