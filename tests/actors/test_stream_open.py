@@ -71,3 +71,24 @@ def test_a_reconnect_is_served_at_hello_though_the_old_loss_was_queued(system, m
     release.set()
     assert registered.get(timeout=5)[0] == "s1"
     _served_at_hello(system, stream)
+
+
+def test_a_task_sent_while_a_new_stream_waits_for_hello_goes_out_after_it(system, monkeypatch):
+    """A reconnect replaces a live stream: its LlmActor still counts the member live and
+    sends it work before the new `hello`. The task waits for that stream (even without
+    publisher_grace_s) and is its first task frame."""
+    system.register("s1", [provider("a")])
+    first = Outbox(system)
+    system.open_stream("s1", first.queue, None)
+    assert first.frames()[0].event == "hello"
+    release = _hold_supervisor(system, monkeypatch)
+    stream = _opened_quietly(system, "s1")
+    reply = system.infer("a", REQ, False, "chat/completions")
+    sent = dispatched(reply)
+    assert isinstance(sent, m.Dispatched)
+    system.directory.session("s1").ref.ask(Ping(), timeout=5)
+    assert take(stream) == []
+    release.set()
+    frames = parse([stream.get(timeout=5), stream.get(timeout=5)])
+    assert [frame.event for frame in frames] == ["hello", "task"]
+    assert frames[1].json()["taskId"] == sent.task_id

@@ -41,9 +41,9 @@ class Stream:
         return self.outbox is not None and self.announced
 
     @property
-    def pending(self) -> bool:
-        """Opened, its `hello` not yet out: tasks sent now wait for it (they go after)."""
-        return self.outbox is not None and not self.announced
+    def is_down(self) -> bool:
+        """No stream, not even one about to say `hello`."""
+        return self.outbox is None
 
     def announce(self, token: int) -> bool:
         """Stream `token` may carry tasks now; False if it ended or was replaced since."""

@@ -156,9 +156,8 @@ class SessionActor(TetherActor):
         return errors.PUBLISHER_OFFLINE(name=name)
 
     def _closed(self) -> bool:
-        """A stream about to say `hello` is open: what is sent now goes out after it."""
-        return not (self._stream.is_open or self._stream.pending) or self._draining \
-            or self._tasks.full
+        """A stream about to say `hello` is up: what is sent now goes out after it."""
+        return self._stream.is_down or self._draining or self._tasks.full
 
     def _hold(self, msg: m.SendInfer) -> bool:
         """A task sent while the stream is down (a loss its LlmActor has not heard of) waits
@@ -214,7 +213,7 @@ class SessionActor(TetherActor):
         if released:
             tell(msg.llm, m.TasksReleased(self._session_id,
                                           tuple(t.task_id for t in released)))
-        if self._settings.publisher_grace_s <= 0 and not self._stream.is_open:
+        if self._settings.publisher_grace_s <= 0 and self._stream.is_down:
             for task_id in stay:  # could not move: no grace to wait
                 left = self._tasks.get(task_id)
                 if left is not None:
