@@ -108,6 +108,10 @@ def targets() -> list[str]:
                            f"CPU {run.get('hub_cpu_ms_per_open', '?')} ms per session; the "
                            f"bare server (no Tether) {run.get('bare_open_s', '?')} s, "
                            f"{run.get('bare_cpu_ms_per_open', '?')} ms")
+            hub, bare = run.get("hub_cpu_ms_per_open"), run.get("bare_cpu_ms_per_open")
+            if hub and bare:  # issue 26, part 4: in the same run
+                out.append(f"- {n} sessions: hub CPU per session opened {hub / bare:.2f}x "
+                           f"the bare server's (≤ 2x): {verdict(hub <= 2 * bare)}")
     if cpu:
         # Issue 13: the hub's CPU per request and per chunk against the backend's own.
         us = cpu["per_request_us"]
