@@ -111,3 +111,72 @@ def test_a_stream_loss_queued_behind_a_supervisor_crash_reaches_the_new_supervis
     monkeypatch.undo()
     # The restarted supervisor had the loss: the Llm's actor marks its member inactive.
     wait_until(lambda: store.get("a").status == "inactive")
+
+
+class _SlowStream(queue.Queue):
+    """The SSE writer's queue; once armed, its next write waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def put(self, item, block=True, timeout=None):
+        if self.armed:
+            self.armed = False  # once
+            self.entered.set()
+            self.release.wait(10)
+        super().put(item, block, timeout)
+
+
+def test_what_is_left_to_a_session_actor_that_stopped_is_answered(system):
+    """pykka drops what is still queued for an actor that stopped, as for one that crashed
+    (an evicted session stops FORWARD_S after its move, a forgotten one at once): the
+    requests among it are answered and their slots freed, and a stream told to open there
+    ends, so its publisher opens one again."""
+    system.register("s1", [provider("a")])
+    stream = _SlowStream()
+    system.open_stream("s1", stream, None)
+    settle(system)
+    session = system.directory.session("s1").ref
+    stream.armed = True
+    first = system.infer("a", REQ, False, "chat/completions")
+    assert stream.entered.wait(5)  # the session waits writing the first task
+    session.stop(block=False)  # queued: what comes after it is left in the mailbox
+    left = [system.infer("a", REQ, False, "chat/completions") for _ in range(2)]
+    wait_until(lambda: sum(system.in_flight("a").values()) == 3)
+    late: queue.Queue = queue.Queue()
+    system.open_stream("s1", late, None)
+    stream.release.set()
+    assert events(first, m.Failed)[-1].error.code == "shutting_down"  # its drain, on_stop
+    for reply in left:
+        failed = events(reply, m.Failed)[-1]
+        assert (failed.error.status, failed.error.code) == (503, "actor_restarted")
+        assert "has stopped" in failed.error.message
+    assert isinstance(late.get(timeout=5), m.Close)
+    wait_until(lambda: sum(system.in_flight("a").values()) == 0)  # no slot left counted
+
+
+def test_infers_left_to_an_llm_actor_that_stopped_are_answered(system, monkeypatch):
+    system.register("s1", [provider("a")])
+    outbox = Outbox(system)
+    token = system.open_stream("s1", outbox.queue, None)
+    outbox.frames()
+    llm = system.directory.llm("a")
+    entered, release, real = threading.Event(), threading.Event(), store.set_status
+
+    def set_status(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "set_status", set_status)
+    system.close_stream("s1", token)  # the Llm's actor writes `inactive`: it waits there
+    assert entered.wait(5)
+    llm.stop(block=False)  # queued: what comes after it is left in the mailbox
+    left = [system.infer("a", REQ, False, "chat/completions") for _ in range(2)]
+    release.set()
+    for reply in left:
+        failed = events(reply, m.Failed)[-1]
+        assert (failed.error.status, failed.error.code) == (503, "shutting_down")

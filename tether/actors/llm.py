@@ -38,6 +38,7 @@ log = logging.getLogger("tether.llm")
 
 class LlmActor(TetherActor):
     use_daemon_thread = True  # thousands of them: see TetherActor
+    _farewell: TetherError | None = None  # why it ended: an orphaned Infer's answer too
 
     def __init__(
         self, settings: Settings, state: m.LlmState, members: tuple[m.MemberInfo, ...] | None,
@@ -210,8 +211,7 @@ class LlmActor(TetherActor):
         return call_later(delay, tell, self.actor_ref, m.QueueTimedOut(generation))
 
     def _on_withdraw(self, msg: m.Withdraw) -> None:
-        """The client left before it saw its task start: drop it from the wait (it no
-        longer counts toward max_queue_per_llm), or cancel the task if one went out."""
+        """The client left before its task started: drop it from the wait, or cancel it."""
         if self._queue.withdraw(msg.reply):  # no task will ever go out for it
             self._pump()
             return
@@ -321,6 +321,7 @@ class LlmActor(TetherActor):
             tell(member.link.ref, m.CancelTask(wake.task_id, reason))
 
     def _fail_waiters(self, error: TetherError) -> None:
+        self._farewell = self._farewell or error  # the first: why this actor ends
         for req in self._queue.clear():
             req.infer.reply.put(m.Failed(error))
         self._queue.rearm()
@@ -423,8 +424,7 @@ class LlmActor(TetherActor):
 
     def on_orphan(self, message: Any) -> None:
         if isinstance(message, m.Infer):  # still in the mailbox: answered as the waiters were
-            message.reply.put(m.Failed(errors.ACTOR_RESTARTED(
-                actor=f"actor of {self._state.name!r}", why="failed and is being restarted")))
+            message.reply.put(m.Failed(self._farewell or errors.SHUTTING_DOWN()))
 
     # --- state ---------------------------------------------------------------------------
 

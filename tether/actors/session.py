@@ -421,10 +421,11 @@ class SessionActor(TetherActor):
         tell(self._supervisor.ref, m.ChildFailed("session", self._session_id, self.actor_ref))
 
     def on_orphan(self, message: Any) -> None:
-        """What the crash left here: a task's client is answered and its Llm frees the
-        slot; a wake fails (the Llm moves on); a drain counts this session as drained."""
+        """What a crash or a stop left here: a task's client is answered and its Llm frees
+        the slot; a wake fails (the Llm moves on); a drain counts this session as drained."""
         actor = f"session actor of {self._session_id!r}"
-        error = errors.ACTOR_RESTARTED(actor=actor, why="failed and is being restarted")
+        error = errors.ACTOR_RESTARTED(actor=actor, why="failed and is being restarted"
+                                       if self.crashed else "has stopped")
         match message:
             case m.SendInfer():
                 message.reply.put(m.Failed(error))

@@ -72,6 +72,7 @@ class TetherActor(pykka.ThreadingActor):
     # The classes `receive` is annotated with, read when the class is made, so the runtime
     # check and the type checker's cannot disagree.
     accepts: ClassVar[frozenset[type]] = frozenset()
+    crashed = False  # set by on_failure: on_orphan tells a crash from a stop
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -113,6 +114,7 @@ class TetherActor(pykka.ThreadingActor):
         # pykka stops an actor whose tell raised: say so loudly, answer everyone who waits on
         # this actor (they would hang otherwise), and let the supervisor rebuild it.
         log.error("%s crashed: %r", self, exception_value, exc_info=exception_value)
+        self.crashed = True
         orphans = self._take_tells()
         try:
             self.on_crash()
@@ -125,6 +127,18 @@ class TetherActor(pykka.ThreadingActor):
                         self.on_orphan(message)
                     except Exception:  # noqa: BLE001 - one failing must not drop the rest
                         log.exception("%s could not answer %r", self, type(message).__name__)
+
+    def _actor_loop_teardown(self) -> None:
+        """pykka's runtime hook, at the end of every actor's life. pykka drops the tells
+        still in the mailbox of an actor that stopped (its own stop after a retirement, an
+        evicted session's end, a forgotten session), so whoever waits on one would wait for
+        nothing: they go to on_orphan, as a crashed actor's do. pykka answers the asks."""
+        for message in self._take_tells():
+            try:
+                self.on_orphan(message)
+            except Exception:  # noqa: BLE001 - one failing must not drop the rest
+                log.exception("%s could not answer %r", self, type(message).__name__)
+        super()._actor_loop_teardown()
 
     def _take_tells(self) -> list[Any]:
         """The tells still in the mailbox of this crashed actor, which pykka would drop
@@ -154,6 +168,7 @@ class TetherActor(pykka.ThreadingActor):
         """Tell the supervisor (actors that have one)."""
 
     def on_orphan(self, message: Any) -> None:
-        """A tell that was still in this crashed actor's mailbox: answer whoever waits on
-        it, or pass it on to the actor's successor (report_crash has started it by now).
-        Messages nobody waits on are dropped."""
+        """A tell that was still in this actor's mailbox when it crashed (`crashed`) or
+        stopped: answer whoever waits on it, or pass it on to the actor's successor
+        (after a crash, report_crash has started it by now). Messages nobody waits on are
+        dropped."""
