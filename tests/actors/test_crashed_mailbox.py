@@ -180,3 +180,30 @@ def test_infers_left_to_an_llm_actor_that_stopped_are_answered(system, monkeypat
     for reply in left:
         failed = events(reply, m.Failed)[-1]
         assert (failed.error.status, failed.error.code) == (503, "shutting_down")
+
+
+def test_infers_left_to_a_public_llm_actor_that_stopped_are_answered(system_factory,
+                                                                     monkeypatch):
+    from tether.actors import public_llm
+    from tether.config import PublicLlm
+
+    system = system_factory(llms=(PublicLlm("cloud", "openai", "m", "http://127.0.0.1:9/v1"),))
+    actor = system.directory.llm("cloud")
+    entered, release, real = threading.Event(), threading.Event(), public_llm.metrics.llm_seen
+
+    def llm_seen(owner, *args, **kwargs):  # the actor's report after each message
+        if owner == actor.actor_urn and not release.is_set():
+            entered.set()
+            release.wait(10)
+        return real(owner, *args, **kwargs)
+
+    monkeypatch.setattr(public_llm.metrics, "llm_seen", llm_seen)
+    first = system.infer("cloud", REQ, False, "chat/completions")  # the actor waits after it
+    assert entered.wait(5)
+    actor.stop(block=False)  # queued: what comes after it is left in the mailbox
+    left = system.infer("cloud", REQ, False, "chat/completions")
+    release.set()
+    events(first, m.Failed)  # its upstream does not answer: port 9
+    failed = events(left, m.Failed)[-1]
+    assert (failed.error.status, failed.error.code) == (503, "actor_restarted")
+    assert "has stopped" in failed.error.message

@@ -102,6 +102,12 @@ class PublicLlmActor(TetherActor):
     def on_stop(self) -> None:
         metrics.llm_gone(self.actor_urn, self._state.name)
 
+    def on_orphan(self, message: Any) -> None:
+        if isinstance(message, m.Infer):  # still in the mailbox of an actor that ended
+            message.reply.put(m.Failed(errors.ACTOR_RESTARTED(
+                actor=f"actor of {self._state.name!r}",
+                why="failed and is being restarted" if self.crashed else "has stopped")))
+
     # --- observability -------------------------------------------------------------------
 
     def on_start(self) -> None:
