@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Any
 
 import peewee
 
@@ -52,12 +53,13 @@ def test_infers_sent_while_an_llm_actor_was_blocked_in_a_failing_write_are_answe
     wait_until(lambda: system.directory.llm("a") not in (None, old))
 
 
-class _FailingStream(queue.Queue):
-    """The SSE writer's queue; once armed, its next write blocks until released, then fails
-    as a bug would (the session actor crashes while writing a task)."""
+class _HeldStream(queue.Queue):
+    """The SSE writer's queue; once armed, its next write waits until released, then
+    (`fails`) fails as a bug would: the session actor crashes while writing a task."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails: bool) -> None:
         super().__init__()
+        self.fails = fails
         self.armed = False
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -67,19 +69,28 @@ class _FailingStream(queue.Queue):
             self.armed = False  # once
             self.entered.set()
             self.release.wait(10)
-            raise RuntimeError("the stream writer failed")
+            if self.fails:
+                raise RuntimeError("the stream writer failed")
         super().put(item, block, timeout)
 
 
-def test_tasks_sent_to_a_session_actor_that_crashed_before_reading_them_are_answered(system):
+def _session_held_in_a_write(system, fails: bool) -> tuple[_HeldStream, Any, Any]:
+    """s1 serving "a", its session actor held writing the first task's frame: the stream,
+    the session's ref, and that task's reply channel."""
     system.register("s1", [provider("a")])
-    stream = _FailingStream()
+    stream = _HeldStream(fails)
     system.open_stream("s1", stream, None)
     settle(system)
     session = system.directory.session("s1").ref
     stream.armed = True
-    replies = [system.infer("a", REQ, False, "chat/completions")]
-    assert stream.entered.wait(5)  # the session blocks writing the first task
+    first = system.infer("a", REQ, False, "chat/completions")
+    assert stream.entered.wait(5)
+    return stream, session, first
+
+
+def test_tasks_sent_to_a_session_actor_that_crashed_before_reading_them_are_answered(system):
+    stream, session, first = _session_held_in_a_write(system, fails=True)
+    replies = [first]
     replies += [system.infer("a", REQ, False, "chat/completions") for _ in range(2)]
     # The Llm's actor sent both: they wait in the blocked session's mailbox.
     wait_until(lambda: sum(system.in_flight("a").values()) == 3)
@@ -113,36 +124,12 @@ def test_a_stream_loss_queued_behind_a_supervisor_crash_reaches_the_new_supervis
     wait_until(lambda: store.get("a").status == "inactive")
 
 
-class _SlowStream(queue.Queue):
-    """The SSE writer's queue; once armed, its next write waits until released."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def put(self, item, block=True, timeout=None):
-        if self.armed:
-            self.armed = False  # once
-            self.entered.set()
-            self.release.wait(10)
-        super().put(item, block, timeout)
-
-
 def test_what_is_left_to_a_session_actor_that_stopped_is_answered(system):
     """pykka drops what is still queued for an actor that stopped, as for one that crashed
     (an evicted session stops FORWARD_S after its move, a forgotten one at once): the
     requests among it are answered and their slots freed, and a stream told to open there
     ends, so its publisher opens one again."""
-    system.register("s1", [provider("a")])
-    stream = _SlowStream()
-    system.open_stream("s1", stream, None)
-    settle(system)
-    session = system.directory.session("s1").ref
-    stream.armed = True
-    first = system.infer("a", REQ, False, "chat/completions")
-    assert stream.entered.wait(5)  # the session waits writing the first task
+    stream, session, first = _session_held_in_a_write(system, fails=False)
     session.stop(block=False)  # queued: what comes after it is left in the mailbox
     left = [system.infer("a", REQ, False, "chat/completions") for _ in range(2)]
     wait_until(lambda: sum(system.in_flight("a").values()) == 3)
