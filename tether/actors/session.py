@@ -162,7 +162,7 @@ class SessionActor(TetherActor):
     def _hold(self, msg: m.SendInfer) -> bool:
         """A task sent while the stream is down (a loss its LlmActor has not heard of) waits
         for it like those already sent, and is offered like them: up to publisher_grace_s."""
-        if not (not self._stream.is_open and not self._draining
+        if not (self._stream.is_down and not self._draining
                 and not self._tasks.full and self._settings.publisher_grace_s > 0):
             return False
         if self._grace is None:

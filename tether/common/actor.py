@@ -141,9 +141,9 @@ class TetherActor(pykka.ThreadingActor):
         super()._actor_loop_teardown()
 
     def _take_tells(self) -> list[Any]:
-        """The tells still in the mailbox of this crashed actor, which pykka would drop
-        (it answers asks with ActorDeadError): they are answered by on_orphan. pykka marked
-        the actor stopped before on_failure, so nothing more arrives meanwhile."""
+        """The tells still in the mailbox of this actor that crashed or stopped, which pykka
+        would drop (it answers asks with ActorDeadError): they are answered by on_orphan.
+        pykka marked the actor stopped before, so nothing more arrives meanwhile."""
         tells: list[Any] = []
         asks: list[Any] = []
         inbox: Any = self.actor_inbox  # a queue.Queue for ThreadingActor

@@ -8,6 +8,7 @@ transaction.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,13 +125,9 @@ def register_many(
     """Registrations in order, in one transaction (tether/actors/group_commit.py), each in a
     savepoint: one refused rolls back only its own writes and its error is its outcome. A
     failure of the transaction itself (an outage) raises."""
-    if len(group) == 1:  # no savepoint needed
-        try:
-            return [register(*group[0])]
-        except (errors.TetherError, peewee.IntegrityError) as exc:
-            return [exc]
     outcomes: list[Registered | Exception] = []
-    with connection() as db, db.atomic():
+    # One alone needs no savepoint: its own transaction is enough.
+    with connection() as db, db.atomic() if len(group) > 1 else contextlib.nullcontext():
         for session_id, providers, who in group:
             try:
                 outcomes.append(register(session_id, providers, who))  # nested: a savepoint
