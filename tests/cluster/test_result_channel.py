@@ -84,3 +84,31 @@ def test_a_channel_on_a_process_that_never_saw_it_refuses_a_copy_by_its_task(
     assert r.json() == {"ok": True, "applied": 1, "duplicates": 0,
                         "refused": [{"seq": 1, "taskId": task, "code": "task_not_found"}]}
     pub.close()
+
+
+def test_a_streams_lines_sent_again_to_a_process_that_never_saw_them_show_once(
+        pair: tuple[Hub, Hub]) -> None:
+    """A stream's lines sent again to another process are new to it; that process passes
+    them over the bus to the task's home, whose count of the chunks applied (`index`)
+    shows each one once."""
+    a, b = pair
+    pub, stream = split(a, b)  # tasks homed on b
+    call = in_background(lambda: a.infer("m1", "x", body={"stream": True},
+                                         timeout=CLIENT_TIMEOUT_S))
+    task = stream.next_task("infer", timeout=10)["taskId"]
+    channel = str(uuid.uuid4())
+    assert pub.session_id is not None
+    first = {"seq": 1, "taskId": task, "index": 0,
+             "chunks": [{"data": '"one"'}, {"data": '"two"'}]}
+    assert upload(b, pub.session_id, channel, [first]).json()["applied"] == 1
+    # Its answer lost, the publisher (now at a) sends it again with the next line.
+    r = upload(a, pub.session_id, channel, [
+        first, {"seq": 2, "taskId": task, "index": 2,
+                "chunks": [{"data": '"three"'}, {"done": True}]}])
+    assert r.json() == {"ok": True, "applied": 2, "duplicates": 0, "refused": []}, r.text
+    answer = result_of(call)
+    assert answer.status_code == 200, answer.text
+    data = [line[len("data: "):] for line in answer.text.splitlines()
+            if line.startswith("data: ")]
+    assert data == ['"one"', '"two"', '"three"', "[DONE]"]
+    pub.close()

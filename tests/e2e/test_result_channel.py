@@ -87,14 +87,15 @@ def test_lines_refused_for_good_are_listed_and_the_upload_goes_on(hub, publisher
         r = upload(hub, mine.session_id, [
             {"seq": 1, "taskId": "1.0-no-such-task", "status": 200, "body": "x"},
             {"seq": 2, "taskId": their_task, "status": 200, "body": "not mine"},
-            {"seq": 3, "taskId": task, "chunk": {"data": "{}"}},  # chunks: their own upload
-            {"seq": 4, "taskId": task, "status": 999},  # breaks the result schema
-            {"seq": 5, "taskId": task, "status": 200, "body": "answer"}], str(uuid.uuid4()))
+            {"seq": 3, "taskId": task, "chunk": {"data": "{}"}},  # a chunk line needs `index`
+            {"seq": 4, "taskId": task, "index": 0, "chunk": {"data": "{}"}},  # not streamed
+            {"seq": 5, "taskId": task, "status": 999},  # breaks the result schema
+            {"seq": 6, "taskId": task, "status": 200, "body": "answer"}], str(uuid.uuid4()))
         assert r.status_code == 200, r.text
-        assert r.json()["applied"] == 5
+        assert r.json()["applied"] == 6
         assert [(x["seq"], x["code"]) for x in r.json()["refused"]] == [
             (1, "task_not_found"), (2, "forbidden"), (3, "invalid_request"),
-            (4, "invalid_request")]
+            (4, "not_streaming"), (5, "invalid_request")]
         assert call.result(timeout=10).json() == "answer"
         # The other session's task was not touched: its own publisher answers it.
         assert other.result(their_task, {"status": 200, "body": "theirs"}).status_code == 200
@@ -144,3 +145,78 @@ def test_the_channel_needs_its_headers_and_takes_one_plain_json_line(hub, publis
                                    "X-Result-Channel": "curl-1"})
         assert r.json() == {"ok": True, "applied": 1, "duplicates": 0, "refused": []}
         assert call.result(timeout=10).json() == "curl"
+
+
+def streamed(hub, pool: cf.ThreadPoolExecutor, name: str) -> cf.Future:
+    return pool.submit(requests.post, f"{hub.url}/api/v1/llms/{name}/infer",
+                       json={**CHAT, "stream": True}, timeout=20,
+                       headers={"Connection": "close"})
+
+
+def events(answer: requests.Response) -> list[tuple[str, str]]:
+    """An SSE answer's events, as (event, data), comments left out."""
+    found = []
+    for block in answer.text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines()
+                      if line and not line.startswith(":"))
+        if "data" in fields:
+            found.append((fields.get("event", "message"), fields["data"]))
+    return found
+
+
+def chunks(index: int, *texts: str, done: bool = False) -> dict[str, Any]:
+    return {"index": index, "chunks": [{"data": json.dumps(t)} for t in texts] +
+            ([{"done": True}] if done else [])}
+
+
+def test_a_streams_lines_sent_again_anywhere_show_each_chunk_once(hub, publisher):
+    """`seq` skips a copy on the channel that handled it; `index` skips it wherever it comes
+    again: on another channel (a process that never saw the first: a new channel id is one
+    to this hub), or by the per-task route (a line refused 503 goes by its own POST)."""
+    publisher.register("m1")
+    stream = publisher.open()
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    with cf.ThreadPoolExecutor(1) as pool:
+        call = streamed(hub, pool, "m1")
+        task = stream.next_task("infer")["taskId"]
+        r = upload(hub, publisher.session_id, [
+            {"seq": 1, "taskId": task, **chunks(0, "one", "two")}], first)
+        assert r.json() == {"ok": True, "applied": 1, "duplicates": 0, "refused": []}, r.text
+        r = upload(hub, publisher.session_id, [
+            {"seq": 1, "taskId": task, **chunks(0, "one", "two")},
+            {"seq": 2, "taskId": task, **chunks(2, "three")}], first)
+        assert r.json() == {"ok": True, "applied": 2, "duplicates": 1, "refused": []}, r.text
+        # The same lines on a channel this process never read: new to it, old to the task.
+        r = upload(hub, publisher.session_id, [
+            {"seq": 1, "taskId": task, **chunks(0, "one", "two")},
+            {"seq": 2, "taskId": task, **chunks(2, "three")},
+            {"seq": 3, "taskId": task, **chunks(1, "two", "three", "four")}], second)
+        assert r.json() == {"ok": True, "applied": 3, "duplicates": 0, "refused": []}, r.text
+        # By the per-task route: a copy, then one that overlaps (only its end is new).
+        assert publisher.result(task, chunks(2, "three", "four")).status_code == 200
+        assert publisher.result(task, chunks(3, "four", done=True)).status_code == 200
+        answer = call.result(timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert events(answer) == [("message", json.dumps(t)) for t in ("one", "two", "three",
+                                                                   "four")] + \
+        [("message", "[DONE]")]
+
+
+def test_a_chunk_past_a_lost_one_ends_the_stream_with_an_error_not_a_hole(hub, publisher):
+    publisher.register("m1")
+    stream = publisher.open()
+    with cf.ThreadPoolExecutor(1) as pool:
+        call = streamed(hub, pool, "m1")
+        task = stream.next_task("infer")["taskId"]
+        r = upload(hub, publisher.session_id, [
+            {"seq": 1, "taskId": task, **chunks(0, "one")},
+            {"seq": 2, "taskId": task, **chunks(3, "four", done=True)}], str(uuid.uuid4()))
+        assert r.json()["applied"] == 2, r.text
+        answer = call.result(timeout=10)
+    got = events(answer)
+    assert got[0] == ("message", json.dumps("one")) and len(got) == 2, got
+    kind, data = got[1]
+    assert kind == "error" and json.loads(data)["error"]["code"] == "publisher_error", got
+    assert "lost chunks 1 to 2" in json.loads(data)["error"]["message"]
+    # The task ended: a late copy of the missing chunks is refused by it.
+    assert publisher.result(task, chunks(1, "two")).status_code == 404

@@ -13,7 +13,9 @@ def greet(opening: OpenStream, session_id: str, heartbeat_interval_s: float,
     """Write what the stream `opening` starts with: `hello`, the cancels made while it was
     down, and on a resume the frames the publisher has not seen. Returns the open tasks to
     send again (all of them when the publisher holds none; none on a resume)."""
-    hello = task_wire.hello(session_id, heartbeat_interval_s, list(opening.names))
+    # This hub's result channel takes streamed chunks (docs/protocol.md, _provider-results).
+    hello = task_wire.hello(session_id, heartbeat_interval_s, list(opening.names),
+                            chunks_on_channel=True)
     opening.outbox.put(sse.frame("hello", sse.dumps(hello)))
     for frame in tasks.unsent_cancels():
         opening.outbox.put(frame)

@@ -43,7 +43,8 @@ class OpenTask:
 
     __slots__ = (
         "payload", "task_id", "kind", "llm_name", "llm", "reply", "streaming", "endpoint",
-        "frame_id", "frame", "chunks_seen", "timer", "deadline_no", "started", "deadline",
+        "frame_id", "frame", "chunks_seen", "chunks_applied", "timer", "deadline_no",
+        "started", "deadline",
     )
 
     def __init__(self, payload: Payload, llm: pykka.ActorRef,
@@ -62,6 +63,7 @@ class OpenTask:
         self.frame_id = 0
         self.frame = ""
         self.chunks_seen = False
+        self.chunks_applied = 0  # counted for the chunks' `index` (chunk_order.py)
         self.timer: Timer | None = None
         self.deadline_no = 0
         self.started = time.monotonic()

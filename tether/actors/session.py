@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, assert_never, cast
 
 from tether import errors
+from tether.actors import chunk_order
 from tether.actors import messages as m
 from tether.actors.greeting import greet
 from tether.actors.offers import Offers
@@ -231,18 +232,15 @@ class SessionActor(TetherActor):
         )
 
     def _on_submit_result(self, msg: m.SubmitResult) -> None:
-        """Told, not asked: the result route checked the task, its owner and its kind on the
-        TaskBoard before. One for a task that ended since (a timeout, a cancel) is late:
-        dropped, as a late result always was."""
+        """Told: the route checked the task, its owner and its kind on the TaskBoard. One for
+        a task that ended since (a timeout, a cancel) is late: dropped, as always."""
         task = self._tasks.get(msg.task_id)
         if task is None:
             return
         # Checked against the result schema at the door (tether.http.schemas).
         result = cast(task_wire.Result, msg.result)
-        if "chunk" in result:
-            self._on_chunks(task, [result["chunk"]])
-        elif "chunks" in result:
-            self._on_chunks(task, result["chunks"])
+        if "chunk" in result or "chunks" in result:
+            self._on_chunks(task, result)
         elif "error" in result:
             error = result["error"]
             status = int(error.get("status") or 502)
@@ -254,14 +252,16 @@ class SessionActor(TetherActor):
         else:
             self._finish(task, m.Completed(int(result["status"]), result.get("body")))
 
-    def _on_chunks(self, task: OpenTask, chunks: list[task_wire.Chunk]) -> None:
+    def _on_chunks(self, task: OpenTask, result: task_wire.Result) -> None:
         if not task.streaming or task.reply is None:
             return  # refused 409 at the door (a task's kind never changes)
-        data = tuple(c["data"] for c in chunks if c.get("data") is not None)
+        try:
+            data, done = chunk_order.take(task, result)  # each chunk once (its `index`)
+        except chunk_order.Hole as hole:
+            return self._finish(task, m.Failed(errors.PUBLISHER_ERROR.at(502, why=str(hole))))
         if data:
             task.reply.put(m.Chunks(data))
-            task.chunks_seen = True
-        if any(c.get("done") for c in chunks):
+        if done:
             self._finish(task, m.StreamDone())
         elif data:
             self._arm(task, self._settings.stream_idle_timeout_s)

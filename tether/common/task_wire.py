@@ -17,6 +17,7 @@ class Hello(TypedDict):
     providerSessionId: str
     heartbeatIntervalS: float
     llms: NotRequired[list[str]]  # every name the session publishes
+    chunksOnChannel: NotRequired[bool]  # the result channel takes streamed chunks
 
 
 class InferTask(TypedDict):
@@ -43,10 +44,12 @@ Task = InferTask | WakeTask | CancelTask
 
 
 def hello(session_id: str, heartbeat_interval_s: float,
-          names: list[str] | None = None) -> Hello:
+          names: list[str] | None = None, chunks_on_channel: bool = False) -> Hello:
     frame: Hello = {"providerSessionId": session_id, "heartbeatIntervalS": heartbeat_interval_s}
     if names is not None:
         frame["llms"] = names
+    if chunks_on_channel:
+        frame["chunksOnChannel"] = True
     return frame
 
 
@@ -90,11 +93,13 @@ class FinalResult(TypedDict):
 @final
 class ChunkResult(TypedDict):
     chunk: Chunk
+    index: NotRequired[int]  # its place in its task's stream: applied once (docs/protocol.md)
 
 
 @final
 class ChunksResult(TypedDict):
     chunks: list[Chunk]
+    index: NotRequired[int]  # the place of its first chunk in its task's stream
 
 
 class ErrorDetail(TypedDict, total=False):
@@ -116,8 +121,11 @@ def final_result(status: int, body: Any) -> FinalResult:
     return {"status": status, "body": body}
 
 
-def chunks_result(chunks: list[Chunk]) -> ChunksResult:
-    return {"chunks": chunks}
+def chunks_result(chunks: list[Chunk], index: int | None = None) -> ChunksResult:
+    result: ChunksResult = {"chunks": chunks}
+    if index is not None:
+        result["index"] = index
+    return result
 
 
 def error_result(message: str, status: int = 502, code: str | None = None,

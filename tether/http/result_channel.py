@@ -27,9 +27,10 @@ from tether.http import schemas
 # `infer_timeout_s` every task a re-sent line could name has ended (404 anyway).
 MAX_CHANNELS = 65536
 FORGET_AFTER_S = 60.0  # beyond infer_timeout_s
-# A line's result kinds the channel takes: each ends its task, so a copy is refused by the
-# task itself wherever it lands (docs/protocol.md says why chunks are not among them).
-TAKEN = ("status", "error")
+# A chunk line names its place in its task's stream: `seq` makes a line applied once by the
+# process that read it, `index` makes a chunk applied once by its task wherever a copy lands
+# (a line that ends its task needs none: a copy is refused 404 by the task itself).
+CHUNK_KINDS = ("chunk", "chunks")
 
 
 class Stopped(Exception):
@@ -72,13 +73,14 @@ def split_line(line: Any) -> tuple[int, str, Any]:
 
 
 def check_result(result: Any) -> dict[str, Any]:
-    """The result of a line, checked as the per-task route checks one; a chunk is 400."""
-    if isinstance(result, dict) and not any(kind in result for kind in TAKEN) and \
-            ("chunk" in result or "chunks" in result):
+    """The result of a line, checked as the per-task route checks one; a chunk line without
+    its `index` is 400."""
+    checked = schemas.validate_result(result)
+    if "index" not in checked and any(kind in checked for kind in CHUNK_KINDS):
         raise errors.INVALID_REQUEST(
-            why="body: chunks travel on their task's own upload, not on the result channel",
-            param="chunk")
-    return schemas.validate_result(result)
+            why="index: a chunk line on the result channel says where it falls in its "
+                "task's stream", param="index")
+    return checked
 
 
 class Channel:

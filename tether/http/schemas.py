@@ -105,11 +105,15 @@ RESULT_FINAL = {
     "required": ["status"],
     "properties": {"status": FINAL_STATUS, "body": {}},
 }
-RESULT_CHUNK = {"type": "object", "required": ["chunk"], "properties": {"chunk": CHUNK}}
+# The place of a body's first chunk in its task's stream: applied once (docs/protocol.md).
+CHUNK_INDEX = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+RESULT_CHUNK = {"type": "object", "required": ["chunk"],
+                "properties": {"chunk": CHUNK, "index": CHUNK_INDEX}}
 RESULT_CHUNKS = {
     "type": "object",
     "required": ["chunks"],
-    "properties": {"chunks": {"type": "array", "minItems": 1, "maxItems": 4096, "items": CHUNK}},
+    "properties": {"chunks": {"type": "array", "minItems": 1, "maxItems": 4096, "items": CHUNK},
+                   "index": CHUNK_INDEX},
 }
 RESULT_ERROR = {
     "type": "object",
@@ -187,7 +191,8 @@ V1_RESPONSES = {  # the Responses API: `input` is one text or a list of input it
 HELLO = {"type": "object", "required": ["providerSessionId", "heartbeatIntervalS"],
          "properties": {"providerSessionId": {"type": "string"},
                         "heartbeatIntervalS": {"type": "number"},
-                        "llms": {"type": "array", "items": {"type": "string"}}}}
+                        "llms": {"type": "array", "items": {"type": "string"}},
+                        "chunksOnChannel": {"type": "boolean"}}}
 TASK = {"oneOf": [
     {"type": "object", "required": ["kind", "taskId", "llmName", "request", "streaming"],
      "properties": {"kind": {"const": "infer"}, "taskId": {"type": "string"},
