@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gevent.event
 import pytest
 import requests
 
@@ -146,6 +147,21 @@ def chats(hub, n: int) -> list[requests.Response]:
         return [call.result() for call in calls]
 
 
+def stream(hub, reply: str, delay_s: float = 0.0) -> requests.Response:
+    r = requests.post(f"{hub.url}/api/v1/llms/llama/infer", timeout=30, headers={
+        "Connection": "close"}, json={**CHAT, "stream": True, "demo_reply": reply,
+                                      "demo_delay_s": delay_s})
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
+    return r
+
+
+def text_of(answer: requests.Response) -> str:
+    """The text a streamed chat answer's chunks carry, in order."""
+    return "".join(json.loads(line[len("data: "):])["choices"][0]["delta"]["content"]
+                   for line in answer.text.splitlines()
+                   if line.startswith("data: {"))
+
+
 def served(hub, route: str) -> float:
     return hub.metric("tether_http_responses_total", route=route, method="POST",
                       status="200")
@@ -171,10 +187,13 @@ def test_results_travel_on_the_channel_unless_it_is_turned_off(hub, backend_fact
     else:
         assert served(hub, PER_TASK) == 6
         assert served(hub, CHANNEL) == 0
-    # A stream keeps its own upload, and its answer, either way.
-    r = requests.post(f"{hub.url}/api/v1/llms/llama/infer", json={**CHAT, "stream": True},
-                      timeout=30, headers={"Connection": "close"})
-    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+    # A stream travels on the channel too (the hub's `hello` said it takes chunks), else on
+    # an upload of its own; its answer is the same either way.
+    assert text_of(stream(hub, "one two three four")) == "one two three four"
+    if channel:
+        assert served(hub, PER_TASK) == 0
+    else:
+        wait_until(lambda: served(hub, PER_TASK) == 7)
 
 
 def test_a_hub_without_the_channel_gets_each_result_by_its_own_post(hub, backend_factory,
@@ -205,6 +224,21 @@ def test_an_upload_whose_answer_is_lost_is_sent_again_and_applied_once(hub, back
     assert "result channel broke" in publish.logs()
     # And the channel goes on.
     assert [r.status_code for r in chats(hub, 3)] == [200] * 3
+    assert served(hub, PER_TASK) == 0
+
+
+def test_a_streams_lines_sent_again_after_a_lost_answer_show_once(hub, backend_factory,
+                                                                   publishing, tap):
+    """The first upload carries a stream's first lines and its answer is lost: they are
+    sent again with the rest, and the client reads each chunk once."""
+    front = tap("swallow")
+    publish = publishing(front.url, [spec(backend_factory())])
+    wait_status(hub, "llama", "active")
+    words = "w0 w1 w2 w3 w4 w5 w6 w7"
+    assert text_of(stream(hub, words, delay_s=0.05)) == words
+    wait_until(lambda: len(front.answers) >= 2, timeout=10)
+    assert front.answers[1]["duplicates"] >= 1, front.answers
+    assert "result channel broke" in publish.logs()
     assert served(hub, PER_TASK) == 0
 
 
@@ -292,6 +326,42 @@ def test_a_line_refused_503_goes_by_its_own_post_and_the_rest_go_on(door):
     assert [[x["seq"] for x in lines] for lines in hub.uploads] == [[1, 2, 3], [3]]
     assert hub.uploads[0][0] == {"seq": 1, "taskId": "t1", "status": 200, "body": 1}
     assert posted == ["t2"]
+
+
+def chunk_line(index: int, text: str, done: bool = False) -> dict:
+    return {"index": index, "chunks": [{"data": text}] + ([{"done": True}] if done else [])}
+
+
+def test_a_stream_refused_503_goes_on_by_posts_in_its_order(door):
+    """A stream's line the hub cannot take now (503 part-way) takes the rest of its task's
+    lines with it to per-task POSTs, one at a time, in order, those made later too: its
+    chunks never overtake each other. Other tasks' lines go on the channel again."""
+    hub = door(1)  # refuses the first upload at its first line
+    client = HubClient(hub.url, None)
+    posted: list[tuple[str, Any]] = []
+    first_post = gevent.event.Event()
+    release = gevent.event.Event()
+
+    def post_one(task_id: str, result: dict, _deadline: float) -> None:
+        posted.append((task_id, result.get("index", result.get("status"))))
+        first_post.set()
+        release.wait()  # the first POST is still under way when the stream's next line comes
+
+    channel = ResultChannel(client, lambda: "s1", post_one)
+    client.results = channel
+    deadline = time.monotonic() + 60
+    for task_id, line in (("s", chunk_line(0, "a")), ("r", {"status": 200, "body": 1}),
+                          ("s", chunk_line(1, "b"))):
+        assert channel.post(task_id, line, deadline)
+    assert first_post.wait(10)
+    assert channel.post("s", chunk_line(2, "c", done=True), deadline)  # joins the POSTs
+    release.set()
+    assert channel.flush(30)
+    channel.stop()
+    client.close()
+    assert [[(x["taskId"], x["seq"]) for x in lines] for lines in hub.uploads] == [
+        [("s", 1), ("r", 2), ("s", 3)], [("r", 2)]]
+    assert posted == [("s", 0), ("s", 1), ("s", 2)]
 
 
 def test_lines_unconfirmed_until_their_deadline_are_dropped():

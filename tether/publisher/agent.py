@@ -55,8 +55,10 @@ class Publisher:
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
         self.hub = HubClient(config.hub, config.key)
-        # Results go on the session's result channel first (tasks.post_result), if on.
-        self.results = channel.attach(self.hub, self.current_session, config.result_channel)
+        # Results go on the session's result channel first (tasks.post_result), if on; a task
+        # whose line the hub refused 404 (it ended there) is stopped as by a cancel.
+        self.results = channel.attach(self.hub, self.current_session, config.result_channel,
+                                      self.cancel)
         self.session_file = SessionFile(config.session_path)
         self.session_id: str | None = self.session_file.read()
         self.actors: dict[str, pykka.ActorRef] = {}  # by backend key (BackendConfig.key)
@@ -340,6 +342,8 @@ class Publisher:
                     listed = hello.get("llms")
                     if isinstance(listed, list) and set(listed) - set(self.routes()):
                         gevent.spawn(self._withdraw_stale, [str(x) for x in listed])
+                    if self.results is not None:
+                        self.results.said_hello(self.hub.url, hello.get("chunksOnChannel") is True)
                     log.info("connected to %s", self.hub.url)
                 elif item.event == "task":
                     if item.id is not None:
@@ -357,8 +361,7 @@ class Publisher:
     def dispatch(self, task: task_wire.Task) -> None:
         self.drain.task_came.set()
         if task["kind"] == "cancel":
-            for actor in list(self.actors.values()):
-                tell(actor, m.CancelTask(task["taskId"]))
+            self.cancel(task["taskId"])
             return
         if task["kind"] not in ("infer", "wake"):
             log.warning("ignoring a task of unknown kind %r", task["kind"])
@@ -381,6 +384,11 @@ class Publisher:
             # it crashed this instant; nothing ran
             refusal = error_result(f"backend {name}'s actor is restarting", 503, retryable=True)
         self._answer_later(task_id, refusal)
+
+    def cancel(self, task_id: str) -> None:
+        """Stop working on a task (the hub ended it); one no actor holds is ignored."""
+        for actor in list(self.actors.values()):
+            tell(actor, m.CancelTask(task_id))
 
     def _answer_later(self, task_id: str, result: task_wire.Result) -> None:
         """Answer a task the agent itself refuses; kept so a shutdown waits for it."""

@@ -1,15 +1,17 @@
 """The publisher's end of the result channel (docs/protocol.md, `_provider-results`): the
-final and error results of every task of the session go as numbered lines on one NDJSON
-upload, not as one HTTP request each.
+results, streamed chunks and errors of every task of the session go as numbered lines on
+one NDJSON upload, not as one HTTP request each (chunks once the hub's `hello` said its
+channel takes them: `takes_chunks`).
 
 One greenlet (the sender) owns the uploads. A result is queued (`post`), numbered, and kept
 until an upload's answer confirms it (`applied`); each upload lasts at most WINDOW_S, so what
 is unconfirmed stays small and a refusal is seen within that time. An upload that breaks is
 followed by another carrying every unconfirmed line again, with backoff, until each line's
 task deadline; the hub skips the lines it handled already. A line the hub refuses 503 goes
-by its own POST (the per-task route's retries), so it holds up no other. A hub that has no
-such route (404 `not_found`, 405: an older hub) gets each result by its own POST instead,
-until the publisher moves to another hub URL.
+by its own POST (the per-task route's retries), so it holds up no other; the rest of its
+task's lines follow it the same way, in order (a stream's chunks never overtake each other).
+A hub that has no such route (404 `not_found`, 405: an older hub) gets each result by its
+own POST instead, until the publisher moves to another hub URL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,7 @@ FLUSH_BYTES = 1024
 NO_ROUTE = {404: "not_found", 405: "method_not_allowed"}
 
 PostOne = Callable[[str, Result, float], None]  # (task id, result, deadline): per-task POST
+Gone = Callable[[str], None]  # a task the hub ended (its line refused 404): stop working on it
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,11 @@ class Line:
 
 class ResultChannel:
     def __init__(self, hub: HubClient, session_id: Callable[[], str | None],
-                 post_one: PostOne) -> None:
+                 post_one: PostOne, gone: Gone | None = None) -> None:
         self.hub = hub
         self.session_id = session_id
         self.post_one = post_one
+        self.gone = gone
         self.id = str(uuid.uuid4())  # fresh each run: a restarted publisher numbers anew
         self._seq = 0
         self._lines: deque[Line] = deque()  # unconfirmed, in seq order
@@ -80,12 +84,19 @@ class ResultChannel:
         self._offered: set[str] = set()  # hub URLs whose channel answered 200
         self._unoffered: str | None = None  # the hub URL that has no channel
         self._sent_any = False  # the upload under way sent a piece: the hub was reached
+        self._chunks_at: str | None = None  # the hub URL whose `hello` said it takes chunks
+        # Tasks with a line gone by its own POST: their later lines follow it, in order.
+        self._diverted: dict[str, deque[Line]] = {}
 
     # --- what tasks call -----------------------------------------------------------------
 
     def post(self, task_id: str, result: Result, deadline: float) -> bool:
         """Queue a result for the channel; False when the hub at hand has none (the caller
         posts it itself)."""
+        diverted = self._diverted.get(task_id)
+        if diverted is not None:  # behind a line of its task that went by its own POST
+            diverted.append(Line(0, task_id, result, deadline, b""))
+            return True
         if self._unoffered == self.hub.url:
             return False
         self._seq += 1
@@ -96,6 +107,18 @@ class ResultChannel:
         if self._sender is None or self._sender.dead:
             self._sender = gevent.spawn(self._run)
         return True
+
+    def said_hello(self, url: str, chunks_on_channel: bool) -> None:
+        """The hub at `url` greeted the session: whether its channel takes streamed chunks."""
+        if chunks_on_channel:
+            self._chunks_at = url
+        elif self._chunks_at == url:
+            self._chunks_at = None
+
+    def takes_chunks(self) -> bool:
+        """Whether a stream's lines go on the channel (else on their task's own upload)."""
+        url = self.hub.url
+        return self._chunks_at == url and self._unoffered != url
 
     def flush(self, timeout: float) -> bool:
         """At shutdown: end the upload under way and wait, at most `timeout`, until every
@@ -155,7 +178,9 @@ class ResultChannel:
                 if url not in self._offered:
                     self._offered.add(url)
                     log.info("results travel on the result channel of %s", url)
-                _log_refused(answer)
+                for task_id in _refused(answer):
+                    if self.gone is not None:
+                        self.gone(task_id)
                 continue
             code = tasks.error_code(answer)
             if NO_ROUTE.get(status) == code:
@@ -170,11 +195,12 @@ class ResultChannel:
                 # its deadline; the lines behind it, often for tasks homed elsewhere, go on
                 # the channel again at once instead of waiting for it.
                 if self._lines:
-                    stuck = self._lines.popleft()
-                    log.warning("result channel refused the result of %s (%s): posting it "
-                                "on its own", stuck.task_id, code)
-                    self._fallbacks = [g for g in self._fallbacks if not g.dead]
-                    self._fallbacks.append(gevent.spawn(self._post_one, stuck))
+                    stuck = self._lines[0].task_id
+                    log.warning("result channel refused a result of %s (%s): posting it "
+                                "on its own", stuck, code)
+                    mine = [line for line in self._lines if line.task_id == stuck]
+                    self._lines = deque(line for line in self._lines if line.task_id != stuck)
+                    self._divert(mine)
                 continue
             # Anything else (400, 401, 403, 413, 500) would refuse these lines again: each
             # goes by its own POST, with that route's retries and logs.
@@ -231,21 +257,42 @@ class ResultChannel:
         """Every unconfirmed line by its own POST (each retried until its deadline)."""
         lines, self._lines = list(self._lines), deque()
         log.debug("%s: posting %d result(s) one by one", why, len(lines))
+        self._divert(lines)
+
+    def _divert(self, lines: Iterable[Line]) -> None:
+        """Each line by its own POST, with that route's retries until its deadline: one
+        greenlet per task posts its lines one at a time, in order, and the task's lines
+        still to come join them (`post`) until none is left."""
         self._fallbacks = [g for g in self._fallbacks if not g.dead]
         for line in lines:
-            self._fallbacks.append(gevent.spawn(self._post_one, line))
+            queued = self._diverted.get(line.task_id)
+            if queued is None:
+                queued = self._diverted[line.task_id] = deque()
+                self._fallbacks.append(gevent.spawn(self._post_task, line.task_id, queued))
+            queued.append(line)
 
-    def _post_one(self, line: Line) -> None:
+    def _post_task(self, task_id: str, queued: deque[Line]) -> None:
         try:
-            self.post_one(line.task_id, line.result, line.deadline)
-        except Exception as exc:  # noqa: BLE001 - TaskGone, Unreachable: that task is over
-            log.debug("result of task %s not taken: %s", line.task_id, exc)
+            while queued:
+                line = queued[0]
+                try:
+                    self.post_one(line.task_id, line.result, line.deadline)
+                except Exception as exc:  # noqa: BLE001 - TaskGone, Unreachable: it is over
+                    log.debug("result of task %s not taken: %s", task_id, exc)
+                    if isinstance(exc, tasks.TaskGone) and self.gone is not None:
+                        self.gone(task_id)
+                    return  # its later lines would be refused alike
+                queued.popleft()
+        finally:
+            del self._diverted[task_id]  # what comes later goes on the channel again
 
 
-def _log_refused(answer: Any) -> None:
+def _refused(answer: Any) -> list[str]:
+    """Log an upload's refused lines; the tasks among them the hub no longer knows."""
     refused = answer.get("refused") if isinstance(answer, dict) else None
     if not isinstance(refused, list):
-        return
+        return []
+    gone = []
     for item in refused:
         if not isinstance(item, dict):
             continue
@@ -254,20 +301,23 @@ def _log_refused(answer: Any) -> None:
         level = logging.INFO if item.get("code") == "task_not_found" else logging.WARNING
         log.log(level, "hub refused the result of %s: %s", item.get("taskId"),
                 item.get("code"))
+        if item.get("code") == "task_not_found" and isinstance(item.get("taskId"), str):
+            gone.append(item["taskId"])
+    return gone
 
 
-def attach(hub: HubClient, session_id: Callable[[], str | None], on: bool) -> \
-        ResultChannel | None:
+def attach(hub: HubClient, session_id: Callable[[], str | None], on: bool,
+           gone: Gone | None = None) -> ResultChannel | None:
     """The session's result channel, made the first stop of every result posted through
     `hub` (tasks.post_result); what the hub cannot take there goes by its own POST. None
-    when the setting `result_channel` is off."""
+    when the setting `result_channel` is off. `gone(task_id)`: a task the hub ended."""
     if not on:
         return None
 
     def post_one(task_id: str, result: Result, deadline: float) -> None:
         tasks.post_result_now(hub, session_id, task_id, result, deadline)
 
-    made = hub.results = ResultChannel(hub, session_id, post_one)
+    made = hub.results = ResultChannel(hub, session_id, post_one, gone)
     return made
 
 

@@ -29,6 +29,8 @@ SOCKET_OPTIONS = [*HTTPConnection.default_socket_options,
 class ResultSink(Protocol):
     def post(self, task_id: str, result: Any, deadline: float) -> bool: ...
 
+    def takes_chunks(self) -> bool: ...
+
 
 def body_chunks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
     """The body as it arrives (read1: whatever is there, chunked or not), for SSE."""

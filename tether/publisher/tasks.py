@@ -170,16 +170,20 @@ def _answer(status: int, body: Any, name: str) -> Any:
 NDJSON_FLUSH_BYTES = 1024
 
 
-def _lines(batch: list[tuple[str, Any]]) -> list[Result]:
+Item = tuple[str, Any]  # ("data", chunk) or the stream's end: ("done" | "status" | "error", …)
+
+
+def _lines(batch: list[Item], index: int | None = None) -> list[Result]:
     """The queued items as result lines: the chunks in one `chunks` line (one apply at the
-    hub), then the ending, if the batch has one."""
+    hub; `index`, when given, is its first chunk's place in the stream), then the ending, if
+    the batch has one."""
     chunks: list[Chunk] = [{"data": value} for kind, value in batch if kind == "data"]
     kind, value = batch[-1]
     lines: list[Result] = []
     if kind == "done":
         chunks.append({"done": True})
     if chunks:
-        lines.append(chunks_result(chunks))
+        lines.append(chunks_result(chunks, index))
     if kind == "status":
         lines.append(final_result(value.status, value.body))
     elif kind == "error":
@@ -187,12 +191,50 @@ def _lines(batch: list[tuple[str, Any]]) -> list[Result]:
     return lines
 
 
+def _batches(first: Item, items: gevent.queue.Queue) -> Iterator[list[Item]]:
+    """The items in batches of what is queued when the last went out; the last batch ends
+    with the stream's end."""
+    batch = [first]
+    while True:
+        while batch[-1][0] == "data":
+            try:
+                batch.append(items.get_nowait())
+            except gevent.queue.Empty:
+                break
+        yield batch
+        if batch[-1][0] != "data":
+            return
+        batch = [items.get()]
+
+
+def _outcome(end: Item) -> str:
+    kind, value = end
+    return {"done": "200", "status": str(getattr(value, "status", "?")), "error": "502"}[kind]
+
+
+def _on_channel(task_id: str, batches: Iterator[list[Item]], hub: HubClient,
+                session_id: Callable[[], str | None]) -> str:
+    """Relay a stream as lines of the session's result channel, each numbered by its first
+    chunk's place in the stream (`index`: the hub applies each chunk once, wherever a copy
+    lands). The channel sends what is queued as it comes, in order."""
+    deadline = time.monotonic() + RESULT_DEADLINE_S
+    index = 0
+    for batch in batches:
+        for line in _lines(batch, index):
+            post_result(hub, session_id, task_id, line, deadline)
+            index += len(line.get("chunks", ()))
+        if batch[-1][0] != "data":
+            return _outcome(batch[-1])
+    return "?"
+
+
 def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: BackendConfig,
             client: BackendClient, hub: HubClient,
             session_id: Callable[[], str | None]) -> str:
-    """Relay the backend's chunks as one NDJSON upload: each line is applied by the hub as
-    it arrives. What is queued when a piece goes out travels in that same piece. The upload
-    begins with the backend's first answer: one that cannot be reached posts nothing."""
+    """Relay the backend's chunks on the session's result channel when the hub takes them
+    there, else as one NDJSON upload of their own: either way each line is applied by the hub
+    as it arrives, and what is queued when a piece goes out travels in that same piece. The
+    relay begins with the backend's first answer: one that cannot be reached posts nothing."""
     items: gevent.queue.Queue = gevent.queue.Queue()
     name = backend.name
 
@@ -228,25 +270,17 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
         first = items.get()
         if first[0] == "unreached":
             raise BackendDown(first[1])
+        if hub.results is not None and hub.results.takes_chunks():
+            return _on_channel(task_id, _batches(first, items), hub, session_id)
 
         def pieces() -> Iterator[bytes]:
-            batch = [first]
-            while True:
-                while batch[-1][0] == "data":
-                    try:
-                        batch.append(items.get_nowait())
-                    except gevent.queue.Empty:
-                        break
+            for batch in _batches(first, items):
                 piece = b"".join(json.dumps(line).encode() + b"\n" for line in _lines(batch))
                 if len(piece) < NDJSON_FLUSH_BYTES:
                     piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
                 yield piece
-                kind, value = batch[-1]
-                if kind != "data":
-                    outcome[0] = {"done": "200", "status": str(getattr(value, "status", "?")),
-                                  "error": "502"}[kind]
-                    return
-                batch = [items.get()]
+                if batch[-1][0] != "data":
+                    outcome[0] = _outcome(batch[-1])
 
         sid = session_id()
         try:
