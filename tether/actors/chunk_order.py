@@ -8,7 +8,7 @@ actor takes every result of its tasks in order, so the count needs no lock.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from tether.actors.open_tasks import OpenTask
 from tether.common import task_wire
@@ -22,14 +22,14 @@ class Hole(Exception):
                          f"to the hub")
 
 
-def take(task: OpenTask, result: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
+def take(task: OpenTask, result: task_wire.Result) -> tuple[tuple[str, ...], bool]:
     """The data of the chunks of `result` (a `chunk` or `chunks` body) that `task` has not
     applied, now counted (and `chunks_seen` when there is any), and whether they end the
     stream; raises Hole. A body without `index` is new whole (the per-task route's older
     form: its own upload is one ordered stream)."""
-    chunks: list[task_wire.Chunk] = [result["chunk"]] if "chunk" in result \
-        else result["chunks"]
-    index = result.get("index")
+    body = cast(dict[str, Any], result)  # a chunk or a batch: checked at the door
+    chunks: list[task_wire.Chunk] = [body["chunk"]] if "chunk" in body else body["chunks"]
+    index = body.get("index")
     if index is None:
         skip = 0
     elif index > task.chunks_applied:

@@ -222,7 +222,8 @@ def _on_channel(task_id: str, batches: Iterator[list[Item]], hub: HubClient,
     for batch in batches:
         for line in _lines(batch, index):
             post_result(hub, session_id, task_id, line, deadline)
-            index += len(line.get("chunks", ()))
+            if "chunks" in line:
+                index += len(line["chunks"])
         if batch[-1][0] != "data":
             return _outcome(batch[-1])
     return "?"
