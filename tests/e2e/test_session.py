@@ -20,8 +20,9 @@ def test_stream_says_hello_and_keeps_alive(hub, publisher):
     hello = stream.next()
     assert hello.event == "hello"
     # It lists every name the session publishes (a publisher withdraws those it lost).
+    # And that this hub's result channel takes streamed chunks.
     assert hello.json() == {"providerSessionId": publisher.session_id, "heartbeatIntervalS": 30,
-                            "llms": ["m1"]}
+                            "llms": ["m1"], "chunksOnChannel": True}
     wait_until(lambda: "keepalive" in stream.comments, timeout=5)  # keepalive_s = 1 in tests
     stream.close()
 

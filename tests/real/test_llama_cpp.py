@@ -80,22 +80,31 @@ def test_a_stream_llama_cpp_breaks_on_a_context_overflow_is_an_error(hub, llama,
     assert "stream ended early" in str(err.value)
 
 
+@pytest.mark.parametrize("channel", [True, False], ids=["result-channel", "own-upload"])
 def test_a_client_leaving_mid_stream_is_routine_at_the_hub(hub, slow_model, llama_factory,
-                                                           publish_factory):
+                                                           publish_factory, channel):
     """Item 4: every client that left a stream logged `ERROR tether.http: unhandled error on
-    POST …/result` with a NoMoreData traceback, and counted as an HTTP 500."""
+    POST …/result` with a NoMoreData traceback, and counted as an HTTP 500. A stream travels
+    on the result channel (the default) or, without it, on an upload of its own."""
     llama = llama_factory(slow_model)
-    publish_factory([backend(llama.base_url, slow_model)])
+    publish = publish_factory([backend(llama.base_url, slow_model)], result_channel=channel)
     wait_status(hub, "llama", "active")
     stream = sdk(hub).chat.completions.create(model="llama", messages=HELLO, max_tokens=400,
                                               stream=True, **NO_EOS)
     next(iter(stream))
     stream.close()  # the client goes away
-    route = "/api/v1/llms/_provider-task/{task_id}/result"
-    # The upload ends one of two routine ways, by who moves first: the publisher, told of
-    # the cancel, cuts it; or the hub, having dropped the task, answers its next line 404.
-    wait_until(lambda: "result upload was cut" in hub.logs() or hub.metric(
-        "tether_http_responses_total", route=route, method="POST", status="404"), timeout=10)
+    route = "/api/v1/llms/_provider-results" if channel else \
+        "/api/v1/llms/_provider-task/{task_id}/result"
+    if channel:
+        # The publisher, told of the cancel, stops the task: no line of it follows.
+        wait_until(lambda: "status=cancelled" in publish.logs(), timeout=10)
+    else:
+        # The upload ends one of two routine ways, by who moves first: the publisher, told
+        # of the cancel, cuts it; or the hub, having dropped the task, answers its next
+        # line 404.
+        wait_until(lambda: "result upload was cut" in hub.logs() or hub.metric(
+            "tether_http_responses_total", route=route, method="POST", status="404"),
+            timeout=10)
     logs = hub.logs()
     assert " ERROR " not in logs and "NoMoreData" not in logs, logs
     assert hub.metric("tether_http_responses_total", route=route, method="POST",
