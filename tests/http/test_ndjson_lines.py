@@ -1,0 +1,54 @@
+"""Lines of a chunked upload, split from the pieces gunicorn's parser yields
+(tether/http/body.py: its 1 KiB reads cost time quadratic in a piece's size): each line
+once its newline came, whatever the pieces' bounds; a line over the limit is 413 before
+more of it is held; a cut is an UploadCut."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from gunicorn.http.errors import NoMoreData
+
+from tether.errors import TetherError
+from tether.http.body import UploadCut, _split_lines
+
+
+def lines(*pieces: bytes, limit: int = 100) -> list[bytes]:
+    return list(_split_lines(iter(pieces), limit))
+
+
+def test_lines_come_whole_across_and_within_pieces():
+    assert lines(b'{"a": 1}\n{"b"', b': 2}\n\n{"c": 3}\n{"d":', b" 4}", b"") == [
+        b'{"a": 1}\n', b'{"b": 2}\n', b"\n", b'{"c": 3}\n', b'{"d": 4}']
+
+
+def test_each_line_is_yielded_as_soon_as_its_newline_arrives():
+    arrived: list[bytes] = []
+
+    def pieces() -> Iterator[bytes]:
+        for piece in (b"one\ntw", b"o\n", b"three\n"):
+            arrived.append(piece)
+            yield piece
+
+    got = _split_lines(pieces(), 100)
+    assert next(got) == b"one\n" and arrived == [b"one\ntw"]
+    assert next(got) == b"two\n" and len(arrived) == 2
+
+
+@pytest.mark.parametrize("pieces", [[b"x" * 101 + b"\n"], [b"x" * 60, b"x" * 60]])
+def test_a_line_over_the_limit_is_413_before_more_is_held(pieces):
+    with pytest.raises(TetherError) as refused:
+        lines(*pieces, b"never read\n")
+    assert refused.value.status == 413
+
+
+def test_a_body_cut_mid_way_is_an_upload_cut():
+    def pieces() -> Iterator[bytes]:
+        yield b"whole\npart"
+        raise NoMoreData(b"")
+
+    got = _split_lines(pieces(), 100)
+    assert next(got) == b"whole\n"
+    with pytest.raises(UploadCut):
+        next(got)
