@@ -43,6 +43,37 @@ def channel_ab(requests_n: int, concurrency: int, rounds: int = 2) -> dict[str, 
             for arm, figures in totals.items()}
 
 
+def stream_all(hub: str, streams: int, chunks: int) -> int:
+    """`streams` streamed chats of `chunks` chunks each, all at once: the chunks received."""
+    body = {**CHAT, "stream": True, "max_tokens": chunks}
+    jobs = [gevent.spawn(stream_once, hub, "/v1/chat/completions", body)
+            for _ in range(streams)]
+    gevent.joinall(jobs, raise_error=True)
+    return sum(job.value[2] for job in jobs)
+
+
+def stream_channel_ab(streams: int, chunks: int, rounds: int = 2) -> dict[str, Any]:
+    """CPU µs per streamed chunk and per stream of each process, a stream's lines on the
+    result channel or on an upload of their own (CHANNEL_ARMS), the arms taking turns."""
+    totals = {arm: {"backend": 0.0, "publisher": 0.0, "hub": 0.0} for arm in CHANNEL_ARMS}
+    received = {arm: 0 for arm in CHANNEL_ARMS}
+    for _ in range(rounds):
+        for arm, flags in CHANNEL_ARMS.items():
+            with Stack(publisher_flags=flags) as stack:
+                pids = {"backend": stack.backend_proc.pid,
+                        "publisher": stack.publisher_proc.pid, "hub": stack.hub_worker_pid()}
+                stream_all(stack.hub, 16, chunks)  # warm up
+                used, got = cpu_of(pids, lambda s=stack: stream_all(s.hub, streams, chunks))
+            received[arm] += got
+            for name, seconds in used.items():
+                totals[arm][name] += seconds
+    return {arm: {"per_chunk_us": {k: round(v / received[arm] * 1e6, 2)
+                                   for k, v in figures.items()},
+                  "per_stream_us": {k: round(v / (streams * rounds) * 1e6, 1)
+                                    for k, v in figures.items()}}
+            for arm, figures in totals.items()}
+
+
 def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
               chunks: int = 200) -> dict[str, Any]:
     """CPU time per relayed request and per streamed chunk, per process, beside the backend's
@@ -59,16 +90,8 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
         out["relay_seconds"] = round(time.perf_counter() - started, 2)
         out["per_request_us"] = {k: round(v / requests_n * 1e6, 1) for k, v in used.items()}
 
-        body = {**CHAT, "stream": True, "max_tokens": chunks}
-
-        def stream_all() -> int:
-            jobs = [gevent.spawn(stream_once, stack.hub, "/v1/chat/completions", body)
-                    for _ in range(streams)]
-            gevent.joinall(jobs, raise_error=True)
-            return sum(job.value[2] for job in jobs)
-
         started = time.perf_counter()
-        used, received = cpu_of(pids, stream_all)
+        used, received = cpu_of(pids, lambda: stream_all(stack.hub, streams, chunks))
         out["stream_seconds"] = round(time.perf_counter() - started, 2)
         out["chunks"] = received
         out["per_chunk_us"] = {k: round(v / received * 1e6, 2) for k, v in used.items()}
@@ -76,6 +99,11 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
     # own POST (issue 26, part 1: the channel's A/B), in this same run: the arms alternate,
     # two stacks each, so that a drift of the machine's speed meanwhile falls on both.
     out.update(channel_ab(requests_n, concurrency))
+    # A stream's lines on the channel (the default) or on an upload of their own (issue 26,
+    # part 1's rest), the arms alternating: long streams (the cost per chunk) and short ones
+    # (where the upload's own HTTP request weighs).
+    out["stream_ab"] = {f"{n}x{size}": stream_channel_ab(n, size)
+                        for n, size in ((streams, chunks), (4 * streams, 8))}
     # The same relay with auth on (a key checked on every request), in this same run: the
     # hub's CPU per request should stay within 10 % of auth off (issues 11 and 13).
     with Stack(auth=True) as stack:
@@ -104,6 +132,17 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
           [[name, channel[name], each[name], round(channel[name] / each[name], 3),
             round(channel[name] / channel["backend"], 2),
             round(each[name] / each["backend"], 2)]
+           for name in ("backend", "publisher", "hub")])
+    table("CPU per streamed chunk and per stream, a stream's lines on the channel or on an "
+          "upload of its own (same run, arms alternating), µs",
+          ["streams x chunks", "process", "per chunk, channel", "per chunk, own upload",
+           "channel ÷ own upload", "per stream, channel", "per stream, own upload"],
+          [[shape, name, arms["channel"]["per_chunk_us"][name],
+            arms["no_channel"]["per_chunk_us"][name],
+            round(arms["channel"]["per_chunk_us"][name] /
+                  arms["no_channel"]["per_chunk_us"][name], 3),
+            arms["channel"]["per_stream_us"][name], arms["no_channel"]["per_stream_us"][name]]
+           for shape, arms in out["stream_ab"].items()
            for name in ("backend", "publisher", "hub")])
     table("hub CPU per relayed request, auth off and on (same run), µs",
           ["auth off", "auth on", "on ÷ off"],
