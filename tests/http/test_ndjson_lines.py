@@ -6,12 +6,14 @@ more of it is held; a cut is an UploadCut."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
+from gunicorn.http.body import Body, ChunkedReader
 from gunicorn.http.errors import NoMoreData
 
 from tether.errors import TetherError
-from tether.http.body import UploadCut, _split_lines
+from tether.http.body import UploadCut, _chunk_pieces, _split_lines
 
 
 def lines(*pieces: bytes, limit: int = 100) -> list[bytes]:
@@ -52,3 +54,23 @@ def test_a_body_cut_mid_way_is_an_upload_cut():
     assert next(got) == b"whole\n"
     with pytest.raises(UploadCut):
         next(got)
+
+
+def test_the_handlers_pieces_closed_mid_drain_leave_gunicorns_parser_going():
+    """A handler that stops reading (the channel's 503) leaves the rest to gunicorn, which
+    drains it with the same parser; the garbage collector may close the handler's pieces
+    meanwhile, while the parser is running (chaos logged `generator already executing`)."""
+    handler: list[Iterator[bytes]] = []
+
+    def parser() -> Iterator[bytes]:
+        yield b"read by the handler\n"
+        handler[0].close()  # as the collector does, in the middle of gunicorn's drain
+        yield b"drained\n"
+
+    reader = ChunkedReader(SimpleNamespace(), None)
+    reader.parser = parser()
+    pieces = _chunk_pieces(Body(reader))
+    assert pieces is not None
+    handler.append(pieces)
+    assert next(pieces) == b"read by the handler\n"
+    assert next(reader.parser) == b"drained\n"  # gunicorn's drain goes on

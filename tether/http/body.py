@@ -106,11 +106,14 @@ def _chunk_pieces(stream: Any) -> Iterator[bytes] | None:
     if parser is None or stream.buf.tell() or reader.buf.tell():
         return None
     # The same generator stays gunicorn's: what the handler leaves unread (an upload it
-    # stops reading) is what gunicorn drains before the connection's next request.
+    # stops reading) is what gunicorn drains before the connection's next request. So a
+    # loop, not `yield from`: closing this generator (the garbage collector may, while
+    # gunicorn's drain is inside the parser) must not close the parser too.
 
     def pieces() -> Iterator[bytes]:
         try:
-            yield from parser
+            for piece in parser:  # noqa: UP028 - `yield from` would close the parser too
+                yield piece
         except Exception:
             stream.failed = True  # where the next request begins is unknown: no reuse
             raise
