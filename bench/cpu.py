@@ -23,14 +23,18 @@ def cpu_of(pids: dict[str, int], run: Any) -> tuple[dict[str, float], Any]:
 
 
 CHANNEL_ARMS = {"channel": (), "no_channel": ("--no-result-channel",)}
+# The publisher at its default log level (`info`: a line per task) against the benches'
+# `warning` (bench/stack.py): issue 26's publisher target is at the default.
+LOG_LEVEL_ARMS = {"warning": (), "info": ("--log-level", "info")}
 
 
-def channel_ab(requests_n: int, concurrency: int, rounds: int = 2) -> dict[str, Any]:
-    """CPU µs per relayed request of each process, per arm of CHANNEL_ARMS, the arms taking
-    turns `rounds` times (each turn a fresh stack, warmed up first)."""
-    totals = {arm: {"backend": 0.0, "publisher": 0.0, "hub": 0.0} for arm in CHANNEL_ARMS}
+def channel_ab(requests_n: int, concurrency: int, rounds: int = 2,
+               arms: dict[str, tuple[str, ...]] = CHANNEL_ARMS) -> dict[str, Any]:
+    """CPU µs per relayed request of each process, per arm (the publisher's extra flags),
+    the arms taking turns `rounds` times (each turn a fresh stack, warmed up first)."""
+    totals = {arm: {"backend": 0.0, "publisher": 0.0, "hub": 0.0} for arm in arms}
     for _ in range(rounds):
-        for arm, flags in CHANNEL_ARMS.items():
+        for arm, flags in arms.items():
             with Stack(publisher_flags=flags) as stack:
                 pids = {"backend": stack.backend_proc.pid,
                         "publisher": stack.publisher_proc.pid, "hub": stack.hub_worker_pid()}
@@ -99,6 +103,8 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
     # own POST (issue 26, part 1: the channel's A/B), in this same run: the arms alternate,
     # two stacks each, so that a drift of the machine's speed meanwhile falls on both.
     out.update(channel_ab(requests_n, concurrency))
+    info = channel_ab(requests_n, concurrency, arms=LOG_LEVEL_ARMS)["info_per_request_us"]
+    out["publisher_at_info_ratio"] = round(info["publisher"] / info["backend"], 2)
     # A stream's lines on the channel (the default) or on an upload of their own (issue 26,
     # part 1's rest), the arms alternating: long streams (the cost per chunk) and short ones
     # (where the upload's own HTTP request weighs).

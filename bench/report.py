@@ -42,6 +42,7 @@ def plot(relay: dict[str, Any]) -> None:
 CPU_TARGETS: tuple[tuple[str, tuple[str, ...], float], ...] = (
     ("hub CPU per relayed request ÷ backend's", ("per_request_ratio", "hub"), 2.0),
     ("publisher CPU per relayed request ÷ backend's", ("per_request_ratio", "publisher"), 1.5),
+    ("publisher's, at its default log level (info)", ("publisher_at_info_ratio",), 1.5),
     ("hub CPU per streamed chunk ÷ backend's", ("per_chunk_ratio", "hub"), 2.0),
     ("hub CPU per relayed request, auth on ÷ auth off", ("auth_on_ratio",), 1.10),
 )
