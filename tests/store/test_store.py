@@ -317,6 +317,33 @@ def test_two_members_registering_a_new_pool_name_at_once_both_join(monkeypatch):
     assert all(d.rows[0].name == "shared" for d in done)
 
 
+@postgres_only
+def test_groups_writing_the_same_new_names_in_opposite_orders_both_commit(monkeypatch):
+    """Group commit made transactions longer: two hub processes' groups inserting the same
+    new names in opposite orders each waited for the other's uncommitted row, and
+    PostgreSQL aborted one group (a deadlock: 503 for all of it). Each group now locks its
+    names first, in one order (tether/store/name_locks.py): the second waits for the first."""
+    first_written = threading.Barrier(2, timeout=3)
+    real = store.register
+
+    def register(session_id, providers, who):
+        done = real(session_id, providers, who)
+        if session_id in ("s1", "s3"):  # each group's first: wait until both wrote one name
+            with contextlib.suppress(threading.BrokenBarrierError):
+                first_written.wait()  # with the locks, the other group waits: broken
+        return done
+
+    monkeypatch.setattr(store, "register", register)
+    who = store.Registrant()
+    groups = [[("s1", [spec("x", pool=True)], who), ("s2", [spec("y", pool=True)], who)],
+              [("s3", [spec("y", pool=True)], who), ("s4", [spec("x", pool=True)], who)]]
+    with cf.ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(store.register_many, groups))
+    assert [[type(x).__name__ for x in o] for o in outcomes] == [["Registered"] * 2] * 2
+    assert {x.session_id for x in store.members_of(["x"])["x"]} == {"s1", "s4"}
+    assert {x.session_id for x in store.members_of(["y"])["y"]} == {"s2", "s3"}
+
+
 def test_registrations_written_together_refuse_only_their_own(monkeypatch):
     """Group commit (issue 26, part 4): one transaction for the group, one commit, a
     savepoint each. A refused registration rolls back its own writes only; a later one sees

@@ -17,7 +17,7 @@ from typing import Any
 import peewee
 
 from tether import errors
-from tether.store.db import connection
+from tether.store.db import connection, database
 from tether.store.models import (
     ACTIVE,
     INACTIVE,
@@ -28,6 +28,7 @@ from tether.store.models import (
     derived_status,
     utcnow,
 )
+from tether.store.name_locks import lock_names
 from tether.store.prepared import Arg, Prepared, each, fields_of
 
 # What a registration writes of its member; the rest of the row is set once, on insert.
@@ -126,8 +127,11 @@ def register_many(
     savepoint: one refused rolls back only its own writes and its error is its outcome. A
     failure of the transaction itself (an outage) raises."""
     outcomes: list[Registered | Exception] = []
-    # One alone needs no savepoint: its own transaction is enough.
-    with connection() as db, db.atomic() if len(group) > 1 else contextlib.nullcontext():
+    postgres = isinstance(database.obj, peewee.PostgresqlDatabase)
+    lone = len(group) == 1 and not postgres  # its own transaction is enough: no savepoint
+    with connection() as db, contextlib.nullcontext() if lone else db.atomic():
+        if postgres:
+            lock_names(db, [p["name"] for _, providers, _ in group for p in providers])
         for session_id, providers, who in group:
             try:
                 outcomes.append(register(session_id, providers, who))  # nested: a savepoint
