@@ -25,6 +25,7 @@ from tests.support.procs import wait_status
 from tether.publisher.channel import ResultChannel
 from tether.publisher.config import PublisherConfigError
 from tether.publisher.hub_client import HubClient
+from tether.publisher.tasks import TaskGone
 
 CHANNEL = "/api/v1/llms/_provider-results"
 PER_TASK = "/api/v1/llms/_provider-task/{task_id}/result"
@@ -247,8 +248,8 @@ class ChannelDoor:
     first `confirm` lines of each refused upload (a line after them could not reach its
     home), then 200 confirming them all; it records each upload's lines."""
 
-    def __init__(self, refusals: int, confirm: int = 0) -> None:
-        self.refusals, self.confirm = refusals, confirm
+    def __init__(self, refusals: int, confirm: int = 0, gone: tuple[str, ...] = ()) -> None:
+        self.refusals, self.confirm, self.gone = refusals, confirm, gone
         self.uploads: list[list[dict]] = []
         outer = self
 
@@ -269,7 +270,9 @@ class ChannelDoor:
                     applied = seqs[outer.confirm - 1] if outer.confirm else seqs[0] - 1
                     answer: dict = {"error": {"code": "hub_busy"}, "applied": applied}
                 else:
-                    answer = {"ok": True, "applied": seqs[-1], "duplicates": 0, "refused": []}
+                    answer = {"ok": True, "applied": seqs[-1], "duplicates": 0, "refused": [
+                        {"seq": x["seq"], "taskId": x["taskId"], "code": "task_not_found"}
+                        for x in lines if x["taskId"] in outer.gone]}
                 data = json.dumps(answer).encode()
                 self.send_response(503 if refused else 200)
                 self.send_header("Content-Type", "application/json")
@@ -293,8 +296,8 @@ class ChannelDoor:
 def door() -> Iterator[Callable[..., ChannelDoor]]:
     made: list[ChannelDoor] = []
 
-    def make(refusals: int, confirm: int = 0) -> ChannelDoor:
-        made.append(ChannelDoor(refusals, confirm))
+    def make(refusals: int, confirm: int = 0, gone: tuple[str, ...] = ()) -> ChannelDoor:
+        made.append(ChannelDoor(refusals, confirm, gone))
         return made[-1]
 
     yield make
@@ -362,6 +365,29 @@ def test_a_stream_refused_503_goes_on_by_posts_in_its_order(door):
     assert [[(x["taskId"], x["seq"]) for x in lines] for lines in hub.uploads] == [
         [("s", 1), ("r", 2), ("s", 3)], [("r", 2)]]
     assert posted == [("s", 0), ("s", 1), ("s", 2)]
+
+
+def test_a_task_the_hub_no_longer_knows_is_stopped(door):
+    """A line refused 404 (its task ended at the hub: the client left, a timeout) stops the
+    publisher's work on that task, as a cancel does; so does a POST of its refused 404."""
+    hub = door(1, gone=("ended",))  # the first line is refused 503: it goes by a POST
+    client = HubClient(hub.url, None)
+    stopped: list[str] = []
+
+    def post_one(task_id: str, _result: dict, _deadline: float) -> None:
+        raise TaskGone(task_id)  # the hub answered the POST 404
+
+    channel = ResultChannel(client, lambda: "s1", post_one, gone=stopped.append)
+    client.results = channel
+    deadline = time.monotonic() + 60
+    for task_id in ("posted", "ended", "going"):
+        assert channel.post(task_id, chunk_line(0, task_id), deadline)
+    assert channel.flush(30)
+    channel.stop()
+    client.close()
+    assert [[x["taskId"] for x in lines] for lines in hub.uploads] == [
+        ["posted", "ended", "going"], ["ended", "going"]]
+    assert sorted(stopped) == ["ended", "posted"]
 
 
 def test_lines_unconfirmed_until_their_deadline_are_dropped():
