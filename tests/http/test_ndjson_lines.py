@@ -5,12 +5,14 @@ more of it is held; a cut is an UploadCut."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 from gunicorn.http.body import Body, ChunkedReader
 from gunicorn.http.errors import NoMoreData
+from gunicorn.http.unreader import SocketUnreader
 
 from tether.errors import TetherError
 from tether.http.body import UploadCut, _chunk_pieces, _split_lines
@@ -74,3 +76,18 @@ def test_the_handlers_pieces_closed_mid_drain_leave_gunicorns_parser_going():
     handler.append(pieces)
     assert next(pieces) == b"read by the handler\n"
     assert next(reader.parser) == b"drained\n"  # gunicorn's drain goes on
+
+
+def test_gunicorns_chunked_body_is_read_piece_by_piece_as_each_arrives():
+    """The reader depends on gunicorn's Body, ChunkedReader and its parser (the fallback,
+    `readline`, is quadratic in a piece's size): this fails if the installed gunicorn no
+    longer has them, rather than the hub slowing down unnoticed."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        body = Body(ChunkedReader(SimpleNamespace(), SocketUnreader(ours)))
+        pieces = _chunk_pieces(body)
+        assert pieces is not None
+        theirs.sendall(b"4\r\none\n\r\n")  # a piece shorter than gunicorn's 1 KiB reads
+        assert next(pieces) == b"one\n"
+        theirs.sendall(b"a\r\ntwo\nthree\n\r\n0\r\n\r\n")
+        assert list(_split_lines(pieces, 100)) == [b"two\n", b"three\n"]
