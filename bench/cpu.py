@@ -4,6 +4,7 @@ process, beside the backend's own; and the hub's with auth on against auth off (
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -28,20 +29,38 @@ CHANNEL_ARMS = {"channel": (), "no_channel": ("--no-result-channel",)}
 LOG_LEVEL_ARMS = {"warning": (), "info": ("--log-level", "info")}
 
 
-def channel_ab(requests_n: int, concurrency: int, rounds: int = 2,
-               arms: dict[str, tuple[str, ...]] = CHANNEL_ARMS) -> dict[str, Any]:
-    """CPU µs per relayed request of each process, per arm (the publisher's extra flags),
-    the arms taking turns `rounds` times (each turn a fresh stack, warmed up first)."""
+def pids_of(stack: Stack) -> dict[str, int]:
+    """The processes whose CPU counts: the hub is its gunicorn worker (the master only
+    supervises it)."""
+    return {"backend": stack.backend_proc.pid, "publisher": stack.publisher_proc.pid,
+            "hub": stack.hub_worker_pid()}
+
+
+def alternate(arms: dict[str, tuple[str, ...]], rounds: int, warm_up: Callable[[str], Any],
+              measure: Callable[[str], Any]) -> tuple[dict[str, dict[str, float]],
+                                                     dict[str, list[Any]]]:
+    """Each arm (the publisher's extra flags) on a fresh stack, the arms taking turns
+    `rounds` times so that a drift of the machine's speed falls on all of them:
+    `warm_up(hub)`, then `measure(hub)` counted. The CPU seconds of each process per arm,
+    summed, and what `measure` returned each time."""
     totals = {arm: {"backend": 0.0, "publisher": 0.0, "hub": 0.0} for arm in arms}
+    values: dict[str, list[Any]] = {arm: [] for arm in arms}
     for _ in range(rounds):
         for arm, flags in arms.items():
             with Stack(publisher_flags=flags) as stack:
-                pids = {"backend": stack.backend_proc.pid,
-                        "publisher": stack.publisher_proc.pid, "hub": stack.hub_worker_pid()}
-                relay_n(stack.hub, 200, concurrency)
-                used, _ = cpu_of(pids, lambda s=stack: relay_n(s.hub, requests_n, concurrency))
+                warm_up(stack.hub)
+                used, value = cpu_of(pids_of(stack), lambda s=stack: measure(s.hub))
+            values[arm].append(value)
             for name, seconds in used.items():
                 totals[arm][name] += seconds
+    return totals, values
+
+
+def channel_ab(requests_n: int, concurrency: int, rounds: int = 2,
+               arms: dict[str, tuple[str, ...]] = CHANNEL_ARMS) -> dict[str, Any]:
+    """CPU µs per relayed request of each process, per arm (CHANNEL_ARMS by default)."""
+    totals, _ = alternate(arms, rounds, lambda hub: relay_n(hub, 200, concurrency),
+                          lambda hub: relay_n(hub, requests_n, concurrency))
     return {f"{arm}_per_request_us": {k: round(v / (requests_n * rounds) * 1e6, 1)
                                       for k, v in figures.items()}
             for arm, figures in totals.items()}
@@ -58,20 +77,11 @@ def stream_all(hub: str, streams: int, chunks: int) -> int:
 
 def stream_channel_ab(streams: int, chunks: int, rounds: int = 2) -> dict[str, Any]:
     """CPU µs per streamed chunk and per stream of each process, a stream's lines on the
-    result channel or on an upload of their own (CHANNEL_ARMS), the arms taking turns."""
-    totals = {arm: {"backend": 0.0, "publisher": 0.0, "hub": 0.0} for arm in CHANNEL_ARMS}
-    received = {arm: 0 for arm in CHANNEL_ARMS}
-    for _ in range(rounds):
-        for arm, flags in CHANNEL_ARMS.items():
-            with Stack(publisher_flags=flags) as stack:
-                pids = {"backend": stack.backend_proc.pid,
-                        "publisher": stack.publisher_proc.pid, "hub": stack.hub_worker_pid()}
-                stream_all(stack.hub, 16, chunks)  # warm up
-                used, got = cpu_of(pids, lambda s=stack: stream_all(s.hub, streams, chunks))
-            received[arm] += got
-            for name, seconds in used.items():
-                totals[arm][name] += seconds
-    return {arm: {"per_chunk_us": {k: round(v / received[arm] * 1e6, 2)
+    result channel or on an upload of their own (CHANNEL_ARMS)."""
+    totals, received = alternate(CHANNEL_ARMS, rounds,
+                                 lambda hub: stream_all(hub, 16, chunks),
+                                 lambda hub: stream_all(hub, streams, chunks))
+    return {arm: {"per_chunk_us": {k: round(v / sum(received[arm]) * 1e6, 2)
                                    for k, v in figures.items()},
                   "per_stream_us": {k: round(v / (streams * rounds) * 1e6, 1)
                                     for k, v in figures.items()}}
@@ -86,8 +96,7 @@ def bench_cpu(requests_n: int = 4800, concurrency: int = 16, streams: int = 64,
     out: dict[str, Any] = {"requests": requests_n, "concurrency": concurrency,
                            "streams": streams, "chunks_each": chunks}
     with Stack() as stack:
-        pids = {"backend": stack.backend_proc.pid, "publisher": stack.publisher_proc.pid,
-                "hub": stack.hub_worker_pid()}
+        pids = pids_of(stack)
         relay_n(stack.hub, 200, concurrency)  # warm up: connections, caches, first imports
         started = time.perf_counter()
         used, _ = cpu_of(pids, lambda: relay_n(stack.hub, requests_n, concurrency))
