@@ -71,7 +71,7 @@ class ResultChannel:
         self.hub = hub
         self.session_id = session_id
         self.post_one = post_one
-        self.gone = gone
+        self.gone: Gone = gone or (lambda _task_id: None)
         self.id = str(uuid.uuid4())  # fresh each run: a restarted publisher numbers anew
         self._seq = 0
         self._lines: deque[Line] = deque()  # unconfirmed, in seq order
@@ -179,8 +179,7 @@ class ResultChannel:
                     self._offered.add(url)
                     log.info("results travel on the result channel of %s", url)
                 for task_id in _refused(answer):
-                    if self.gone is not None:
-                        self.gone(task_id)
+                    self.gone(task_id)
                 continue
             code = tasks.error_code(answer)
             if NO_ROUTE.get(status) == code:
@@ -279,7 +278,7 @@ class ResultChannel:
                     self.post_one(line.task_id, line.result, line.deadline)
                 except Exception as exc:  # noqa: BLE001 - TaskGone, Unreachable: it is over
                     log.debug("result of task %s not taken: %s", task_id, exc)
-                    if isinstance(exc, tasks.TaskGone) and self.gone is not None:
+                    if isinstance(exc, tasks.TaskGone):
                         self.gone(task_id)
                     return  # its later lines would be refused alike
                 queued.popleft()
