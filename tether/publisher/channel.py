@@ -46,9 +46,6 @@ IDLE_S = 0.05
 UPLOAD_TIMEOUT_S = 30.0  # a hub that stops reading (SIGSTOP) breaks the upload after this
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 5.0
-# gunicorn reads a chunked body 1 KiB at a time: a shorter piece would wait for the next
-# ones before the hub applies it (as tasks.NDJSON_FLUSH_BYTES, for the same reason).
-FLUSH_BYTES = 1024
 # The answers of a hub that has no such route (an older hub): by route or by method.
 NO_ROUTE = {404: "not_found", 405: "method_not_allowed"}
 
@@ -216,10 +213,8 @@ class ResultChannel:
             if sent < len(self._lines):
                 piece = b"".join(self._lines[i].data for i in range(sent, len(self._lines)))
                 sent = len(self._lines)
-                if len(piece) < FLUSH_BYTES:
-                    piece += b" " * (FLUSH_BYTES - len(piece) - 1) + b"\n"
                 self._sent_any = True
-                yield piece
+                yield tasks.padded(piece)  # for older hubs (tasks.NDJSON_FLUSH_BYTES)
                 if probe:
                     return
                 continue

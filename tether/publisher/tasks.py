@@ -164,10 +164,17 @@ def _answer(status: int, body: Any, name: str) -> Any:
         answers.openai_error(status, body)
 
 
-# gunicorn reads a chunked request body 1 KiB at a time: a shorter piece would wait for
-# the next ones before the hub sees it. Pieces are padded to this with a blank line, which
-# NDJSON readers skip.
+# Hubs before 2026-12-07 read a chunked request body 1 KiB at a time (gunicorn's
+# readline): a shorter piece would wait for the next ones before the hub saw it. Pieces are
+# padded to this with a blank line, which NDJSON readers skip.
 NDJSON_FLUSH_BYTES = 1024
+
+
+def padded(piece: bytes) -> bytes:
+    """An NDJSON upload's piece, padded to NDJSON_FLUSH_BYTES with a blank line."""
+    if len(piece) < NDJSON_FLUSH_BYTES:
+        piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
+    return piece
 
 
 Item = tuple[str, Any]  # ("data", chunk) or the stream's end: ("done" | "status" | "error", …)
@@ -276,10 +283,8 @@ def _stream(task_id: str, endpoint: str, request: dict[str, Any], backend: Backe
 
         def pieces() -> Iterator[bytes]:
             for batch in _batches(first, items):
-                piece = b"".join(json.dumps(line).encode() + b"\n" for line in _lines(batch))
-                if len(piece) < NDJSON_FLUSH_BYTES:
-                    piece += b" " * (NDJSON_FLUSH_BYTES - len(piece) - 1) + b"\n"
-                yield piece
+                yield padded(b"".join(json.dumps(line).encode() + b"\n"
+                                      for line in _lines(batch)))
                 if batch[-1][0] != "data":
                     outcome[0] = _outcome(batch[-1])
 
