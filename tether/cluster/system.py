@@ -27,6 +27,7 @@ from tether.cluster.proxies import RemoteLlm
 from tether.cluster.router import BusRouter
 from tether.cluster.supervisor import ClusterSupervisor
 from tether.common.actor import tell
+from tether.common.runtime import spawn
 from tether.config import Settings
 from tether.store import llms as store
 from tether.store.models import INACTIVE
@@ -193,10 +194,16 @@ class ClusterSystem(ActorSystem):
         return True
 
     def _withdraw_at(self, name: str, reply: m.ReplyChannel) -> None:
-        """With the name owned elsewhere: at the owner, which finds it by its request id."""
+        """With the name owned elsewhere: at the owner, which finds it by its request id.
+        Beside the caller, as a tell is: a relay stops its request before it answers the
+        client, and with Redis away the owner's lookup and the send wait seconds each,
+        which the client's answer must not (a 503 the bus already decided)."""
         if self._directory.llm(name) is not None:
             super()._withdraw_at(name, reply)
             return
+        spawn(self._withdraw_elsewhere, name, reply)
+
+    def _withdraw_elsewhere(self, name: str, reply: m.ReplyChannel) -> None:
         self._router.tell_llm(name, m.Withdraw(reply))
         self._router.pending.forget(reply)
 
