@@ -85,6 +85,22 @@ def test_a_flush_that_cannot_write_keeps_its_counts(database):
     assert (bucket.key, bucket.llm, counts) == ("alice", "llama", store.Counts(2, 2, 2))
 
 
+def test_an_answer_counts_in_the_hour_it_ended(monkeypatch):
+    """The counter works the hour out once per hour (its cost is per answer): an answer
+    after the hour turned goes to the next hour's bucket, not the cached one."""
+    clock = [dt.datetime(2026, 12, 7, 10, 59, 59, 500000)]
+    epoch = dt.datetime(1970, 1, 1)
+    monkeypatch.setattr(usage, "utcnow", lambda: clock[0])
+    monkeypatch.setattr(usage.time, "time", lambda: (clock[0] - epoch).total_seconds())
+    counter = usage.UsageCounter()
+    counter.count("a", "llama", None, None)
+    counter.count("a", "llama", None, None)
+    clock[0] += dt.timedelta(seconds=1)  # 11:00:00.5
+    counter.count("a", "llama", None, None)
+    counted = {bucket.hour.hour: counts.requests for bucket, counts in counter.take().items()}
+    assert counted == {10: 2, 11: 1}
+
+
 def test_the_flusher_writes_on_its_own_and_at_stop(database):
     counter = usage.UsageCounter()
     flusher = usage.UsageFlusher(counter, 0.05).start()
