@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import peewee
 import pytest
@@ -61,7 +61,6 @@ def test_a_registration_drops_a_status_write_kept_from_before(system: ActorSyste
 
     system.register("s1", [provider("a")])  # newer: the member is active
     answers.set()
-    written: Callable[[], bool] = lambda: len(WRITES) == 0  # noqa: E731
-    wait_until(written, timeout=10)
+    wait_until(lambda: len(WRITES) == 0, timeout=10)  # the kept write, had it stayed
     members = store.members_of(["a"])["a"]
     assert [(m.session_id, m.status) for m in members] == [("s1", "active")]
